@@ -1,0 +1,61 @@
+"""cellsdk: train, convert, verify, run and benchmark microscopy cell classifiers.
+
+``import cellsdk`` is light: it loads numpy and Pillow, never torch. Training
+and evaluation live in :mod:`cellsdk.training`, imported on first use.
+
+Example:
+    >>> import cellsdk
+    >>> cellsdk.Preprocessing(input_size=128).input_size
+    128
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cellsdk._version import __version__
+from cellsdk.errors import (
+    BackendNotInstalledError,
+    CellSDKError,
+    CheckpointError,
+    ConfigError,
+    DatasetError,
+    InvalidImageError,
+    MetadataError,
+    ParityError,
+    TrainingError,
+    UnsupportedFormatError,
+)
+from cellsdk.metadata import METADATA_KEY, ModelMetadata, Preprocessing
+
+__all__ = [
+    "METADATA_KEY",
+    "BackendNotInstalledError",
+    "CellSDKError",
+    "CheckpointError",
+    "ConfigError",
+    "DatasetError",
+    "InvalidImageError",
+    "MetadataError",
+    "ModelMetadata",
+    "ParityError",
+    "Preprocessing",
+    "TrainingError",
+    "UnsupportedFormatError",
+    "__version__",
+    "load_dataset",
+    "preprocess",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the heavier helpers on first use, keeping ``import cellsdk`` fast."""
+    if name == "load_dataset":
+        from cellsdk.datasets import load_dataset
+
+        return load_dataset
+    if name == "preprocess":
+        from cellsdk.preprocessing import preprocess
+
+        return preprocess
+    raise AttributeError(f"module 'cellsdk' has no attribute {name!r}")

@@ -1,0 +1,69 @@
+"""Typed errors raised by cellsdk.
+
+Every error cellsdk raises on bad input derives from :class:`CellSDKError` and
+carries a one-line message that names the problem and, where there is one, the
+fix. The command-line tools print that line and exit non-zero.
+
+Example:
+    >>> from cellsdk.errors import CellSDKError, InvalidImageError
+    >>> try:
+    ...     raise InvalidImageError("cell.png: not an image (cannot identify format)")
+    ... except CellSDKError as err:
+    ...     print(err)
+    cell.png: not an image (cannot identify format)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendNotInstalledError",
+    "CellSDKError",
+    "CheckpointError",
+    "ConfigError",
+    "DatasetError",
+    "InvalidImageError",
+    "MetadataError",
+    "ParityError",
+    "TrainingError",
+    "UnsupportedFormatError",
+]
+
+
+class CellSDKError(Exception):
+    """Base class of every error cellsdk raises on purpose."""
+
+
+class UnsupportedFormatError(CellSDKError):
+    """A file or format that cellsdk does not know how to handle."""
+
+
+class BackendNotInstalledError(CellSDKError, ImportError):
+    """An optional package needed for this operation is not installed."""
+
+
+class MetadataError(CellSDKError):
+    """Model metadata is missing, malformed or inconsistent."""
+
+
+class InvalidImageError(CellSDKError):
+    """An image cannot be decoded, is empty, truncated or absurdly large."""
+
+
+class DatasetError(CellSDKError):
+    """A dataset is missing, malformed or inconsistent."""
+
+
+class CheckpointError(CellSDKError):
+    """A file is not a cellsdk checkpoint, or is corrupt."""
+
+
+class ConfigError(CellSDKError, ValueError):
+    """An option or configuration value is out of range or inconsistent."""
+
+
+class TrainingError(CellSDKError):
+    """Training cannot start or continue (e.g. a diverging loss)."""
+
+
+class ParityError(CellSDKError):
+    """A converted model disagrees with its fp32 reference beyond the thresholds."""
