@@ -1,0 +1,318 @@
+"""Image decoding and preprocessing, in numpy + Pillow only.
+
+One path turns any supported input into the model's input tensor, and the
+same functions are used by training, calibration, evaluation and the runtime,
+so all of them see identical tensors:
+
+1. :func:`load_image` decodes a path, bytes, PIL image or numpy array into an
+   8-bit RGB PIL image (EXIF orientation applied, any mode converted, alpha
+   composited on white, 16-bit scaled to 8-bit). Bad input raises
+   :class:`~cellsdk.errors.InvalidImageError` naming the input.
+2. :func:`prepare_image` applies the centre crop and the resize.
+3. :func:`to_input_array` scales, normalises and lays the pixels out as
+   float32 CHW.
+
+:func:`preprocess` does all three.
+
+Example:
+    >>> import numpy as np
+    >>> from cellsdk.metadata import Preprocessing
+    >>> x = preprocess(np.zeros((40, 30, 3), np.uint8), Preprocessing(input_size=16))
+    >>> x.shape, x.dtype, float(x.min())
+    ((3, 16, 16), dtype('float32'), -1.0)
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Union
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from cellsdk.errors import InvalidImageError
+from cellsdk.metadata import Preprocessing
+
+__all__ = [
+    "MAX_IMAGE_PIXELS",
+    "ImageSource",
+    "describe_source",
+    "load_image",
+    "prepare_image",
+    "preprocess",
+    "preprocess_batch",
+    "to_input_array",
+]
+
+#: Images with more pixels than this are refused as decompression bombs.
+MAX_IMAGE_PIXELS = 64_000_000
+
+#: Anything :func:`load_image` accepts.
+ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
+
+_FILTERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+_ALPHA_MODES = {"LA", "La", "RGBA", "RGBa", "PA"}
+_WIDE_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+
+
+def describe_source(source: Any, name: str | None = None) -> str:
+    """A short name for an image source, used in error messages.
+
+    Example:
+        >>> describe_source(b"abc")
+        '<3 bytes>'
+    """
+    if name:
+        return name
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes>"
+    if isinstance(source, np.ndarray):
+        return f"<array {source.dtype} {tuple(source.shape)}>"
+    if isinstance(source, Image.Image):
+        filename = getattr(source, "filename", "")
+        return filename or f"<PIL image {source.mode} {source.size[0]}x{source.size[1]}>"
+    return f"<{type(source).__name__}>"
+
+
+def load_image(source: ImageSource, *, name: str | None = None) -> Image.Image:
+    """Decode any supported input into an 8-bit RGB PIL image.
+
+    Args:
+        source: a file path, encoded bytes, a PIL image, or a numpy array
+            (H x W grayscale, H x W x 1/3/4, uint8, uint16, bool or float in
+            [0, 1] / [0, 255]).
+        name: how to call the input in error messages (default: derived).
+
+    Returns:
+        The image as mode ``"RGB"``, EXIF orientation applied.
+
+    Raises:
+        InvalidImageError: the input is missing, empty, corrupt, truncated,
+            of an unsupported shape or mode, or larger than
+            :data:`MAX_IMAGE_PIXELS`.
+
+    Example:
+        >>> load_image(np.full((4, 5), 7, np.uint8)).mode
+        'RGB'
+    """
+    label = describe_source(source, name)
+    if isinstance(source, np.ndarray):
+        return _array_to_rgb(source, label)
+    if isinstance(source, Image.Image):
+        return _to_rgb(source, label)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise InvalidImageError(f"{label}: empty input, no image data")
+        return _decode(io.BytesIO(bytes(source)), label)
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise InvalidImageError(f"{label}: no such file")
+        if path.is_dir():
+            raise InvalidImageError(f"{label}: is a directory, not an image file")
+        if path.stat().st_size == 0:
+            raise InvalidImageError(f"{label}: empty file (0 bytes), not an image")
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise InvalidImageError(f"{label}: cannot be read ({err.strerror or err})") from None
+        return _decode(io.BytesIO(data), label)
+    raise InvalidImageError(
+        f"{label}: unsupported input type; pass a path, bytes, a PIL image or a numpy array"
+    )
+
+
+def _decode(stream: io.BytesIO, label: str) -> Image.Image:
+    """Open, bomb-check and fully decode an encoded image."""
+    if ImageFile.LOAD_TRUNCATED_IMAGES:  # another library flipped the global; we never accept half images
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(stream)
+            _check_size(image.size, label)
+            image.load()
+    except InvalidImageError:
+        raise
+    except UnidentifiedImageError:
+        raise InvalidImageError(f"{label}: not a recognised image file (corrupt or wrong format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InvalidImageError(
+            f"{label}: image is too large (decompression bomb guard, limit {MAX_IMAGE_PIXELS:,} pixels)"
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        reason = str(err) or type(err).__name__
+        if "truncated" in reason.lower():
+            reason = "file is truncated"
+        raise InvalidImageError(f"{label}: cannot decode image ({reason})") from None
+    return _to_rgb(image, label)
+
+
+def _check_size(size: tuple[int, int], label: str) -> None:
+    width, height = size
+    if width <= 0 or height <= 0:
+        raise InvalidImageError(f"{label}: image has no pixels ({width}x{height})")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise InvalidImageError(
+            f"{label}: image is too large ({width}x{height} = {width * height:,} pixels, "
+            f"limit {MAX_IMAGE_PIXELS:,}); downscale it before classifying"
+        )
+
+
+def _to_rgb(image: Image.Image, label: str) -> Image.Image:
+    """Apply EXIF orientation and convert any mode to 8-bit RGB."""
+    _check_size(image.size, label)
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # a malformed EXIF block must not lose the image itself  # noqa: BLE001
+        pass
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode == "P" and "transparency" in image.info:
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode in _ALPHA_MODES:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode in _WIDE_MODES:
+        return _array_to_rgb(np.asarray(image), label)
+    try:
+        return image.convert("RGB")
+    except (ValueError, OSError) as err:
+        raise InvalidImageError(f"{label}: unsupported image mode {mode!r} ({err})") from None
+
+
+def _array_to_rgb(array: np.ndarray, label: str) -> Image.Image:
+    """Convert a numpy image (HW, HW1, HW3 or HW4) of any numeric dtype to RGB."""
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise InvalidImageError(
+            f"{label}: unsupported array shape {tuple(array.shape)}; expected H x W, or H x W x 1, 3 or 4"
+        )
+    if array.size == 0:
+        raise InvalidImageError(f"{label}: image has no pixels (shape {tuple(array.shape)})")
+    _check_size((array.shape[1], array.shape[0]), label)
+    array = _to_uint8(array, label)
+    if array.ndim == 2:
+        return Image.fromarray(array, mode="L").convert("RGB")
+    if array.shape[-1] == 4:
+        return _to_rgb(Image.fromarray(array, mode="RGBA"), label)
+    return Image.fromarray(np.ascontiguousarray(array), mode="RGB")
+
+
+def _to_uint8(array: np.ndarray, label: str) -> np.ndarray:
+    """Scale an array to uint8: 16-bit by its full range, float from [0, 1] or [0, 255]."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.all(np.isfinite(array)):
+            raise InvalidImageError(f"{label}: image contains NaN or infinite values")
+        peak = float(array.max(initial=0.0))
+        scaled = array * 255.0 if peak <= 1.0 else array
+        return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    if np.issubdtype(array.dtype, np.integer):
+        low, high = int(array.min(initial=0)), int(array.max(initial=0))
+        if low < 0:
+            raise InvalidImageError(f"{label}: image has negative pixel values ({low})")
+        if high <= 255 and array.dtype.itemsize == 1:
+            return array.astype(np.uint8)
+        if high <= 65535:  # 16-bit data: map the full 16-bit range onto 8 bits
+            return (array.astype(np.uint32) // 257).astype(np.uint8)
+        return (array.astype(np.float64) * (255.0 / high)).round().astype(np.uint8)
+    raise InvalidImageError(f"{label}: unsupported array dtype {array.dtype}")
+
+
+def prepare_image(image: Image.Image, spec: Preprocessing) -> Image.Image:
+    """Centre-crop and resize an RGB image to the model's input size.
+
+    The crop is a centre square: ``left = (w - c) // 2``, ``top = (h - c) // 2``
+    where ``c`` is ``crop_value`` pixels (``"pixels"``, clipped to the short
+    side) or ``round(crop_value * short side)`` (``"fraction"``). Without a
+    crop the whole image is resized to a square.
+
+    Example:
+        >>> from cellsdk.metadata import Preprocessing
+        >>> spec = Preprocessing(input_size=8, crop_mode="pixels", crop_value=20)
+        >>> prepare_image(Image.new("RGB", (36, 30)), spec).size
+        (8, 8)
+    """
+    width, height = image.size
+    side = None
+    if spec.crop_mode == "pixels":
+        side = min(int(spec.crop_value), width, height)
+    elif spec.crop_mode == "fraction" and spec.crop_value < 1.0:
+        side = max(1, int(round(min(width, height) * spec.crop_value)))
+    if side is not None and (side, side) != (width, height):
+        left, top = (width - side) // 2, (height - side) // 2
+        image = image.crop((left, top, left + side, top + side))
+    size = (spec.input_size, spec.input_size)
+    if image.size != size:
+        image = image.resize(size, resample=_FILTERS[spec.resize_filter])
+    return image
+
+
+def to_input_array(image: Image.Image, spec: Preprocessing) -> np.ndarray:
+    """Scale to [0, 1], normalise and lay out a prepared RGB image as float32 CHW.
+
+    Example:
+        >>> from cellsdk.metadata import Preprocessing
+        >>> spec = Preprocessing(input_size=2, mean=(0, 0, 0), std=(1, 1, 1))
+        >>> to_input_array(Image.new("RGB", (2, 2), (255, 0, 0)), spec)[:, 0, 0].tolist()
+        [1.0, 0.0, 0.0]
+    """
+    pixels = np.asarray(image, dtype=np.float32)
+    scale = np.asarray([1.0 / (255.0 * s) for s in spec.std], dtype=np.float32)
+    offset = np.asarray([-m / s for m, s in zip(spec.mean, spec.std)], dtype=np.float32)
+    normalised = pixels * scale + offset
+    if spec.color_order == "BGR":
+        normalised = normalised[..., ::-1]
+    return np.ascontiguousarray(normalised.transpose(2, 0, 1))
+
+
+def preprocess(source: ImageSource, spec: Preprocessing, *, name: str | None = None) -> np.ndarray:
+    """Decode, crop, resize and normalise one image into a float32 CHW array.
+
+    Args:
+        source: anything :func:`load_image` accepts.
+        spec: the model's preprocessing recipe.
+        name: how to call the input in error messages.
+
+    Raises:
+        InvalidImageError: the input cannot be turned into an image.
+
+    Example:
+        >>> from cellsdk.metadata import Preprocessing
+        >>> preprocess(np.zeros((5, 5), np.uint8), Preprocessing(input_size=4)).shape
+        (3, 4, 4)
+    """
+    return to_input_array(prepare_image(load_image(source, name=name), spec), spec)
+
+
+def preprocess_batch(sources: Iterable[ImageSource], spec: Preprocessing) -> np.ndarray:
+    """Preprocess several images into one float32 NCHW batch.
+
+    Example:
+        >>> from cellsdk.metadata import Preprocessing
+        >>> preprocess_batch([np.zeros((5, 5), np.uint8)] * 2, Preprocessing(input_size=4)).shape
+        (2, 3, 4, 4)
+    """
+    arrays = [preprocess(source, spec) for source in sources]
+    if not arrays:
+        return np.zeros((0, 3, spec.input_size, spec.input_size), dtype=np.float32)
+    return np.stack(arrays)
