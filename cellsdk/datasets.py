@@ -1,0 +1,389 @@
+"""Dataset loaders for MedMNIST-style ``.npz`` files and image folders (torch-free).
+
+Three layouts are recognised by :func:`load_dataset`:
+
+* a MedMNIST-style ``.npz`` with ``{train,val,test}_{images,labels}`` at any
+  resolution (images ``N x H x W`` or ``N x H x W x C``, labels ``N`` or ``N x 1``);
+* an image folder with split subfolders, ``split/class/*.jpg``;
+* an image folder without splits, ``class/*.jpg``, split deterministically and
+  stratified by class with a seed.
+
+Class names come from the folders, from a known label map (``"bloodmnist"``)
+or from the caller. Problems are found when the dataset is opened, not hours
+into training: missing keys, empty classes, unreadable files and labels out
+of range raise :class:`~cellsdk.errors.DatasetError` naming what to fix.
+
+Example:
+    >>> import numpy as np, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "tiny.npz")
+    >>> arrays = {f"{s}_{k}": np.zeros((4, 8, 8, 3), np.uint8) if k == "images"
+    ...           else np.array([0, 1, 0, 1]) for s in ("train", "val", "test") for k in ("images", "labels")}
+    >>> np.savez(path, **arrays)
+    >>> ds = load_dataset(path)
+    >>> ds.labels, len(ds.split("train"))
+    (('class_0', 'class_1'), 4)
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+
+from cellsdk.errors import DatasetError
+from cellsdk.labelmaps import KNOWN_LABEL_MAPS, resolve_label_map
+from cellsdk.preprocessing import load_image
+
+__all__ = ["IMAGE_EXTENSIONS", "SPLITS", "ImageDataset", "Split", "load_dataset"]
+
+SPLITS = ("train", "val", "test")
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
+_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                  "validation": "val", "test": "test", "testing": "test"}
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a dataset: images (paths or an array) and integer labels.
+
+    Example:
+        >>> s = Split("val", np.array([1, 0]), images=np.zeros((2, 4, 4), np.uint8))
+        >>> s.load(0).size, s.class_counts(2).tolist()
+        ((4, 4), [1, 1])
+    """
+
+    name: str
+    targets: np.ndarray
+    paths: tuple[Path, ...] | None = None
+    images: np.ndarray | None = field(default=None, repr=False)
+    origin: str = ""
+
+    def __len__(self) -> int:
+        return int(self.targets.shape[0])
+
+    def describe(self, index: int) -> str:
+        """The name of item ``index`` for messages: its path, or ``file[split][i]``."""
+        if self.paths is not None:
+            return str(self.paths[index])
+        return f"{self.origin}[{self.name}][{index}]"
+
+    def load(self, index: int):  # -> PIL.Image.Image
+        """Decode item ``index`` into an RGB PIL image (InvalidImageError names it)."""
+        source = self.paths[index] if self.paths is not None else self.images[index]  # type: ignore[index]
+        return load_image(source, name=self.describe(index))
+
+    def class_counts(self, num_classes: int) -> np.ndarray:
+        """Images per class, as an array of length ``num_classes``."""
+        return np.bincount(self.targets, minlength=num_classes)
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """A dataset: ordered class names and its splits.
+
+    Example:
+        >>> ds = ImageDataset("demo", ("a", "b"), {"train": Split("train", np.array([0, 1]),
+        ...     images=np.zeros((2, 4, 4), np.uint8))})
+        >>> ds.num_classes, ds.split_names
+        (2, ('train',))
+    """
+
+    source: str
+    labels: tuple[str, ...]
+    splits: Mapping[str, Split]
+    layout: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        """The number of classes."""
+        return len(self.labels)
+
+    @property
+    def split_names(self) -> tuple[str, ...]:
+        """The splits present, in train/val/test order."""
+        return tuple(name for name in SPLITS if name in self.splits)
+
+    def split(self, name: str) -> Split:
+        """Return split ``name`` (``all`` joins every split); raise DatasetError listing the available ones."""
+        key = _SPLIT_ALIASES.get(name.lower(), name)
+        if key == "all":
+            return self._all()
+        if key not in self.splits:
+            raise DatasetError(
+                f"{self.source}: has no '{name}' split (available: {', '.join(self.split_names)}, all)"
+            )
+        return self.splits[key]
+
+    def _all(self) -> Split:
+        parts = [self.splits[name] for name in self.split_names]
+        targets = np.concatenate([p.targets for p in parts])
+        if all(p.paths is not None for p in parts):
+            paths = tuple(path for p in parts for path in p.paths)  # type: ignore[union-attr]
+            return Split("all", targets, paths=paths, origin=self.source)
+        images = np.concatenate([p.images for p in parts])  # type: ignore[misc]
+        return Split("all", targets, images=images, origin=self.source)
+
+    def summary(self) -> str:
+        """A small text table of images per class and split."""
+        rows = [f"{'class':<16}" + "".join(f"{s:>8}" for s in self.split_names)]
+        counts = {s: self.splits[s].class_counts(self.num_classes) for s in self.split_names}
+        for index, label in enumerate(self.labels):
+            rows.append(f"{label:<16}" + "".join(f"{counts[s][index]:>8}" for s in self.split_names))
+        rows.append(f"{'total':<16}" + "".join(f"{len(self.splits[s]):>8}" for s in self.split_names))
+        return "\n".join(rows)
+
+
+def load_dataset(
+    path: str | os.PathLike,
+    *,
+    labels: str | Sequence[str] | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    check_files: bool = True,
+) -> ImageDataset:
+    """Open a dataset in any supported layout and check it.
+
+    Args:
+        path: a ``.npz`` file or an image folder.
+        labels: class names: a known map (``"bloodmnist"``), comma-separated
+            names, or a sequence; default from the folders, or a known map
+            named in the file name, or ``class_0 ...``.
+        seed: seed of the stratified split of a folder without split folders.
+        val_fraction: share of each class put in ``val`` by that split.
+        test_fraction: share of each class put in ``test`` by that split.
+        check_files: open every image file's header now so an unreadable
+            file fails before training starts.
+
+    Raises:
+        DatasetError: the dataset is missing, malformed or inconsistent.
+
+    Example:
+        >>> load_dataset("/no/such/data")
+        Traceback (most recent call last):
+        ...
+        cellsdk.errors.DatasetError: /no/such/data: no such file or folder
+    """
+    root = Path(path)
+    if not root.exists():
+        raise DatasetError(f"{root}: no such file or folder")
+    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise DatasetError(
+            f"split fractions val={val_fraction}, test={test_fraction} leave no training data: "
+            "use fractions in [0, 1) that sum to less than 1"
+        )
+    names = resolve_label_map(labels) if labels is not None else None
+    if root.is_file():
+        if root.suffix.lower() != ".npz":
+            raise DatasetError(f"{root}: unsupported dataset file; use a MedMNIST-style .npz or an image folder")
+        return _load_npz(root, names)
+    return _load_folder(root, names, seed, val_fraction, test_fraction, check_files)
+
+
+# --------------------------------------------------------------------------- npz
+
+
+def _load_npz(path: Path, names: tuple[str, ...] | None) -> ImageDataset:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+        raise DatasetError(f"{path}: not a readable .npz file ({err})") from None
+    missing = [f"{s}_{k}" for s in SPLITS for k in ("images", "labels") if f"{s}_{k}" not in arrays]
+    if missing:
+        raise DatasetError(
+            f"{path}: missing keys {', '.join(missing)}; a MedMNIST-style .npz holds "
+            "{train,val,test}_{images,labels}"
+        )
+    splits: dict[str, Split] = {}
+    for split in SPLITS:
+        images, targets = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        where = f"{path}: {split}"
+        if images.ndim == 4 and images.shape[-1] not in (1, 3):
+            raise DatasetError(f"{where}_images has {images.shape[-1]} channels; expected 1 or 3 (N x H x W x C)")
+        if images.ndim not in (3, 4):
+            raise DatasetError(f"{where}_images has shape {images.shape}; expected N x H x W or N x H x W x C")
+        if targets.ndim == 2 and targets.shape[1] == 1:
+            targets = targets[:, 0]
+        if targets.ndim != 1:
+            raise DatasetError(f"{where}_labels has shape {targets.shape}; expected N or N x 1 (single-label)")
+        if not np.issubdtype(targets.dtype, np.integer):
+            raise DatasetError(f"{where}_labels has dtype {targets.dtype}; expected integers")
+        if len(images) != len(targets):
+            raise DatasetError(f"{where}: {len(images)} images but {len(targets)} labels")
+        if len(images) == 0:
+            raise DatasetError(f"{where} split is empty")
+        splits[split] = Split(split, targets.astype(np.int64), images=images, origin=str(path))
+    if names is None:
+        names = _npz_default_names(path, splits)
+    _check_targets(str(path), names, splits)
+    return ImageDataset(str(path), names, splits, layout="npz")
+
+
+def _npz_default_names(path: Path, splits: Mapping[str, Split]) -> tuple[str, ...]:
+    highest = max(int(s.targets.max()) for s in splits.values())
+    stem = path.stem.lower()
+    for key, known in KNOWN_LABEL_MAPS.items():
+        if key in stem:
+            return known
+    return tuple(f"class_{i}" for i in range(max(highest + 1, 2)))
+
+
+def _check_targets(source: str, names: tuple[str, ...], splits: Mapping[str, Split]) -> None:
+    for split in splits.values():
+        bad = (split.targets < 0) | (split.targets >= len(names))
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise DatasetError(
+                f"{source}: {int(bad.sum())} {split.name} labels out of range 0..{len(names) - 1} "
+                f"(first: {split.describe(first)} has label {int(split.targets[first])}); "
+                "check the label map (--labels)"
+            )
+    train = splits.get("train")
+    if train is not None:
+        empty = [names[i] for i, n in enumerate(train.class_counts(len(names))) if n == 0]
+        if empty:
+            raise DatasetError(f"{source}: class {', '.join(empty)} has no training images")
+
+
+# ------------------------------------------------------------------------ folders
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _load_folder(
+    root: Path,
+    names: tuple[str, ...] | None,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    check_files: bool,
+) -> ImageDataset:
+    split_dirs = {_SPLIT_ALIASES[p.name.lower()]: p for p in _subdirs(root) if p.name.lower() in _SPLIT_ALIASES}
+    if split_dirs:  # a folder with only val/ or test/ is fine for evaluation; training asks for train
+        by_split = {split: _scan_classes(folder) for split, folder in split_dirs.items()}
+        layout = "split-folders"
+    else:
+        by_split = {"all": _scan_classes(root)}
+        layout = "class-folders"
+    folder_classes = sorted({c for classes in by_split.values() for c in classes})
+    if not folder_classes:
+        raise DatasetError(
+            f"{root}: no class folders with images found; expected split/class/*.jpg or class/*.jpg"
+        )
+    names, folder_to_index = _class_index(root, folder_classes, names)
+    if check_files:
+        for files in (f for classes in by_split.values() for f in classes.values()):
+            for file in files:
+                _check_header(file)
+    splits: dict[str, Split] = {}
+    if layout == "split-folders":
+        for split, classes in by_split.items():
+            paths, targets = _flatten(classes, folder_to_index)
+            if not paths:
+                raise DatasetError(f"{split_dirs[split]}: split folder holds no images")
+            splits[split] = Split(split, targets, paths=tuple(paths), origin=str(root))
+    else:
+        paths, targets = _flatten(by_split["all"], folder_to_index)
+        splits = _stratified_split(paths, targets, seed, val_fraction, test_fraction, str(root))
+    _check_targets(str(root), names, splits)
+    return ImageDataset(str(root), names, {s: splits[s] for s in SPLITS if s in splits}, layout=layout)
+
+
+def _scan_classes(folder: Path) -> dict[str, list[Path]]:
+    classes: dict[str, list[Path]] = {}
+    for class_dir in _subdirs(folder):
+        files = sorted(p for p in class_dir.iterdir() if _is_image(p))
+        if not files:
+            raise DatasetError(
+                f"{class_dir}: class folder has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                "add images or remove the folder"
+            )
+        classes[class_dir.name] = files
+    return classes
+
+
+def _class_index(
+    root: Path, folder_classes: list[str], names: tuple[str, ...] | None
+) -> tuple[tuple[str, ...], dict[str, int]]:
+    """Map folder names to label indices, using a label map where one fits."""
+    numeric = all(name.isdigit() for name in folder_classes)
+    if names is None:
+        if numeric:
+            raise DatasetError(
+                f"{root}: class folders are numbers ({', '.join(folder_classes[:4])} ...); "
+                "name the classes with --labels (e.g. bloodmnist or a,b,c)"
+            )
+        for known in KNOWN_LABEL_MAPS.values():
+            if set(folder_classes) == set(known):
+                names = known
+                break
+        else:
+            names = tuple(folder_classes)
+        if len(names) < 2:
+            raise DatasetError(f"{root}: only one class folder ({folder_classes[0]}); a classifier needs two or more")
+    if numeric:
+        mapping = {name: int(name) for name in folder_classes}
+    else:
+        unknown = [name for name in folder_classes if name not in names]
+        if unknown:
+            raise DatasetError(
+                f"{root}: class folders {', '.join(unknown)} are not in the label map ({', '.join(names)})"
+            )
+        mapping = {name: names.index(name) for name in folder_classes}
+    return names, mapping
+
+
+def _check_header(path: Path) -> None:
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception as err:  # noqa: BLE001 - any failure means the file is unusable
+        raise DatasetError(f"{path}: unreadable image file ({type(err).__name__}: {err}); fix or remove it") from None
+    if width <= 0 or height <= 0:
+        raise DatasetError(f"{path}: image has no pixels; fix or remove it")
+
+
+def _flatten(classes: Mapping[str, list[Path]], mapping: Mapping[str, int]) -> tuple[list[Path], np.ndarray]:
+    paths: list[Path] = []
+    targets: list[int] = []
+    for name in sorted(classes, key=lambda n: mapping[n]):
+        paths.extend(classes[name])
+        targets.extend([mapping[name]] * len(classes[name]))
+    return paths, np.asarray(targets, dtype=np.int64)
+
+
+def _stratified_split(
+    paths: list[Path], targets: np.ndarray, seed: int, val_fraction: float, test_fraction: float, origin: str
+) -> dict[str, Split]:
+    """Split per class with a seeded permutation: the same seed gives the same split."""
+    rng = np.random.default_rng(seed)
+    chosen: dict[str, list[int]] = {s: [] for s in SPLITS}
+    for label in np.unique(targets):
+        members = np.flatnonzero(targets == label)
+        members = members[rng.permutation(len(members))]
+        n_test = int(round(len(members) * test_fraction))
+        n_val = int(round(len(members) * val_fraction))
+        if n_test + n_val >= len(members):  # always keep one training image per class
+            n_test, n_val = max(0, min(n_test, len(members) - 1)), 0
+            n_val = max(0, min(int(round(len(members) * val_fraction)), len(members) - 1 - n_test))
+        chosen["test"].extend(members[:n_test].tolist())
+        chosen["val"].extend(members[n_test:n_test + n_val].tolist())
+        chosen["train"].extend(members[n_test + n_val:].tolist())
+    out: dict[str, Split] = {}
+    for split, indices in chosen.items():
+        if indices:
+            indices = sorted(indices)
+            out[split] = Split(split, targets[indices], paths=tuple(paths[i] for i in indices), origin=origin)
+    return out

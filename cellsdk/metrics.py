@@ -1,0 +1,137 @@
+"""Classification metrics in numpy: accuracy, macro-F1, per-class scores, calibration.
+
+Used by training (validation macro-F1), evaluation, the conversion gate and
+the benchmark's accuracy rows, so every tool computes the same numbers.
+
+Example:
+    >>> import numpy as np
+    >>> report = classification_report(np.array([0, 1, 1]), np.array([[.9, .1], [.2, .8], [.6, .4]]), ("a", "b"))
+    >>> round(report["accuracy"], 4), report["per_class"]["b"]["recall"]
+    (0.6667, 0.5)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+__all__ = ["classification_report", "confusion_matrix", "expected_calibration_error", "softmax"]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, numerically stable.
+
+    Example:
+        >>> softmax(np.array([[0.0, 0.0]])).tolist()
+        [[0.5, 0.5]]
+    """
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts with true classes as rows and predicted classes as columns.
+
+    Example:
+        >>> confusion_matrix(np.array([0, 1, 1]), np.array([0, 0, 1]), 2).tolist()
+        [[1, 0], [1, 1]]
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    flat = np.bincount(y_true * num_classes + y_pred, minlength=num_classes * num_classes)
+    return flat.reshape(num_classes, num_classes)
+
+
+def expected_calibration_error(
+    probabilities: np.ndarray, y_true: np.ndarray, n_bins: int = 15
+) -> tuple[float, list[dict[str, float]]]:
+    """Expected calibration error of the top-1 confidence, with equal-width bins.
+
+    ``ECE = sum_b |accuracy_b - confidence_b| * n_b / N``.
+
+    Returns:
+        The ECE and, per bin, its edges, count, mean confidence and accuracy
+        (the data of a reliability diagram).
+
+    Example:
+        >>> ece, bins = expected_calibration_error(np.array([[0.75, 0.25]] * 4), np.array([0, 0, 0, 1]))
+        >>> ece
+        0.0
+    """
+    confidence = probabilities.max(axis=1)
+    correct = (probabilities.argmax(axis=1) == y_true).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # bin b holds (edge_b, edge_b+1]; a confidence of exactly 0 falls in the first bin
+    which = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1)
+    total = len(confidence)
+    ece = 0.0
+    bins: list[dict[str, float]] = []
+    for b in range(n_bins):
+        mask = which == b
+        count = int(mask.sum())
+        conf = float(confidence[mask].mean()) if count else 0.0
+        acc = float(correct[mask].mean()) if count else 0.0
+        if count:
+            ece += abs(acc - conf) * count / total
+        bins.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": count,
+                     "confidence": conf, "accuracy": acc})
+    return float(ece), bins
+
+
+def classification_report(
+    y_true: np.ndarray, probabilities: np.ndarray, labels: Sequence[str], *, n_bins: int = 15
+) -> dict[str, Any]:
+    """All evaluation metrics for one set of predictions, as a JSON-ready dictionary.
+
+    Precision of a class never predicted is 0, as is recall of a class absent
+    from ``y_true``. Macro averages run over the classes that occur in
+    ``y_true`` or in the predictions, so a class missing from a small
+    evaluation set does not count as a failure.
+
+    Args:
+        y_true: true class indices, shape ``N``.
+        probabilities: predicted probabilities, shape ``N x C``.
+        labels: class names, length ``C``.
+        n_bins: bins of the calibration error.
+
+    Returns:
+        ``n``, ``accuracy``, ``macro_precision``, ``macro_recall``, ``macro_f1``,
+        ``min_recall``, ``ece``, ``per_class`` (precision, recall, f1, support by
+        label), ``confusion_matrix`` (rows true, columns predicted),
+        ``reliability`` (the ECE bins), ``labels``.
+    """
+    y_true = np.asarray(y_true, dtype=np.int64)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    num_classes = len(labels)
+    y_pred = probabilities.argmax(axis=1)
+    matrix = confusion_matrix(y_true, y_pred, num_classes)
+    true_positive = np.diag(matrix).astype(np.float64)
+    support = matrix.sum(axis=1)
+    predicted = matrix.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, true_positive / predicted, 0.0)
+        recall = np.where(support > 0, true_positive / support, 0.0)
+        denominator = precision + recall
+        f1 = np.where(denominator > 0, 2 * precision * recall / denominator, 0.0)
+    present = (support > 0) | (predicted > 0)
+    ece, bins = expected_calibration_error(probabilities, y_true, n_bins)
+    per_class = {
+        label: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                "support": int(support[i])}
+        for i, label in enumerate(labels)
+    }
+    return {
+        "n": int(len(y_true)),
+        "accuracy": float((y_pred == y_true).mean()) if len(y_true) else 0.0,
+        "macro_precision": float(precision[present].mean()) if present.any() else 0.0,
+        "macro_recall": float(recall[present].mean()) if present.any() else 0.0,
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "min_recall": float(recall[support > 0].min()) if (support > 0).any() else 0.0,
+        "ece": ece,
+        "labels": list(labels),
+        "per_class": per_class,
+        "confusion_matrix": matrix.tolist(),
+        "reliability": bins,
+    }

@@ -1,0 +1,61 @@
+"""Shared fixtures: the shipped samples, tiny synthetic datasets and one tiny trained checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "samples" / "bloodmnist_128"
+RAW_SAMPLES = REPO / "samples" / "pbc_raw"
+TINY_ARCH = "test_efficientnet"
+
+
+@pytest.fixture(scope="session")
+def samples() -> Path:
+    """The shipped 128 px BloodMNIST sample folder (split/class/*.jpg)."""
+    return SAMPLES
+
+
+def make_npz(path: Path, n: int = 12, size: int = 16, classes: int = 3, channels: int | None = 3) -> Path:
+    """A tiny MedMNIST-style .npz with every class in every split."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split in ("train", "val", "test"):
+        shape = (n, size, size) if channels is None else (n, size, size, channels)
+        arrays[f"{split}_images"] = rng.integers(0, 256, shape, dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(n) % classes).reshape(-1, 1).astype(np.uint8)
+    np.savez(path, **arrays)
+    return path
+
+
+def make_folder(root: Path, classes: dict[str, int], size: int = 20, splits: tuple[str, ...] | None = None) -> Path:
+    """An image folder, with split subfolders if ``splits`` is given."""
+    rng = np.random.default_rng(1)
+    for split in splits or ("",):
+        for name, count in classes.items():
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture()
+def tiny_npz(tmp_path: Path) -> Path:
+    return make_npz(tmp_path / "tiny.npz")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory):
+    """One short training run of a tiny timm model on the shipped samples."""
+    from cellsdk.training import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    config = TrainConfig.quick(arch=TINY_ARCH, pretrained="none", input_size=32, epochs=2, batch_size=16,
+                               crop_mode="pixels", crop_value=200, data_cropped=True, max_steps_per_epoch=3)
+    return train(SAMPLES, out, config, progress=False)
