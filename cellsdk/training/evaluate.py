@@ -1,0 +1,144 @@
+"""``cellsdk-eval``: accuracy, macro-F1, per-class scores, confusion matrix and calibration of a checkpoint.
+
+Example:
+    >>> from cellsdk.training import evaluate
+    >>> report = evaluate("runs/a/best.safetensors", "data.npz", split="test", out_dir="runs/a/eval")  # doctest: +SKIP
+    >>> report["accuracy"]  # doctest: +SKIP
+    0.97
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from cellsdk._io import sha256_file, write_json, write_text
+from cellsdk.datasets import ImageDataset, Split, load_dataset
+from cellsdk.errors import DatasetError, InvalidImageError
+from cellsdk.metadata import ModelMetadata
+from cellsdk.metrics import classification_report
+from cellsdk.training.checkpoint import load_checkpoint
+
+__all__ = ["confusion_matrix_csv", "evaluate"]
+
+REPORT, CONFUSION_CSV, CONFUSION_PNG, RELIABILITY_PNG = (
+    "report.json", "confusion_matrix.csv", "confusion_matrix.png", "reliability.png",
+)
+
+
+def _align_targets(dataset: ImageDataset, split: Split, metadata: ModelMetadata) -> np.ndarray:
+    """Map the dataset's class indices onto the model's by name."""
+    unknown = [name for name in dataset.labels if name not in metadata.labels]
+    if unknown:
+        raise DatasetError(
+            f"{dataset.source}: classes {', '.join(unknown)} are not among the model's "
+            f"({', '.join(metadata.labels)}); evaluate on data with the model's classes"
+        )
+    lookup = np.asarray([metadata.labels.index(name) for name in dataset.labels], dtype=np.int64)
+    return lookup[split.targets]
+
+
+def confusion_matrix_csv(matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> str:
+    """The confusion matrix as CSV: a header of predicted labels, one row per true label.
+
+    Example:
+        >>> print(confusion_matrix_csv([[1, 0], [2, 3]], ["a", "b"]), end="")
+        true\\predicted,a,b
+        a,1,0
+        b,2,3
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["true\\predicted", *labels])
+    for label, row in zip(labels, matrix):
+        writer.writerow([label, *row])
+    return buffer.getvalue()
+
+
+def evaluate(
+    checkpoint: str | os.PathLike,
+    data: str | os.PathLike,
+    *,
+    split: str = "test",
+    out_dir: str | os.PathLike | None = None,
+    data_cropped: bool = False,
+    labels: str | Sequence[str] | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    workers: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint on one split and (optionally) write the report files.
+
+    Args:
+        checkpoint: a ``.safetensors`` checkpoint written by ``cellsdk-train``.
+        data: a dataset (``.npz`` or image folder).
+        split: which split to evaluate.
+        out_dir: where to write ``report.json``, ``confusion_matrix.csv``,
+            ``confusion_matrix.png`` and ``reliability.png``; None writes nothing.
+        data_cropped: the images were already cut with the model's crop.
+        labels: the dataset's class names, if its folders do not give them.
+        batch_size: images per forward pass.
+        device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
+        workers: data-loading worker processes.
+        progress: show a progress bar.
+
+    Returns:
+        The report: :func:`cellsdk.metrics.classification_report` plus the
+        model, data and timing it was computed from.
+    """
+    import torch
+
+    from cellsdk.training.torchdata import SplitDataset, make_loader, pick_device, predict_split
+    from cellsdk.training.trainer import _progress
+
+    started = time.perf_counter()
+    model, metadata = load_checkpoint(checkpoint)
+    dataset = load_dataset(data, labels=labels)
+    chosen = dataset.split(split)
+    targets = _align_targets(dataset, chosen, metadata)
+    spec = metadata.preprocessing.without_crop() if data_cropped else metadata.preprocessing
+    torch_device = pick_device(device)
+    model = model.to(torch_device)
+    loader = make_loader(SplitDataset(chosen, spec), batch_size, shuffle=False, workers=workers)
+    bar = _progress(len(chosen), f"eval {split}", progress)
+    try:
+        probabilities, _, loss = predict_split(model, loader, torch_device, None, progress=bar)
+    except InvalidImageError as err:
+        raise DatasetError(f"bad evaluation image: {err}") from None
+    finally:
+        bar.close()
+    report = classification_report(targets, probabilities, metadata.labels)
+    report.update({
+        "loss": loss,
+        "split": chosen.name,
+        "data": str(data),
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": sha256_file(checkpoint),
+        "arch": metadata.arch,
+        "preprocessing": spec.describe(),
+        "seconds": time.perf_counter() - started,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    })
+    if out_dir is not None:
+        _write_report(Path(out_dir), report)
+    return report
+
+
+def _write_report(out: Path, report: dict[str, Any]) -> None:
+    from cellsdk.plots import plot_confusion_matrix, plot_reliability
+
+    labels = report["labels"]
+    write_json(out / REPORT, report)
+    write_text(out / CONFUSION_CSV, confusion_matrix_csv(report["confusion_matrix"], labels))
+    plot_confusion_matrix(report["confusion_matrix"], labels, out / CONFUSION_PNG,
+                          title=f"{report['split']}: accuracy {report['accuracy'] * 100:.2f} % (n={report['n']})")
+    plot_reliability(report["reliability"], report["ece"], out / RELIABILITY_PNG)
+    report["files"] = {name: str(out / name) for name in (REPORT, CONFUSION_CSV, CONFUSION_PNG, RELIABILITY_PNG)}

@@ -1,0 +1,377 @@
+"""``cellsdk-train``: fine-tune a timm backbone and write checkpoints that carry their metadata.
+
+Example:
+    >>> from cellsdk.training import TrainConfig, train
+    >>> result = train("samples/bloodmnist_128", "runs/demo", TrainConfig.quick())  # doctest: +SKIP
+    >>> result.best_checkpoint  # doctest: +SKIP
+    PosixPath('runs/demo/best.safetensors')
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from cellsdk._io import write_json
+from cellsdk.datasets import ImageDataset, load_dataset
+from cellsdk.errors import ConfigError, InvalidImageError, TrainingError
+from cellsdk.metadata import ModelMetadata, Preprocessing
+from cellsdk.metrics import classification_report
+from cellsdk.training.checkpoint import load_checkpoint, save_checkpoint
+from cellsdk.training.config import TrainConfig
+from cellsdk.training.models import PretrainedSource, create_model
+from cellsdk.training.torchdata import SplitDataset, autocast, make_loader, pick_amp, pick_device, predict_split
+
+__all__ = ["TrainResult", "resume_training", "train"]
+
+log = logging.getLogger("cellsdk.training")
+
+BEST, LAST, STATE, CONFIG, HISTORY, CURVES = (
+    "best.safetensors", "last.safetensors", "last_state.pt", "config.json", "history.json", "training_curves.png",
+)
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    Attributes:
+        run_dir: the run folder.
+        best_checkpoint: the checkpoint with the best validation macro-F1.
+        last_checkpoint: the checkpoint after the last epoch.
+        history: one record per epoch.
+        best_epoch: the epoch of the best checkpoint.
+        best_metrics: validation metrics of the best checkpoint.
+        seconds: wall time of this call.
+        stopped_early: whether early stopping ended the run.
+    """
+
+    run_dir: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best_metrics: dict[str, float]
+    seconds: float
+    stopped_early: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _class_weights(dataset: ImageDataset, mode: str, device: torch.device) -> torch.Tensor | None:
+    if mode == "none":
+        return None
+    counts = dataset.split("train").class_counts(dataset.num_classes).astype(np.float64)
+    weights = counts.sum() / (len(counts) * np.maximum(counts, 1))
+    return torch.tensor(weights, dtype=torch.float32, device=device)
+
+
+def _head_prefix(model: Any) -> str:
+    return getattr(model, "pretrained_cfg", {}).get("classifier", "classifier")
+
+
+def _set_backbone_frozen(model: Any, frozen: bool) -> None:
+    """Freeze (or release) everything but the classifier head; frozen BatchNorm keeps its statistics."""
+    head = _head_prefix(model)
+    for name, param in model.named_parameters():
+        if not name.startswith(f"{head}."):
+            param.requires_grad_(not frozen)
+    if frozen:
+        for name, module in model.named_modules():
+            if not name.startswith(head) and isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on biases and normalisation parameters (1-D tensors)."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        (no_decay if param.ndim <= 1 else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _schedule(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable[[int], float]:
+    """Linear warm-up to 1, then cosine decay to ``min_ratio``."""
+
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _prepare_run_dir(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"{run_dir}: output folder is not writable ({err.strerror or err}); choose another --out") from None
+
+
+def train(
+    data: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: TrainConfig | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Fine-tune ``config.arch`` on a dataset and write a run folder.
+
+    The run folder holds ``best.safetensors`` and ``last.safetensors``
+    (weights + metadata), ``last_state.pt`` (optimiser state for
+    ``resume``), ``config.json``, ``history.json`` and ``training_curves.png``.
+
+    Args:
+        data: a ``.npz`` file or an image folder (see :func:`cellsdk.datasets.load_dataset`).
+        out_dir: the run folder.
+        config: the recipe; default :class:`TrainConfig` ().
+        resume: continue from ``out_dir``'s last checkpoint with the stored recipe;
+            only ``config.epochs`` is taken from ``config`` (to extend the run).
+        progress: show a progress bar per epoch.
+
+    Raises:
+        DatasetError, ConfigError, CheckpointError, TrainingError: with what to fix.
+
+    Example:
+        >>> train("data.npz", "runs/a", TrainConfig.quick(arch="test_efficientnet", pretrained="none"))  # doctest: +SKIP
+    """
+    started = time.perf_counter()
+    run_dir = Path(out_dir)
+    state: dict[str, Any] | None = None
+    if resume:
+        config, state = _load_resume(run_dir, config.epochs if config else None)
+    config = config or TrainConfig()
+    _prepare_run_dir(run_dir)
+    _seed_everything(config.seed)
+    dataset = load_dataset(data, labels=config.labels, seed=config.seed)
+    train_split = dataset.split("train")
+    if "val" not in dataset.splits:
+        raise ConfigError(f"{data}: no validation split; add a val/ folder (or val_* arrays)")
+    val_split = dataset.split("val")
+    if state is not None and tuple(state["labels"]) != dataset.labels:
+        raise ConfigError(f"{run_dir}: the run was trained on classes {state['labels']}, the data has {list(dataset.labels)}")
+
+    device = pick_device(config.device)
+    amp = pick_amp(config.amp, device)
+    if state is None:
+        model, source = create_model(config.arch, dataset.num_classes, config.pretrained)
+    else:  # the stored arch may be an offline twin of config.arch, so rebuild from the checkpoint itself
+        source = PretrainedSource(**{**state["pretrained"], "mean": tuple(state["pretrained"]["mean"]),
+                                     "std": tuple(state["pretrained"]["std"])})
+        model, _ = load_checkpoint(run_dir / LAST)
+    preprocessing = Preprocessing(
+        input_size=config.input_size, crop_mode=config.crop_mode, crop_value=config.crop_value,
+        resize_filter=config.resize_filter, mean=source.mean, std=source.std,
+    )
+    train_spec = preprocessing.without_crop() if config.data_cropped else preprocessing
+    model = model.to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    train_data = SplitDataset(train_split, train_spec, config.augment, config.seed)
+    val_data = SplitDataset(val_split, train_spec)
+    batches_per_epoch = len(make_loader(train_data, config.batch_size, shuffle=True))
+    steps_per_epoch = math.ceil(batches_per_epoch / config.accumulate)
+    if config.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    total_steps = steps_per_epoch * config.epochs
+    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _schedule(total_steps, int(config.warmup_epochs * steps_per_epoch), config.min_lr_ratio)
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
+    criterion = torch.nn.CrossEntropyLoss(
+        weight=_class_weights(dataset, config.class_weights, device), label_smoothing=config.label_smoothing
+    )
+    history: list[dict[str, Any]] = []
+    start_epoch, best_score, best_epoch, stale = 1, -1.0, 0, 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        history = list(state["history"])
+        start_epoch = int(state["epoch"]) + 1
+        best_score, best_epoch, stale = float(state["best_score"]), int(state["best_epoch"]), int(state["stale"])
+        if start_epoch > config.epochs:
+            raise TrainingError(
+                f"{run_dir}: nothing to do, the run already has {start_epoch - 1} epochs; raise --epochs to extend it"
+            )
+    write_json(run_dir / CONFIG, config.to_dict())
+
+    def metadata_for(epoch: int, metrics: dict[str, float]) -> ModelMetadata:
+        return ModelMetadata(
+            labels=dataset.labels, arch=source.arch, preprocessing=preprocessing,
+            reference_metrics={"val_accuracy": metrics["val_accuracy"], "val_macro_f1": metrics["val_macro_f1"]},
+            dataset=f"{dataset.source} ({dataset.layout}; train {len(train_split)}, val {len(val_split)})",
+            training={"config": config.to_dict(), "pretrained": source.to_dict(), "epoch": epoch,
+                      "data_cropped": config.data_cropped},
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+
+    log.info("training %s (%s) on %s: %d train / %d val images, %d classes, device %s, amp %s",
+             source.arch, source.kind, data, len(train_split), len(val_split), dataset.num_classes, device, amp)
+    stopped_early = False
+    for epoch in range(start_epoch, config.epochs + 1):
+        epoch_start = time.perf_counter()
+        frozen = epoch <= config.freeze_epochs
+        model.train()
+        _set_backbone_frozen(model, frozen)
+        loader = make_loader(train_data, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch,
+                             workers=config.workers)
+        torch.manual_seed(config.seed * 1_000_003 + epoch)  # dropout / drop-path draws depend on the epoch only
+        train_loss = _train_one_epoch(model, loader, optimizer, scheduler, scaler, criterion, device, amp, config,
+                                      steps_per_epoch, epoch, progress, frozen)
+        bar = _progress(len(val_data), f"epoch {epoch}/{config.epochs} val", progress)
+        probabilities, targets, val_loss = predict_split(
+            model, make_loader(val_data, config.batch_size * 2, shuffle=False, workers=config.workers),
+            device, amp, channels_last=config.channels_last, progress=bar)
+        bar.close()
+        if not math.isfinite(val_loss):
+            raise TrainingError(
+                f"validation loss became {val_loss} after epoch {epoch}: use --amp off or --no-channels-last "
+                "(bf16 channels-last kernels can fail on tiny feature maps), or lower --lr"
+            )
+        report = classification_report(targets, probabilities, dataset.labels)
+        record = {
+            "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+            "val_accuracy": report["accuracy"], "val_macro_f1": report["macro_f1"],
+            "val_min_recall": report["min_recall"], "val_ece": report["ece"],
+            "lr": optimizer.param_groups[0]["lr"], "frozen_backbone": frozen,
+            "seconds": time.perf_counter() - epoch_start,
+        }
+        history.append(record)
+        improved = report["macro_f1"] > best_score
+        if improved:
+            best_score, best_epoch, stale = report["macro_f1"], epoch, 0
+            save_checkpoint(run_dir / BEST, model, metadata_for(epoch, record))
+        else:
+            stale += 1
+        save_checkpoint(run_dir / LAST, model, metadata_for(epoch, record))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(), "epoch": epoch, "best_score": best_score,
+                    "best_epoch": best_epoch, "stale": stale, "history": history,
+                    "labels": list(dataset.labels), "pretrained": source.to_dict()}, run_dir / STATE)
+        write_json(run_dir / HISTORY, history)
+        log.info("epoch %d: train loss %.4f, val loss %.4f, val acc %.4f, val macro-F1 %.4f%s (%.1f s)",
+                 epoch, train_loss, val_loss, report["accuracy"], report["macro_f1"],
+                 " *best*" if improved else "", record["seconds"])
+        if config.patience and stale >= config.patience:
+            log.info("early stopping: no better validation macro-F1 for %d epochs", stale)
+            stopped_early = True
+            break
+    _plot_curves(history, run_dir / CURVES)
+    best = next(h for h in history if h["epoch"] == best_epoch)
+    return TrainResult(run_dir, run_dir / BEST, run_dir / LAST, history, best_epoch,
+                       {k: best[k] for k in ("val_accuracy", "val_macro_f1", "val_min_recall", "val_ece")},
+                       time.perf_counter() - started, stopped_early)
+
+
+def resume_training(run_dir: str | os.PathLike, data: str | os.PathLike, *, epochs: int | None = None,
+                    progress: bool = True) -> TrainResult:
+    """Continue an interrupted run from its last checkpoint, optionally to more epochs.
+
+    Example:
+        >>> resume_training("runs/a", "data.npz", epochs=20)  # doctest: +SKIP
+    """
+    override = TrainConfig(epochs=epochs) if epochs else None
+    return train(data, run_dir, override, resume=True, progress=progress)
+
+
+def _load_resume(run_dir: Path, epochs: int | None) -> tuple[TrainConfig, dict[str, Any]]:
+    """The stored config (with ``epochs`` raised if given) and the optimiser state of a run."""
+    config_path, state_path = run_dir / CONFIG, run_dir / STATE
+    if not (config_path.is_file() and state_path.is_file() and (run_dir / LAST).is_file()):
+        raise ConfigError(f"{run_dir}: nothing to resume (no config.json, last.safetensors and last_state.pt)")
+    try:
+        stored = TrainConfig.from_dict(json.loads(config_path.read_text()))
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except (ValueError, OSError, RuntimeError) as err:
+        raise ConfigError(f"{run_dir}: cannot resume, run state is unreadable ({err})") from None
+    if epochs is not None:
+        stored = stored.replace(epochs=epochs)
+    return stored, state
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+def _train_one_epoch(model: Any, loader: Any, optimizer: Any, scheduler: Any, scaler: Any, criterion: Any,
+                     device: torch.device, amp: torch.dtype | None, config: TrainConfig, steps: int, epoch: int,
+                     progress: bool, frozen: bool) -> float:
+    bar = _progress(min(len(loader.dataset), steps * config.accumulate * config.batch_size),
+                    f"epoch {epoch}/{config.epochs}{' (head only)' if frozen else ''}", progress)
+    loss_sum, seen, step, micro = 0.0, 0, 0, 0
+    optimizer.zero_grad(set_to_none=True)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    try:
+        for inputs, targets in loader:
+            inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            if config.channels_last:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            with autocast(device, amp):
+                loss = criterion(model(inputs).float(), targets)
+            if not torch.isfinite(loss.detach()):
+                raise TrainingError(
+                    f"loss became {loss.item()} at epoch {epoch}, step {step}: lower --lr, or use --amp off "
+                    "or --no-channels-last"
+                )
+            scaler.scale(loss / config.accumulate).backward()
+            micro += 1
+            loss_sum += loss.detach().item() * len(targets)
+            seen += len(targets)
+            bar.update(len(targets))
+            if micro % config.accumulate == 0:
+                _optimizer_step(optimizer, scheduler, scaler, trainable, config.clip_grad_norm)
+                step += 1
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+                if step >= steps:
+                    break
+        else:
+            if micro % config.accumulate:
+                _optimizer_step(optimizer, scheduler, scaler, trainable, config.clip_grad_norm)
+    except InvalidImageError as err:
+        raise TrainingError(f"bad training image: {err}") from None
+    finally:
+        bar.close()
+    return loss_sum / max(seen, 1)
+
+
+def _optimizer_step(optimizer: Any, scheduler: Any, scaler: Any, params: list, clip: float) -> None:
+    if clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+
+
+def _plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    from cellsdk.plots import plot_training_curves
+
+    plot_training_curves(history, path)
