@@ -1,0 +1,199 @@
+"""Command-line tools: ``cellsdk`` (a group) and ``cellsdk-train``, ``cellsdk-eval``, ``cellsdk-convert``, ``cellsdk-bench``.
+
+The CLI is thin: each command parses its options, calls the Python API and
+prints. Errors cellsdk raises on purpose become one line on stderr and a
+non-zero exit, never a traceback.
+
+Example:
+    >>> from click.testing import CliRunner
+    >>> CliRunner().invoke(cli, ["--version"]).output.startswith("cellsdk")
+    True
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from cellsdk._version import __version__
+from cellsdk.errors import CellSDKError
+
+__all__ = ["bench_command", "cli", "convert_command", "eval_command", "info_command", "train_command"]
+
+
+def _friendly_errors(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn cellsdk errors and OS errors into a one-line message and exit status 1."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except CellSDKError as err:
+            raise click.ClickException(str(err)) from None
+        except OSError as err:
+            where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+            raise click.ClickException(f"{where}{err.strerror or err}") from None
+        except KeyboardInterrupt:
+            raise click.ClickException("interrupted") from None
+
+    return wrapper
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", force=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cellsdk")
+def cli() -> None:
+    """cellsdk: train, convert, verify, run and benchmark microscopy cell classifiers."""
+
+
+@click.command("train")
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Run folder to write.")
+@click.option("--arch", default="efficientnet_lite0", show_default=True, help="timm model name.")
+@click.option("--pretrained", default="auto", show_default=True,
+              help="auto (hub if online, else local ImageNet weights), hub, none, or a weights file.")
+@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate (AdamW).")
+@click.option("--weight-decay", type=float, default=0.01, show_default=True)
+@click.option("--warmup-epochs", type=float, default=1.0, show_default=True)
+@click.option("--input-size", type=int, default=128, show_default=True, help="Model input side in pixels.")
+@click.option("--crop", default="none", show_default=True,
+              help="Centre crop of raw images before resizing: none, a fraction (0.875) or pixels (200px).")
+@click.option("--data-cropped", is_flag=True,
+              help="The training images already have that crop (e.g. bloodmnist_128); skip it in training.")
+@click.option("--resize-filter", default="bilinear", show_default=True)
+@click.option("--labels", default=None, help="Class names: a known map (bloodmnist) or comma-separated names.")
+@click.option("--label-smoothing", type=float, default=0.1, show_default=True)
+@click.option("--accumulate", type=int, default=1, show_default=True, help="Micro-batches per optimiser step.")
+@click.option("--clip-grad", type=float, default=2.0, show_default=True, help="Gradient-norm clip (0: off).")
+@click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto", show_default=True)
+@click.option("--channels-last/--no-channels-last", default=True, show_default=True)
+@click.option("--freeze-epochs", type=int, default=0, show_default=True, help="Epochs training the head alone.")
+@click.option("--class-weights", type=click.Choice(["none", "balanced"]), default="none", show_default=True)
+@click.option("--augment", type=click.Choice(["none", "light", "microscopy"]), default="microscopy",
+              show_default=True)
+@click.option("--patience", type=int, default=0, show_default=True,
+              help="Early stopping: epochs without a better validation macro-F1 (0: off).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--workers", type=int, default=0, show_default=True, help="Data-loading processes.")
+@click.option("--max-steps", type=int, default=None, help="Cap optimiser steps per epoch (quick runs).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--quiet", is_flag=True, help="No progress bars or per-epoch log.")
+@_friendly_errors
+def train_command(data: Path, out_dir: Path, **options: Any) -> None:
+    """Fine-tune a timm backbone on DATA (a .npz file or an image folder)."""
+    from cellsdk.training import AugmentConfig, TrainConfig, parse_crop, train
+
+    quiet = options.pop("quiet")
+    resume = options.pop("resume")
+    _setup_logging(quiet)
+    crop_mode, crop_value = parse_crop(options.pop("crop"))
+    config = TrainConfig(
+        arch=options["arch"], pretrained=options["pretrained"], epochs=options["epochs"],
+        batch_size=options["batch_size"], lr=options["lr"], weight_decay=options["weight_decay"],
+        warmup_epochs=options["warmup_epochs"], input_size=options["input_size"], crop_mode=crop_mode,
+        crop_value=crop_value, data_cropped=options["data_cropped"], resize_filter=options["resize_filter"],
+        labels=options["labels"], label_smoothing=options["label_smoothing"], accumulate=options["accumulate"],
+        clip_grad_norm=options["clip_grad"], amp=options["amp"], channels_last=options["channels_last"],
+        freeze_epochs=options["freeze_epochs"], class_weights=options["class_weights"],
+        augment=AugmentConfig.preset(options["augment"]), patience=options["patience"], seed=options["seed"],
+        device=options["device"], workers=options["workers"], max_steps_per_epoch=options["max_steps"],
+    )
+    result = train(data, out_dir, config, resume=resume, progress=not quiet)
+    click.echo(_history_table(result.history, result.best_epoch))
+    click.echo(f"best epoch {result.best_epoch}: val accuracy {result.best_metrics['val_accuracy'] * 100:.2f} %, "
+               f"macro-F1 {result.best_metrics['val_macro_f1'] * 100:.2f} % "
+               f"({result.seconds:.1f} s{', stopped early' if result.stopped_early else ''})")
+    click.echo(f"checkpoints: {result.best_checkpoint}  {result.last_checkpoint}")
+
+
+def _history_table(history: list[dict[str, Any]], best_epoch: int) -> str:
+    rows = [f"{'epoch':>5} {'train loss':>10} {'val loss':>9} {'val acc':>8} {'val F1':>7} {'lr':>9} {'sec':>7}"]
+    for h in history:
+        mark = " *" if h["epoch"] == best_epoch else ""
+        rows.append(f"{h['epoch']:>5} {h['train_loss']:>10.4f} {h['val_loss']:>9.4f} {h['val_accuracy'] * 100:>7.2f}% "
+                    f"{h['val_macro_f1'] * 100:>6.2f}% {h['lr']:>9.2e} {h['seconds']:>7.1f}{mark}")
+    return "\n".join(rows)
+
+
+@click.command("eval")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Dataset (.npz or image folder).")
+@click.option("--split", default="test", show_default=True)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder for report.json, confusion_matrix.csv/.png, reliability.png.")
+@click.option("--data-cropped", is_flag=True, help="The images already have the model's crop.")
+@click.option("--labels", default=None, help="Class names of the data, if its folders do not give them.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--workers", type=int, default=0, show_default=True)
+@click.option("--quiet", is_flag=True)
+@_friendly_errors
+def eval_command(checkpoint: Path, data: Path, split: str, out_dir: Path | None, data_cropped: bool,
+                 labels: str | None, batch_size: int, device: str, workers: int, quiet: bool) -> None:
+    """Evaluate CHECKPOINT on a split of --data: accuracy, macro-F1, per class, confusion, calibration."""
+    from cellsdk.training import evaluate
+
+    _setup_logging(quiet)
+    report = evaluate(checkpoint, data, split=split, out_dir=out_dir, data_cropped=data_cropped, labels=labels,
+                      batch_size=batch_size, device=device, workers=workers, progress=not quiet)
+    click.echo(format_report(report))
+    for path in report.get("files", {}).values():
+        click.echo(f"wrote {path}")
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A terminal table of an evaluation report.
+
+    Example:
+        >>> r = {"split": "test", "n": 2, "accuracy": 1.0, "macro_f1": 1.0, "min_recall": 1.0, "ece": 0.0,
+        ...      "per_class": {"a": {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 2}}}
+        >>> print(format_report(r).splitlines()[0])
+        test split, 2 images: accuracy 100.00 %, macro-F1 100.00 %, min recall 100.00 %, ECE 0.00 %
+    """
+    lines = [
+        f"{report['split']} split, {report['n']} images: accuracy {report['accuracy'] * 100:.2f} %, "
+        f"macro-F1 {report['macro_f1'] * 100:.2f} %, min recall {report['min_recall'] * 100:.2f} %, "
+        f"ECE {report['ece'] * 100:.2f} %",
+        f"{'class':<16}{'precision':>10}{'recall':>8}{'F1':>8}{'support':>9}",
+    ]
+    for label, row in report["per_class"].items():
+        lines.append(f"{label:<16}{row['precision'] * 100:>9.2f}%{row['recall'] * 100:>7.2f}%"
+                     f"{row['f1'] * 100:>7.2f}%{row['support']:>9}")
+    return "\n".join(lines)
+
+
+@click.command("info")
+@click.argument("path", type=click.Path(path_type=Path))
+@_friendly_errors
+def info_command(path: Path) -> None:
+    """Print the metadata of a checkpoint (torch is not needed)."""
+    from cellsdk.checkpoints import read_checkpoint_metadata
+
+    click.echo(read_checkpoint_metadata(path).to_json(indent=2))
+
+
+def _not_yet(tool: str, issue: str) -> Callable[..., None]:
+    @click.command(tool.split("-")[-1], context_settings={"ignore_unknown_options": True})
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def command(args: tuple[str, ...]) -> None:
+        raise click.ClickException(f"{tool} is not yet available in cellsdk {__version__} (it comes with {issue})")
+
+    command.help = f"Not yet available: {tool} comes with {issue}."
+    return command
+
+
+convert_command = _not_yet("cellsdk-convert", "the conversion toolchain")
+bench_command = _not_yet("cellsdk-bench", "the benchmark harness")
+
+for _command in (train_command, eval_command, info_command, convert_command, bench_command):
+    cli.add_command(_command)

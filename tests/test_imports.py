@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from .conftest import REPO
+
+
+def _fresh(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
+
+
+def test_import_cellsdk_leaves_torch_unloaded():
+    out = _fresh(
+        "import sys, cellsdk, cellsdk.cli, cellsdk.datasets, cellsdk.metrics, cellsdk.preprocessing\n"
+        "from cellsdk.checkpoints import read_checkpoint_metadata\n"
+        "cellsdk.load_dataset; cellsdk.preprocess\n"
+        "print(sorted(m for m in ('torch', 'timm', 'matplotlib', 'onnx') if m in sys.modules))"
+    )
+    assert out.strip() == "[]"
+
+
+def test_layer_packages_are_installed_under_cellsdk():
+    out = _fresh("import cellsdk.converters, cellsdk.benchmarks; print('ok')")
+    assert out.strip() == "ok"
