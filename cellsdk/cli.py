@@ -59,7 +59,8 @@ def cli() -> None:
 @click.option("--arch", default="efficientnet_lite0", show_default=True, help="timm model name.")
 @click.option("--pretrained", default="auto", show_default=True,
               help="auto (hub if online, else local ImageNet weights), hub, none, or a weights file.")
-@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--epochs", type=int, default=None,
+              help="Epochs to train [default: 30]; with --resume, the new total (default: the run's own).")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate (AdamW).")
 @click.option("--weight-decay", type=float, default=0.01, show_default=True)
@@ -86,7 +87,8 @@ def cli() -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--workers", type=int, default=0, show_default=True, help="Data-loading processes.")
 @click.option("--max-steps", type=int, default=None, help="Cap optimiser steps per epoch (quick runs).")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out from its last checkpoint, with its stored recipe.")
 @click.option("--quiet", is_flag=True, help="No progress bars or per-epoch log.")
 @_friendly_errors
 def train_command(data: Path, out_dir: Path, **options: Any) -> None:
@@ -97,8 +99,14 @@ def train_command(data: Path, out_dir: Path, **options: Any) -> None:
     resume = options.pop("resume")
     _setup_logging(quiet)
     crop_mode, crop_value = parse_crop(options.pop("crop"))
+    if resume:  # the run's stored recipe is used; only --epochs may extend it
+        epochs = options["epochs"]
+        result = train(data, out_dir, TrainConfig(epochs=epochs) if epochs else None, resume=True,
+                       progress=not quiet)
+        _print_result(result)
+        return
     config = TrainConfig(
-        arch=options["arch"], pretrained=options["pretrained"], epochs=options["epochs"],
+        arch=options["arch"], pretrained=options["pretrained"], epochs=options["epochs"] or 30,
         batch_size=options["batch_size"], lr=options["lr"], weight_decay=options["weight_decay"],
         warmup_epochs=options["warmup_epochs"], input_size=options["input_size"], crop_mode=crop_mode,
         crop_value=crop_value, data_cropped=options["data_cropped"], resize_filter=options["resize_filter"],
@@ -108,7 +116,10 @@ def train_command(data: Path, out_dir: Path, **options: Any) -> None:
         augment=AugmentConfig.preset(options["augment"]), patience=options["patience"], seed=options["seed"],
         device=options["device"], workers=options["workers"], max_steps_per_epoch=options["max_steps"],
     )
-    result = train(data, out_dir, config, resume=resume, progress=not quiet)
+    _print_result(train(data, out_dir, config, progress=not quiet))
+
+
+def _print_result(result: Any) -> None:
     click.echo(_history_table(result.history, result.best_epoch))
     click.echo(f"best epoch {result.best_epoch}: val accuracy {result.best_metrics['val_accuracy'] * 100:.2f} %, "
                f"macro-F1 {result.best_metrics['val_macro_f1'] * 100:.2f} % "

@@ -373,11 +373,9 @@ def _stratified_split(
     for label in np.unique(targets):
         members = np.flatnonzero(targets == label)
         members = members[rng.permutation(len(members))]
-        n_test = int(round(len(members) * test_fraction))
-        n_val = int(round(len(members) * val_fraction))
-        if n_test + n_val >= len(members):  # always keep one training image per class
-            n_test, n_val = max(0, min(n_test, len(members) - 1)), 0
-            n_val = max(0, min(int(round(len(members) * val_fraction)), len(members) - 1 - n_test))
+        # round per class, but always keep at least one training image of each class
+        n_test = min(int(round(len(members) * test_fraction)), len(members) - 1)
+        n_val = min(int(round(len(members) * val_fraction)), len(members) - 1 - n_test)
         chosen["test"].extend(members[:n_test].tolist())
         chosen["val"].extend(members[n_test:n_test + n_val].tolist())
         chosen["train"].extend(members[n_test + n_val:].tolist())

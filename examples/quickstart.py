@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from cellsdk.cli import format_report
-from cellsdk.training import TrainConfig, evaluate, train
+from cellsdk.training import TrainConfig, evaluate, read_checkpoint_metadata, train
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> dict:
                                batch_size=32, lr=2e-3, crop_mode="pixels", crop_value=200, data_cropped=True)
     data = SAMPLES / "bloodmnist_128"
     result = train(data, args.out, config, progress=not args.quiet)
+    arch = read_checkpoint_metadata(result.best_checkpoint).arch  # the offline weights may build a twin arch
     print(f"trained {arch} for {len(result.history)} epochs in {result.seconds:.1f} s; "
           f"best validation accuracy {result.best_metrics['val_accuracy'] * 100:.1f} % (epoch {result.best_epoch})")
 

@@ -25,6 +25,11 @@ def test_train_then_eval_then_info(tmp_path):
     assert "val split, 32 images" in result.output and "confusion_matrix.png" in result.output
     result = runner.invoke(cli, ["info", str(run / "best.safetensors")])
     assert result.exit_code == 0 and json.loads(result.output)["arch"] == TINY_ARCH
+    result = runner.invoke(train_command, [str(SAMPLES), "--out", str(run), "--resume", "--quiet"])
+    assert result.exit_code == 1 and "already has 1 epochs" in result.output
+    result = runner.invoke(train_command, [str(SAMPLES), "--out", str(run), "--resume", "--epochs", "2", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "history.json").read_text())[-1]["epoch"] == 2
 
 
 def test_errors_are_one_line(tmp_path):

@@ -106,6 +106,11 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     assert [h["epoch"] for h in extended.history] == [1, 2, 3]
     with pytest.raises(ConfigError, match="nothing to resume"):
         train(SAMPLES, tmp_path / "none", config, resume=True, progress=False)
+    import shutil
+
+    shutil.copyfile(tmp_path / "full" / "last.safetensors", tmp_path / "part" / "last.safetensors")  # epoch 2 of 3
+    with pytest.raises(ConfigError, match="stopped mid-save"):
+        train(SAMPLES, tmp_path / "part", config.replace(epochs=4), resume=True, progress=False)
 
 
 def test_frozen_backbone_trains_only_the_head(tmp_path):

@@ -12,11 +12,12 @@ from __future__ import annotations
 from cellsdk.errors import BackendNotInstalledError
 
 try:
-    import torch  # noqa: F401
+    import safetensors  # noqa: F401
     import timm  # noqa: F401
+    import torch  # noqa: F401
 except ImportError as _err:  # pragma: no cover - exercised only without the extra
     raise BackendNotInstalledError(
-        f"training needs torch and timm ({_err.name} is missing): pip install 'cellsdk[train]'"
+        f"training needs torch, timm and safetensors ({_err.name} is missing): pip install 'cellsdk[train]'"
     ) from None
 
 from cellsdk.training.checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint

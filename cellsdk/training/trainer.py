@@ -23,12 +23,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from cellsdk._io import write_json
+from cellsdk._io import atomic_path, write_json
 from cellsdk.datasets import ImageDataset, load_dataset
 from cellsdk.errors import ConfigError, InvalidImageError, TrainingError
 from cellsdk.metadata import ModelMetadata, Preprocessing
 from cellsdk.metrics import classification_report
-from cellsdk.training.checkpoint import load_checkpoint, save_checkpoint
+from cellsdk.training.checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint
 from cellsdk.training.config import TrainConfig
 from cellsdk.training.models import PretrainedSource, create_model
 from cellsdk.training.torchdata import SplitDataset, autocast, make_loader, pick_amp, pick_device, predict_split
@@ -269,10 +269,11 @@ def train(
         else:
             stale += 1
         save_checkpoint(run_dir / LAST, model, metadata_for(epoch, record))
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(), "epoch": epoch, "best_score": best_score,
-                    "best_epoch": best_epoch, "stale": stale, "history": history,
-                    "labels": list(dataset.labels), "pretrained": source.to_dict()}, run_dir / STATE)
+        with atomic_path(run_dir / STATE) as tmp:
+            torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(), "epoch": epoch, "best_score": best_score,
+                        "best_epoch": best_epoch, "stale": stale, "history": history,
+                        "labels": list(dataset.labels), "pretrained": source.to_dict()}, tmp)
         write_json(run_dir / HISTORY, history)
         log.info("epoch %d: train loss %.4f, val loss %.4f, val acc %.4f, val macro-F1 %.4f%s (%.1f s)",
                  epoch, train_loss, val_loss, report["accuracy"], report["macro_f1"],
@@ -309,6 +310,12 @@ def _load_resume(run_dir: Path, epochs: int | None) -> tuple[TrainConfig, dict[s
         state = torch.load(state_path, map_location="cpu", weights_only=True)
     except (ValueError, OSError, RuntimeError) as err:
         raise ConfigError(f"{run_dir}: cannot resume, run state is unreadable ({err})") from None
+    weights_epoch = read_checkpoint_metadata(run_dir / LAST).training.get("epoch")
+    if weights_epoch != state.get("epoch"):  # stopped between the two writes of an epoch
+        raise ConfigError(
+            f"{run_dir}: last.safetensors is from epoch {weights_epoch} but last_state.pt from epoch "
+            f"{state.get('epoch')}; the run stopped mid-save and cannot resume exactly: start a new run"
+        )
     if epochs is not None:
         stored = stored.replace(epochs=epochs)
     return stored, state
