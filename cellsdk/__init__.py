@@ -1,12 +1,16 @@
 """cellsdk: train, convert, verify, run and benchmark microscopy cell classifiers.
 
-``import cellsdk`` is light: it loads numpy and Pillow, never torch. Training
-and evaluation live in :mod:`cellsdk.training`, imported on first use.
+``import cellsdk`` is light: it loads numpy and Pillow, never torch. Models run
+through :class:`Classifier`; training and evaluation live in
+:mod:`cellsdk.training`, imported on first use.
 
 Example:
     >>> import cellsdk
     >>> cellsdk.Preprocessing(input_size=128).input_size
     128
+    >>> clf = cellsdk.Classifier.load("model.onnx")  # doctest: +SKIP
+    >>> clf.predict("cell.jpg").label  # doctest: +SKIP
+    'neutrophil'
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from cellsdk.errors import (
     DatasetError,
     InvalidImageError,
     MetadataError,
+    ModelNotFoundError,
     ParityError,
+    PlatformNotSupportedError,
     TrainingError,
     UnsupportedFormatError,
 )
@@ -30,6 +36,8 @@ from cellsdk.metadata import METADATA_KEY, ModelMetadata, Preprocessing
 
 __all__ = [
     "METADATA_KEY",
+    "Classifier",
+    "Prediction",
     "BackendNotInstalledError",
     "CellSDKError",
     "CheckpointError",
@@ -38,7 +46,9 @@ __all__ = [
     "InvalidImageError",
     "MetadataError",
     "ModelMetadata",
+    "ModelNotFoundError",
     "ParityError",
+    "PlatformNotSupportedError",
     "Preprocessing",
     "TrainingError",
     "UnsupportedFormatError",
@@ -50,6 +60,10 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     """Import the heavier helpers on first use, keeping ``import cellsdk`` fast."""
+    if name in ("Classifier", "Prediction"):
+        from cellsdk import classifier
+
+        return getattr(classifier, name)
     if name == "load_dataset":
         from cellsdk.datasets import load_dataset
 

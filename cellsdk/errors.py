@@ -23,7 +23,9 @@ __all__ = [
     "DatasetError",
     "InvalidImageError",
     "MetadataError",
+    "ModelNotFoundError",
     "ParityError",
+    "PlatformNotSupportedError",
     "TrainingError",
     "UnsupportedFormatError",
 ]
@@ -35,6 +37,14 @@ class CellSDKError(Exception):
 
 class UnsupportedFormatError(CellSDKError):
     """A file or format that cellsdk does not know how to handle."""
+
+
+class ModelNotFoundError(CellSDKError, FileNotFoundError):
+    """The model file or folder does not exist."""
+
+
+class PlatformNotSupportedError(CellSDKError):
+    """The model's runtime cannot run on this platform (e.g. CoreML off macOS)."""
 
 
 class BackendNotInstalledError(CellSDKError, ImportError):

@@ -30,6 +30,7 @@ __all__ = [
     "COLOR_ORDERS",
     "CROP_MODES",
     "METADATA_KEY",
+    "OUTPUTS",
     "PRECISIONS",
     "RESIZE_FILTERS",
     "SCHEMA_VERSION",
@@ -46,6 +47,7 @@ RESIZE_FILTERS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 CROP_MODES = ("none", "fraction", "pixels")
 COLOR_ORDERS = ("RGB", "BGR")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int6", "int4")
+OUTPUTS = ("logits", "probabilities")
 _MAX_INPUT_SIZE = 4096
 
 
@@ -159,6 +161,7 @@ class ModelMetadata:
         labels: class names, in output order.
         arch: the network architecture (a timm model name).
         preprocessing: how a raw image becomes the model input.
+        output: what the model returns: ``logits`` (the runtime applies softmax) or ``probabilities``.
         precision: numeric precision of the weights (``fp32``, ``fp16``, ``int8`` ...).
         quantization: the quantization recipe, or ``None`` for unquantized models.
         source_checkpoint_sha256: sha256 of the checkpoint the model came from.
@@ -180,6 +183,7 @@ class ModelMetadata:
     labels: tuple[str, ...]
     arch: str
     preprocessing: Preprocessing
+    output: str = "logits"
     precision: str = "fp32"
     quantization: dict[str, Any] | None = None
     source_checkpoint_sha256: str | None = None
@@ -226,6 +230,8 @@ class ModelMetadata:
             raise MetadataError(
                 f"preprocessing must be a JSON object (a Preprocessing record), got {type(self.preprocessing).__name__}"
             )
+        if self.output not in OUTPUTS:
+            raise MetadataError(f"output {self.output!r} is unknown: use logits or probabilities")
         if self.precision not in PRECISIONS:
             raise MetadataError(f"precision {self.precision!r} is unknown: use one of {PRECISIONS}")
         if self.quantization is not None and not isinstance(self.quantization, dict):

@@ -52,6 +52,7 @@ def test_dict_round_trip_and_replace():
         ({"labels": ["a", ""]}, "non-empty"),
         ({"arch": ""}, "arch"),
         ({"precision": "fp64"}, "precision"),
+        ({"output": "scores"}, "logits or probabilities"),
         ({"source_checkpoint_sha256": "xyz"}, "64 lowercase hex"),
         ({"schema_version": SCHEMA_VERSION + 1}, "newer"),
         ({"surprise": 1}, "unknown fields: surprise"),
