@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import warnings
@@ -62,6 +63,7 @@ _FILTERS = {
     "hamming": Image.Resampling.HAMMING,
 }
 _ALPHA_MODES = {"LA", "La", "RGBA", "RGBa", "PA"}
+_ORIENTATION = 0x0112  # the EXIF orientation tag
 _WIDE_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 
 
@@ -175,7 +177,8 @@ def _to_rgb(image: Image.Image, label: str) -> Image.Image:
     """Apply EXIF orientation and convert any mode to 8-bit RGB."""
     _check_size(image.size, label)
     try:
-        image = ImageOps.exif_transpose(image)
+        if image.getexif().get(_ORIENTATION, 1) != 1:  # exif_transpose copies even when nothing turns
+            image = ImageOps.exif_transpose(image)
     except Exception:  # a malformed EXIF block must not lose the image itself  # noqa: BLE001
         pass
     mode = image.mode
@@ -276,13 +279,23 @@ def to_input_array(image: Image.Image, spec: Preprocessing) -> np.ndarray:
         >>> to_input_array(Image.new("RGB", (2, 2), (255, 0, 0)), spec)[:, 0, 0].tolist()
         [1.0, 0.0, 0.0]
     """
-    pixels = np.asarray(image, dtype=np.float32)
-    scale = np.asarray([1.0 / (255.0 * s) for s in spec.std], dtype=np.float32)
-    offset = np.asarray([-m / s for m, s in zip(spec.mean, spec.std)], dtype=np.float32)
-    normalised = pixels * scale + offset
+    channels = np.asarray(image).transpose(2, 0, 1)  # uint8 CHW view, no copy
+    scale, offset = _normaliser(spec.mean, spec.std)
     if spec.color_order == "BGR":
-        normalised = normalised[..., ::-1]
-    return np.ascontiguousarray(normalised.transpose(2, 0, 1))
+        channels, scale, offset = channels[::-1], scale[::-1], offset[::-1]
+    out = np.empty(channels.shape, dtype=np.float32)
+    np.multiply(channels, scale, out=out)  # one pass from uint8 into the float32 CHW result
+    out += offset
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def _normaliser(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel ``x * scale + offset`` equal to ``(x / 255 - mean) / std``, shaped for CHW."""
+    scale = np.asarray([1.0 / (255.0 * s) for s in std], dtype=np.float32).reshape(3, 1, 1)
+    offset = np.asarray([-m / s for m, s in zip(mean, std)], dtype=np.float32).reshape(3, 1, 1)
+    scale.flags.writeable = offset.flags.writeable = False
+    return scale, offset
 
 
 def preprocess(source: ImageSource, spec: Preprocessing, *, name: str | None = None) -> np.ndarray:
