@@ -59,3 +59,14 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory):
     config = TrainConfig.quick(arch=TINY_ARCH, pretrained="none", input_size=32, epochs=2, batch_size=16,
                                crop_mode="pixels", crop_value=200, data_cropped=True, max_steps_per_epoch=3)
     return train(SAMPLES, out, config, progress=False)
+
+
+@pytest.fixture(scope="session")
+def artefacts(tiny_run, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny checkpoint exported to every format whose exporter is installed, by backend name."""
+    from cellsdk.training import load_checkpoint
+
+    from .artefacts import export_all
+
+    model, metadata = load_checkpoint(tiny_run.best_checkpoint)
+    return export_all(model, metadata, tmp_path_factory.mktemp("artefacts"))

@@ -1,0 +1,167 @@
+"""Inference backends, one module per runtime, registered by file suffix.
+
+A backend turns a float32 NCHW batch into an ``N x C`` array of model outputs.
+Each module registers itself with :func:`register_backend` and imports its
+runtime (onnxruntime, openvino, torch, coremltools) only when a model is
+loaded, so importing this package stays light.
+
+Example:
+    >>> from cellsdk.backends import backend_for_path, backend_names
+    >>> backend_for_path("model.onnx").name
+    'onnxruntime'
+    >>> backend_names()
+    ('onnxruntime', 'openvino', 'torchscript', 'coreml')
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+
+from cellsdk.errors import BackendNotInstalledError, UnsupportedFormatError
+
+__all__ = [
+    "Backend",
+    "backend_for_path",
+    "backend_names",
+    "get_backend",
+    "register_backend",
+    "supported_suffixes",
+]
+
+_BACKENDS: dict[str, type[Backend]] = {}
+
+
+class Backend(abc.ABC):
+    """One loaded model in one runtime.
+
+    Subclasses set the class attributes and implement :meth:`run`; ``__init__``
+    loads the model and fills ``metadata_json``, ``input_shape``,
+    ``num_outputs`` and ``device``.
+
+    Attributes:
+        name: the backend's registry name.
+        suffixes: file suffixes it loads.
+        package: the import name of its runtime.
+        install: the pip command that installs that runtime.
+        metadata_json: the cellsdk JSON document stored in the model, or None.
+        input_shape: ``(N, C, H, W)``; None for a dynamic dimension.
+        num_outputs: classes the model outputs, or None when unknown until run.
+        device: the device the model runs on, as the runtime names it.
+    """
+
+    name: ClassVar[str]
+    suffixes: ClassVar[tuple[str, ...]]
+    package: ClassVar[str]
+    install: ClassVar[str]
+
+    metadata_json: str | None = None
+    input_shape: tuple[int | None, ...] = (None, 3, None, None)
+    num_outputs: int | None = None
+    device: str = "cpu"
+
+    @abc.abstractmethod
+    def __init__(self, path: Path, *, device: str = "auto", threads: int | None = None, **options: Any) -> None:
+        """Load the model at ``path`` on ``device``."""
+
+    @abc.abstractmethod
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Run a float32 NCHW batch; return the ``N x C`` outputs. Must be safe to call from several threads."""
+
+    @property
+    def max_batch(self) -> int | None:
+        """The largest batch one call takes (a static batch dimension), or None for any."""
+        return self.input_shape[0]
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """Why this backend cannot run here (package missing, wrong platform), or None if it can."""
+        if importlib.util.find_spec(cls.package) is None:
+            return f"{cls.package} is not installed: {cls.install}"
+        return None
+
+    @classmethod
+    def require(cls) -> Any:
+        """Import and return the runtime package, or raise BackendNotInstalledError naming the extra."""
+        if importlib.util.find_spec(cls.package) is None:
+            raise BackendNotInstalledError(f"the {cls.name} backend needs {cls.package}, which is not installed: {cls.install}")
+        try:
+            return importlib.import_module(cls.package)
+        except ImportError as err:
+            raise BackendNotInstalledError(f"{cls.package} failed to import ({err}): reinstall it with {cls.install}") from None
+
+    def describe(self) -> str:
+        """A short description, e.g. ``onnxruntime on CPUExecutionProvider``."""
+        return f"{self.name} on {self.device}"
+
+
+def register_backend(name: str, *suffixes: str, package: str, install: str) -> Callable[[type[Backend]], type[Backend]]:
+    """Class decorator registering a backend under ``name`` for ``suffixes``.
+
+    Example:
+        >>> @register_backend("echo", ".echo", package="json", install="pip install json")  # doctest: +SKIP
+        ... class EchoBackend(Backend): ...
+    """
+
+    def decorate(cls: type[Backend]) -> type[Backend]:
+        taken = {s for other in _BACKENDS.values() if other.name != name for s in other.suffixes} & set(suffixes)
+        if taken:
+            raise ValueError(f"suffixes {sorted(taken)} already belong to another backend")
+        cls.name, cls.suffixes, cls.package, cls.install = name, tuple(suffixes), package, install
+        _BACKENDS[name] = cls
+        return cls
+
+    return decorate
+
+
+def backend_names() -> tuple[str, ...]:
+    """The registered backends, in preference order."""
+    return tuple(_BACKENDS)
+
+
+def supported_suffixes() -> tuple[str, ...]:
+    """Every suffix some backend loads."""
+    return tuple(s for cls in _BACKENDS.values() for s in cls.suffixes)
+
+
+def get_backend(name: str) -> type[Backend]:
+    """The backend class registered as ``name``.
+
+    Raises:
+        UnsupportedFormatError: no such backend.
+    """
+    if name not in _BACKENDS:
+        raise UnsupportedFormatError(f"unknown backend {name!r}: use one of {', '.join(_BACKENDS)}")
+    return _BACKENDS[name]
+
+
+def backend_for_path(path: str | os.PathLike) -> type[Backend]:
+    """The backend that loads ``path``, chosen by its suffix.
+
+    Raises:
+        UnsupportedFormatError: no backend knows the suffix.
+    """
+    suffix = Path(path).suffix.lower()
+    for cls in _BACKENDS.values():
+        if suffix in cls.suffixes:
+            return cls
+    raise UnsupportedFormatError(
+        f"{path}: unsupported model format {suffix or '(no suffix)'}; cellsdk loads "
+        f"{', '.join(supported_suffixes())} files or a conversion folder with manifest.json"
+    )
+
+
+def _is_macos() -> bool:
+    return sys.platform == "darwin"
+
+
+# Registration order is preference order when several artefacts are equally good.
+from cellsdk.backends import coreml, onnxruntime, openvino, torchscript  # noqa: E402,F401
+
+_BACKENDS = {name: _BACKENDS[name] for name in ("onnxruntime", "openvino", "torchscript", "coreml")}

@@ -1,0 +1,264 @@
+"""``Classifier``: one way to run a cellsdk model on any backend.
+
+``Classifier.load(path)`` picks the backend from the file (or the best
+verified artefact of a conversion folder), reads the model's own metadata
+(labels and preprocessing), and classifies paths, bytes, PIL images or numpy
+arrays with exactly the preprocessing used in training.
+
+Example:
+    >>> from cellsdk import Classifier
+    >>> clf = Classifier.load("runs/converted/model.int8.onnx")  # doctest: +SKIP
+    >>> clf.predict("cell.jpg").label  # doctest: +SKIP
+    'neutrophil'
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from cellsdk.backends import Backend, backend_for_path, get_backend
+from cellsdk.errors import InvalidImageError, MetadataError, ModelNotFoundError, UnsupportedFormatError
+from cellsdk.metadata import ModelMetadata, Preprocessing
+from cellsdk.metrics import softmax
+from cellsdk.preprocessing import ImageSource, preprocess
+
+__all__ = ["Classifier", "Prediction"]
+
+log = logging.getLogger("cellsdk")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The result for one image.
+
+    Attributes:
+        label: the most probable class.
+        index: its index in the model's labels.
+        confidence: its probability.
+        probabilities: every class's probability, by label, in label order.
+        top_k: the ``k`` most probable ``(label, probability)`` pairs, best first.
+
+    Example:
+        >>> p = Prediction("b", 1, 0.75, {"a": 0.25, "b": 0.75}, (("b", 0.75), ("a", 0.25)))
+        >>> p.to_dict()["top_k"][0]
+        {'label': 'b', 'probability': 0.75}
+    """
+
+    label: str
+    index: int
+    confidence: float
+    probabilities: Mapping[str, float]
+    top_k: tuple[tuple[str, float], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary."""
+        return {"label": self.label, "index": self.index, "confidence": self.confidence,
+                "top_k": [{"label": label, "probability": p} for label, p in self.top_k],
+                "probabilities": dict(self.probabilities)}
+
+
+class Classifier:
+    """A loaded model: backend, metadata and preprocessing. Safe to call from several threads.
+
+    Use :meth:`load` to make one.
+    """
+
+    def __init__(self, backend: Backend, metadata: ModelMetadata, *, path: Path, top_k: int = 3,
+                 chosen: str | None = None) -> None:
+        self.backend = backend
+        self.metadata = metadata
+        self.path = path
+        self.default_top_k = top_k
+        self.chosen = chosen
+        self._spec = metadata.preprocessing
+        self._labels = metadata.labels
+        self._apply_softmax = metadata.output == "logits"
+        self._chunk = backend.max_batch
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        backend: str | None = None,
+        device: str = "auto",
+        *,
+        labels: Sequence[str] | None = None,
+        preprocessing: Preprocessing | Mapping[str, Any] | None = None,
+        top_k: int = 3,
+        **options: Any,
+    ) -> Classifier:
+        """Load a model file or a conversion output folder.
+
+        Args:
+            path: ``.onnx``, ``.torchscript`` / ``.pt``, OpenVINO ``.xml`` (+ ``.bin``),
+                ``.mlpackage`` / ``.mlmodel``, or a folder with ``manifest.json``
+                (the fastest verified artefact that runs here is chosen; see ``chosen``).
+            backend: force a backend by name (``onnxruntime``, ``openvino``, ``torchscript``, ``coreml``).
+            device: ``auto``, ``cpu``, ``cuda``, ``mps`` (torchscript), ``gpu`` / ``npu`` (openvino).
+            labels: class names, for models without cellsdk metadata (or to override it).
+            preprocessing: the preprocessing, likewise.
+            top_k: how many classes :class:`Prediction` lists by default.
+            **options: backend options, e.g. ``threads=2``, ``precision="f32"`` (openvino),
+                ``providers=[...]`` (onnxruntime), ``compute_units="CPU_AND_NE"`` (coreml).
+
+        Raises:
+            ModelNotFoundError, UnsupportedFormatError, BackendNotInstalledError,
+            PlatformNotSupportedError, MetadataError, ConfigError: each with what to do.
+
+        Example:
+            >>> clf = Classifier.load("model.onnx", labels=["a", "b"],
+            ...                       preprocessing=Preprocessing(input_size=64))  # doctest: +SKIP
+        """
+        path = Path(path)
+        if not path.exists():
+            raise ModelNotFoundError(f"{path}: no such model file or folder")
+        chosen = None
+        if path.is_dir() and path.suffix.lower() != ".mlpackage":
+            from cellsdk.manifest import choose_artefact
+
+            path, chosen = choose_artefact(path)
+            log.info("cellsdk: running %s", chosen)
+        backend_cls = get_backend(backend) if backend else backend_for_path(path)
+        instance = backend_cls(path, device=device, **options)
+        metadata = _resolve_metadata(path, instance, labels, preprocessing)
+        _check_shapes(path, instance, metadata)
+        if top_k < 1:
+            raise MetadataError(f"top_k must be >= 1, got {top_k}")
+        return cls(instance, metadata, path=path, top_k=top_k, chosen=chosen)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The class names, in output order."""
+        return self._labels
+
+    @property
+    def backend_name(self) -> str:
+        """The backend's registry name."""
+        return self.backend.name
+
+    @property
+    def device(self) -> str:
+        """The device the backend runs on."""
+        return self.backend.device
+
+    def __repr__(self) -> str:
+        return (f"Classifier({self.backend.describe()}, {len(self._labels)} classes, "
+                f"input {self._spec.input_size} px, {self.path.name})")
+
+    # ------------------------------------------------------------------ prediction
+
+    def predict(self, image: ImageSource, *, top_k: int | None = None) -> Prediction:
+        """Classify one image: a path, encoded bytes, a PIL image or a numpy array.
+
+        Raises:
+            InvalidImageError: naming the input, if it is not a usable image.
+        """
+        probabilities = self._run(preprocess(image, self._spec)[None])[0]
+        return self._prediction(probabilities, top_k)
+
+    def predict_batch(self, images: Iterable[ImageSource], *, batch_size: int = 32,
+                      top_k: int | None = None) -> list[Prediction]:
+        """Classify several images, ``batch_size`` at a time.
+
+        Raises:
+            InvalidImageError: naming the first unusable input and its position.
+        """
+        return [self._prediction(row, top_k) for row in self._proba_many(list(images), batch_size)]
+
+    def predict_proba(self, images: ImageSource | Sequence[ImageSource], *, batch_size: int = 32) -> np.ndarray:
+        """Class probabilities: shape ``C`` for one image, ``N x C`` for a list (or an ``N x H x W x C`` array)."""
+        if isinstance(images, (list, tuple)) or (isinstance(images, np.ndarray) and images.ndim == 4):
+            return self._proba_many(list(images), batch_size)
+        return self._run(preprocess(images, self._spec)[None])[0]
+
+    def _proba_many(self, images: list[ImageSource], batch_size: int) -> np.ndarray:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        rows = []
+        for start in range(0, len(images), batch_size):
+            arrays = []
+            for offset, image in enumerate(images[start:start + batch_size]):
+                try:
+                    arrays.append(preprocess(image, self._spec))
+                except InvalidImageError as err:
+                    where = "" if isinstance(image, (str, os.PathLike)) else f"input {start + offset} "
+                    raise InvalidImageError(f"{where}{err}") from None
+            rows.append(self._run(np.stack(arrays)))
+        if not rows:
+            return np.zeros((0, len(self._labels)), dtype=np.float64)
+        return np.concatenate(rows)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        chunk = self._chunk
+        if chunk is None or len(batch) <= chunk:
+            outputs = self.backend.run(batch)
+        else:
+            outputs = np.concatenate([self.backend.run(batch[i:i + chunk]) for i in range(0, len(batch), chunk)])
+        if outputs.ndim != 2 or outputs.shape != (len(batch), len(self._labels)):
+            raise MetadataError(
+                f"{self.path}: model returned shape {tuple(outputs.shape)} for {len(batch)} images, "
+                f"expected ({len(batch)}, {len(self._labels)}) for the {len(self._labels)} labels"
+            )
+        outputs = outputs.astype(np.float64, copy=False)
+        return softmax(outputs) if self._apply_softmax else outputs
+
+    def _prediction(self, probabilities: np.ndarray, top_k: int | None) -> Prediction:
+        k = min(top_k or self.default_top_k, len(self._labels))
+        order = np.argsort(-probabilities, kind="stable")[:k]
+        labels = self._labels
+        best = int(order[0])
+        return Prediction(
+            label=labels[best], index=best, confidence=float(probabilities[best]),
+            probabilities={label: float(p) for label, p in zip(labels, probabilities)},
+            top_k=tuple((labels[int(i)], float(probabilities[i])) for i in order),
+        )
+
+
+def _resolve_metadata(path: Path, backend: Backend, labels: Sequence[str] | None,
+                      preprocessing: Preprocessing | Mapping[str, Any] | None) -> ModelMetadata:
+    """The artefact's own metadata, with the caller's labels / preprocessing laid over it."""
+    if isinstance(preprocessing, Mapping):
+        preprocessing = Preprocessing.from_dict(preprocessing)
+    if backend.metadata_json:
+        try:
+            metadata = ModelMetadata.from_json(backend.metadata_json)
+        except MetadataError as err:
+            raise MetadataError(f"{path}: {err}") from None
+        changes: dict[str, Any] = {}
+        if labels is not None:
+            changes["labels"] = tuple(labels)
+        if preprocessing is not None:
+            changes["preprocessing"] = preprocessing
+        return metadata.replace(**changes) if changes else metadata
+    if labels is None or preprocessing is None:
+        raise MetadataError(
+            f"{path}: carries no cellsdk metadata; pass labels=[...] and preprocessing=Preprocessing(...) "
+            "to load it, or convert it with cellsdk-convert"
+        )
+    return ModelMetadata(labels=tuple(labels), arch="unknown", preprocessing=preprocessing)
+
+
+def _check_shapes(path: Path, backend: Backend, metadata: ModelMetadata) -> None:
+    """Refuse metadata that contradicts the model itself."""
+    shape = backend.input_shape
+    if len(shape) != 4 or shape[1] not in (None, 3):
+        raise UnsupportedFormatError(f"{path}: expected an N x 3 x H x W image input, the model takes {shape}")
+    size = metadata.preprocessing.input_size
+    if any(side is not None and side != size for side in shape[2:]):
+        raise MetadataError(
+            f"{path}: the model takes {shape[2]}x{shape[3]} inputs but its metadata says {size}x{size}; "
+            "fix the preprocessing"
+        )
+    if backend.num_outputs is not None and backend.num_outputs != metadata.num_classes:
+        raise MetadataError(
+            f"{path}: the model has {backend.num_outputs} outputs but the metadata lists "
+            f"{metadata.num_classes} labels; pass the right labels"
+        )

@@ -1,0 +1,102 @@
+"""Reading a conversion folder's ``manifest.json`` and choosing the artefact to run.
+
+``cellsdk-convert`` writes one manifest per output folder listing every
+artefact with its format, precision and verification status. The runtime
+reads it to pick the fastest artefact that passed verification and can run on
+this platform.
+
+The fields the runtime relies on, per entry of ``artefacts``: ``file`` (path
+relative to the folder), ``status`` (``passed``, ``failed`` or ``not verified
+on this platform``), ``precision``, and optionally ``backend`` and
+``latency_ms`` (measured at conversion).
+
+Example:
+    >>> choose_artefact("runs/converted")  # doctest: +SKIP
+    (PosixPath('runs/converted/model.int8.onnx'), 'model.int8.onnx (onnxruntime, int8): ...')
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from cellsdk.backends import backend_for_path, backend_names, get_backend
+from cellsdk.errors import MetadataError, UnsupportedFormatError
+
+__all__ = ["MANIFEST_NAME", "STATUS_FAILED", "STATUS_NOT_VERIFIED", "STATUS_PASSED", "choose_artefact", "read_manifest"]
+
+MANIFEST_NAME = "manifest.json"
+STATUS_PASSED = "passed"
+STATUS_FAILED = "failed"
+STATUS_NOT_VERIFIED = "not verified on this platform"
+_PRECISION_RANK = {"int4": 0, "int6": 0, "int8": 0, "fp16": 1, "bf16": 1, "fp32": 2}
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
+    """Load and check ``folder/manifest.json``.
+
+    Raises:
+        UnsupportedFormatError: no manifest in the folder.
+        MetadataError: the manifest is not valid JSON or lists no artefacts.
+    """
+    path = Path(folder) / MANIFEST_NAME
+    if not path.is_file():
+        raise UnsupportedFormatError(
+            f"{folder}: a folder without {MANIFEST_NAME}; pass a model file or a cellsdk-convert output folder"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as err:
+        raise MetadataError(f"{path}: unreadable manifest ({err})") from None
+    artefacts = manifest.get("artefacts") if isinstance(manifest, dict) else None
+    if not isinstance(artefacts, list) or not all(isinstance(a, dict) and "file" in a for a in artefacts):
+        raise MetadataError(f"{path}: manifest lists no artefacts (expected 'artefacts': [{{'file': ...}}, ...])")
+    return manifest
+
+
+def choose_artefact(folder: str | os.PathLike) -> tuple[Path, str]:
+    """The artefact to run from a conversion folder, and a sentence saying why.
+
+    Among artefacts whose status is ``passed`` and whose backend can run here,
+    the lowest ``latency_ms`` wins; without latencies, int8 before fp16 before
+    fp32, then onnxruntime, openvino, torchscript, coreml.
+
+    Raises:
+        UnsupportedFormatError: nothing in the folder passed and runs here (the reasons are listed).
+    """
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    candidates, skipped = [], []
+    order = backend_names()
+    for entry in manifest["artefacts"]:
+        file = str(entry["file"])
+        status = entry.get("status", "unknown")
+        if status != STATUS_PASSED:
+            skipped.append(f"{file}: {status}")
+            continue
+        try:
+            backend = get_backend(entry["backend"]) if entry.get("backend") else backend_for_path(file)
+        except UnsupportedFormatError as err:
+            skipped.append(f"{file}: {err}")
+            continue
+        reason = backend.unavailable_reason()
+        if reason is not None:
+            skipped.append(f"{file}: {reason}")
+            continue
+        if not (folder / file).exists():
+            skipped.append(f"{file}: listed but missing")
+            continue
+        latency = entry.get("latency_ms")
+        latency = float(latency) if isinstance(latency, (int, float)) else math.inf
+        rank = (latency, _PRECISION_RANK.get(str(entry.get("precision")), 3), order.index(backend.name))
+        candidates.append((rank, file, backend.name, entry.get("precision", "?")))
+    if not candidates:
+        details = "; ".join(skipped) or "no artefacts"
+        raise UnsupportedFormatError(f"{folder}: no verified artefact runs on this platform ({details})")
+    (latency, _, _), file, backend_name, precision = min(candidates)
+    why = (f"fastest verified artefact that runs here ({latency:.2f} ms at conversion)" if math.isfinite(latency)
+           else "verified, runs here, preferred by precision and backend (no latency recorded)")
+    return folder / file, f"{file} ({backend_name}, {precision}): {why}"

@@ -1,0 +1,83 @@
+"""Direct exports of a checkpoint to every runtime format, for the runtime tests.
+
+These stand in for cellsdk-convert until the conversion toolchain lands: each
+writes the cellsdk metadata into the format's own slot.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+from cellsdk.metadata import METADATA_KEY, ModelMetadata
+
+
+def _example(metadata: ModelMetadata, batch: int = 2) -> torch.Tensor:
+    size = metadata.preprocessing.input_size
+    return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def export_onnx(model: torch.nn.Module, metadata: ModelMetadata | None, path: Path) -> Path:
+    import onnx
+
+    example = _example(metadata) if metadata else torch.randn(2, 3, 32, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model, (example,), dynamo=True, external_data=False, verbose=False,
+                                    dynamic_shapes=({0: torch.export.Dim("batch")},))
+    program.save(str(path))
+    if metadata is not None:
+        proto = onnx.load(str(path))
+        onnx.helper.set_model_props(proto, {METADATA_KEY: metadata.to_json()})
+        onnx.save(proto, str(path))
+    return path
+
+
+def export_torchscript(model: torch.nn.Module, metadata: ModelMetadata, path: Path) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.freeze(torch.jit.trace(model, _example(metadata)))
+        torch.jit.save(traced, str(path), _extra_files={METADATA_KEY: metadata.to_json()})
+    return path
+
+
+def export_openvino(onnx_path: Path, metadata: ModelMetadata, path: Path) -> Path:
+    import openvino as ov
+
+    model = ov.convert_model(str(onnx_path))
+    model.set_rt_info(metadata.to_json(), [METADATA_KEY])
+    ov.save_model(model, str(path), compress_to_fp16=False)
+    return path
+
+
+def export_coreml(model: torch.nn.Module, metadata: ModelMetadata, path: Path) -> Path:
+    import coremltools as ct
+
+    size = metadata.preprocessing.input_size
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, _example(metadata, batch=1))
+        converted = ct.convert(traced, inputs=[ct.TensorType(name="input", shape=(1, 3, size, size))],
+                               convert_to="mlprogram", minimum_deployment_target=ct.target.macOS13)
+    converted.user_defined_metadata[METADATA_KEY] = metadata.to_json()
+    converted.save(str(path))
+    return path
+
+
+def export_all(model: torch.nn.Module, metadata: ModelMetadata, folder: Path) -> dict[str, Path]:
+    """Every format whose exporter is installed, by backend name."""
+    model = model.eval()
+    out = {"onnxruntime": export_onnx(model, metadata, folder / "model.onnx"),
+           "torchscript": export_torchscript(model, metadata, folder / "model.torchscript")}
+    if importlib.util.find_spec("openvino"):
+        out["openvino"] = export_openvino(out["onnxruntime"], metadata, folder / "model.xml")
+    if importlib.util.find_spec("coremltools"):
+        out["coreml"] = export_coreml(model, metadata, folder / "model.mlpackage")
+    manifest = {"cellsdk_manifest": 1, "artefacts": [
+        {"file": p.name, "backend": name, "precision": "fp32", "status": "passed"} for name, p in out.items()]}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return out
