@@ -22,7 +22,7 @@ import click
 from cellsdk._version import __version__
 from cellsdk.errors import CellSDKError
 
-__all__ = ["bench_command", "cli", "convert_command", "eval_command", "info_command", "train_command"]
+__all__ = ["bench_command", "cli", "convert_command", "eval_command", "info_command", "predict_command", "train_command"]
 
 
 def _friendly_errors(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -193,6 +193,62 @@ def info_command(path: Path) -> None:
     click.echo(read_checkpoint_metadata(path).to_json(indent=2))
 
 
+def _expand_images(paths: tuple[Path, ...]) -> list[Path]:
+    """Files as given; folders expanded to the image files under them, sorted."""
+    from cellsdk.datasets import IMAGE_EXTENSIONS
+
+    out: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            out.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                              and not p.name.startswith(".")))
+        else:
+            out.append(path)
+    return out
+
+
+@click.command("predict")
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--model", "model_path", type=click.Path(path_type=Path), required=True,
+              help="A model file or a cellsdk-convert output folder.")
+@click.option("--backend", default=None, help="Force a backend: onnxruntime, openvino, torchscript, coreml.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--threads", type=int, default=None, help="Inference threads (default: the runtime's choice).")
+@click.option("--top-k", type=int, default=1, show_default=True, help="Classes to show per image.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@_friendly_errors
+def predict_command(images: tuple[Path, ...], model_path: Path, backend: str | None, device: str,
+                    threads: int | None, top_k: int, as_json: bool) -> None:
+    """Classify IMAGES (files or folders); one line per image. Exit status 1 if any image failed."""
+    import json
+
+    from cellsdk.classifier import Classifier
+    from cellsdk.errors import InvalidImageError
+
+    options = {"threads": threads} if threads is not None else {}
+    classifier = Classifier.load(model_path, backend=backend, device=device, top_k=max(top_k, 1), **options)
+    if classifier.chosen:
+        click.echo(f"using {classifier.chosen}", err=True)
+    failed = 0
+    for path in _expand_images(images):
+        try:
+            prediction = classifier.predict(path)
+        except InvalidImageError as err:
+            failed += 1
+            if as_json:
+                click.echo(json.dumps({"path": str(path), "error": str(err)}))
+            click.echo(f"error: {err}", err=True)
+            continue
+        if as_json:
+            record = prediction.to_dict()
+            click.echo(json.dumps({"path": str(path), **{k: record[k] for k in ("label", "index", "confidence", "top_k")}}))
+        else:
+            ranked = ", ".join(f"{label} {p * 100:.1f}%" for label, p in prediction.top_k)
+            click.echo(f"{path}\t{ranked}")
+    if failed:
+        raise SystemExit(1)
+
+
 def _not_yet(tool: str, issue: str) -> Callable[..., None]:
     @click.command(tool.split("-")[-1], context_settings={"ignore_unknown_options": True})
     @click.argument("args", nargs=-1, type=click.UNPROCESSED)
@@ -206,5 +262,5 @@ def _not_yet(tool: str, issue: str) -> Callable[..., None]:
 convert_command = _not_yet("cellsdk-convert", "the conversion toolchain")
 bench_command = _not_yet("cellsdk-bench", "the benchmark harness")
 
-for _command in (train_command, eval_command, info_command, convert_command, bench_command):
+for _command in (train_command, eval_command, predict_command, info_command, convert_command, bench_command):
     cli.add_command(_command)

@@ -55,3 +55,25 @@ def test_group_lists_every_command():
     result = CliRunner().invoke(cli, ["--help"])
     for name in ("train", "eval", "info", "convert", "bench"):
         assert name in result.output
+
+
+def test_predict_text_json_and_failures(artefacts, tmp_path):
+    runner = CliRunner()
+    model = str(artefacts["onnxruntime"])
+    images = sorted(SAMPLES.glob("test/basophil/*.jpg"))[:2]
+    result = runner.invoke(cli, ["predict", *map(str, images), "--model", model, "--top-k", "2"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith(str(images[0])) and lines[0].count("%") == 2
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"nope")
+    result = runner.invoke(cli, ["predict", str(images[0]), str(broken), str(images[1]), "--model", model, "--json"])
+    assert result.exit_code == 1
+    records = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert [("error" in r) for r in records] == [False, True, False]
+    assert records[0]["label"] and 0 <= records[0]["confidence"] <= 1 and "broken.png" in records[1]["error"]
+    assert "error: " in result.stderr
+    folder = runner.invoke(cli, ["predict", str(SAMPLES / "test" / "ig"), "--model", model])
+    assert folder.exit_code == 0 and len(folder.output.strip().splitlines()) == 4
+    missing = runner.invoke(cli, ["predict", str(images[0]), "--model", str(tmp_path / "none.onnx")])
+    assert missing.exit_code == 1 and "no such model" in missing.output and "Traceback" not in missing.output
