@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install cellsdk with the tested pins. Idempotent.
-# Usage: scripts/setup.sh [EXTRAS]   (default extras: train,test,pretrained)
+# Usage: scripts/setup.sh [EXTRAS]   (default extras: all,test — every backend, so no test skips for a missing package)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-train,test,pretrained}"
+extras="${1:-all,test}"
 python=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv

@@ -1,0 +1,162 @@
+"""The SDK's overhead: ``Classifier.predict`` against a hand-written minimal call of the same runtime.
+
+The hand-written call is what a user would write without cellsdk: Pillow
+crop + resize, numpy normalise, and the runtime's own run call
+(``session.run`` / ``infer_request.infer`` / ``module(tensor)``), on the same
+in-memory PIL image. Both run on the same machine in one loop, alternating,
+so noise hits both alike; medians and their ratio are reported.
+
+Usage:
+    python -m cellsdk.benchmarks.overhead MODEL [MODEL ...] --image IMAGE [--iterations 300] [--json OUT]
+
+Example:
+    >>> rows = measure_overhead(["model.onnx"], "cell.jpg", iterations=50)  # doctest: +SKIP
+    >>> rows[0]["ratio"]  # doctest: +SKIP
+    1.02
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+from cellsdk.backends import backend_for_path
+from cellsdk.classifier import Classifier
+from cellsdk.metadata import Preprocessing
+
+__all__ = ["hand_written_call", "measure_overhead"]
+
+_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+            "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
+
+
+def _hand_preprocess(spec: Preprocessing) -> Callable[[Image.Image], np.ndarray]:
+    """Minimal preprocessing a user would write: crop, resize, normalise, NCHW."""
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    size = (spec.input_size, spec.input_size)
+
+    def run(image: Image.Image) -> np.ndarray:
+        if spec.crop_mode == "pixels":
+            side = min(int(spec.crop_value), *image.size)
+            left, top = (image.width - side) // 2, (image.height - side) // 2
+            image = image.crop((left, top, left + side, top + side))
+        pixels = np.asarray(image.resize(size, _FILTERS[spec.resize_filter]), dtype=np.float32) / 255.0
+        return ((pixels - mean) / std).transpose(2, 0, 1)[None].copy()
+
+    return run
+
+
+def hand_written_call(path: str | os.PathLike, spec: Preprocessing, backend: str,
+                      options: dict[str, Any] | None = None) -> Callable[[Image.Image], np.ndarray]:
+    """A minimal direct call of the runtime behind ``backend`` for the model at ``path``."""
+    options = options or {}
+    prepare = _hand_preprocess(spec)
+    if backend == "onnxruntime":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return lambda image: session.run(None, {name: prepare(image)})[0]
+    if backend == "openvino":
+        import openvino as ov
+
+        config = {"PERFORMANCE_HINT": "LATENCY"}
+        if options.get("precision"):
+            config["INFERENCE_PRECISION_HINT"] = options["precision"]
+        request = ov.Core().compile_model(str(path), "CPU", config).create_infer_request()
+        return lambda image: request.infer({0: prepare(image)})[0]
+    if backend == "torchscript":
+        import torch
+
+        module = torch.jit.load(str(path), map_location="cpu").eval()
+
+        def call(image: Image.Image) -> np.ndarray:
+            with torch.inference_mode():
+                return module(torch.from_numpy(prepare(image))).numpy()
+
+        return call
+    raise ValueError(f"no hand-written call for backend {backend!r}")
+
+
+def measure_overhead(models: list[str | os.PathLike], image: str | os.PathLike, *, iterations: int = 300,
+                     warmup: int = 20, options: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Median latency of ``Classifier.predict`` and of the hand-written call, per model file, and their ratio.
+
+    ``options`` maps a backend name to its load options (e.g. ``{"openvino": {"precision": "f32"}}``);
+    the hand-written call gets the same ones.
+    """
+    options = options or {}
+    picture = Image.open(image)
+    picture.load()
+    rows = []
+    for model in models:
+        classifier = Classifier.load(model, device="cpu", **options.get(backend_for_path(model).name, {}))
+        hand = hand_written_call(classifier.path, classifier.metadata.preprocessing, classifier.backend_name,
+                                 options.get(classifier.backend_name))
+        sdk_label = classifier.predict(picture).index
+        hand_label = int(np.argmax(hand(picture)))
+        for _ in range(warmup):
+            classifier.predict(picture)
+            hand(picture)
+        sdk_times, hand_times = [], []
+        for _ in range(iterations):
+            start = time.perf_counter()
+            classifier.predict(picture)
+            middle = time.perf_counter()
+            hand(picture)
+            sdk_times.append(middle - start)
+            hand_times.append(time.perf_counter() - middle)
+        sdk_ms, hand_ms = statistics.median(sdk_times) * 1e3, statistics.median(hand_times) * 1e3
+        rows.append({
+            "model": str(model), "backend": classifier.backend.describe(), "iterations": iterations,
+            "classifier_ms": sdk_ms, "hand_written_ms": hand_ms, "ratio": sdk_ms / hand_ms,
+            "same_top1": sdk_label == hand_label,
+        })
+    return rows
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}"
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+")
+    parser.add_argument("--image", required=True)
+    parser.add_argument("--iterations", type=int, default=300)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--openvino-precision", default=None, help="e.g. f32 (default: the device's choice)")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    options = {"openvino": {"precision": args.openvino_precision}} if args.openvino_precision else {}
+    rows = measure_overhead(args.models, args.image, iterations=args.iterations, warmup=args.warmup, options=options)
+    print(f"machine: {_machine()}")
+    print(f"{'backend':<42}{'Classifier ms':>15}{'hand-written ms':>17}{'ratio':>8}  same top-1")
+    for row in rows:
+        print(f"{row['backend']:<42}{row['classifier_ms']:>15.3f}{row['hand_written_ms']:>17.3f}"
+              f"{row['ratio']:>8.3f}  {row['same_top1']}")
+    if args.json:
+        args.json.write_text(json.dumps({"machine": _machine(), "rows": rows}, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
