@@ -122,7 +122,8 @@ class Classifier:
         if path.is_dir() and path.suffix.lower() != ".mlpackage":
             from cellsdk.manifest import choose_artefact
 
-            path, chosen = choose_artefact(path)
+            path, chosen, verified_options = choose_artefact(path)
+            options = {**verified_options, **options}  # run it as it was verified, unless told otherwise
             log.info("cellsdk: running %s", chosen)
         backend_cls = get_backend(backend) if backend else backend_for_path(path)
         instance = backend_cls(path, device=device, **options)
@@ -196,7 +197,16 @@ class Classifier:
             return np.zeros((0, len(self._labels)), dtype=np.float64)
         return np.concatenate(rows)
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
+    def raw_outputs(self, batch: np.ndarray) -> np.ndarray:
+        """The model's own outputs (logits, unless the metadata says probabilities) for preprocessed arrays.
+
+        Args:
+            batch: float32 ``N x 3 x H x W``, already preprocessed (e.g. by
+                :func:`cellsdk.preprocessing.preprocess`); split to the model's batch limit.
+
+        Raises:
+            MetadataError: the model's output does not have one column per label.
+        """
         chunk = self._chunk
         if chunk is None or len(batch) <= chunk:
             outputs = self.backend.run(batch)
@@ -207,7 +217,10 @@ class Classifier:
                 f"{self.path}: model returned shape {tuple(outputs.shape)} for {len(batch)} images, "
                 f"expected ({len(batch)}, {len(self._labels)}) for the {len(self._labels)} labels"
             )
-        outputs = outputs.astype(np.float64, copy=False)
+        return outputs
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        outputs = self.raw_outputs(batch).astype(np.float64, copy=False)
         return softmax(outputs) if self._apply_softmax else outputs
 
     def _prediction(self, probabilities: np.ndarray, top_k: int | None) -> Prediction:

@@ -7,12 +7,13 @@ this platform.
 
 The fields the runtime relies on, per entry of ``artefacts``: ``file`` (path
 relative to the folder), ``status`` (``passed``, ``failed`` or ``not verified
-on this platform``), ``precision``, and optionally ``backend`` and
-``latency_ms`` (measured at conversion).
+on this platform``), ``precision``, and optionally ``backend``,
+``latency_ms`` (measured at conversion) and ``runtime_options`` (the
+``Classifier.load`` options the artefact was verified with).
 
 Example:
     >>> choose_artefact("runs/converted")  # doctest: +SKIP
-    (PosixPath('runs/converted/model.int8.onnx'), 'model.int8.onnx (onnxruntime, int8): ...')
+    (PosixPath('runs/converted/model.int8.onnx'), 'model.int8.onnx (onnxruntime, int8): ...', {})
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
-def choose_artefact(folder: str | os.PathLike) -> tuple[Path, str]:
-    """The artefact to run from a conversion folder, and a sentence saying why.
+def choose_artefact(folder: str | os.PathLike) -> tuple[Path, str, dict[str, Any]]:
+    """The artefact to run from a conversion folder, a sentence saying why, and its verified runtime options.
 
     Among artefacts whose status is ``passed`` and whose backend can run here,
     the lowest ``latency_ms`` wins; without latencies, int8 before fp16 before
@@ -92,11 +93,12 @@ def choose_artefact(folder: str | os.PathLike) -> tuple[Path, str]:
         latency = entry.get("latency_ms")
         latency = float(latency) if isinstance(latency, (int, float)) else math.inf
         rank = (latency, _PRECISION_RANK.get(str(entry.get("precision")), 3), order.index(backend.name))
-        candidates.append((rank, file, backend.name, entry.get("precision", "?")))
+        options = entry.get("runtime_options") if isinstance(entry.get("runtime_options"), dict) else {}
+        candidates.append((rank, file, backend.name, entry.get("precision", "?"), options))
     if not candidates:
         details = "; ".join(skipped) or "no artefacts"
         raise UnsupportedFormatError(f"{folder}: no verified artefact runs on this platform ({details})")
-    (latency, _, _), file, backend_name, precision = min(candidates)
+    (latency, _, _), file, backend_name, precision, options = min(candidates, key=lambda c: c[0])
     why = (f"fastest verified artefact that runs here ({latency:.2f} ms at conversion)" if math.isfinite(latency)
            else "verified, runs here, preferred by precision and backend (no latency recorded)")
-    return folder / file, f"{file} ({backend_name}, {precision}): {why}"
+    return folder / file, f"{file} ({backend_name}, {precision}): {why}", dict(options)

@@ -145,8 +145,8 @@ def test_manifest_ranking_and_refusals(artefacts, tmp_path):
         {"file": "model.mlpackage", "precision": "fp16", "status": "not verified on this platform"},
     ]
     (tmp_path / "manifest.json").write_text(json.dumps({"artefacts": entries}))
-    path, why = choose_artefact(tmp_path)
-    assert path.name == "model.torchscript" and "3.00 ms" in why
+    path, why, options = choose_artefact(tmp_path)
+    assert path.name == "model.torchscript" and "3.00 ms" in why and options == {}
     for entry in entries[:2]:
         entry["status"] = "failed"
     (tmp_path / "manifest.json").write_text(json.dumps({"artefacts": entries}))
