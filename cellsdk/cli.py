@@ -259,7 +259,58 @@ def _not_yet(tool: str, issue: str) -> Callable[..., None]:
     return command
 
 
-convert_command = _not_yet("cellsdk-convert", "the conversion toolchain")
+def _split_list(values: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(part.strip() for value in values for part in value.split(",") if part.strip())
+
+
+@click.command("convert")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder (replaced).")
+@click.option("--formats", default="all", show_default=True, help="onnx,torchscript,openvino,coreml or all.")
+@click.option("--quantize", multiple=True, help="fp16, int8 (CoreML also int6, int4); repeat or comma-separate.")
+@click.option("--calib", type=click.Path(path_type=Path), default=None, help="Calibration data (train split sampled).")
+@click.option("--eval", "eval_data", type=click.Path(path_type=Path), default=None,
+              help="Held-out data for verification [default: --calib].")
+@click.option("--eval-split", default="val", show_default=True)
+@click.option("--eval-limit", type=int, default=None, help="Verify on a stratified sample of this many images.")
+@click.option("--calib-samples", type=int, default=256, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--input-size", type=int, default=None, help="Export at this input size [default: the checkpoint's].")
+@click.option("--dynamic-batch", is_flag=True, help="Dynamic batch dimension (default: batch 1).")
+@click.option("--data-cropped", is_flag=True, help="The data's images already have the model's crop.")
+@click.option("--labels", default=None, help="Class names of the data, if its folders do not give them.")
+@click.option("--max-accuracy-drop", type=float, default=0.5, show_default=True, help="Points.")
+@click.option("--max-recall-drop", type=float, default=2.0, show_default=True, help="Points, for every class.")
+@click.option("--min-agreement", type=float, default=99.5, show_default=True, help="Percent, fp32/fp16 top-1.")
+@click.option("--allow-regression", is_flag=True, help="Exit 0 even if an artefact fails verification.")
+@click.option("--force-calib", is_flag=True, help="Accept few calibration images or ones that overlap evaluation.")
+@click.option("--quiet", is_flag=True)
+@_friendly_errors
+def convert_command(checkpoint: Path, out_dir: Path, formats: str, quantize: tuple[str, ...], **options: Any) -> None:
+    """Convert CHECKPOINT to verified ONNX, TorchScript, OpenVINO and CoreML models with a manifest."""
+    from cellsdk.converters import ConvertConfig, VerifyConfig, convert, format_manifest_table
+
+    quiet = options.pop("quiet")
+    _setup_logging(quiet)
+    chosen = () if formats.strip() == "all" else _split_list((formats,))
+    config = ConvertConfig(
+        formats=chosen, precisions=_split_list(quantize),
+        calib=str(options["calib"]) if options["calib"] else None,
+        eval=str(options["eval_data"]) if options["eval_data"] else None,
+        eval_split=options["eval_split"], eval_limit=options["eval_limit"], calib_samples=options["calib_samples"],
+        seed=options["seed"], data_cropped=options["data_cropped"], labels=options["labels"],
+        input_size=options["input_size"], dynamic_batch=options["dynamic_batch"], force_calib=options["force_calib"],
+        verify=VerifyConfig(max_accuracy_drop=options["max_accuracy_drop"] / 100,
+                            max_recall_drop=options["max_recall_drop"] / 100,
+                            min_agreement=options["min_agreement"] / 100),
+    )
+    result = convert(checkpoint, out_dir, config, progress=not quiet)
+    click.echo(format_manifest_table(result.manifest))
+    click.echo(f"wrote {out_dir / 'manifest.json'} ({result.manifest['seconds']:.1f} s)")
+    if result.failed and not options["allow_regression"]:
+        names = ", ".join(a["file"] for a in result.failed)
+        raise click.ClickException(f"{len(result.failed)} artefact(s) failed verification: {names} "
+                                   "(see the reasons above; --allow-regression keeps the exit status 0)")
 bench_command = _not_yet("cellsdk-bench", "the benchmark harness")
 
 for _command in (train_command, eval_command, predict_command, info_command, convert_command, bench_command):

@@ -40,7 +40,8 @@ def test_errors_are_one_line(tmp_path):
         (train_command, [str(SAMPLES), "--out", str(tmp_path / "r"), "--arch", "nope_net", "--quiet"],
          "unknown architecture"),
         (eval_command, [str(tmp_path / "x.safetensors"), "--data", str(SAMPLES)], "checkpoint not found"),
-        (convert_command, ["anything"], "not yet available"),
+        (convert_command, ["missing.safetensors", "--out", str(tmp_path / "c"), "--eval", str(SAMPLES)],
+         "checkpoint not found"),
         (bench_command, [], "not yet available"),
     ]
     for command, args, message in cases:

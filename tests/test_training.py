@@ -40,8 +40,8 @@ def test_smoke_run_writes_a_loadable_checkpoint_with_metadata(tiny_run):
     assert set(meta.reference_metrics) == {"val_accuracy", "val_macro_f1"}
     assert read_checkpoint_metadata(tiny_run.last_checkpoint).labels == BLOODMNIST
     history = json.loads((run / "history.json").read_text())
-    assert [h["epoch"] for h in history] == [1, 2]
-    assert tiny_run.best_epoch in (1, 2)
+    assert [h["epoch"] for h in history] == list(range(1, 9))
+    assert tiny_run.best_epoch in range(1, 9) and tiny_run.best_metrics["val_accuracy"] > 0.5
     with torch.no_grad():
         out = model(torch.zeros(2, 3, 32, 32))
     assert out.shape == (2, 8)

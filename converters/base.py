@@ -1,0 +1,156 @@
+"""The converter registry and the job every converter works from.
+
+A converter is one module per format (``converters/onnx.py`` ...) that
+registers itself with :func:`register_converter` and writes one artefact for
+one precision into a path it is given. The shared :class:`ExportJob` holds
+the fp32 PyTorch model, the metadata, the calibration set and a scratch
+folder for intermediates (the fp32 ONNX export is made once and reused).
+
+Example:
+    >>> from cellsdk.converters import converter_names
+    >>> converter_names()
+    ('onnx', 'torchscript', 'openvino', 'coreml')
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from cellsdk.errors import BackendNotInstalledError, ConfigError
+from cellsdk.metadata import ModelMetadata
+
+__all__ = ["Converter", "ExportJob", "converter_names", "get_converter", "register_converter"]
+
+_CONVERTERS: dict[str, type[Converter]] = {}
+
+
+@dataclass
+class ExportJob:
+    """What every converter of one conversion shares.
+
+    Attributes:
+        model: the fp32 PyTorch model, in eval mode.
+        metadata: the checkpoint's metadata (converters set precision and quantization).
+        workdir: scratch folder for intermediates, removed after the conversion.
+        dynamic_batch: make the batch dimension dynamic (else it is 1).
+        calibration: the calibration set, for int8 (None without one).
+    """
+
+    model: Any
+    metadata: ModelMetadata
+    workdir: Path
+    dynamic_batch: bool = False
+    calibration: Any = None
+    _cache: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_size(self) -> int:
+        """The model's input side in pixels."""
+        return self.metadata.preprocessing.input_size
+
+    def example(self, batch: int = 1) -> Any:
+        """A deterministic example input for tracing (values do not matter, shapes do)."""
+        import torch
+
+        size = self.input_size
+        return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+    def cached(self, key: str, make: Callable[[], Any]) -> Any:
+        """``make()`` once per job, e.g. the fp32 ONNX file several formats start from."""
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def metadata_for(self, precision: str, quantization: dict[str, Any] | None = None) -> ModelMetadata:
+        """The artefact's metadata: the checkpoint's, with its precision and recipe."""
+        calibration = self.calibration.sha256 if self.calibration is not None and quantization else None
+        return self.metadata.replace(precision=precision, quantization=quantization, calibration_sha256=calibration)
+
+    def require_calibration(self, fmt: str) -> Any:
+        """The calibration set, or a clear error for int8 without one."""
+        if self.calibration is None:
+            raise ConfigError(f"{fmt} int8 needs calibration images: pass --calib DATA (real images, train split)")
+        return self.calibration
+
+
+class Converter(abc.ABC):
+    """One output format.
+
+    Class attributes (set by :func:`register_converter`):
+        name: the format name (``onnx`` ...).
+        suffix: the artefact's suffix.
+        precisions: the precisions this format can write.
+        packages: import names it needs; ``install`` says how to get them.
+    """
+
+    name: ClassVar[str]
+    suffix: ClassVar[str]
+    precisions: ClassVar[tuple[str, ...]]
+    packages: ClassVar[tuple[str, ...]]
+    install: ClassVar[str]
+    #: the precision written when no quantization is asked for
+    baseline: ClassVar[str] = "fp32"
+
+    @classmethod
+    def missing_packages(cls) -> list[str]:
+        """The packages this converter needs that are not installed."""
+        return [p for p in cls.packages if importlib.util.find_spec(p) is None]
+
+    @classmethod
+    def check_installed(cls) -> None:
+        """Raise BackendNotInstalledError naming the extra if a package is missing."""
+        missing = cls.missing_packages()
+        if missing:
+            raise BackendNotInstalledError(
+                f"converting to {cls.name} needs {', '.join(missing)}, which is not installed: {cls.install}"
+            )
+
+    def file_name(self, precision: str) -> str:
+        """The artefact's file name, e.g. ``model.int8.onnx``."""
+        return f"model.{precision}{self.suffix}"
+
+    @abc.abstractmethod
+    def convert(self, job: ExportJob, precision: str, out: Path) -> dict[str, Any]:
+        """Write the artefact for ``precision`` at ``out`` (metadata in its slot).
+
+        Returns:
+            The quantization recipe actually used (empty for float precisions), and any
+            ``runtime_options`` the artefact was verified with, under that key.
+        """
+
+    def verify_options(self, precision: str) -> dict[str, Any]:
+        """Options for ``Classifier.load`` when verifying (and running) this artefact."""
+        return {}
+
+
+def register_converter(name: str, *, suffix: str, precisions: tuple[str, ...], packages: tuple[str, ...],
+                       install: str, baseline: str = "fp32") -> Callable[[type[Converter]], type[Converter]]:
+    """Class decorator registering a converter for format ``name``."""
+
+    def decorate(cls: type[Converter]) -> type[Converter]:
+        cls.name, cls.suffix, cls.precisions, cls.packages, cls.install = name, suffix, precisions, packages, install
+        cls.baseline = baseline
+        _CONVERTERS[name] = cls
+        return cls
+
+    return decorate
+
+
+def converter_names() -> tuple[str, ...]:
+    """The registered formats, in registration order."""
+    return tuple(_CONVERTERS)
+
+
+def get_converter(name: str) -> Converter:
+    """An instance of the converter for format ``name``.
+
+    Raises:
+        ConfigError: an unknown format, listing the known ones.
+    """
+    if name not in _CONVERTERS:
+        raise ConfigError(f"unknown format {name!r}: use one of {', '.join(converter_names())} or all")
+    return _CONVERTERS[name]()

@@ -1,0 +1,66 @@
+"""CoreML ``.mlpackage`` (ML program): fp16, int8 linear weight quantization, 6- and 4-bit palettization.
+
+Conversion, weight compression and metadata work on any OS; predictions need
+macOS, so off macOS these artefacts are marked ``not verified on this
+platform``. Activation quantization in coremltools calibrates by running the
+model, which needs macOS: it is not offered here, and the recipe says so.
+The metadata goes into ``user_defined_metadata`` under ``cellsdk``.
+
+Example:
+    >>> from cellsdk.converters import get_converter
+    >>> get_converter("coreml").precisions
+    ('fp16', 'int8', 'int6', 'int4')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+from pathlib import Path
+from typing import Any
+
+from cellsdk.converters.base import Converter, ExportJob, register_converter
+from cellsdk.metadata import METADATA_KEY
+
+__all__ = ["CoreMLConverter"]
+
+_ACTIVATIONS_NOTE = "weights only: activation quantization calibrates by running the model, which needs macOS"
+
+
+@register_converter("coreml", suffix=".mlpackage", precisions=("fp16", "int8", "int6", "int4"),
+                    packages=("coremltools", "torch"), install="pip install 'cellsdk[coreml]'", baseline="fp16")
+class CoreMLConverter(Converter):
+    """CoreML for Macs and iOS devices (CPU, GPU, Neural Engine)."""
+
+    def convert(self, job: ExportJob, precision: str, out: Path) -> dict[str, Any]:
+        import coremltools as ct
+        import coremltools.optimize.coreml as cto
+        import torch
+
+        size = job.input_size
+        batch = ct.RangeDim(lower_bound=1, upper_bound=256, default=1) if job.dynamic_batch else 1
+        # coremltools draws its own progress bars and warns about untested torch versions; cellsdk shows one bar
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            with torch.no_grad():
+                traced = torch.jit.trace(job.model, job.example(1))
+            model = ct.convert(traced, inputs=[ct.TensorType(name="input", shape=(batch, 3, size, size))],
+                               outputs=[ct.TensorType(name="logits")], convert_to="mlprogram",
+                               compute_precision=ct.precision.FLOAT16,
+                               minimum_deployment_target=ct.target.macOS13)
+            recipe: dict[str, Any] = {}
+            if precision == "int8":
+                config = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric"))
+                model = cto.linear_quantize_weights(model, config=config)
+                recipe = {"method": "coremltools linear weight quantization", "mode": "linear_symmetric",
+                          "activations": _ACTIVATIONS_NOTE}
+            elif precision in ("int6", "int4"):
+                bits = int(precision[3:])
+                config = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=bits))
+                model = cto.palettize_weights(model, config=config)
+                recipe = {"method": f"coremltools {bits}-bit k-means palettization", "activations": _ACTIVATIONS_NOTE}
+        model.user_defined_metadata[METADATA_KEY] = job.metadata_for(precision, recipe or None).to_json()
+        model.short_description = f"cellsdk {job.metadata.arch} ({precision})"
+        model.save(str(out))
+        return recipe

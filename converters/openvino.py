@@ -1,0 +1,65 @@
+"""OpenVINO IR: fp32 or fp16 weights, int8 by NNCF post-training quantization on the OpenVINO model.
+
+The IR is converted from the fp32 ONNX export. OpenVINO runs an fp32 IR in
+bf16 on CPUs with bf16 unless ``INFERENCE_PRECISION_HINT`` is ``f32``, so the
+float artefacts are verified (and, through the manifest, run) with that hint.
+The metadata goes into ``rt_info`` under ``cellsdk``.
+
+Example:
+    >>> from cellsdk.converters import get_converter
+    >>> get_converter("openvino").precisions
+    ('fp32', 'fp16', 'int8')
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cellsdk.converters.base import Converter, ExportJob, register_converter
+from cellsdk.converters.onnx import export_fp32_onnx
+from cellsdk.metadata import METADATA_KEY
+
+__all__ = ["OpenVinoConverter"]
+
+
+@register_converter("openvino", suffix=".xml", precisions=("fp32", "fp16", "int8"),
+                    packages=("openvino", "nncf", "onnx", "onnxscript"), install="pip install 'cellsdk[openvino,convert]'")
+class OpenVinoConverter(Converter):
+    """OpenVINO IR (``.xml`` + ``.bin``) for Intel CPUs, GPUs and NPUs."""
+
+    def convert(self, job: ExportJob, precision: str, out: Path) -> dict[str, Any]:
+        import openvino as ov
+
+        model = ov.convert_model(str(export_fp32_onnx(job)))
+        recipe: dict[str, Any] = {}
+        if precision == "int8":
+            import nncf
+
+            calibration = job.require_calibration("openvino")
+            batches = list(calibration.batches(1))
+            with _quiet_nncf():
+                model = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches))
+            recipe = {"method": "NNCF post-training quantization", "preset": "performance (symmetric)",
+                      "calibration_images": len(calibration)}
+        model.set_rt_info(job.metadata_for(precision, recipe or None).to_json(), [METADATA_KEY])
+        ov.save_model(model, str(out), compress_to_fp16=precision == "fp16")
+        return recipe
+
+    def verify_options(self, precision: str) -> dict[str, Any]:
+        # float IRs run in bf16 on bf16 CPUs by default; pin f32 so the artefact is what was verified
+        return {"precision": "f32"} if precision in ("fp32", "fp16") else {}
+
+
+class _quiet_nncf:  # noqa: N801 - used as a context manager
+    """Keep NNCF's progress output and INFO logging off the terminal."""
+
+    def __enter__(self) -> None:
+        import logging
+
+        self._logger = logging.getLogger("nncf")
+        self._level = self._logger.level
+        self._logger.setLevel(logging.WARNING)
+
+    def __exit__(self, *exc: object) -> None:
+        self._logger.setLevel(self._level)

@@ -1,0 +1,313 @@
+"""``cellsdk-convert``: checkpoint -> verified ONNX / TorchScript / OpenVINO / CoreML artefacts and a manifest.
+
+Everything is built in a staging folder beside ``out`` and moved into place
+at the end, so an output folder is always complete: a failed or interrupted
+conversion leaves the old one (or none), and re-running replaces it cleanly.
+
+Example:
+    >>> from cellsdk.converters import ConvertConfig, convert
+    >>> result = convert("runs/a/best.safetensors", "runs/a/converted",
+    ...                  ConvertConfig(precisions=("int8",), calib="data/bloodmnist_128", data_cropped=True))  # doctest: +SKIP
+    >>> result.failed  # doctest: +SKIP
+    []
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import shutil
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from cellsdk._io import sha256_file, write_json, write_text
+from cellsdk._version import __version__
+from cellsdk.converters.base import converter_names, get_converter
+from cellsdk.converters.calibration import ImageSet, calibration_set, evaluation_set
+from cellsdk.converters.verify import VerifyConfig, reference_logits, verify_artefact
+from cellsdk.errors import CellSDKError, ConfigError
+from cellsdk.manifest import MANIFEST_NAME, STATUS_FAILED
+from cellsdk.metadata import PRECISIONS
+from cellsdk.metrics import classification_report, softmax
+
+__all__ = ["ConversionResult", "ConvertConfig", "convert", "format_manifest_table"]
+
+_BACKEND_OF = {"onnx": "onnxruntime", "torchscript": "torchscript", "openvino": "openvino", "coreml": "coreml"}
+_TOOLS = ("torch", "timm", "onnx", "onnxruntime", "onnxscript", "openvino", "nncf", "coremltools", "numpy", "pillow")
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    """What to convert, with which data, and how strictly to verify it.
+
+    Attributes:
+        formats: formats to write (default every registered one).
+        precisions: extra precisions (``fp16``, ``int8``; CoreML also ``int6``, ``int4`` palettization).
+            Each format always writes its baseline too (fp32; CoreML fp16).
+        calib: dataset for int8 calibration (its train split).
+        eval: dataset for verification (default: ``calib``); ``eval_split`` of it is used.
+        eval_split: split of ``eval`` used by the gate.
+        eval_limit: cap on verification images (stratified sample), None for the whole split.
+        calib_samples: calibration images (stratified by class, seeded).
+        seed: sampling seed.
+        data_cropped: the dataset images already have the model's crop.
+        labels: the datasets' class names, if their folders do not give them.
+        input_size: export at another input size than the checkpoint's.
+        dynamic_batch: make the batch dimension dynamic (default batch 1).
+        verify: the gate's thresholds.
+        force_calib: accept too few calibration images or ones that overlap evaluation.
+    """
+
+    formats: tuple[str, ...] = ()
+    precisions: tuple[str, ...] = ()
+    calib: str | None = None
+    eval: str | None = None
+    eval_split: str = "val"
+    eval_limit: int | None = None
+    calib_samples: int = 256
+    seed: int = 0
+    data_cropped: bool = False
+    labels: str | None = None
+    input_size: int | None = None
+    dynamic_batch: bool = False
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
+    force_calib: bool = False
+
+    def __post_init__(self) -> None:
+        for fmt in self.formats:
+            get_converter(fmt)  # raises ConfigError naming the known formats
+        unknown = [p for p in self.precisions if p not in PRECISIONS]
+        if unknown:
+            raise ConfigError(f"unknown precision {', '.join(unknown)}: use fp32, fp16, int8 (CoreML also int6, int4)")
+        if self.input_size is not None and not 8 <= self.input_size <= 4096:
+            raise ConfigError(f"input size {self.input_size} is out of range 8..4096")
+
+
+@dataclass
+class ConversionResult:
+    """The manifest and where it was written."""
+
+    out_dir: Path
+    manifest: dict[str, Any]
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        """Artefacts whose status is failed."""
+        return [a for a in self.manifest["artefacts"] if a["status"] == STATUS_FAILED]
+
+
+def _plan(config: ConvertConfig) -> list[tuple[str, str | None, str]]:
+    """(format, precision or None, reason-if-skipped) for every requested combination."""
+    plan = []
+    for fmt in config.formats or converter_names():
+        converter = get_converter(fmt)
+        converter.check_installed()
+        wanted = [converter.baseline, *[p for p in config.precisions if p != converter.baseline]]
+        for precision in dict.fromkeys(wanted):
+            if precision in converter.precisions:
+                plan.append((fmt, precision, ""))
+            else:
+                plan.append((fmt, precision, f"{fmt} has no {precision} path (it writes {', '.join(converter.precisions)})"))
+    return plan
+
+
+def _staging_dir(out_dir: Path) -> Path:
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
+    except OSError as err:
+        raise ConfigError(f"{out_dir}: output folder is not writable ({err.strerror or err}); choose another --out") from None
+
+
+def _describe_files(path: Path) -> tuple[int, str, list[dict[str, Any]]]:
+    """Total size, one sha256 for the artefact, and every file in it (an IR has .xml + .bin, a package a tree)."""
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+    else:
+        files = [path, *([path.with_suffix(".bin")] if path.suffix == ".xml" else [])]
+    entries = [{"name": str(f.relative_to(path.parent)), "bytes": f.stat().st_size, "sha256": sha256_file(f)}
+               for f in files]
+    digest = entries[0]["sha256"] if len(entries) == 1 else hashlib.sha256(
+        "".join(e["name"] + e["sha256"] for e in entries).encode()).hexdigest()
+    return sum(e["bytes"] for e in entries), digest, entries
+
+
+def _versions() -> dict[str, str]:
+    out = {"cellsdk": __version__}
+    for name in _TOOLS:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: ConvertConfig | None = None, *,
+            progress: bool = True) -> ConversionResult:
+    """Convert a checkpoint to every requested format and precision, verify each, write the manifest.
+
+    Raises:
+        CheckpointError, ConfigError, DatasetError, BackendNotInstalledError: before anything is written.
+
+    Example:
+        >>> convert("best.safetensors", "converted", ConvertConfig(eval="data"))  # doctest: +SKIP
+    """
+    from cellsdk.converters.base import ExportJob
+    from cellsdk.training.checkpoint import load_checkpoint
+    from cellsdk.training.trainer import _progress
+
+    config = config or ConvertConfig()
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    plan = _plan(config)
+    wants_int8 = any(p in ("int8",) and not skip for _, p, skip in plan)
+    eval_source = config.eval or config.calib
+    if eval_source is None:
+        raise ConfigError("verification needs real held-out images: pass --eval DATA (or --calib DATA, whose "
+                          "validation split is then used)")
+    if wants_int8 and config.calib is None:
+        raise ConfigError("int8 needs calibration images: pass --calib DATA (its train split is sampled)")
+    model, metadata = load_checkpoint(checkpoint)
+    checkpoint_sha = sha256_file(checkpoint)
+    preprocessing = metadata.preprocessing
+    if config.input_size is not None:
+        preprocessing = type(preprocessing)(**{**preprocessing.to_dict(), "input_size": config.input_size})
+    metadata = metadata.replace(source_checkpoint_sha256=checkpoint_sha, preprocessing=preprocessing)
+    images = evaluation_set(eval_source, metadata, split=config.eval_split, data_cropped=config.data_cropped,
+                            labels=config.labels, limit=config.eval_limit, seed=config.seed)
+    calibration: ImageSet | None = None
+    if wants_int8:
+        calibration = calibration_set(config.calib, metadata, samples=config.calib_samples, seed=config.seed,
+                                      data_cropped=config.data_cropped, labels=config.labels,
+                                      exclude=images.ids, force=config.force_calib)
+    reference = reference_logits(model, images)
+    reference_report = classification_report(images.targets, softmax(reference), metadata.labels)
+    metadata = metadata.replace(reference_metrics={k: reference_report[k] for k in ("accuracy", "macro_f1",
+                                                                                       "min_recall", "ece")})
+    staging = _staging_dir(out_dir)
+    try:
+        workdir = staging / ".work"
+        workdir.mkdir()
+        job = ExportJob(model=model, metadata=metadata, workdir=workdir, dynamic_batch=config.dynamic_batch,
+                        calibration=calibration)
+        bar = _progress(len(plan), "convert + verify", progress)
+        bar.unit = "artefact"
+        artefacts = []
+        for fmt, precision, skipped in plan:
+            bar.set_postfix_str(f"{fmt} {precision}")
+            artefacts.append(_one(job, fmt, precision, skipped, staging, images, reference, config.verify))
+            bar.update(1)
+        bar.close()
+        shutil.rmtree(workdir)
+        manifest = {
+            "cellsdk_manifest": 1,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "source_checkpoint": {"path": str(checkpoint), "sha256": checkpoint_sha},
+            "metadata": metadata.to_dict(),
+            "reference": {"model": "PyTorch eager fp32 (the source checkpoint)", **metadata.reference_metrics},
+            "evaluation": images.record(),
+            "calibration": None if calibration is None else {**calibration.record(), "list": "calibration_images.txt"},
+            "thresholds": config.verify.to_dict(),
+            "tools": _versions(),
+            "seconds": None,
+            "artefacts": artefacts,
+        }
+        if calibration is not None:
+            write_text(staging / "calibration_images.txt", "\n".join(calibration.ids) + "\n")
+        manifest["seconds"] = time.perf_counter() - started
+        write_json(staging / MANIFEST_NAME, manifest)
+        _swap_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ConversionResult(out_dir, manifest)
+
+
+def _one(job: Any, fmt: str, precision: str, skipped: str, staging: Path, images: ImageSet, reference: Any,
+         verify: VerifyConfig) -> dict[str, Any]:
+    converter = get_converter(fmt)
+    entry: dict[str, Any] = {"file": converter.file_name(precision), "format": fmt, "backend": _BACKEND_OF.get(fmt, fmt),
+                             "precision": precision}
+    if skipped:
+        return {**entry, "status": "skipped", "reasons": [skipped]}
+    target = staging / entry["file"]
+    start = time.perf_counter()
+    try:
+        recipe = converter.convert(job, precision, target)
+    except CellSDKError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a converter's own failure fails its artefact, not the run
+        _remove(target)
+        detail = traceback.format_exception_only(type(err), err)[-1].strip()
+        return {**entry, "status": STATUS_FAILED, "reasons": [f"conversion failed: {detail[:300]}"],
+                "convert_seconds": time.perf_counter() - start}
+    entry["convert_seconds"] = time.perf_counter() - start
+    entry["quantization"] = recipe or None
+    entry["size_bytes"], entry["sha256"], entry["files"] = _describe_files(target)
+    options = converter.verify_options(precision)
+    if options:
+        entry["runtime_options"] = options
+    start = time.perf_counter()
+    record = verify_artefact(target, precision, job.metadata_for(precision, recipe or None), images, reference,
+                             verify, options)
+    entry["verify_seconds"] = time.perf_counter() - start
+    entry["status"], entry["reasons"] = record.pop("status"), record.pop("reasons")
+    if "latency_ms" in record:
+        entry["latency_ms"] = record["latency_ms"]
+    entry["verification"] = record
+    return entry
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        for leftover in (path, path.with_suffix(".bin")):
+            leftover.unlink(missing_ok=True)
+
+
+def _swap_into_place(staging: Path, out_dir: Path) -> None:
+    """Replace ``out_dir`` by ``staging`` (old contents removed only once the new folder is in place)."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        os.replace(out_dir, old)
+    os.replace(staging, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def format_manifest_table(manifest: dict[str, Any]) -> str:
+    """The manifest as a terminal table: size, agreement, accuracy change, worst class, status.
+
+    Example:
+        >>> print(format_manifest_table({"artefacts": [], "reference": {"accuracy": 0.9}}).splitlines()[0][:22])
+        fp32 PyTorch reference
+    """
+    reference = manifest.get("reference", {})
+    lines = [f"fp32 PyTorch reference: accuracy {reference.get('accuracy', 0) * 100:.2f} %, "
+             f"macro-F1 {reference.get('macro_f1', 0) * 100:.2f} % on {manifest.get('evaluation', {}).get('images', '?')} "
+             f"held-out images",
+             f"{'artefact':<26}{'size MB':>8}{'top-1 agr':>10}{'acc':>8}{'Δacc':>7}{'worst class Δrecall':>26}"
+             f"{'ms':>7}  status"]
+    for a in manifest["artefacts"]:
+        v = a.get("verification") or {}
+        measured = "top1_agreement" in v  # absent when the artefact could not be run
+        size = f"{a['size_bytes'] / 1e6:.2f}" if "size_bytes" in a else "-"
+        agree = f"{v['top1_agreement'] * 100:.2f}%" if measured else "-"
+        acc = f"{v['accuracy'] * 100:.2f}" if measured else "-"
+        delta = f"{v['accuracy_change'] * 100:+.2f}" if measured else "-"
+        worst = f"{v['worst_class']} {v['worst_recall_change'] * 100:+.2f}" if measured else "-"
+        latency = f"{a['latency_ms']:.2f}" if "latency_ms" in a else "-"
+        reasons = "; ".join(a.get("reasons") or [])
+        if reasons and a["status"] != STATUS_FAILED and len(reasons) > 60:  # failures show every regressed class
+            reasons = reasons[:57] + "..."
+        status = a["status"] + (f" ({reasons})" if reasons else "")
+        lines.append(f"{a['file']:<26}{size:>8}{agree:>10}{acc:>8}{delta:>7}{worst:>26}{latency:>7}  {status}")
+    return "\n".join(lines)

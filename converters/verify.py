@@ -1,0 +1,155 @@
+"""The verification gate: every artefact, loaded through ``cellsdk.Classifier``, against the fp32 PyTorch model.
+
+Each artefact runs on the same held-out real images, preprocessed once, as
+the fp32 reference. Recorded: top-1 agreement with fp32, accuracy and
+macro-F1 and their change, the change of every class's recall, the largest
+logit difference, and the model-only latency at batch 1. An artefact fails if
+accuracy drops by more than ``max_accuracy_drop``, any class's recall by more
+than ``max_recall_drop``, or (fp32 / fp16) top-1 agreement falls below
+``min_agreement``. Artefacts that cannot run here are ``not verified on this
+platform`` — never passed.
+
+Example:
+    >>> VerifyConfig.default().max_recall_drop
+    0.02
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellsdk.classifier import Classifier
+from cellsdk.converters.calibration import ImageSet
+from cellsdk.errors import CellSDKError, ConfigError, PlatformNotSupportedError
+from cellsdk.manifest import STATUS_FAILED, STATUS_NOT_VERIFIED, STATUS_PASSED
+from cellsdk.metadata import ModelMetadata
+from cellsdk.metrics import classification_report, softmax
+
+__all__ = ["VerifyConfig", "reference_logits", "verify_artefact"]
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """Thresholds of the gate (fractions: 0.005 = 0.5 points).
+
+    Attributes:
+        max_accuracy_drop: largest accepted fall in accuracy.
+        max_recall_drop: largest accepted fall in any one class's recall.
+        min_agreement: smallest accepted top-1 agreement with fp32, for fp32 and fp16 artefacts.
+        latency_runs: batch-1 runs timed per artefact (model only); 0 skips timing.
+    """
+
+    max_accuracy_drop: float = 0.005
+    max_recall_drop: float = 0.02
+    min_agreement: float = 0.995
+    latency_runs: int = 30
+
+    def __post_init__(self) -> None:
+        for name in ("max_accuracy_drop", "max_recall_drop", "min_agreement"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name} must be a fraction in [0, 1], got {getattr(self, name)}")
+
+    @classmethod
+    def default(cls) -> VerifyConfig:
+        """Accuracy -0.5 points, any class recall -2 points, fp32/fp16 agreement 99.5 %."""
+        return cls()
+
+    @classmethod
+    def strict(cls) -> VerifyConfig:
+        """Half the default tolerances."""
+        return cls(max_accuracy_drop=0.0025, max_recall_drop=0.01, min_agreement=0.999)
+
+    def to_dict(self) -> dict[str, float]:
+        """A JSON-ready dictionary."""
+        return {"max_accuracy_drop": self.max_accuracy_drop, "max_recall_drop": self.max_recall_drop,
+                "min_agreement": self.min_agreement}
+
+
+def reference_logits(model: Any, images: ImageSet, batch_size: int = 64) -> np.ndarray:
+    """The fp32 PyTorch model's logits on the evaluation images."""
+    import torch
+
+    model = model.eval().to(memory_format=torch.channels_last)
+    outputs = []
+    with torch.inference_mode():
+        for batch in images.batches(batch_size):
+            tensor = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
+            outputs.append(model(tensor).float().numpy())
+    return np.concatenate(outputs).astype(np.float64)
+
+
+def verify_artefact(path: Path, precision: str, expected: ModelMetadata, images: ImageSet, reference: np.ndarray,
+                    config: VerifyConfig, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Load ``path`` through Classifier, run the gate, and return the verification record.
+
+    The record holds ``status`` (passed / failed / not verified on this platform), ``reasons``,
+    and the measured figures.
+    """
+    try:
+        classifier = Classifier.load(path, device="cpu", **(options or {}))
+    except PlatformNotSupportedError as err:
+        return {"status": STATUS_NOT_VERIFIED, "reasons": [str(err).split(": ", 1)[-1]]}
+    except CellSDKError as err:
+        return {"status": STATUS_FAILED, "reasons": [f"does not load in cellsdk: {err}"]}
+    reasons = _metadata_mismatches(classifier.metadata, expected)
+    labels = expected.labels
+    logits = np.concatenate([classifier.raw_outputs(batch) for batch in images.batches(64)]).astype(np.float64)
+    probabilities = softmax(logits) if expected.output == "logits" else logits
+    reference_probabilities = softmax(reference) if expected.output == "logits" else reference
+    report = classification_report(images.targets, probabilities, labels)
+    base = classification_report(images.targets, reference_probabilities, labels)
+    agreement = float((probabilities.argmax(1) == reference_probabilities.argmax(1)).mean())
+    recall_change = {label: report["per_class"][label]["recall"] - base["per_class"][label]["recall"]
+                     for label in labels if base["per_class"][label]["support"] > 0}
+    worst_class = min(recall_change, key=recall_change.get)
+    record: dict[str, Any] = {
+        "images": len(images),
+        "top1_agreement": agreement,
+        "accuracy": report["accuracy"], "accuracy_change": report["accuracy"] - base["accuracy"],
+        "macro_f1": report["macro_f1"], "macro_f1_change": report["macro_f1"] - base["macro_f1"],
+        "min_recall": report["min_recall"], "ece": report["ece"],
+        "recall_change": recall_change,
+        "worst_class": worst_class, "worst_recall_change": recall_change[worst_class],
+        "max_logit_diff": float(np.abs(logits - reference).max()),
+        "max_probability_diff": float(np.abs(probabilities - reference_probabilities).max()),
+        "runtime": classifier.backend.describe(),
+    }
+    if -record["accuracy_change"] > config.max_accuracy_drop:
+        reasons.append(f"accuracy fell {-record['accuracy_change'] * 100:.2f} points "
+                       f"(limit {config.max_accuracy_drop * 100:.2f})")
+    for label, change in recall_change.items():
+        if -change > config.max_recall_drop:
+            reasons.append(f"recall of {label} fell {-change * 100:.2f} points (limit {config.max_recall_drop * 100:.2f})")
+    if precision in ("fp32", "fp16") and agreement < config.min_agreement:
+        reasons.append(f"top-1 agreement with fp32 {agreement * 100:.2f} % (limit {config.min_agreement * 100:.2f} %)")
+    if config.latency_runs:
+        record["latency_ms"] = _latency(classifier, images.arrays[:1], config.latency_runs)
+    record["status"] = STATUS_FAILED if reasons else STATUS_PASSED
+    record["reasons"] = reasons
+    return record
+
+
+def _metadata_mismatches(found: ModelMetadata, expected: ModelMetadata) -> list[str]:
+    problems = []
+    for name in ("labels", "preprocessing", "arch", "precision", "source_checkpoint_sha256"):
+        if getattr(found, name) != getattr(expected, name):
+            problems.append(f"metadata read back differs in {name}")
+    return problems
+
+
+def _latency(classifier: Classifier, one: np.ndarray, runs: int) -> float:
+    """Median model-only latency at batch 1, in ms, after two warm-up calls."""
+    for _ in range(2):
+        classifier.raw_outputs(one)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        classifier.raw_outputs(one)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3

@@ -1,0 +1,222 @@
+"""The conversion toolchain, parametrised over the converter registry, on a tiny model and the sample images."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cellsdk import Classifier
+from cellsdk.backends import backend_for_path
+from cellsdk.converters import (
+    ConvertConfig,
+    ExportJob,
+    VerifyConfig,
+    convert,
+    converter_names,
+    format_manifest_table,
+    get_converter,
+)
+from cellsdk.converters.calibration import ImageSet, calibration_set, evaluation_set
+from cellsdk.converters.verify import reference_logits, verify_artefact
+from cellsdk.errors import BackendNotInstalledError, CheckpointError, ConfigError
+
+from .conftest import SAMPLES
+
+#: 32 evaluation images: one flipped image moves a class's recall by 25 points, so the
+#: tiny-model run uses wide int8 tolerances; fp32/fp16 must still agree with PyTorch.
+TINY_GATE = VerifyConfig(max_accuracy_drop=0.2, max_recall_drop=0.75, min_agreement=0.99, latency_runs=3)
+PLAN = [(fmt, precision) for fmt in converter_names() for precision in get_converter(fmt).precisions]
+
+
+@pytest.fixture(scope="module")
+def converted(tiny_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("converted") / "out"
+    config = ConvertConfig(precisions=("fp16", "int8", "int6", "int4"), calib=str(SAMPLES), data_cropped=True,
+                           calib_samples=64, verify=TINY_GATE)
+    return convert(tiny_run.best_checkpoint, out, config, progress=False)
+
+
+def _entry(manifest, fmt, precision):
+    return next(a for a in manifest["artefacts"] if a["format"] == fmt and a["precision"] == precision)
+
+
+@pytest.mark.parametrize(("fmt", "precision"), PLAN)
+def test_every_format_and_precision_converts_and_verifies(converted, tiny_run, fmt, precision):
+    entry = _entry(converted.manifest, fmt, precision)
+    path = converted.out_dir / entry["file"]
+    assert path.exists() and entry["size_bytes"] > 0 and len(entry["sha256"]) == 64
+    backend = backend_for_path(path)
+    if backend.unavailable_reason():
+        assert entry["status"] == "not verified on this platform", entry
+        return
+    assert entry["status"] == "passed", entry["reasons"]
+    verification = entry["verification"]
+    assert verification["images"] == 32 and 0 <= verification["top1_agreement"] <= 1
+    if precision in ("fp32", "fp16"):
+        assert verification["top1_agreement"] >= 0.99
+    classifier = Classifier.load(path, **entry.get("runtime_options", {}))
+    meta = classifier.metadata
+    assert meta.precision == precision and list(meta.labels) == converted.manifest["metadata"]["labels"]
+    assert meta.source_checkpoint_sha256 == converted.manifest["source_checkpoint"]["sha256"]
+    assert set(meta.reference_metrics) == {"accuracy", "macro_f1", "min_recall", "ece"}
+    if precision == "int8":
+        assert meta.quantization and meta.calibration_sha256 == converted.manifest["calibration"]["sha256"]
+    else:
+        assert meta.quantization is None and meta.calibration_sha256 is None
+    assert classifier.predict(sorted(SAMPLES.glob("test/ig/*.jpg"))[0]).label in meta.labels
+
+
+def test_coreml_artefacts_carry_metadata_even_where_they_cannot_run(converted):
+    ct = pytest.importorskip("coremltools")
+    for precision in ("fp16", "int8", "int6", "int4"):
+        entry = _entry(converted.manifest, "coreml", precision)
+        stored = ct.models.MLModel(str(converted.out_dir / entry["file"]), skip_model_load=True).user_defined_metadata
+        assert json.loads(stored["cellsdk"])["precision"] == precision
+        if precision != "fp16":
+            assert "needs macOS" in entry["quantization"]["activations"]
+
+
+def test_manifest_records_everything(converted):
+    manifest = json.loads((converted.out_dir / "manifest.json").read_text())
+    assert manifest == json.loads(json.dumps(converted.manifest))
+    assert manifest["calibration"]["images"] >= 64 and manifest["calibration"]["split"] == "train"
+    listed = (converted.out_dir / "calibration_images.txt").read_text().split()
+    assert len(listed) == manifest["calibration"]["images"] and all("/train/" in p for p in listed)
+    assert manifest["evaluation"]["split"] == "val" and manifest["evaluation"]["images"] == 32
+    assert {"torch", "onnxruntime", "cellsdk"} <= set(manifest["tools"]) and manifest["seconds"] > 0
+    skipped = [a for a in manifest["artefacts"] if a["status"] == "skipped"]
+    assert skipped and all("has no" in a["reasons"][0] for a in skipped)  # e.g. torchscript fp16: said, not dropped
+    from cellsdk._io import sha256_file
+
+    onnx_entry = _entry(manifest, "onnx", "int8")
+    assert sha256_file(converted.out_dir / onnx_entry["file"]) == onnx_entry["sha256"]
+    xml_entry = _entry(manifest, "openvino", "fp32")
+    assert [f["name"] for f in xml_entry["files"]] == ["model.fp32.xml", "model.fp32.bin"]
+    assert xml_entry["runtime_options"] == {"precision": "f32"}
+    table = format_manifest_table(manifest)
+    assert "model.int8.onnx" in table and "not verified on this platform" in table
+    assert not list(converted.out_dir.parent.glob(".out.staging-*"))
+
+
+def test_runtime_picks_a_verified_artefact_from_the_folder(converted):
+    classifier = Classifier.load(converted.out_dir)
+    chosen = next(a for a in converted.manifest["artefacts"] if a["file"] == classifier.path.name)
+    assert chosen["status"] == "passed" and "ms at conversion" in classifier.chosen
+    passed = [a["latency_ms"] for a in converted.manifest["artefacts"] if a["status"] == "passed"]
+    assert chosen["latency_ms"] == min(passed)
+
+
+def test_broken_quantization_is_caught_by_the_gate(tiny_run, tmp_path):
+    """int8 calibrated on constant images: the gate must fail it and name the classes."""
+    from cellsdk.training import load_checkpoint
+
+    model, metadata = load_checkpoint(tiny_run.best_checkpoint)
+    images = evaluation_set(SAMPLES, metadata, data_cropped=True)
+    constant = ImageSet(np.zeros((32, 3, 32, 32), np.float32), np.zeros(32, np.int64),
+                        tuple(f"black{i}" for i in range(32)), "constant", "train")
+    job = ExportJob(model=model, metadata=metadata, workdir=tmp_path, calibration=constant)
+    target = tmp_path / "broken.int8.onnx"
+    recipe = get_converter("onnx").convert(job, "int8", target)
+    record = verify_artefact(target, "int8", job.metadata_for("int8", recipe), images,
+                             reference_logits(model, images), VerifyConfig.default())
+    assert record["status"] == "failed"
+    assert any("recall of" in reason or "accuracy fell" in reason for reason in record["reasons"])
+
+
+# ------------------------------------------------------------------ errors
+
+
+def test_bad_options_fail_before_anything_is_written(tiny_run, tmp_path):
+    ckpt = tiny_run.best_checkpoint
+    with pytest.raises(ConfigError, match="unknown format 'tflite'"):
+        ConvertConfig(formats=("tflite",))
+    with pytest.raises(ConfigError, match="unknown precision int3"):
+        ConvertConfig(precisions=("int3",))
+    with pytest.raises(ConfigError, match="held-out images"):
+        convert(ckpt, tmp_path / "a", ConvertConfig(formats=("onnx",)))
+    with pytest.raises(ConfigError, match="int8 needs calibration images"):
+        convert(ckpt, tmp_path / "a", ConvertConfig(formats=("onnx",), precisions=("int8",), eval=str(SAMPLES)))
+    not_ckpt = tmp_path / "model.safetensors"
+    not_ckpt.write_bytes(b"garbage" * 10)
+    with pytest.raises(CheckpointError, match="not a cellsdk checkpoint"):
+        convert(not_ckpt, tmp_path / "a", ConvertConfig(formats=("onnx",), eval=str(SAMPLES)))
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="not writable"):
+        convert(ckpt, blocker / "out", ConvertConfig(formats=("onnx",), eval=str(SAMPLES), data_cropped=True))
+    assert not (tmp_path / "a").exists()
+
+
+def test_missing_package_names_the_extra(monkeypatch, tiny_run, tmp_path):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nncf" else real(name, *a))
+    with pytest.raises(BackendNotInstalledError, match=r"nncf.*pip install 'cellsdk\[openvino,convert\]'"):
+        convert(tiny_run.best_checkpoint, tmp_path / "o", ConvertConfig(formats=("openvino",), eval=str(SAMPLES)))
+
+
+def test_calibration_rules(tiny_run):
+    from cellsdk.training import read_checkpoint_metadata
+
+    meta = read_checkpoint_metadata(tiny_run.best_checkpoint)
+    calib = calibration_set(SAMPLES, meta, samples=40, seed=1, data_cropped=True)
+    again = calibration_set(SAMPLES, meta, samples=40, seed=1, data_cropped=True)
+    assert calib.ids == again.ids and calib.sha256 == again.sha256 and len(calib) == 40
+    assert np.bincount(calib.targets, minlength=8).min() >= 5  # stratified: every class
+    assert calibration_set(SAMPLES, meta, samples=40, seed=2, data_cropped=True).sha256 != calib.sha256
+    with pytest.raises(ConfigError, match="500 calibration images asked for, 'train' has 128"):
+        calibration_set(SAMPLES, meta, samples=500, data_cropped=True)
+    assert len(calibration_set(SAMPLES, meta, samples=500, data_cropped=True, force=True)) == 128
+    with pytest.raises(ConfigError, match="reuse evaluation images"):
+        calibration_set(SAMPLES, meta, samples=16, split="val", data_cropped=True)
+    with pytest.raises(ConfigError, match="also evaluation images"):
+        calibration_set(SAMPLES, meta, samples=64, data_cropped=True, exclude=calib.ids)
+
+
+def test_interrupted_conversion_keeps_the_old_folder_and_rerun_replaces_it(tiny_run, tmp_path, monkeypatch):
+    import cellsdk.converters.pipeline as pipeline
+
+    out = tmp_path / "out"
+    config = ConvertConfig(formats=("onnx",), eval=str(SAMPLES), data_cropped=True, verify=TINY_GATE)
+    convert(tiny_run.best_checkpoint, out, config, progress=False)
+    (out / "stale.txt").write_text("from an earlier run")
+    before = (out / "manifest.json").read_text()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "verify_artefact", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        convert(tiny_run.best_checkpoint, out, config, progress=False)
+    assert (out / "manifest.json").read_text() == before and (out / "stale.txt").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+    monkeypatch.undo()
+    convert(tiny_run.best_checkpoint, out, config, progress=False)
+    assert not (out / "stale.txt").exists() and (out / "model.fp32.onnx").exists()
+
+
+def test_cli_convert_table_and_exit_status(tiny_run, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import cellsdk.converters.pipeline as pipeline
+    from cellsdk.cli import convert_command
+
+    runner = CliRunner()
+    args = [str(tiny_run.best_checkpoint), "--out", str(tmp_path / "c"), "--formats", "onnx", "--eval", str(SAMPLES),
+            "--data-cropped", "--quiet"]
+    result = runner.invoke(convert_command, args)
+    assert result.exit_code == 0, result.output
+    assert "model.fp32.onnx" in result.output and "manifest.json" in result.output
+
+    def failing(*a, **k):
+        return {"status": "failed", "reasons": ["recall of ig fell 5.00 points (limit 2.00)"], "images": 32}
+
+    monkeypatch.setattr(pipeline, "verify_artefact", failing)
+    result = runner.invoke(convert_command, args)
+    assert result.exit_code == 1 and "recall of ig fell" in result.output and "failed verification" in result.output
+    assert runner.invoke(convert_command, [*args, "--allow-regression"]).exit_code == 0
+    bad = runner.invoke(convert_command, [*args, "--formats", "tflite"])
+    assert bad.exit_code == 1 and "unknown format 'tflite'" in bad.output and "Traceback" not in bad.output
