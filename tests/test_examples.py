@@ -13,3 +13,6 @@ def test_quickstart_runs(tmp_path, capsys):
     out = capsys.readouterr().out
     assert report["n"] == 32 and "test split, 32 images" in out and "raw 360x363" in out
     assert (tmp_path / "run" / "eval" / "confusion_matrix.png").is_file()
+    assert "model.int8.onnx" in out and (tmp_path / "run" / "converted" / "manifest.json").is_file()
+    statuses = {a["status"] for a in report["conversion"]["artefacts"]}
+    assert statuses <= {"passed", "failed", "skipped", "not verified on this platform"}
