@@ -220,3 +220,15 @@ def test_cli_convert_table_and_exit_status(tiny_run, tmp_path, monkeypatch):
     assert runner.invoke(convert_command, [*args, "--allow-regression"]).exit_code == 0
     bad = runner.invoke(convert_command, [*args, "--formats", "tflite"])
     assert bad.exit_code == 1 and "unknown format 'tflite'" in bad.output and "Traceback" not in bad.output
+
+
+def test_input_size_and_dynamic_batch(tiny_run, tmp_path):
+    config = ConvertConfig(formats=("onnx", "openvino"), eval=str(SAMPLES), data_cropped=True, input_size=48,
+                           dynamic_batch=True, verify=TINY_GATE)
+    result = convert(tiny_run.best_checkpoint, tmp_path / "out", config, progress=False)
+    assert [a["status"] for a in result.manifest["artefacts"]] == ["passed", "passed"]
+    for entry in result.manifest["artefacts"]:
+        classifier = Classifier.load(tmp_path / "out" / entry["file"], **entry.get("runtime_options", {}))
+        assert classifier.metadata.preprocessing.input_size == 48
+        assert classifier.backend.input_shape[0] is None and classifier.backend.input_shape[2:] == (48, 48)
+        assert classifier.predict_proba(sorted(SAMPLES.glob("test/*/*.jpg"))[:5]).shape == (5, 8)
