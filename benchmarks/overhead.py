@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
+from cellsdk._machine import describe_machine, machine_info
 from cellsdk.backends import backend_for_path
 from cellsdk.classifier import Classifier
 from cellsdk.metadata import Preprocessing
@@ -125,18 +125,6 @@ def measure_overhead(models: list[str | os.PathLike], image: str | os.PathLike, 
     return rows
 
 
-def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}"
-
-
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+")
@@ -148,13 +136,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parser.parse_args(argv)
     options = {"openvino": {"precision": args.openvino_precision}} if args.openvino_precision else {}
     rows = measure_overhead(args.models, args.image, iterations=args.iterations, warmup=args.warmup, options=options)
-    print(f"machine: {_machine()}")
+    print(f"machine: {describe_machine()}")
     print(f"{'backend':<42}{'Classifier ms':>15}{'hand-written ms':>17}{'ratio':>8}  same top-1")
     for row in rows:
         print(f"{row['backend']:<42}{row['classifier_ms']:>15.3f}{row['hand_written_ms']:>17.3f}"
               f"{row['ratio']:>8.3f}  {row['same_top1']}")
     if args.json:
-        args.json.write_text(json.dumps({"machine": _machine(), "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"machine": machine_info(), "rows": rows}, indent=2))
     return rows
 
 

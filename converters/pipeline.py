@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cellsdk._io import sha256_file, write_json, write_text
+from cellsdk._machine import machine_info
 from cellsdk._version import __version__
 from cellsdk.converters.base import converter_names, get_converter
 from cellsdk.converters.calibration import ImageSet, calibration_set, evaluation_set
@@ -215,6 +216,7 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
             "calibration": None if calibration is None else {**calibration.record(), "list": "calibration_images.txt"},
             "thresholds": config.verify.to_dict(),
             "tools": _versions(),
+            "machine": machine_info(),
             "seconds": None,
             "artefacts": artefacts,
         }

@@ -1,0 +1,37 @@
+"""Facts about the machine a measurement or verification ran on.
+
+Example:
+    >>> sorted(machine_info())
+    ['cores', 'cpu', 'flags', 'os', 'python']
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+__all__ = ["describe_machine", "machine_info"]
+
+_FLAG_PREFIXES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx")
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, logical cores, the SIMD flags that change int8/bf16 kernels, OS and Python."""
+    cpu, flags = platform.processor() or platform.machine(), []
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu)
+        flag_line = next((line for line in lines if line.startswith("flags")), "")
+        flags = sorted({f for f in flag_line.split(":", 1)[-1].split() if f.startswith(_FLAG_PREFIXES)})
+    except OSError:  # not Linux: the model name from platform is all there is
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "flags": flags, "os": f"{platform.system()} {platform.release()}",
+            "python": platform.python_version()}
+
+
+def describe_machine() -> str:
+    """One line: ``AMD EPYC, 2 logical cores, avx512_vnni avx512_bf16, Linux 6.1``."""
+    info = machine_info()
+    return f"{info['cpu']}, {info['cores']} logical cores, {' '.join(info['flags']) or 'no listed SIMD flags'}, {info['os']}"
