@@ -232,3 +232,46 @@ def test_input_size_and_dynamic_batch(tiny_run, tmp_path):
         assert classifier.metadata.preprocessing.input_size == 48
         assert classifier.backend.input_shape[0] is None and classifier.backend.input_shape[2:] == (48, 48)
         assert classifier.predict_proba(sorted(SAMPLES.glob("test/*/*.jpg"))[:5]).shape == (5, 8)
+
+
+def test_tf_same_padding_models_convert_everywhere(tmp_path):
+    """timm's TF-ported nets pad from the input shape at run time; FX and CoreML need it frozen, exactly."""
+    import copy
+
+    import timm
+    import torch
+
+    from cellsdk.converters.torchscript import freeze_same_padding
+    from cellsdk.metadata import ModelMetadata, Preprocessing
+
+    model = timm.create_model("tf_efficientnet_lite0", num_classes=3).eval()
+    frozen = copy.deepcopy(model)
+    assert freeze_same_padding(frozen, 64) == 5
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), frozen(x))
+    if get_converter("coreml").missing_packages():
+        pytest.skip("coremltools is not installed")
+    metadata = ModelMetadata(labels=("a", "b", "c"), arch="tf_efficientnet_lite0", preprocessing=Preprocessing(64))
+    job = ExportJob(model=model, metadata=metadata, workdir=tmp_path)
+    get_converter("coreml").convert(job, "fp16", tmp_path / "model.fp16.mlpackage")
+    assert (tmp_path / "model.fp16.mlpackage" / "Manifest.json").is_file()
+
+
+def test_torchscript_int8_is_right_whatever_the_source_memory_format(tiny_run, tmp_path):
+    """FX int8 from a channels-last model once gave garbage; the converter must not depend on the layout."""
+    import torch
+
+    from cellsdk.training import load_checkpoint
+
+    model, metadata = load_checkpoint(tiny_run.best_checkpoint)
+    images = evaluation_set(SAMPLES, metadata, data_cropped=True)
+    reference = reference_logits(model, images)
+    assert all(p.is_contiguous() for p in model.parameters())  # the reference left the model as it was
+    model = model.to(memory_format=torch.channels_last)
+    calibration = calibration_set(SAMPLES, metadata, samples=64, data_cropped=True)
+    job = ExportJob(model=model, metadata=metadata, workdir=tmp_path, calibration=calibration)
+    target = tmp_path / "model.int8.torchscript"
+    recipe = get_converter("torchscript").convert(job, "int8", target)
+    record = verify_artefact(target, "int8", job.metadata_for("int8", recipe), images, reference, TINY_GATE)
+    assert record["top1_agreement"] >= 0.8, record
