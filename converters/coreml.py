@@ -1,6 +1,9 @@
 """CoreML ``.mlpackage`` (ML program): fp16, int8 linear weight quantization, 6- and 4-bit palettization.
 
-Conversion, weight compression and metadata work on any OS; predictions need
+timm's TF-ported networks compute their "same" padding from the input shape
+at run time, which coremltools cannot convert; the padding is frozen to
+explicit pads first (identical outputs at the export size). Conversion,
+weight compression and metadata work on any OS; predictions need
 macOS, so off macOS these artefacts are marked ``not verified on this
 platform``. Activation quantization in coremltools calibrates by running the
 model, which needs macOS: it is not offered here, and the recipe says so.
@@ -21,9 +24,19 @@ from pathlib import Path
 from typing import Any
 
 from cellsdk.converters.base import Converter, ExportJob, register_converter
+from cellsdk.converters.torchscript import freeze_same_padding
 from cellsdk.metadata import METADATA_KEY
 
 __all__ = ["CoreMLConverter"]
+
+
+def _static_padding_copy(job: ExportJob) -> object:
+    """The model with timm's run-time "same" padding frozen (coremltools cannot convert the shape arithmetic)."""
+    import copy
+
+    model = copy.deepcopy(job.model).eval()
+    freeze_same_padding(model, job.input_size)
+    return model
 
 _ACTIVATIONS_NOTE = "weights only: activation quantization calibrates by running the model, which needs macOS"
 
@@ -40,11 +53,12 @@ class CoreMLConverter(Converter):
 
         size = job.input_size
         batch = ct.RangeDim(lower_bound=1, upper_bound=256, default=1) if job.dynamic_batch else 1
+        model = job.cached("static-padding-model", lambda: _static_padding_copy(job))
         # coremltools draws its own progress bars and warns about untested torch versions; cellsdk shows one bar
         with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             with torch.no_grad():
-                traced = torch.jit.trace(job.model, job.example(1))
+                traced = torch.jit.trace(model, job.example(1))
             model = ct.convert(traced, inputs=[ct.TensorType(name="input", shape=(batch, 3, size, size))],
                                outputs=[ct.TensorType(name="logits")], convert_to="mlprogram",
                                compute_precision=ct.precision.FLOAT16,
