@@ -15,7 +15,6 @@ from cellsdk.training import (
     TrainConfig,
     create_model,
     load_checkpoint,
-    load_weights_file,
     parse_crop,
     read_checkpoint_metadata,
     save_checkpoint,

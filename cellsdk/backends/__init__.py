@@ -161,7 +161,8 @@ def _is_macos() -> bool:
     return sys.platform == "darwin"
 
 
-# Registration order is preference order when several artefacts are equally good.
-from cellsdk.backends import coreml, onnxruntime, openvino, torchscript  # noqa: E402,F401
-
-_BACKENDS = {name: _BACKENDS[name] for name in ("onnxruntime", "openvino", "torchscript", "coreml")}
+# Importing a backend module registers it; this order is the preference order when artefacts tie.
+from cellsdk.backends import onnxruntime  # noqa: E402,F401,I001
+from cellsdk.backends import openvino  # noqa: E402,F401
+from cellsdk.backends import torchscript  # noqa: E402,F401
+from cellsdk.backends import coreml  # noqa: E402,F401
