@@ -108,10 +108,14 @@ def _plan(config: ConvertConfig) -> list[tuple[str, str | None, str]]:
     plan = []
     for fmt in config.formats or converter_names():
         converter = get_converter(fmt)
-        converter.check_installed()
         wanted = [converter.baseline, *[p for p in config.precisions if p != converter.baseline]]
+        missing = converter.missing_packages()
+        if missing and config.formats:  # a format asked for by name must be installable
+            converter.check_installed()
         for precision in dict.fromkeys(wanted):
-            if precision in converter.precisions:
+            if missing:  # "all" means every format this machine can write; the rest are listed, not dropped
+                plan.append((fmt, precision, f"{', '.join(missing)} not installed: {converter.install}"))
+            elif precision in converter.precisions:
                 plan.append((fmt, precision, ""))
             else:
                 plan.append((fmt, precision, f"{fmt} has no {precision} path (it writes {', '.join(converter.precisions)})"))

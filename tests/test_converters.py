@@ -156,6 +156,10 @@ def test_missing_package_names_the_extra(monkeypatch, tiny_run, tmp_path):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nncf" else real(name, *a))
     with pytest.raises(BackendNotInstalledError, match=r"nncf.*pip install 'cellsdk\[openvino,convert\]'"):
         convert(tiny_run.best_checkpoint, tmp_path / "o", ConvertConfig(formats=("openvino",), eval=str(SAMPLES)))
+    from cellsdk.converters.pipeline import _plan
+
+    skipped = [reason for fmt, _, reason in _plan(ConvertConfig()) if fmt == "openvino"]
+    assert skipped and all("nncf not installed: pip install 'cellsdk[openvino,convert]'" in r for r in skipped)
 
 
 def test_calibration_rules(tiny_run):
