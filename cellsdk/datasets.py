@@ -128,6 +128,27 @@ class ImageDataset:
         images = np.concatenate([p.images for p in parts])  # type: ignore[misc]
         return Split("all", targets, images=images, origin=self.source)
 
+    def targets_for(self, split: Split, model_labels: Sequence[str]) -> np.ndarray:
+        """The split's targets as indices into ``model_labels``, matched by class name.
+
+        Raises:
+            DatasetError: the dataset has classes the model does not know.
+
+        Example:
+            >>> ds = ImageDataset("d", ("b", "a"), {"val": Split("val", np.array([0, 1]),
+            ...     images=np.zeros((2, 4, 4), np.uint8))})
+            >>> ds.targets_for(ds.split("val"), ("a", "b", "c")).tolist()
+            [1, 0]
+        """
+        unknown = [name for name in self.labels if name not in model_labels]
+        if unknown:
+            raise DatasetError(
+                f"{self.source}: classes {', '.join(unknown)} are not among the model's "
+                f"({', '.join(model_labels)}); use data with the model's classes"
+            )
+        lookup = np.asarray([list(model_labels).index(name) for name in self.labels], dtype=np.int64)
+        return lookup[split.targets]
+
     def summary(self) -> str:
         """A small text table of images per class and split."""
         rows = [f"{'class':<16}" + "".join(f"{s:>8}" for s in self.split_names)]

@@ -23,7 +23,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from cellsdk.datasets import Split, load_dataset
-from cellsdk.errors import ConfigError, DatasetError
+from cellsdk.errors import ConfigError
 from cellsdk.metadata import ModelMetadata
 from cellsdk.preprocessing import preprocess
 
@@ -72,14 +72,6 @@ class ImageSet:
                 "sha256": self.sha256}
 
 
-def _model_targets(split: Split, dataset_labels: Sequence[str], metadata: ModelMetadata, source: str) -> np.ndarray:
-    unknown = [name for name in dataset_labels if name not in metadata.labels]
-    if unknown:
-        raise DatasetError(f"{source}: classes {', '.join(unknown)} are not among the model's labels")
-    lookup = np.asarray([metadata.labels.index(name) for name in dataset_labels], dtype=np.int64)
-    return lookup[split.targets]
-
-
 def _build(split: Split, indices: np.ndarray, targets: np.ndarray, metadata: ModelMetadata, data_cropped: bool,
            source: str, seed: int | None) -> ImageSet:
     spec = metadata.preprocessing.without_crop() if data_cropped else metadata.preprocessing
@@ -109,7 +101,7 @@ def calibration_set(data: str | os.PathLike, metadata: ModelMetadata, *, samples
     """
     dataset = load_dataset(data, labels=labels, seed=seed)
     chosen = dataset.split(split)
-    targets = _model_targets(chosen, dataset.labels, metadata, str(data))
+    targets = dataset.targets_for(chosen, metadata.labels)
     if split in ("val", "test") and not force:
         raise ConfigError(f"calibrating on the {split} split would reuse evaluation images: use the train split "
                           "(or force it with --force-calib)")
@@ -135,7 +127,7 @@ def evaluation_set(data: str | os.PathLike, metadata: ModelMetadata, *, split: s
     """Held-out images for the verification gate: the whole split, or a stratified ``limit`` of it."""
     dataset = load_dataset(data, labels=labels, seed=seed)
     chosen = dataset.split(split)
-    targets = _model_targets(chosen, dataset.labels, metadata, str(data))
+    targets = dataset.targets_for(chosen, metadata.labels)
     if limit is not None and limit < len(chosen):
         indices, used_seed = _stratified(chosen.targets, limit, seed), seed
     else:

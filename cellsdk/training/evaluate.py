@@ -17,12 +17,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 
 from cellsdk._io import sha256_file, write_json, write_text
-from cellsdk.datasets import ImageDataset, Split, load_dataset
+from cellsdk.datasets import load_dataset
 from cellsdk.errors import DatasetError, InvalidImageError
-from cellsdk.metadata import ModelMetadata
 from cellsdk.metrics import classification_report
 from cellsdk.training.checkpoint import load_checkpoint
 
@@ -31,18 +29,6 @@ __all__ = ["confusion_matrix_csv", "evaluate"]
 REPORT, CONFUSION_CSV, CONFUSION_PNG, RELIABILITY_PNG = (
     "report.json", "confusion_matrix.csv", "confusion_matrix.png", "reliability.png",
 )
-
-
-def _align_targets(dataset: ImageDataset, split: Split, metadata: ModelMetadata) -> np.ndarray:
-    """Map the dataset's class indices onto the model's by name."""
-    unknown = [name for name in dataset.labels if name not in metadata.labels]
-    if unknown:
-        raise DatasetError(
-            f"{dataset.source}: classes {', '.join(unknown)} are not among the model's "
-            f"({', '.join(metadata.labels)}); evaluate on data with the model's classes"
-        )
-    lookup = np.asarray([metadata.labels.index(name) for name in dataset.labels], dtype=np.int64)
-    return lookup[split.targets]
 
 
 def confusion_matrix_csv(matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> str:
@@ -103,7 +89,7 @@ def evaluate(
     model, metadata = load_checkpoint(checkpoint)
     dataset = load_dataset(data, labels=labels)
     chosen = dataset.split(split)
-    targets = _align_targets(dataset, chosen, metadata)
+    targets = dataset.targets_for(chosen, metadata.labels)
     spec = metadata.preprocessing.without_crop() if data_cropped else metadata.preprocessing
     torch_device = pick_device(device)
     # full fp32 (these are reference metrics); channels-last is the same arithmetic, about 2x faster on CPU
