@@ -54,8 +54,8 @@ class CoreMLConverter(Converter):
         size = job.input_size
         batch = ct.RangeDim(lower_bound=1, upper_bound=256, default=1) if job.dynamic_batch else 1
         model = job.cached("static-padding-model", lambda: _static_padding_copy(job))
-        # coremltools draws its own progress bars and warns about untested torch versions; cellsdk shows one bar
-        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        # coremltools draws progress bars, prints its passes and warns about untested torch; cellsdk shows one bar
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             with torch.no_grad():
                 traced = torch.jit.trace(model, job.example(1))
