@@ -28,6 +28,7 @@ from typing import Any
 
 from cellsdk._io import sha256_file, write_json, write_text
 from cellsdk._machine import machine_info
+from cellsdk._progress import progress_bar
 from cellsdk._version import __version__
 from cellsdk.converters.base import converter_names, get_converter
 from cellsdk.converters.calibration import ImageSet, calibration_set, evaluation_set
@@ -165,7 +166,6 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
     """
     from cellsdk.converters.base import ExportJob
     from cellsdk.training.checkpoint import load_checkpoint
-    from cellsdk.training.trainer import _progress
 
     config = config or ConvertConfig()
     started = time.perf_counter()
@@ -201,8 +201,7 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
         workdir.mkdir()
         job = ExportJob(model=model, metadata=metadata, workdir=workdir, dynamic_batch=config.dynamic_batch,
                         calibration=calibration)
-        bar = _progress(len(plan), "convert + verify", progress)
-        bar.unit = "artefact"
+        bar = progress_bar(len(plan), "convert + verify", progress, unit="artefact")
         artefacts = []
         for fmt, precision, skipped in plan:
             bar.set_postfix_str(f"{fmt} {precision}")

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 
 from cellsdk._io import sha256_file, write_json, write_text
+from cellsdk._progress import progress_bar
 from cellsdk.datasets import load_dataset
 from cellsdk.errors import DatasetError, InvalidImageError
 from cellsdk.metrics import classification_report
@@ -83,7 +84,6 @@ def evaluate(
     import torch
 
     from cellsdk.training.torchdata import SplitDataset, make_loader, pick_device, predict_split
-    from cellsdk.training.trainer import _progress
 
     started = time.perf_counter()
     model, metadata = load_checkpoint(checkpoint)
@@ -95,7 +95,7 @@ def evaluate(
     # full fp32 (these are reference metrics); channels-last is the same arithmetic, about 2x faster on CPU
     model = model.to(torch_device, memory_format=torch.channels_last)
     loader = make_loader(SplitDataset(chosen, spec), batch_size, shuffle=False, workers=workers)
-    bar = _progress(len(chosen), f"eval {split}", progress)
+    bar = progress_bar(len(chosen), f"eval {split}", progress)
     try:
         probabilities, _, loss = predict_split(model, loader, torch_device, None, channels_last=True, progress=bar)
     except InvalidImageError as err:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from cellsdk._io import atomic_path, write_json
+from cellsdk._progress import progress_bar
 from cellsdk.datasets import ImageDataset, load_dataset
 from cellsdk.errors import ConfigError, InvalidImageError, TrainingError
 from cellsdk.metadata import ModelMetadata, Preprocessing
@@ -243,7 +244,7 @@ def train(
         torch.manual_seed(config.seed * 1_000_003 + epoch)  # dropout / drop-path draws depend on the epoch only
         train_loss = _train_one_epoch(model, loader, optimizer, scheduler, scaler, criterion, device, amp, config,
                                       steps_per_epoch, epoch, progress, frozen)
-        bar = _progress(len(val_data), f"epoch {epoch}/{config.epochs} val", progress)
+        bar = progress_bar(len(val_data), f"epoch {epoch}/{config.epochs} val", progress)
         probabilities, targets, val_loss = predict_split(
             model, make_loader(val_data, config.batch_size * 2, shuffle=False, workers=config.workers),
             device, amp, channels_last=config.channels_last, progress=bar)
@@ -321,16 +322,10 @@ def _load_resume(run_dir: Path, epochs: int | None) -> tuple[TrainConfig, dict[s
     return stored, state
 
 
-def _progress(total: int, desc: str, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, leave=False, dynamic_ncols=True)
-
-
 def _train_one_epoch(model: Any, loader: Any, optimizer: Any, scheduler: Any, scaler: Any, criterion: Any,
                      device: torch.device, amp: torch.dtype | None, config: TrainConfig, steps: int, epoch: int,
                      progress: bool, frozen: bool) -> float:
-    bar = _progress(min(len(loader.dataset), steps * config.accumulate * config.batch_size),
+    bar = progress_bar(min(len(loader.dataset), steps * config.accumulate * config.batch_size),
                     f"epoch {epoch}/{config.epochs}{' (head only)' if frozen else ''}", progress)
     loss_sum, seen, step, micro = 0.0, 0, 0, 0
     optimizer.zero_grad(set_to_none=True)
