@@ -33,7 +33,7 @@ from cellsdk.backends import backend_for_path
 from cellsdk.classifier import Classifier
 from cellsdk.metadata import Preprocessing
 
-__all__ = ["hand_written_call", "measure_overhead"]
+__all__ = ["hand_written_call", "hand_written_parts", "measure_overhead"]
 
 _FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
             "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
@@ -56,9 +56,10 @@ def _hand_preprocess(spec: Preprocessing) -> Callable[[Image.Image], np.ndarray]
     return run
 
 
-def hand_written_call(path: str | os.PathLike, spec: Preprocessing, backend: str,
-                      options: dict[str, Any] | None = None) -> Callable[[Image.Image], np.ndarray]:
-    """A minimal direct call of the runtime behind ``backend`` for the model at ``path``."""
+def hand_written_parts(path: str | os.PathLike, spec: Preprocessing, backend: str,
+                       options: dict[str, Any] | None = None
+                       ) -> tuple[Callable[[Image.Image], np.ndarray], Callable[[np.ndarray], np.ndarray]]:
+    """The two halves of a minimal direct runtime call: ``prepare(image) -> 1xCxHxW`` and ``infer(batch)``."""
     options = options or {}
     prepare = _hand_preprocess(spec)
     if backend == "onnxruntime":
@@ -66,7 +67,7 @@ def hand_written_call(path: str | os.PathLike, spec: Preprocessing, backend: str
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
-        return lambda image: session.run(None, {name: prepare(image)})[0]
+        return prepare, lambda batch: session.run(None, {name: batch})[0]
     if backend == "openvino":
         import openvino as ov
 
@@ -74,18 +75,25 @@ def hand_written_call(path: str | os.PathLike, spec: Preprocessing, backend: str
         if options.get("precision"):
             config["INFERENCE_PRECISION_HINT"] = options["precision"]
         request = ov.Core().compile_model(str(path), "CPU", config).create_infer_request()
-        return lambda image: request.infer({0: prepare(image)})[0]
+        return prepare, lambda batch: request.infer({0: batch})[0]
     if backend == "torchscript":
         import torch
 
         module = torch.jit.load(str(path), map_location="cpu").eval()
 
-        def call(image: Image.Image) -> np.ndarray:
+        def infer(batch: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
-                return module(torch.from_numpy(prepare(image))).numpy()
+                return module(torch.from_numpy(batch)).numpy()
 
-        return call
+        return prepare, infer
     raise ValueError(f"no hand-written call for backend {backend!r}")
+
+
+def hand_written_call(path: str | os.PathLike, spec: Preprocessing, backend: str,
+                      options: dict[str, Any] | None = None) -> Callable[[Image.Image], np.ndarray]:
+    """A minimal direct call of the runtime behind ``backend`` for the model at ``path``, on one PIL image."""
+    prepare, infer = hand_written_parts(path, spec, backend, options)
+    return lambda image: infer(prepare(image))
 
 
 def measure_overhead(models: list[str | os.PathLike], image: str | os.PathLike, *, iterations: int = 300,

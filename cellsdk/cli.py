@@ -249,16 +249,6 @@ def predict_command(images: tuple[Path, ...], model_path: Path, backend: str | N
         raise SystemExit(1)
 
 
-def _not_yet(tool: str, issue: str) -> Callable[..., None]:
-    @click.command(tool.split("-")[-1], context_settings={"ignore_unknown_options": True})
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    def command(args: tuple[str, ...]) -> None:
-        raise click.ClickException(f"{tool} is not yet available in cellsdk {__version__} (it comes with {issue})")
-
-    command.help = f"Not yet available: {tool} comes with {issue}."
-    return command
-
-
 def _split_list(values: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(part.strip() for value in values for part in value.split(",") if part.strip())
 
@@ -311,7 +301,48 @@ def convert_command(checkpoint: Path, out_dir: Path, formats: str, quantize: tup
         names = ", ".join(a["file"] for a in result.failed)
         raise click.ClickException(f"{len(result.failed)} artefact(s) failed verification: {names} "
                                    "(see the reasons above; --allow-regression keeps the exit status 0)")
-bench_command = _not_yet("cellsdk-bench", "the benchmark harness")
+@click.command("bench")
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--device", "devices", default="auto", show_default=True, help="cpu,cuda,mps,coreml or auto (all).")
+@click.option("--batch", "batches", default="1,32", show_default=True, help="Batch sizes, comma-separated.")
+@click.option("--threads", type=int, default=None, help="Inference threads (default: each runtime's).")
+@click.option("--warmup", type=int, default=10, show_default=True)
+@click.option("--iterations", type=int, default=100, show_default=True)
+@click.option("--duration", type=float, default=None, help="Seconds per measurement instead of --iterations.")
+@click.option("--data", type=click.Path(path_type=Path), default=None, help="Image folder: accuracy and macro-F1.")
+@click.option("--data-split", default="test", show_default=True)
+@click.option("--data-cropped", is_flag=True, help="The data's images already have the model's crop.")
+@click.option("--eval-limit", type=int, default=None, help="Use at most this many images for accuracy.")
+@click.option("--targets", "targets_file", type=click.Path(path_type=Path), default=None,
+              help="Latency targets TOML [default: the mission's, benchmarks/targets.toml].")
+@click.option("--no-eager", is_flag=True, help="Leave out the PyTorch eager fp32 reference rows.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder for results.json / .md / .csv and latency.png.")
+@click.option("--quiet", is_flag=True)
+@_friendly_errors
+def bench_command(models: tuple[Path, ...], devices: str, batches: str, out_dir: Path | None, quiet: bool,
+                  **options: Any) -> None:
+    """Benchmark MODELS (files or cellsdk-convert folders): latency, throughput, memory, accuracy, PASS/FAIL."""
+    from cellsdk.benchmarks import BenchConfig, format_table, run_benchmark, write_reports
+
+    try:
+        batch_sizes = tuple(int(b) for b in _split_list((batches,)))
+    except ValueError:
+        raise click.ClickException(f"--batch {batches!r}: use whole numbers such as 1,8,32") from None
+    config = BenchConfig(
+        devices=() if devices.strip() == "auto" else _split_list((devices,)), batches=batch_sizes,
+        threads=options["threads"], warmup=options["warmup"], iterations=options["iterations"],
+        duration=options["duration"], data=str(options["data"]) if options["data"] else None,
+        data_split=options["data_split"], data_cropped=options["data_cropped"], eval_limit=options["eval_limit"],
+        targets=str(options["targets_file"]) if options["targets_file"] else None, eager=not options["no_eager"],
+    )
+    report = run_benchmark(models, config, progress=not quiet)
+    click.echo(format_table(report))
+    if out_dir is not None:
+        for path in write_reports(report, out_dir).values():
+            click.echo(f"wrote {path}")
+    if report["failed"]:
+        raise click.ClickException(f"{report['failed']} row(s) failed their latency target or errored")
 
 for _command in (train_command, eval_command, predict_command, info_command, convert_command, bench_command):
     cli.add_command(_command)

@@ -1,0 +1,285 @@
+"""``cellsdk-bench``: latency, throughput, memory, size and accuracy per model x backend x device x batch, gated.
+
+Each row is measured in its own worker process (cold start and peak memory
+are the row's own). Two reference rows run in the same session: PyTorch
+eager fp32 of the source checkpoint (what training code would do) and, inside
+each row, the bare runtime call without cellsdk, so every figure also reads
+as a ratio. Rows at the target batch size are judged PASS / FAIL against the
+device class's p95 end-to-end budget (``targets.toml``); devices or backends
+that are not present are listed as skipped with the reason.
+
+Example:
+    >>> from cellsdk.benchmarks import BenchConfig, run_benchmark
+    >>> report = run_benchmark(["runs/a/converted"], BenchConfig(batches=(1, 32)))  # doctest: +SKIP
+    >>> report["failed"]  # doctest: +SKIP
+    0
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from cellsdk._machine import machine_info
+from cellsdk._progress import progress_bar
+from cellsdk.backends import backend_for_path, get_backend
+from cellsdk.benchmarks.stats import judge, load_targets
+from cellsdk.errors import ConfigError, ModelNotFoundError
+from cellsdk.manifest import read_manifest
+
+__all__ = ["BenchConfig", "discover", "run_benchmark"]
+
+DEVICES = ("cpu", "cuda", "mps", "coreml")
+_BACKEND_DEVICES = {"onnxruntime": ("cpu", "cuda"), "openvino": ("cpu",), "torchscript": ("cpu", "cuda", "mps"),
+                    "coreml": ("coreml",)}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to measure and how long.
+
+    Attributes:
+        devices: device kinds to try (``cpu``, ``cuda``, ``mps``, ``coreml``); empty means all.
+        batches: batch sizes.
+        threads: inference threads (None: each runtime's default).
+        warmup: untimed calls before timing.
+        iterations: timed calls per measurement (ignored when ``duration`` is set).
+        duration: seconds per measurement instead of a count.
+        data: a dataset whose ``data_split`` gives accuracy and macro-F1 (and the timing images).
+        data_split: the split used for accuracy.
+        data_cropped: the data's images already have the model's crop.
+        eval_limit: cap on accuracy images (the first N of the split).
+        targets: a targets TOML (default: the mission's ``benchmarks/targets.toml``).
+        eager: include the PyTorch eager fp32 reference rows.
+    """
+
+    devices: tuple[str, ...] = ()
+    batches: tuple[int, ...] = (1, 32)
+    threads: int | None = None
+    warmup: int = 10
+    iterations: int = 100
+    duration: float | None = None
+    data: str | None = None
+    data_split: str = "test"
+    data_cropped: bool = False
+    eval_limit: int | None = None
+    targets: str | None = None
+    eager: bool = True
+    images: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        unknown = [d for d in self.devices if d not in DEVICES]
+        if unknown:
+            raise ConfigError(f"unknown device {', '.join(unknown)}: use {', '.join(DEVICES)} or auto")
+        if not self.batches or any(b < 1 for b in self.batches):
+            raise ConfigError(f"batch sizes must be >= 1, got {self.batches}")
+        if self.iterations < 1 or self.warmup < 0:
+            raise ConfigError("iterations must be >= 1 and warmup >= 0")
+
+
+def discover(models: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
+    """Every artefact to measure: files as given, conversion folders expanded to their artefacts.
+
+    Raises:
+        ModelNotFoundError: a path that does not exist.
+    """
+    found = []
+    for model in models:
+        path = Path(model)
+        if not path.exists():
+            raise ModelNotFoundError(f"{path}: no such model file or folder")
+        if path.is_dir() and path.suffix != ".mlpackage":
+            manifest = read_manifest(path)
+            checkpoint = (manifest.get("source_checkpoint") or {}).get("path")
+            for entry in manifest["artefacts"]:
+                if entry.get("status") == "skipped" or not (path / entry["file"]).exists():
+                    continue
+                found.append({"path": str(path / entry["file"]), "precision": entry.get("precision", "?"),
+                              "backend": entry.get("backend") or backend_for_path(entry["file"]).name,
+                              "options": entry.get("runtime_options") or {}, "verified": entry.get("status"),
+                              "checkpoint": checkpoint, "group": str(path)})
+        else:
+            found.append({"path": str(path), "precision": "?", "backend": backend_for_path(path).name,
+                          "options": {}, "verified": None, "checkpoint": None, "group": str(path.parent)})
+    return found
+
+
+def _available_devices() -> dict[str, str | None]:
+    """Each device kind: None if present, else why not."""
+    reasons: dict[str, str | None] = {"cpu": None}
+    reasons["coreml"] = None if sys.platform == "darwin" else f"CoreML needs macOS (this is {sys.platform})"
+    try:
+        import torch
+
+        reasons["cuda"] = None if torch.cuda.is_available() else "no CUDA device on this machine"
+        mps = getattr(torch.backends, "mps", None)
+        reasons["mps"] = None if mps is not None and mps.is_available() else "no Apple MPS device on this machine"
+    except ImportError:
+        reasons["cuda"] = reasons["mps"] = "torch is not installed (needed to detect CUDA / MPS)"
+    return reasons
+
+
+def _device_class(device: str) -> str:
+    if device in ("mps", "coreml") or (sys.platform == "darwin" and platform.machine() == "arm64"):
+        return "m2"
+    return "cuda" if device == "cuda" else "cpu"
+
+
+def _plan(artefacts: list[dict[str, Any]], config: BenchConfig) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    wanted = config.devices or DEVICES
+    present = _available_devices()
+    jobs, skipped = [], []
+    for artefact in artefacts:
+        backend = get_backend(artefact["backend"])
+        missing = backend.unavailable_reason()
+        for device in wanted:
+            if device not in _BACKEND_DEVICES.get(backend.name, ()):
+                continue
+            name = f"{Path(artefact['path']).name} on {device}"
+            reason = missing or present.get(device)
+            if reason is None and backend.name == "onnxruntime" and device == "cuda":
+                import onnxruntime as ort
+
+                if "CUDAExecutionProvider" not in ort.get_available_providers():
+                    reason = "onnxruntime has no CUDA provider: pip install onnxruntime-gpu"
+            if reason:
+                skipped.append({"row": name, "reason": reason})
+                continue
+            for batch in config.batches:
+                jobs.append({"kind": "cellsdk", **artefact, "device": device, "batch": batch})
+    if config.eager:
+        checkpoints = {(a["checkpoint"], a["group"]) for a in artefacts if a.get("checkpoint")}
+        for checkpoint, group in sorted(checkpoints):
+            if not Path(checkpoint).is_file():
+                skipped.append({"row": f"PyTorch eager ({checkpoint})", "reason": "source checkpoint not found"})
+                continue
+            for device in ("cpu", "cuda"):
+                if device not in wanted or present.get(device):
+                    continue
+                for batch in config.batches:
+                    jobs.append({"kind": "eager", "path": checkpoint, "precision": "fp32", "backend": "pytorch-eager",
+                                 "options": {}, "device": device, "batch": batch, "group": group, "verified": None})
+    return jobs, skipped
+
+
+def _images(config: BenchConfig) -> tuple[list[str], list[str], list[int]]:
+    """Timing images, and the accuracy images with their labels (by name) when ``data`` is given."""
+    from cellsdk.datasets import load_dataset
+
+    if config.data is None:
+        timing = list(config.images) or [str(p) for p in sorted(Path(__file__).resolve().parents[1].glob(
+            "samples/bloodmnist_128/test/*/*.jpg"))]
+        if not timing:
+            raise ConfigError("no images to time with: pass --data DIR")
+        return timing, [], []
+    dataset = load_dataset(config.data)
+    split = dataset.split(config.data_split)
+    if split.paths is None:
+        raise ConfigError(f"{config.data}: benchmark data must be image files (end-to-end decodes them), not .npz")
+    count = len(split) if config.eval_limit is None else min(config.eval_limit, len(split))
+    step = max(1, len(split) // count)
+    chosen = list(range(0, len(split), step))[:count]  # spread over classes (files are grouped by class)
+    names = [dataset.labels[int(split.targets[i])] for i in chosen]
+    return [str(split.paths[i]) for i in chosen[:64]], [str(split.paths[i]) for i in chosen], names
+
+
+def _run_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    result = subprocess.run([sys.executable, "-m", "cellsdk.benchmarks.worker"], input=json.dumps(spec),
+                            capture_output=True, text=True)
+    last = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    try:
+        return json.loads(last)
+    except ValueError:
+        return {"ok": False, "error": (result.stderr.strip().splitlines() or ["worker produced no result"])[-1]}
+
+
+def run_benchmark(models: Sequence[str | os.PathLike], config: BenchConfig | None = None, *,
+                  progress: bool = True) -> dict[str, Any]:
+    """Measure every artefact of ``models`` and return the report (rows, skipped, machine, targets).
+
+    Raises:
+        ModelNotFoundError, ConfigError: before anything is measured.
+    """
+    config = config or BenchConfig()
+    targets = load_targets(config.targets)
+    artefacts = discover(models)
+    jobs, skipped = _plan(artefacts, config)
+    timing, eval_images, eval_names = _images(config)
+    bar = progress_bar(len(jobs), "benchmark", progress, unit="row")
+    rows = []
+    for job in jobs:
+        bar.set_postfix_str(f"{Path(job['path']).name} {job['device']} b{job['batch']}")
+        labels_known = bool(eval_images)
+        spec = {"kind": job["kind"], "model": job["path"], "backend": None if job["kind"] == "eager" else job["backend"],
+                "device": job["device"], "options": job["options"], "batch": job["batch"], "images": timing,
+                "warmup": config.warmup, "iterations": config.iterations, "duration": config.duration,
+                "threads": config.threads, "data_cropped": config.data_cropped, "bare": job["kind"] != "eager",
+                "eval_images": eval_images if job["batch"] == config.batches[0] else [],
+                "eval_targets": []}
+        if labels_known and spec["eval_images"]:
+            spec["eval_targets"] = _targets_for(job, eval_names)
+        result = _run_worker(spec)
+        row = {"model": Path(job["path"]).name, "path": job["path"], "group": job["group"],
+               "precision": job["precision"], "backend": job["backend"], "device": job["device"],
+               "device_class": _device_class(job["device"]), "batch": job["batch"], "verified": job["verified"],
+               "size_mb": _size_mb(Path(job["path"])) if job["kind"] != "eager" else None, **result}
+        row["precision"] = result.get("precision", job["precision"])  # the artefact's own metadata wins
+        row["status"], row["target_ms"] = judge(row, targets) if result.get("ok") else ("ERROR", None)
+        rows.append(row)
+        bar.update(1)
+    bar.close()
+    _ratios(rows)
+    return {"machine": machine_info(), "config": {**config.__dict__, "images": len(timing)},
+            "targets": {k: dict(v) for k, v in targets.items()}, "rows": rows, "skipped": skipped,
+            "failed": sum(r["status"] in ("FAIL", "ERROR") for r in rows), "versions": _versions()}
+
+
+def _targets_for(job: dict[str, Any], names: list[str]) -> list[int]:
+    """Label indices of the accuracy images in the model's own label order."""
+    from cellsdk.checkpoints import read_checkpoint_metadata
+
+    if job["kind"] == "eager":
+        labels = read_checkpoint_metadata(job["path"]).labels
+    else:
+        from cellsdk.classifier import Classifier
+
+        labels = Classifier.load(job["path"], backend=job["backend"], **job["options"]).labels
+    return [labels.index(name) for name in names]
+
+
+def _size_mb(path: Path) -> float:
+    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [
+        path, *([path.with_suffix(".bin")] if path.suffix == ".xml" else [])]
+    return sum(f.stat().st_size for f in files if f.exists()) / 1e6
+
+
+def _ratios(rows: list[dict[str, Any]]) -> None:
+    """Each row's end-to-end p50 against PyTorch eager (same group, device, batch) and the bare runtime call."""
+    eager = {(r["group"], r["device"], r["batch"]): r for r in rows if r["backend"] == "pytorch-eager" and r.get("ok")}
+    for row in rows:
+        if not row.get("ok"):
+            continue
+        reference = eager.get((row["group"], row["device"], row["batch"])) or eager.get((row["group"], "cpu", row["batch"]))
+        if reference is not None:
+            row["speedup_vs_eager"] = reference["e2e"]["p50_ms"] / row["e2e"]["p50_ms"]
+        if "bare_e2e" in row:
+            row["vs_bare"] = row["e2e"]["p50_ms"] / row["bare_e2e"]["p50_ms"]
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata
+
+    out = {}
+    for name in ("cellsdk", "onnxruntime", "openvino", "torch", "coremltools", "numpy", "pillow"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+

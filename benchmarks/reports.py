@@ -1,0 +1,116 @@
+"""Benchmark reports: a terminal table, and JSON, Markdown, CSV and a latency chart on disk.
+
+Example:
+    >>> print(format_table({"rows": [], "skipped": [{"row": "m.mlpackage on coreml", "reason": "CoreML needs macOS"}]}))
+    model  prec  backend  device  batch  cold s  e2e p50  e2e p95  model p50  img/s  peak MB  size MB  acc %  x eager  / bare  target  result
+    skipped: m.mlpackage on coreml (CoreML needs macOS)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+from cellsdk._io import atomic_path, write_json, write_text
+from cellsdk.errors import BackendNotInstalledError
+
+__all__ = ["format_table", "write_reports"]
+
+_COLUMNS = ("model", "prec", "backend", "device", "batch", "cold s", "e2e p50", "e2e p95", "model p50", "img/s",
+            "peak MB", "size MB", "acc %", "x eager", "/ bare", "target", "result")
+
+
+def _cells(row: dict[str, Any]) -> list[str]:
+    def num(value: Any, fmt: str) -> str:
+        return format(value, fmt) if isinstance(value, (int, float)) else "-"
+
+    if not row.get("ok"):
+        return [row["model"], row["precision"], row["backend"], row["device"], str(row["batch"]),
+                *["-"] * 11, f"ERROR {row.get('error', '')}"]
+    return [
+        row["model"], row["precision"], row["backend"], row["device"], str(row["batch"]),
+        num(row.get("cold_start_s"), ".2f"), num(row["e2e"]["p50_ms"], ".2f"), num(row["e2e"]["p95_ms"], ".2f"),
+        num(row["model_only"]["p50_ms"] if "model_only" in row else None, ".2f"),
+        num(row["e2e"]["throughput_ips"], ".0f"), num(row.get("peak_memory_mb"), ".0f"), num(row.get("size_mb"), ".2f"),
+        num(row["accuracy"] * 100 if "accuracy" in row else None, ".2f"),
+        num(row.get("speedup_vs_eager"), ".2f"), num(row.get("vs_bare"), ".3f"),
+        f"<{row['target_ms']:g} ms" if row.get("target_ms") else "-", row["status"],
+    ]
+
+
+def _table_rows(report: dict[str, Any]) -> list[list[str]]:
+    return [_cells(row) for row in report["rows"]]
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Rows as an aligned text table (latencies in ms), then the skipped rows with their reasons."""
+    rows = [list(_COLUMNS), *_table_rows(report)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]
+    lines = ["  ".join(cell.ljust(widths[i]) if i < 4 else cell.rjust(widths[i]) for i, cell in enumerate(r)).rstrip()
+             for r in rows]
+    lines += [f"skipped: {s['row']} ({s['reason']})" for s in report.get("skipped", [])]
+    return "\n".join(lines)
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    machine = report.get("machine", {})
+    lines = ["# cellsdk-bench results", "",
+             f"Machine: {machine.get('cpu')}, {machine.get('cores')} logical cores, "
+             f"{' '.join(machine.get('flags', []))}, {machine.get('os')}; versions: "
+             + ", ".join(f"{k} {v}" for k, v in report.get("versions", {}).items()), "",
+             "Latencies in ms per call (a call is one batch); e2e = read + decode + preprocess + infer; "
+             "x eager = PyTorch eager fp32 e2e p50 / this row's (higher is faster); / bare = this row's e2e p50 / "
+             "the bare runtime call's (cellsdk's overhead).", "",
+             "| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in _table_rows(report)]
+    if report.get("skipped"):
+        lines += ["", "Skipped:"] + [f"- {s['row']}: {s['reason']}" for s in report["skipped"]]
+    return "\n".join(lines) + "\n"
+
+
+def _csv(report: dict[str, Any]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(_COLUMNS)
+    writer.writerows(_table_rows(report))
+    return buffer.getvalue()
+
+
+def _chart(report: dict[str, Any], path: Path) -> None:
+    from cellsdk.plots import _pyplot
+
+    plt = _pyplot()
+    rows = [r for r in report["rows"] if r.get("ok") and r["batch"] == min(x["batch"] for x in report["rows"])]
+    if not rows:
+        return
+    names = [f"{r['model']} ({r['device']})" for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.5))
+    ax.barh(names, [r["e2e"]["p50_ms"] for r in rows], label="e2e p50")
+    ax.scatter([r["e2e"]["p95_ms"] for r in rows], names, color="black", marker="|", s=200, label="e2e p95", zorder=3)
+    targets = {r["target_ms"] for r in rows if r.get("target_ms")}
+    for target in targets:
+        ax.axvline(target, color="red", linestyle="--", label=f"target {target:g} ms")
+    ax.set_xlabel(f"ms per image, batch {rows[0]['batch']}")
+    ax.invert_yaxis()
+    ax.legend(loc="lower right")
+    ax.set_title("end-to-end latency per backend / precision")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def write_reports(report: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write ``results.json``, ``results.md``, ``results.csv`` and ``latency.png`` into ``out_dir``."""
+    out = Path(out_dir)
+    files = {"json": write_json(out / "results.json", report), "markdown": write_text(out / "results.md", _markdown(report)),
+             "csv": write_text(out / "results.csv", _csv(report))}
+    try:
+        _chart(report, out / "latency.png")
+        files["chart"] = out / "latency.png"
+    except BackendNotInstalledError as err:  # a device with only the runtime still gets the tables
+        report.setdefault("notes", []).append(f"no latency chart: {err}")
+    return files
