@@ -97,16 +97,18 @@ def discover(models: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
         if path.is_dir() and path.suffix != ".mlpackage":
             manifest = read_manifest(path)
             checkpoint = (manifest.get("source_checkpoint") or {}).get("path")
+            size = ((manifest.get("metadata") or {}).get("preprocessing") or {}).get("input_size")
             for entry in manifest["artefacts"]:
                 if entry.get("status") == "skipped" or not (path / entry["file"]).exists():
                     continue
                 found.append({"path": str(path / entry["file"]), "precision": entry.get("precision", "?"),
                               "backend": entry.get("backend") or backend_for_path(entry["file"]).name,
                               "options": entry.get("runtime_options") or {}, "verified": entry.get("status"),
-                              "checkpoint": checkpoint, "group": str(path)})
+                              "checkpoint": checkpoint, "group": str(path), "input_size": size})
         else:
             found.append({"path": str(path), "precision": "?", "backend": backend_for_path(path).name,
-                          "options": {}, "verified": None, "checkpoint": None, "group": str(path.parent)})
+                          "options": {}, "verified": None, "checkpoint": None, "group": str(path.parent),
+                          "input_size": None})
     return found
 
 
@@ -154,8 +156,9 @@ def _plan(artefacts: list[dict[str, Any]], config: BenchConfig) -> tuple[list[di
             for batch in config.batches:
                 jobs.append({"kind": "cellsdk", **artefact, "device": device, "batch": batch})
     if config.eager:
-        checkpoints = {(a["checkpoint"], a["group"]) for a in artefacts if a.get("checkpoint")}
-        for checkpoint, group in sorted(checkpoints):
+        # one eager reference per conversion folder, at that folder's input size (a model may be exported at 224)
+        checkpoints = {(a["checkpoint"], a["group"], a.get("input_size")) for a in artefacts if a.get("checkpoint")}
+        for checkpoint, group, input_size in sorted(checkpoints, key=str):
             if not Path(checkpoint).is_file():
                 skipped.append({"row": f"PyTorch eager ({checkpoint})", "reason": "source checkpoint not found"})
                 continue
@@ -164,7 +167,8 @@ def _plan(artefacts: list[dict[str, Any]], config: BenchConfig) -> tuple[list[di
                     continue
                 for batch in config.batches:
                     jobs.append({"kind": "eager", "path": checkpoint, "precision": "fp32", "backend": "pytorch-eager",
-                                 "options": {}, "device": device, "batch": batch, "group": group, "verified": None})
+                                 "options": {}, "device": device, "batch": batch, "group": group, "verified": None,
+                                 "input_size": input_size})
     return jobs, skipped
 
 
@@ -220,6 +224,7 @@ def run_benchmark(models: Sequence[str | os.PathLike], config: BenchConfig | Non
                 "device": job["device"], "options": job["options"], "batch": job["batch"], "images": timing,
                 "warmup": config.warmup, "iterations": config.iterations, "duration": config.duration,
                 "threads": config.threads, "data_cropped": config.data_cropped, "bare": job["kind"] != "eager",
+                "input_size": job.get("input_size"),
                 "eval_images": eval_images if job["batch"] == config.batches[0] else [],
                 "eval_targets": []}
         if labels_known and spec["eval_images"]:

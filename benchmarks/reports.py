@@ -2,7 +2,7 @@
 
 Example:
     >>> print(format_table({"rows": [], "skipped": [{"row": "m.mlpackage on coreml", "reason": "CoreML needs macOS"}]}))
-    model  prec  backend  device  batch  cold s  e2e p50  e2e p95  model p50  img/s  peak MB  size MB  acc %  x eager  / bare  target  result
+    model  prec  px  backend  device  batch  cold s  e2e p50  e2e p95  model p50  img/s  peak MB  size MB  acc %  x eager  / bare  target  result
     skipped: m.mlpackage on coreml (CoreML needs macOS)
 """
 
@@ -19,7 +19,7 @@ from cellsdk.errors import BackendNotInstalledError
 
 __all__ = ["format_table", "write_reports"]
 
-_COLUMNS = ("model", "prec", "backend", "device", "batch", "cold s", "e2e p50", "e2e p95", "model p50", "img/s",
+_COLUMNS = ("model", "prec", "px", "backend", "device", "batch", "cold s", "e2e p50", "e2e p95", "model p50", "img/s",
             "peak MB", "size MB", "acc %", "x eager", "/ bare", "target", "result")
 
 
@@ -28,11 +28,11 @@ def _cells(row: dict[str, Any]) -> list[str]:
         return format(value, fmt) if isinstance(value, (int, float)) else "-"
 
     if not row.get("ok"):
-        return [row["model"], row["precision"], row["backend"], row["device"], str(row["batch"]),
+        return [row["model"], row["precision"], "-", row["backend"], row["device"], str(row["batch"]),
                 *["-"] * 11, f"ERROR {row.get('error', '')}"]
     return [
-        row["model"], row["precision"], row["backend"], row["device"], str(row["batch"]),
-        num(row.get("cold_start_s"), ".2f"), num(row["e2e"]["p50_ms"], ".2f"), num(row["e2e"]["p95_ms"], ".2f"),
+        row["model"], row["precision"], str(row.get("input_size", "-")), row["backend"], row["device"],
+        str(row["batch"]), num(row.get("cold_start_s"), ".2f"), num(row["e2e"]["p50_ms"], ".2f"), num(row["e2e"]["p95_ms"], ".2f"),
         num(row["model_only"]["p50_ms"] if "model_only" in row else None, ".2f"),
         num(row["e2e"]["throughput_ips"], ".0f"), num(row.get("peak_memory_mb"), ".0f"), num(row.get("size_mb"), ".2f"),
         num(row["accuracy"] * 100 if "accuracy" in row else None, ".2f"),
@@ -49,7 +49,7 @@ def format_table(report: dict[str, Any]) -> str:
     """Rows as an aligned text table (latencies in ms), then the skipped rows with their reasons."""
     rows = [list(_COLUMNS), *_table_rows(report)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]
-    lines = ["  ".join(cell.ljust(widths[i]) if i < 4 else cell.rjust(widths[i]) for i, cell in enumerate(r)).rstrip()
+    lines = ["  ".join(cell.ljust(widths[i]) if i < 5 else cell.rjust(widths[i]) for i, cell in enumerate(r)).rstrip()
              for r in rows]
     lines += [f"skipped: {s['row']} ({s['reason']})" for s in report.get("skipped", [])]
     return "\n".join(lines)
@@ -86,7 +86,8 @@ def _chart(report: dict[str, Any], path: Path) -> None:
     rows = [r for r in report["rows"] if r.get("ok") and r["batch"] == min(x["batch"] for x in report["rows"])]
     if not rows:
         return
-    names = [f"{r['model']} ({r['device']})" for r in rows]
+    names = [f"{'PyTorch eager fp32' if r['backend'] == 'pytorch-eager' else r['model']} "
+             f"@{r.get('input_size', '?')}px ({r['device']})" for r in rows]  # unique per bar
     fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.5))
     ax.barh(names, [r["e2e"]["p50_ms"] for r in rows], label="e2e p50")
     ax.scatter([r["e2e"]["p95_ms"] for r in rows], names, color="black", marker="|", s=200, label="e2e p95", zorder=3)

@@ -63,7 +63,10 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
         device = torch.device(spec["device"])
         model, metadata = load_checkpoint(spec["model"])
         model = model.to(device).eval()
-        prep = metadata.preprocessing.without_crop() if spec.get("data_cropped") else metadata.preprocessing
+        prep = metadata.preprocessing
+        if spec.get("input_size"):  # the same size as the converted artefacts it is compared with
+            prep = type(prep)(**{**prep.to_dict(), "input_size": int(spec["input_size"])})
+        prep = prep.without_crop() if spec.get("data_cropped") else prep
 
         def forward(array: np.ndarray) -> np.ndarray:
             with torch.no_grad():
@@ -97,6 +100,7 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
         out["runtime"] = classifier.backend.describe()
         out["precision"] = classifier.metadata.precision
         labels = classifier.labels
+    out["input_size"] = prep.input_size
     arrays = np.stack([preprocess(p, prep) for p in chunk])
     out["e2e"] = latency_summary(_timed(e2e, *timing), batch=batch)
     out["model_only"] = latency_summary(_timed(lambda: forward(arrays), *timing), batch=batch)

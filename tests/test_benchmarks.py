@@ -60,7 +60,8 @@ def bench_folder(artefacts, tiny_run, tmp_path_factory):
         entries.append({"file": name, "backend": backend, "precision": "fp32", "status": "passed",
                         "runtime_options": {"precision": "f32"} if backend == "openvino" else {}})
     (folder / "manifest.json").write_text(json.dumps({
-        "artefacts": entries, "source_checkpoint": {"path": str(tiny_run.best_checkpoint)}}))
+        "artefacts": entries, "source_checkpoint": {"path": str(tiny_run.best_checkpoint)},
+        "metadata": {"preprocessing": {"input_size": 32}}}))
     return folder
 
 
@@ -87,6 +88,7 @@ def test_rows_cover_every_artefact_batch_and_the_eager_reference(report):
             assert row["vs_bare"] > 0 and row["size_mb"] > 0 and row["precision"] == "fp32"
     firsts = [r for r in ok if r["batch"] == 1]
     assert all(0 <= r["accuracy"] <= 1 and 0 <= r["macro_f1"] <= 1 for r in firsts)
+    assert all(r["input_size"] == 32 for r in ok)  # eager runs at the artefacts' size
     onnx, eager = (next(r for r in firsts if r["backend"] == b) for b in ("onnxruntime", "pytorch-eager"))
     assert onnx["accuracy"] == pytest.approx(eager["accuracy"])  # same images, same model
     assert {"cpu", "cores", "flags"} <= set(report["machine"])
@@ -137,3 +139,14 @@ def test_bad_input(tmp_path):
         BenchConfig(devices=("tpu",))
     result = CliRunner().invoke(bench_command, [str(tmp_path), "--batch", "one"])
     assert result.exit_code == 1 and "--batch 'one'" in result.output
+
+
+def test_eager_reference_runs_at_each_conversion_folders_input_size(tiny_run):
+    from cellsdk.benchmarks.harness import _plan
+
+    artefacts = [{"path": f"{group}/model.fp32.onnx", "precision": "fp32", "backend": "onnxruntime", "options": {},
+                  "verified": "passed", "checkpoint": str(tiny_run.best_checkpoint), "group": group, "input_size": size}
+                 for group, size in (("g128", 128), ("g224", 224))]
+    jobs, _ = _plan(artefacts, BenchConfig(devices=("cpu",), batches=(1,)))
+    eager = {job["group"]: job["input_size"] for job in jobs if job["kind"] == "eager"}
+    assert eager == {"g128": 128, "g224": 224}

@@ -16,3 +16,5 @@ def test_quickstart_runs(tmp_path, capsys):
     assert "model.int8.onnx" in out and (tmp_path / "run" / "converted" / "manifest.json").is_file()
     statuses = {a["status"] for a in report["conversion"]["artefacts"]}
     assert statuses <= {"passed", "failed", "skipped", "not verified on this platform"}
+    assert "pytorch-eager" in out and (tmp_path / "run" / "bench" / "results.json").is_file()
+    assert all(r.get("ok") for r in report["benchmark"]["rows"])
