@@ -42,7 +42,7 @@ def test_errors_are_one_line(tmp_path):
         (eval_command, [str(tmp_path / "x.safetensors"), "--data", str(SAMPLES)], "checkpoint not found"),
         (convert_command, ["missing.safetensors", "--out", str(tmp_path / "c"), "--eval", str(SAMPLES)],
          "checkpoint not found"),
-        (bench_command, [], "not yet available"),
+        (bench_command, [str(tmp_path / "none.onnx"), "--quiet"], "no such model file or folder"),
     ]
     for command, args, message in cases:
         result = runner.invoke(command, args)
