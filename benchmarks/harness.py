@@ -219,16 +219,13 @@ def run_benchmark(models: Sequence[str | os.PathLike], config: BenchConfig | Non
     rows = []
     for job in jobs:
         bar.set_postfix_str(f"{Path(job['path']).name} {job['device']} b{job['batch']}")
-        labels_known = bool(eval_images)
         spec = {"kind": job["kind"], "model": job["path"], "backend": None if job["kind"] == "eager" else job["backend"],
                 "device": job["device"], "options": job["options"], "batch": job["batch"], "images": timing,
                 "warmup": config.warmup, "iterations": config.iterations, "duration": config.duration,
                 "threads": config.threads, "data_cropped": config.data_cropped, "bare": job["kind"] != "eager",
                 "input_size": job.get("input_size"),
                 "eval_images": eval_images if job["batch"] == config.batches[0] else [],
-                "eval_targets": []}
-        if labels_known and spec["eval_images"]:
-            spec["eval_targets"] = _targets_for(job, eval_names)
+                "eval_names": eval_names if job["batch"] == config.batches[0] else []}
         result = _run_worker(spec)
         row = {"model": Path(job["path"]).name, "path": job["path"], "group": job["group"],
                "precision": job["precision"], "backend": job["backend"], "device": job["device"],
@@ -243,19 +240,6 @@ def run_benchmark(models: Sequence[str | os.PathLike], config: BenchConfig | Non
     return {"machine": machine_info(), "config": {**config.__dict__, "images": len(timing)},
             "targets": {k: dict(v) for k, v in targets.items()}, "rows": rows, "skipped": skipped,
             "failed": sum(r["status"] in ("FAIL", "ERROR") for r in rows), "versions": _versions()}
-
-
-def _targets_for(job: dict[str, Any], names: list[str]) -> list[int]:
-    """Label indices of the accuracy images in the model's own label order."""
-    from cellsdk.checkpoints import read_checkpoint_metadata
-
-    if job["kind"] == "eager":
-        labels = read_checkpoint_metadata(job["path"]).labels
-    else:
-        from cellsdk.classifier import Classifier
-
-        labels = Classifier.load(job["path"], backend=job["backend"], **job["options"]).labels
-    return [labels.index(name) for name in names]
 
 
 def _size_mb(path: Path) -> float:

@@ -45,7 +45,7 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     from PIL import Image
 
     from cellsdk.benchmarks.stats import latency_summary
-    from cellsdk.metrics import classification_report
+    from cellsdk.metrics import classification_report, softmax
     from cellsdk.preprocessing import preprocess
 
     batch, paths = spec["batch"], spec["images"]
@@ -116,19 +116,16 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
 
         out["bare_e2e"] = latency_summary(_timed(bare, *timing), batch=batch)
     if spec.get("eval_images"):
-        targets = np.asarray(spec["eval_targets"])
+        unknown = sorted(set(spec["eval_names"]) - set(labels))
+        if unknown:
+            raise ValueError(f"data classes {', '.join(unknown)} are not among the model's labels")
+        targets = np.asarray([list(labels).index(name) for name in spec["eval_names"]])  # class names -> model order
         scores = np.concatenate([forward(np.stack([preprocess(p, prep) for p in spec["eval_images"][i:i + 32]]))
                                  for i in range(0, len(spec["eval_images"]), 32)])
-        report = classification_report(targets, _softmax(scores), labels)
+        report = classification_report(targets, softmax(scores.astype(np.float64)), labels)
         out["accuracy"], out["macro_f1"] = report["accuracy"], report["macro_f1"]
     out["peak_memory_mb"] = _peak_memory_mb()
     return out
-
-
-def _softmax(logits: Any) -> Any:
-    from cellsdk.metrics import softmax
-
-    return softmax(logits.astype("float64"))
 
 
 def main() -> None:
