@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from cellsdk._machine import machine_info
+from cellsdk._io import artefact_files
+from cellsdk._machine import machine_info, package_versions
 from cellsdk._progress import progress_bar
 from cellsdk.backends import backend_for_path, get_backend
 from cellsdk.benchmarks.stats import judge, load_targets
@@ -36,6 +37,7 @@ from cellsdk.manifest import read_manifest
 __all__ = ["BenchConfig", "discover", "run_benchmark"]
 
 DEVICES = ("cpu", "cuda", "mps", "coreml")
+_VERSIONED = ("onnxruntime", "openvino", "torch", "coremltools", "numpy", "pillow")
 _BACKEND_DEVICES = {"onnxruntime": ("cpu", "cuda"), "openvino": ("cpu",), "torchscript": ("cpu", "cuda", "mps"),
                     "coreml": ("coreml",)}
 
@@ -239,13 +241,11 @@ def run_benchmark(models: Sequence[str | os.PathLike], config: BenchConfig | Non
     _ratios(rows)
     return {"machine": machine_info(), "config": {**config.__dict__, "images": len(timing)},
             "targets": {k: dict(v) for k, v in targets.items()}, "rows": rows, "skipped": skipped,
-            "failed": sum(r["status"] in ("FAIL", "ERROR") for r in rows), "versions": _versions()}
+            "failed": sum(r["status"] in ("FAIL", "ERROR") for r in rows), "versions": package_versions(_VERSIONED)}
 
 
 def _size_mb(path: Path) -> float:
-    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [
-        path, *([path.with_suffix(".bin")] if path.suffix == ".xml" else [])]
-    return sum(f.stat().st_size for f in files if f.exists()) / 1e6
+    return sum(f.stat().st_size for f in artefact_files(path) if f.exists()) / 1e6
 
 
 def _ratios(rows: list[dict[str, Any]]) -> None:
@@ -259,16 +259,3 @@ def _ratios(rows: list[dict[str, Any]]) -> None:
             row["speedup_vs_eager"] = reference["e2e"]["p50_ms"] / row["e2e"]["p50_ms"]
         if "bare_e2e" in row:
             row["vs_bare"] = row["e2e"]["p50_ms"] / row["bare_e2e"]["p50_ms"]
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata
-
-    out = {}
-    for name in ("cellsdk", "onnxruntime", "openvino", "torch", "coremltools", "numpy", "pillow"):
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
-

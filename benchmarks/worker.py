@@ -12,6 +12,7 @@ dataset, and the process's peak memory.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -65,7 +66,7 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
         model = model.to(device).eval()
         prep = metadata.preprocessing
         if spec.get("input_size"):  # the same size as the converted artefacts it is compared with
-            prep = type(prep)(**{**prep.to_dict(), "input_size": int(spec["input_size"])})
+            prep = dataclasses.replace(prep, input_size=int(spec["input_size"]))
         prep = prep.without_crop() if spec.get("data_cropped") else prep
 
         def forward(array: np.ndarray) -> np.ndarray:

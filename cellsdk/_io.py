@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_path", "sha256_file", "write_json", "write_text"]
+__all__ = ["artefact_files", "atomic_path", "sha256_file", "write_json", "write_text"]
 
 
 @contextlib.contextmanager
@@ -38,6 +38,20 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def artefact_files(path: str | os.PathLike) -> list[Path]:
+    """Every file a model artefact consists of: a package folder's tree, an OpenVINO ``.xml`` with its ``.bin``,
+    or the one file.
+
+    Example:
+        >>> [p.name for p in artefact_files("model.xml")]
+        ['model.xml', 'model.bin']
+    """
+    path = Path(path)
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file())
+    return [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

@@ -7,12 +7,13 @@ Example:
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 from pathlib import Path
 from typing import Any
 
-__all__ = ["describe_machine", "machine_info"]
+__all__ = ["describe_machine", "machine_info", "package_versions"]
 
 _FLAG_PREFIXES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx")
 
@@ -35,3 +36,21 @@ def describe_machine() -> str:
     """One line: ``AMD EPYC, 2 logical cores, avx512_vnni avx512_bf16, Linux 6.1``."""
     info = machine_info()
     return f"{info['cpu']}, {info['cores']} logical cores, {' '.join(info['flags']) or 'no listed SIMD flags'}, {info['os']}"
+
+
+def package_versions(names: tuple[str, ...]) -> dict[str, str]:
+    """Installed versions of cellsdk and of those of ``names`` that are installed.
+
+    Example:
+        >>> sorted(package_versions(("numpy", "no-such-package")))
+        ['cellsdk', 'numpy']
+    """
+    from cellsdk._version import __version__
+
+    out = {"cellsdk": __version__}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out

@@ -14,8 +14,8 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import importlib.metadata
 import os
 import shutil
 import tempfile
@@ -26,10 +26,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from cellsdk._io import sha256_file, write_json, write_text
-from cellsdk._machine import machine_info
+from cellsdk._io import artefact_files, sha256_file, write_json, write_text
+from cellsdk._machine import machine_info, package_versions
 from cellsdk._progress import progress_bar
-from cellsdk._version import __version__
 from cellsdk.converters.base import converter_names, get_converter
 from cellsdk.converters.calibration import ImageSet, calibration_set, evaluation_set
 from cellsdk.converters.verify import VerifyConfig, reference_logits, verify_artefact
@@ -133,25 +132,12 @@ def _staging_dir(out_dir: Path) -> Path:
 
 def _describe_files(path: Path) -> tuple[int, str, list[dict[str, Any]]]:
     """Total size, one sha256 for the artefact, and every file in it (an IR has .xml + .bin, a package a tree)."""
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-    else:
-        files = [path, *([path.with_suffix(".bin")] if path.suffix == ".xml" else [])]
+    files = artefact_files(path)
     entries = [{"name": str(f.relative_to(path.parent)), "bytes": f.stat().st_size, "sha256": sha256_file(f)}
                for f in files]
     digest = entries[0]["sha256"] if len(entries) == 1 else hashlib.sha256(
         "".join(e["name"] + e["sha256"] for e in entries).encode()).hexdigest()
     return sum(e["bytes"] for e in entries), digest, entries
-
-
-def _versions() -> dict[str, str]:
-    out = {"cellsdk": __version__}
-    for name in _TOOLS:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: ConvertConfig | None = None, *,
@@ -182,7 +168,7 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
     checkpoint_sha = sha256_file(checkpoint)
     preprocessing = metadata.preprocessing
     if config.input_size is not None:
-        preprocessing = type(preprocessing)(**{**preprocessing.to_dict(), "input_size": config.input_size})
+        preprocessing = dataclasses.replace(preprocessing, input_size=config.input_size)
     metadata = metadata.replace(source_checkpoint_sha256=checkpoint_sha, preprocessing=preprocessing)
     images = evaluation_set(eval_source, metadata, split=config.eval_split, data_cropped=config.data_cropped,
                             labels=config.labels, limit=config.eval_limit, seed=config.seed)
@@ -218,7 +204,7 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
             "evaluation": images.record(),
             "calibration": None if calibration is None else {**calibration.record(), "list": "calibration_images.txt"},
             "thresholds": config.verify.to_dict(),
-            "tools": _versions(),
+            "tools": package_versions(_TOOLS),
             "machine": machine_info(),
             "seconds": None,
             "artefacts": artefacts,
@@ -273,7 +259,7 @@ def _remove(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
     else:
-        for leftover in (path, path.with_suffix(".bin")):
+        for leftover in artefact_files(path):
             leftover.unlink(missing_ok=True)
 
 
