@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -20,7 +19,34 @@ from cellsdk.backends import Backend, register_backend
 from cellsdk.errors import ConfigError, UnsupportedFormatError
 from cellsdk.metadata import METADATA_KEY
 
-__all__ = ["TorchScriptBackend"]
+__all__ = ["TorchScriptBackend", "resolve_torch_device"]
+
+
+def resolve_torch_device(name: str = "auto") -> str:
+    """A torch device name: ``auto`` picks cuda, then mps, then cpu; an explicit one must exist.
+
+    Shared by this backend and by training (which must not be needed to run a model).
+
+    Raises:
+        ConfigError: an unknown device, or one this machine does not have.
+    """
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = mps is not None and mps.is_available()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
+    try:
+        kind = torch.device(name).type
+    except RuntimeError:
+        kind = ""
+    if kind not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda requested but no CUDA GPU is available: use device auto or cpu")
+    if kind == "mps" and not has_mps:
+        raise ConfigError("device mps requested but Apple MPS is not available: use device auto or cpu")
+    return name
 
 
 @register_backend("torchscript", ".torchscript", ".pt", ".ts", package="torch", install="pip install torch")
@@ -31,10 +57,12 @@ class TorchScriptBackend(Backend):
         threads: ``torch.set_num_threads`` (process-wide in PyTorch).
     """
 
+    devices = ("cpu", "cuda", "mps")
+
     def __init__(self, path: Path, *, device: str = "auto", threads: int | None = None) -> None:
         torch = self.require()
         self.torch = torch
-        self.device = self._device(torch, device)
+        self.device = resolve_torch_device(device)
         if threads is not None:
             torch.set_num_threads(int(threads))
         extra = {METADATA_KEY: ""}
@@ -50,21 +78,6 @@ class TorchScriptBackend(Backend):
         self.module.eval()
         raw = extra[METADATA_KEY]
         self.metadata_json = (raw.decode("utf-8") if isinstance(raw, bytes) else raw) or None
-
-    @staticmethod
-    def _device(torch: Any, device: str) -> str:
-        if device == "auto":
-            if torch.cuda.is_available():
-                return "cuda"
-            mps = getattr(torch.backends, "mps", None)
-            return "mps" if mps is not None and mps.is_available() else "cpu"
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError("device cuda requested but no CUDA GPU is available: use device='auto' or 'cpu'")
-        if device == "mps" and not torch.backends.mps.is_available():
-            raise ConfigError("device mps requested but Apple MPS is not available: use device='auto' or 'cpu'")
-        if device != "cpu" and not device.startswith(("cuda", "mps")):
-            raise ConfigError(f"device {device!r} is not a torch device: use auto, cpu, cuda, cuda:N or mps")
-        return device
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         torch = self.torch

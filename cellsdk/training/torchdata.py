@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from cellsdk.backends.torchscript import resolve_torch_device
 from cellsdk.datasets import Split
 from cellsdk.errors import ConfigError
 from cellsdk.metadata import Preprocessing
@@ -71,21 +72,7 @@ def pick_device(name: str = "auto") -> torch.device:
         >>> pick_device("cpu").type
         'cpu'
     """
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda requested but no CUDA GPU is available: use --device auto or cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device mps requested but Apple MPS is not available: use --device auto or cpu")
-    return device
+    return torch.device(resolve_torch_device(name))
 
 
 def _cpu_has_bf16() -> bool:
