@@ -38,8 +38,6 @@ __all__ = ["BenchConfig", "discover", "run_benchmark"]
 
 DEVICES = ("cpu", "cuda", "mps", "coreml")
 _VERSIONED = ("onnxruntime", "openvino", "torch", "coremltools", "numpy", "pillow")
-_BACKEND_DEVICES = {"onnxruntime": ("cpu", "cuda"), "openvino": ("cpu",), "torchscript": ("cpu", "cuda", "mps"),
-                    "coreml": ("coreml",)}
 
 
 @dataclass(frozen=True)
@@ -143,15 +141,10 @@ def _plan(artefacts: list[dict[str, Any]], config: BenchConfig) -> tuple[list[di
         backend = get_backend(artefact["backend"])
         missing = backend.unavailable_reason()
         for device in wanted:
-            if device not in _BACKEND_DEVICES.get(backend.name, ()):
+            if device not in backend.devices:
                 continue
             name = f"{Path(artefact['path']).name} on {device}"
-            reason = missing or present.get(device)
-            if reason is None and backend.name == "onnxruntime" and device == "cuda":
-                import onnxruntime as ort
-
-                if "CUDAExecutionProvider" not in ort.get_available_providers():
-                    reason = "onnxruntime has no CUDA provider: pip install onnxruntime-gpu"
+            reason = missing or present.get(device) or backend.device_unavailable_reason(device)
             if reason:
                 skipped.append({"row": name, "reason": reason})
                 continue

@@ -48,6 +48,7 @@ class Backend(abc.ABC):
     Attributes:
         name: the backend's registry name.
         suffixes: file suffixes it loads.
+        devices: the device kinds it runs on (``cpu``, ``cuda``, ``mps``, ``coreml``).
         package: the import name of its runtime.
         install: the pip command that installs that runtime.
         metadata_json: the cellsdk JSON document stored in the model, or None.
@@ -60,6 +61,9 @@ class Backend(abc.ABC):
     suffixes: ClassVar[tuple[str, ...]]
     package: ClassVar[str]
     install: ClassVar[str]
+
+    #: the device kinds this backend can run on, as cellsdk-bench names them
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)
 
     metadata_json: str | None = None
     input_shape: tuple[int | None, ...] = (None, 3, None, None)
@@ -85,6 +89,11 @@ class Backend(abc.ABC):
         if importlib.util.find_spec(cls.package) is None:
             return f"{cls.package} is not installed: {cls.install}"
         return None
+
+    @classmethod
+    def device_unavailable_reason(cls, device: str) -> str | None:
+        """Why this backend cannot use ``device`` even where the machine has it (e.g. a CPU-only build), or None."""
+        return None if device in cls.devices else f"{cls.name} does not run on {device}"
 
     @classmethod
     def require(cls) -> Any:

@@ -40,6 +40,8 @@ class CoreMLBackend(Backend):
         compute_units: ``ALL`` (default), ``CPU_ONLY``, ``CPU_AND_GPU`` or ``CPU_AND_NE``.
     """
 
+    devices = ("coreml",)
+
     @classmethod
     def unavailable_reason(cls) -> str | None:
         if sys.platform != "darwin":

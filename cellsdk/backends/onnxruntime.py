@@ -34,6 +34,17 @@ class OnnxRuntimeBackend(Backend):
         graph_optimization: ``all`` (default), ``extended``, ``basic`` or ``none``.
     """
 
+    devices = ("cpu", "cuda")
+
+    @classmethod
+    def device_unavailable_reason(cls, device: str) -> str | None:
+        if device == "cuda":
+            import onnxruntime as ort
+
+            if not any(p in ort.get_available_providers() for p in _GPU_PROVIDERS):
+                return "onnxruntime has no CUDA provider: pip install onnxruntime-gpu"
+        return super().device_unavailable_reason(device)
+
     def __init__(self, path: Path, *, device: str = "auto", threads: int | None = None,
                  providers: list[str] | None = None, graph_optimization: str = "all") -> None:
         ort = self.require()
