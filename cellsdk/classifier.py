@@ -28,9 +28,31 @@ from cellsdk.metadata import ModelMetadata, Preprocessing
 from cellsdk.metrics import softmax
 from cellsdk.preprocessing import ImageSource, preprocess
 
-__all__ = ["Classifier", "Prediction"]
+__all__ = ["DEFAULT_MODEL", "Classifier", "Prediction", "default_model_path"]
 
 log = logging.getLogger("cellsdk")
+
+#: The file name of the reference blood-cell model shipped as package data (see MODEL_CARD.md).
+DEFAULT_MODEL = "bloodmnist_effnet_lite0_128.int8.onnx"
+
+
+def default_model_path() -> Path:
+    """Where the shipped reference blood-cell model (INT8 ONNX) is installed.
+
+    Raises:
+        ModelNotFoundError: this installation lacks the package data.
+
+    Example:
+        >>> default_model_path().name  # doctest: +SKIP
+        'bloodmnist_effnet_lite0_128.int8.onnx'
+    """
+    path = Path(__file__).resolve().parent / "data" / DEFAULT_MODEL
+    if not path.is_file():
+        raise ModelNotFoundError(
+            f"the default blood-cell model {DEFAULT_MODEL} is not installed with this cellsdk ({path}); "
+            "reinstall cellsdk from a release or the repository, or pass a model path"
+        )
+    return path
 
 
 @dataclass(frozen=True)
@@ -84,7 +106,7 @@ class Classifier:
     @classmethod
     def load(
         cls,
-        path: str | os.PathLike,
+        path: str | os.PathLike | None = None,
         backend: str | None = None,
         device: str = "auto",
         *,
@@ -93,10 +115,12 @@ class Classifier:
         top_k: int = 3,
         **options: Any,
     ) -> Classifier:
-        """Load a model file or a conversion output folder.
+        """Load a model file or a conversion output folder; with no path, the shipped blood-cell model.
 
         Args:
-            path: ``.onnx``, ``.torchscript`` / ``.pt``, OpenVINO ``.xml`` (+ ``.bin``),
+            path: None for the reference blood-cell classifier shipped with cellsdk (INT8 ONNX,
+                eight BloodMNIST classes, 128 px, raw microscope images cropped to their central
+                200 px; see MODEL_CARD.md), or ``.onnx``, ``.torchscript`` / ``.pt``, OpenVINO ``.xml`` (+ ``.bin``),
                 ``.mlpackage`` / ``.mlmodel``, or a folder with ``manifest.json``
                 (the fastest verified artefact that runs here is chosen; see ``chosen``).
             backend: force a backend by name (``onnxruntime``, ``openvino``, ``torchscript``, ``coreml``).
@@ -115,7 +139,7 @@ class Classifier:
             >>> clf = Classifier.load("model.onnx", labels=["a", "b"],
             ...                       preprocessing=Preprocessing(input_size=64))  # doctest: +SKIP
         """
-        path = Path(path)
+        path = default_model_path() if path is None else Path(path)
         if not path.exists():
             raise ModelNotFoundError(f"{path}: no such model file or folder")
         chosen = None
@@ -153,6 +177,19 @@ class Classifier:
     def __repr__(self) -> str:
         return (f"Classifier({self.backend.describe()}, {len(self._labels)} classes, "
                 f"input {self._spec.input_size} px, {self.path.name})")
+
+    def with_preprocessing(self, preprocessing: Preprocessing | Mapping[str, Any]) -> Classifier:
+        """The same loaded model with other preprocessing (e.g. ``without_crop()`` for pre-cropped images).
+
+        Example:
+            >>> clf.with_preprocessing(clf.metadata.preprocessing.without_crop())  # doctest: +SKIP
+        """
+        if isinstance(preprocessing, Mapping):
+            preprocessing = Preprocessing.from_dict(preprocessing)
+        if preprocessing.input_size != self._spec.input_size:
+            raise MetadataError(f"the model takes {self._spec.input_size} px inputs, not {preprocessing.input_size}")
+        return Classifier(self.backend, self.metadata.replace(preprocessing=preprocessing), path=self.path,
+                          top_k=self.default_top_k, chosen=self.chosen)
 
     # ------------------------------------------------------------------ prediction
 

@@ -137,11 +137,73 @@ def _history_table(history: list[dict[str, Any]], best_epoch: int) -> str:
 
 
 @click.command("eval")
-@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="Dataset (.npz or image folder).")
-@click.option("--split", default="test", show_default=True)
+@click.option("--split", default="test", show_default=True, help="train, val, test or all.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Folder for report.json, confusion_matrix.csv/.png, reliability.png.")
+@click.option("--data-cropped", is_flag=True, help="The images already have the model's crop.")
+@click.option("--labels", default=None, help="Class names of the data, if its folders do not give them.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--backend", default=None, help="Deployed models: force a backend (onnxruntime, openvino, ...).")
+@click.option("--option", "runtime_options", multiple=True, metavar="KEY=VALUE",
+              help="Deployed models: a backend option, e.g. precision=f32 or threads=2; repeatable.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--workers", type=int, default=0, show_default=True, help="Checkpoints: data-loading processes.")
+@click.option("--quiet", is_flag=True)
+@_friendly_errors
+def eval_command(model: Path, data: Path, split: str, out_dir: Path | None, data_cropped: bool,
+                 labels: str | None, batch_size: int, backend: str | None, runtime_options: tuple[str, ...],
+                 device: str, workers: int, quiet: bool) -> None:
+    """Evaluate MODEL on a split of --data: accuracy, macro-F1, per class, confusion, calibration.
+
+    MODEL is a training checkpoint (.safetensors, run in PyTorch fp32) or a deployed model: any file or
+    conversion folder Classifier.load reads, run through its runtime exactly as deployed.
+    """
+    from cellsdk.checkpoints import CHECKPOINT_SUFFIX
+
+    _setup_logging(quiet)
+    if model.suffix.lower() == CHECKPOINT_SUFFIX:
+        if backend or runtime_options:
+            raise click.ClickException("--backend / --option are for deployed models; a checkpoint runs in PyTorch")
+        from cellsdk.training import evaluate
+
+        report = evaluate(model, data, split=split, out_dir=out_dir, data_cropped=data_cropped, labels=labels,
+                          batch_size=batch_size, device=device, workers=workers, progress=not quiet)
+    else:
+        from cellsdk.evaluation import evaluate_model
+
+        report = evaluate_model(model, data, split=split, out_dir=out_dir, data_cropped=data_cropped,
+                                labels=labels, backend=backend, device=device, batch_size=min(batch_size, 32),
+                                options=_parse_options(runtime_options), progress=not quiet)
+        click.echo(f"{report['model']} on {report['backend']} ({report['device']})")
+    click.echo(format_report(report))
+    for path in report.get("files", {}).values():
+        click.echo(f"wrote {path}")
+
+
+def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings as a dict; whole numbers become ints.
+
+    Example:
+        >>> _parse_options(("precision=f32", "threads=2"))
+        {'precision': 'f32', 'threads': 2}
+    """
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.ClickException(f"--option {pair!r}: write KEY=VALUE, e.g. precision=f32")
+        options[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else value.strip()
+    return options
+
+
+@click.command("calibrate")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Dataset with a held-out split.")
+@click.option("--split", default="val", show_default=True, help="The held-out split to fit on (not test).")
+@click.option("--out", "out_path", type=click.Path(path_type=Path), default=None,
+              help="Calibrated checkpoint [default: <checkpoint>.calibrated.safetensors].")
 @click.option("--data-cropped", is_flag=True, help="The images already have the model's crop.")
 @click.option("--labels", default=None, help="Class names of the data, if its folders do not give them.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
@@ -149,17 +211,22 @@ def _history_table(history: list[dict[str, Any]], best_epoch: int) -> str:
 @click.option("--workers", type=int, default=0, show_default=True)
 @click.option("--quiet", is_flag=True)
 @_friendly_errors
-def eval_command(checkpoint: Path, data: Path, split: str, out_dir: Path | None, data_cropped: bool,
-                 labels: str | None, batch_size: int, device: str, workers: int, quiet: bool) -> None:
-    """Evaluate CHECKPOINT on a split of --data: accuracy, macro-F1, per class, confusion, calibration."""
-    from cellsdk.training import evaluate
+def calibrate_command(checkpoint: Path, data: Path, split: str, out_path: Path | None, data_cropped: bool,
+                      labels: str | None, batch_size: int, device: str, workers: int, quiet: bool) -> None:
+    """Temperature-scale CHECKPOINT on a held-out split and fold it into the weights (predictions unchanged)."""
+    from cellsdk.training.calibrate import calibrate_checkpoint
 
     _setup_logging(quiet)
-    report = evaluate(checkpoint, data, split=split, out_dir=out_dir, data_cropped=data_cropped, labels=labels,
-                      batch_size=batch_size, device=device, workers=workers, progress=not quiet)
-    click.echo(format_report(report))
-    for path in report.get("files", {}).values():
-        click.echo(f"wrote {path}")
+    result = calibrate_checkpoint(checkpoint, data, out=out_path, split=split, data_cropped=data_cropped,
+                                  labels=labels, batch_size=batch_size, device=device, workers=workers,
+                                  progress=not quiet)
+    before, after = result["before"], result["after"]
+    click.echo(f"temperature {result['temperature']:.4f} fitted on {result['split']} ({result['n']} images)")
+    click.echo(f"  before: ECE {before['ece'] * 100:.2f} %, NLL {before['nll']:.4f}, "
+               f"mean confidence {before['mean_confidence'] * 100:.2f} %, accuracy {before['accuracy'] * 100:.2f} %")
+    click.echo(f"  after:  ECE {after['ece'] * 100:.2f} %, NLL {after['nll']:.4f}, "
+               f"mean confidence {after['mean_confidence'] * 100:.2f} %, accuracy {after['accuracy'] * 100:.2f} %")
+    click.echo(f"wrote {result['out']} ({result['seconds']:.1f} s)")
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -209,15 +276,15 @@ def _expand_images(paths: tuple[Path, ...]) -> list[Path]:
 
 @click.command("predict")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--model", "model_path", type=click.Path(path_type=Path), required=True,
-              help="A model file or a cellsdk-convert output folder.")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="A model file or a cellsdk-convert output folder [default: the shipped blood-cell model].")
 @click.option("--backend", default=None, help="Force a backend: onnxruntime, openvino, torchscript, coreml.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--threads", type=int, default=None, help="Inference threads (default: the runtime's choice).")
 @click.option("--top-k", type=int, default=1, show_default=True, help="Classes to show per image.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @_friendly_errors
-def predict_command(images: tuple[Path, ...], model_path: Path, backend: str | None, device: str,
+def predict_command(images: tuple[Path, ...], model_path: Path | None, backend: str | None, device: str,
                     threads: int | None, top_k: int, as_json: bool) -> None:
     """Classify IMAGES (files or folders); one line per image. Exit status 1 if any image failed."""
     import json
@@ -229,6 +296,8 @@ def predict_command(images: tuple[Path, ...], model_path: Path, backend: str | N
     classifier = Classifier.load(model_path, backend=backend, device=device, top_k=max(top_k, 1), **options)
     if classifier.chosen:
         click.echo(f"using {classifier.chosen}", err=True)
+    elif model_path is None:
+        click.echo(f"using the shipped blood-cell model {classifier.path.name} (see MODEL_CARD.md)", err=True)
     failed = 0
     for path in _expand_images(images):
         try:
@@ -344,5 +413,6 @@ def bench_command(models: tuple[Path, ...], devices: str, batches: str, out_dir:
     if report["failed"]:
         raise click.ClickException(f"{report['failed']} row(s) failed their latency target or errored")
 
-for _command in (train_command, eval_command, predict_command, info_command, convert_command, bench_command):
+for _command in (train_command, eval_command, calibrate_command, predict_command, info_command, convert_command,
+                 bench_command):
     cli.add_command(_command)

@@ -16,7 +16,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["classification_report", "confusion_matrix", "expected_calibration_error", "softmax"]
+__all__ = [
+    "classification_report",
+    "confusion_matrix",
+    "expected_calibration_error",
+    "fit_temperature",
+    "nll",
+    "softmax",
+]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -135,3 +142,54 @@ def classification_report(
         "confusion_matrix": matrix.tolist(),
         "reliability": bins,
     }
+
+
+def nll(logits: np.ndarray, y_true: np.ndarray, temperature: float = 1.0) -> float:
+    """Mean negative log-likelihood of ``softmax(logits / temperature)``.
+
+    Log-probabilities work as ``logits`` too: the softmax ignores a per-row shift.
+
+    Example:
+        >>> round(nll(np.array([[0.0, 0.0]]), np.array([0])), 4)
+        0.6931
+    """
+    scaled = np.asarray(logits, dtype=np.float64) / temperature
+    shifted = scaled - scaled.max(axis=1, keepdims=True)
+    log_norm = np.log(np.exp(shifted).sum(axis=1))
+    picked = shifted[np.arange(len(shifted)), np.asarray(y_true, dtype=np.int64)]
+    return float((log_norm - picked).mean())
+
+
+def fit_temperature(logits: np.ndarray, y_true: np.ndarray, *, low: float = 0.05, high: float = 20.0,
+                    tolerance: float = 1e-5) -> float:
+    """The temperature ``T`` minimising the NLL of ``softmax(logits / T)`` (Guo et al. 2017).
+
+    The NLL is unimodal in ``log T``, so a golden-section search over
+    ``[low, high]`` finds it; it never changes which class is predicted.
+    Log-probabilities work as ``logits`` too.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> y = rng.integers(0, 3, 2000)
+        >>> true_logits = rng.normal(size=(2000, 3)); true_logits[np.arange(2000), y] += 2.0
+        >>> sampled = np.array([rng.choice(3, p=p) for p in softmax(true_logits)])
+        >>> 2.8 < fit_temperature(true_logits * 3.0, sampled) < 3.2  # logits over-confident by 3x
+        True
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    if len(logits) == 0:
+        raise ValueError("fit_temperature needs at least one example")
+    ratio = (np.sqrt(5.0) - 1.0) / 2.0
+    a, b = np.log(low), np.log(high)
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = nll(logits, y_true, np.exp(c)), nll(logits, y_true, np.exp(d))
+    while b - a > tolerance:
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = nll(logits, y_true, np.exp(c))
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = nll(logits, y_true, np.exp(d))
+    return float(np.exp((a + b) / 2.0))

@@ -9,45 +9,21 @@ Example:
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Sequence
 
 
-from cellsdk._io import sha256_file, write_json, write_text
+from cellsdk._io import sha256_file
 from cellsdk._progress import progress_bar
 from cellsdk.datasets import load_dataset
 from cellsdk.errors import DatasetError, InvalidImageError
+from cellsdk.evaluation import confusion_matrix_csv, write_report
 from cellsdk.metrics import classification_report
 from cellsdk.training.checkpoint import load_checkpoint
 
 __all__ = ["confusion_matrix_csv", "evaluate"]
-
-REPORT, CONFUSION_CSV, CONFUSION_PNG, RELIABILITY_PNG = (
-    "report.json", "confusion_matrix.csv", "confusion_matrix.png", "reliability.png",
-)
-
-
-def confusion_matrix_csv(matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> str:
-    """The confusion matrix as CSV: a header of predicted labels, one row per true label.
-
-    Example:
-        >>> print(confusion_matrix_csv([[1, 0], [2, 3]], ["a", "b"]), end="")
-        true\\predicted,a,b
-        a,1,0
-        b,2,3
-    """
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["true\\predicted", *labels])
-    for label, row in zip(labels, matrix):
-        writer.writerow([label, *row])
-    return buffer.getvalue()
-
 
 def evaluate(
     checkpoint: str | os.PathLike,
@@ -115,17 +91,6 @@ def evaluate(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })
     if out_dir is not None:
-        _write_report(Path(out_dir), report)
+        write_report(out_dir, report)
     return report
 
-
-def _write_report(out: Path, report: dict[str, Any]) -> None:
-    from cellsdk.plots import plot_confusion_matrix, plot_reliability
-
-    labels = report["labels"]
-    write_json(out / REPORT, report)
-    write_text(out / CONFUSION_CSV, confusion_matrix_csv(report["confusion_matrix"], labels))
-    plot_confusion_matrix(report["confusion_matrix"], labels, out / CONFUSION_PNG,
-                          title=f"{report['split']}: accuracy {report['accuracy'] * 100:.2f} % (n={report['n']})")
-    plot_reliability(report["reliability"], report["ece"], out / RELIABILITY_PNG)
-    report["files"] = {name: str(out / name) for name in (REPORT, CONFUSION_CSV, CONFUSION_PNG, RELIABILITY_PNG)}
