@@ -43,7 +43,7 @@ def default_model_path() -> Path:
         ModelNotFoundError: this installation lacks the package data.
 
     Example:
-        >>> default_model_path().name  # doctest: +SKIP
+        >>> default_model_path().name
         'bloodmnist_effnet_lite0_128.int8.onnx'
     """
     path = Path(__file__).resolve().parent / "data" / DEFAULT_MODEL
@@ -136,6 +136,8 @@ class Classifier:
             PlatformNotSupportedError, MetadataError, ConfigError: each with what to do.
 
         Example:
+            >>> Classifier.load().labels[:3]
+            ('basophil', 'eosinophil', 'erythroblast')
             >>> clf = Classifier.load("model.onnx", labels=["a", "b"],
             ...                       preprocessing=Preprocessing(input_size=64))  # doctest: +SKIP
         """

@@ -1,0 +1,107 @@
+"""The reference blood-cell model shipped as package data (MODEL_CARD.md)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+import cellsdk
+from cellsdk import Classifier
+from cellsdk.classifier import DEFAULT_MODEL, default_model_path
+from cellsdk.datasets import load_dataset
+from cellsdk.errors import ModelNotFoundError
+from cellsdk.labelmaps import BLOODMNIST
+
+from .conftest import RAW_SAMPLES, REPO, SAMPLES
+
+CHECKPOINT = REPO / "models" / DEFAULT_MODEL.replace(".int8.onnx", ".safetensors")
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def shipped() -> Classifier:
+    return Classifier.load()
+
+
+def test_loads_with_no_argument(shipped):
+    assert shipped.path == default_model_path() and shipped.path.name == DEFAULT_MODEL
+    assert shipped.backend_name == "onnxruntime" and shipped.labels == BLOODMNIST
+    assert default_model_path().parent == (REPO / "cellsdk" / "data").resolve() or "site-packages" in str(
+        default_model_path())
+
+
+def test_metadata_is_complete(shipped):
+    meta = shipped.metadata
+    assert meta.arch == "tf_efficientnet_lite0" and meta.output == "logits"
+    assert meta.precision == "int8" and meta.quantization and meta.calibration_sha256
+    pre = meta.preprocessing
+    assert (pre.input_size, pre.crop_mode, pre.crop_value, pre.mean, pre.std) == (128, "pixels", 200, (0.5,) * 3,
+                                                                                  (0.5,) * 3)
+    assert meta.source_checkpoint_sha256 == sha256(CHECKPOINT)
+    assert "bloodmnist_128" in meta.dataset
+    assert meta.training["temperature_scaling"]["split"] == "val"
+    assert 0 < meta.training["temperature_scaling"]["temperature"] < 5
+    assert meta.reference_metrics["accuracy"] > 0.98 and meta.reference_metrics["ece"] < 0.02
+    assert meta.created and meta.cellsdk_version
+
+
+def test_the_fp32_checkpoint_is_its_source():
+    from cellsdk.checkpoints import read_checkpoint_metadata
+
+    meta = read_checkpoint_metadata(CHECKPOINT)
+    assert meta.precision == "fp32" and meta.labels == BLOODMNIST
+    assert meta.preprocessing == Classifier.load().metadata.preprocessing
+    assert CHECKPOINT.stat().st_size < 20e6  # small enough for git
+
+
+def test_classifies_the_sample_crops(shipped):
+    data = load_dataset(SAMPLES)
+    cropped = shipped.with_preprocessing(shipped.metadata.preprocessing.without_crop())
+    paths = [*data.split("val").paths, *data.split("test").paths]  # not used in training
+    hits = sum(p.label == path.parent.name for p, path in zip(cropped.predict_batch(paths), paths))
+    assert hits >= 61, f"{hits}/64 held-out sample crops correct; the model card's test accuracy is ~99 %"
+
+
+def test_classifies_raw_microscope_originals(shipped):
+    paths = load_dataset(RAW_SAMPLES).split("all").paths
+    hits = sum(shipped.predict(path).label == path.parent.name for path in paths)
+    assert len(paths) == 16 and hits >= 14, f"{hits}/16 raw originals correct"
+
+
+def test_sha256_matches_the_model_card():
+    card = (REPO / "MODEL_CARD.md").read_text()
+    for path in (default_model_path(), CHECKPOINT):
+        lines = [line for line in card.splitlines() if path.name in line and re.search(r"\b[0-9a-f]{64}\b", line)]
+        assert lines, f"MODEL_CARD.md lists no sha256 for {path.name}"
+        assert all(sha256(path) in line for line in lines), f"{path.name}: sha256 differs from MODEL_CARD.md"
+
+
+def test_cli_predict_without_model():
+    from click.testing import CliRunner
+
+    from cellsdk.cli import cli
+
+    image = next((RAW_SAMPLES / "neutrophil").glob("*.jpg"))
+    result = CliRunner().invoke(cli, ["predict", str(image), "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"label": ' in result.output and DEFAULT_MODEL in result.output
+
+
+def test_default_load_is_torch_free():
+    code = ("import sys, cellsdk; c = cellsdk.Classifier.load(); "
+            f"print(c.predict({str(next((RAW_SAMPLES / 'ig').glob('*.jpg')))!r}).label, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[-1] == "False"
+
+
+def test_missing_package_data_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr("cellsdk.classifier.DEFAULT_MODEL", "absent.onnx")
+    with pytest.raises(ModelNotFoundError, match="not installed with this cellsdk"):
+        cellsdk.Classifier.load()
