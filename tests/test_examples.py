@@ -5,11 +5,27 @@ import importlib.util
 from .conftest import REPO
 
 
-def test_quickstart_runs(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("quickstart", REPO / "examples" / "quickstart.py")
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "examples" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    report = module.main(["--tiny", "--epochs", "1", "--quiet", "--out", str(tmp_path / "run")])
+    return module
+
+
+def test_quickstart_runs_the_shipped_model(tmp_path, capsys):
+    report = _load("quickstart").main(["--formats", "onnx", "--iterations", "3", "--quiet",
+                                       "--out", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert "raw microscope originals (16 images" in out and "BloodMNIST-128 sample test crops" in out
+    assert report["raw_accuracy"] >= 14 / 16 and report["crops_accuracy"] >= 30 / 32
+    statuses = {a["file"]: a["status"] for a in report["conversion"]["artefacts"]}
+    assert statuses.get("model.int8.onnx") == "passed", statuses
+    assert "pytorch-eager" in out and (tmp_path / "run" / "bench" / "results.json").is_file()
+    assert all(r.get("ok") for r in report["benchmark"]["rows"])
+
+
+def test_train_on_samples_runs(tmp_path, capsys):
+    report = _load("train_on_samples").main(["--tiny", "--epochs", "1", "--quiet", "--out", str(tmp_path / "run")])
     out = capsys.readouterr().out
     assert report["n"] == 32 and "test split, 32 images" in out and "raw 360x363" in out
     assert (tmp_path / "run" / "eval" / "confusion_matrix.png").is_file()
