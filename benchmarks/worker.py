@@ -34,6 +34,18 @@ def _timed(call: Callable[[], Any], warmup: int, iterations: int, duration: floa
 
 
 def _peak_memory_mb() -> float:
+    """This process's peak resident memory.
+
+    On Linux, VmHWM of /proc/self/status: ``ru_maxrss`` survives exec, so a worker started
+    from a large parent (one that has torch and models loaded) would report the parent's size.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

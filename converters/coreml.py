@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,10 @@ class CoreMLConverter(Converter):
     def convert(self, job: ExportJob, precision: str, out: Path) -> dict[str, Any]:
         import coremltools as ct
         import coremltools.optimize.coreml as cto
+
+        quiet = logging.getLogger("coremltools")
+        if quiet.level == logging.NOTSET:  # its graph passes log every removed op at INFO
+            quiet.setLevel(logging.WARNING)
         import torch
 
         size = job.input_size

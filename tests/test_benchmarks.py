@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -150,3 +151,15 @@ def test_eager_reference_runs_at_each_conversion_folders_input_size(tiny_run):
     jobs, _ = _plan(artefacts, BenchConfig(devices=("cpu",), batches=(1,)))
     eager = {job["group"]: job["input_size"] for job in jobs if job["kind"] == "eager"}
     assert eager == {"g128": 128, "g224": 224}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss surviving exec is a Linux trait")
+def test_worker_peak_memory_is_its_own_not_its_parents():
+    import subprocess
+
+    import numpy as np
+
+    ballast = np.ones((300, 1024, 1024), dtype=np.uint8)  # 300 MB resident in this (parent) process
+    code = "from cellsdk.benchmarks.worker import _peak_memory_mb; print(_peak_memory_mb())"
+    peak = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 1 < peak < 250 and ballast.sum() > 0
