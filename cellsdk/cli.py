@@ -1,4 +1,4 @@
-"""Command-line tools: ``cellsdk`` (a group) and ``cellsdk-train``, ``cellsdk-eval``, ``cellsdk-convert``, ``cellsdk-bench``.
+"""Command-line tools: ``cellsdk`` (a group) and ``cellsdk-train``, ``-eval``, ``-calibrate``, ``-convert``, ``-bench``.
 
 The CLI is thin: each command parses its options, calls the Python API and
 prints. Errors cellsdk raises on purpose become one line on stderr and a
@@ -22,7 +22,16 @@ import click
 from cellsdk._version import __version__
 from cellsdk.errors import CellSDKError
 
-__all__ = ["bench_command", "cli", "convert_command", "eval_command", "info_command", "predict_command", "train_command"]
+__all__ = [
+    "bench_command",
+    "calibrate_command",
+    "cli",
+    "convert_command",
+    "eval_command",
+    "info_command",
+    "predict_command",
+    "train_command",
+]
 
 
 def _friendly_errors(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -297,7 +306,8 @@ def predict_command(images: tuple[Path, ...], model_path: Path | None, backend: 
     if classifier.chosen:
         click.echo(f"using {classifier.chosen}", err=True)
     elif model_path is None:
-        click.echo(f"using the shipped blood-cell model {classifier.path.name} (see MODEL_CARD.md)", err=True)
+        click.echo(f"using the shipped blood-cell model {classifier.path.name} "
+                   "(MODEL_CARD.md in the cellsdk repository)", err=True)
     failed = 0
     for path in _expand_images(images):
         try:

@@ -28,6 +28,8 @@ cellsdk-convert "$RUN/$NAME.safetensors" --out "$RUN/converted" --formats all --
 # the test split, once: the fp32 checkpoint in PyTorch and every artefact as deployed (default runtime options)
 mkdir -p "$RUN/test"
 cellsdk-eval "$RUN/$NAME.safetensors" --data "$DATA" --split test --data-cropped --out "$RUN/test/checkpoint.fp32" --quiet
+# the same checkpoint before temperature scaling (identical predictions; shows what calibration changed)
+cellsdk-eval "$RUN/best.safetensors" --data "$DATA" --split test --data-cropped --out "$RUN/test/uncalibrated.fp32" --quiet
 for model in "$RUN"/converted/model.*.onnx "$RUN"/converted/model.*.xml "$RUN"/converted/model.*.torchscript; do
   cellsdk-eval "$model" --data "$DATA" --split test --data-cropped --out "$RUN/test/$(basename "$model")" --quiet
 done

@@ -107,8 +107,9 @@ def calibrate_checkpoint(
         raise ConfigError("fitting the temperature on the test split would bias every test figure; use val")
     model, metadata = load_checkpoint(source)
     if "temperature_scaling" in metadata.training:
-        raise CheckpointError(f"{source}: already calibrated (T={metadata.training['temperature_scaling']['temperature']:.4f}); "
-                              "calibrate the uncalibrated checkpoint instead")
+        fitted = metadata.training["temperature_scaling"]["temperature"]
+        raise CheckpointError(f"{source}: already calibrated (T={fitted:.4f}); calibrate the uncalibrated checkpoint "
+                              "instead")
     dataset = load_dataset(data, labels=labels)
     chosen = dataset.split(split)
     if len(chosen) < MIN_IMAGES:
@@ -145,7 +146,8 @@ def calibrate_checkpoint(
     return {**record, "out": str(target), "seconds": time.perf_counter() - started}
 
 
-def _summary(probabilities: np.ndarray, log_probs: np.ndarray, targets: np.ndarray, temperature: float) -> dict[str, float]:
+def _summary(probabilities: np.ndarray, log_probs: np.ndarray, targets: np.ndarray,
+             temperature: float) -> dict[str, float]:
     ece, _ = expected_calibration_error(probabilities, targets)
     return {"nll": nll(log_probs, targets, temperature), "ece": ece,
             "mean_confidence": float(probabilities.max(axis=1).mean()),
