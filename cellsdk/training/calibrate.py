@@ -31,11 +31,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from cellsdk._io import sha256_file
-from cellsdk._progress import progress_bar
 from cellsdk.datasets import load_dataset
-from cellsdk.errors import CheckpointError, ConfigError, DatasetError, InvalidImageError
+from cellsdk.errors import CheckpointError, ConfigError, DatasetError
 from cellsdk.metrics import expected_calibration_error, fit_temperature, nll
 from cellsdk.training.checkpoint import load_checkpoint, save_checkpoint
+from cellsdk.training.evaluate import fp32_probabilities
 
 __all__ = ["calibrate_checkpoint", "fold_temperature"]
 
@@ -96,8 +96,6 @@ def calibrate_checkpoint(
     """
     import torch
 
-    from cellsdk.training.torchdata import SplitDataset, make_loader, pick_device, predict_split
-
     started = time.perf_counter()
     source = Path(checkpoint)
     target = Path(out) if out is not None else source.with_name(f"{source.stem}.calibrated.safetensors")
@@ -117,16 +115,8 @@ def calibrate_checkpoint(
                            f"least {MIN_IMAGES} held-out images")
     targets = dataset.targets_for(chosen, metadata.labels)
     spec = metadata.preprocessing.without_crop() if data_cropped else metadata.preprocessing
-    torch_device = pick_device(device)
-    reference = model.to(torch_device, memory_format=torch.channels_last)
-    loader = make_loader(SplitDataset(chosen, spec), batch_size, shuffle=False, workers=workers)
-    bar = progress_bar(len(chosen), f"calibrate on {split}", progress)
-    try:
-        probabilities, _, _ = predict_split(reference, loader, torch_device, None, channels_last=True, progress=bar)
-    except InvalidImageError as err:
-        raise DatasetError(f"bad calibration image: {err}") from None
-    finally:
-        bar.close()
+    probabilities, _ = fp32_probabilities(model, chosen, spec, batch_size=batch_size, device=device, workers=workers,
+                                          progress=progress, task="calibrate on", task_noun="calibration")
     log_probs = np.log(np.clip(probabilities, 1e-300, None))
     temperature = fit_temperature(log_probs, targets)
     scaled = np.exp(log_probs / temperature)

@@ -14,16 +14,17 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
-
 from cellsdk._io import sha256_file
 from cellsdk._progress import progress_bar
-from cellsdk.datasets import load_dataset
+from cellsdk.datasets import Split, load_dataset
 from cellsdk.errors import DatasetError, InvalidImageError
 from cellsdk.evaluation import confusion_matrix_csv, write_report
+from cellsdk.metadata import Preprocessing
 from cellsdk.metrics import classification_report
 from cellsdk.training.checkpoint import load_checkpoint
 
-__all__ = ["confusion_matrix_csv", "evaluate"]
+__all__ = ["confusion_matrix_csv", "evaluate", "fp32_probabilities"]
+
 
 def evaluate(
     checkpoint: str | os.PathLike,
@@ -57,27 +58,14 @@ def evaluate(
         The report: :func:`cellsdk.metrics.classification_report` plus the
         model, data and timing it was computed from.
     """
-    import torch
-
-    from cellsdk.training.torchdata import SplitDataset, make_loader, pick_device, predict_split
-
     started = time.perf_counter()
     model, metadata = load_checkpoint(checkpoint)
     dataset = load_dataset(data, labels=labels)
     chosen = dataset.split(split)
     targets = dataset.targets_for(chosen, metadata.labels)
     spec = metadata.preprocessing.without_crop() if data_cropped else metadata.preprocessing
-    torch_device = pick_device(device)
-    # full fp32 (these are reference metrics); channels-last is the same arithmetic, about 2x faster on CPU
-    model = model.to(torch_device, memory_format=torch.channels_last)
-    loader = make_loader(SplitDataset(chosen, spec), batch_size, shuffle=False, workers=workers)
-    bar = progress_bar(len(chosen), f"eval {split}", progress)
-    try:
-        probabilities, _, loss = predict_split(model, loader, torch_device, None, channels_last=True, progress=bar)
-    except InvalidImageError as err:
-        raise DatasetError(f"bad evaluation image: {err}") from None
-    finally:
-        bar.close()
+    probabilities, loss = fp32_probabilities(model, chosen, spec, batch_size=batch_size, device=device,
+                                             workers=workers, progress=progress, task="eval", task_noun="evaluation")
     report = classification_report(targets, probabilities, metadata.labels)
     report.update({
         "loss": loss,
@@ -94,3 +82,27 @@ def evaluate(
         write_report(out_dir, report)
     return report
 
+
+
+def fp32_probabilities(model: Any, split: Split, spec: Preprocessing, *, batch_size: int, device: str, workers: int,
+                       progress: bool, task: str, task_noun: str) -> tuple[Any, float]:
+    """Run ``model`` in full fp32 over ``split`` with ``spec``: probabilities ``N x C`` and the mean loss.
+
+    ``task`` labels the progress bar (``"<task> <split>"``); ``task_noun`` names a bad image's role in the error.
+    """
+    import torch
+
+    from cellsdk.training.torchdata import SplitDataset, make_loader, pick_device, predict_split
+
+    torch_device = pick_device(device)
+    # full fp32 (these are reference metrics); channels-last is the same arithmetic, about 2x faster on CPU
+    model = model.to(torch_device, memory_format=torch.channels_last)
+    loader = make_loader(SplitDataset(split, spec), batch_size, shuffle=False, workers=workers)
+    bar = progress_bar(len(split), f"{task} {split.name}", progress)
+    try:
+        probabilities, _, loss = predict_split(model, loader, torch_device, None, channels_last=True, progress=bar)
+    except InvalidImageError as err:
+        raise DatasetError(f"bad {task_noun} image: {err}") from None
+    finally:
+        bar.close()
+    return probabilities, loss
