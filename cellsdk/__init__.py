@@ -23,6 +23,7 @@ from cellsdk.errors import (
     CellSDKError,
     CheckpointError,
     ConfigError,
+    CpuVerificationWarning,
     DatasetError,
     InvalidImageError,
     MetadataError,
@@ -31,6 +32,7 @@ from cellsdk.errors import (
     PlatformNotSupportedError,
     TrainingError,
     UnsupportedFormatError,
+    UnverifiedCpuError,
 )
 from cellsdk.metadata import METADATA_KEY, ModelMetadata, Preprocessing
 
@@ -42,6 +44,7 @@ __all__ = [
     "CellSDKError",
     "CheckpointError",
     "ConfigError",
+    "CpuVerificationWarning",
     "DatasetError",
     "InvalidImageError",
     "MetadataError",
@@ -52,6 +55,7 @@ __all__ = [
     "Preprocessing",
     "TrainingError",
     "UnsupportedFormatError",
+    "UnverifiedCpuError",
     "__version__",
     "load_dataset",
     "preprocess",

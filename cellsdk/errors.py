@@ -16,6 +16,8 @@ Example:
 from __future__ import annotations
 
 __all__ = [
+    "CpuVerificationWarning",
+    "UnverifiedCpuError",
     "BackendNotInstalledError",
     "CellSDKError",
     "CheckpointError",
@@ -77,3 +79,11 @@ class TrainingError(CellSDKError):
 
 class ParityError(CellSDKError):
     """A converted model disagrees with its fp32 reference beyond the thresholds."""
+
+
+class UnverifiedCpuError(CellSDKError):
+    """An int8 artefact loaded in strict mode on a CPU class it was not verified on (or failed on)."""
+
+
+class CpuVerificationWarning(UserWarning):
+    """An int8 artefact runs on a CPU class it was not verified on (or failed on)."""

@@ -1,0 +1,388 @@
+"""The host's instruction-set features and the CPU class they put it in (torch-free).
+
+INT8 results depend on the CPU: without VNNI, x86 integer dot products of
+``uint8 x int8`` pairs are summed into ``int16`` and saturate (AVX2 and
+AVX-512 without VNNI), so one quantized model can be right on one machine and
+wrong on another. cellsdk names each kind of CPU by the features that change
+int8 / bf16 kernels (:data:`CPU_CLASSES`) and records, per artefact, the classes
+it was verified on; :func:`host_cpu` says which class this process runs on.
+
+Features are read with the ``CPUID`` instruction itself (a few bytes of
+machine code called through ctypes), so a process under ``qemu-x86_64 -cpu
+Haswell`` sees the emulated CPU, exactly as ONNX Runtime's and oneDNN's kernel
+dispatch does; ``/proc/cpuinfo`` (which shows the physical host) is the
+fallback where CPUID cannot be called.
+
+Example:
+    >>> cpu = host_cpu()
+    >>> cpu.cpu_class in CPU_CLASSES
+    True
+    >>> classify({"avx2", "sse4_1", "sse4_2"})
+    'x86-64-avx2'
+    >>> CPU_CLASSES["x86-64-avx2"].int8_saturates
+    True
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import mmap
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+__all__ = ["CPU_CLASSES", "CpuCheck", "CpuClass", "HostCpu", "check_artefact", "classify", "enforce", "host_cpu",
+           "read_features", "verified_classes"]
+
+#: Precisions whose arithmetic depends on the CPU class (integer kernels); float artefacts are not checked.
+CLASS_SENSITIVE_PRECISIONS = ("int8",)
+VERIFIED, FAILED, UNVERIFIED, NOT_APPLICABLE = "verified", "failed", "unverified", "not applicable"
+
+
+@dataclass(frozen=True)
+class CpuClass:
+    """A kind of CPU, as far as int8 / bf16 kernels are concerned.
+
+    Attributes:
+        name: the class name recorded in manifests and metadata.
+        description: what the class is, with example CPUs.
+        int8_saturates: ``uint8 x int8`` dot products can saturate (no VNNI on AVX2 / AVX-512).
+    """
+
+    name: str
+    description: str
+    int8_saturates: bool
+
+
+#: Every class cellsdk names, most capable first.
+CPU_CLASSES: dict[str, CpuClass] = {c.name: c for c in (
+    CpuClass("x86-64-amx", "x86-64 with AMX-INT8 (Intel Sapphire Rapids and later)", False),
+    CpuClass("x86-64-avx512-vnni", "x86-64 with AVX-512 VNNI (Intel Cascade Lake / Ice Lake, AMD Zen 4 and later)",
+             False),
+    CpuClass("x86-64-avx512", "x86-64 with AVX-512 but no VNNI (Intel Skylake-SP)", True),
+    CpuClass("x86-64-avx-vnni", "x86-64 with AVX2 and AVX-VNNI, no AVX-512 (Intel Alder Lake and later clients)",
+             False),
+    CpuClass("x86-64-avx2", "x86-64 with AVX2, no VNNI (Intel Haswell to Comet Lake, AMD Zen 1-3)", True),
+    CpuClass("x86-64-sse4", "x86-64 with SSE4.2, no AVX2 (Intel Nehalem to Ivy Bridge, low-power Atoms)", False),
+    CpuClass("x86-64-baseline", "x86-64 without SSE4.1", False),
+    CpuClass("arm64", "64-bit ARM (Apple M-series, Graviton, Jetson ...)", False),
+    CpuClass("other", "a CPU cellsdk does not classify", False),
+)}
+
+#: Feature names as Linux's /proc/cpuinfo spells them; the ones that decide a class or an int8 / bf16 kernel.
+FEATURES = ("sse4_1", "sse4_2", "avx", "fma", "f16c", "avx2", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+            "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "asimddp", "i8mm", "bf16")
+
+
+@dataclass(frozen=True)
+class HostCpu:
+    """The CPU this process runs on.
+
+    Attributes:
+        model: the CPU's model name.
+        features: the features of :data:`FEATURES` it has (as the running process sees them).
+        cpu_class: its class, a key of :data:`CPU_CLASSES`.
+        source: how the features were read (``cpuid``, ``/proc/cpuinfo``, ``sysctl`` or ``platform``).
+    """
+
+    model: str
+    features: tuple[str, ...]
+    cpu_class: str
+    source: str
+
+    @property
+    def int8_saturates(self) -> bool:
+        """Whether this class's ``uint8 x int8`` dot products can saturate."""
+        return CPU_CLASSES[self.cpu_class].int8_saturates
+
+    def describe(self) -> str:
+        """One line: ``AMD EPYC, class x86-64-avx2 (avx2 fma ...)``."""
+        return f"{self.model}, class {self.cpu_class} ({' '.join(self.features) or 'no listed features'})"
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready dictionary."""
+        return {"model": self.model, "cpu_class": self.cpu_class, "features": list(self.features),
+                "source": self.source}
+
+
+def classify(features: Iterable[str], machine: str | None = None) -> str:
+    """The CPU class of a feature set (``machine`` as ``platform.machine()`` names it; default x86-64).
+
+    Example:
+        >>> classify({"avx2", "avx512f", "avx512bw", "avx512_vnni"})
+        'x86-64-avx512-vnni'
+        >>> classify(set(), "arm64")
+        'arm64'
+    """
+    machine = (machine or "x86_64").lower()
+    if machine in ("arm64", "aarch64"):
+        return "arm64"
+    if machine not in ("x86_64", "amd64", "x64"):
+        return "other"
+    f = set(features)
+    if "amx_int8" in f:
+        return "x86-64-amx"
+    if "avx512_vnni" in f:
+        return "x86-64-avx512-vnni"
+    if "avx512bw" in f or "avx512f" in f:
+        return "x86-64-avx512"
+    if "avx2" in f:
+        return "x86-64-avx-vnni" if "avx_vnni" in f else "x86-64-avx2"
+    if "sse4_1" in f:
+        return "x86-64-sse4"
+    return "x86-64-baseline"
+
+
+@functools.lru_cache(maxsize=1)
+def host_cpu() -> HostCpu:
+    """The CPU this process runs on, its features and class (read once per process).
+
+    Example:
+        >>> host_cpu().source in ("cpuid", "/proc/cpuinfo", "sysctl", "platform")
+        True
+    """
+    machine = platform.machine()
+    model = _model_name()
+    features, source = read_features(machine)
+    return HostCpu(model=model, features=tuple(f for f in FEATURES if f in features),
+                   cpu_class=classify(features, machine), source=source)
+
+
+def read_features(machine: str | None = None) -> tuple[set[str], str]:
+    """The host's features and how they were read (CPUID first on x86-64, then the OS's view)."""
+    machine = (machine or platform.machine()).lower()
+    if machine in ("x86_64", "amd64"):
+        try:
+            return _cpuid_features(), "cpuid"
+        except (OSError, ValueError, AttributeError):  # no executable memory here: the OS's view
+            pass
+    proc = _proc_cpuinfo_flags()
+    if proc:
+        return proc, "/proc/cpuinfo"
+    if sys.platform == "darwin":
+        return _sysctl_features(), "sysctl"
+    return set(), "platform"
+
+
+@dataclass(frozen=True)
+class CpuCheck:
+    """Whether an artefact was verified on the CPU class it is about to run on.
+
+    Attributes:
+        status: ``verified``, ``failed`` (its verification failed on this class), ``unverified`` (never
+            verified on this class) or ``not applicable`` (a float artefact: no class-dependent arithmetic).
+        cpu_class: the class checked (the host's, unless another was asked for).
+        message: for ``failed`` / ``unverified``, the risk and the fix in one paragraph; else empty.
+        records: the artefact's verification records for this class.
+    """
+
+    status: str
+    cpu_class: str
+    message: str = ""
+    records: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """True unless the artefact failed, or was never verified, on this class."""
+        return self.status in (VERIFIED, NOT_APPLICABLE)
+
+
+def verified_classes(records: Iterable[dict[str, Any]]) -> list[str]:
+    """The CPU classes with a passed record and no failed one, in record order.
+
+    Example:
+        >>> verified_classes([{"cpu_class": "x86-64-avx2", "status": "passed"},
+        ...                   {"cpu_class": "x86-64-sse4", "status": "failed"}])
+        ['x86-64-avx2']
+    """
+    records = list(records)
+    failed = {r.get("cpu_class") for r in records if r.get("status") == "failed"}
+    out: list[str] = []
+    for r in records:
+        name = r.get("cpu_class")
+        if r.get("status") == "passed" and name not in failed and name not in out:
+            out.append(str(name))
+    return out
+
+
+def check_artefact(metadata: Any, name: str = "this model", host: HostCpu | None = None) -> CpuCheck:
+    """Was this artefact (its :class:`~cellsdk.metadata.ModelMetadata`) verified on the host's CPU class?
+
+    Example:
+        >>> from cellsdk.metadata import ModelMetadata, Preprocessing
+        >>> meta = ModelMetadata(labels=("a", "b"), arch="x", preprocessing=Preprocessing(8), precision="int8",
+        ...                      cpu_verification=({"cpu_class": "x86-64-avx2", "status": "passed"},))
+        >>> fake = HostCpu("test CPU", ("avx2",), "x86-64-avx2", "test")
+        >>> check_artefact(meta, host=fake).status
+        'verified'
+        >>> check_artefact(meta, host=HostCpu("test CPU", ("sse4_1",), "x86-64-sse4", "test")).status
+        'unverified'
+    """
+    host = host or host_cpu()
+    cls = host.cpu_class
+    if metadata.precision not in CLASS_SENSITIVE_PRECISIONS:
+        return CpuCheck(NOT_APPLICABLE, cls)
+    records = tuple(r for r in metadata.cpu_verification if r.get("cpu_class") == cls)
+    elsewhere = verified_classes(metadata.cpu_verification)
+    recipe = metadata.quantization or {}
+    fix = (f"Fix: verify it on this machine with cellsdk verify MODEL --reference CHECKPOINT --data DATA "
+           f"(records {cls} in the model), or run a fp32 / fp16 artefact; strict=True (--strict) refuses to load it.")
+    failed = [r for r in records if r.get("status") == "failed"]
+    if failed:
+        why = "; ".join(dict.fromkeys(str(x) for r in failed for x in (r.get("reasons") or [])[:3])) or "see its manifest"
+        return CpuCheck(FAILED, cls, (
+            f"{name}: int8 verification FAILED on this CPU class {cls} ({host.model}): {why}. Its answers here "
+            "are not trustworthy. Re-convert with the portable int8 recipe (cellsdk-convert --int8-recipe "
+            "portable) or run a fp32 / fp16 artefact."), records)
+    if any(r.get("status") == "passed" for r in records):
+        return CpuCheck(VERIFIED, cls, "", records)
+    if cls in (recipe.get("unsafe_cpu_classes") or []):
+        risk = (f"Its int8 recipe ({recipe.get('recipe')}) uses full 8-bit weights, whose uint8 x int8 sums "
+                "saturate on this class (no VNNI): accuracy can drop, whole classes can be lost.")
+    elif CPU_CLASSES.get(cls, CPU_CLASSES["other"]).int8_saturates:
+        risk = ("This class sums uint8 x int8 products in saturating int16 (no VNNI): an int8 recipe checked "
+                "on another CPU can lose accuracy here" + (" (its recipe is portable: 7-bit weights, built "
+                                                          "not to saturate)." if recipe.get("saturation_safe")
+                                                          else "."))
+    else:
+        risk = ("Integer kernels differ between CPU classes" + (
+            "; its recipe is portable (7-bit weights), so a large difference is unlikely, but nothing measured "
+            "it here." if recipe.get("saturation_safe") else ": nothing measured its accuracy here."))
+    verified = ", ".join(elsewhere) or "none recorded"
+    return CpuCheck(UNVERIFIED, cls, (
+        f"{name}: int8 artefact never verified on this CPU class {cls} ({host.model}; verified on: {verified}). "
+        f"{risk} {fix}"), records)
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def enforce(check: CpuCheck, *, strict: bool, key: str) -> None:
+    """Act on a check: nothing when it is ok; else raise (``strict``) or warn once per artefact and class.
+
+    Raises:
+        UnverifiedCpuError: ``strict`` and the artefact failed, or was never verified, on this class.
+    """
+    import warnings
+
+    from cellsdk.errors import CpuVerificationWarning, UnverifiedCpuError
+
+    if check.ok:
+        return
+    if strict:
+        raise UnverifiedCpuError(check.message.replace(" strict=True (--strict) refuses to load it.", "")
+                                 + " (refused: strict mode)")
+    if (key, check.cpu_class) not in _WARNED:
+        _WARNED.add((key, check.cpu_class))
+        warnings.warn(check.message, CpuVerificationWarning, stacklevel=3)
+
+
+# --------------------------------------------------------------------------- CPUID through ctypes
+
+# void cpuid(uint32 leaf, uint32 subleaf, uint32 out[4])  (System V AMD64 ABI: edi, esi, rdx)
+_CPUID_CODE = bytes.fromhex("53" "89f8" "89f1" "4989d0" "0fa2" "418900" "41895804" "41894808" "4189500c" "5b" "c3")
+# uint64 xgetbv0(void)
+_XGETBV_CODE = bytes.fromhex("31c9" "0f01d0" "48c1e220" "4809d0" "c3")
+
+
+def _cpuid_features() -> set[str]:
+    if sys.platform == "win32":  # another calling convention; the fallbacks cover Windows poorly, say "other"
+        raise OSError("cpuid via ctypes is only wired for the System V ABI")
+    code = _CPUID_CODE + _XGETBV_CODE
+    page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    try:
+        page.write(code)
+        address = ctypes.addressof(ctypes.c_char.from_buffer(page))
+        cpuid_fn = ctypes.CFUNCTYPE(None, ctypes.c_uint32, ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32))(address)
+        xgetbv_fn = ctypes.CFUNCTYPE(ctypes.c_uint64)(address + len(_CPUID_CODE))
+
+        def cpuid(leaf: int, sub: int = 0) -> tuple[int, int, int, int]:
+            out = (ctypes.c_uint32 * 4)()
+            cpuid_fn(leaf, sub, out)
+            return out[0], out[1], out[2], out[3]
+
+        features = _decode(cpuid, xgetbv_fn)
+        del cpuid_fn, xgetbv_fn
+        return features
+    finally:
+        try:
+            page.close()
+        except BufferError:  # a ctypes view still references the page; it is freed at exit
+            pass
+
+
+def _decode(cpuid, xgetbv) -> set[str]:  # type: ignore[no-untyped-def]
+    def bit(value: int, n: int) -> bool:
+        return bool(value >> n & 1)
+
+    max_leaf = cpuid(0)[0]
+    _, _, ecx1, _ = cpuid(1)
+    xcr0 = xgetbv() if bit(ecx1, 27) else 0  # OSXSAVE: the OS saves the wide registers
+    avx_os = xcr0 & 0x6 == 0x6
+    avx512_os = avx_os and xcr0 & 0xE0 == 0xE0
+    amx_os = xcr0 & 0x60000 == 0x60000
+    found = {name for name, ok in (("sse4_1", bit(ecx1, 19)), ("sse4_2", bit(ecx1, 20)),
+                                    ("avx", bit(ecx1, 28) and avx_os), ("fma", bit(ecx1, 12) and avx_os),
+                                    ("f16c", bit(ecx1, 29) and avx_os)) if ok}
+    if max_leaf >= 7:
+        _, ebx7, ecx7, edx7 = cpuid(7, 0)
+        eax71 = cpuid(7, 1)[0]
+        for name, ok in (("avx2", bit(ebx7, 5) and avx_os), ("avx512f", bit(ebx7, 16) and avx512_os),
+                         ("avx512bw", bit(ebx7, 30) and avx512_os), ("avx512vl", bit(ebx7, 31) and avx512_os),
+                         ("avx512_vnni", bit(ecx7, 11) and avx512_os), ("avx512_fp16", bit(edx7, 23) and avx512_os),
+                         ("avx512_bf16", bit(eax71, 5) and avx512_os), ("avx_vnni", bit(eax71, 4) and avx_os),
+                         ("amx_tile", bit(edx7, 24) and amx_os), ("amx_int8", bit(edx7, 25) and amx_os),
+                         ("amx_bf16", bit(edx7, 22) and amx_os)):
+            if ok:
+                found.add(name)
+    return found
+
+
+# --------------------------------------------------------------------------- the OS's view
+
+def _proc_cpuinfo_flags() -> set[str]:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return set()
+    for line in lines:
+        key = line.split(":", 1)[0].strip()
+        if key in ("flags", "Features"):  # x86 / ARM
+            return set(line.split(":", 1)[1].split()) & set(FEATURES)
+    return set()
+
+
+def _sysctl_features() -> set[str]:
+    names = {"hw.optional.arm.FEAT_DotProd": "asimddp", "hw.optional.arm.FEAT_I8MM": "i8mm",
+             "hw.optional.arm.FEAT_BF16": "bf16", "hw.optional.avx2_0": "avx2", "hw.optional.sse4_1": "sse4_1",
+             "hw.optional.sse4_2": "sse4_2", "hw.optional.avx512f": "avx512f", "hw.optional.avx512bw": "avx512bw",
+             "hw.optional.avx512vnni": "avx512_vnni"}
+    found = set()
+    for key, name in names.items():
+        try:
+            out = subprocess.run(["sysctl", "-n", key], capture_output=True, text=True, timeout=5).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return found
+        if out == "1":
+            found.add(name)
+    return found
+
+
+def _model_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        try:
+            return subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                                  timeout=5).stdout.strip() or platform.machine()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return platform.processor() or platform.machine() or "unknown CPU"
