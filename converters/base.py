@@ -38,6 +38,7 @@ class ExportJob:
         workdir: scratch folder for intermediates, removed after the conversion.
         dynamic_batch: make the batch dimension dynamic (else it is 1).
         calibration: the calibration set, for int8 (None without one).
+        int8_recipe: ``portable`` or ``vnni`` (see :mod:`cellsdk.converters.int8`).
     """
 
     model: Any
@@ -45,6 +46,7 @@ class ExportJob:
     workdir: Path
     dynamic_batch: bool = False
     calibration: Any = None
+    int8_recipe: str = "portable"
     _cache: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -120,6 +122,13 @@ class Converter(abc.ABC):
         Returns:
             The quantization recipe actually used (empty for float precisions), and any
             ``runtime_options`` the artefact was verified with, under that key.
+        """
+
+    @abc.abstractmethod
+    def write_metadata(self, path: Path, metadata: ModelMetadata) -> None:
+        """Replace the cellsdk metadata in the artefact at ``path`` (the model itself unchanged, written atomically).
+
+        Used after verification, to record the CPU classes the artefact was verified on.
         """
 
     def verify_options(self, precision: str) -> dict[str, Any]:

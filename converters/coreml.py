@@ -26,7 +26,7 @@ from typing import Any
 
 from cellsdk.converters.base import Converter, ExportJob, register_converter
 from cellsdk.converters.torchscript import freeze_same_padding
-from cellsdk.metadata import METADATA_KEY
+from cellsdk.metadata import METADATA_KEY, ModelMetadata
 
 __all__ = ["CoreMLConverter"]
 
@@ -83,3 +83,17 @@ class CoreMLConverter(Converter):
         model.short_description = f"cellsdk {job.metadata.arch} ({precision})"
         model.save(str(out))
         return recipe
+
+    def write_metadata(self, path: Path, metadata: ModelMetadata) -> None:
+        import shutil
+
+        import coremltools as ct
+
+        model = ct.models.MLModel(str(path), skip_model_load=True)
+        model.user_defined_metadata[METADATA_KEY] = metadata.to_json()
+        staged = path.with_name(f".{path.name}.metadata")
+        model.save(str(staged))
+        old = path.with_name(f".{path.name}.old")
+        path.rename(old)
+        staged.rename(path)
+        shutil.rmtree(old, ignore_errors=True)

@@ -4,8 +4,11 @@ The fp32 graph comes from ``torch.onnx.export(dynamo=True)`` (opset 20); fp16
 converts its weights and activations with ONNX Runtime's float16 pass, keeping
 float32 inputs and outputs; int8 is static QDQ with per-channel S8 weights and
 U8 activations, calibrated on real images (dynamic quantization makes CNNs
-about 12x slower, so it is not offered). The metadata goes into
-``metadata_props`` under ``cellsdk``.
+about 12x slower, so it is not offered). The ``portable`` recipe (default)
+quantizes weights to 7 bits (``reduce_range``) so that no CPU class saturates
+(see :mod:`cellsdk.converters.int8`); ``vnni`` keeps 8-bit weights. The
+quantizer's own messages are summarised in the recipe, not printed. The
+metadata goes into ``metadata_props`` under ``cellsdk``.
 
 Example:
     >>> from cellsdk.converters import get_converter
@@ -15,6 +18,8 @@ Example:
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -23,9 +28,12 @@ from typing import Any
 import numpy as np
 
 from cellsdk.converters.base import Converter, ExportJob, register_converter
+from cellsdk.converters.int8 import capture_root_logging, recipe_record, summarise_quantizer_messages
 from cellsdk.metadata import METADATA_KEY, ModelMetadata
 
 __all__ = ["OnnxConverter", "export_fp32_onnx", "write_onnx_metadata"]
+
+log = logging.getLogger("cellsdk")
 
 
 def export_fp32_onnx(job: ExportJob) -> Path:
@@ -92,6 +100,11 @@ class OnnxConverter(Converter):
             return {}
         return self._int8(job, fp32, out)
 
+    def write_metadata(self, path: Path, metadata: ModelMetadata) -> None:
+        staged = path.with_name(f".{path.name}.metadata")
+        write_onnx_metadata(path, staged, metadata)
+        os.replace(staged, path)
+
     def _int8(self, job: ExportJob, fp32: Path, out: Path) -> dict[str, Any]:
         import onnxruntime as ort
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -106,11 +119,19 @@ class OnnxConverter(Converter):
         name = ort.InferenceSession(str(prepared), providers=["CPUExecutionProvider"]).get_inputs()[0].name
         batch = 1 if not job.dynamic_batch else 16
         staged = job.workdir / "int8.onnx"
+        portable = job.int8_recipe == "portable"
         recipe = {"method": "onnxruntime static quantization", "format": "QDQ", "per_channel": True,
-                  "activations": "uint8", "weights": "int8", "calibration": "minmax",
-                  "calibration_images": len(calibration)}
-        quantize_static(str(prepared), str(staged), _Reader(name, list(calibration.batches(batch))),
-                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+                  "activations": "uint8", "weights": "int8, 7-bit range (reduce_range)" if portable else "int8",
+                  "reduce_range": portable, "calibration": "minmax", "calibration_images": len(calibration),
+                  **recipe_record(job.int8_recipe)}
+        with capture_root_logging() as records:
+            quantize_static(str(prepared), str(staged), _Reader(name, list(calibration.batches(batch))),
+                            quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=portable,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax)
+        notes = summarise_quantizer_messages(records)
+        if notes:
+            recipe["quantizer_messages"] = notes
+            log.info("onnx int8: quantizer %s", ", ".join(f"{kind}: {n}" for kind, n in notes.items()))
         write_onnx_metadata(staged, out, job.metadata_for("int8", recipe))
         return recipe

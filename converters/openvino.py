@@ -1,6 +1,8 @@
 """OpenVINO IR: fp32 or fp16 weights, int8 by NNCF post-training quantization on the OpenVINO model.
 
-The IR is converted from the fp32 ONNX export. OpenVINO runs an fp32 IR in
+The IR is converted from the fp32 ONNX export. int8's ``portable`` recipe
+turns on NNCF's overflow fix in every layer (7-bit weights, see
+:mod:`cellsdk.converters.int8`); ``vnni`` turns it off. OpenVINO runs an fp32 IR in
 bf16 on CPUs with bf16 unless ``INFERENCE_PRECISION_HINT`` is ``f32``, so the
 float artefacts are verified (and, through the manifest, run) with that hint.
 The metadata goes into ``rt_info`` under ``cellsdk``.
@@ -13,12 +15,14 @@ Example:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from cellsdk.converters.base import Converter, ExportJob, register_converter
+from cellsdk.converters.int8 import recipe_record
 from cellsdk.converters.onnx import export_fp32_onnx
-from cellsdk.metadata import METADATA_KEY
+from cellsdk.metadata import METADATA_KEY, ModelMetadata
 
 __all__ = ["OpenVinoConverter"]
 
@@ -38,13 +42,29 @@ class OpenVinoConverter(Converter):
 
             calibration = job.require_calibration("openvino")
             batches = list(calibration.batches(1))
+            # NNCF's overflow fix stores weights in 7 bits so AVX2 / AVX-512 CPUs without VNNI do not saturate;
+            # its default fixes the first layer only. portable: every layer; vnni: none.
+            fix = nncf.OverflowFix.ENABLE if job.int8_recipe == "portable" else nncf.OverflowFix.DISABLE
             with _quiet_nncf():
-                model = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches))
+                model = nncf.quantize(model, nncf.Dataset(batches), subset_size=len(batches),
+                                      advanced_parameters=nncf.AdvancedQuantizationParameters(overflow_fix=fix))
             recipe = {"method": "NNCF post-training quantization", "preset": "performance (symmetric)",
-                      "calibration_images": len(calibration)}
+                      "overflow_fix": fix.value, "calibration_images": len(calibration),
+                      **recipe_record(job.int8_recipe)}
         model.set_rt_info(job.metadata_for(precision, recipe or None).to_json(), [METADATA_KEY])
         ov.save_model(model, str(out), compress_to_fp16=precision == "fp16")
         return recipe
+
+    def write_metadata(self, path: Path, metadata: ModelMetadata) -> None:
+        import openvino as ov
+
+        model = ov.Core().read_model(str(path))
+        model.set_rt_info(metadata.to_json(), [METADATA_KEY])
+        staged = path.with_name(f".{path.stem}.metadata.xml")
+        ov.save_model(model, str(staged), compress_to_fp16=False)  # the weights as they are
+        del model
+        os.replace(staged.with_suffix(".bin"), path.with_suffix(".bin"))
+        os.replace(staged, path)
 
     def verify_options(self, precision: str) -> dict[str, Any]:
         # float IRs run in bf16 on bf16 CPUs by default; pin f32 so the artefact is what was verified

@@ -15,12 +15,14 @@ Example:
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 from pathlib import Path
 from typing import Any
 
 from cellsdk.converters.base import Converter, ExportJob, register_converter
-from cellsdk.metadata import METADATA_KEY
+from cellsdk.converters.int8 import recipe_record
+from cellsdk.metadata import METADATA_KEY, ModelMetadata
 
 __all__ = ["TorchScriptConverter", "freeze_same_padding"]
 
@@ -79,6 +81,16 @@ class TorchScriptConverter(Converter):
             torch.jit.save(traced, str(out), _extra_files={METADATA_KEY: metadata.to_json()})
         return recipe
 
+    def write_metadata(self, path: Path, metadata: ModelMetadata) -> None:
+        import torch
+
+        staged = path.with_name(f".{path.name}.metadata")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = torch.jit.load(str(path), map_location="cpu")
+            torch.jit.save(module, str(staged), _extra_files={METADATA_KEY: metadata.to_json()})
+        os.replace(staged, path)
+
     def _quantize(self, job: ExportJob) -> tuple[Any, dict[str, Any]]:
         import torch
         from torch.ao.quantization import QConfig, get_default_qconfig_mapping
@@ -92,10 +104,15 @@ class TorchScriptConverter(Converter):
         torch.backends.quantized.engine = "x86"  # qnnpack gives wrong answers on x86
         # x86's default qconfig quantizes activations to 7 bits (reduce_range) for CPUs without VNNI; on
         # EfficientNet-Lite0 / BloodMNIST that cost 1.3 accuracy points and 7 points of monocyte recall.
-        # Full 8-bit activations, with the stem and classifier kept in float, matched fp32 (+0.1 point).
+        # Full 8-bit activations with the stem and classifier kept in float match fp32 on VNNI CPUs; the
+        # portable recipe keeps them and puts the weights in 7 bits instead (-64..63), so uint8 x int8
+        # pair sums stay within int16 on AVX2 too (see cellsdk.converters.int8).
+        portable = job.int8_recipe == "portable"
+        weight_range = {"quant_min": -64, "quant_max": 63} if portable else {}
         qconfig = QConfig(activation=HistogramObserver.with_args(reduce_range=False),
                           weight=PerChannelMinMaxObserver.with_args(dtype=torch.qint8,
-                                                                    qscheme=torch.per_channel_symmetric))
+                                                                    qscheme=torch.per_channel_symmetric,
+                                                                    **weight_range))
         mapping = get_default_qconfig_mapping("x86").set_global(qconfig)
         cfg = getattr(job.model, "pretrained_cfg", {}) or {}
         kept_float = [name for name in (cfg.get("first_conv"), cfg.get("classifier"))
@@ -110,8 +127,8 @@ class TorchScriptConverter(Converter):
                     prepared(torch.from_numpy(batch))
             quantized = convert_fx(prepared)
         recipe = {"method": "torch FX post-training static quantization", "engine": "x86",
-                  "weights": "int8 per-channel symmetric", "activations": "uint8, full range, histogram observer",
+                  "weights": "int8 per-channel symmetric" + (", 7-bit range (-64..63)" if portable else ""),
+                  "activations": "uint8, full range, histogram observer",
                   "float_layers": kept_float, "calibration_images": len(calibration),
-                  "static_same_padding_layers": frozen,
-                  "note": "full-range activations may saturate on x86 CPUs without VNNI; verify there"}
+                  "static_same_padding_layers": frozen, **recipe_record(job.int8_recipe)}
         return quantized, recipe

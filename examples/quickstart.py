@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--iterations", type=int, default=30, help="timed runs per benchmark row")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")  # third-party INFO chatter stays off
+    logging.getLogger("cellsdk").setLevel(logging.WARNING if args.quiet else logging.INFO)
 
     clf = Classifier.load()
     meta = clf.metadata

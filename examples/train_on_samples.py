@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-convert", action="store_true", help="stop after evaluation")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")  # third-party INFO chatter stays off
+    logging.getLogger("cellsdk").setLevel(logging.WARNING if args.quiet else logging.INFO)
 
     arch, pretrained, size = ("test_efficientnet", "none", 32) if args.tiny else ("efficientnet_lite0", "auto", 128)
     # The samples are BloodMNIST-128 crops: the 200 px centre of each raw microscope image.

@@ -1,0 +1,98 @@
+"""INT8 recipes by portability: which CPU classes a quantized artefact is safe on.
+
+Without VNNI, x86 CPUs multiply ``uint8`` activations by ``int8`` weights with
+``vpmaddubsw``, which adds each pair of products into an ``int16`` and
+saturates: ``255 x 127 x 2 = 64,770`` does not fit in ``32,767``. On AVX2 and
+AVX-512-without-VNNI CPUs a full-range recipe is therefore computed with
+clipped sums, and a model verified on a VNNI machine can lose whole classes
+there (onnxruntime issues 5849, 6004, 14642; pytorch issue 103646; OpenVINO's
+"saturation issue" page).
+
+* ``portable`` (default): weights quantized to 7 bits (``-64..63``) wherever the
+  runtime multiplies ``uint8 x int8``, so no pair sum exceeds
+  ``255 x 64 x 2 = 32,640``: the same integers on every x86 class.
+* ``vnni``: full 8-bit weights; exact only where dot products do not saturate
+  (VNNI, AMX, SSE4-only CPUs, ARM). Offered for those machines; the artefact says so.
+
+Each format maps the name to its quantizer's settings (``converters/onnx.py``
+…); :func:`recipe_record` is what the artefact's metadata records about it.
+
+Example:
+    >>> recipe_record("vnni")["unsafe_cpu_classes"]
+    ['x86-64-avx2', 'x86-64-avx512']
+    >>> recipe_record("portable")["saturation_safe"]
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import Counter
+from typing import Any, Iterator
+
+from cellsdk.cpu import CPU_CLASSES
+from cellsdk.errors import ConfigError
+
+__all__ = ["INT8_RECIPES", "capture_root_logging", "check_recipe", "recipe_record"]
+
+INT8_RECIPES = ("portable", "vnni")
+
+_NOTES = {
+    "portable": "7-bit weights where uint8 x int8 is multiplied: no int16 pair sum saturates, so every x86 class "
+                "computes the same integers (with or without VNNI)",
+    "vnni": "full 8-bit weights: exact on VNNI / AMX / SSE4-only / ARM CPUs; sums saturate on AVX2 and AVX-512 "
+            "without VNNI, where accuracy can drop",
+}
+
+
+def check_recipe(name: str) -> str:
+    """``name`` if it is a known recipe, else ConfigError listing them."""
+    if name not in INT8_RECIPES:
+        raise ConfigError(f"unknown int8 recipe {name!r}: use {' or '.join(INT8_RECIPES)} "
+                          "(portable is safe on every CPU class)")
+    return name
+
+
+def recipe_record(name: str) -> dict[str, Any]:
+    """What the metadata records about a recipe's portability."""
+    check_recipe(name)
+    unsafe = [c.name for c in CPU_CLASSES.values() if c.int8_saturates] if name == "vnni" else []
+    return {"recipe": name, "saturation_safe": not unsafe, "unsafe_cpu_classes": unsafe, "portability": _NOTES[name]}
+
+
+@contextlib.contextmanager
+def capture_root_logging() -> Iterator[list[logging.LogRecord]]:
+    """Keep third-party messages sent through the root logger (ONNX Runtime's quantizer) off the terminal.
+
+    Yields the list the records are collected into, for a one-line summary.
+    """
+    records: list[logging.LogRecord] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    root.handlers = [_Collect()]
+    root.setLevel(logging.INFO)
+    try:
+        yield records
+    finally:
+        root.handlers = saved_handlers
+        root.setLevel(saved_level)
+
+
+def summarise_quantizer_messages(records: list[logging.LogRecord]) -> dict[str, int]:
+    """Counts of ONNX Runtime's quantizer messages by kind, e.g. ``{"weight scales widened for bias range": 78}``."""
+    kinds: Counter[str] = Counter()
+    for record in records:
+        message = record.getMessage()
+        if message.startswith("Increased scale"):
+            kinds["weight scales widened so biases fit int32"] += 1
+        elif "exceeds the range of a int32" in message:
+            kinds["biases clipped to int32"] += 1
+        elif record.levelno >= logging.WARNING:
+            kinds[f"other warnings ({message[:60]})"] += 1
+    return dict(kinds)
