@@ -40,8 +40,8 @@ __all__ = [
 
 #: The key under which the JSON document is stored in every artefact's slot.
 METADATA_KEY = "cellsdk"
-#: The schema version this cellsdk writes and the newest it reads.
-SCHEMA_VERSION = 1
+#: The schema version this cellsdk writes and the newest it reads (1: the first; 2: adds ``cpu_verification``).
+SCHEMA_VERSION = 2
 
 RESIZE_FILTERS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 CROP_MODES = ("none", "fraction", "pixels")
@@ -169,6 +169,9 @@ class ModelMetadata:
         reference_metrics: the fp32 model's metrics (accuracy, macro_f1, ...).
         dataset: a short description of the training data.
         training: the training recipe (a JSON-ready dictionary).
+        cpu_verification: one record per CPU class the artefact was verified on (``target``,
+            ``cpu_class``, ``features``, ``method``, ``images``, ``status``, the gate's figures); see
+            :mod:`cellsdk.cpu`. Empty for checkpoints and for artefacts written before schema 2.
         created: ISO 8601 UTC time of creation.
         cellsdk_version: the cellsdk version that wrote the document.
         schema_version: version of this schema.
@@ -191,6 +194,7 @@ class ModelMetadata:
     reference_metrics: dict[str, float] = field(default_factory=dict)
     dataset: str | None = None
     training: dict[str, Any] = field(default_factory=dict)
+    cpu_verification: tuple[dict[str, Any], ...] = ()
     created: str | None = None
     cellsdk_version: str = __version__
     schema_version: int = SCHEMA_VERSION
@@ -198,6 +202,8 @@ class ModelMetadata:
     def __post_init__(self) -> None:
         if isinstance(self.labels, (list, tuple)):
             object.__setattr__(self, "labels", tuple(self.labels))
+        if isinstance(self.cpu_verification, list):
+            object.__setattr__(self, "cpu_verification", tuple(self.cpu_verification))
         if isinstance(self.preprocessing, Mapping):
             object.__setattr__(self, "preprocessing", Preprocessing.from_dict(self.preprocessing))
         self.validate()
@@ -248,6 +254,11 @@ class ModelMetadata:
             raise MetadataError("reference_metrics must map names to numbers")
         if not isinstance(self.training, dict):
             raise MetadataError("training must be a dictionary")
+        if not isinstance(self.cpu_verification, tuple) or not all(
+            isinstance(r, dict) and isinstance(r.get("cpu_class"), str) and isinstance(r.get("status"), str)
+            for r in self.cpu_verification
+        ):
+            raise MetadataError("cpu_verification must list records with a 'cpu_class' and a 'status'")
 
     def replace(self, **changes: Any) -> ModelMetadata:
         """A copy with some fields changed, validated again.
@@ -264,6 +275,7 @@ class ModelMetadata:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["labels"] = list(self.labels)
         out["preprocessing"] = self.preprocessing.to_dict()
+        out["cpu_verification"] = list(self.cpu_verification)
         return out
 
     def to_json(self, indent: int | None = None) -> str:

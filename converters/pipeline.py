@@ -31,10 +31,13 @@ from cellsdk._machine import machine_info, package_versions
 from cellsdk._progress import progress_bar
 from cellsdk.converters.base import converter_names, get_converter
 from cellsdk.converters.calibration import ImageSet, calibration_set, evaluation_set
+from cellsdk.converters.int8 import check_recipe
+from cellsdk.converters.targets import CpuTargets, qemu_binary, verify_on_targets
+from cellsdk.cpu import host_cpu
 from cellsdk.converters.verify import VerifyConfig, reference_logits, verify_artefact
 from cellsdk.errors import CellSDKError, ConfigError
-from cellsdk.manifest import MANIFEST_NAME, STATUS_FAILED
-from cellsdk.metadata import PRECISIONS
+from cellsdk.manifest import MANIFEST_NAME, STATUS_FAILED, STATUS_PASSED
+from cellsdk.metadata import PRECISIONS, SCHEMA_VERSION
 from cellsdk.metrics import classification_report, softmax
 
 __all__ = ["ConversionResult", "ConvertConfig", "convert", "format_manifest_table"]
@@ -63,6 +66,10 @@ class ConvertConfig:
         dynamic_batch: make the batch dimension dynamic (default batch 1).
         verify: the gate's thresholds.
         force_calib: accept too few calibration images or ones that overlap evaluation.
+        int8_recipe: ``portable`` (safe on every CPU class, the default) or ``vnni`` (full 8-bit weights,
+            exact only on CPUs with VNNI / AMX or without AVX2); see :mod:`cellsdk.converters.int8`.
+        cpu_targets: the CPU classes every artefact is verified on (default: this machine, emulated Haswell
+            and Nehalem; int8 artefacts under emulation); see :mod:`cellsdk.converters.targets`.
     """
 
     formats: tuple[str, ...] = ()
@@ -79,8 +86,11 @@ class ConvertConfig:
     dynamic_batch: bool = False
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     force_calib: bool = False
+    int8_recipe: str = "portable"
+    cpu_targets: CpuTargets = field(default_factory=CpuTargets)
 
     def __post_init__(self) -> None:
+        check_recipe(self.int8_recipe)
         for fmt in self.formats:
             get_converter(fmt)  # raises ConfigError naming the known formats
         unknown = [p for p in self.precisions if p not in PRECISIONS]
@@ -169,7 +179,8 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
     preprocessing = metadata.preprocessing
     if config.input_size is not None:
         preprocessing = dataclasses.replace(preprocessing, input_size=config.input_size)
-    metadata = metadata.replace(source_checkpoint_sha256=checkpoint_sha, preprocessing=preprocessing)
+    metadata = metadata.replace(source_checkpoint_sha256=checkpoint_sha, preprocessing=preprocessing,
+                                schema_version=SCHEMA_VERSION, cellsdk_version=package_versions(())["cellsdk"])
     images = evaluation_set(eval_source, metadata, split=config.eval_split, data_cropped=config.data_cropped,
                             labels=config.labels, limit=config.eval_limit, seed=config.seed)
     calibration: ImageSet | None = None
@@ -186,7 +197,7 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
         workdir = staging / ".work"
         workdir.mkdir()
         job = ExportJob(model=model, metadata=metadata, workdir=workdir, dynamic_batch=config.dynamic_batch,
-                        calibration=calibration)
+                        calibration=calibration, int8_recipe=config.int8_recipe)
         bar = progress_bar(len(plan), "convert + verify", progress, unit="artefact")
         artefacts = []
         for fmt, precision, skipped in plan:
@@ -194,6 +205,7 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
             artefacts.append(_one(job, fmt, precision, skipped, staging, images, reference, config.verify))
             bar.update(1)
         bar.close()
+        _verify_cpu_classes(job, artefacts, staging, images, reference, config, progress)
         shutil.rmtree(workdir)
         manifest = {
             "cellsdk_manifest": 1,
@@ -204,6 +216,9 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
             "evaluation": images.record(),
             "calibration": None if calibration is None else {**calibration.record(), "list": "calibration_images.txt"},
             "thresholds": config.verify.to_dict(),
+            "cpu_targets": {"requested": list(config.cpu_targets.names), "host": host_cpu().to_dict(),
+                            "emulator": qemu_binary(), "images_per_class": config.cpu_targets.images_per_class,
+                            "float_artefacts_emulated": config.cpu_targets.float_artefacts},
             "tools": package_versions(_TOOLS),
             "machine": machine_info(),
             "seconds": None,
@@ -255,6 +270,32 @@ def _one(job: Any, fmt: str, precision: str, skipped: str, staging: Path, images
     return entry
 
 
+def _verify_cpu_classes(job: Any, artefacts: list[dict[str, Any]], staging: Path, images: ImageSet, reference: Any,
+                        config: ConvertConfig, progress: bool) -> None:
+    """Verify every checked artefact on the requested CPU classes; record it in the entry and in the artefact."""
+    checked = [(entry, staging / entry["file"], job.metadata_for(entry["precision"], entry.get("quantization")))
+               for entry in artefacts if entry.get("status") in (STATUS_PASSED, STATUS_FAILED)
+               and "verification" in entry]
+    if not checked or not config.cpu_targets.names:
+        return
+    records = verify_on_targets(checked, images, reference, config.verify, config.cpu_targets, seed=config.seed,
+                                progress=progress)
+    for entry, path, expected in checked:
+        found = records.get(entry["file"]) or []
+        if not found:
+            continue
+        entry["cpu_verification"] = found
+        for record in found:  # a failure natively is already in the reasons; add the other classes' failures
+            if record["target"] != "native" and record["status"] == STATUS_FAILED and not any(
+                    r["target"] == "native" and r["cpu_class"] == record["cpu_class"] and r["status"] == STATUS_FAILED
+                    for r in found):
+                entry["status"] = STATUS_FAILED
+                entry["reasons"] = [*entry.get("reasons", []), f"failed on CPU class {record['cpu_class']} "
+                                    f"({record['method']}): {'; '.join(record['reasons'][:2])}"]
+        get_converter(entry["format"]).write_metadata(path, expected.replace(cpu_verification=tuple(found)))
+        entry["size_bytes"], entry["sha256"], entry["files"] = _describe_files(path)
+
+
 def _remove(path: Path) -> None:
     if path.is_dir():
         shutil.rmtree(path, ignore_errors=True)
@@ -286,7 +327,7 @@ def format_manifest_table(manifest: dict[str, Any]) -> str:
              f"macro-F1 {reference.get('macro_f1', 0) * 100:.2f} % on {manifest.get('evaluation', {}).get('images', '?')} "
              f"held-out images",
              f"{'artefact':<26}{'size MB':>8}{'top-1 agr':>10}{'acc':>8}{'Δacc':>7}{'worst class Δrecall':>26}"
-             f"{'ms':>7}  status"]
+             f"{'ms':>7}  {'CPU classes':<24}status"]
     for a in manifest["artefacts"]:
         v = a.get("verification") or {}
         measured = "top1_agreement" in v  # absent when the artefact could not be run
@@ -300,5 +341,14 @@ def format_manifest_table(manifest: dict[str, Any]) -> str:
         if reasons and a["status"] != STATUS_FAILED and len(reasons) > 60:  # failures show every regressed class
             reasons = reasons[:57] + "..."
         status = a["status"] + (f" ({reasons})" if reasons else "")
-        lines.append(f"{a['file']:<26}{size:>8}{agree:>10}{acc:>8}{delta:>7}{worst:>26}{latency:>7}  {status}")
+        cpus = _cpu_summary(a.get("cpu_verification") or [])
+        lines.append(f"{a['file']:<26}{size:>8}{agree:>10}{acc:>8}{delta:>7}{worst:>26}{latency:>7}  {cpus:<24}{status}")
     return "\n".join(lines)
+
+
+def _cpu_summary(records: list[dict[str, Any]]) -> str:
+    """``avx2 ok, sse4 FAIL, avx2 n/v`` for the CPU records of one artefact (native first)."""
+    marks = {STATUS_PASSED: "ok", STATUS_FAILED: "FAIL"}
+    parts = [f"{str(r.get('cpu_class', '?')).replace('x86-64-', '')} {marks.get(r.get('status'), 'n/v')}"
+             for r in records]
+    return ", ".join(dict.fromkeys(parts)) or "-"

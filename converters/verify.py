@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,12 +27,12 @@ import numpy as np
 
 from cellsdk.classifier import Classifier
 from cellsdk.converters.calibration import ImageSet
-from cellsdk.errors import CellSDKError, ConfigError, PlatformNotSupportedError
+from cellsdk.errors import CellSDKError, ConfigError, CpuVerificationWarning, PlatformNotSupportedError
 from cellsdk.manifest import STATUS_FAILED, STATUS_NOT_VERIFIED, STATUS_PASSED
 from cellsdk.metadata import ModelMetadata
 from cellsdk.metrics import classification_report, softmax
 
-__all__ = ["VerifyConfig", "reference_logits", "verify_artefact"]
+__all__ = ["VerifyConfig", "judge", "reference_logits", "verify_artefact"]
 
 
 @dataclass(frozen=True)
@@ -96,24 +97,44 @@ def verify_artefact(path: Path, precision: str, expected: ModelMetadata, images:
     and the measured figures.
     """
     try:
-        classifier = Classifier.load(path, device="cpu", **(options or {}))
+        with warnings.catch_warnings():  # this is the verification the CPU-class warning asks for
+            warnings.simplefilter("ignore", CpuVerificationWarning)
+            classifier = Classifier.load(path, device="cpu", **(options or {}))
     except PlatformNotSupportedError as err:
         return {"status": STATUS_NOT_VERIFIED, "reasons": [str(err).split(": ", 1)[-1]]}
     except CellSDKError as err:
         return {"status": STATUS_FAILED, "reasons": [f"does not load in cellsdk: {err}"]}
     reasons = _metadata_mismatches(classifier.metadata, expected)
-    labels = expected.labels
     logits = np.concatenate([classifier.raw_outputs(batch) for batch in images.batches(64)]).astype(np.float64)
+    record = judge(logits, precision, expected, images.targets, reference, config)
+    record["runtime"] = classifier.backend.describe()
+    reasons.extend(record.pop("reasons"))
+    if config.latency_runs:
+        record["latency_ms"] = _latency(classifier, images.arrays[:1], config.latency_runs)
+    record["status"] = STATUS_FAILED if reasons else STATUS_PASSED
+    record["reasons"] = reasons
+    return record
+
+
+def judge(logits: np.ndarray, precision: str, expected: ModelMetadata, targets: np.ndarray, reference: np.ndarray,
+          config: VerifyConfig) -> dict[str, Any]:
+    """The gate on an artefact's outputs: the measured figures and ``reasons`` (empty when it passes).
+
+    Used for the native check and for the checks on other CPU classes (:mod:`cellsdk.converters.targets`),
+    whose outputs come back from another process.
+    """
+    labels = expected.labels
+    logits = np.asarray(logits, dtype=np.float64)
     probabilities = softmax(logits) if expected.output == "logits" else logits
     reference_probabilities = softmax(reference) if expected.output == "logits" else reference
-    report = classification_report(images.targets, probabilities, labels)
-    base = classification_report(images.targets, reference_probabilities, labels)
+    report = classification_report(targets, probabilities, labels)
+    base = classification_report(targets, reference_probabilities, labels)
     agreement = float((probabilities.argmax(1) == reference_probabilities.argmax(1)).mean())
     recall_change = {label: report["per_class"][label]["recall"] - base["per_class"][label]["recall"]
                      for label in labels if base["per_class"][label]["support"] > 0}
     worst_class = min(recall_change, key=recall_change.get)
     record: dict[str, Any] = {
-        "images": len(images),
+        "images": len(targets),
         "top1_agreement": agreement,
         "accuracy": report["accuracy"], "accuracy_change": report["accuracy"] - base["accuracy"],
         "macro_f1": report["macro_f1"], "macro_f1_change": report["macro_f1"] - base["macro_f1"],
@@ -122,8 +143,8 @@ def verify_artefact(path: Path, precision: str, expected: ModelMetadata, images:
         "worst_class": worst_class, "worst_recall_change": recall_change[worst_class],
         "max_logit_diff": float(np.abs(logits - reference).max()),
         "max_probability_diff": float(np.abs(probabilities - reference_probabilities).max()),
-        "runtime": classifier.backend.describe(),
     }
+    reasons = []
     if -record["accuracy_change"] > config.max_accuracy_drop:
         reasons.append(f"accuracy fell {-record['accuracy_change'] * 100:.2f} points "
                        f"(limit {config.max_accuracy_drop * 100:.2f})")
@@ -132,9 +153,6 @@ def verify_artefact(path: Path, precision: str, expected: ModelMetadata, images:
             reasons.append(f"recall of {label} fell {-change * 100:.2f} points (limit {config.max_recall_drop * 100:.2f})")
     if precision in ("fp32", "fp16") and agreement < config.min_agreement:
         reasons.append(f"top-1 agreement with fp32 {agreement * 100:.2f} % (limit {config.min_agreement * 100:.2f} %)")
-    if config.latency_runs:
-        record["latency_ms"] = _latency(classifier, images.arrays[:1], config.latency_runs)
-    record["status"] = STATUS_FAILED if reasons else STATUS_PASSED
     record["reasons"] = reasons
     return record
 

@@ -19,6 +19,7 @@ from cellsdk.converters import (
     get_converter,
 )
 from cellsdk.converters.calibration import ImageSet, calibration_set, evaluation_set
+from cellsdk.converters.targets import CpuTargets
 from cellsdk.converters.verify import reference_logits, verify_artefact
 from cellsdk.errors import BackendNotInstalledError, CheckpointError, ConfigError
 
@@ -34,7 +35,7 @@ PLAN = [(fmt, precision) for fmt in converter_names() for precision in get_conve
 def converted(tiny_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("converted") / "out"
     config = ConvertConfig(precisions=("fp16", "int8", "int6", "int4"), calib=str(SAMPLES), data_cropped=True,
-                           calib_samples=64, verify=TINY_GATE)
+                           calib_samples=64, verify=TINY_GATE, cpu_targets=CpuTargets.parse("native"))
     return convert(tiny_run.best_checkpoint, out, config, progress=False)
 
 

@@ -1,0 +1,315 @@
+"""Verify artefacts on CPU classes: the host natively, other classes under ``qemu-x86_64 -cpu MODEL``.
+
+A check that passes on the machine that converted a model says nothing about
+a machine of another CPU class (int8 without VNNI saturates, see
+:mod:`cellsdk.converters.int8`). ``cellsdk-convert --verify-cpus
+native,haswell,nehalem`` therefore runs each artefact's gate on each named
+class:
+
+* ``native``: this machine, on the whole evaluation set (the ordinary gate);
+* any other name: a QEMU CPU model (``haswell`` = AVX2 without VNNI, ``nehalem``
+  = SSE4.2 ...; see :data:`EMULATED`), emulated by ``qemu-x86_64`` (Debian
+  package ``qemu-user``). A worker process runs the artefact through the same
+  ``cellsdk.Classifier`` under emulation on a class-balanced sample of the
+  evaluation images (up to ``images_per_class`` each, so per-class recall is
+  still gated), the parent judges its outputs with the same gate. The worker
+  reads the emulated CPU's features with CPUID, so the record says which class
+  was really checked. Jobs run in parallel processes, with a progress bar.
+
+QEMU's TCG cannot emulate AVX-512, so the AVX-512 / VNNI / AMX classes are
+verified only by running natively on such a machine. Without ``qemu-x86_64``
+the emulated classes are recorded as ``not verified on this platform`` with
+the install command, never as passed.
+
+Example:
+    >>> CpuTargets.parse("native,haswell").names
+    ('native', 'haswell')
+    >>> CpuTargets.parse("native,pentium4x")
+    Traceback (most recent call last):
+    ...
+    cellsdk.errors.ConfigError: unknown CPU class 'pentium4x' for --verify-cpus: use native, haswell, nehalem, skylake-client, sandybridge, westmere, or none
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from cellsdk._progress import progress_bar
+from cellsdk.cpu import CLASS_SENSITIVE_PRECISIONS, host_cpu
+from cellsdk.errors import ConfigError
+from cellsdk.manifest import STATUS_FAILED, STATUS_NOT_VERIFIED, STATUS_PASSED
+
+__all__ = ["DEFAULT_TARGETS", "EMULATED", "CpuTargets", "QEMU_INSTALL", "balanced_sample", "native_record",
+           "qemu_binary", "run_emulated", "verify_on_targets"]
+
+#: Emulated CPU classes by the name --verify-cpus takes: the QEMU model and the class it stands for.
+EMULATED = {
+    "haswell": ("Haswell", "x86-64-avx2: AVX2 + FMA, no VNNI (int8 sums saturate)"),
+    "nehalem": ("Nehalem", "x86-64-sse4: SSE4.2, no AVX"),
+    "skylake-client": ("Skylake-Client", "x86-64-avx2: AVX2 + FMA, no VNNI, no AVX-512"),
+    "sandybridge": ("SandyBridge", "x86-64-sse4: AVX without AVX2"),
+    "westmere": ("Westmere", "x86-64-sse4: SSE4.2, AES"),
+}
+#: The default: this machine, one class without VNNI (AVX2) and one without AVX (SSE4.2).
+DEFAULT_TARGETS = ("native", "haswell", "nehalem")
+QEMU_INSTALL = "install QEMU user-mode emulation: apt-get install qemu-user (Debian / Ubuntu) or dnf install qemu-user"
+# QEMU warns once per thread about host-only CPUID bits it cannot emulate; they do not affect user code
+_QEMU_NOISE = "TCG doesn't support requested feature"
+
+
+@dataclass(frozen=True)
+class CpuTargets:
+    """Which CPU classes to verify on, and how.
+
+    Attributes:
+        names: ``native`` and / or keys of :data:`EMULATED`.
+        images_per_class: emulated checks use a class-balanced sample of at most this many images per class.
+        float_artefacts: also check fp32 / fp16 artefacts under emulation (their arithmetic does not depend on
+            the class beyond rounding; off by default, they are verified natively).
+        workers: parallel emulated jobs (0: the number of cores).
+        timeout_s: the longest one emulated job may take.
+    """
+
+    names: tuple[str, ...] = DEFAULT_TARGETS
+    images_per_class: int = 50
+    float_artefacts: bool = False
+    workers: int = 0
+    timeout_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        for name in self.names:
+            if name != "native" and name not in EMULATED:
+                known = ", ".join(["native", *EMULATED])
+                raise ConfigError(f"unknown CPU class {name!r} for --verify-cpus: use {known}, or none")
+        if self.images_per_class < 1:
+            raise ConfigError(f"images per class for emulated checks must be >= 1, got {self.images_per_class}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be >= 0, got {self.workers}")
+
+    @classmethod
+    def parse(cls, spec: str | Sequence[str], **options: Any) -> CpuTargets:
+        """From ``"native,haswell"`` (or a list); ``"none"`` for no cross-class verification at all."""
+        parts = spec.split(",") if isinstance(spec, str) else list(spec)
+        names = tuple(dict.fromkeys(p.strip().lower() for p in parts if p.strip()))
+        if names == ("none",):
+            names = ()
+        return cls(names=names, **options)
+
+    @property
+    def emulated(self) -> tuple[str, ...]:
+        """The names that run under QEMU."""
+        return tuple(n for n in self.names if n != "native")
+
+
+def qemu_binary() -> str | None:
+    """The ``qemu-x86_64`` executable, or None."""
+    return shutil.which("qemu-x86_64")
+
+
+def native_record(verification: dict[str, Any], status: str, reasons: list[str]) -> dict[str, Any]:
+    """The ``native`` CPU record of an artefact, from its ordinary gate on this machine."""
+    host = host_cpu()
+    return {"target": "native", "cpu_class": host.cpu_class, "cpu": host.model, "features": list(host.features),
+            "method": "native", "images": verification.get("images"), "sample": "the whole evaluation set",
+            "status": status, "reasons": list(reasons), **_figures(verification)}
+
+
+def _figures(record: dict[str, Any]) -> dict[str, Any]:
+    keys = ("accuracy", "accuracy_change", "macro_f1", "macro_f1_change", "min_recall", "top1_agreement",
+            "worst_class", "worst_recall_change", "runtime")
+    return {k: record[k] for k in keys if k in record}
+
+
+def balanced_sample(targets: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
+    """Indices of at most ``per_class`` images of each class, seeded, sorted.
+
+    Example:
+        >>> balanced_sample(np.array([0, 0, 0, 1, 1, 2]), 2).tolist()
+        [0, 2, 3, 4, 5]
+    """
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in np.unique(targets):
+        members = np.flatnonzero(targets == c)
+        chosen.append(rng.choice(members, size=min(per_class, len(members)), replace=False))
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=int)
+
+
+@dataclass
+class _Job:
+    file: str
+    target: str
+    path: Path
+    precision: str
+    options: dict[str, Any]
+    expected: Any  # ModelMetadata
+
+
+def verify_on_targets(jobs: list[tuple[dict[str, Any], Path, Any]], images: Any, reference: np.ndarray,
+                      config: Any, targets: CpuTargets, *, seed: int = 0, progress: bool = True
+                      ) -> dict[str, list[dict[str, Any]]]:
+    """CPU records per artefact file: ``native`` from its gate, the emulated classes run here.
+
+    Args:
+        jobs: ``(manifest entry, artefact path, expected metadata)`` for every artefact that was verified natively.
+        images: the evaluation :class:`~cellsdk.converters.calibration.ImageSet`.
+        reference: the fp32 logits on ``images``.
+        config: the gate's :class:`~cellsdk.converters.verify.VerifyConfig`.
+        targets: the classes to verify on.
+    """
+    records: dict[str, list[dict[str, Any]]] = {entry["file"]: [] for entry, _, _ in jobs}
+    for entry, _, _ in jobs:
+        if "native" in targets.names:
+            records[entry["file"]].append(native_record(entry.get("verification") or {}, entry["status"],
+                                                        entry.get("reasons") or []))
+    emulated = [_Job(entry["file"], name, path, entry["precision"], entry.get("runtime_options") or {}, expected)
+                for entry, path, expected in jobs for name in targets.emulated
+                if targets.float_artefacts or entry["precision"] in CLASS_SENSITIVE_PRECISIONS]
+    if not emulated:
+        return records
+    problem = _cannot_emulate()
+    if problem:
+        for job in emulated:
+            records[job.file].append(_not_verified(job.target, problem))
+        return records
+    sample = balanced_sample(images.targets, targets.images_per_class, seed)
+    sample_note = f"class-balanced, up to {targets.images_per_class} per class, seed {seed}"
+    with tempfile.TemporaryDirectory(prefix="cellsdk-cpus-") as tmp:
+        arrays = Path(tmp) / "images.npy"
+        np.save(arrays, np.ascontiguousarray(images.arrays[sample]))
+        native = _native_outputs(emulated, arrays)
+        bar = progress_bar(len(emulated), "verify on CPU classes", progress, unit="check")
+        workers = targets.workers or os.cpu_count() or 1
+        from cellsdk.converters.verify import judge
+
+        def run(job: _Job) -> dict[str, Any]:
+            started = time.perf_counter()
+            out = Path(tmp) / f"{job.file}.{job.target}.npz"
+            error = run_emulated(job.path, job.options, job.target, arrays, out, targets.timeout_s)
+            if error:
+                result = {**_base(job.target), "status": STATUS_FAILED, "images": len(sample),
+                          "reasons": [f"did not run under emulation: {error}"]}
+            else:
+                with np.load(out, allow_pickle=False) as data:
+                    logits, info = data["logits"], json.loads(str(data["info"]))
+                verdict = judge(logits, job.precision, job.expected, images.targets[sample], reference[sample], config)
+                reasons = verdict.pop("reasons")
+                result = {**_base(job.target), "cpu_class": info["cpu_class"], "features": info["features"],
+                          "images": len(sample), "sample": sample_note, "status": STATUS_FAILED if reasons
+                          else STATUS_PASSED, "reasons": reasons, **_figures(verdict), "runtime": info["runtime"]}
+                if job.file in native:
+                    result["native_agreement"] = float((native[job.file].argmax(1) == logits.argmax(1)).mean())
+            result["seconds"] = round(time.perf_counter() - started, 1)
+            bar.set_postfix_str(f"{job.file} {job.target}")
+            bar.update(1)
+            return result
+
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(emulated)))) as pool:
+            for job, result in zip(emulated, pool.map(run, emulated)):
+                records[job.file].append(result)
+        bar.close()
+    return records
+
+
+def _base(target: str) -> dict[str, Any]:
+    model, described = EMULATED[target]
+    return {"target": target, "cpu_class": described.split(":")[0], "cpu": f"QEMU {model} (emulated on "
+            f"{host_cpu().model})", "features": [], "method": f"qemu-x86_64 -cpu {model}"}
+
+
+def _not_verified(target: str, why: str) -> dict[str, Any]:
+    return {**_base(target), "status": STATUS_NOT_VERIFIED, "images": 0, "reasons": [why]}
+
+
+def _cannot_emulate() -> str | None:
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"emulating x86-64 CPU classes needs an x86-64 host (this is {platform.machine()})"
+    if qemu_binary() is None:
+        return f"qemu-x86_64 is not installed: {QEMU_INSTALL}"
+    return None
+
+
+def _native_outputs(jobs: list[_Job], arrays: Path) -> dict[str, np.ndarray]:
+    """Each artefact's outputs on the sample here, to report how often the emulated class agrees with this one."""
+    import warnings
+
+    from cellsdk.classifier import Classifier
+
+    batch, out = np.load(arrays), {}
+    for job in {j.file: j for j in jobs}.values():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            clf = Classifier.load(job.path, device="cpu", **job.options)
+        out[job.file] = np.concatenate([clf.raw_outputs(batch[i:i + 64]) for i in range(0, len(batch), 64)])
+    return out
+
+
+def run_emulated(model: Path, options: dict[str, Any], target: str, arrays: Path, out: Path,
+                 timeout: float = 3600.0) -> str | None:
+    """Run ``model`` on the preprocessed ``arrays`` (``.npy``) under the emulated CPU ``target``.
+
+    Writes ``out`` (``.npz``: ``logits`` and ``info``, the CPU class and features the worker saw).
+    Returns None on success, else a one-line reason.
+    """
+    problem = _cannot_emulate()
+    if problem:
+        return problem
+    command = [qemu_binary() or "qemu-x86_64", "-cpu", EMULATED[target][0], sys.executable, "-m",
+               "cellsdk.converters.targets", "--worker", str(model), str(arrays), str(out),
+               "--options", json.dumps(options)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return f"timed out after {timeout:.0f} s"
+    except OSError as err:
+        return f"qemu-x86_64 could not start ({err})"
+    if done.returncode != 0 or not out.is_file():
+        lines = [line for line in (done.stderr or "").splitlines() if line.strip() and _QEMU_NOISE not in line]
+        return (lines[-1] if lines else f"exit status {done.returncode}")[:300]
+    return None
+
+
+def _worker(argv: list[str] | None = None) -> int:
+    """Under emulation: load the artefact through Classifier, run the images, save outputs and the CPU seen."""
+    parser = argparse.ArgumentParser(prog="python -m cellsdk.converters.targets")
+    parser.add_argument("--worker", action="store_true", required=True)
+    parser.add_argument("model", type=Path)
+    parser.add_argument("arrays", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--options", default="{}")
+    args = parser.parse_args(argv)
+    import warnings
+
+    from cellsdk.classifier import Classifier
+
+    options = {"threads": 1, **json.loads(args.options)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf = Classifier.load(args.model, device="cpu", **options)
+    batch = np.load(args.arrays)
+    logits = np.concatenate([clf.raw_outputs(batch[i:i + 16]) for i in range(0, len(batch), 16)])
+    cpu = host_cpu()
+    info = {"cpu_class": cpu.cpu_class, "features": list(cpu.features), "runtime": clf.backend.describe()}
+    partial = args.out.with_suffix(".partial.npz")
+    np.savez(partial, logits=logits.astype(np.float64), info=np.array(json.dumps(info)))
+    os.replace(partial, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_worker())
