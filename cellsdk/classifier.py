@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from cellsdk.backends import Backend, backend_for_path, get_backend
+from cellsdk.cpu import CpuCheck, check_artefact, enforce, host_cpu
 from cellsdk.errors import InvalidImageError, MetadataError, ModelNotFoundError, UnsupportedFormatError
 from cellsdk.metadata import ModelMetadata, Preprocessing
 from cellsdk.metrics import softmax
@@ -92,8 +93,10 @@ class Classifier:
     """
 
     def __init__(self, backend: Backend, metadata: ModelMetadata, *, path: Path, top_k: int = 3,
-                 chosen: str | None = None) -> None:
+                 chosen: str | None = None, cpu_check: CpuCheck | None = None) -> None:
         self.backend = backend
+        #: whether this (int8) artefact was verified on this machine's CPU class (see cellsdk.cpu)
+        self.cpu_check = cpu_check if cpu_check is not None else check_artefact(metadata, path.name)
         self.metadata = metadata
         self.path = path
         self.default_top_k = top_k
@@ -113,6 +116,7 @@ class Classifier:
         labels: Sequence[str] | None = None,
         preprocessing: Preprocessing | Mapping[str, Any] | None = None,
         top_k: int = 3,
+        strict: bool = False,
         **options: Any,
     ) -> Classifier:
         """Load a model file or a conversion output folder; with no path, the shipped blood-cell model.
@@ -128,12 +132,14 @@ class Classifier:
             labels: class names, for models without cellsdk metadata (or to override it).
             preprocessing: the preprocessing, likewise.
             top_k: how many classes :class:`Prediction` lists by default.
+            strict: refuse an int8 artefact that was not verified on (or failed on) this machine's CPU
+                class, instead of warning once (see :mod:`cellsdk.cpu` and ``cpu_check``).
             **options: backend options, e.g. ``threads=2``, ``precision="f32"`` (openvino),
                 ``providers=[...]`` (onnxruntime), ``compute_units="CPU_AND_NE"`` (coreml).
 
         Raises:
             ModelNotFoundError, UnsupportedFormatError, BackendNotInstalledError,
-            PlatformNotSupportedError, MetadataError, ConfigError: each with what to do.
+            PlatformNotSupportedError, MetadataError, ConfigError, UnverifiedCpuError: each with what to do.
 
         Example:
             >>> Classifier.load().labels[:3]
@@ -148,7 +154,7 @@ class Classifier:
         if path.is_dir() and path.suffix.lower() != ".mlpackage":
             from cellsdk.manifest import choose_artefact
 
-            path, chosen, verified_options = choose_artefact(path)
+            path, chosen, verified_options = choose_artefact(path, host_cpu().cpu_class)
             options = {**verified_options, **options}  # run it as it was verified, unless told otherwise
             log.info("cellsdk: running %s", chosen)
         backend_cls = get_backend(backend) if backend else backend_for_path(path)
@@ -157,7 +163,9 @@ class Classifier:
         _check_shapes(path, instance, metadata)
         if top_k < 1:
             raise MetadataError(f"top_k must be >= 1, got {top_k}")
-        return cls(instance, metadata, path=path, top_k=top_k, chosen=chosen)
+        check = check_artefact(metadata, path.name)
+        enforce(check, strict=strict, key=str(path))
+        return cls(instance, metadata, path=path, top_k=top_k, chosen=chosen, cpu_check=check)
 
     # ------------------------------------------------------------------ properties
 
@@ -191,7 +199,7 @@ class Classifier:
         if preprocessing.input_size != self._spec.input_size:
             raise MetadataError(f"the model takes {self._spec.input_size} px inputs, not {preprocessing.input_size}")
         return Classifier(self.backend, self.metadata.replace(preprocessing=preprocessing), path=self.path,
-                          top_k=self.default_top_k, chosen=self.chosen)
+                          top_k=self.default_top_k, chosen=self.chosen, cpu_check=self.cpu_check)
 
     # ------------------------------------------------------------------ prediction
 

@@ -31,6 +31,7 @@ __all__ = [
     "info_command",
     "predict_command",
     "train_command",
+    "verify_command",
 ]
 
 
@@ -53,7 +54,33 @@ def _friendly_errors(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _setup_logging(quiet: bool) -> None:
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", force=True)
+    """cellsdk's own progress messages at INFO; third-party libraries only from WARNING (their INFO chatter,
+    e.g. ONNX export optimiser passes, is not for the user)."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", force=True)
+    logging.getLogger("cellsdk").setLevel(logging.WARNING if quiet else logging.INFO)
+    logging.captureWarnings(False)
+    _show_cellsdk_warnings_in_one_line()
+
+
+def _show_cellsdk_warnings_in_one_line() -> None:
+    """cellsdk's warnings (e.g. an int8 model on an unverified CPU class) as ``warning: ...`` lines, no source line."""
+    import warnings
+
+    from cellsdk.errors import CpuVerificationWarning
+
+    original = warnings.showwarning
+    if getattr(original, "_cellsdk", False):
+        return
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        if issubclass(category, CpuVerificationWarning):
+            click.echo(f"warning: {message}", err=True)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    show._cellsdk = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -159,11 +186,12 @@ def _history_table(history: list[dict[str, Any]], best_epoch: int) -> str:
               help="Deployed models: a backend option, e.g. precision=f32 or threads=2; repeatable.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", type=int, default=0, show_default=True, help="Checkpoints: data-loading processes.")
+@click.option("--strict", is_flag=True, help="Refuse an int8 model not verified on this machine's CPU class.")
 @click.option("--quiet", is_flag=True)
 @_friendly_errors
 def eval_command(model: Path, data: Path, split: str, out_dir: Path | None, data_cropped: bool,
                  labels: str | None, batch_size: int, backend: str | None, runtime_options: tuple[str, ...],
-                 device: str, workers: int, quiet: bool) -> None:
+                 device: str, workers: int, strict: bool, quiet: bool) -> None:
     """Evaluate MODEL on a split of --data: accuracy, macro-F1, per class, confusion, calibration.
 
     MODEL is a training checkpoint (.safetensors, run in PyTorch fp32) or a deployed model: any file or
@@ -173,8 +201,9 @@ def eval_command(model: Path, data: Path, split: str, out_dir: Path | None, data
 
     _setup_logging(quiet)
     if model.suffix.lower() == CHECKPOINT_SUFFIX:
-        if backend or runtime_options:
-            raise click.ClickException("--backend / --option are for deployed models; a checkpoint runs in PyTorch")
+        if backend or runtime_options or strict:
+            raise click.ClickException("--backend / --option / --strict are for deployed models; a checkpoint runs "
+                                       "in PyTorch")
         from cellsdk.training import evaluate
 
         report = evaluate(model, data, split=split, out_dir=out_dir, data_cropped=data_cropped, labels=labels,
@@ -184,8 +213,9 @@ def eval_command(model: Path, data: Path, split: str, out_dir: Path | None, data
 
         report = evaluate_model(model, data, split=split, out_dir=out_dir, data_cropped=data_cropped,
                                 labels=labels, backend=backend, device=device, batch_size=min(batch_size, 32),
-                                options=_parse_options(runtime_options), progress=not quiet)
-        click.echo(f"{report['model']} on {report['backend']} ({report['device']})")
+                                options=_parse_options(runtime_options), progress=not quiet, strict=strict)
+        click.echo(f"{report['model']} on {report['backend']} ({report['device']}), CPU class "
+                   f"{report['cpu']['cpu_class']}: {report['cpu_check']}")
     click.echo(format_report(report))
     for path in report.get("files", {}).values():
         click.echo(f"wrote {path}")
@@ -261,12 +291,19 @@ def format_report(report: dict[str, Any]) -> str:
 
 @click.command("info")
 @click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the metadata document as JSON.")
 @_friendly_errors
-def info_command(path: Path) -> None:
-    """Print the metadata of a checkpoint (torch is not needed)."""
-    from cellsdk.checkpoints import read_checkpoint_metadata
+def info_command(path: Path, as_json: bool) -> None:
+    """Describe a checkpoint, any model file or a conversion folder: metadata and the CPU classes it was verified on.
 
-    click.echo(read_checkpoint_metadata(path).to_json(indent=2))
+    Checkpoints are read without torch; a TorchScript archive needs torch.
+    """
+    from cellsdk.info import describe, read_metadata
+
+    if as_json:
+        click.echo(read_metadata(path).to_json(indent=2))
+    else:
+        click.echo(describe(path))
 
 
 def _expand_images(paths: tuple[Path, ...]) -> list[Path]:
@@ -292,9 +329,10 @@ def _expand_images(paths: tuple[Path, ...]) -> list[Path]:
 @click.option("--threads", type=int, default=None, help="Inference threads (default: the runtime's choice).")
 @click.option("--top-k", type=int, default=1, show_default=True, help="Classes to show per image.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--strict", is_flag=True, help="Refuse an int8 model not verified on this machine's CPU class.")
 @_friendly_errors
 def predict_command(images: tuple[Path, ...], model_path: Path | None, backend: str | None, device: str,
-                    threads: int | None, top_k: int, as_json: bool) -> None:
+                    threads: int | None, top_k: int, as_json: bool, strict: bool) -> None:
     """Classify IMAGES (files or folders); one line per image. Exit status 1 if any image failed."""
     import json
 
@@ -302,7 +340,9 @@ def predict_command(images: tuple[Path, ...], model_path: Path | None, backend: 
     from cellsdk.errors import InvalidImageError
 
     options = {"threads": threads} if threads is not None else {}
-    classifier = Classifier.load(model_path, backend=backend, device=device, top_k=max(top_k, 1), **options)
+    _show_cellsdk_warnings_in_one_line()
+    classifier = Classifier.load(model_path, backend=backend, device=device, top_k=max(top_k, 1), strict=strict,
+                                 **options)
     if classifier.chosen:
         click.echo(f"using {classifier.chosen}", err=True)
     elif model_path is None:
@@ -353,11 +393,21 @@ def _split_list(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--min-agreement", type=float, default=99.5, show_default=True, help="Percent, fp32/fp16 top-1.")
 @click.option("--allow-regression", is_flag=True, help="Exit 0 even if an artefact fails verification.")
 @click.option("--force-calib", is_flag=True, help="Accept few calibration images or ones that overlap evaluation.")
+@click.option("--int8-recipe", type=click.Choice(["portable", "vnni"]), default="portable", show_default=True,
+              help="portable: 7-bit weights, correct on every CPU class; vnni: full 8-bit weights, exact only on "
+                   "CPUs with VNNI / AMX (saturates on AVX2 and AVX-512 without VNNI).")
+@click.option("--verify-cpus", default="native,haswell,nehalem", show_default=True,
+              help="CPU classes to verify on: native (this machine) and QEMU models (haswell, nehalem, "
+                   "skylake-client, sandybridge, westmere), emulated with qemu-x86_64; none to skip.")
+@click.option("--verify-cpus-images", type=int, default=50, show_default=True,
+              help="Emulated checks: at most this many evaluation images per class.")
+@click.option("--verify-cpus-float", is_flag=True, help="Also check fp32 / fp16 artefacts under emulation.")
 @click.option("--quiet", is_flag=True)
 @_friendly_errors
 def convert_command(checkpoint: Path, out_dir: Path, formats: str, quantize: tuple[str, ...], **options: Any) -> None:
     """Convert CHECKPOINT to verified ONNX, TorchScript, OpenVINO and CoreML models with a manifest."""
     from cellsdk.converters import ConvertConfig, VerifyConfig, convert, format_manifest_table
+    from cellsdk.converters.targets import CpuTargets
 
     quiet = options.pop("quiet")
     _setup_logging(quiet)
@@ -369,17 +419,72 @@ def convert_command(checkpoint: Path, out_dir: Path, formats: str, quantize: tup
         eval_split=options["eval_split"], eval_limit=options["eval_limit"], calib_samples=options["calib_samples"],
         seed=options["seed"], data_cropped=options["data_cropped"], labels=options["labels"],
         input_size=options["input_size"], dynamic_batch=options["dynamic_batch"], force_calib=options["force_calib"],
+        int8_recipe=options["int8_recipe"],
+        cpu_targets=CpuTargets.parse(options["verify_cpus"], images_per_class=options["verify_cpus_images"],
+                                     float_artefacts=options["verify_cpus_float"]),
         verify=VerifyConfig(max_accuracy_drop=options["max_accuracy_drop"] / 100,
                             max_recall_drop=options["max_recall_drop"] / 100,
                             min_agreement=options["min_agreement"] / 100),
     )
     result = convert(checkpoint, out_dir, config, progress=not quiet)
     click.echo(format_manifest_table(result.manifest))
+    for line in _cpu_notes(result.manifest):
+        click.echo(line, err=True)
     click.echo(f"wrote {out_dir / 'manifest.json'} ({result.manifest['seconds']:.1f} s)")
     if result.failed and not options["allow_regression"]:
         names = ", ".join(a["file"] for a in result.failed)
         raise click.ClickException(f"{len(result.failed)} artefact(s) failed verification: {names} "
                                    "(see the reasons above; --allow-regression keeps the exit status 0)")
+@click.command("verify")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--reference", type=click.Path(path_type=Path), required=True,
+              help="The fp32 checkpoint MODEL was converted from, or a fp32 artefact of it (torch-free).")
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Held-out real images (a dataset).")
+@click.option("--split", default="val", show_default=True)
+@click.option("--data-cropped", is_flag=True, help="The data's images already have the model's crop.")
+@click.option("--labels", default=None, help="Class names of the data, if its folders do not give them.")
+@click.option("--eval-limit", type=int, default=None, help="Verify natively on a stratified sample of this many.")
+@click.option("--verify-cpus", default="native", show_default=True,
+              help="native (this machine) and / or emulated QEMU classes: haswell, nehalem, ...")
+@click.option("--verify-cpus-images", type=int, default=50, show_default=True,
+              help="Emulated checks: at most this many images per class.")
+@click.option("--max-accuracy-drop", type=float, default=0.5, show_default=True, help="Points.")
+@click.option("--max-recall-drop", type=float, default=2.0, show_default=True, help="Points, for every class.")
+@click.option("--no-write", is_flag=True, help="Report only; leave the model file unchanged.")
+@click.option("--quiet", is_flag=True)
+@_friendly_errors
+def verify_command(model: Path, reference: Path, data: Path, quiet: bool, **options: Any) -> None:
+    """Verify MODEL on this machine's CPU class (and emulated ones) and record the result inside MODEL."""
+    from cellsdk.converters import VerifyConfig
+    from cellsdk.converters.reverify import verify_deployed
+    from cellsdk.converters.targets import CpuTargets
+    from cellsdk.info import format_cpu_records
+
+    _setup_logging(quiet)
+    result = verify_deployed(
+        model, data, reference=reference, split=options["split"], data_cropped=options["data_cropped"],
+        labels=options["labels"], limit=options["eval_limit"],
+        targets=CpuTargets.parse(options["verify_cpus"], images_per_class=options["verify_cpus_images"]),
+        verify=VerifyConfig(max_accuracy_drop=options["max_accuracy_drop"] / 100,
+                            max_recall_drop=options["max_recall_drop"] / 100),
+        write=not options["no_write"], progress=not quiet)
+    click.echo(f"{model}: {result['images']} held-out images")
+    click.echo("\n".join(format_cpu_records(result["records"])))
+    if result["written"]:
+        click.echo(f"recorded in {model} ({len(result['cpu_verification'])} CPU-class records in all)")
+    for line in _cpu_notes({"artefacts": [{"cpu_verification": result["records"]}]}):
+        click.echo(line, err=True)
+    if result["status"] != "passed":
+        raise click.ClickException(f"{model} failed verification on a CPU class (see the table above)")
+
+
+def _cpu_notes(manifest: dict[str, Any]) -> list[str]:
+    """One line per reason a requested CPU class could not be verified (e.g. QEMU missing, with its install)."""
+    reasons = {reason for a in manifest["artefacts"] for r in a.get("cpu_verification") or []
+               if r.get("status") not in ("passed", "failed") for reason in r.get("reasons") or []}
+    return [f"warning: CPU classes not verified: {reason}" for reason in sorted(reasons)]
+
+
 @click.command("bench")
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--device", "devices", default="auto", show_default=True, help="cpu,cuda,mps,coreml or auto (all).")
@@ -424,5 +529,5 @@ def bench_command(models: tuple[Path, ...], devices: str, batches: str, out_dir:
         raise click.ClickException(f"{report['failed']} row(s) failed their latency target or errored")
 
 for _command in (train_command, eval_command, calibrate_command, predict_command, info_command, convert_command,
-                 bench_command):
+                 verify_command, bench_command):
     cli.add_command(_command)

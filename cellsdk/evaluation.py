@@ -27,6 +27,7 @@ import numpy as np
 
 from cellsdk._io import artefact_files, sha256_file, write_json, write_text
 from cellsdk._progress import progress_bar
+from cellsdk.cpu import host_cpu
 from cellsdk.datasets import load_dataset
 from cellsdk.errors import DatasetError, InvalidImageError
 from cellsdk.metrics import classification_report
@@ -94,6 +95,7 @@ def evaluate_model(
     batch_size: int = 32,
     options: Mapping[str, Any] | None = None,
     progress: bool = True,
+    strict: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a model file or conversion folder through :class:`cellsdk.Classifier` on one split.
 
@@ -108,14 +110,16 @@ def evaluate_model(
         backend, device, options: as for :meth:`cellsdk.Classifier.load`.
         batch_size: images per runtime call (models with a fixed batch of 1 run one by one).
         progress: show a progress bar.
+        strict: refuse an int8 artefact not verified on this machine's CPU class (see :mod:`cellsdk.cpu`).
 
     Returns:
-        :func:`cellsdk.metrics.classification_report` plus the model, backend, data and timing.
+        :func:`cellsdk.metrics.classification_report` plus the model, backend, data, timing, the CPU it ran on
+        and whether the artefact was verified on that CPU's class.
     """
     from cellsdk.classifier import Classifier
 
     started = time.perf_counter()
-    classifier = Classifier.load(model, backend=backend, device=device, **dict(options or {}))
+    classifier = Classifier.load(model, backend=backend, device=device, strict=strict, **dict(options or {}))
     metadata = classifier.metadata
     if data_cropped:
         classifier = classifier.with_preprocessing(metadata.preprocessing.without_crop())
@@ -148,6 +152,8 @@ def evaluate_model(
         "precision": metadata.precision,
         "arch": metadata.arch,
         "preprocessing": classifier.metadata.preprocessing.describe(),
+        "cpu": host_cpu().to_dict(),
+        "cpu_check": classifier.cpu_check.status,
         "seconds": time.perf_counter() - started,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })

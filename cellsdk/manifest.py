@@ -58,12 +58,16 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
-def choose_artefact(folder: str | os.PathLike) -> tuple[Path, str, dict[str, Any]]:
+def choose_artefact(folder: str | os.PathLike, cpu_class: str | None = None) -> tuple[Path, str, dict[str, Any]]:
     """The artefact to run from a conversion folder, a sentence saying why, and its verified runtime options.
 
     Among artefacts whose status is ``passed`` and whose backend can run here,
-    the lowest ``latency_ms`` wins; without latencies, int8 before fp16 before
-    fp32, then onnxruntime, openvino, torchscript, coreml.
+    those verified for ``cpu_class`` (this machine's, see :mod:`cellsdk.cpu`)
+    come first: float artefacts always count as verified, int8 ones only with
+    a passed record for the class in their ``cpu_verification``, and an int8
+    artefact that failed on the class is never chosen. Then the lowest
+    ``latency_ms`` wins; without latencies, int8 before fp16 before fp32, then
+    onnxruntime, openvino, torchscript, coreml.
 
     Raises:
         UnsupportedFormatError: nothing in the folder passed and runs here (the reasons are listed).
@@ -90,15 +94,34 @@ def choose_artefact(folder: str | os.PathLike) -> tuple[Path, str, dict[str, Any
         if not (folder / file).exists():
             skipped.append(f"{file}: listed but missing")
             continue
+        class_status = _class_status(entry, cpu_class)
+        if class_status == "failed":
+            skipped.append(f"{file}: int8 verification failed on this CPU class {cpu_class}")
+            continue
         latency = entry.get("latency_ms")
         latency = float(latency) if isinstance(latency, (int, float)) else math.inf
-        rank = (latency, _PRECISION_RANK.get(str(entry.get("precision")), 3), order.index(backend.name))
+        rank = (class_status != "verified", latency, _PRECISION_RANK.get(str(entry.get("precision")), 3),
+                order.index(backend.name))
         options = entry.get("runtime_options") if isinstance(entry.get("runtime_options"), dict) else {}
         candidates.append((rank, file, backend.name, entry.get("precision", "?"), options))
     if not candidates:
         details = "; ".join(skipped) or "no artefacts"
         raise UnsupportedFormatError(f"{folder}: no verified artefact runs on this platform ({details})")
-    (latency, _, _), file, backend_name, precision, options = min(candidates, key=lambda c: c[0])
+    (unverified_here, latency, _, _), file, backend_name, precision, options = min(candidates, key=lambda c: c[0])
     why = (f"fastest verified artefact that runs here ({latency:.2f} ms at conversion)" if math.isfinite(latency)
            else "verified, runs here, preferred by precision and backend (no latency recorded)")
+    if unverified_here:
+        why += f"; not verified on this CPU class {cpu_class}"
     return folder / file, f"{file} ({backend_name}, {precision}): {why}", dict(options)
+
+
+def _class_status(entry: dict[str, Any], cpu_class: str | None) -> str:
+    """``verified``, ``failed`` or ``unverified`` for an entry on ``cpu_class`` (float artefacts: verified)."""
+    from cellsdk.cpu import CLASS_SENSITIVE_PRECISIONS
+
+    if cpu_class is None or entry.get("precision") not in CLASS_SENSITIVE_PRECISIONS:
+        return "verified"
+    records = [r for r in entry.get("cpu_verification") or [] if isinstance(r, dict) and r.get("cpu_class") == cpu_class]
+    if any(r.get("status") == "failed" for r in records):
+        return "failed"
+    return "verified" if any(r.get("status") == "passed" for r in records) else "unverified"

@@ -23,7 +23,7 @@ def test_train_then_eval_then_info(tmp_path):
                                           "--data-cropped", "--out", str(tmp_path / "eval"), "--quiet"])
     assert result.exit_code == 0, result.output
     assert "val split, 32 images" in result.output and "confusion_matrix.png" in result.output
-    result = runner.invoke(cli, ["info", str(run / "best.safetensors")])
+    result = runner.invoke(cli, ["info", str(run / "best.safetensors"), "--json"])
     assert result.exit_code == 0 and json.loads(result.output)["arch"] == TINY_ARCH
     result = runner.invoke(train_command, [str(SAMPLES), "--out", str(run), "--resume", "--quiet"])
     assert result.exit_code == 1 and "already has 1 epochs" in result.output

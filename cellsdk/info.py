@@ -1,0 +1,122 @@
+"""What a model says about itself: metadata of any artefact, its CPU-class record, and a folder's manifest.
+
+Behind ``cellsdk info``. Checkpoints are read without torch; other artefacts
+through the backend that loads them (a TorchScript archive needs torch);
+a conversion folder is summarised from its ``manifest.json``.
+
+Example:
+    >>> print(describe(default_model_path()).splitlines()[0])  # doctest: +SKIP
+    bloodmnist_effnet_lite0_128.int8.onnx: tf_efficientnet_lite0, int8, 8 classes, input 128 px
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from cellsdk.checkpoints import CHECKPOINT_SUFFIX, read_checkpoint_metadata
+from cellsdk.cpu import check_artefact, host_cpu
+from cellsdk.errors import MetadataError, ModelNotFoundError
+from cellsdk.metadata import ModelMetadata
+
+__all__ = ["describe", "format_cpu_records", "read_metadata"]
+
+
+def read_metadata(path: str | os.PathLike) -> ModelMetadata:
+    """The cellsdk metadata of a checkpoint or of any artefact ``Classifier.load`` reads.
+
+    Raises:
+        ModelNotFoundError, UnsupportedFormatError, CheckpointError, MetadataError, BackendNotInstalledError.
+    """
+    from cellsdk.backends import backend_for_path
+
+    path = Path(path)
+    if not path.exists():
+        raise ModelNotFoundError(f"{path}: no such model file or folder")
+    if path.suffix.lower() == CHECKPOINT_SUFFIX:
+        return read_checkpoint_metadata(path)
+    backend = backend_for_path(path)(path, device="cpu")
+    if not backend.metadata_json:
+        raise MetadataError(f"{path}: carries no cellsdk metadata (a model not written by cellsdk-convert)")
+    try:
+        return ModelMetadata.from_json(backend.metadata_json)
+    except MetadataError as err:
+        raise MetadataError(f"{path}: {err}") from None
+
+
+def format_cpu_records(records: Any) -> list[str]:
+    """The CPU-class verification records as table lines (empty list when there are none)."""
+    records = list(records or [])
+    if not records:
+        return []
+    lines = [f"  {'target':<15}{'CPU class':<21}{'method':<27}{'images':>7}  {'status':<8}{'acc %':>7}{'Δacc':>7}"
+             f"  worst class Δrecall"]
+    for r in records:
+        acc = f"{r['accuracy'] * 100:.2f}" if isinstance(r.get("accuracy"), (int, float)) else "-"
+        delta = f"{r['accuracy_change'] * 100:+.2f}" if isinstance(r.get("accuracy_change"), (int, float)) else "-"
+        worst = (f"{r['worst_class']} {r['worst_recall_change'] * 100:+.2f}" if "worst_class" in r else
+                 "; ".join(r.get("reasons") or [])[:60])
+        lines.append(f"  {str(r.get('target', '?')):<15}{str(r.get('cpu_class', '?')):<21}"
+                     f"{str(r.get('method', '?')):<27}{r.get('images') or 0:>7}  {str(r.get('status')):<8}"
+                     f"{acc:>7}{delta:>7}  {worst}")
+    return lines
+
+
+def describe(path: str | os.PathLike) -> str:
+    """A human summary of a checkpoint, an artefact or a conversion folder, with its CPU-class record."""
+    path = Path(path)
+    if path.is_dir() and path.suffix.lower() != ".mlpackage":
+        return _describe_folder(path)
+    meta = read_metadata(path)
+    pre = meta.preprocessing
+    lines = [f"{path.name}: {meta.arch}, {meta.precision}, {meta.num_classes} classes, input {pre.input_size} px",
+             f"labels: {', '.join(meta.labels)}",
+             f"preprocessing: {pre.describe()}",
+             f"output: {meta.output}; schema {meta.schema_version}, written by cellsdk {meta.cellsdk_version}"]
+    if meta.quantization:
+        q = meta.quantization
+        recipe = f"{q.get('recipe', 'unrecorded')} recipe: " if q.get("recipe") else "recipe not recorded: "
+        lines.append(f"quantization: {recipe}{q.get('method', '?')}; {q.get('weights', '')}".rstrip("; "))
+        if q.get("portability"):
+            lines.append(f"  portability: {q['portability']}")
+    if meta.source_checkpoint_sha256:
+        lines.append(f"source checkpoint sha256: {meta.source_checkpoint_sha256}")
+    if meta.reference_metrics:
+        ref = meta.reference_metrics
+        lines.append("fp32 reference: " + ", ".join(f"{k} {v * 100:.2f} %" for k, v in ref.items()))
+    if path.suffix.lower() == CHECKPOINT_SUFFIX:
+        return "\n".join(lines)
+    records = format_cpu_records(meta.cpu_verification)
+    lines.append("verified on CPU classes:" if records else "verified on CPU classes: none recorded")
+    lines.extend(records)
+    lines.append(_this_machine(meta, path.name))
+    return "\n".join(lines)
+
+
+def _this_machine(meta: ModelMetadata, name: str) -> str:
+    check = check_artefact(meta, name)
+    verdict = {"verified": "verified on this class", "not applicable":
+               "float artefact: no CPU-class-dependent arithmetic"}.get(check.status, check.message)
+    return f"this machine: {host_cpu().describe()}: {verdict}"
+
+
+def _describe_folder(folder: Path) -> str:
+    from cellsdk.manifest import choose_artefact, read_manifest
+
+    manifest = read_manifest(folder)
+    host = host_cpu()
+    lines = [f"{folder}: conversion folder, {len(manifest['artefacts'])} artefacts "
+             f"(source sha256 {manifest.get('source_checkpoint', {}).get('sha256', '?')})"]
+    for entry in manifest["artefacts"]:
+        classes = ", ".join(f"{r.get('target', '?')} ({str(r.get('cpu_class', '?')).replace('x86-64-', '')}) "
+                            f"{r.get('status')}"
+                            for r in entry.get("cpu_verification") or []) or "no CPU-class record"
+        lines.append(f"  {entry['file']:<26}{str(entry.get('precision', '?')):<6}{str(entry.get('status')):<10}"
+                     f"{classes}")
+    try:
+        _, why, _ = choose_artefact(folder, host.cpu_class)
+        lines.append(f"this machine ({host.describe()}) runs {why}")
+    except Exception as err:  # noqa: BLE001 - a summary still prints when nothing runs here
+        lines.append(f"this machine ({host.describe()}): {err}")
+    return "\n".join(lines)

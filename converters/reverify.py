@@ -1,0 +1,138 @@
+"""Verify an existing artefact on this machine's CPU class (and emulated ones) and record it in the artefact.
+
+``cellsdk-convert`` verifies what it writes on the classes it is asked for;
+a model deployed later on another kind of machine can be checked there with
+``cellsdk verify MODEL --reference CHECKPOINT --data DATA``: the same gate
+(:func:`~cellsdk.converters.verify.verify_artefact`) natively, and under QEMU for
+any emulated classes asked for, against the fp32 reference on real held-out
+images. The new records replace older ones of the same target and class in the
+artefact's ``cpu_verification`` (and in its conversion folder's manifest, if
+it has one), so ``Classifier.load`` on this class stops warning.
+
+The reference is the fp32 checkpoint the artefact was converted from (needs
+torch) or, torch-free, a float artefact converted from the same checkpoint.
+
+Example:
+    >>> result = verify_deployed("model.int8.onnx", "data/bloodmnist_128",
+    ...                          reference="best.safetensors", data_cropped=True)  # doctest: +SKIP
+    >>> result["status"]  # doctest: +SKIP
+    'passed'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellsdk._io import write_json
+from cellsdk.backends import backend_for_path
+from cellsdk.converters.base import get_converter
+from cellsdk.converters.calibration import evaluation_set
+from cellsdk.converters.targets import CpuTargets, verify_on_targets
+from cellsdk.converters.verify import VerifyConfig, reference_logits, verify_artefact
+from cellsdk.errors import ConfigError
+from cellsdk.info import read_metadata
+from cellsdk.manifest import MANIFEST_NAME, STATUS_FAILED, STATUS_PASSED
+
+__all__ = ["verify_deployed"]
+
+_FORMAT_OF = {"onnxruntime": "onnx", "torchscript": "torchscript", "openvino": "openvino", "coreml": "coreml"}
+
+
+def verify_deployed(artefact: str | os.PathLike, data: str | os.PathLike, *, reference: str | os.PathLike,
+                    split: str = "val", data_cropped: bool = False, labels: str | None = None,
+                    limit: int | None = None, targets: CpuTargets | None = None, verify: VerifyConfig | None = None,
+                    seed: int = 0, write: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Run the gate on ``artefact`` on the requested CPU classes and record the result in it.
+
+    Returns:
+        ``status`` (passed / failed), ``records`` (this run's), ``cpu_verification`` (all, as written),
+        and ``written`` (whether the artefact was updated).
+
+    Raises:
+        ConfigError: the reference is not a float model of the same source checkpoint, or no target.
+    """
+    path = Path(artefact)
+    targets = targets or CpuTargets()
+    verify = verify or VerifyConfig()
+    if not targets.names:
+        raise ConfigError("nothing to verify: --verify-cpus none; name native and / or emulated classes")
+    metadata = read_metadata(path)
+    fmt = _FORMAT_OF[backend_for_path(path).name]
+    images = evaluation_set(data, metadata, split=split, data_cropped=data_cropped, labels=labels, limit=limit,
+                            seed=seed)
+    logits = _reference(Path(reference), metadata, images)
+    manifest_path, entry = _manifest_entry(path)
+    options = (entry or {}).get("runtime_options") or get_converter(fmt).verify_options(metadata.precision)
+    native = targets.names and "native" in targets.names
+    record = verify_artefact(path, metadata.precision, metadata, images, logits, verify, options) if native else {}
+    job = {"file": path.name, "precision": metadata.precision, "runtime_options": options,
+           "status": record.pop("status", STATUS_PASSED), "reasons": record.pop("reasons", []),
+           "verification": record}
+    new = verify_on_targets([(job, path, metadata)], images, logits, verify, targets, seed=seed,
+                            progress=progress)[path.name]
+    replaced = {(r.get("target"), r.get("cpu_class")) for r in new}
+    merged = [r for r in metadata.cpu_verification if (r.get("target"), r.get("cpu_class")) not in replaced] + new
+    status = STATUS_FAILED if any(r["status"] == STATUS_FAILED for r in new) else STATUS_PASSED
+    if write:
+        get_converter(fmt).write_metadata(path, metadata.replace(cpu_verification=tuple(merged)))
+        if manifest_path is not None and entry is not None:
+            _update_manifest(manifest_path, path, merged)
+    return {"file": str(path), "status": status, "records": new, "cpu_verification": merged, "written": write,
+            "images": len(images)}
+
+
+def _reference(reference: Path, metadata: Any, images: Any) -> np.ndarray:
+    """fp32 logits on ``images`` from the source checkpoint (torch) or a float artefact of it (torch-free)."""
+    from cellsdk.classifier import Classifier
+
+    if not reference.exists():
+        raise ConfigError(f"{reference}: no such reference model; pass the fp32 checkpoint the artefact was "
+                          "converted from (or a fp32 artefact of it)")
+    source = metadata.source_checkpoint_sha256
+    if reference.suffix.lower() == ".safetensors":
+        from cellsdk._io import sha256_file
+        from cellsdk.training.checkpoint import load_checkpoint
+
+        if source and sha256_file(reference) != source:
+            raise ConfigError(f"{reference} is not the checkpoint this artefact was converted from (its metadata "
+                              f"names sha256 {source[:12]}...); pass that checkpoint or a float artefact of it")
+        model, _ = load_checkpoint(reference)
+        return reference_logits(model, images)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = Classifier.load(reference, device="cpu")
+    if ref.metadata.precision not in ("fp32", "fp16"):
+        raise ConfigError(f"{reference}: the reference must be a float model, not {ref.metadata.precision}")
+    if source and ref.metadata.source_checkpoint_sha256 != source:
+        raise ConfigError(f"{reference} was converted from another checkpoint than {metadata.arch} artefact "
+                          "under test; pass a float artefact of the same source")
+    return np.concatenate([ref.raw_outputs(b) for b in images.batches(64)]).astype(np.float64)
+
+
+def _manifest_entry(path: Path) -> tuple[Path | None, dict[str, Any] | None]:
+    manifest = path.parent / MANIFEST_NAME
+    if not manifest.is_file():
+        return None, None
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+        entry = next(a for a in data.get("artefacts", []) if isinstance(a, dict) and a.get("file") == path.name)
+    except (ValueError, OSError, StopIteration, AttributeError):
+        return None, None
+    return manifest, entry
+
+
+def _update_manifest(manifest: Path, path: Path, records: list[dict[str, Any]]) -> None:
+    from cellsdk.converters.pipeline import _describe_files
+
+    data = json.loads(manifest.read_text(encoding="utf-8"))
+    for entry in data["artefacts"]:
+        if entry.get("file") == path.name:
+            entry["cpu_verification"] = records
+            entry["size_bytes"], entry["sha256"], entry["files"] = _describe_files(path)
+    write_json(manifest, data)
