@@ -36,11 +36,11 @@ def read_metadata(path: str | os.PathLike) -> ModelMetadata:
         raise ModelNotFoundError(f"{path}: no such model file or folder")
     if path.suffix.lower() == CHECKPOINT_SUFFIX:
         return read_checkpoint_metadata(path)
-    backend = backend_for_path(path)(path, device="cpu")
-    if not backend.metadata_json:
+    document = backend_for_path(path).read_metadata_json(path)
+    if not document:
         raise MetadataError(f"{path}: carries no cellsdk metadata (a model not written by cellsdk-convert)")
     try:
-        return ModelMetadata.from_json(backend.metadata_json)
+        return ModelMetadata.from_json(document)
     except MetadataError as err:
         raise MetadataError(f"{path}: {err}") from None
 

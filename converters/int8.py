@@ -57,7 +57,7 @@ def check_recipe(name: str) -> str:
 def recipe_record(name: str) -> dict[str, Any]:
     """What the metadata records about a recipe's portability."""
     check_recipe(name)
-    unsafe = [c.name for c in CPU_CLASSES.values() if c.int8_saturates] if name == "vnni" else []
+    unsafe = sorted(c.name for c in CPU_CLASSES.values() if c.int8_saturates) if name == "vnni" else []
     return {"recipe": name, "saturation_safe": not unsafe, "unsafe_cpu_classes": unsafe, "portability": _NOTES[name]}
 
 

@@ -139,7 +139,7 @@ def balanced_sample(targets: np.ndarray, per_class: int, seed: int = 0) -> np.nd
 
     Example:
         >>> balanced_sample(np.array([0, 0, 0, 1, 1, 2]), 2).tolist()
-        [0, 2, 3, 4, 5]
+        [1, 2, 3, 4, 5]
     """
     rng = np.random.default_rng(seed)
     chosen = []

@@ -14,3 +14,13 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[${extras}]"
   touch "$stamp"
 fi
+# QEMU user-mode emulation lets cellsdk-convert verify int8 models on CPU classes this machine is not
+# (AVX2 without VNNI, SSE4.2). Best effort: without it those classes are reported "not verified".
+if ! command -v qemu-x86_64 >/dev/null 2>&1 && [ "$(uname -m)" = x86_64 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user; } >/dev/null 2>&1 \
+      || echo "setup: could not install qemu-user; CPU classes other than this machine's will not be verified" >&2
+  else
+    echo "setup: qemu-x86_64 not found (apt-get install qemu-user): other CPU classes will not be verified" >&2
+  fi
+fi

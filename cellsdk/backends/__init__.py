@@ -105,6 +105,11 @@ class Backend(abc.ABC):
         except ImportError as err:
             raise BackendNotInstalledError(f"{cls.package} failed to import ({err}): reinstall it with {cls.install}") from None
 
+    @classmethod
+    def read_metadata_json(cls, path: Path) -> str | None:
+        """The cellsdk JSON document stored in the model at ``path`` (default: load it on the CPU and ask)."""
+        return cls(path, device="cpu").metadata_json
+
     def describe(self) -> str:
         """A short description, e.g. ``onnxruntime on CPUExecutionProvider``."""
         return f"{self.name} on {self.device}"

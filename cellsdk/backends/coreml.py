@@ -48,6 +48,16 @@ class CoreMLBackend(Backend):
             return not_on_macos_message()
         return super().unavailable_reason()
 
+    @classmethod
+    def read_metadata_json(cls, path: Path) -> str | None:
+        """The metadata from the model's spec, without loading it for prediction (works off macOS too)."""
+        ct = cls.require()
+        try:
+            model = ct.models.MLModel(str(path), skip_model_load=True)
+        except Exception as err:  # noqa: BLE001 - coremltools raises many types for bad packages
+            raise UnsupportedFormatError(f"{path}: not a readable CoreML model ({str(err).splitlines()[0]})") from None
+        return dict(model.user_defined_metadata).get(METADATA_KEY)
+
     def __init__(self, path: Path, *, device: str = "auto", threads: int | None = None,
                  compute_units: str = "ALL") -> None:
         if sys.platform != "darwin":
