@@ -82,6 +82,10 @@ def convert_and_verify(out: Path, formats: str, quiet: bool) -> dict:
     print(f"\nconverting {CHECKPOINT.relative_to(REPO)} ...")
     result = convert(CHECKPOINT, out, config, progress=not quiet)
     print(format_manifest_table(result.manifest))
+    cpus = result.manifest["cpu_targets"]
+    print(f"CPU classes: each artefact's gate ran natively on this machine ({cpus['host']['cpu_class']}), and the "
+          f"int8 ones also under {', '.join(t for t in cpus['requested'] if t != 'native') or 'no'} emulation "
+          f"({'qemu-x86_64' if cpus['emulator'] else 'qemu-x86_64 missing: those classes are not verified'})")
     print(f"converted and verified in {result.manifest['seconds']:.1f} s; manifest in {out / 'manifest.json'}")
     return result.manifest
 
@@ -97,5 +101,17 @@ def benchmark(models: list[Path], out: Path, iterations: int, quiet: bool) -> di
     return report
 
 
+def failures(report: dict) -> list[str]:
+    """The checks of the run that failed, one sentence each (empty when everything passed)."""
+    out = [f"{a['file']} failed verification: {'; '.join(a.get('reasons') or [])}"
+           for a in report["conversion"]["artefacts"] if a["status"] == "failed"]
+    if report["benchmark"]["failed"]:
+        out.append(f"{report['benchmark']['failed']} benchmark row(s) missed their latency target or errored")
+    return out
+
+
 if __name__ == "__main__":
-    main()
+    problems = failures(main())
+    for problem in problems:
+        print(f"FAILED: {problem}")
+    raise SystemExit(1 if problems else 0)

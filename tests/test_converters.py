@@ -280,3 +280,19 @@ def test_torchscript_int8_is_right_whatever_the_source_memory_format(tiny_run, t
     recipe = get_converter("torchscript").convert(job, "int8", target)
     record = verify_artefact(target, "int8", job.metadata_for("int8", recipe), images, reference, TINY_GATE)
     assert record["top1_agreement"] >= 0.8, record
+
+
+def test_a_drop_exactly_at_the_limit_passes():
+    """One image of 50 is exactly 2 points of recall: at the limit, not over it (float rounding aside)."""
+    from cellsdk.converters.verify import judge
+    from cellsdk.metadata import ModelMetadata, Preprocessing
+
+    meta = ModelMetadata(labels=("a", "b"), arch="x", preprocessing=Preprocessing(8))
+    targets = np.array([0] * 50 + [1] * 50)
+    reference = np.where(targets[:, None] == np.arange(2), 5.0, 0.0)
+    flipped = reference.copy()
+    flipped[0] = [0.0, 5.0]  # one 'a' of 50 now wrong
+    gate = VerifyConfig(max_accuracy_drop=0.01, max_recall_drop=0.02)
+    assert judge(flipped, "int8", meta, targets, reference, gate)["reasons"] == []
+    flipped[1] = [0.0, 5.0]  # two of 50: 4 points
+    assert any("recall of a fell 4.00" in r for r in judge(flipped, "int8", meta, targets, reference, gate)["reasons"])

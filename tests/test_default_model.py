@@ -52,6 +52,34 @@ def test_metadata_is_complete(shipped):
     assert meta.created and meta.cellsdk_version
 
 
+def test_portable_and_verified_on_cpu_classes(shipped):
+    """The shipped int8 model uses the portable recipe and records passed checks on AVX2 and SSE4 classes."""
+    meta = shipped.metadata
+    assert meta.schema_version >= 2
+    assert meta.quantization["recipe"] == "portable" and meta.quantization["reduce_range"] is True
+    assert meta.quantization["saturation_safe"] is True
+    by_target = {r["target"]: r for r in meta.cpu_verification}
+    assert {"native", "haswell", "nehalem"} <= set(by_target)
+    assert by_target["haswell"]["cpu_class"] == "x86-64-avx2" and by_target["nehalem"]["cpu_class"] == "x86-64-sse4"
+    for record in meta.cpu_verification:
+        assert record["status"] == "passed", record
+        assert record["images"] >= 400 and record["accuracy_change"] > -0.005 and record["worst_recall_change"] >= -0.02
+
+
+@pytest.mark.parametrize("cpu_class", ["x86-64-avx2", "x86-64-sse4"])
+def test_loads_without_warning_on_verified_classes(monkeypatch, cpu_class):
+    import warnings
+
+    import cellsdk.cpu
+    from cellsdk.cpu import HostCpu
+
+    fake = HostCpu("test CPU", (), cpu_class, "test")
+    monkeypatch.setattr(cellsdk.cpu, "host_cpu", lambda: fake)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Classifier.load(strict=True).cpu_check.status == "verified"
+
+
 def test_the_fp32_checkpoint_is_its_source():
     from cellsdk.checkpoints import read_checkpoint_metadata
 
