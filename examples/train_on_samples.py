@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--tiny", action="store_true", help="test-size network, random init (for tests)")
     parser.add_argument("--no-convert", action="store_true", help="stop after evaluation")
+    parser.add_argument("--verify-cpus", default="native,haswell,nehalem",
+                        help="CPU classes to verify the artefacts on (emulated ones need qemu-x86_64)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")  # third-party INFO chatter stays off
@@ -56,7 +58,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"on {raw['n']} images")
     print(f"report, confusion matrix and reliability diagram in {args.out / 'eval'}")
     if not args.no_convert:
-        report["conversion"] = convert_and_verify(result.best_checkpoint, data, args.out / "converted", args.quiet)
+        report["conversion"] = convert_and_verify(result.best_checkpoint, data, args.out / "converted", args.quiet,
+                                                  args.verify_cpus)
         report["benchmark"] = benchmark(args.out / "converted", args.out / "bench", 5 if args.tiny else 30, args.quiet)
     return report
 
@@ -73,11 +76,14 @@ def benchmark(converted: Path, out: Path, iterations: int, quiet: bool) -> dict:
     return report
 
 
-def convert_and_verify(checkpoint: Path, data: Path, out: Path, quiet: bool) -> dict:
+def convert_and_verify(checkpoint: Path, data: Path, out: Path, quiet: bool,
+                       verify_cpus: str = "native,haswell,nehalem") -> dict:
     """All four formats with fp16 and int8, calibrated on the train split, verified on the validation split."""
     from cellsdk.converters import ConvertConfig, convert, format_manifest_table
+    from cellsdk.converters.targets import CpuTargets
 
-    config = ConvertConfig(precisions=("fp16", "int8"), calib=str(data), calib_samples=128, data_cropped=True)
+    config = ConvertConfig(precisions=("fp16", "int8"), calib=str(data), calib_samples=128, data_cropped=True,
+                           cpu_targets=CpuTargets.parse(verify_cpus))
     result = convert(checkpoint, out, config, progress=not quiet)
     print(format_manifest_table(result.manifest))
     print(f"converted and verified in {result.manifest['seconds']:.1f} s; manifest in {out / 'manifest.json'}")

@@ -63,7 +63,8 @@ def test_portable_and_verified_on_cpu_classes(shipped):
     assert by_target["haswell"]["cpu_class"] == "x86-64-avx2" and by_target["nehalem"]["cpu_class"] == "x86-64-sse4"
     for record in meta.cpu_verification:
         assert record["status"] == "passed", record
-        assert record["images"] >= 400 and record["accuracy_change"] > -0.005 and record["worst_recall_change"] >= -0.02
+        assert record["images"] >= 400 and record["accuracy_change"] > -0.005
+        assert record["worst_recall_change"] >= -0.02 - 1e-9  # one image of 50 is exactly the 2-point limit
 
 
 @pytest.mark.parametrize("cpu_class", ["x86-64-avx2", "x86-64-sse4"])
