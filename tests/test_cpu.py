@@ -210,3 +210,16 @@ def test_info_on_bad_paths_is_one_line(tmp_path, bad):
         target.write_text("not a model")
     result = CliRunner().invoke(cli, ["info", str(target)])
     assert result.exit_code == 1 and result.output.startswith("Error: ") and len(result.output.splitlines()) == 1
+
+
+def test_cli_predict_warns_in_one_line_and_strict_exits_1(artefacts, tmp_path, fake_host):
+    model = _int8_copy(artefacts["onnxruntime"], tmp_path / "m.int8.onnx", [_record("x86-64-sse4")])
+    image = next((Path(__file__).resolve().parents[1] / "samples" / "pbc_raw" / "ig").glob("*.jpg"))
+    fake_host(AVX2)
+    runner = CliRunner()
+    result = runner.invoke(cli, ["predict", str(image), "--model", str(model)])
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.output.splitlines() if line.startswith("warning: ")]
+    assert len(warning) == 1 and "never verified on this CPU class x86-64-avx2" in warning[0]
+    strict = runner.invoke(cli, ["predict", str(image), "--model", str(model), "--strict"])
+    assert strict.exit_code == 1 and "refused: strict mode" in strict.output and "Traceback" not in strict.output
