@@ -31,9 +31,10 @@ import mmap
 import platform
 import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 __all__ = ["CPU_CLASSES", "CpuCheck", "CpuClass", "HostCpu", "check_artefact", "classify", "enforce", "host_cpu",
            "read_features", "verified_classes"]
@@ -305,9 +306,7 @@ def _cpuid_features() -> set[str]:
             cpuid_fn(leaf, sub, out)
             return out[0], out[1], out[2], out[3]
 
-        features = _decode(cpuid, xgetbv_fn)
-        del cpuid_fn, xgetbv_fn
-        return features
+        return _decode(cpuid, xgetbv_fn)
     finally:
         try:
             page.close()

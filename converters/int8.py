@@ -29,7 +29,8 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import Counter
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from cellsdk.cpu import CPU_CLASSES
 from cellsdk.errors import ConfigError

@@ -41,10 +41,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -53,8 +54,17 @@ from cellsdk.cpu import CLASS_SENSITIVE_PRECISIONS, host_cpu
 from cellsdk.errors import ConfigError
 from cellsdk.manifest import STATUS_FAILED, STATUS_NOT_VERIFIED, STATUS_PASSED
 
-__all__ = ["DEFAULT_TARGETS", "EMULATED", "CpuTargets", "QEMU_INSTALL", "balanced_sample", "native_record",
-           "qemu_binary", "run_emulated", "verify_on_targets"]
+__all__ = [
+    "DEFAULT_TARGETS",
+    "EMULATED",
+    "QEMU_INSTALL",
+    "CpuTargets",
+    "balanced_sample",
+    "native_record",
+    "qemu_binary",
+    "run_emulated",
+    "verify_on_targets",
+]
 
 #: Emulated CPU classes by the name --verify-cpus takes: the QEMU model and the class it stands for.
 EMULATED = {
