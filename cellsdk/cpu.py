@@ -225,8 +225,8 @@ def check_artefact(metadata: Any, name: str = "this model", host: HostCpu | None
     """
     host = host or host_cpu()
     cls = host.cpu_class
-    if metadata.precision not in CLASS_SENSITIVE_PRECISIONS:
-        return CpuCheck(NOT_APPLICABLE, cls)
+    if metadata.precision not in CLASS_SENSITIVE_PRECISIONS or (metadata.quantization or {}).get("weights_only"):
+        return CpuCheck(NOT_APPLICABLE, cls)  # float arithmetic (weight-only quantization computes in float too)
     records = tuple(r for r in metadata.cpu_verification if r.get("cpu_class") == cls)
     elsewhere = verified_classes(metadata.cpu_verification)
     recipe = metadata.quantization or {}

@@ -119,8 +119,9 @@ def _class_status(entry: dict[str, Any], cpu_class: str | None) -> str:
     """``verified``, ``failed`` or ``unverified`` for an entry on ``cpu_class`` (float artefacts: verified)."""
     from cellsdk.cpu import CLASS_SENSITIVE_PRECISIONS
 
-    if cpu_class is None or entry.get("precision") not in CLASS_SENSITIVE_PRECISIONS:
-        return "verified"
+    quantization = entry.get("quantization") if isinstance(entry.get("quantization"), dict) else {}
+    if cpu_class is None or entry.get("precision") not in CLASS_SENSITIVE_PRECISIONS or quantization.get("weights_only"):
+        return "verified"  # float arithmetic: nothing depends on the CPU class
     records = [r for r in entry.get("cpu_verification") or [] if isinstance(r, dict) and r.get("cpu_class") == cpu_class]
     if any(r.get("status") == "failed" for r in records):
         return "failed"

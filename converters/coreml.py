@@ -73,12 +73,13 @@ class CoreMLConverter(Converter):
                 config = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric"))
                 model = cto.linear_quantize_weights(model, config=config)
                 recipe = {"method": "coremltools linear weight quantization", "mode": "linear_symmetric",
-                          "activations": _ACTIVATIONS_NOTE}
+                          "activations": _ACTIVATIONS_NOTE, "weights_only": True}
             elif precision in ("int6", "int4"):
                 bits = int(precision[3:])
                 config = cto.OptimizationConfig(global_config=cto.OpPalettizerConfig(mode="kmeans", nbits=bits))
                 model = cto.palettize_weights(model, config=config)
-                recipe = {"method": f"coremltools {bits}-bit k-means palettization", "activations": _ACTIVATIONS_NOTE}
+                recipe = {"method": f"coremltools {bits}-bit k-means palettization", "activations": _ACTIVATIONS_NOTE,
+                          "weights_only": True}
         model.user_defined_metadata[METADATA_KEY] = job.metadata_for(precision, recipe or None).to_json()
         model.short_description = f"cellsdk {job.metadata.arch} ({precision})"
         model.save(str(out))

@@ -136,6 +136,12 @@ def test_float_artefacts_are_not_checked(artefacts, fake_host):
         assert Classifier.load(artefacts["onnxruntime"], strict=True).cpu_check.status == "not applicable"
 
 
+def test_weight_only_int8_is_not_checked(artefacts):
+    meta = Classifier.load(artefacts["onnxruntime"]).metadata.replace(
+        precision="int8", quantization={"method": "coremltools linear weight quantization", "weights_only": True})
+    assert check_artefact(meta, host=AVX2).status == "not applicable"
+
+
 def test_unrecorded_recipe_risk_depends_on_the_class(artefacts, tmp_path):
     meta = Classifier.load(artefacts["onnxruntime"]).metadata.replace(precision="int8", quantization={"recipe": "vnni",
                                                                         "unsafe_cpu_classes": ["x86-64-avx2"]})
