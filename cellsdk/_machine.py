@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
-from pathlib import Path
 from typing import Any
 
 __all__ = ["describe_machine", "machine_info", "package_versions"]
@@ -20,15 +19,11 @@ _FLAG_PREFIXES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "
 
 def machine_info() -> dict[str, Any]:
     """CPU model, logical cores, the SIMD flags that change int8/bf16 kernels, OS and Python."""
-    cpu, flags = platform.processor() or platform.machine(), []
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu)
-        flag_line = next((line for line in lines if line.startswith("flags")), "")
-        flags = sorted({f for f in flag_line.split(":", 1)[-1].split() if f.startswith(_FLAG_PREFIXES)})
-    except OSError:  # not Linux: the model name from platform is all there is
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "flags": flags, "os": f"{platform.system()} {platform.release()}",
+    from cellsdk.cpu import host_cpu
+
+    cpu = host_cpu()
+    flags = sorted(f for f in cpu.features if f.startswith(_FLAG_PREFIXES))
+    return {"cpu": cpu.model, "cores": os.cpu_count(), "flags": flags, "os": f"{platform.system()} {platform.release()}",
             "python": platform.python_version()}
 
 

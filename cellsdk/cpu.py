@@ -36,7 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CPU_CLASSES", "CpuCheck", "CpuClass", "HostCpu", "check_artefact", "classify", "enforce", "host_cpu",
+__all__ = ["CPU_CLASSES", "CpuCheck", "CpuClass", "HostCpu", "check_artefact", "class_status", "classify", "enforce",
+           "host_cpu",
            "read_features", "verified_classes"]
 
 #: Precisions whose arithmetic depends on the CPU class (integer kernels); float artefacts are not checked.
@@ -210,6 +211,25 @@ def verified_classes(records: Iterable[dict[str, Any]]) -> list[str]:
     return out
 
 
+def class_status(precision: str, quantization: dict[str, Any] | None, records: Iterable[Any], cpu_class: str) -> str:
+    """``verified``, ``failed``, ``unverified`` or ``not applicable`` for an artefact's records on ``cpu_class``.
+
+    Float artefacts, and weight-only quantization (computed in float), are ``not applicable``.
+
+    Example:
+        >>> class_status("int8", {}, [{"cpu_class": "x86-64-avx2", "status": "passed"}], "x86-64-avx2")
+        'verified'
+        >>> class_status("fp32", None, [], "x86-64-avx2")
+        'not applicable'
+    """
+    if precision not in CLASS_SENSITIVE_PRECISIONS or (quantization or {}).get("weights_only"):
+        return NOT_APPLICABLE
+    mine = [r for r in records if isinstance(r, dict) and r.get("cpu_class") == cpu_class]
+    if any(r.get("status") == "failed" for r in mine):
+        return FAILED
+    return VERIFIED if any(r.get("status") == "passed" for r in mine) else UNVERIFIED
+
+
 def check_artefact(metadata: Any, name: str = "this model", host: HostCpu | None = None) -> CpuCheck:
     """Was this artefact (its :class:`~cellsdk.metadata.ModelMetadata`) verified on the host's CPU class?
 
@@ -225,22 +245,22 @@ def check_artefact(metadata: Any, name: str = "this model", host: HostCpu | None
     """
     host = host or host_cpu()
     cls = host.cpu_class
-    if metadata.precision not in CLASS_SENSITIVE_PRECISIONS or (metadata.quantization or {}).get("weights_only"):
-        return CpuCheck(NOT_APPLICABLE, cls)  # float arithmetic (weight-only quantization computes in float too)
+    status = class_status(metadata.precision, metadata.quantization, metadata.cpu_verification, cls)
+    if status == NOT_APPLICABLE:
+        return CpuCheck(NOT_APPLICABLE, cls)
     records = tuple(r for r in metadata.cpu_verification if r.get("cpu_class") == cls)
-    elsewhere = verified_classes(metadata.cpu_verification)
+    if status == VERIFIED:
+        return CpuCheck(VERIFIED, cls, "", records)
     recipe = metadata.quantization or {}
-    fix = (f"Fix: verify it on this machine with cellsdk verify MODEL --reference CHECKPOINT --data DATA "
-           f"(records {cls} in the model), or run a fp32 / fp16 artefact; strict=True (--strict) refuses to load it.")
-    failed = [r for r in records if r.get("status") == "failed"]
-    if failed:
+    if status == FAILED:
+        failed = [r for r in records if r.get("status") == "failed"]
         why = "; ".join(dict.fromkeys(str(x) for r in failed for x in (r.get("reasons") or [])[:3])) or "see its manifest"
         return CpuCheck(FAILED, cls, (
             f"{name}: int8 verification FAILED on this CPU class {cls} ({host.model}): {why}. Its answers here "
             "are not trustworthy. Re-convert with the portable int8 recipe (cellsdk-convert --int8-recipe "
             "portable) or run a fp32 / fp16 artefact."), records)
-    if any(r.get("status") == "passed" for r in records):
-        return CpuCheck(VERIFIED, cls, "", records)
+    fix = (f"Fix: verify it on this machine with cellsdk verify MODEL --reference CHECKPOINT --data DATA "
+           f"(records {cls} in the model), or run a fp32 / fp16 artefact;{_STRICT_HINT}")
     if cls in (recipe.get("unsafe_cpu_classes") or []):
         risk = (f"Its int8 recipe ({recipe.get('recipe')}) uses full 8-bit weights, whose uint8 x int8 sums "
                 "saturate on this class (no VNNI): accuracy can drop, whole classes can be lost.")
@@ -253,13 +273,15 @@ def check_artefact(metadata: Any, name: str = "this model", host: HostCpu | None
         risk = ("Integer kernels differ between CPU classes" + (
             "; its recipe is portable (7-bit weights), so a large difference is unlikely, but nothing measured "
             "it here." if recipe.get("saturation_safe") else ": nothing measured its accuracy here."))
-    verified = ", ".join(elsewhere) or "none recorded"
+    verified = ", ".join(verified_classes(metadata.cpu_verification)) or "none recorded"
     return CpuCheck(UNVERIFIED, cls, (
         f"{name}: int8 artefact never verified on this CPU class {cls} ({host.model}; verified on: {verified}). "
         f"{risk} {fix}"), records)
 
 
 _WARNED: set[tuple[str, str]] = set()
+#: the last sentence of an ``unverified`` message; strict mode replaces it by saying it refused
+_STRICT_HINT = " strict=True (--strict) refuses to load it."
 
 
 def enforce(check: CpuCheck, *, strict: bool, key: str) -> None:
@@ -275,8 +297,7 @@ def enforce(check: CpuCheck, *, strict: bool, key: str) -> None:
     if check.ok:
         return
     if strict:
-        raise UnverifiedCpuError(check.message.replace(" strict=True (--strict) refuses to load it.", "")
-                                 + " (refused: strict mode)")
+        raise UnverifiedCpuError(check.message.removesuffix(_STRICT_HINT) + " (refused: strict mode)")
     if (key, check.cpu_class) not in _WARNED:
         _WARNED.add((key, check.cpu_class))
         warnings.warn(check.message, CpuVerificationWarning, stacklevel=3)

@@ -117,12 +117,10 @@ def choose_artefact(folder: str | os.PathLike, cpu_class: str | None = None) -> 
 
 def _class_status(entry: dict[str, Any], cpu_class: str | None) -> str:
     """``verified``, ``failed`` or ``unverified`` for an entry on ``cpu_class`` (float artefacts: verified)."""
-    from cellsdk.cpu import CLASS_SENSITIVE_PRECISIONS
+    from cellsdk.cpu import NOT_APPLICABLE, VERIFIED, class_status
 
-    quantization = entry.get("quantization") if isinstance(entry.get("quantization"), dict) else {}
-    if cpu_class is None or entry.get("precision") not in CLASS_SENSITIVE_PRECISIONS or quantization.get("weights_only"):
-        return "verified"  # float arithmetic: nothing depends on the CPU class
-    records = [r for r in entry.get("cpu_verification") or [] if isinstance(r, dict) and r.get("cpu_class") == cpu_class]
-    if any(r.get("status") == "failed" for r in records):
-        return "failed"
-    return "verified" if any(r.get("status") == "passed" for r in records) else "unverified"
+    if cpu_class is None:
+        return VERIFIED
+    quantization = entry.get("quantization") if isinstance(entry.get("quantization"), dict) else None
+    status = class_status(str(entry.get("precision")), quantization, entry.get("cpu_verification") or [], cpu_class)
+    return VERIFIED if status == NOT_APPLICABLE else status

@@ -199,13 +199,14 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
         job = ExportJob(model=model, metadata=metadata, workdir=workdir, dynamic_batch=config.dynamic_batch,
                         calibration=calibration, int8_recipe=config.int8_recipe)
         bar = progress_bar(len(plan), "convert + verify", progress, unit="artefact")
-        artefacts = []
+        artefacts: list[dict[str, Any]] = []
+        outputs: dict[str, Any] = {}  # each verified artefact's outputs on the evaluation images
         for fmt, precision, skipped in plan:
             bar.set_postfix_str(f"{fmt} {precision}")
-            artefacts.append(_one(job, fmt, precision, skipped, staging, images, reference, config.verify))
+            artefacts.append(_one(job, fmt, precision, skipped, staging, images, reference, config.verify, outputs))
             bar.update(1)
         bar.close()
-        _verify_cpu_classes(job, artefacts, staging, images, reference, config, progress)
+        _verify_cpu_classes(job, artefacts, staging, images, reference, config, progress, outputs)
         shutil.rmtree(workdir)
         manifest = {
             "cellsdk_manifest": 1,
@@ -236,7 +237,7 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
 
 
 def _one(job: Any, fmt: str, precision: str, skipped: str, staging: Path, images: ImageSet, reference: Any,
-         verify: VerifyConfig) -> dict[str, Any]:
+         verify: VerifyConfig, outputs: dict[str, Any]) -> dict[str, Any]:
     converter = get_converter(fmt)
     entry: dict[str, Any] = {"file": converter.file_name(precision), "format": fmt, "backend": _BACKEND_OF.get(fmt, fmt),
                              "precision": precision}
@@ -261,7 +262,7 @@ def _one(job: Any, fmt: str, precision: str, skipped: str, staging: Path, images
         entry["runtime_options"] = options
     start = time.perf_counter()
     record = verify_artefact(target, precision, job.metadata_for(precision, recipe or None), images, reference,
-                             verify, options)
+                             verify, options, outputs)
     entry["verify_seconds"] = time.perf_counter() - start
     entry["status"], entry["reasons"] = record.pop("status"), record.pop("reasons")
     if "latency_ms" in record:
@@ -271,7 +272,7 @@ def _one(job: Any, fmt: str, precision: str, skipped: str, staging: Path, images
 
 
 def _verify_cpu_classes(job: Any, artefacts: list[dict[str, Any]], staging: Path, images: ImageSet, reference: Any,
-                        config: ConvertConfig, progress: bool) -> None:
+                        config: ConvertConfig, progress: bool, outputs: dict[str, Any]) -> None:
     """Verify every checked artefact on the requested CPU classes; record it in the entry and in the artefact."""
     checked = [(entry, staging / entry["file"], job.metadata_for(entry["precision"], entry.get("quantization")))
                for entry in artefacts if entry.get("status") in (STATUS_PASSED, STATUS_FAILED)
@@ -279,7 +280,7 @@ def _verify_cpu_classes(job: Any, artefacts: list[dict[str, Any]], staging: Path
     if not checked or not config.cpu_targets.names:
         return
     records = verify_on_targets(checked, images, reference, config.verify, config.cpu_targets, seed=config.seed,
-                                progress=progress)
+                                progress=progress, native_outputs=outputs)
     for entry, path, expected in checked:
         found = records.get(entry["file"]) or []
         if not found:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from cellsdk.converters.base import get_converter
 from cellsdk.converters.calibration import evaluation_set
+from cellsdk.converters.pipeline import _BACKEND_OF, _describe_files
 from cellsdk.converters.targets import CpuTargets, verify_on_targets
 from cellsdk.converters.verify import VerifyConfig, reference_logits, verify_artefact
 
@@ -41,7 +42,7 @@ from cellsdk.manifest import MANIFEST_NAME, STATUS_FAILED, STATUS_PASSED
 
 __all__ = ["verify_deployed"]
 
-_FORMAT_OF = {"onnxruntime": "onnx", "torchscript": "torchscript", "openvino": "openvino", "coreml": "coreml"}
+_FORMAT_OF = {backend: fmt for fmt, backend in _BACKEND_OF.items()}
 
 
 def verify_deployed(artefact: str | os.PathLike, data: str | os.PathLike, *, reference: str | os.PathLike,
@@ -70,12 +71,14 @@ def verify_deployed(artefact: str | os.PathLike, data: str | os.PathLike, *, ref
     manifest_path, entry = _manifest_entry(path)
     options = (entry or {}).get("runtime_options") or get_converter(fmt).verify_options(metadata.precision)
     native = targets.names and "native" in targets.names
-    record = verify_artefact(path, metadata.precision, metadata, images, logits, verify, options) if native else {}
+    outputs: dict[str, np.ndarray] = {}
+    record = verify_artefact(path, metadata.precision, metadata, images, logits, verify, options,
+                             outputs) if native else {}
     job = {"file": path.name, "precision": metadata.precision, "runtime_options": options,
            "status": record.pop("status", STATUS_PASSED), "reasons": record.pop("reasons", []),
            "verification": record}
     new = verify_on_targets([(job, path, metadata)], images, logits, verify, targets, seed=seed,
-                            progress=progress)[path.name]
+                            progress=progress, native_outputs=outputs)[path.name]
     replaced = {(r.get("target"), r.get("cpu_class")) for r in new}
     merged = [r for r in metadata.cpu_verification if (r.get("target"), r.get("cpu_class")) not in replaced] + new
     status = STATUS_FAILED if any(r["status"] == STATUS_FAILED for r in new) else STATUS_PASSED
@@ -128,8 +131,6 @@ def _manifest_entry(path: Path) -> tuple[Path | None, dict[str, Any] | None]:
 
 
 def _update_manifest(manifest: Path, path: Path, records: list[dict[str, Any]]) -> None:
-    from cellsdk.converters.pipeline import _describe_files
-
     data = json.loads(manifest.read_text(encoding="utf-8"))
     for entry in data["artefacts"]:
         if entry.get("file") == path.name:

@@ -92,8 +92,12 @@ def reference_logits(model: Any, images: ImageSet, batch_size: int = 64) -> np.n
 
 
 def verify_artefact(path: Path, precision: str, expected: ModelMetadata, images: ImageSet, reference: np.ndarray,
-                    config: VerifyConfig, options: dict[str, Any] | None = None) -> dict[str, Any]:
+                    config: VerifyConfig, options: dict[str, Any] | None = None,
+                    outputs: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Load ``path`` through Classifier, run the gate, and return the verification record.
+
+    ``outputs``, if given, receives the artefact's outputs on ``images`` under its file name (the checks on
+    other CPU classes compare with them instead of running the artefact here again).
 
     The record holds ``status`` (passed / failed / not verified on this platform), ``reasons``,
     and the measured figures.
@@ -108,6 +112,8 @@ def verify_artefact(path: Path, precision: str, expected: ModelMetadata, images:
         return {"status": STATUS_FAILED, "reasons": [f"does not load in cellsdk: {err}"]}
     reasons = _metadata_mismatches(classifier.metadata, expected)
     logits = np.concatenate([classifier.raw_outputs(batch) for batch in images.batches(64)]).astype(np.float64)
+    if outputs is not None:
+        outputs[path.name] = logits
     record = judge(logits, precision, expected, images.targets, reference, config)
     record["runtime"] = classifier.backend.describe()
     reasons.extend(record.pop("reasons"))
