@@ -83,7 +83,8 @@ def hand_written_parts(path: str | os.PathLike, spec: Preprocessing, backend: st
 
         def infer(batch: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
-                return module(torch.from_numpy(batch)).numpy()
+                output = module(torch.from_numpy(batch))
+            return (output[0] if isinstance(output, (tuple, list)) else output).numpy()  # logits first
 
         return prepare, infer
     raise ValueError(f"no hand-written call for backend {backend!r}")

@@ -24,10 +24,12 @@ import numpy as np
 
 from cellsdk.backends import Backend, backend_for_path, get_backend
 from cellsdk.cpu import CpuCheck, check_artefact, enforce, host_cpu
-from cellsdk.errors import InvalidImageError, MetadataError, ModelNotFoundError, UnsupportedFormatError
+from cellsdk.errors import ConfigError, InvalidImageError, MetadataError, ModelNotFoundError, UnsupportedFormatError
+from cellsdk.guard import GUARD_MODES, Assessment, Guard
+from cellsdk.input_checks import measure
 from cellsdk.metadata import ModelMetadata, Preprocessing
 from cellsdk.metrics import softmax
-from cellsdk.preprocessing import ImageSource, preprocess
+from cellsdk.preprocessing import ImageSource, load_image, prepare_image, to_input_array
 
 __all__ = ["DEFAULT_MODEL", "Classifier", "Prediction", "default_model_path"]
 
@@ -61,29 +63,52 @@ class Prediction:
     """The result for one image.
 
     Attributes:
-        label: the most probable class.
-        index: its index in the model's labels.
-        confidence: its probability.
+        label: the most probable class; None when the guard rejected the image (``ood="reject"``).
+        index: its index in the model's labels (None when rejected).
+        confidence: the most probable class's probability (kept when rejected, for audit).
         probabilities: every class's probability, by label, in label order.
-        top_k: the ``k`` most probable ``(label, probability)`` pairs, best first.
+        top_k: the ``k`` most probable ``(label, probability)`` pairs, best first (empty when rejected).
+        status: ``ok``, ``out_of_distribution`` (unlike the training images) or ``uncertain`` (in
+            distribution but below the model's confidence threshold); always ``ok`` for models without
+            a guard or with ``ood="off"``.
+        ood_score: the guard's OOD score (higher = less like the training data), None without a guard.
+        reasons: why the status is not ``ok``: the score, and each input check that fired.
 
     Example:
         >>> p = Prediction("b", 1, 0.75, {"a": 0.25, "b": 0.75}, (("b", 0.75), ("a", 0.25)))
-        >>> p.to_dict()["top_k"][0]
-        {'label': 'b', 'probability': 0.75}
+        >>> p.to_dict()["top_k"][0], p.status
+        ({'label': 'b', 'probability': 0.75}, 'ok')
     """
 
-    label: str
-    index: int
+    label: str | None
+    index: int | None
     confidence: float
     probabilities: Mapping[str, float]
     top_k: tuple[tuple[str, float], ...]
+    status: str = "ok"
+    ood_score: float | None = None
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """True when the guard raised nothing."""
+        return self.status == "ok"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary."""
-        return {"label": self.label, "index": self.index, "confidence": self.confidence,
+        return {"label": self.label, "index": self.index, "confidence": self.confidence, "status": self.status,
+                "ood_score": self.ood_score, "reasons": list(self.reasons),
                 "top_k": [{"label": label, "probability": p} for label, p in self.top_k],
                 "probabilities": dict(self.probabilities)}
+
+
+_NOTED: set[str] = set()
+
+
+def _note_once(key: str, message: str) -> None:
+    if key not in _NOTED:
+        _NOTED.add(key)
+        log.info(message)
 
 
 class Classifier:
@@ -93,7 +118,10 @@ class Classifier:
     """
 
     def __init__(self, backend: Backend, metadata: ModelMetadata, *, path: Path, top_k: int = 3,
-                 chosen: str | None = None, cpu_check: CpuCheck | None = None) -> None:
+                 chosen: str | None = None, cpu_check: CpuCheck | None = None, ood: str = "flag",
+                 guard: Guard | None = None) -> None:
+        if ood not in GUARD_MODES:
+            raise ConfigError(f"ood={ood!r}: use one of {', '.join(GUARD_MODES)}")
         self.backend = backend
         #: whether this (int8) artefact was verified on this machine's CPU class (see cellsdk.cpu)
         self.cpu_check = cpu_check if cpu_check is not None else check_artefact(metadata, path.name)
@@ -105,6 +133,15 @@ class Classifier:
         self._labels = metadata.labels
         self._apply_softmax = metadata.output == "logits"
         self._chunk = backend.max_batch
+        self._outputs = metadata.outputs
+        #: flag, reject or off (see :class:`Prediction`'s ``status``)
+        self.ood = ood
+        #: the model's OOD guard (None for models without one, or with ood="off"); see cellsdk.guard
+        self.guard = None if ood == "off" else (guard if guard is not None else Guard.from_metadata(metadata))
+        if self.guard is None and ood != "off":
+            _note_once(str(path), f"cellsdk: {path.name} carries no OOD guard (converted without one, or not by "
+                                  "cellsdk): every prediction has status ok; re-convert it with "
+                                  "cellsdk-convert to add one")
 
     @classmethod
     def load(
@@ -117,6 +154,7 @@ class Classifier:
         preprocessing: Preprocessing | Mapping[str, Any] | None = None,
         top_k: int = 3,
         strict: bool = False,
+        ood: str = "flag",
         **options: Any,
     ) -> Classifier:
         """Load a model file or a conversion output folder; with no path, the shipped blood-cell model.
@@ -134,6 +172,9 @@ class Classifier:
             top_k: how many classes :class:`Prediction` lists by default.
             strict: refuse an int8 artefact that was not verified on (or failed on) this machine's CPU
                 class, instead of warning once (see :mod:`cellsdk.cpu` and ``cpu_check``).
+            ood: what the model's out-of-distribution guard does: ``flag`` (default: every
+                :class:`Prediction` carries ``status``, ``ood_score`` and ``reasons``), ``reject`` (as flag,
+                and the label of a prediction that is not ``ok`` is withheld) or ``off``.
             **options: backend options, e.g. ``threads=2``, ``precision="f32"`` (openvino),
                 ``providers=[...]`` (onnxruntime), ``compute_units="CPU_AND_NE"`` (coreml).
 
@@ -163,9 +204,11 @@ class Classifier:
         _check_shapes(path, instance, metadata)
         if top_k < 1:
             raise MetadataError(f"top_k must be >= 1, got {top_k}")
+        if ood not in GUARD_MODES:
+            raise ConfigError(f"ood={ood!r}: use one of {', '.join(GUARD_MODES)}")
         check = check_artefact(metadata, path.name)
         enforce(check, strict=strict, key=str(path))
-        return cls(instance, metadata, path=path, top_k=top_k, chosen=chosen, cpu_check=check)
+        return cls(instance, metadata, path=path, top_k=top_k, chosen=chosen, cpu_check=check, ood=ood)
 
     # ------------------------------------------------------------------ properties
 
@@ -199,7 +242,8 @@ class Classifier:
         if preprocessing.input_size != self._spec.input_size:
             raise MetadataError(f"the model takes {self._spec.input_size} px inputs, not {preprocessing.input_size}")
         return Classifier(self.backend, self.metadata.replace(preprocessing=preprocessing), path=self.path,
-                          top_k=self.default_top_k, chosen=self.chosen, cpu_check=self.cpu_check)
+                          top_k=self.default_top_k, chosen=self.chosen, cpu_check=self.cpu_check, ood=self.ood,
+                          guard=self.guard)
 
     # ------------------------------------------------------------------ prediction
 
@@ -209,8 +253,7 @@ class Classifier:
         Raises:
             InvalidImageError: naming the input, if it is not a usable image.
         """
-        probabilities = self._run(preprocess(image, self._spec)[None])[0]
-        return self._prediction(probabilities, top_k)
+        return self._predict_many([image], 1, top_k)[0]
 
     def predict_batch(self, images: Iterable[ImageSource], *, batch_size: int = 32,
                       top_k: int | None = None) -> list[Prediction]:
@@ -219,30 +262,81 @@ class Classifier:
         Raises:
             InvalidImageError: naming the first unusable input and its position.
         """
-        return [self._prediction(row, top_k) for row in self._proba_many(list(images), batch_size)]
+        return self._predict_many(list(images), batch_size, top_k)
 
     def predict_proba(self, images: ImageSource | Sequence[ImageSource], *, batch_size: int = 32) -> np.ndarray:
         """Class probabilities: shape ``C`` for one image, ``N x C`` for a list (or an ``N x H x W x C`` array)."""
         if isinstance(images, (list, tuple)) or (isinstance(images, np.ndarray) and images.ndim == 4):
-            return self._proba_many(list(images), batch_size)
-        return self._run(preprocess(images, self._spec)[None])[0]
+            return self._proba(self._forward_many(list(images), batch_size, stats=False)[0])
+        return self._proba(self._forward_many([images], 1, stats=False)[0])[0]
 
-    def _proba_many(self, images: list[ImageSource], batch_size: int) -> np.ndarray:
+    def _prepare(self, image: ImageSource, stats: bool) -> tuple[np.ndarray, dict[str, float] | None]:
+        """The model input of one image, and its input-check statistics when the guard has checks."""
+        prepared = prepare_image(load_image(image), self._spec)
+        measured = measure(np.asarray(prepared)) if stats else None
+        return to_input_array(prepared, self._spec), measured
+
+    def _forward_many(self, images: list[ImageSource], batch_size: int, *, stats: bool
+                      ) -> tuple[np.ndarray, np.ndarray | None, list[dict[str, float] | None]]:
+        """Logits, features (None if the model has none) and image statistics of every image."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        rows = []
+        stats = stats and self.guard is not None and self.guard.input_checks is not None
+        logits, features, measured = [], [], []
         for start in range(0, len(images), batch_size):
             arrays = []
             for offset, image in enumerate(images[start:start + batch_size]):
                 try:
-                    arrays.append(preprocess(image, self._spec))
+                    array, image_stats = self._prepare(image, stats)
                 except InvalidImageError as err:
                     where = "" if isinstance(image, (str, os.PathLike)) else f"input {start + offset} "
                     raise InvalidImageError(f"{where}{err}") from None
-            rows.append(self._run(np.stack(arrays)))
-        if not rows:
-            return np.zeros((0, len(self._labels)), dtype=np.float64)
-        return np.concatenate(rows)
+                arrays.append(array)
+                measured.append(image_stats)
+            outputs = self.run_outputs(np.stack(arrays))
+            logits.append(outputs["logits"])
+            if "features" in outputs:
+                features.append(outputs["features"])
+        if not logits:
+            return np.zeros((0, len(self._labels))), None, []
+        return (np.concatenate(logits).astype(np.float64, copy=False),
+                np.concatenate(features) if features else None, measured)
+
+    def _predict_many(self, images: list[ImageSource], batch_size: int, top_k: int | None) -> list[Prediction]:
+        logits, features, measured = self._forward_many(images, batch_size, stats=True)
+        probabilities = self._proba(logits)
+        verdicts: list[Assessment] | None = None
+        if self.guard is not None and len(logits):
+            verdicts = self.guard.assess(logits, features, measured, probabilities
+                                         if self._apply_softmax else None)
+        return [self._prediction(row, top_k, verdicts[i] if verdicts else None)
+                for i, row in enumerate(probabilities)]
+
+    def run_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output of the model, by name (``logits``, and ``features`` for models with a guard).
+
+        Args:
+            batch: float32 ``N x 3 x H x W``, already preprocessed; split to the model's batch limit.
+
+        Raises:
+            MetadataError: the model's outputs do not match its metadata.
+        """
+        chunk = self._chunk
+        if chunk is None or len(batch) <= chunk:
+            parts = [self.backend.run_all(batch)]
+        else:
+            parts = [self.backend.run_all(batch[i:i + chunk]) for i in range(0, len(batch), chunk)]
+        if any(len(p) < len(self._outputs) for p in parts):
+            raise MetadataError(f"{self.path}: the model has {len(parts[0])} outputs but its metadata lists "
+                                f"{len(self._outputs)} ({', '.join(self._outputs)}); re-convert it")
+        outputs = {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(self._outputs)}
+        logits = outputs["logits"]
+        if logits.ndim != 2 or logits.shape != (len(batch), len(self._labels)):
+            raise MetadataError(
+                f"{self.path}: model returned shape {tuple(logits.shape)} for {len(batch)} images, "
+                f"expected ({len(batch)}, {len(self._labels)}) for the {len(self._labels)} labels"
+            )
+        return outputs
 
     def raw_outputs(self, batch: np.ndarray) -> np.ndarray:
         """The model's own outputs (logits, unless the metadata says probabilities) for preprocessed arrays.
@@ -254,32 +348,25 @@ class Classifier:
         Raises:
             MetadataError: the model's output does not have one column per label.
         """
-        chunk = self._chunk
-        if chunk is None or len(batch) <= chunk:
-            outputs = self.backend.run(batch)
-        else:
-            outputs = np.concatenate([self.backend.run(batch[i:i + chunk]) for i in range(0, len(batch), chunk)])
-        if outputs.ndim != 2 or outputs.shape != (len(batch), len(self._labels)):
-            raise MetadataError(
-                f"{self.path}: model returned shape {tuple(outputs.shape)} for {len(batch)} images, "
-                f"expected ({len(batch)}, {len(self._labels)}) for the {len(self._labels)} labels"
-            )
-        return outputs
+        return self.run_outputs(batch)["logits"]
 
-    def _run(self, batch: np.ndarray) -> np.ndarray:
-        outputs = self.raw_outputs(batch).astype(np.float64, copy=False)
-        return softmax(outputs) if self._apply_softmax else outputs
+    def _proba(self, logits: np.ndarray) -> np.ndarray:
+        logits = logits.astype(np.float64, copy=False)
+        return softmax(logits) if self._apply_softmax else logits
 
-    def _prediction(self, probabilities: np.ndarray, top_k: int | None) -> Prediction:
-        k = min(top_k or self.default_top_k, len(self._labels))
-        order = np.argsort(-probabilities, kind="stable")[:k]
+    def _prediction(self, probabilities: np.ndarray, top_k: int | None, verdict: Assessment | None) -> Prediction:
+        verdict = verdict or Assessment()
         labels = self._labels
-        best = int(order[0])
-        return Prediction(
-            label=labels[best], index=best, confidence=float(probabilities[best]),
-            probabilities={label: float(p) for label, p in zip(labels, probabilities)},
-            top_k=tuple((labels[int(i)], float(probabilities[i])) for i in order),
-        )
+        best = int(np.argmax(probabilities))
+        common = {"confidence": float(probabilities[best]), "status": verdict.status, "ood_score": verdict.ood_score,
+                  "reasons": verdict.reasons,
+                  "probabilities": {label: float(p) for label, p in zip(labels, probabilities)}}
+        if self.ood == "reject" and verdict.status != "ok":
+            return Prediction(label=None, index=None, top_k=(), **common)
+        k = min(top_k or self.default_top_k, len(labels))
+        order = np.argsort(-probabilities, kind="stable")[:k]
+        return Prediction(label=labels[best], index=best,
+                          top_k=tuple((labels[int(i)], float(probabilities[i])) for i in order), **common)
 
 
 def _resolve_metadata(path: Path, backend: Backend, labels: Sequence[str] | None,

@@ -187,11 +187,14 @@ def _history_table(history: list[dict[str, Any]], best_epoch: int) -> str:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", type=int, default=0, show_default=True, help="Checkpoints: data-loading processes.")
 @click.option("--strict", is_flag=True, help="Refuse an int8 model not verified on this machine's CPU class.")
+@click.option("--ood", "ood_folders", multiple=True, type=click.Path(path_type=Path),
+              help="Deployed models: a folder of images from outside the training domain; the guard's AUROC, "
+                   "FPR at 95 % TPR and share flagged are reported. Repeatable.")
 @click.option("--quiet", is_flag=True)
 @_friendly_errors
 def eval_command(model: Path, data: Path, split: str, out_dir: Path | None, data_cropped: bool,
                  labels: str | None, batch_size: int, backend: str | None, runtime_options: tuple[str, ...],
-                 device: str, workers: int, strict: bool, quiet: bool) -> None:
+                 device: str, workers: int, strict: bool, ood_folders: tuple[Path, ...], quiet: bool) -> None:
     """Evaluate MODEL on a split of --data: accuracy, macro-F1, per class, confusion, calibration.
 
     MODEL is a training checkpoint (.safetensors, run in PyTorch fp32) or a deployed model: any file or
@@ -201,9 +204,9 @@ def eval_command(model: Path, data: Path, split: str, out_dir: Path | None, data
 
     _setup_logging(quiet)
     if model.suffix.lower() == CHECKPOINT_SUFFIX:
-        if backend or runtime_options or strict:
-            raise click.ClickException("--backend / --option / --strict are for deployed models; a checkpoint runs "
-                                       "in PyTorch")
+        if backend or runtime_options or strict or ood_folders:
+            raise click.ClickException("--backend / --option / --strict / --ood are for deployed models; a checkpoint "
+                                       "runs in PyTorch (convert it to get its OOD guard)")
         from cellsdk.training import evaluate
 
         report = evaluate(model, data, split=split, out_dir=out_dir, data_cropped=data_cropped, labels=labels,
@@ -213,7 +216,8 @@ def eval_command(model: Path, data: Path, split: str, out_dir: Path | None, data
 
         report = evaluate_model(model, data, split=split, out_dir=out_dir, data_cropped=data_cropped,
                                 labels=labels, backend=backend, device=device, batch_size=min(batch_size, 32),
-                                options=_parse_options(runtime_options), progress=not quiet, strict=strict)
+                                options=_parse_options(runtime_options), progress=not quiet, strict=strict,
+                                ood=ood_folders)
         click.echo(f"{report['model']} on {report['backend']} ({report['device']}), CPU class "
                    f"{report['cpu']['cpu_class']}: {report['cpu_check']}")
     click.echo(format_report(report))
@@ -286,22 +290,45 @@ def format_report(report: dict[str, Any]) -> str:
     for label, row in report["per_class"].items():
         lines.append(f"{label:<16}{row['precision'] * 100:>9.2f}%{row['recall'] * 100:>7.2f}%"
                      f"{row['f1'] * 100:>7.2f}%{row['support']:>9}")
+    curve = report.get("risk_coverage") or {}
+    if curve.get("points"):
+        lines.append("risk-coverage (accuracy of the most confident answers): " + ", ".join(
+            f"{p['coverage'] * 100:.0f} % -> {p['accuracy'] * 100:.2f} %" for p in curve["points"]
+            if p["coverage"] in (0.8, 0.9, 0.95, 1.0)) + f"; AURC {curve['aurc']:.4f}")
+    guard = report.get("guard")
+    if guard:
+        lines.append(f"guard ({guard['score']}): kept {guard['kept'] * 100:.1f} % (out of distribution "
+                     f"{guard['flagged_out_of_distribution'] * 100:.1f} %, uncertain {guard['uncertain'] * 100:.1f} %); "
+                     f"accuracy of the kept answers {guard['accuracy_kept'] * 100:.2f} % (all: "
+                     f"{guard['accuracy_all'] * 100:.2f} %)")
+    elif "guard" in report:
+        lines.append("guard: none in this model (every answer has status ok)")
+    if report.get("ood"):
+        lines.append(f"{'OOD folder':<40}{'images':>7}{'AUROC':>8}{'FPR@95':>8}{'flagged':>9}")
+        for folder, row in report["ood"].items():
+            auc = f"{row['auroc']:.3f}" if "auroc" in row else "-"
+            fpr = f"{row['fpr_at_95_tpr']:.2f}" if "fpr_at_95_tpr" in row else "-"
+            lines.append(f"{folder[-39:]:<40}{row['images']:>7}{auc:>8}{fpr:>8}{row['flagged'] * 100:>8.1f}%")
     return "\n".join(lines)
 
 
 @click.command("info")
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the metadata document as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the metadata document as JSON (the guard's arrays as dtype and shape).")
 @_friendly_errors
 def info_command(path: Path, as_json: bool) -> None:
     """Describe a checkpoint, any model file or a conversion folder: metadata and the CPU classes it was verified on.
 
     Checkpoints are read without torch; a TorchScript archive needs torch.
     """
+    import json
+
     from cellsdk.info import describe, read_metadata
+    from cellsdk.ood_scores import without_arrays
 
     if as_json:
-        click.echo(read_metadata(path).to_json(indent=2))
+        click.echo(json.dumps(without_arrays(read_metadata(path).to_dict()), indent=2, sort_keys=True))
     else:
         click.echo(describe(path))
 
@@ -330,9 +357,12 @@ def _expand_images(paths: tuple[Path, ...]) -> list[Path]:
 @click.option("--top-k", type=int, default=1, show_default=True, help="Classes to show per image.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--strict", is_flag=True, help="Refuse an int8 model not verified on this machine's CPU class.")
+@click.option("--ood", "ood_mode", type=click.Choice(["flag", "reject", "off"]), default="flag", show_default=True,
+              help="The model's out-of-distribution guard: flag (status and reasons beside the label), reject "
+                   "(no label for images it flags) or off.")
 @_friendly_errors
 def predict_command(images: tuple[Path, ...], model_path: Path | None, backend: str | None, device: str,
-                    threads: int | None, top_k: int, as_json: bool, strict: bool) -> None:
+                    threads: int | None, top_k: int, as_json: bool, strict: bool, ood_mode: str) -> None:
     """Classify IMAGES (files or folders); one line per image. Exit status 1 if any image failed."""
     import json
 
@@ -342,7 +372,7 @@ def predict_command(images: tuple[Path, ...], model_path: Path | None, backend: 
     options = {"threads": threads} if threads is not None else {}
     _show_cellsdk_warnings_in_one_line()
     classifier = Classifier.load(model_path, backend=backend, device=device, top_k=max(top_k, 1), strict=strict,
-                                 **options)
+                                 ood=ood_mode, **options)
     if classifier.chosen:
         click.echo(f"using {classifier.chosen}", err=True)
     elif model_path is None:
@@ -360,10 +390,13 @@ def predict_command(images: tuple[Path, ...], model_path: Path | None, backend: 
             continue
         if as_json:
             record = prediction.to_dict()
-            click.echo(json.dumps({"path": str(path), **{k: record[k] for k in ("label", "index", "confidence", "top_k")}}))
+            keys = ("label", "index", "confidence", "top_k", "status", "ood_score", "reasons")
+            click.echo(json.dumps({"path": str(path), **{k: record[k] for k in keys}}))
         else:
-            ranked = ", ".join(f"{label} {p * 100:.1f}%" for label, p in prediction.top_k)
-            click.echo(f"{path}\t{ranked}")
+            ranked = ", ".join(f"{label} {p * 100:.1f}%" for label, p in prediction.top_k) or "(no answer)"
+            status = "" if prediction.ok else f"\t{prediction.status.upper()}: {prediction.reasons[0]}" + (
+                f" (+{len(prediction.reasons) - 1} more)" if len(prediction.reasons) > 1 else "")
+            click.echo(f"{path}\t{ranked}{status}")
     if failed:
         raise SystemExit(1)
 
@@ -402,11 +435,18 @@ def _split_list(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--verify-cpus-images", type=int, default=50, show_default=True,
               help="Emulated checks: at most this many evaluation images per class.")
 @click.option("--verify-cpus-float", is_flag=True, help="Also check fp32 / fp16 artefacts under emulation.")
+@click.option("--guard/--no-guard", default=True, show_default=True,
+              help="Fit an out-of-distribution guard into every artefact (needs train and val splits in the data).")
+@click.option("--guard-score", type=click.Choice(["auto", "msp", "energy", "mahalanobis", "knn"]), default="auto",
+              show_default=True, help="auto: the score with the best AUROC on synthetic shifts of the val images.")
+@click.option("--guard-retention", type=float, default=95.0, show_default=True,
+              help="Percent of in-distribution (val) images the OOD threshold keeps.")
 @click.option("--quiet", is_flag=True)
 @_friendly_errors
 def convert_command(checkpoint: Path, out_dir: Path, formats: str, quantize: tuple[str, ...], **options: Any) -> None:
     """Convert CHECKPOINT to verified ONNX, TorchScript, OpenVINO and CoreML models with a manifest."""
     from cellsdk.converters import ConvertConfig, VerifyConfig, convert, format_manifest_table
+    from cellsdk.converters.guard import GuardConfig
     from cellsdk.converters.targets import CpuTargets
 
     quiet = options.pop("quiet")
@@ -422,6 +462,8 @@ def convert_command(checkpoint: Path, out_dir: Path, formats: str, quantize: tup
         int8_recipe=options["int8_recipe"],
         cpu_targets=CpuTargets.parse(options["verify_cpus"], images_per_class=options["verify_cpus_images"],
                                      float_artefacts=options["verify_cpus_float"]),
+        guard=GuardConfig(score=options["guard_score"], retention=options["guard_retention"] / 100)
+        if options["guard"] else GuardConfig.off(),
         verify=VerifyConfig(max_accuracy_drop=options["max_accuracy_drop"] / 100,
                             max_recall_drop=options["max_recall_drop"] / 100,
                             min_agreement=options["min_agreement"] / 100),

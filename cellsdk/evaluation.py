@@ -32,13 +32,13 @@ from cellsdk.datasets import load_dataset
 from cellsdk.errors import DatasetError, InvalidImageError
 from cellsdk.metrics import classification_report
 
-__all__ = ["REPORT_FILES", "confusion_matrix_csv", "evaluate_model", "write_report"]
+__all__ = ["REPORT_FILES", "confusion_matrix_csv", "evaluate_model", "evaluate_ood", "write_report"]
 
-REPORT, CONFUSION_CSV, CONFUSION_PNG, RELIABILITY_PNG = (
-    "report.json", "confusion_matrix.csv", "confusion_matrix.png", "reliability.png",
+REPORT, CONFUSION_CSV, CONFUSION_PNG, RELIABILITY_PNG, RISK_COVERAGE_PNG = (
+    "report.json", "confusion_matrix.csv", "confusion_matrix.png", "reliability.png", "risk_coverage.png",
 )
 #: The files :func:`write_report` writes.
-REPORT_FILES = (REPORT, CONFUSION_CSV, CONFUSION_PNG, RELIABILITY_PNG)
+REPORT_FILES = (REPORT, CONFUSION_CSV, CONFUSION_PNG, RELIABILITY_PNG, RISK_COVERAGE_PNG)
 
 
 def confusion_matrix_csv(matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> str:
@@ -58,8 +58,11 @@ def confusion_matrix_csv(matrix: Sequence[Sequence[int]], labels: Sequence[str])
     return buffer.getvalue()
 
 
-def write_report(out: str | os.PathLike, report: dict[str, Any]) -> dict[str, str]:
-    """Write ``report.json``, ``confusion_matrix.csv``, ``confusion_matrix.png`` and ``reliability.png``.
+def write_report(out: str | os.PathLike, report: dict[str, Any], *,
+                 predictions: tuple[Any, Any] | None = None,
+                 operating_point: tuple[float, float] | None = None) -> dict[str, str]:
+    """Write ``report.json``, ``confusion_matrix.csv``, ``confusion_matrix.png``, ``reliability.png`` and,
+    given ``predictions`` (per image: correct?, confidence), ``risk_coverage.png``.
 
     The PNGs need matplotlib (the ``[train]`` extra); without it they are left
     out and ``report["files"]`` lists only what was written.
@@ -75,11 +78,84 @@ def write_report(out: str | os.PathLike, report: dict[str, Any]) -> dict[str, st
                               title=f"{report['split']}: accuracy {report['accuracy'] * 100:.2f} % (n={report['n']})")
         plot_reliability(report["reliability"], report["ece"], out / RELIABILITY_PNG)
         files.update({CONFUSION_PNG: out / CONFUSION_PNG, RELIABILITY_PNG: out / RELIABILITY_PNG})
+        if predictions is not None:
+            from cellsdk.plots import plot_risk_coverage
+
+            plot_risk_coverage(predictions[0], predictions[1], out / RISK_COVERAGE_PNG, operating_point=operating_point,
+                               title=f"{report['split']}: risk-coverage (n={report['n']})")
+            files[RISK_COVERAGE_PNG] = out / RISK_COVERAGE_PNG
     except ImportError:
         pass
     report["files"] = {name: str(path) for name, path in files.items()}
     write_json(out / REPORT, report)
     return report["files"]
+
+
+def _image_files(folder: Path) -> list[Path]:
+    from cellsdk.datasets import _is_image
+
+    return sorted(p for p in folder.rglob("*") if p.is_file() and _is_image(p))
+
+
+def _run(classifier: Any, images: Sequence[Any], batch_size: int, bar: Any) -> list[Any]:
+    predictions = []
+    for start in range(0, len(images), batch_size):
+        chunk = list(images[start:start + batch_size])
+        predictions.extend(classifier.predict_batch(chunk, batch_size=batch_size))
+        bar.update(len(chunk))
+    return predictions
+
+
+def _guard_figures(predictions: list[Any], correct: np.ndarray) -> dict[str, Any]:
+    statuses = np.asarray([p.status for p in predictions])
+    kept = statuses == "ok"
+    return {"kept": float(kept.mean()) if len(kept) else float("nan"),
+            "flagged_out_of_distribution": float((statuses == "out_of_distribution").mean()) if len(kept) else 0.0,
+            "uncertain": float((statuses == "uncertain").mean()) if len(kept) else 0.0,
+            "accuracy_kept": float(correct[kept].mean()) if kept.any() else float("nan"),
+            "accuracy_all": float(correct.mean()) if len(correct) else float("nan")}
+
+
+def evaluate_ood(classifier: Any, in_scores: np.ndarray, folders: Sequence[str | os.PathLike], *,
+                 batch_size: int = 32, progress: bool = True) -> dict[str, dict[str, Any]]:
+    """The guard on folders of images that are not the training domain: AUROC, FPR at 95 % TPR, share flagged.
+
+    ``in_scores`` are the OOD scores of the in-distribution images the folders are compared with.
+
+    Raises:
+        DatasetError: a folder is missing or holds no images, or an image in it cannot be read.
+    """
+    from cellsdk.metrics import auroc, fpr_at_tpr
+
+    out = {}
+    for folder in folders:
+        folder = Path(folder)
+        files = _image_files(folder) if folder.is_dir() else []
+        if not files:
+            raise DatasetError(f"--ood {folder}: not a folder of images; pass folders of images from outside "
+                               "the training domain")
+        bar = progress_bar(len(files), f"ood {folder.name}", progress)
+        try:
+            predictions = _run(classifier, files, batch_size, bar)
+        except InvalidImageError as err:
+            raise DatasetError(f"bad OOD image: {err}") from None
+        finally:
+            bar.close()
+        scores = np.asarray([p.ood_score for p in predictions], dtype=np.float64)
+        statuses = [p.status for p in predictions]
+        record: dict[str, Any] = {"images": len(files),
+                                  "flagged": sum(s == "out_of_distribution" for s in statuses) / len(files),
+                                  "not_ok": sum(s != "ok" for s in statuses) / len(files)}
+        if classifier.guard is not None:
+            record.update(auroc=auroc(in_scores, scores), fpr_at_95_tpr=fpr_at_tpr(in_scores, scores))
+            fired: dict[str, int] = {}
+            for p in predictions:
+                for reason in p.reasons:
+                    check = reason.split(":", 1)[0] if not reason.startswith("OOD score") else "score"
+                    fired[check] = fired.get(check, 0) + 1
+            record["reasons"] = {k: v / len(files) for k, v in sorted(fired.items())}
+        out[str(folder)] = record
+    return out
 
 
 def evaluate_model(
@@ -96,6 +172,7 @@ def evaluate_model(
     options: Mapping[str, Any] | None = None,
     progress: bool = True,
     strict: bool = False,
+    ood: Sequence[str | os.PathLike] = (),
 ) -> dict[str, Any]:
     """Evaluate a model file or conversion folder through :class:`cellsdk.Classifier` on one split.
 
@@ -111,35 +188,42 @@ def evaluate_model(
         batch_size: images per runtime call (models with a fixed batch of 1 run one by one).
         progress: show a progress bar.
         strict: refuse an int8 artefact not verified on this machine's CPU class (see :mod:`cellsdk.cpu`).
+        ood: folders of images that are not the training domain (raw images, the model's own preprocessing):
+            the guard's AUROC, FPR at 95 % TPR and share flagged on each, against the split's images.
 
     Returns:
-        :func:`cellsdk.metrics.classification_report` plus the model, backend, data, timing, the CPU it ran on
-        and whether the artefact was verified on that CPU's class.
+        :func:`cellsdk.metrics.classification_report` plus the model, backend, data, timing, the CPU it ran on,
+        whether the artefact was verified on that CPU's class, ``guard`` (share kept, accuracy of the kept
+        answers; None for a model without a guard) and ``ood`` (per folder).
     """
     from cellsdk.classifier import Classifier
 
     started = time.perf_counter()
-    classifier = Classifier.load(model, backend=backend, device=device, strict=strict, **dict(options or {}))
-    metadata = classifier.metadata
-    if data_cropped:
-        classifier = classifier.with_preprocessing(metadata.preprocessing.without_crop())
+    raw_classifier = Classifier.load(model, backend=backend, device=device, strict=strict, **dict(options or {}))
+    metadata = raw_classifier.metadata
+    classifier = raw_classifier.with_preprocessing(metadata.preprocessing.without_crop()) if data_cropped \
+        else raw_classifier
     dataset = load_dataset(data, labels=labels)
     chosen = dataset.split(split)
     targets = dataset.targets_for(chosen, metadata.labels)
     bar = progress_bar(len(chosen), f"eval {split}", progress)
-    chunks = []
+    images = [chosen.paths[i] if chosen.paths is not None else chosen.images[i] for i in range(len(chosen))]
     try:
-        for start in range(0, len(chosen), batch_size):
-            indices = range(start, min(start + batch_size, len(chosen)))
-            images = [chosen.paths[i] if chosen.paths is not None else chosen.images[i] for i in indices]
-            chunks.append(classifier.predict_proba(images, batch_size=batch_size))
-            bar.update(len(images))
+        predictions = _run(classifier, images, batch_size, bar)
     except InvalidImageError as err:
         raise DatasetError(f"bad evaluation image: {err}") from None
     finally:
         bar.close()
-    probabilities = np.concatenate(chunks) if chunks else np.zeros((0, metadata.num_classes))
+    probabilities = np.asarray([[p.probabilities[label] for label in metadata.labels] for p in predictions],
+                               dtype=np.float64).reshape(len(predictions), metadata.num_classes)
     report = classification_report(targets, probabilities, metadata.labels)
+    correct = probabilities.argmax(axis=1) == targets if len(targets) else np.zeros(0, bool)
+    guard = None
+    if classifier.guard is not None:
+        guard = {**_guard_figures(predictions, correct), "score": classifier.guard.score.name,
+                 "threshold": classifier.guard.threshold, "retention": classifier.guard.retention,
+                 "confidence_threshold": classifier.guard.confidence_threshold}
+    in_scores = np.asarray([p.ood_score for p in predictions if p.ood_score is not None], dtype=np.float64)
     path = Path(classifier.path)
     report.update({
         "split": chosen.name,
@@ -154,10 +238,13 @@ def evaluate_model(
         "preprocessing": classifier.metadata.preprocessing.describe(),
         "cpu": host_cpu().to_dict(),
         "cpu_check": classifier.cpu_check.status,
+        "guard": guard,
+        "ood": evaluate_ood(raw_classifier, in_scores, ood, batch_size=batch_size, progress=progress) if ood else {},
         "seconds": time.perf_counter() - started,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })
     if out_dir is not None:
-        write_report(out_dir, report)
+        point = (guard["kept"], guard["accuracy_kept"]) if guard and guard["kept"] > 0 else None
+        write_report(out_dir, report, predictions=(correct, probabilities.max(axis=1) if len(targets) else []),
+                     operating_point=point)
     return report
-

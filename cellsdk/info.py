@@ -87,6 +87,9 @@ def describe(path: str | os.PathLike) -> str:
         lines.append("fp32 reference: " + ", ".join(f"{k} {v * 100:.2f} %" for k, v in ref.items()))
     if path.suffix.lower() == CHECKPOINT_SUFFIX:
         return "\n".join(lines)
+    from cellsdk.guard import guard_summary
+
+    lines.append(f"OOD guard: {guard_summary(meta.guard)}")
     records = format_cpu_records(meta.cpu_verification)
     lines.append("verified on CPU classes:" if records else "verified on CPU classes: none recorded")
     lines.extend(records)

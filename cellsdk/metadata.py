@@ -40,8 +40,9 @@ __all__ = [
 
 #: The key under which the JSON document is stored in every artefact's slot.
 METADATA_KEY = "cellsdk"
-#: The schema version this cellsdk writes and the newest it reads (1: the first; 2: adds ``cpu_verification``).
-SCHEMA_VERSION = 2
+#: The schema version this cellsdk writes and the newest it reads (1: the first; 2: adds ``cpu_verification``;
+#: 3: adds ``outputs`` and ``guard``).
+SCHEMA_VERSION = 3
 
 RESIZE_FILTERS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 CROP_MODES = ("none", "fraction", "pixels")
@@ -172,6 +173,10 @@ class ModelMetadata:
         cpu_verification: one record per CPU class the artefact was verified on (``target``,
             ``cpu_class``, ``features``, ``method``, ``images``, ``status``, the gate's figures); see
             :mod:`cellsdk.cpu`. Empty for checkpoints and for artefacts written before schema 2.
+        outputs: the model's outputs in order: ``logits`` first, then e.g. ``features`` (the pooled
+            features the OOD guard reads). Before schema 3 always ``("logits",)``.
+        guard: the out-of-distribution guard (score statistics, thresholds, input checks, validation
+            figures; see :mod:`cellsdk.guard`), or None for models without one.
         created: ISO 8601 UTC time of creation.
         cellsdk_version: the cellsdk version that wrote the document.
         schema_version: version of this schema.
@@ -195,6 +200,8 @@ class ModelMetadata:
     dataset: str | None = None
     training: dict[str, Any] = field(default_factory=dict)
     cpu_verification: tuple[dict[str, Any], ...] = ()
+    outputs: tuple[str, ...] = ("logits",)
+    guard: dict[str, Any] | None = None
     created: str | None = None
     cellsdk_version: str = __version__
     schema_version: int = SCHEMA_VERSION
@@ -204,6 +211,8 @@ class ModelMetadata:
             object.__setattr__(self, "labels", tuple(self.labels))
         if isinstance(self.cpu_verification, list):
             object.__setattr__(self, "cpu_verification", tuple(self.cpu_verification))
+        if isinstance(self.outputs, list):
+            object.__setattr__(self, "outputs", tuple(self.outputs))
         if isinstance(self.preprocessing, Mapping):
             object.__setattr__(self, "preprocessing", Preprocessing.from_dict(self.preprocessing))
         self.validate()
@@ -259,6 +268,15 @@ class ModelMetadata:
             for r in self.cpu_verification
         ):
             raise MetadataError("cpu_verification must list records with a 'cpu_class' and a 'status'")
+        if not isinstance(self.outputs, tuple) or not self.outputs or self.outputs[0] != "logits" \
+                or not all(isinstance(o, str) and o for o in self.outputs) or len(set(self.outputs)) != len(self.outputs):
+            raise MetadataError(f"outputs must name the model's outputs, logits first, got {self.outputs!r}")
+        if self.guard is not None:
+            if not isinstance(self.guard, dict) or not isinstance(self.guard.get("score"), dict) \
+                    or not isinstance(self.guard.get("threshold"), (int, float)):
+                raise MetadataError("guard must be a record with a 'score' and a 'threshold', or null")
+            if self.guard["score"].get("name") not in ("msp", "energy") and "features" not in self.outputs:
+                raise MetadataError("guard reads the model's features but outputs does not list 'features'")
 
     def replace(self, **changes: Any) -> ModelMetadata:
         """A copy with some fields changed, validated again.
@@ -276,6 +294,7 @@ class ModelMetadata:
         out["labels"] = list(self.labels)
         out["preprocessing"] = self.preprocessing.to_dict()
         out["cpu_verification"] = list(self.cpu_verification)
+        out["outputs"] = list(self.outputs)
         return out
 
     def to_json(self, indent: int | None = None) -> str:

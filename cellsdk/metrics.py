@@ -17,11 +17,14 @@ from typing import Any, Sequence
 import numpy as np
 
 __all__ = [
+    "auroc",
     "classification_report",
     "confusion_matrix",
     "expected_calibration_error",
     "fit_temperature",
+    "fpr_at_tpr",
     "nll",
+    "risk_coverage",
     "softmax",
 ]
 
@@ -107,7 +110,8 @@ def classification_report(
         ``n``, ``accuracy``, ``macro_precision``, ``macro_recall``, ``macro_f1``,
         ``min_recall``, ``ece``, ``per_class`` (precision, recall, f1, support by
         label), ``confusion_matrix`` (rows true, columns predicted),
-        ``reliability`` (the ECE bins), ``labels``.
+        ``reliability`` (the ECE bins), ``labels``, ``risk_coverage`` (accuracy of the most confident
+        answers at coverages 50 ... 100 %, and the area under the risk-coverage curve).
     """
     y_true = np.asarray(y_true, dtype=np.int64)
     probabilities = np.asarray(probabilities, dtype=np.float64)
@@ -141,6 +145,7 @@ def classification_report(
         "per_class": per_class,
         "confusion_matrix": matrix.tolist(),
         "reliability": bins,
+        "risk_coverage": _risk_coverage_summary(y_pred == y_true, probabilities.max(axis=1) if len(y_true) else y_pred),
     }
 
 
@@ -193,3 +198,81 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray, *, low: float = 0.05
             d = a + ratio * (b - a)
             fd = nll(logits, y_true, np.exp(d))
     return float(np.exp((a + b) / 2.0))
+
+
+def auroc(inlier_scores: np.ndarray, outlier_scores: np.ndarray) -> float:
+    """Area under the ROC curve of telling outliers (higher scores) from inliers; ties count half.
+
+    Example:
+        >>> auroc(np.array([0.1, 0.2]), np.array([0.3, 0.2]))
+        0.875
+    """
+    inliers = np.asarray(inlier_scores, dtype=np.float64).ravel()
+    outliers = np.asarray(outlier_scores, dtype=np.float64).ravel()
+    if not len(inliers) or not len(outliers):
+        return float("nan")
+    both = np.concatenate([inliers, outliers])
+    order = np.argsort(both, kind="mergesort")
+    ranks = np.empty(len(both), dtype=np.float64)
+    ranks[order] = np.arange(1, len(both) + 1)
+    values = both[order]  # average the ranks of ties
+    starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+    ends = np.r_[starts[1:], len(values)]
+    for start, end in zip(starts, ends):
+        if end - start > 1:
+            ranks[order[start:end]] = (start + end + 1) / 2.0
+    rank_sum = ranks[len(inliers):].sum()
+    return float((rank_sum - len(outliers) * (len(outliers) + 1) / 2.0) / (len(inliers) * len(outliers)))
+
+
+def fpr_at_tpr(inlier_scores: np.ndarray, outlier_scores: np.ndarray, tpr: float = 0.95) -> float:
+    """Share of outliers accepted when the threshold keeps ``tpr`` of the inliers (FPR at 95 % TPR).
+
+    Example:
+        >>> fpr_at_tpr(np.arange(100.0), np.array([50.0, 200.0]))
+        0.5
+    """
+    inliers = np.asarray(inlier_scores, dtype=np.float64).ravel()
+    outliers = np.asarray(outlier_scores, dtype=np.float64).ravel()
+    if not len(inliers) or not len(outliers):
+        return float("nan")
+    threshold = np.quantile(inliers, tpr)
+    return float((outliers <= threshold).mean())
+
+
+def risk_coverage(correct: np.ndarray, confidence: np.ndarray) -> dict[str, Any]:
+    """Accuracy of the accepted predictions at every coverage, most confident first.
+
+    Returns ``coverage`` and ``accuracy`` arrays (one point per accepted image count) and the area under
+    the risk-coverage curve (``aurc``, lower is better).
+
+    Example:
+        >>> curve = risk_coverage(np.array([1, 0, 1]), np.array([0.9, 0.5, 0.8]))
+        >>> curve["accuracy"][:2].tolist(), round(curve["aurc"], 4)
+        ([1.0, 1.0], 0.1111)
+    """
+    correct = np.asarray(correct, dtype=np.float64).ravel()
+    order = np.argsort(-np.asarray(confidence, dtype=np.float64).ravel(), kind="stable")
+    hits = np.cumsum(correct[order])
+    counts = np.arange(1, len(correct) + 1)
+    accuracy = hits / counts if len(correct) else np.zeros(0)
+    return {"coverage": counts / max(len(correct), 1), "accuracy": accuracy,
+            "aurc": float(np.mean(1.0 - accuracy)) if len(correct) else float("nan")}
+
+
+#: The coverages a report lists the risk-coverage curve at.
+COVERAGES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0)
+
+
+def _risk_coverage_summary(correct: np.ndarray, confidence: np.ndarray) -> dict[str, Any]:
+    curve = risk_coverage(correct, confidence)
+    points = []
+    n = len(curve["coverage"])
+    order = np.sort(np.asarray(confidence, dtype=np.float64))[::-1]
+    for coverage in COVERAGES:
+        if not n:
+            break
+        k = max(1, int(np.ceil(coverage * n)))
+        points.append({"coverage": coverage, "accuracy": float(curve["accuracy"][k - 1]),
+                       "min_confidence": float(order[k - 1])})
+    return {"aurc": curve["aurc"], "points": points}

@@ -20,7 +20,7 @@ import numpy as np
 from cellsdk._io import atomic_path
 from cellsdk.errors import BackendNotInstalledError
 
-__all__ = ["plot_confusion_matrix", "plot_reliability", "plot_training_curves"]
+__all__ = ["plot_confusion_matrix", "plot_reliability", "plot_risk_coverage", "plot_training_curves"]
 
 
 def _pyplot() -> Any:
@@ -113,5 +113,29 @@ def plot_reliability(bins: Sequence[Mapping[str, float]], ece: float, path: str 
     ax.set_ylabel("accuracy")
     ax.set_title(f"reliability (ECE {ece * 100:.2f} %)")
     ax.legend(loc="upper left")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_risk_coverage(correct: Sequence[bool], confidence: Sequence[float], path: str | os.PathLike, *,
+                       operating_point: tuple[float, float] | None = None, title: str | None = None) -> Path:
+    """Accuracy of the accepted predictions against coverage (most confident first), with the guard's operating point."""
+    import numpy as np
+
+    from cellsdk.metrics import risk_coverage
+
+    plt = _pyplot()
+    curve = risk_coverage(np.asarray(correct), np.asarray(confidence))
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.plot(curve["coverage"], curve["accuracy"] * 100, label=f"by confidence (AURC {curve['aurc']:.4f})")
+    if operating_point is not None:
+        ax.plot([operating_point[0]], [operating_point[1] * 100], "o", color="C3",
+                label=f"guard: {operating_point[0] * 100:.1f} % kept, {operating_point[1] * 100:.2f} % right")
+    ax.set_xlabel("coverage (share of images answered)")
+    ax.set_ylabel("accuracy of the answered images (%)")
+    ax.set_xlim(0, 1.01)
+    ax.set_title(title or "risk-coverage")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     return _save(fig, path)

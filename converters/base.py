@@ -50,6 +50,21 @@ class ExportJob:
     _cache: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def exported(self) -> Any:
+        """The module every format exports: the model, returning ``(logits, features)`` when the metadata lists
+        a ``features`` output (the OOD guard's input; see :func:`cellsdk.training.models.with_features`)."""
+        if "features" not in self.metadata.outputs:
+            return self.model
+        from cellsdk.training.models import with_features
+
+        return self.cached("with-features", lambda: with_features(self.model))
+
+    @property
+    def module_prefix(self) -> str:
+        """What :attr:`exported` puts before the model's own module names (``model.`` when wrapped)."""
+        return "model." if self.exported is not self.model else ""
+
+    @property
     def input_size(self) -> int:
         """The model's input side in pixels."""
         return self.metadata.preprocessing.input_size

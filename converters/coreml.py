@@ -35,7 +35,7 @@ def _static_padding_copy(job: ExportJob) -> object:
     """The model with timm's run-time "same" padding frozen (coremltools cannot convert the shape arithmetic)."""
     import copy
 
-    model = copy.deepcopy(job.model).eval()
+    model = copy.deepcopy(job.exported).eval()
     freeze_same_padding(model, job.input_size)
     return model
 
@@ -65,7 +65,8 @@ class CoreMLConverter(Converter):
             with torch.no_grad():
                 traced = torch.jit.trace(model, job.example(1))
             model = ct.convert(traced, inputs=[ct.TensorType(name="input", shape=(batch, 3, size, size))],
-                               outputs=[ct.TensorType(name="logits")], convert_to="mlprogram",
+                               outputs=[ct.TensorType(name=name) for name in job.metadata.outputs],
+                               convert_to="mlprogram",
                                compute_precision=ct.precision.FLOAT16,
                                minimum_deployment_target=ct.target.macOS13)
             recipe: dict[str, Any] = {}

@@ -46,9 +46,9 @@ def export_fp32_onnx(job: ExportJob) -> Path:
         dynamic = ({0: torch.export.Dim("batch", min=1, max=1024)},) if job.dynamic_batch else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(job.model, (job.example(2 if job.dynamic_batch else 1),), dynamo=True,
+            program = torch.onnx.export(job.exported, (job.example(2 if job.dynamic_batch else 1),), dynamo=True,
                                         external_data=False, verbose=False, dynamic_shapes=dynamic,
-                                        input_names=["input"], output_names=["logits"])
+                                        input_names=["input"], output_names=list(job.metadata.outputs))
         program.save(str(path))
         return path
 

@@ -31,6 +31,7 @@ from cellsdk._machine import machine_info, package_versions
 from cellsdk._progress import progress_bar
 from cellsdk.converters.base import converter_names, get_converter
 from cellsdk.converters.calibration import ImageSet, calibration_set, evaluation_set
+from cellsdk.converters.guard import GuardConfig, GuardProbe, fit_guard
 from cellsdk.converters.int8 import check_recipe
 from cellsdk.converters.targets import CpuTargets, qemu_binary, verify_on_targets
 from cellsdk.cpu import host_cpu
@@ -39,6 +40,7 @@ from cellsdk.errors import CellSDKError, ConfigError
 from cellsdk.manifest import MANIFEST_NAME, STATUS_FAILED, STATUS_PASSED
 from cellsdk.metadata import PRECISIONS, SCHEMA_VERSION
 from cellsdk.metrics import classification_report, softmax
+from cellsdk.ood_scores import without_arrays
 
 __all__ = ["ConversionResult", "ConvertConfig", "convert", "format_manifest_table"]
 
@@ -70,6 +72,8 @@ class ConvertConfig:
             exact only on CPUs with VNNI / AMX or without AVX2); see :mod:`cellsdk.converters.int8`.
         cpu_targets: the CPU classes every artefact is verified on (default: this machine, emulated Haswell
             and Nehalem; int8 artefacts under emulation); see :mod:`cellsdk.converters.targets`.
+        guard: the out-of-distribution guard fitted into every artefact (``GuardConfig.off()``: none); it is
+            fitted on the train and val splits of ``calib`` (else ``eval``); see :mod:`cellsdk.converters.guard`.
     """
 
     formats: tuple[str, ...] = ()
@@ -88,6 +92,7 @@ class ConvertConfig:
     force_calib: bool = False
     int8_recipe: str = "portable"
     cpu_targets: CpuTargets = field(default_factory=CpuTargets)
+    guard: GuardConfig = field(default_factory=GuardConfig)
 
     def __post_init__(self) -> None:
         check_recipe(self.int8_recipe)
@@ -192,6 +197,13 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
     reference_report = classification_report(images.targets, softmax(reference), metadata.labels)
     metadata = metadata.replace(reference_metrics={k: reference_report[k] for k in ("accuracy", "macro_f1",
                                                                                        "min_recall", "ece")})
+    probe: GuardProbe | None = None
+    if config.guard.enabled:
+        record, probe = fit_guard(model, metadata, str(config.calib or eval_source), config.guard,
+                                  data_cropped=config.data_cropped, labels=config.labels, seed=config.seed)
+        metadata = metadata.replace(outputs=("logits", "features"), guard=record)
+    else:
+        metadata = metadata.replace(outputs=("logits",), guard=None)
     staging = _staging_dir(out_dir)
     try:
         workdir = staging / ".work"
@@ -203,7 +215,7 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
         outputs: dict[str, Any] = {}  # each verified artefact's outputs on the evaluation images
         for fmt, precision, skipped in plan:
             bar.set_postfix_str(f"{fmt} {precision}")
-            artefacts.append(_one(job, fmt, precision, skipped, staging, images, reference, config.verify, outputs))
+            artefacts.append(_one(job, fmt, precision, skipped, staging, images, reference, config, outputs, probe))
             bar.update(1)
         bar.close()
         _verify_cpu_classes(job, artefacts, staging, images, reference, config, progress, outputs)
@@ -212,7 +224,7 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
             "cellsdk_manifest": 1,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "source_checkpoint": {"path": str(checkpoint), "sha256": checkpoint_sha},
-            "metadata": metadata.to_dict(),
+            "metadata": without_arrays(metadata.to_dict()),
             "reference": {"model": "PyTorch eager fp32 (the source checkpoint)", **metadata.reference_metrics},
             "evaluation": images.record(),
             "calibration": None if calibration is None else {**calibration.record(), "list": "calibration_images.txt"},
@@ -237,7 +249,7 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
 
 
 def _one(job: Any, fmt: str, precision: str, skipped: str, staging: Path, images: ImageSet, reference: Any,
-         verify: VerifyConfig, outputs: dict[str, Any]) -> dict[str, Any]:
+         config: ConvertConfig, outputs: dict[str, Any], probe: GuardProbe | None) -> dict[str, Any]:
     converter = get_converter(fmt)
     entry: dict[str, Any] = {"file": converter.file_name(precision), "format": fmt, "backend": _BACKEND_OF.get(fmt, fmt),
                              "precision": precision}
@@ -262,7 +274,7 @@ def _one(job: Any, fmt: str, precision: str, skipped: str, staging: Path, images
         entry["runtime_options"] = options
     start = time.perf_counter()
     record = verify_artefact(target, precision, job.metadata_for(precision, recipe or None), images, reference,
-                             verify, options, outputs)
+                             config.verify, options, outputs, guard_probe=probe, guard_config=config.guard)
     entry["verify_seconds"] = time.perf_counter() - start
     entry["status"], entry["reasons"] = record.pop("status"), record.pop("reasons")
     if "latency_ms" in record:

@@ -70,7 +70,7 @@ class TorchScriptConverter(Converter):
         import torch
 
         recipe: dict[str, Any] = {}
-        model = job.model
+        model = job.exported
         if precision == "int8":
             model, recipe = self._quantize(job)
         with warnings.catch_warnings():  # torch 2.14 marks torch.jit deprecated; LibTorch still runs it
@@ -99,7 +99,7 @@ class TorchScriptConverter(Converter):
 
         calibration = job.require_calibration("torchscript")
         # contiguous weights: FX int8 from a channels-last model gives garbage (torch 2.14, x86 engine)
-        model = copy.deepcopy(job.model).eval().to(memory_format=torch.contiguous_format)
+        model = copy.deepcopy(job.exported).eval().to(memory_format=torch.contiguous_format)
         frozen = freeze_same_padding(model, job.input_size)
         torch.backends.quantized.engine = "x86"  # qnnpack gives wrong answers on x86
         # x86's default qconfig quantizes activations to 7 bits (reduce_range) for CPUs without VNNI; on
@@ -115,8 +115,8 @@ class TorchScriptConverter(Converter):
                                                                     **weight_range))
         mapping = get_default_qconfig_mapping("x86").set_global(qconfig)
         cfg = getattr(job.model, "pretrained_cfg", {}) or {}
-        kept_float = [name for name in (cfg.get("first_conv"), cfg.get("classifier"))
-                      if isinstance(name, str) and name in dict(model.named_modules())]
+        kept_float = [job.module_prefix + name for name in (cfg.get("first_conv"), cfg.get("classifier"))
+                      if isinstance(name, str) and job.module_prefix + name in dict(model.named_modules())]
         for name in kept_float:
             mapping.set_module_name(name, None)
         with warnings.catch_warnings():

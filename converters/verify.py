@@ -93,14 +93,16 @@ def reference_logits(model: Any, images: ImageSet, batch_size: int = 64) -> np.n
 
 def verify_artefact(path: Path, precision: str, expected: ModelMetadata, images: ImageSet, reference: np.ndarray,
                     config: VerifyConfig, options: dict[str, Any] | None = None,
-                    outputs: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+                    outputs: dict[str, np.ndarray] | None = None, *, guard_probe: Any = None,
+                    guard_config: Any = None) -> dict[str, Any]:
     """Load ``path`` through Classifier, run the gate, and return the verification record.
 
     ``outputs``, if given, receives the artefact's outputs on ``images`` under its file name (the checks on
     other CPU classes compare with them instead of running the artefact here again).
 
     The record holds ``status`` (passed / failed / not verified on this platform), ``reasons``,
-    and the measured figures.
+    and the measured figures. With ``guard_probe`` (:class:`cellsdk.converters.guard.GuardProbe`) the
+    artefact's OOD guard is checked too (:func:`cellsdk.converters.guard.check_guard`), under ``guard``.
     """
     try:
         with warnings.catch_warnings():  # this is the verification the CPU-class warning asks for
@@ -111,12 +113,20 @@ def verify_artefact(path: Path, precision: str, expected: ModelMetadata, images:
     except CellSDKError as err:
         return {"status": STATUS_FAILED, "reasons": [f"does not load in cellsdk: {err}"]}
     reasons = _metadata_mismatches(classifier.metadata, expected)
-    logits = np.concatenate([classifier.raw_outputs(batch) for batch in images.batches(64)]).astype(np.float64)
+    runs = [classifier.run_outputs(batch) for batch in images.batches(64)]
+    run_outputs = {name: np.concatenate([r[name] for r in runs]) for name in runs[0]} if runs else {}
+    logits = run_outputs["logits"].astype(np.float64)
     if outputs is not None:
         outputs[path.name] = logits
     record = judge(logits, precision, expected, images.targets, reference, config)
     record["runtime"] = classifier.backend.describe()
     reasons.extend(record.pop("reasons"))
+    if guard_probe is not None and expected.guard is not None:
+        from cellsdk.converters.guard import GuardConfig, check_guard
+
+        record["guard"], guard_reasons = check_guard(classifier, run_outputs, guard_probe,
+                                                     guard_config or GuardConfig())
+        reasons.extend(guard_reasons)
     if config.latency_runs:
         record["latency_ms"] = _latency(classifier, images.arrays[:1], config.latency_runs)
     record["status"] = STATUS_FAILED if reasons else STATUS_PASSED
@@ -168,7 +178,7 @@ def judge(logits: np.ndarray, precision: str, expected: ModelMetadata, targets: 
 
 def _metadata_mismatches(found: ModelMetadata, expected: ModelMetadata) -> list[str]:
     problems = []
-    for name in ("labels", "preprocessing", "arch", "precision", "source_checkpoint_sha256"):
+    for name in ("labels", "preprocessing", "arch", "precision", "source_checkpoint_sha256", "outputs", "guard"):
         if getattr(found, name) != getattr(expected, name):
             problems.append(f"metadata read back differs in {name}")
     return problems

@@ -12,6 +12,8 @@ import shutil
 
 import numpy as np
 import pytest
+
+from cellsdk.metadata import SCHEMA_VERSION
 from cellsdk.converters import ConvertConfig, VerifyConfig, convert
 from cellsdk.converters.int8 import INT8_RECIPES, capture_root_logging, recipe_record
 from cellsdk.converters.targets import CpuTargets, balanced_sample, verify_on_targets
@@ -91,7 +93,7 @@ def test_records_are_in_the_manifest_and_in_the_artefact(portable):
     assert "avx2" in _by_target(entry)["haswell"]["features"]
     assert "avx2" not in _by_target(entry)["nehalem"]["features"]
     meta = Classifier.load(portable.out_dir / "model.int8.onnx").metadata
-    assert meta.schema_version == 2 and list(meta.cpu_verification) == entry["cpu_verification"]
+    assert meta.schema_version == SCHEMA_VERSION and list(meta.cpu_verification) == entry["cpu_verification"]
     manifest = json.loads((portable.out_dir / "manifest.json").read_text())
     assert manifest["cpu_targets"]["requested"] == ["haswell", "nehalem"]
     assert manifest["cpu_targets"]["host"]["cpu_class"]

@@ -41,9 +41,9 @@ _BACKENDS: dict[str, type[Backend]] = {}
 class Backend(abc.ABC):
     """One loaded model in one runtime.
 
-    Subclasses set the class attributes and implement :meth:`run`; ``__init__``
+    Subclasses set the class attributes and implement :meth:`run_all`; ``__init__``
     loads the model and fills ``metadata_json``, ``input_shape``,
-    ``num_outputs`` and ``device``.
+    ``num_outputs``, ``output_count`` and ``device``.
 
     Attributes:
         name: the backend's registry name.
@@ -53,7 +53,8 @@ class Backend(abc.ABC):
         install: the pip command that installs that runtime.
         metadata_json: the cellsdk JSON document stored in the model, or None.
         input_shape: ``(N, C, H, W)``; None for a dynamic dimension.
-        num_outputs: classes the model outputs, or None when unknown until run.
+        num_outputs: classes the model outputs (its first output), or None when unknown until run.
+        output_count: how many outputs the model has (logits first; e.g. ``features`` second).
         device: the device the model runs on, as the runtime names it.
     """
 
@@ -68,6 +69,7 @@ class Backend(abc.ABC):
     metadata_json: str | None = None
     input_shape: tuple[int | None, ...] = (None, 3, None, None)
     num_outputs: int | None = None
+    output_count: int = 1
     device: str = "cpu"
 
     @abc.abstractmethod
@@ -75,8 +77,15 @@ class Backend(abc.ABC):
         """Load the model at ``path`` on ``device``."""
 
     @abc.abstractmethod
+    def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Run a float32 NCHW batch; return every output in the model's order (``N x C`` logits first).
+
+        Must be safe to call from several threads.
+        """
+
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Run a float32 NCHW batch; return the ``N x C`` outputs. Must be safe to call from several threads."""
+        """Run a float32 NCHW batch; return the ``N x C`` first output (the logits)."""
+        return self.run_all(batch)[0]
 
     @property
     def max_batch(self) -> int | None:

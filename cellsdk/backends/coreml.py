@@ -71,14 +71,15 @@ class CoreMLBackend(Backend):
             raise UnsupportedFormatError(f"{path}: not a loadable CoreML model ({str(err).splitlines()[0]})") from None
         spec = self.model.get_spec().description
         self.input_name = spec.input[0].name
-        self.output_name = spec.output[0].name
+        self.output_names = [o.name for o in spec.output]
+        self.output_count = len(self.output_names)
         shape = tuple(spec.input[0].type.multiArrayType.shape)
         self.input_shape = tuple(int(d) for d in shape) if len(shape) == 4 else (None, 3, None, None)
         self.metadata_json = dict(self.model.user_defined_metadata).get(METADATA_KEY)
         self.device = compute_units
         self._lock = threading.Lock()
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
         with self._lock:
             result = self.model.predict({self.input_name: batch})
-        return np.asarray(result[self.output_name], dtype=np.float32).reshape(len(batch), -1)
+        return [np.asarray(result[name], dtype=np.float32).reshape(len(batch), -1) for name in self.output_names]

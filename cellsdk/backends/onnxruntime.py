@@ -70,6 +70,7 @@ class OnnxRuntimeBackend(Backend):
         self.input_shape = tuple(d if isinstance(d, int) else None for d in inputs[0].shape)
         last = outputs[0].shape[-1] if outputs[0].shape else None
         self.num_outputs = last if isinstance(last, int) else None
+        self.output_count = len(outputs)
         self.metadata_json = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
         self.device = self.session.get_providers()[0]
 
@@ -88,5 +89,5 @@ class OnnxRuntimeBackend(Backend):
             return ["CPUExecutionProvider"]
         raise ConfigError(f"device {device!r} is not an onnxruntime device: use auto, cpu or cuda")
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: batch})[0]
+    def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(None, {self.input_name: batch})

@@ -63,7 +63,8 @@ class OpenVinoBackend(Backend):
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.compiled = core.compile_model(model, self.device, config)
-        self.output = self.compiled.outputs[0]
+        self.outputs = list(self.compiled.outputs)
+        self.output_count = len(self.outputs)
         self._local = threading.local()
 
     @staticmethod
@@ -84,11 +85,12 @@ class OpenVinoBackend(Backend):
             raise ConfigError(f"OpenVINO device {device!r} is not present here (available: {', '.join(available)})")
         return wanted
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
         request = getattr(self._local, "request", None)
         if request is None:
             request = self._local.request = self.compiled.create_infer_request()
-        return request.infer({0: batch})[self.output].copy()
+        results = request.infer({0: batch})
+        return [results[output].copy() for output in self.outputs]
 
     def describe(self) -> str:
         precision = self.compiled.get_property("INFERENCE_PRECISION_HINT")

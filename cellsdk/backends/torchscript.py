@@ -79,8 +79,9 @@ class TorchScriptBackend(Backend):
         raw = extra[METADATA_KEY]
         self.metadata_json = (raw.decode("utf-8") if isinstance(raw, bytes) else raw) or None
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
+    def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
         torch = self.torch
         with torch.inference_mode():
             output = self.module(torch.from_numpy(batch).to(self.device))
-        return output.float().cpu().numpy()
+        outputs = output if isinstance(output, (tuple, list)) else (output,)
+        return [o.float().cpu().numpy() for o in outputs]

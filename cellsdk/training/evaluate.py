@@ -79,7 +79,7 @@ def evaluate(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })
     if out_dir is not None:
-        write_report(out_dir, report)
+        write_report(out_dir, report, predictions=(probabilities.argmax(axis=1) == targets, probabilities.max(axis=1)))
     return report
 
 

@@ -258,3 +258,50 @@ def load_weights_file(model: Any, path: str | os.PathLike) -> int:
     if any(not k.startswith(f"{head}.") for k in missing):
         raise CheckpointError(f"{path}: backbone tensors missing after load: {missing[:3]}")
     return len(mapped)
+
+
+def split_head(model: Any) -> tuple[Any, Any]:
+    """``(body, head)``: ``body(x)`` gives the pooled features the classifier reads, ``head(features)`` the logits.
+
+    ``head(body(x))`` equals ``model(x)`` for timm classifiers (``forward_head(..., pre_logits=True)``
+    and ``get_classifier()``).
+
+    Raises:
+        ConfigError: the model does not expose its features that way.
+    """
+    import torch
+
+    if not (hasattr(model, "forward_features") and hasattr(model, "forward_head") and hasattr(model, "get_classifier")):
+        raise ConfigError(f"{type(model).__name__} does not expose pooled features (forward_features / forward_head); "
+                          "the OOD guard needs a timm classifier")
+
+    class Body(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: Any) -> Any:
+            return self.inner.forward_head(self.inner.forward_features(x), pre_logits=True)
+
+    return Body(model), model.get_classifier()
+
+
+def with_features(model: Any) -> Any:
+    """A module returning ``(logits, features)``: the model's logits and the pooled features they come from.
+
+    This is what every artefact with an OOD guard exports (see :mod:`cellsdk.guard`).
+    """
+    import torch
+
+    split_head(model)  # raises ConfigError for models without pooled features
+
+    class WithFeatures(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.model = inner
+
+        def forward(self, x: Any) -> tuple[Any, Any]:
+            features = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+            return self.model.get_classifier()(features), features
+
+    return WithFeatures(model).eval()

@@ -1,0 +1,150 @@
+"""Checks on the image itself, before the model: magnification, stain, focus, exposure, single-cell crop.
+
+Each check is a few numpy statistics of the *prepared* image (after the
+model's crop and resize, 8-bit RGB), compared with the range the training
+images span (recorded at conversion time and stored in the model). A check
+that fires gives a plain reason, e.g. ``"out of focus: sharpness 0.021, training
+images 0.060..0.31"``. Torch-free and cheap (well under a millisecond at 128 px).
+
+The statistics:
+
+* ``object_size``: area of everything darker than the background (cells of any kind) over the length
+  of its outline, in input pixels: doubles when the magnification doubles.
+* ``stained_area``: share of the image that is dark and bluish (nuclei, granules), relative to the
+  image's own background brightness: grows with magnification, shrinks without it.
+* ``stain_red``, ``stain_blue``: chromaticity of those stained pixels (another stain or scanner).
+* ``background_red``, ``background_blue``: chromaticity of the bright background; ``saturation``: the
+  image's mean colour saturation (faded or weak staining).
+* ``sharpness``: energy of the Laplacian relative to the image's contrast (focus).
+* ``brightness``: median luminance (exposure); ``clipped``: share of saturated or black pixels.
+* ``off_centre``: distance of the stained mass's centroid from the centre, and ``border_stain``: share of
+  the stained mass in the outer band (a crop that is not centred on one cell).
+
+Example:
+    >>> import numpy as np
+    >>> stats = measure(np.full((64, 64, 3), 200, np.uint8))
+    >>> round(stats["brightness"], 1), stats["stained_area"]
+    (200.0, 0.0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from cellsdk.errors import MetadataError
+
+__all__ = ["CHECKS", "InputChecks", "measure"]
+
+#: check name -> (statistics it reads, what a firing check says)
+CHECKS: dict[str, tuple[tuple[str, ...], str]] = {
+    "magnification": (("object_size", "stained_area"), "cell size unlike the training images (another magnification?)"),
+    "stain": (("stain_red", "stain_blue", "background_red", "background_blue", "saturation"),
+              "colours unlike the training images' stain"),
+    "focus": (("sharpness",), "sharpness unlike the training images (out of focus?)"),
+    "exposure": (("brightness", "clipped"), "exposure unlike the training images"),
+    "single_cell": (("off_centre", "border_stain"), "not a crop centred on one cell"),
+}
+_STATISTICS = tuple(s for stats, _ in CHECKS.values() for s in stats)
+
+
+def measure(image: np.ndarray) -> dict[str, float]:
+    """The statistics of one prepared 8-bit RGB image (``H x W x 3``)."""
+    rgb = np.asarray(image, dtype=np.float32)
+    total = rgb.sum(axis=2) + 1e-3
+    luminance = rgb @ np.asarray([0.299, 0.587, 0.114], dtype=np.float32)
+    background_level = float(np.percentile(luminance, 90))
+    stained = (luminance < 0.72 * background_level) & (rgb[..., 2] > rgb[..., 1] + 8)
+    background = luminance >= np.percentile(luminance, 75)
+    red, blue = rgb[..., 0] / total, rgb[..., 2] / total
+    area = float(stained.mean())
+    stats = {"stained_area": area, "brightness": float(np.median(luminance)),
+             "clipped": float(((rgb.max(axis=2) >= 253) | (rgb.max(axis=2) <= 2)).mean()),
+             "background_red": float(red[background].mean()), "background_blue": float(blue[background].mean())}
+    if stained.any():
+        stats["stain_red"], stats["stain_blue"] = float(red[stained].mean()), float(blue[stained].mean())
+        rows, cols = np.nonzero(stained)
+        height, width = stained.shape
+        dy, dx = rows.mean() / height - 0.5, cols.mean() / width - 0.5
+        stats["off_centre"] = float(np.hypot(dx, dy))
+        band = max(1, int(round(min(height, width) * 0.12)))
+        inner = np.zeros_like(stained)
+        inner[band:height - band, band:width - band] = True
+        stats["border_stain"] = float((stained & ~inner).sum() / stained.sum())
+    else:  # nothing stained: the colour and position statistics are undefined, the area check speaks
+        stats.update(stain_red=float("nan"), stain_blue=float("nan"), off_centre=float("nan"),
+                     border_stain=float("nan"))
+    gray = luminance
+    laplacian = (4 * gray[1:-1, 1:-1] - gray[:-2, 1:-1] - gray[2:, 1:-1] - gray[1:-1, :-2] - gray[1:-1, 2:])
+    stats["sharpness"] = float(laplacian.std() / (gray.std() + 1.0))
+    saturation = (rgb.max(axis=2) - rgb.min(axis=2)) / (rgb.max(axis=2) + 1.0)
+    stats["saturation"] = float(saturation.mean())
+    # typical object size: foreground (cells, any stain) area over its boundary length, in input pixels
+    foreground = luminance < 0.9 * background_level
+    edges = (foreground[1:, :] != foreground[:-1, :]).sum() + (foreground[:, 1:] != foreground[:, :-1]).sum()
+    stats["object_size"] = float(foreground.sum() / max(int(edges), 1))
+    return stats
+
+
+@dataclass(frozen=True)
+class InputChecks:
+    """The accepted range of every statistic, from the training images.
+
+    Attributes:
+        ranges: statistic -> ``(low, high)``; a value outside fires the check that reads it.
+        quantile: the training quantiles the ranges were taken at (e.g. 0.002 and 0.998), before ``margin``.
+        margin: how far the ranges were widened, as a share of their width.
+        images: how many training images they were measured on.
+    """
+
+    ranges: Mapping[str, tuple[float, float]]
+    quantile: float = 0.002
+    margin: float = 0.1
+    images: int = 0
+
+    @classmethod
+    def fit(cls, statistics: list[dict[str, float]], quantile: float = 0.002, margin: float = 0.1) -> InputChecks:
+        """Ranges covering the training images' statistics between ``quantile`` and ``1 - quantile``, widened."""
+        ranges = {}
+        for name in _STATISTICS:
+            values = np.asarray([s[name] for s in statistics], dtype=np.float64)
+            values = values[np.isfinite(values)]
+            if len(values) < 10:
+                continue
+            low, high = np.quantile(values, [quantile, 1 - quantile])
+            pad = (high - low) * margin
+            ranges[name] = (float(low - pad), float(high + pad))
+        return cls(ranges, quantile, margin, len(statistics))
+
+    def reasons(self, stats: Mapping[str, float]) -> list[str]:
+        """The plain reason of every check that fires on ``stats`` (empty when the image looks like training data)."""
+        out = []
+        for check, (names, what) in CHECKS.items():
+            details = []
+            for name in names:
+                value = stats.get(name, float("nan"))
+                if name not in self.ranges or not np.isfinite(value):
+                    continue
+                low, high = self.ranges[name]
+                if not low <= value <= high:
+                    details.append(f"{name} {value:.3g}, training {low:.3g}..{high:.3g}")
+            if details:
+                out.append(f"{check}: {what} ({'; '.join(details)})")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary."""
+        return {"ranges": {k: list(v) for k, v in self.ranges.items()}, "quantile": self.quantile,
+                "margin": self.margin, "images": self.images}
+
+    @classmethod
+    def from_dict(cls, record: Any) -> InputChecks:
+        """Rebuild from :meth:`to_dict`, raising MetadataError on a malformed record."""
+        try:
+            ranges = {str(k): (float(v[0]), float(v[1])) for k, v in dict(record["ranges"]).items()}
+            return cls(ranges, float(record.get("quantile", 0.002)), float(record.get("margin", 0.1)),
+                       int(record.get("images", 0)))
+        except (KeyError, TypeError, ValueError, IndexError) as err:
+            raise MetadataError(f"guard input checks are malformed ({err}): re-convert the model") from None

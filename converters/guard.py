@@ -1,0 +1,272 @@
+"""Fitting the OOD guard at conversion time, and the gate's check that every artefact keeps it.
+
+:func:`fit_guard` runs the fp32 PyTorch model once over a class-balanced sample
+of the training split (the statistics), the validation split (the thresholds)
+and synthetic shifts of validation images (:data:`cellsdk.shifts.SELECTION_SHIFTS`:
+stain, fading, x2 magnification, blur, JPEG, exposure). Every candidate score
+(:data:`cellsdk.ood_scores.SCORES`) is fitted and measured on the shifts; the one
+with the highest mean AUROC is stored (``GuardConfig.score`` can name one
+instead), with its threshold for the stated retention, the confidence below
+which an answer is ``uncertain``, the input checks' ranges and every figure.
+
+The gate (:func:`check_guard`) re-measures the stored score with each artefact's
+own outputs: its AUROC on the same shifted images must not fall more than
+``max_auroc_drop`` (or one standard error, on few images) below fp32's, and the share of evaluation images it keeps must
+stay within ``max_retention_drop`` of the stated retention.
+
+Example:
+    >>> GuardConfig().retention, GuardConfig.off().enabled
+    (0.95, False)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cellsdk.datasets import load_dataset
+from cellsdk.errors import ConfigError
+from cellsdk.guard import Guard
+from cellsdk.input_checks import InputChecks, measure
+from cellsdk.metadata import ModelMetadata
+from cellsdk.metrics import auroc, softmax
+from cellsdk.ood_scores import SCORES, fit_score
+from cellsdk.preprocessing import prepare_image, to_input_array
+from cellsdk.shifts import SELECTION_SHIFTS, apply_shift
+
+__all__ = ["GuardConfig", "GuardProbe", "auroc_standard_error", "check_guard", "fit_guard"]
+
+log = logging.getLogger("cellsdk")
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """How the guard is fitted and checked.
+
+    Attributes:
+        enabled: fit a guard (and export the ``features`` output) at all.
+        score: ``auto`` (the best candidate on the synthetic shifts) or a score name.
+        retention: the share of in-distribution (validation) images the score threshold keeps.
+        target_accuracy: the confidence threshold is the lowest at which the accepted validation answers
+            reach this accuracy (``uncertain`` below it); 0 disables ``uncertain``.
+        train_images: training images the statistics are fitted on (class-balanced sample).
+        shift_images: validation images each synthetic shift is applied to.
+        dims: principal directions kept by the feature scores.
+        max_auroc_drop: the gate: largest accepted fall of an artefact's mean shift AUROC below fp32's.
+        max_retention_drop: the gate: largest accepted fall of the evaluation images kept below ``retention``.
+    """
+
+    enabled: bool = True
+    score: str = "auto"
+    retention: float = 0.95
+    target_accuracy: float = 0.998
+    train_images: int = 4000
+    shift_images: int = 200
+    dims: int = 128
+    max_auroc_drop: float = 0.02
+    max_retention_drop: float = 0.03
+
+    def __post_init__(self) -> None:
+        if self.score != "auto" and self.score not in SCORES:
+            raise ConfigError(f"unknown OOD score {self.score!r}: use auto or one of {', '.join(SCORES)}")
+        if not 0.5 <= self.retention < 1:
+            raise ConfigError(f"guard retention must be in [0.5, 1), got {self.retention}")
+        if not 0 <= self.target_accuracy <= 1:
+            raise ConfigError(f"target accuracy must be in [0, 1], got {self.target_accuracy}")
+        if self.train_images < 50 or self.shift_images < 10 or self.dims < 2:
+            raise ConfigError("the guard needs at least 50 training images, 10 shift images and 2 dimensions")
+
+    @classmethod
+    def off(cls) -> GuardConfig:
+        """No guard: artefacts export logits only (as before schema 3)."""
+        return cls(enabled=False)
+
+
+@dataclass
+class GuardProbe:
+    """The synthetic-shift images the gate runs every artefact on, and fp32's figures on them."""
+
+    arrays: dict[str, np.ndarray]
+    reference_auroc: float
+    retention: float
+
+
+def _balanced(targets: np.ndarray, count: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    classes = np.unique(targets)
+    per_class = max(1, count // len(classes))
+    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(targets == c))[:per_class] for c in classes]))
+
+
+def _forward(model: Any, arrays: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    import torch
+
+    from cellsdk.training.models import with_features
+
+    wrapped = with_features(model)
+    logits, features = [], []
+    with torch.inference_mode():
+        for start in range(0, len(arrays), batch):
+            out_logits, out_features = wrapped(torch.from_numpy(arrays[start:start + batch]))
+            logits.append(out_logits.float().numpy())
+            features.append(out_features.float().numpy())
+    return np.concatenate(logits).astype(np.float64), np.concatenate(features).astype(np.float64)
+
+
+def _load(split: Any, indices: np.ndarray, spec: Any, shift: str | None = None) -> tuple[np.ndarray, list[dict]]:
+    arrays, stats = [], []
+    for i in indices:
+        image = split.load(int(i))
+        if shift is not None:
+            image = apply_shift(shift, image)
+        prepared = prepare_image(image, spec)
+        arrays.append(to_input_array(prepared, spec))
+        stats.append(measure(np.asarray(prepared)))
+    return np.stack(arrays), stats
+
+
+def _confidence_threshold(probabilities: np.ndarray, targets: np.ndarray, target_accuracy: float) -> float | None:
+    """The lowest confidence at which the accepted answers reach ``target_accuracy`` (None if all already do)."""
+    if target_accuracy <= 0:
+        return None
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == targets
+    if correct.mean() >= target_accuracy:
+        return None
+    order = np.argsort(-confidence, kind="stable")
+    accuracy = np.cumsum(correct[order]) / np.arange(1, len(order) + 1)
+    good = np.flatnonzero(accuracy >= target_accuracy)
+    if not len(good):
+        return float(np.quantile(confidence, 0.1))  # unreachable target: mark the least confident tenth
+    return float(confidence[order][good[-1]])
+
+
+def fit_guard(model: Any, metadata: ModelMetadata, data: str, config: GuardConfig, *, data_cropped: bool = False,
+              labels: str | None = None, seed: int = 0, progress: Any = None) -> tuple[dict[str, Any], GuardProbe]:
+    """Fit the guard on ``data`` (train split: statistics; val split: thresholds and shifts).
+
+    Returns:
+        The metadata ``guard`` record and the probe the gate checks each artefact with.
+
+    Raises:
+        DatasetError: ``data`` lacks a train or val split.
+    """
+    dataset = load_dataset(data, labels=labels, seed=seed)
+    spec = metadata.preprocessing.without_crop() if data_cropped else metadata.preprocessing
+    train, val = dataset.split("train"), dataset.split("val")
+    train_targets = dataset.targets_for(train, metadata.labels)
+    val_targets = dataset.targets_for(val, metadata.labels)
+    train_rows = _balanced(train_targets, config.train_images, seed)
+    train_arrays, train_stats = _load(train, train_rows, spec)
+    _, train_features = _forward(model, train_arrays)
+    val_arrays, val_stats = _load(val, np.arange(len(val)), spec)
+    val_logits, val_features = _forward(model, val_arrays)
+    shift_rows = _balanced(val_targets, config.shift_images, seed + 1)
+    shifted: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]] = {}
+    for shift in SELECTION_SHIFTS:
+        arrays, stats = _load(val, shift_rows, spec, shift)
+        shifted[shift] = (arrays, *_forward(model, arrays), stats)
+        if progress is not None:
+            progress(shift)
+    inliers = (val_logits[shift_rows], val_features[shift_rows])
+    candidates: dict[str, dict[str, Any]] = {}
+    fitted = {}
+    for name in SCORES:
+        score = fit_score(name, train_features, train_targets[train_rows], dims=config.dims, seed=seed)
+        base = score.score(*inliers)
+        per_shift = {s: auroc(base, score.score(logits, features)) for s, (_, logits, features, _) in shifted.items()}
+        candidates[name] = {"mean_auroc": float(np.mean(list(per_shift.values()))), "auroc": per_shift}
+        fitted[name] = score
+    chosen = max(candidates, key=lambda n: candidates[n]["mean_auroc"]) if config.score == "auto" else config.score
+    score = fitted[chosen]
+    val_scores = score.score(val_logits, val_features)
+    threshold = float(np.quantile(val_scores, config.retention))
+    kept = val_scores <= threshold
+    val_probabilities = softmax(val_logits) if metadata.output == "logits" else val_logits
+    confidence = _confidence_threshold(val_probabilities[kept], val_targets[kept], config.target_accuracy)
+    checks = InputChecks.fit(train_stats, quantile=0.001, margin=0.2)
+    checks_fired = np.asarray([bool(checks.reasons(s)) for s in val_stats])
+    accepted = kept & ~checks_fired
+    if confidence is not None:
+        accepted &= val_probabilities.max(axis=1) >= confidence
+    correct = val_probabilities.argmax(axis=1) == val_targets
+    record = {
+        "score": score.to_dict(),
+        "threshold": threshold,
+        "retention": config.retention,
+        "confidence_threshold": confidence,
+        "input_checks": checks.to_dict(),
+        "fitted_on": {"data": str(data), "train_images": len(train_rows), "val_images": len(val),
+                      "shift_images": len(shift_rows), "seed": seed, "preprocessing": spec.describe()},
+        "validation": {
+            "chosen_by": "highest mean AUROC over synthetic shifts of validation images"
+                         if config.score == "auto" else "named in the conversion config",
+            "shifts": list(SELECTION_SHIFTS),
+            "mean_auroc": candidates[chosen]["mean_auroc"], "auroc": candidates[chosen]["auroc"],
+            "val_kept_by_score": float(kept.mean()),
+            "val_flagged_by_input_checks": float(checks_fired.mean()),
+            "val_accepted": float(accepted.mean()),
+            "val_accuracy_accepted": float(correct[accepted].mean()) if accepted.any() else float("nan"),
+            "val_accuracy_all": float(correct.mean()),
+            "shifts_flagged_by_input_checks": {s: float(np.mean([bool(checks.reasons(x)) for x in stats]))
+                                              for s, (_, _, _, stats) in shifted.items()},
+            "candidates": candidates,
+        },
+    }
+    probe = GuardProbe({s: arrays for s, (arrays, _, _, _) in shifted.items()} | {"_inliers": val_arrays[shift_rows]},
+                       candidates[chosen]["mean_auroc"], config.retention)
+    log.info("cellsdk: guard %s (mean shift AUROC %.3f; msp %.3f, energy %.3f, mahalanobis %.3f, knn %.3f)",
+             chosen, candidates[chosen]["mean_auroc"], *(candidates[n]["mean_auroc"] for n in SCORES))
+    return record, probe
+
+
+def auroc_standard_error(area: float, inliers: int, outliers: int) -> float:
+    """The standard error of an AUROC measured on ``inliers`` and ``outliers`` images (Hanley & McNeil 1982).
+
+    Example:
+        >>> round(auroc_standard_error(0.95, 200, 200), 3)
+        0.011
+    """
+    area = min(max(area, 1e-6), 1 - 1e-6)
+    q1, q2 = area / (2 - area), 2 * area ** 2 / (1 + area)
+    variance = (area * (1 - area) + (inliers - 1) * (q1 - area ** 2) + (outliers - 1) * (q2 - area ** 2)) \
+        / (inliers * outliers)
+    return float(np.sqrt(max(variance, 0.0)))
+
+
+def check_guard(classifier: Any, eval_outputs: dict[str, np.ndarray], probe: GuardProbe,
+                config: GuardConfig) -> tuple[dict[str, Any], list[str]]:
+    """The gate on an artefact's guard: its own AUROC on the probe's shifts and its retention on the evaluation images.
+
+    Returns the figures and the reasons it fails (empty when it passes).
+    """
+    guard: Guard | None = classifier.guard
+    if guard is None:
+        return {}, ["the artefact's guard did not load"]
+    inliers = classifier.run_outputs(probe.arrays["_inliers"])
+    base = guard.scores(inliers["logits"], inliers.get("features"))
+    per_shift = {}
+    for shift, arrays in probe.arrays.items():
+        if shift == "_inliers":
+            continue
+        outputs = classifier.run_outputs(arrays)
+        per_shift[shift] = auroc(base, guard.scores(outputs["logits"], outputs.get("features")))
+    mean = float(np.mean(list(per_shift.values())))
+    kept = float((guard.scores(eval_outputs["logits"], eval_outputs.get("features")) <= guard.threshold).mean())
+    shift_size = len(next(a for s, a in probe.arrays.items() if s != "_inliers"))
+    # on few images an AUROC is noisy: the limit is at least one standard error (Hanley & McNeil 1982)
+    tolerance = max(config.max_auroc_drop, auroc_standard_error(probe.reference_auroc, len(base), shift_size))
+    record = {"mean_auroc": mean, "auroc": per_shift, "reference_mean_auroc": probe.reference_auroc,
+              "auroc_change": mean - probe.reference_auroc, "auroc_tolerance": tolerance, "eval_kept": kept,
+              "retention": probe.retention}
+    reasons = []
+    if probe.reference_auroc - mean > tolerance + 1e-9:
+        reasons.append(f"OOD score AUROC fell {probe.reference_auroc - mean:.3f} below fp32's "
+                       f"{probe.reference_auroc:.3f} (limit {tolerance:.3f})")
+    if probe.retention - kept > config.max_retention_drop + 1e-9:
+        reasons.append(f"the OOD threshold keeps {kept * 100:.1f} % of the evaluation images, stated "
+                       f"{probe.retention * 100:.0f} % (limit -{config.max_retention_drop * 100:.0f} points)")
+    return record, reasons
