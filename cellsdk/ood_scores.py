@@ -181,7 +181,9 @@ class Mahalanobis(Score):
         residual = features - means[np.searchsorted(classes, labels)]
         covariance = residual.T @ residual / len(features)
         values, vectors = np.linalg.eigh(covariance)
-        values, vectors = np.maximum(values[::-1], 1e-12), vectors[:, ::-1]
+        # dead feature channels have no variance at all: floor the spectrum so they do not divide by ~0
+        values, vectors = values[::-1], vectors[:, ::-1]
+        values = np.maximum(values, max(float(values[0]), 1e-12) * 1e-5)
         dims = min(dims, features.shape[1])
         rest = values[dims:]
         return cls(means, vectors[:, :dims], values[:dims], float(rest.mean()) if len(rest) else 0.0)

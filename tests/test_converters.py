@@ -23,20 +23,9 @@ from cellsdk.converters.targets import CpuTargets
 from cellsdk.converters.verify import reference_logits, verify_artefact
 from cellsdk.errors import BackendNotInstalledError, CheckpointError, ConfigError
 
-from .conftest import SAMPLES
+from .conftest import SAMPLES, TINY_GATE
 
-#: 32 evaluation images: one flipped image moves a class's recall by 25 points, so the
-#: tiny-model run uses wide int8 tolerances; fp32/fp16 must still agree with PyTorch.
-TINY_GATE = VerifyConfig(max_accuracy_drop=0.2, max_recall_drop=0.75, min_agreement=0.99, latency_runs=3)
 PLAN = [(fmt, precision) for fmt in converter_names() for precision in get_converter(fmt).precisions]
-
-
-@pytest.fixture(scope="module")
-def converted(tiny_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("converted") / "out"
-    config = ConvertConfig(precisions=("fp16", "int8", "int6", "int4"), calib=str(SAMPLES), data_cropped=True,
-                           calib_samples=64, verify=TINY_GATE, cpu_targets=CpuTargets.parse("native"))
-    return convert(tiny_run.best_checkpoint, out, config, progress=False)
 
 
 def _entry(manifest, fmt, precision):
