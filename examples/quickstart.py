@@ -3,7 +3,9 @@
 1. ``Classifier.load()`` with no argument: the reference EfficientNet-Lite0 INT8 ONNX model that
    ships inside cellsdk (MODEL_CARD.md says how it was made and what it scores).
 2. It classifies the repository's sample cells: 16 raw 360x363 microscope originals (the model
-   crops their central 200 px itself, as its metadata says) and 32 BloodMNIST-128 test crops.
+   crops their central 200 px itself, as its metadata says) and 32 BloodMNIST-128 test crops,
+   and shows its out-of-distribution guard at work on altered copies of one sample (another
+   stain, blur, over-exposure, a photograph that is not a cell).
 3. ``cellsdk-convert`` turns the shipped fp32 checkpoint (models/) into ONNX, OpenVINO,
    TorchScript and CoreML models, fp16 and int8, calibrated on the sample train images and
    verified class by class on the 32 sample validation images. With 4 images per class one
@@ -55,9 +57,11 @@ def main(argv: list[str] | None = None) -> dict:
         truth = path.parent.name  # the class folder
         correct += prediction.label == truth
         mark = "ok " if prediction.label == truth else "XX "
-        print(f"  {mark}{path.relative_to(SAMPLES)}: {prediction.label} {prediction.confidence * 100:.1f} %")
+        status = "" if prediction.ok else f"  [{prediction.status}]"
+        print(f"  {mark}{path.relative_to(SAMPLES)}: {prediction.label} {prediction.confidence * 100:.1f} %{status}")
     report["raw_accuracy"] = correct / len(raw)
     print(f"  {correct}/{len(raw)} correct ({report['raw_accuracy'] * 100:.1f} %)")
+    report["guard"] = show_guard(clf, list(raw.paths))
 
     crops = load_dataset(SAMPLES / "bloodmnist_128").split("test")
     cropped = clf.with_preprocessing(meta.preprocessing.without_crop())  # these are already the 200 px crops
@@ -70,6 +74,32 @@ def main(argv: list[str] | None = None) -> dict:
     report["benchmark"] = benchmark([args.out / "converted", clf.path], args.out / "bench", args.iterations,
                                     args.quiet)
     return report
+
+
+def show_guard(clf: Classifier, paths: list[Path]) -> dict:
+    """The guard keeps the sample originals and flags altered copies of them, each with its reason."""
+    import numpy as np
+    from PIL import Image
+
+    from cellsdk.shifts import apply_shift
+
+    if clf.guard is None:
+        print("\nthis model carries no OOD guard")
+        return {"present": False}
+    kept = sum(p.ok for p in clf.predict_batch(paths))
+    print(f"\nOOD guard ({clf.guard.score.name}, threshold keeps {clf.guard.retention * 100:.0f} % of validation "
+          f"images): {kept}/{len(paths)} sample originals answered with status ok")
+    original = Image.open(paths[0]).convert("RGB")
+    altered = {name: apply_shift(name, original) for name in ("hue_shift", "blur", "overexposed", "scale_2")}
+    altered["noise (not a cell)"] = Image.fromarray(
+        np.random.default_rng(0).integers(0, 256, (363, 360, 3), dtype=np.uint8))
+    flagged = 0
+    for name, image in altered.items():
+        p = clf.predict(image)
+        flagged += p.status == "out_of_distribution"
+        reason = p.reasons[0] if p.reasons else ""
+        print(f"  {name:<20}{p.label} {p.confidence * 100:.1f} %  -> {p.status}  {reason[:90]}")
+    return {"present": True, "samples_kept": kept / len(paths), "altered_flagged": flagged / len(altered)}
 
 
 def convert_and_verify(out: Path, formats: str, quiet: bool) -> dict:
@@ -105,6 +135,10 @@ def failures(report: dict) -> list[str]:
     """The checks of the run that failed, one sentence each (empty when everything passed)."""
     out = [f"{a['file']} failed verification: {'; '.join(a.get('reasons') or [])}"
            for a in report["conversion"]["artefacts"] if a["status"] == "failed"]
+    guard = report.get("guard") or {}
+    if guard.get("present") and (guard["samples_kept"] < 0.75 or guard["altered_flagged"] < 0.8):
+        out.append(f"the OOD guard kept {guard['samples_kept'] * 100:.0f} % of the sample originals (expected >= 75 %) "
+                   f"and flagged {guard['altered_flagged'] * 100:.0f} % of the altered copies (expected >= 80 %)")
     if report["benchmark"]["failed"]:
         out.append(f"{report['benchmark']['failed']} benchmark row(s) missed their latency target or errored")
     return out
