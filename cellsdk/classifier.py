@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -24,12 +23,14 @@ import numpy as np
 
 from cellsdk.backends import Backend, backend_for_path, get_backend
 from cellsdk.cpu import CpuCheck, check_artefact, enforce, host_cpu
-from cellsdk.errors import ConfigError, InvalidImageError, MetadataError, ModelNotFoundError, UnsupportedFormatError
+from cellsdk.errors import ConfigError, InvalidImageError, MetadataError, ModelNotFoundError
 from cellsdk.guard import GUARD_MODES, Assessment, Guard
 from cellsdk.input_checks import measure
 from cellsdk.metadata import ModelMetadata, Preprocessing
 from cellsdk.metrics import softmax
 from cellsdk.preprocessing import ImageSource, load_image, prepare_image, to_input_array
+from cellsdk.prediction import Prediction
+from cellsdk.resolve import check_shapes, resolve_metadata
 
 __all__ = ["DEFAULT_MODEL", "Classifier", "Prediction", "default_model_path"]
 
@@ -56,50 +57,6 @@ def default_model_path() -> Path:
             "reinstall cellsdk from a release or the repository, or pass a model path"
         )
     return path
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """The result for one image.
-
-    Attributes:
-        label: the most probable class; None when the guard rejected the image (``ood="reject"``).
-        index: its index in the model's labels (None when rejected).
-        confidence: the most probable class's probability (kept when rejected, for audit).
-        probabilities: every class's probability, by label, in label order.
-        top_k: the ``k`` most probable ``(label, probability)`` pairs, best first (empty when rejected).
-        status: ``ok``, ``out_of_distribution`` (unlike the training images) or ``uncertain`` (in
-            distribution but below the model's confidence threshold); always ``ok`` for models without
-            a guard or with ``ood="off"``.
-        ood_score: the guard's OOD score (higher = less like the training data), None without a guard.
-        reasons: why the status is not ``ok``: the score, and each input check that fired.
-
-    Example:
-        >>> p = Prediction("b", 1, 0.75, {"a": 0.25, "b": 0.75}, (("b", 0.75), ("a", 0.25)))
-        >>> p.to_dict()["top_k"][0], p.status
-        ({'label': 'b', 'probability': 0.75}, 'ok')
-    """
-
-    label: str | None
-    index: int | None
-    confidence: float
-    probabilities: Mapping[str, float]
-    top_k: tuple[tuple[str, float], ...]
-    status: str = "ok"
-    ood_score: float | None = None
-    reasons: tuple[str, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        """True when the guard raised nothing."""
-        return self.status == "ok"
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dictionary."""
-        return {"label": self.label, "index": self.index, "confidence": self.confidence, "status": self.status,
-                "ood_score": self.ood_score, "reasons": list(self.reasons),
-                "top_k": [{"label": label, "probability": p} for label, p in self.top_k],
-                "probabilities": dict(self.probabilities)}
 
 
 _NOTED: set[str] = set()
@@ -200,8 +157,8 @@ class Classifier:
             log.info("cellsdk: running %s", chosen)
         backend_cls = get_backend(backend) if backend else backend_for_path(path)
         instance = backend_cls(path, device=device, **options)
-        metadata = _resolve_metadata(path, instance, labels, preprocessing)
-        _check_shapes(path, instance, metadata)
+        metadata = resolve_metadata(path, instance, labels, preprocessing)
+        check_shapes(path, instance, metadata)
         if top_k < 1:
             raise MetadataError(f"top_k must be >= 1, got {top_k}")
         if ood not in GUARD_MODES:
@@ -367,45 +324,3 @@ class Classifier:
         order = np.argsort(-probabilities, kind="stable")[:k]
         return Prediction(label=labels[best], index=best,
                           top_k=tuple((labels[int(i)], float(probabilities[i])) for i in order), **common)
-
-
-def _resolve_metadata(path: Path, backend: Backend, labels: Sequence[str] | None,
-                      preprocessing: Preprocessing | Mapping[str, Any] | None) -> ModelMetadata:
-    """The artefact's own metadata, with the caller's labels / preprocessing laid over it."""
-    if isinstance(preprocessing, Mapping):
-        preprocessing = Preprocessing.from_dict(preprocessing)
-    if backend.metadata_json:
-        try:
-            metadata = ModelMetadata.from_json(backend.metadata_json)
-        except MetadataError as err:
-            raise MetadataError(f"{path}: {err}") from None
-        changes: dict[str, Any] = {}
-        if labels is not None:
-            changes["labels"] = tuple(labels)
-        if preprocessing is not None:
-            changes["preprocessing"] = preprocessing
-        return metadata.replace(**changes) if changes else metadata
-    if labels is None or preprocessing is None:
-        raise MetadataError(
-            f"{path}: carries no cellsdk metadata; pass labels=[...] and preprocessing=Preprocessing(...) "
-            "to load it, or convert it with cellsdk-convert"
-        )
-    return ModelMetadata(labels=tuple(labels), arch="unknown", preprocessing=preprocessing)
-
-
-def _check_shapes(path: Path, backend: Backend, metadata: ModelMetadata) -> None:
-    """Refuse metadata that contradicts the model itself."""
-    shape = backend.input_shape
-    if len(shape) != 4 or shape[1] not in (None, 3):
-        raise UnsupportedFormatError(f"{path}: expected an N x 3 x H x W image input, the model takes {shape}")
-    size = metadata.preprocessing.input_size
-    if any(side is not None and side != size for side in shape[2:]):
-        raise MetadataError(
-            f"{path}: the model takes {shape[2]}x{shape[3]} inputs but its metadata says {size}x{size}; "
-            "fix the preprocessing"
-        )
-    if backend.num_outputs is not None and backend.num_outputs != metadata.num_classes:
-        raise MetadataError(
-            f"{path}: the model has {backend.num_outputs} outputs but the metadata lists "
-            f"{metadata.num_classes} labels; pass the right labels"
-        )

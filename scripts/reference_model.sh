@@ -48,6 +48,18 @@ python scripts/pbc_split_folder.py "$PBC" "$RUN/pbc_test"
 cellsdk-eval "$RUN/converted/model.int8.onnx" --data "$RUN/pbc_test" --split all --out "$RUN/test/pbc_raw.int8.onnx" --quiet
 cellsdk-eval "$RUN/$NAME.safetensors" --data "$RUN/pbc_test" --split all --out "$RUN/test/pbc_raw.checkpoint.fp32" --quiet
 python scripts/model_card_tables.py "$RUN" > "$RUN/model_card_tables.md"
+# the OOD guard (docs/ood_sets.md): the development OOD sets against the unshifted PBC test originals, int8 and fp32
+python scripts/make_ood_sets.py --out "$RUN/ood_sets" --pbc "$PBC" --bloodmnist "${NPZ:-../shared/data/bloodmnist/bloodmnist.npz}"
+OOD_ARGS=()
+for d in "$RUN"/ood_sets/*/; do [ "$(basename "$d")" = in_distribution ] || OOD_ARGS+=(--ood "${d%/}"); done
+for model in model.int8.onnx model.fp32.onnx model.int8.xml; do
+  cellsdk-eval "$RUN/converted/$model" --data "$RUN/ood_sets/in_distribution" --split all "${OOD_ARGS[@]}" \
+    --out "$RUN/test/ood.$model" --quiet
+done
+python scripts/guard_tables.py "$RUN"/test/ood.model.int8.onnx/report.json "$RUN"/test/ood.model.fp32.onnx/report.json \
+  "$RUN"/test/ood.model.int8.xml/report.json --test "$RUN"/test/model.int8.onnx/report.json \
+  --test "$RUN"/test/model.fp32.onnx/report.json > "$RUN/guard_tables.md"
+python -m cellsdk.benchmarks.guard_overhead "$RUN/converted/model.int8.onnx" --rounds 400 >> "$RUN/guard_tables.md"
 # every int8 artefact per CPU class: natively on the whole test split, emulated on 600 stratified test images
 python scripts/cpu_class_eval.py "$RUN"/converted/model.int8.onnx "$RUN"/converted/model.int8.xml \
   "$RUN"/converted/model.int8.torchscript --checkpoint "$RUN/$NAME.safetensors" --data "$DATA" --split test \
@@ -60,6 +72,7 @@ if [ "${SHIP:-0}" = 1 ]; then
   cp "$RUN/test/checkpoint.fp32/confusion_matrix.png" docs/model_card/confusion_matrix.fp32.png
   cp "$RUN/test/model.int8.onnx/confusion_matrix.png" docs/model_card/confusion_matrix.int8_onnx.png
   cp "$RUN/test/model.int8.onnx/reliability.png" docs/model_card/reliability.int8_onnx.png
+  cp "$RUN/test/model.int8.onnx/risk_coverage.png" docs/model_card/risk_coverage.int8_onnx.png
   if [ -f "$RUN/training_curves.png" ]; then cp "$RUN/training_curves.png" docs/model_card/training_curves.png; fi
   sha256sum "models/$NAME.safetensors" "cellsdk/data/$NAME.int8.onnx"
 fi

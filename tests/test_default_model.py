@@ -134,3 +134,23 @@ def test_missing_package_data_is_a_clear_error(monkeypatch):
     monkeypatch.setattr("cellsdk.classifier.DEFAULT_MODEL", "absent.onnx")
     with pytest.raises(ModelNotFoundError, match="not installed with this cellsdk"):
         cellsdk.Classifier.load()
+
+
+def test_shipped_model_carries_the_guard(shipped):
+    """The shipped model flags altered copies of the sample originals and keeps the originals (MODEL_CARD.md)."""
+    import numpy as np
+    from PIL import Image
+
+    from cellsdk.shifts import apply_shift
+
+    guard = shipped.guard
+    assert guard is not None and guard.score.name == "mahalanobis" and guard.retention == 0.95
+    assert shipped.metadata.outputs == ("logits", "features")
+    validation = shipped.metadata.guard["validation"]
+    assert validation["mean_auroc"] > 0.9 and set(validation["candidates"]) == {"msp", "energy", "mahalanobis", "knn"}
+    raw = sorted(RAW_SAMPLES.rglob("*.jpg"))
+    kept = [p.ok for p in shipped.predict_batch(raw)]
+    assert np.mean(kept) >= 0.75
+    original = Image.open(raw[0]).convert("RGB")
+    altered = [apply_shift(name, original) for name in ("hue_shift", "blur", "overexposed", "scale_2")]
+    assert all(p.status == "out_of_distribution" for p in shipped.predict_batch(altered))
