@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from cellsdk.datasets import load_dataset
-from cellsdk.errors import ConfigError
+from cellsdk.errors import ConfigError, DatasetError
 from cellsdk.guard import Guard
 from cellsdk.input_checks import InputChecks, measure
 from cellsdk.metadata import ModelMetadata
@@ -148,6 +148,8 @@ def fit_guard(model: Any, metadata: ModelMetadata, data: str, config: GuardConfi
               labels: str | None = None, seed: int = 0, progress: Any = None) -> tuple[dict[str, Any], GuardProbe]:
     """Fit the guard on ``data`` (train split: statistics; val split: thresholds and shifts).
 
+    ``progress``, if given, is called with the name of each finished step (train, val, then each shift).
+
     Returns:
         The metadata ``guard`` record and the probe the gate checks each artefact with.
 
@@ -156,14 +158,22 @@ def fit_guard(model: Any, metadata: ModelMetadata, data: str, config: GuardConfi
     """
     dataset = load_dataset(data, labels=labels, seed=seed)
     spec = metadata.preprocessing.without_crop() if data_cropped else metadata.preprocessing
-    train, val = dataset.split("train"), dataset.split("val")
+    try:
+        train, val = dataset.split("train"), dataset.split("val")
+    except DatasetError as err:
+        raise DatasetError(f"the OOD guard is fitted on the train and val splits: {err}; pass data with both "
+                           "(--calib), or --no-guard") from None
     train_targets = dataset.targets_for(train, metadata.labels)
     val_targets = dataset.targets_for(val, metadata.labels)
     train_rows = _balanced(train_targets, config.train_images, seed)
     train_arrays, train_stats = _load(train, train_rows, spec)
     _, train_features = _forward(model, train_arrays)
+    if progress is not None:
+        progress("train")
     val_arrays, val_stats = _load(val, np.arange(len(val)), spec)
     val_logits, val_features = _forward(model, val_arrays)
+    if progress is not None:
+        progress("val")
     shift_rows = _balanced(val_targets, config.shift_images, seed + 1)
     shifted: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]] = {}
     for shift in SELECTION_SHIFTS:

@@ -199,8 +199,13 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
                                                                                        "min_recall", "ece")})
     probe: GuardProbe | None = None
     if config.guard.enabled:
+        from cellsdk.shifts import SELECTION_SHIFTS
+
+        guard_bar = progress_bar(2 + len(SELECTION_SHIFTS), "fit OOD guard", progress, unit="step")
         record, probe = fit_guard(model, metadata, str(config.calib or eval_source), config.guard,
-                                  data_cropped=config.data_cropped, labels=config.labels, seed=config.seed)
+                                  data_cropped=config.data_cropped, labels=config.labels, seed=config.seed,
+                                  progress=lambda step: (guard_bar.set_postfix_str(step), guard_bar.update(1)))
+        guard_bar.close()
         metadata = metadata.replace(outputs=("logits", "features"), guard=record)
     else:
         metadata = metadata.replace(outputs=("logits",), guard=None)

@@ -290,3 +290,25 @@ def test_eval_reports_ood_folders_and_the_risk_coverage_curve(converted, tmp_pat
     bad = CliRunner().invoke(cli, ["eval", str(converted.out_dir / "model.fp32.onnx"), "--data", str(RAW_SAMPLES),
                                    "--split", "all", "--ood", str(tmp_path / "missing"), "--quiet"])
     assert bad.exit_code != 0 and "--ood" in bad.output and "Traceback" not in bad.output
+
+
+def test_data_without_a_val_split_names_the_guard_and_the_way_out(tiny_run, tmp_path):
+    import shutil
+
+    from cellsdk.converters import ConvertConfig, convert
+    from cellsdk.converters.targets import CpuTargets
+    from cellsdk.errors import DatasetError
+
+    data = tmp_path / "data"
+    for split in ("train", "test"):
+        shutil.copytree(SAMPLES / split, data / split)
+    config = ConvertConfig(formats=("onnx",), eval=str(data), eval_split="test", data_cropped=True,
+                           cpu_targets=CpuTargets.parse("none"))
+    with pytest.raises(DatasetError, match="OOD guard.*--no-guard"):
+        convert(tiny_run.best_checkpoint, tmp_path / "out", config, progress=False)
+    assert not (tmp_path / "out").exists()
+    off = convert(tiny_run.best_checkpoint, tmp_path / "out", ConvertConfig(
+        formats=("onnx",), eval=str(data), eval_split="test", data_cropped=True, guard=GuardConfig.off(),
+        cpu_targets=CpuTargets.parse("none")), progress=False)
+    meta = Classifier.load(off.out_dir / "model.fp32.onnx").metadata
+    assert meta.outputs == ("logits",) and meta.guard is None
