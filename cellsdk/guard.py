@@ -172,6 +172,8 @@ def guard_summary(record: Mapping[str, Any] | None) -> str:
     figures = record.get("validation", {}) or {}
     parts = [f"{score.get('name', '?')}" + (f" ({score['dims']} d)" if "dims" in score else ""),
              f"threshold {record.get('threshold', float('nan')):.4g} keeps {record.get('retention', 0) * 100:.0f} % of val"]
+    if record.get("threshold_note"):
+        parts[-1] += " (this artefact's own threshold: fp32's kept too few)"
     if "mean_auroc" in figures:
         parts.append(f"synthetic-shift AUROC {figures['mean_auroc']:.3f}")
     if record.get("confidence_threshold") is not None:

@@ -11,8 +11,10 @@ which an answer is ``uncertain``, the input checks' ranges and every figure.
 
 The gate (:func:`check_guard`) re-measures the stored score with each artefact's
 own outputs: its AUROC on the same shifted images must not fall more than
-``max_auroc_drop`` (or one standard error, on few images) below fp32's, and the share of evaluation images it keeps must
-stay within ``max_retention_drop`` of the stated retention.
+``max_auroc_drop`` (or one standard error, on few images) below fp32's. When the
+fp32 threshold keeps more than ``max_retention_drop`` fewer evaluation images than
+stated (int8 can shift the score distribution without changing its ranking), the
+artefact gets its own threshold at the stated retention, recorded in its metadata.
 
 Example:
     >>> GuardConfig().retention, GuardConfig.off().enabled
@@ -56,7 +58,9 @@ class GuardConfig:
         shift_images: validation images each synthetic shift is applied to.
         dims: principal directions kept by the feature scores.
         max_auroc_drop: the gate: largest accepted fall of an artefact's mean shift AUROC below fp32's.
-        max_retention_drop: the gate: largest accepted fall of the evaluation images kept below ``retention``.
+        max_retention_drop: largest accepted fall of the evaluation images kept below ``retention`` at fp32's
+            threshold (at least two binomial standard errors on that many images); beyond it the artefact's own
+            threshold is set (at ``retention`` of its own scores).
     """
 
     enabled: bool = True
@@ -67,7 +71,7 @@ class GuardConfig:
     shift_images: int = 200
     dims: int = 128
     max_auroc_drop: float = 0.02
-    max_retention_drop: float = 0.03
+    max_retention_drop: float = 0.01
 
     def __post_init__(self) -> None:
         if self.score != "auto" and self.score not in SCORES:
@@ -276,7 +280,16 @@ def check_guard(classifier: Any, eval_outputs: dict[str, np.ndarray], probe: Gua
     if probe.reference_auroc - mean > tolerance + 1e-9:
         reasons.append(f"OOD score AUROC fell {probe.reference_auroc - mean:.3f} below fp32's "
                        f"{probe.reference_auroc:.3f} (limit {tolerance:.3f})")
-    if probe.retention - kept > config.max_retention_drop + 1e-9:
-        reasons.append(f"the OOD threshold keeps {kept * 100:.1f} % of the evaluation images, stated "
-                       f"{probe.retention * 100:.0f} % (limit -{config.max_retention_drop * 100:.0f} points)")
+    # sampling noise of a share measured on few images: two binomial standard errors
+    retention_tolerance = max(config.max_retention_drop,
+                              2 * float(np.sqrt(probe.retention * (1 - probe.retention) / max(len(eval_outputs["logits"]), 1))))
+    record["retention_tolerance"] = retention_tolerance
+    if probe.retention - kept > retention_tolerance + 1e-9:
+        # int8 can shift the whole score distribution while keeping its ranking (the AUROC above): this
+        # artefact then gets its own threshold, at the stated retention of its own evaluation-image scores
+        own = guard.scores(eval_outputs["logits"], eval_outputs.get("features"))
+        record["threshold"] = float(np.quantile(own, probe.retention))
+        record["threshold_note"] = (f"fp32's threshold kept {kept * 100:.1f} % here (stated {probe.retention * 100:.0f} %, "
+                                    f"limit -{retention_tolerance * 100:.1f} points): re-set on this artefact's "
+                                    f"scores of the {len(own)} evaluation images")
     return record, reasons

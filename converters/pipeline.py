@@ -285,13 +285,28 @@ def _one(job: Any, fmt: str, precision: str, skipped: str, staging: Path, images
     if "latency_ms" in record:
         entry["latency_ms"] = record["latency_ms"]
     entry["verification"] = record
+    threshold = (record.get("guard") or {}).get("threshold")
+    if threshold is not None and entry["status"] == STATUS_PASSED:  # the artefact's own OOD threshold
+        entry["guard_threshold"] = threshold
+        converter.write_metadata(target, _artefact_metadata(job, entry))
+        entry["size_bytes"], entry["sha256"], entry["files"] = _describe_files(target)
     return entry
+
+
+def _artefact_metadata(job: Any, entry: dict[str, Any]) -> Any:
+    """The metadata an artefact carries: its precision and recipe, and its own OOD threshold if it has one."""
+    metadata = job.metadata_for(entry["precision"], entry.get("quantization"))
+    if entry.get("guard_threshold") is not None and metadata.guard is not None:
+        note = entry["verification"]["guard"].get("threshold_note", "")
+        metadata = metadata.replace(guard={**metadata.guard, "threshold": entry["guard_threshold"],
+                                           "fp32_threshold": metadata.guard["threshold"], "threshold_note": note})
+    return metadata
 
 
 def _verify_cpu_classes(job: Any, artefacts: list[dict[str, Any]], staging: Path, images: ImageSet, reference: Any,
                         config: ConvertConfig, progress: bool, outputs: dict[str, Any]) -> None:
     """Verify every checked artefact on the requested CPU classes; record it in the entry and in the artefact."""
-    checked = [(entry, staging / entry["file"], job.metadata_for(entry["precision"], entry.get("quantization")))
+    checked = [(entry, staging / entry["file"], _artefact_metadata(job, entry))
                for entry in artefacts if entry.get("status") in (STATUS_PASSED, STATUS_FAILED)
                and "verification" in entry]
     if not checked or not config.cpu_targets.names:

@@ -189,7 +189,11 @@ def test_every_artefact_carries_the_guard_and_the_gate_checked_it(converted):
         from cellsdk.info import read_metadata
 
         meta = read_metadata(converted.out_dir / entry["file"])  # CoreML's too, off macOS
-        assert meta.outputs == ("logits", "features") and meta.guard["threshold"] == guard["threshold"], entry["file"]
+        own = entry.get("guard_threshold")
+        assert meta.outputs == ("logits", "features"), entry["file"]
+        assert meta.guard["threshold"] == (own if own is not None else guard["threshold"]), entry["file"]
+        if own is not None:  # re-set on the artefact's own scores: fp32's is kept beside it, with the reason
+            assert meta.guard["fp32_threshold"] == guard["threshold"] and "re-set" in meta.guard["threshold_note"]
         if "verification" in entry and entry["verification"].get("top1_agreement") is not None:
             figures = entry["verification"]["guard"]
             assert figures["reference_mean_auroc"] == pytest.approx(guard["validation"]["mean_auroc"])
@@ -255,6 +259,18 @@ def test_the_gate_fails_an_artefact_whose_score_collapses(converted):
     probe = GuardProbe({"_inliers": arrays, "same": arrays}, reference_auroc=0.99, retention=0.95)
     record, reasons = check_guard(clf, outputs, probe, GuardConfig())
     assert record["mean_auroc"] == pytest.approx(0.5) and any("AUROC fell" in r for r in reasons)
+
+
+def test_an_artefact_whose_scores_shift_gets_its_own_threshold(converted):
+    clf = Classifier.load(converted.out_dir / "model.fp32.onnx")
+    arrays = np.stack([clf._prepare(p, False)[0] for p in RAW])
+    outputs = clf.run_outputs(arrays)
+    own = clf.guard.scores(outputs["logits"], outputs["features"])
+    clf.guard = clf.guard.with_thresholds(threshold=float(own.min()) - 1)  # as if int8 had shifted every score up
+    probe = GuardProbe({"_inliers": arrays, "same": arrays}, reference_auroc=0.5, retention=0.95)
+    record, reasons = check_guard(clf, outputs, probe, GuardConfig())
+    assert not reasons and record["eval_kept"] == 0.0
+    assert record["threshold"] == pytest.approx(np.quantile(own, 0.95)) and "re-set" in record["threshold_note"]
 
 
 # ------------------------------------------------------------------ CLI and evaluation
