@@ -19,7 +19,6 @@ from cellsdk.converters import (
     get_converter,
 )
 from cellsdk.converters.calibration import ImageSet, calibration_set, evaluation_set
-from cellsdk.converters.targets import CpuTargets
 from cellsdk.converters.verify import reference_logits, verify_artefact
 from cellsdk.errors import BackendNotInstalledError, CheckpointError, ConfigError
 
