@@ -145,6 +145,8 @@ class Classifier:
             >>> clf = Classifier.load("model.onnx", labels=["a", "b"],
             ...                       preprocessing=Preprocessing(input_size=64))  # doctest: +SKIP
         """
+        if ood not in GUARD_MODES:
+            raise ConfigError(f"ood={ood!r}: use one of {', '.join(GUARD_MODES)}")
         path = default_model_path() if path is None else Path(path)
         if not path.exists():
             raise ModelNotFoundError(f"{path}: no such model file or folder")
@@ -161,8 +163,6 @@ class Classifier:
         check_shapes(path, instance, metadata)
         if top_k < 1:
             raise MetadataError(f"top_k must be >= 1, got {top_k}")
-        if ood not in GUARD_MODES:
-            raise ConfigError(f"ood={ood!r}: use one of {', '.join(GUARD_MODES)}")
         check = check_artefact(metadata, path.name)
         enforce(check, strict=strict, key=str(path))
         return cls(instance, metadata, path=path, top_k=top_k, chosen=chosen, cpu_check=check, ood=ood)
@@ -264,8 +264,7 @@ class Classifier:
         probabilities = self._proba(logits)
         verdicts: list[Assessment] | None = None
         if self.guard is not None and len(logits):
-            verdicts = self.guard.assess(logits, features, measured, probabilities
-                                         if self._apply_softmax else None)
+            verdicts = self.guard.assess(logits, features, measured, probabilities)
         return [self._prediction(row, top_k, verdicts[i] if verdicts else None)
                 for i, row in enumerate(probabilities)]
 

@@ -53,6 +53,11 @@ def check_shapes(path: Path, backend: Backend, metadata: ModelMetadata) -> None:
             f"{path}: the model takes {shape[2]}x{shape[3]} inputs but its metadata says {size}x{size}; "
             "fix the preprocessing"
         )
+    if backend.output_count is not None and backend.output_count < len(metadata.outputs):
+        raise MetadataError(
+            f"{path}: the model has {backend.output_count} output(s) but its metadata lists {len(metadata.outputs)} "
+            f"({', '.join(metadata.outputs)}); re-convert it with cellsdk-convert"
+        )
     if backend.num_outputs is not None and backend.num_outputs != metadata.num_classes:
         raise MetadataError(
             f"{path}: the model has {backend.num_outputs} outputs but the metadata lists "

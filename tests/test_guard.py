@@ -328,3 +328,15 @@ def test_data_without_a_val_split_names_the_guard_and_the_way_out(tiny_run, tmp_
         cpu_targets=CpuTargets.parse("none")), progress=False)
     meta = Classifier.load(off.out_dir / "model.fp32.onnx").metadata
     assert meta.outputs == ("logits",) and meta.guard is None
+
+
+def test_metadata_listing_outputs_the_model_lacks_is_refused(artefacts, tmp_path):
+    from cellsdk.converters.onnx import write_onnx_metadata
+    from cellsdk.info import read_metadata
+
+    meta = read_metadata(artefacts["onnxruntime"])
+    record = {"score": {"name": "energy", "temperature": 1.0}, "threshold": 0.0, "retention": 0.95}
+    target = tmp_path / "lying.onnx"
+    write_onnx_metadata(artefacts["onnxruntime"], target, meta.replace(outputs=("logits", "features"), guard=record))
+    with pytest.raises(MetadataError, match="1 output.*features"):
+        Classifier.load(target)

@@ -54,7 +54,8 @@ class Backend(abc.ABC):
         metadata_json: the cellsdk JSON document stored in the model, or None.
         input_shape: ``(N, C, H, W)``; None for a dynamic dimension.
         num_outputs: classes the model outputs (its first output), or None when unknown until run.
-        output_count: how many outputs the model has (logits first; e.g. ``features`` second).
+        output_count: how many outputs the model has (logits first; e.g. ``features`` second), or None
+            when unknown until run.
         device: the device the model runs on, as the runtime names it.
     """
 
@@ -69,7 +70,7 @@ class Backend(abc.ABC):
     metadata_json: str | None = None
     input_shape: tuple[int | None, ...] = (None, 3, None, None)
     num_outputs: int | None = None
-    output_count: int = 1
+    output_count: int | None = 1
     device: str = "cpu"
 
     @abc.abstractmethod

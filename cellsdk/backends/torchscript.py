@@ -76,6 +76,7 @@ class TorchScriptBackend(Backend):
                 "is converted with cellsdk-convert"
             ) from None
         self.module.eval()
+        self.output_count = None  # a scripted module's outputs are known only when it runs
         raw = extra[METADATA_KEY]
         self.metadata_json = (raw.decode("utf-8") if isinstance(raw, bytes) else raw) or None
 
