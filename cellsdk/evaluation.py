@@ -116,6 +116,18 @@ def _guard_figures(predictions: list[Any], correct: np.ndarray) -> dict[str, Any
             "accuracy_all": float(correct.mean()) if len(correct) else float("nan")}
 
 
+def _ood_folders(folders: Sequence[str | os.PathLike]) -> dict[Path, list[Path]]:
+    """Each OOD folder's image files; DatasetError naming the first that is missing or empty."""
+    out = {}
+    for folder in map(Path, folders):
+        files = _image_files(folder) if folder.is_dir() else []
+        if not files:
+            raise DatasetError(f"--ood {folder}: not a folder of images; pass folders of images from outside "
+                               "the training domain")
+        out[folder] = files
+    return out
+
+
 def evaluate_ood(classifier: Any, in_scores: np.ndarray, folders: Sequence[str | os.PathLike], *,
                  batch_size: int = 32, progress: bool = True) -> dict[str, dict[str, Any]]:
     """The guard on folders of images that are not the training domain: AUROC, FPR at 95 % TPR, share flagged.
@@ -128,12 +140,7 @@ def evaluate_ood(classifier: Any, in_scores: np.ndarray, folders: Sequence[str |
     from cellsdk.metrics import auroc, fpr_at_tpr
 
     out = {}
-    for folder in folders:
-        folder = Path(folder)
-        files = _image_files(folder) if folder.is_dir() else []
-        if not files:
-            raise DatasetError(f"--ood {folder}: not a folder of images; pass folders of images from outside "
-                               "the training domain")
+    for folder, files in _ood_folders(folders).items():
         bar = progress_bar(len(files), f"ood {folder.name}", progress)
         try:
             predictions = _run(classifier, files, batch_size, bar)
@@ -199,6 +206,7 @@ def evaluate_model(
     from cellsdk.classifier import Classifier
 
     started = time.perf_counter()
+    _ood_folders(ood)  # a wrong --ood fails now, not after the whole split has run
     raw_classifier = Classifier.load(model, backend=backend, device=device, strict=strict, **dict(options or {}))
     metadata = raw_classifier.metadata
     classifier = raw_classifier.with_preprocessing(metadata.preprocessing.without_crop()) if data_cropped \
