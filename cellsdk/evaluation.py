@@ -97,12 +97,20 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and _is_image(p))
 
 
-def _run(classifier: Any, images: Sequence[Any], batch_size: int, bar: Any) -> list[Any]:
+def _run(classifier: Any, images: Sequence[Any], batch_size: int, *, desc: str, progress: bool,
+         what: str) -> list[Any]:
+    """Every image's Prediction, with a progress bar; an unreadable image is a DatasetError naming ``what``."""
     predictions = []
-    for start in range(0, len(images), batch_size):
-        chunk = list(images[start:start + batch_size])
-        predictions.extend(classifier.predict_batch(chunk, batch_size=batch_size))
-        bar.update(len(chunk))
+    bar = progress_bar(len(images), desc, progress)
+    try:
+        for start in range(0, len(images), batch_size):
+            chunk = list(images[start:start + batch_size])
+            predictions.extend(classifier.predict_batch(chunk, batch_size=batch_size))
+            bar.update(len(chunk))
+    except InvalidImageError as err:
+        raise DatasetError(f"bad {what} image: {err}") from None
+    finally:
+        bar.close()
     return predictions
 
 
@@ -137,17 +145,17 @@ def evaluate_ood(classifier: Any, in_scores: np.ndarray, folders: Sequence[str |
     Raises:
         DatasetError: a folder is missing or holds no images, or an image in it cannot be read.
     """
+    return _evaluate_ood_files(classifier, in_scores, _ood_folders(folders), batch_size=batch_size,
+                               progress=progress)
+
+
+def _evaluate_ood_files(classifier: Any, in_scores: np.ndarray, folders: Mapping[Path, list[Path]], *,
+                        batch_size: int, progress: bool) -> dict[str, dict[str, Any]]:
     from cellsdk.metrics import auroc, fpr_at_tpr
 
     out = {}
-    for folder, files in _ood_folders(folders).items():
-        bar = progress_bar(len(files), f"ood {folder.name}", progress)
-        try:
-            predictions = _run(classifier, files, batch_size, bar)
-        except InvalidImageError as err:
-            raise DatasetError(f"bad OOD image: {err}") from None
-        finally:
-            bar.close()
+    for folder, files in folders.items():
+        predictions = _run(classifier, files, batch_size, desc=f"ood {folder.name}", progress=progress, what="OOD")
         scores = np.asarray([p.ood_score for p in predictions], dtype=np.float64)
         statuses = [p.status for p in predictions]
         record: dict[str, Any] = {"images": len(files),
@@ -206,7 +214,7 @@ def evaluate_model(
     from cellsdk.classifier import Classifier
 
     started = time.perf_counter()
-    _ood_folders(ood)  # a wrong --ood fails now, not after the whole split has run
+    ood_files = _ood_folders(ood)  # listed now: a wrong --ood fails before the whole split has run
     raw_classifier = Classifier.load(model, backend=backend, device=device, strict=strict, **dict(options or {}))
     metadata = raw_classifier.metadata
     classifier = raw_classifier.with_preprocessing(metadata.preprocessing.without_crop()) if data_cropped \
@@ -214,14 +222,8 @@ def evaluate_model(
     dataset = load_dataset(data, labels=labels)
     chosen = dataset.split(split)
     targets = dataset.targets_for(chosen, metadata.labels)
-    bar = progress_bar(len(chosen), f"eval {split}", progress)
     images = [chosen.paths[i] if chosen.paths is not None else chosen.images[i] for i in range(len(chosen))]
-    try:
-        predictions = _run(classifier, images, batch_size, bar)
-    except InvalidImageError as err:
-        raise DatasetError(f"bad evaluation image: {err}") from None
-    finally:
-        bar.close()
+    predictions = _run(classifier, images, batch_size, desc=f"eval {split}", progress=progress, what="evaluation")
     probabilities = np.asarray([[p.probabilities[label] for label in metadata.labels] for p in predictions],
                                dtype=np.float64).reshape(len(predictions), metadata.num_classes)
     report = classification_report(targets, probabilities, metadata.labels)
@@ -247,7 +249,7 @@ def evaluate_model(
         "cpu": host_cpu().to_dict(),
         "cpu_check": classifier.cpu_check.status,
         "guard": guard,
-        "ood": evaluate_ood(raw_classifier, in_scores, ood, batch_size=batch_size, progress=progress) if ood else {},
+        "ood": _evaluate_ood_files(raw_classifier, in_scores, ood_files, batch_size=batch_size, progress=progress),
         "seconds": time.perf_counter() - started,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     })

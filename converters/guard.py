@@ -269,7 +269,8 @@ def check_guard(classifier: Any, eval_outputs: dict[str, np.ndarray], probe: Gua
         outputs = classifier.run_outputs(arrays)
         per_shift[shift] = auroc(base, guard.scores(outputs["logits"], outputs.get("features")))
     mean = float(np.mean(list(per_shift.values())))
-    kept = float((guard.scores(eval_outputs["logits"], eval_outputs.get("features")) <= guard.threshold).mean())
+    own = guard.scores(eval_outputs["logits"], eval_outputs.get("features"))
+    kept = float((own <= guard.threshold).mean())
     shift_size = len(next(a for s, a in probe.arrays.items() if s != "_inliers"))
     # on few images an AUROC is noisy: the limit is at least one standard error (Hanley & McNeil 1982)
     tolerance = max(config.max_auroc_drop, auroc_standard_error(probe.reference_auroc, len(base), shift_size))
@@ -282,12 +283,11 @@ def check_guard(classifier: Any, eval_outputs: dict[str, np.ndarray], probe: Gua
                        f"{probe.reference_auroc:.3f} (limit {tolerance:.3f})")
     # sampling noise of a share measured on few images: two binomial standard errors
     retention_tolerance = max(config.max_retention_drop,
-                              2 * float(np.sqrt(probe.retention * (1 - probe.retention) / max(len(eval_outputs["logits"]), 1))))
+                              2 * float(np.sqrt(probe.retention * (1 - probe.retention) / max(len(own), 1))))
     record["retention_tolerance"] = retention_tolerance
     if probe.retention - kept > retention_tolerance + 1e-9:
         # int8 can shift the whole score distribution while keeping its ranking (the AUROC above): this
         # artefact then gets its own threshold, at the stated retention of its own evaluation-image scores
-        own = guard.scores(eval_outputs["logits"], eval_outputs.get("features"))
         record["threshold"] = float(np.quantile(own, probe.retention))
         record["threshold_note"] = (f"fp32's threshold kept {kept * 100:.1f} % here (stated {probe.retention * 100:.0f} %, "
                                     f"limit -{retention_tolerance * 100:.1f} points): re-set on this artefact's "

@@ -27,16 +27,15 @@ from cellsdk.preprocessing import preprocess
 def _features(model, arrays: np.ndarray, batch: int = 128) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
-    from cellsdk.training.models import split_head
+    from cellsdk.training.models import with_features
 
-    body, head = split_head(model)
+    wrapped = with_features(model)
     logits, feats = [], []
     with torch.inference_mode():
         for start in range(0, len(arrays), batch):
-            x = torch.from_numpy(arrays[start:start + batch])
-            f = body(x)
-            feats.append(f.numpy())
-            logits.append(head(f).numpy())
+            out_logits, out_features = wrapped(torch.from_numpy(arrays[start:start + batch]))
+            feats.append(out_features.numpy())
+            logits.append(out_logits.numpy())
     return np.concatenate(logits).astype(np.float64), np.concatenate(feats).astype(np.float64)
 
 

@@ -260,32 +260,6 @@ def load_weights_file(model: Any, path: str | os.PathLike) -> int:
     return len(mapped)
 
 
-def split_head(model: Any) -> tuple[Any, Any]:
-    """``(body, head)``: ``body(x)`` gives the pooled features the classifier reads, ``head(features)`` the logits.
-
-    ``head(body(x))`` equals ``model(x)`` for timm classifiers (``forward_head(..., pre_logits=True)``
-    and ``get_classifier()``).
-
-    Raises:
-        ConfigError: the model does not expose its features that way.
-    """
-    import torch
-
-    if not (hasattr(model, "forward_features") and hasattr(model, "forward_head") and hasattr(model, "get_classifier")):
-        raise ConfigError(f"{type(model).__name__} does not expose pooled features (forward_features / forward_head); "
-                          "the OOD guard needs a timm classifier")
-
-    class Body(torch.nn.Module):
-        def __init__(self, inner: Any) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x: Any) -> Any:
-            return self.inner.forward_head(self.inner.forward_features(x), pre_logits=True)
-
-    return Body(model), model.get_classifier()
-
-
 def with_features(model: Any) -> Any:
     """A module returning ``(logits, features)``: the model's logits and the pooled features they come from.
 
@@ -293,7 +267,9 @@ def with_features(model: Any) -> Any:
     """
     import torch
 
-    split_head(model)  # raises ConfigError for models without pooled features
+    if not (hasattr(model, "forward_features") and hasattr(model, "forward_head") and hasattr(model, "get_classifier")):
+        raise ConfigError(f"{type(model).__name__} does not expose pooled features (forward_features / forward_head); "
+                          "the OOD guard needs a timm classifier")
 
     class WithFeatures(torch.nn.Module):
         def __init__(self, inner: Any) -> None:
