@@ -31,8 +31,9 @@ from cellsdk._machine import machine_info, package_versions
 from cellsdk._progress import progress_bar
 from cellsdk.backends import backend_for_path, get_backend
 from cellsdk.benchmarks.stats import judge, load_targets
+from cellsdk._validate import require_float, require_int
 from cellsdk.errors import ConfigError, ModelNotFoundError
-from cellsdk.manifest import read_manifest
+from cellsdk.manifest import artefact_path, read_manifest
 
 __all__ = ["BenchConfig", "discover", "run_benchmark"]
 
@@ -81,6 +82,9 @@ class BenchConfig:
             raise ConfigError(f"batch sizes must be >= 1, got {self.batches}")
         if self.iterations < 1 or self.warmup < 0:
             raise ConfigError("iterations must be >= 1 and warmup >= 0")
+        require_int("threads", self.threads, minimum=1, optional=True)
+        require_float("duration", self.duration, minimum=0, exclusive=True, optional=True)
+        require_int("eval_limit", self.eval_limit, minimum=1, optional=True)
 
 
 def discover(models: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
@@ -99,9 +103,10 @@ def discover(models: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
             checkpoint = (manifest.get("source_checkpoint") or {}).get("path")
             size = ((manifest.get("metadata") or {}).get("preprocessing") or {}).get("input_size")
             for entry in manifest["artefacts"]:
-                if entry.get("status") == "skipped" or not (path / entry["file"]).exists():
+                file = artefact_path(path, entry["file"])
+                if entry.get("status") == "skipped" or not file.exists():
                     continue
-                found.append({"path": str(path / entry["file"]), "precision": entry.get("precision", "?"),
+                found.append({"path": str(file), "precision": entry.get("precision", "?"),
                               "backend": entry.get("backend") or backend_for_path(entry["file"]).name,
                               "options": entry.get("runtime_options") or {}, "verified": entry.get("status"),
                               "checkpoint": checkpoint, "group": str(path), "input_size": size})

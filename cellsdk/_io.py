@@ -17,7 +17,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["artefact_files", "atomic_path", "sha256_file", "write_json", "write_text"]
+__all__ = ["MAX_JSON_DEPTH", "artefact_files", "atomic_path", "parse_json", "sha256_file", "write_json", "write_text"]
+
+#: deeper JSON than this is refused (cellsdk writes at most ~6 levels; a hostile file could exhaust the stack)
+MAX_JSON_DEPTH = 64
 
 
 def _current_umask() -> int:
@@ -89,3 +92,28 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def parse_json(text: str | bytes) -> Any:
+    """``json.loads`` that refuses absurdly deep nesting with a ``ValueError`` instead of a ``RecursionError``.
+
+    Example:
+        >>> parse_json('{"a": [1, 2]}')
+        {'a': [1, 2]}
+        >>> parse_json("[" * 100 + "]" * 100)
+        Traceback (most recent call last):
+        ...
+        ValueError: JSON nested deeper than 64 levels
+    """
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    stack = [(data, 1)]
+    while stack:  # iterative: a deep document cannot exhaust the stack here either
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+            stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return data

@@ -16,6 +16,7 @@ import os
 import struct
 from pathlib import Path
 
+from cellsdk._io import parse_json
 from cellsdk.errors import CheckpointError, MetadataError
 from cellsdk.metadata import METADATA_KEY, ModelMetadata
 
@@ -44,7 +45,7 @@ def read_checkpoint_metadata(path: str | os.PathLike) -> ModelMetadata:
             (size,) = struct.unpack("<Q", size_bytes)
             if size <= 0 or size > _MAX_HEADER or size > path.stat().st_size - 8:
                 raise ValueError("bad header size")
-            header = json.loads(handle.read(size))
+            header = parse_json(handle.read(size))
     except (ValueError, UnicodeDecodeError, OSError):
         raise CheckpointError(
             f"{path}: not a cellsdk checkpoint (expected a .safetensors file written by cellsdk-train)"

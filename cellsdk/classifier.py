@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from cellsdk._validate import require_int
 from cellsdk.backends import Backend, backend_for_path, get_backend
 from cellsdk.cpu import CpuCheck, check_artefact, enforce, host_cpu
 from cellsdk.errors import ConfigError, InvalidImageError, MetadataError, ModelNotFoundError
@@ -158,11 +159,10 @@ class Classifier:
             options = {**verified_options, **options}  # run it as it was verified, unless told otherwise
             log.info("cellsdk: running %s", chosen)
         backend_cls = get_backend(backend) if backend else backend_for_path(path)
-        instance = backend_cls(path, device=device, **options)
+        instance = backend_cls(path, device=device, **backend_cls.check_options(options))
         metadata = resolve_metadata(path, instance, labels, preprocessing)
         check_shapes(path, instance, metadata)
-        if top_k < 1:
-            raise MetadataError(f"top_k must be >= 1, got {top_k}")
+        require_int("top_k", top_k, minimum=1)
         check = check_artefact(metadata, path.name)
         enforce(check, strict=strict, key=str(path))
         return cls(instance, metadata, path=path, top_k=top_k, chosen=chosen, cpu_check=check, ood=ood)
@@ -236,8 +236,7 @@ class Classifier:
     def _forward_many(self, images: list[ImageSource], batch_size: int, *, stats: bool
                       ) -> tuple[np.ndarray, np.ndarray | None, list[dict[str, float] | None]]:
         """Logits, features (None if the model has none) and image statistics of every image."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        require_int("batch_size", batch_size, minimum=1)
         stats = stats and self.guard is not None and self.guard.input_checks is not None
         logits, features, measured = [], [], []
         for start in range(0, len(images), batch_size):
@@ -260,6 +259,7 @@ class Classifier:
                 np.concatenate(features) if features else None, measured)
 
     def _predict_many(self, images: list[ImageSource], batch_size: int, top_k: int | None) -> list[Prediction]:
+        require_int("top_k", top_k, minimum=1, optional=True)
         logits, features, measured = self._forward_many(images, batch_size, stats=True)
         probabilities = self._proba(logits)
         verdicts: list[Assessment] | None = None

@@ -35,6 +35,15 @@ __all__ = [
 ]
 
 
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+POSITIVE = click.IntRange(min=1)
+NON_NEGATIVE = click.IntRange(min=0)
+SEED = click.IntRange(0, 2**32 - 1)
+POSITIVE_FLOAT = click.FloatRange(min=0, min_open=True)
+NON_NEGATIVE_FLOAT = click.FloatRange(min=0)
+PERCENT = click.FloatRange(0, 100)
+
+
 def _friendly_errors(function: Callable[..., Any]) -> Callable[..., Any]:
     """Turn cellsdk errors and OS errors into a one-line message and exit status 1."""
 
@@ -83,46 +92,47 @@ def _show_cellsdk_warnings_in_one_line() -> None:
     warnings.showwarning = show
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="cellsdk")
 def cli() -> None:
     """cellsdk: train, convert, verify, run and benchmark microscopy cell classifiers."""
 
 
-@click.command("train")
+@click.command("train", context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="cellsdk")
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Run folder to write.")
 @click.option("--arch", default="efficientnet_lite0", show_default=True, help="timm model name.")
 @click.option("--pretrained", default="auto", show_default=True,
               help="auto (hub if online, else local ImageNet weights), hub, none, or a weights file.")
-@click.option("--epochs", type=int, default=None,
+@click.option("--epochs", type=POSITIVE, default=None,
               help="Epochs to train [default: 30]; with --resume, the new total (default: the run's own).")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Peak learning rate (AdamW).")
-@click.option("--weight-decay", type=float, default=0.01, show_default=True)
-@click.option("--warmup-epochs", type=float, default=1.0, show_default=True)
-@click.option("--input-size", type=int, default=128, show_default=True, help="Model input side in pixels.")
+@click.option("--batch-size", type=POSITIVE, default=64, show_default=True)
+@click.option("--lr", type=POSITIVE_FLOAT, default=1e-3, show_default=True, help="Peak learning rate (AdamW).")
+@click.option("--weight-decay", type=NON_NEGATIVE_FLOAT, default=0.01, show_default=True)
+@click.option("--warmup-epochs", type=NON_NEGATIVE_FLOAT, default=1.0, show_default=True)
+@click.option("--input-size", type=click.IntRange(8, 4096), default=128, show_default=True, help="Model input side in pixels.")
 @click.option("--crop", default="none", show_default=True,
               help="Centre crop of raw images before resizing: none, a fraction (0.875) or pixels (200px).")
 @click.option("--data-cropped", is_flag=True,
               help="The training images already have that crop (e.g. bloodmnist_128); skip it in training.")
 @click.option("--resize-filter", default="bilinear", show_default=True)
 @click.option("--labels", default=None, help="Class names: a known map (bloodmnist) or comma-separated names.")
-@click.option("--label-smoothing", type=float, default=0.1, show_default=True)
-@click.option("--accumulate", type=int, default=1, show_default=True, help="Micro-batches per optimiser step.")
-@click.option("--clip-grad", type=float, default=2.0, show_default=True, help="Gradient-norm clip (0: off).")
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True)
+@click.option("--accumulate", type=POSITIVE, default=1, show_default=True, help="Micro-batches per optimiser step.")
+@click.option("--clip-grad", type=NON_NEGATIVE_FLOAT, default=2.0, show_default=True, help="Gradient-norm clip (0: off).")
 @click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto", show_default=True)
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True)
-@click.option("--freeze-epochs", type=int, default=0, show_default=True, help="Epochs training the head alone.")
+@click.option("--freeze-epochs", type=NON_NEGATIVE, default=0, show_default=True, help="Epochs training the head alone.")
 @click.option("--class-weights", type=click.Choice(["none", "balanced"]), default="none", show_default=True)
 @click.option("--augment", type=click.Choice(["none", "light", "microscopy"]), default="microscopy",
               show_default=True)
-@click.option("--patience", type=int, default=0, show_default=True,
+@click.option("--patience", type=NON_NEGATIVE, default=0, show_default=True,
               help="Early stopping: epochs without a better validation macro-F1 (0: off).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
-@click.option("--workers", type=int, default=0, show_default=True, help="Data-loading processes.")
-@click.option("--max-steps", type=int, default=None, help="Cap optimiser steps per epoch (quick runs).")
+@click.option("--workers", type=NON_NEGATIVE, default=0, show_default=True, help="Data-loading processes.")
+@click.option("--max-steps", type=POSITIVE, default=None, help="Cap optimiser steps per epoch (quick runs).")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out from its last checkpoint, with its stored recipe.")
 @click.option("--quiet", is_flag=True, help="No progress bars or per-epoch log.")
@@ -172,7 +182,8 @@ def _history_table(history: list[dict[str, Any]], best_epoch: int) -> str:
     return "\n".join(rows)
 
 
-@click.command("eval")
+@click.command("eval", context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="cellsdk")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="Dataset (.npz or image folder).")
 @click.option("--split", default="test", show_default=True, help="train, val, test or all.")
@@ -180,12 +191,12 @@ def _history_table(history: list[dict[str, Any]], best_epoch: int) -> str:
               help="Folder for report.json, confusion_matrix.csv/.png, reliability.png.")
 @click.option("--data-cropped", is_flag=True, help="The images already have the model's crop.")
 @click.option("--labels", default=None, help="Class names of the data, if its folders do not give them.")
-@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--batch-size", type=POSITIVE, default=64, show_default=True)
 @click.option("--backend", default=None, help="Deployed models: force a backend (onnxruntime, openvino, ...).")
 @click.option("--option", "runtime_options", multiple=True, metavar="KEY=VALUE",
               help="Deployed models: a backend option, e.g. precision=f32 or threads=2; repeatable.")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--workers", type=int, default=0, show_default=True, help="Checkpoints: data-loading processes.")
+@click.option("--workers", type=NON_NEGATIVE, default=0, show_default=True, help="Checkpoints: data-loading processes.")
 @click.option("--strict", is_flag=True, help="Refuse an int8 model not verified on this machine's CPU class.")
 @click.option("--ood", "ood_folders", multiple=True, type=click.Path(path_type=Path),
               help="Deployed models: a folder of images from outside the training domain; the guard's AUROC, "
@@ -241,7 +252,8 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     return options
 
 
-@click.command("calibrate")
+@click.command("calibrate", context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="cellsdk")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--data", type=click.Path(path_type=Path), required=True, help="Dataset with a held-out split.")
 @click.option("--split", default="val", show_default=True, help="The held-out split to fit on (not test).")
@@ -249,9 +261,9 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
               help="Calibrated checkpoint [default: <checkpoint>.calibrated.safetensors].")
 @click.option("--data-cropped", is_flag=True, help="The images already have the model's crop.")
 @click.option("--labels", default=None, help="Class names of the data, if its folders do not give them.")
-@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--batch-size", type=POSITIVE, default=64, show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--workers", type=int, default=0, show_default=True)
+@click.option("--workers", type=NON_NEGATIVE, default=0, show_default=True)
 @click.option("--quiet", is_flag=True)
 @_friendly_errors
 def calibrate_command(checkpoint: Path, data: Path, split: str, out_path: Path | None, data_cropped: bool,
@@ -312,7 +324,8 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@click.command("info")
+@click.command("info", context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="cellsdk")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True,
               help="Print the metadata document as JSON (the guard's arrays as dtype and shape).")
@@ -340,21 +353,26 @@ def _expand_images(paths: tuple[Path, ...]) -> list[Path]:
     out: list[Path] = []
     for path in paths:
         if path.is_dir():
-            out.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                              and not p.name.startswith(".")))
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                           and not p.name.startswith("."))
+            if not found:
+                raise click.ClickException(f"{path}: a folder with no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}"
+                                           "); pass image files or a folder that holds some")
+            out.extend(found)
         else:
             out.append(path)
     return out
 
 
-@click.command("predict")
+@click.command("predict", context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="cellsdk")
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
               help="A model file or a cellsdk-convert output folder [default: the shipped blood-cell model].")
 @click.option("--backend", default=None, help="Force a backend: onnxruntime, openvino, torchscript, coreml.")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--threads", type=int, default=None, help="Inference threads (default: the runtime's choice).")
-@click.option("--top-k", type=int, default=1, show_default=True, help="Classes to show per image.")
+@click.option("--threads", type=POSITIVE, default=None, help="Inference threads (default: the runtime's choice).")
+@click.option("--top-k", type=POSITIVE, default=1, show_default=True, help="Classes to show per image.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--strict", is_flag=True, help="Refuse an int8 model not verified on this machine's CPU class.")
 @click.option("--ood", "ood_mode", type=click.Choice(["flag", "reject", "off"]), default="flag", show_default=True,
@@ -371,7 +389,7 @@ def predict_command(images: tuple[Path, ...], model_path: Path | None, backend: 
 
     options = {"threads": threads} if threads is not None else {}
     _show_cellsdk_warnings_in_one_line()
-    classifier = Classifier.load(model_path, backend=backend, device=device, top_k=max(top_k, 1), strict=strict,
+    classifier = Classifier.load(model_path, backend=backend, device=device, top_k=top_k, strict=strict,
                                  ood=ood_mode, **options)
     if classifier.chosen:
         click.echo(f"using {classifier.chosen}", err=True)
@@ -405,7 +423,8 @@ def _split_list(values: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(part.strip() for value in values for part in value.split(",") if part.strip())
 
 
-@click.command("convert")
+@click.command("convert", context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="cellsdk")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder (replaced).")
 @click.option("--formats", default="all", show_default=True, help="onnx,torchscript,openvino,coreml or all.")
@@ -414,16 +433,16 @@ def _split_list(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--eval", "eval_data", type=click.Path(path_type=Path), default=None,
               help="Held-out data for verification [default: --calib].")
 @click.option("--eval-split", default="val", show_default=True)
-@click.option("--eval-limit", type=int, default=None, help="Verify on a stratified sample of this many images.")
-@click.option("--calib-samples", type=int, default=256, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--input-size", type=int, default=None, help="Export at this input size [default: the checkpoint's].")
+@click.option("--eval-limit", type=POSITIVE, default=None, help="Verify on a stratified sample of this many images.")
+@click.option("--calib-samples", type=POSITIVE, default=256, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--input-size", type=click.IntRange(8, 4096), default=None, help="Export at this input size [default: the checkpoint's].")
 @click.option("--dynamic-batch", is_flag=True, help="Dynamic batch dimension (default: batch 1).")
 @click.option("--data-cropped", is_flag=True, help="The data's images already have the model's crop.")
 @click.option("--labels", default=None, help="Class names of the data, if its folders do not give them.")
-@click.option("--max-accuracy-drop", type=float, default=0.5, show_default=True, help="Points.")
-@click.option("--max-recall-drop", type=float, default=2.0, show_default=True, help="Points, for every class.")
-@click.option("--min-agreement", type=float, default=99.5, show_default=True, help="Percent, fp32/fp16 top-1.")
+@click.option("--max-accuracy-drop", type=PERCENT, default=0.5, show_default=True, help="Points.")
+@click.option("--max-recall-drop", type=PERCENT, default=2.0, show_default=True, help="Points, for every class.")
+@click.option("--min-agreement", type=PERCENT, default=99.5, show_default=True, help="Percent, fp32/fp16 top-1.")
 @click.option("--allow-regression", is_flag=True, help="Exit 0 even if an artefact fails verification.")
 @click.option("--force-calib", is_flag=True, help="Accept few calibration images or ones that overlap evaluation.")
 @click.option("--int8-recipe", type=click.Choice(["portable", "vnni"]), default="portable", show_default=True,
@@ -432,14 +451,14 @@ def _split_list(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--verify-cpus", default="native,haswell,nehalem", show_default=True,
               help="CPU classes to verify on: native (this machine) and QEMU models (haswell, nehalem, "
                    "skylake-client, sandybridge, westmere), emulated with qemu-x86_64; none to skip.")
-@click.option("--verify-cpus-images", type=int, default=50, show_default=True,
+@click.option("--verify-cpus-images", type=POSITIVE, default=50, show_default=True,
               help="Emulated checks: at most this many evaluation images per class.")
 @click.option("--verify-cpus-float", is_flag=True, help="Also check fp32 / fp16 artefacts under emulation.")
 @click.option("--guard/--no-guard", default=True, show_default=True,
               help="Fit an out-of-distribution guard into every artefact (needs train and val splits in the data).")
 @click.option("--guard-score", type=click.Choice(["auto", "msp", "energy", "mahalanobis", "knn"]), default="auto",
               show_default=True, help="auto: the score with the best AUROC on synthetic shifts of the val images.")
-@click.option("--guard-retention", type=float, default=95.0, show_default=True,
+@click.option("--guard-retention", type=click.FloatRange(50, 100), default=95.0, show_default=True,
               help="Percent of in-distribution (val) images the OOD threshold keeps.")
 @click.option("--quiet", is_flag=True)
 @_friendly_errors
@@ -477,7 +496,8 @@ def convert_command(checkpoint: Path, out_dir: Path, formats: str, quantize: tup
         names = ", ".join(a["file"] for a in result.failed)
         raise click.ClickException(f"{len(result.failed)} artefact(s) failed verification: {names} "
                                    "(see the reasons above; --allow-regression keeps the exit status 0)")
-@click.command("verify")
+@click.command("verify", context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="cellsdk")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--reference", type=click.Path(path_type=Path), required=True,
               help="The fp32 checkpoint MODEL was converted from, or a fp32 artefact of it (torch-free).")
@@ -485,13 +505,13 @@ def convert_command(checkpoint: Path, out_dir: Path, formats: str, quantize: tup
 @click.option("--split", default="val", show_default=True)
 @click.option("--data-cropped", is_flag=True, help="The data's images already have the model's crop.")
 @click.option("--labels", default=None, help="Class names of the data, if its folders do not give them.")
-@click.option("--eval-limit", type=int, default=None, help="Verify natively on a stratified sample of this many.")
+@click.option("--eval-limit", type=POSITIVE, default=None, help="Verify natively on a stratified sample of this many.")
 @click.option("--verify-cpus", default="native", show_default=True,
               help="native (this machine) and / or emulated QEMU classes: haswell, nehalem, ...")
-@click.option("--verify-cpus-images", type=int, default=50, show_default=True,
+@click.option("--verify-cpus-images", type=POSITIVE, default=50, show_default=True,
               help="Emulated checks: at most this many images per class.")
-@click.option("--max-accuracy-drop", type=float, default=0.5, show_default=True, help="Points.")
-@click.option("--max-recall-drop", type=float, default=2.0, show_default=True, help="Points, for every class.")
+@click.option("--max-accuracy-drop", type=PERCENT, default=0.5, show_default=True, help="Points.")
+@click.option("--max-recall-drop", type=PERCENT, default=2.0, show_default=True, help="Points, for every class.")
 @click.option("--no-write", is_flag=True, help="Report only; leave the model file unchanged.")
 @click.option("--quiet", is_flag=True)
 @_friendly_errors
@@ -527,18 +547,19 @@ def _cpu_notes(manifest: dict[str, Any]) -> list[str]:
     return [f"warning: CPU classes not verified: {reason}" for reason in sorted(reasons)]
 
 
-@click.command("bench")
+@click.command("bench", context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="cellsdk")
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--device", "devices", default="auto", show_default=True, help="cpu,cuda,mps,coreml or auto (all).")
 @click.option("--batch", "batches", default="1,32", show_default=True, help="Batch sizes, comma-separated.")
-@click.option("--threads", type=int, default=None, help="Inference threads (default: each runtime's).")
-@click.option("--warmup", type=int, default=10, show_default=True)
-@click.option("--iterations", type=int, default=100, show_default=True)
-@click.option("--duration", type=float, default=None, help="Seconds per measurement instead of --iterations.")
+@click.option("--threads", type=POSITIVE, default=None, help="Inference threads (default: each runtime's).")
+@click.option("--warmup", type=NON_NEGATIVE, default=10, show_default=True)
+@click.option("--iterations", type=POSITIVE, default=100, show_default=True)
+@click.option("--duration", type=POSITIVE_FLOAT, default=None, help="Seconds per measurement instead of --iterations.")
 @click.option("--data", type=click.Path(path_type=Path), default=None, help="Image folder: accuracy and macro-F1.")
 @click.option("--data-split", default="test", show_default=True)
 @click.option("--data-cropped", is_flag=True, help="The data's images already have the model's crop.")
-@click.option("--eval-limit", type=int, default=None, help="Use at most this many images for accuracy.")
+@click.option("--eval-limit", type=POSITIVE, default=None, help="Use at most this many images for accuracy.")
 @click.option("--targets", "targets_file", type=click.Path(path_type=Path), default=None,
               help="Latency targets TOML [default: the mission's, benchmarks/targets.toml].")
 @click.option("--no-eager", is_flag=True, help="Leave out the PyTorch eager fp32 reference rows.")

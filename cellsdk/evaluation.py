@@ -6,7 +6,8 @@ uses this for every model file that is not a training checkpoint, so the
 numbers on a model card are those of the artefact as deployed.
 
 Example:
-    >>> from cellsdk.evaluation import evaluate_model
+from cellsdk._validate import require_int
+from cellsdk.evaluation import evaluate_model
     >>> report = evaluate_model("converted/model.int8.onnx", "data/bloodmnist_128", split="test",
     ...                         data_cropped=True)  # doctest: +SKIP
     >>> report["accuracy"], report["ece"]  # doctest: +SKIP
@@ -213,6 +214,7 @@ def evaluate_model(
     """
     from cellsdk.classifier import Classifier
 
+    require_int("batch_size", batch_size, minimum=1)
     started = time.perf_counter()
     ood_files = _ood_folders(ood)  # listed now: a wrong --ood fails before the whole split has run
     raw_classifier = Classifier.load(model, backend=backend, device=device, strict=strict, **dict(options or {}))

@@ -24,10 +24,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from cellsdk._io import parse_json
 from cellsdk.backends import backend_for_path, backend_names, get_backend
 from cellsdk.errors import MetadataError, UnsupportedFormatError
 
-__all__ = ["MANIFEST_NAME", "STATUS_FAILED", "STATUS_NOT_VERIFIED", "STATUS_PASSED", "choose_artefact", "read_manifest"]
+__all__ = [
+    "MANIFEST_NAME", "STATUS_FAILED", "STATUS_NOT_VERIFIED", "STATUS_PASSED", "artefact_path", "choose_artefact",
+    "read_manifest",
+]
 
 MANIFEST_NAME = "manifest.json"
 STATUS_PASSED = "passed"
@@ -49,13 +53,53 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
             f"{folder}: a folder without {MANIFEST_NAME}; pass a model file or a cellsdk-convert output folder"
         )
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = parse_json(path.read_bytes())
     except (ValueError, OSError) as err:
         raise MetadataError(f"{path}: unreadable manifest ({err})") from None
     artefacts = manifest.get("artefacts") if isinstance(manifest, dict) else None
     if not isinstance(artefacts, list) or not all(isinstance(a, dict) and "file" in a for a in artefacts):
         raise MetadataError(f"{path}: manifest lists no artefacts (expected 'artefacts': [{{'file': ...}}, ...])")
+    for entry in artefacts:
+        artefact_path(folder, entry["file"])  # every listed file must stay inside the folder
+        options = entry.get("runtime_options")
+        if options is not None and not isinstance(options, dict):
+            raise MetadataError(f"{path}: runtime_options of {entry['file']} must be an object, got "
+                                f"{type(options).__name__}")
     return manifest
+
+
+def artefact_path(folder: str | os.PathLike, file: Any) -> Path:
+    """``folder / file`` for a file name a manifest lists, refusing anything that leads outside ``folder``.
+
+    A manifest is data, possibly from someone else: an absolute path, ``..`` or a symbolic link out of the
+    folder would make loading the folder run a model from elsewhere on the disk.
+
+    Raises:
+        MetadataError: the name is not a relative path inside the folder.
+
+    Example:
+        >>> artefact_path("conv", "model.int8.onnx").as_posix()
+        'conv/model.int8.onnx'
+        >>> artefact_path("conv", "../other/model.onnx")
+        Traceback (most recent call last):
+        ...
+        cellsdk.errors.MetadataError: conv/manifest.json: artefact file '../other/model.onnx' is outside the folder; a manifest may only list files inside its own folder
+    """
+    root = Path(folder)
+    refusal = (f"{root / MANIFEST_NAME}: artefact file {file!r} is outside the folder; a manifest may only list "
+               "files inside its own folder")
+    if not isinstance(file, str) or not file or "\x00" in file:
+        raise MetadataError(f"{root / MANIFEST_NAME}: artefact file {file!r} is not a file name")
+    relative = Path(file)
+    if relative.is_absolute() or relative.drive or ".." in relative.parts or "\\" in file:
+        raise MetadataError(refusal)
+    target = root / relative
+    if target.exists() or target.is_symlink():
+        real_root = root.resolve()
+        real = target.resolve()
+        if real != real_root and real_root not in real.parents:
+            raise MetadataError(refusal)
+    return target
 
 
 def choose_artefact(folder: str | os.PathLike, cpu_class: str | None = None) -> tuple[Path, str, dict[str, Any]]:
@@ -91,7 +135,7 @@ def choose_artefact(folder: str | os.PathLike, cpu_class: str | None = None) -> 
         if reason is not None:
             skipped.append(f"{file}: {reason}")
             continue
-        if not (folder / file).exists():
+        if not artefact_path(folder, file).exists():
             skipped.append(f"{file}: listed but missing")
             continue
         class_status = _class_status(entry, cpu_class)
@@ -112,7 +156,7 @@ def choose_artefact(folder: str | os.PathLike, cpu_class: str | None = None) -> 
            else "verified, runs here, preferred by precision and backend (no latency recorded)")
     if unverified_here:
         why += f"; not verified on this CPU class {cpu_class}"
-    return folder / file, f"{file} ({backend_name}, {precision}): {why}", dict(options)
+    return artefact_path(folder, file), f"{file} ({backend_name}, {precision}): {why}", dict(options)
 
 
 def _class_status(entry: dict[str, Any], cpu_class: str | None) -> str:

@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from cellsdk._io import parse_json
 from cellsdk._version import __version__
 from cellsdk.errors import MetadataError
 
@@ -325,8 +326,8 @@ class ModelMetadata:
             cellsdk.errors.MetadataError: metadata must be a JSON object, got list
         """
         try:
-            data = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            data = parse_json(text)
+        except ValueError as err:  # also invalid UTF-8 and absurd nesting
             raise MetadataError(f"metadata is not valid JSON ({err})") from None
         return cls.from_dict(data)
 

@@ -29,7 +29,7 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Union
+from typing import IO, Any, Iterable, Union
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -92,9 +92,13 @@ def load_image(source: ImageSource, *, name: str | None = None) -> Image.Image:
     """Decode any supported input into an 8-bit RGB PIL image.
 
     Args:
-        source: a file path, encoded bytes, a PIL image, or a numpy array
-            (H x W grayscale, H x W x 1/3/4, uint8, uint16, bool or float in
-            [0, 1] / [0, 255]).
+        source: a file path, encoded bytes, a PIL image, or a numpy array under this contract:
+            layout H x W (grayscale) or H x W x 1 / 3 (RGB) / 4 (RGBA, composited on white), channels
+            last (a channel-first 3 x H x W array is refused, not transposed); dtype uint8 (0-255),
+            uint16 (0-65535, scaled by the full 16-bit range), bool (0 / 255), any other integer type
+            holding 0-255 (read as 8-bit), or float holding 0-1. Anything else (floats outside 0-1 such
+            as already-normalised tensors, integers above 255 in a type other than uint16, negative
+            values, NaN) is refused with the conversion to make, never guessed.
         name: how to call the input in error messages (default: derived).
 
     Returns:
@@ -127,16 +131,16 @@ def load_image(source: ImageSource, *, name: str | None = None) -> Image.Image:
         if path.stat().st_size == 0:
             raise InvalidImageError(f"{label}: empty file (0 bytes), not an image")
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as stream:  # the header is checked before any pixel data is read
+                return _decode(stream, label)
         except OSError as err:
             raise InvalidImageError(f"{label}: cannot be read ({err.strerror or err})") from None
-        return _decode(io.BytesIO(data), label)
     raise InvalidImageError(
         f"{label}: unsupported input type; pass a path, bytes, a PIL image or a numpy array"
     )
 
 
-def _decode(stream: io.BytesIO, label: str) -> Image.Image:
+def _decode(stream: IO[bytes], label: str) -> Image.Image:
     """Open, bomb-check and fully decode an encoded image."""
     if ImageFile.LOAD_TRUNCATED_IMAGES:  # another library flipped the global; we never accept half images
         ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -191,25 +195,37 @@ def _to_rgb(image: Image.Image, label: str) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if mode in _WIDE_MODES:
-        return _array_to_rgb(np.asarray(image), label)
+        return _array_to_rgb(np.asarray(image), label, wide_integers=True)
     try:
         return image.convert("RGB")
     except (ValueError, OSError) as err:
         raise InvalidImageError(f"{label}: unsupported image mode {mode!r} ({err})") from None
 
 
-def _array_to_rgb(array: np.ndarray, label: str) -> Image.Image:
-    """Convert a numpy image (HW, HW1, HW3 or HW4) of any numeric dtype to RGB."""
+def _array_to_rgb(array: np.ndarray, label: str, *, wide_integers: bool = False) -> Image.Image:
+    """Convert a numpy image to RGB under the array contract (see :func:`load_image`).
+
+    ``wide_integers``: the array comes from a PIL 16/32-bit integer mode, so integers are 16-bit data.
+    """
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
+        raise InvalidImageError(f"{label}: unsupported array dtype {getattr(array, 'dtype', type(array).__name__)}; "
+                                "pass uint8 (0-255), uint16 (0-65535), bool or float (0-1) pixels")
+    if array.ndim == 3 and array.shape[-1] not in (1, 3, 4) and array.shape[0] in (1, 3, 4):
+        raise InvalidImageError(
+            f"{label}: array of shape {tuple(array.shape)} looks channel-first; cellsdk takes H x W x C "
+            "(channels last): pass np.moveaxis(array, 0, -1)"
+        )
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
         raise InvalidImageError(
-            f"{label}: unsupported array shape {tuple(array.shape)}; expected H x W, or H x W x 1, 3 or 4"
+            f"{label}: unsupported array shape {tuple(array.shape)}; expected H x W, or H x W x 1, 3 or 4 "
+            "(channels last)"
         )
     if array.size == 0:
         raise InvalidImageError(f"{label}: image has no pixels (shape {tuple(array.shape)})")
     _check_size((array.shape[1], array.shape[0]), label)
-    array = _to_uint8(array, label)
+    array = _to_uint8(array, label, wide_integers=wide_integers)
     if array.ndim == 2:
         return Image.fromarray(array, mode="L").convert("RGB")
     if array.shape[-1] == 4:
@@ -217,8 +233,12 @@ def _array_to_rgb(array: np.ndarray, label: str) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array), mode="RGB")
 
 
-def _to_uint8(array: np.ndarray, label: str) -> np.ndarray:
-    """Scale an array to uint8: 16-bit by its full range, float from [0, 1] or [0, 255]."""
+def _to_uint8(array: np.ndarray, label: str, *, wide_integers: bool = False) -> np.ndarray:
+    """8-bit pixels under the array contract; anything ambiguous is refused, never guessed.
+
+    uint8 as is; bool as 0 / 255; uint16 (and PIL's 16/32-bit integer modes) by the full 16-bit range; other
+    integer dtypes must hold 0-255 (e.g. ``np.asarray(img).astype(int)``); floats must hold 0-1.
+    """
     if array.dtype == np.uint8:
         return array
     if array.dtype == np.bool_:
@@ -226,19 +246,25 @@ def _to_uint8(array: np.ndarray, label: str) -> np.ndarray:
     if np.issubdtype(array.dtype, np.floating):
         if not np.all(np.isfinite(array)):
             raise InvalidImageError(f"{label}: image contains NaN or infinite values")
-        peak = float(array.max(initial=0.0))
-        scaled = array * 255.0 if peak <= 1.0 else array
-        return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-    if np.issubdtype(array.dtype, np.integer):
-        low, high = int(array.min(initial=0)), int(array.max(initial=0))
-        if low < 0:
-            raise InvalidImageError(f"{label}: image has negative pixel values ({low})")
-        if high <= 255 and array.dtype.itemsize == 1:
-            return array.astype(np.uint8)
-        if high <= 65535:  # 16-bit data: map the full 16-bit range onto 8 bits
-            return (array.astype(np.uint32) // 257).astype(np.uint8)
-        return (array.astype(np.float64) * (255.0 / high)).round().astype(np.uint8)
-    raise InvalidImageError(f"{label}: unsupported array dtype {array.dtype}")
+        low, high = float(array.min()), float(array.max())
+        if low < 0.0 or high > 1.0:
+            hint = ("it looks normalised already (negative values); pass the image before normalising"
+                    if low < 0.0 else "for 0-255 values pass array.astype(np.uint8), or divide by 255")
+            raise InvalidImageError(f"{label}: float pixels must lie in 0-1, found {low:.4g} to {high:.4g}; {hint}")
+        return np.rint(array.astype(np.float64) * 255.0).astype(np.uint8)
+    low, high = int(array.min()), int(array.max())
+    if low < 0:
+        raise InvalidImageError(f"{label}: image has negative pixel values ({low}); pass uint8 or uint16 pixels")
+    if array.dtype == np.uint16 or wide_integers:
+        if high > 65535:
+            raise InvalidImageError(f"{label}: pixel values up to {high} do not fit 16 bits; scale to uint16 or uint8")
+        return (array.astype(np.uint32) // 257).astype(np.uint8)  # the full 16-bit range onto 8 bits
+    if high > 255:
+        raise InvalidImageError(
+            f"{label}: {array.dtype} pixels up to {high}: integer arrays other than uint16 are read as 8-bit "
+            "(0-255); pass 16-bit data as uint16, or scale it to uint8"
+        )
+    return array.astype(np.uint8)
 
 
 def prepare_image(image: Image.Image, spec: Preprocessing) -> Image.Image:

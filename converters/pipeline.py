@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cellsdk._io import artefact_files, sha256_file, write_json, write_text
+from cellsdk._validate import require_int
 from cellsdk._machine import machine_info, package_versions
 from cellsdk._progress import progress_bar
 from cellsdk.converters.base import converter_names, get_converter
@@ -103,6 +104,9 @@ class ConvertConfig:
             raise ConfigError(f"unknown precision {', '.join(unknown)}: use fp32, fp16, int8 (CoreML also int6, int4)")
         if self.input_size is not None and not 8 <= self.input_size <= 4096:
             raise ConfigError(f"input size {self.input_size} is out of range 8..4096")
+        require_int("seed", self.seed, minimum=0, maximum=2**32 - 1)
+        require_int("calib_samples", self.calib_samples, minimum=1)
+        require_int("eval_limit", self.eval_limit, minimum=1, optional=True)
 
 
 @dataclass

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cellsdk._io import parse_json
 from cellsdk.converters.base import get_converter
 from cellsdk.converters.calibration import evaluation_set
 from cellsdk.converters.pipeline import _BACKEND_OF, _describe_files
@@ -123,7 +124,7 @@ def _manifest_entry(path: Path) -> tuple[Path | None, dict[str, Any] | None]:
     if not manifest.is_file():
         return None, None
     try:
-        data = json.loads(manifest.read_text(encoding="utf-8"))
+        data = parse_json(manifest.read_bytes())
         entry = next(a for a in data.get("artefacts", []) if isinstance(a, dict) and a.get("file") == path.name)
     except (ValueError, OSError, StopIteration, AttributeError):
         return None, None

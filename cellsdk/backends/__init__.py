@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import abc
 import importlib.util
+import inspect
 import os
 import sys
+import types
+import typing
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 
-from cellsdk.errors import BackendNotInstalledError, UnsupportedFormatError
+from cellsdk.errors import BackendNotInstalledError, ConfigError, UnsupportedFormatError
 
 __all__ = [
     "Backend",
@@ -116,6 +119,43 @@ class Backend(abc.ABC):
             raise BackendNotInstalledError(f"{cls.package} failed to import ({err}): reinstall it with {cls.install}") from None
 
     @classmethod
+    def option_types(cls) -> dict[str, Any]:
+        """The options this backend's ``__init__`` takes (beyond ``device``), with their types.
+
+        Example:
+            >>> sorted(get_backend("onnxruntime").option_types())
+            ['graph_optimization', 'providers', 'threads']
+        """
+        hints = typing.get_type_hints(cls.__init__)
+        return {name: hints.get(name, Any) for name, parameter in inspect.signature(cls.__init__).parameters.items()
+                if parameter.kind is inspect.Parameter.KEYWORD_ONLY and name != "device"}
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``options`` if every key is one of this backend's options with a value of its type.
+
+        Raises:
+            ConfigError: an unknown option, a value of the wrong type, or ``threads`` below 1.
+
+        Example:
+            >>> get_backend("onnxruntime").check_options({"threads": "abc"})
+            Traceback (most recent call last):
+            ...
+            cellsdk.errors.ConfigError: onnxruntime option threads='abc': expected a whole number
+        """
+        known = cls.option_types()
+        for key, value in options.items():
+            if key not in known:
+                raise ConfigError(f"unknown {cls.name} option {key!r}: the {cls.name} backend takes "
+                                  f"{', '.join(sorted(known))}")
+            expected = _describe_type(known[key])
+            if not _has_type(value, known[key]):
+                raise ConfigError(f"{cls.name} option {key}={value!r}: expected {expected}")
+        if options.get("threads") is not None and options["threads"] < 1:
+            raise ConfigError(f"{cls.name} option threads={options['threads']!r}: expected a whole number >= 1")
+        return dict(options)
+
+    @classmethod
     def read_metadata_json(cls, path: Path) -> str | None:
         """The cellsdk JSON document stored in the model at ``path`` (default: load it on the CPU and ask)."""
         return cls(path, device="cpu").metadata_json
@@ -123,6 +163,35 @@ class Backend(abc.ABC):
     def describe(self) -> str:
         """A short description, e.g. ``onnxruntime on CPUExecutionProvider``."""
         return f"{self.name} on {self.device}"
+
+
+def _has_type(value: Any, hint: Any) -> bool:
+    """Whether ``value`` fits a simple type hint (int, float, str, bool, list[str], unions of them, None)."""
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if origin in (list, tuple):
+        (item,) = typing.get_args(hint)[:1] or (Any,)
+        return isinstance(value, (list, tuple)) and all(_has_type(v, item) for v in value)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _describe_type(hint: Any) -> str:
+    names = {int: "a whole number", float: "a number", str: "a string", bool: "true or false",
+             type(None): "nothing (null)"}
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe_type(arg) for arg in typing.get_args(hint) if arg is not type(None))
+    if typing.get_origin(hint) in (list, tuple):
+        return "a list of " + _describe_type((typing.get_args(hint) or (Any,))[0]).removeprefix("a ") + "s"
+    return names.get(hint, str(hint))
 
 
 def register_backend(name: str, *suffixes: str, package: str, install: str) -> Callable[[type[Backend]], type[Backend]]:

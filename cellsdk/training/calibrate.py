@@ -30,6 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cellsdk._validate import require_int
 from cellsdk._io import sha256_file
 from cellsdk.datasets import load_dataset
 from cellsdk.errors import CheckpointError, ConfigError, DatasetError
@@ -96,6 +97,8 @@ def calibrate_checkpoint(
     """
     import torch
 
+    require_int("batch_size", batch_size, minimum=1)
+    require_int("workers", workers, minimum=0)
     started = time.perf_counter()
     source = Path(checkpoint)
     target = Path(out) if out is not None else source.with_name(f"{source.stem}.calibrated.safetensors")

@@ -1,7 +1,8 @@
 """``cellsdk-eval``: accuracy, macro-F1, per-class scores, confusion matrix and calibration of a checkpoint.
 
 Example:
-    >>> from cellsdk.training import evaluate
+from cellsdk._validate import require_int
+from cellsdk.training import evaluate
     >>> report = evaluate("runs/a/best.safetensors", "data.npz", split="test", out_dir="runs/a/eval")  # doctest: +SKIP
     >>> report["accuracy"]  # doctest: +SKIP
     0.97
@@ -58,6 +59,8 @@ def evaluate(
         The report: :func:`cellsdk.metrics.classification_report` plus the
         model, data and timing it was computed from.
     """
+    require_int("batch_size", batch_size, minimum=1)
+    require_int("workers", workers, minimum=0)
     started = time.perf_counter()
     model, metadata = load_checkpoint(checkpoint)
     dataset = load_dataset(data, labels=labels)

@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import json
+import pickle
 import logging
 import math
 import os
@@ -23,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from cellsdk._io import parse_json
 from cellsdk._io import atomic_path, write_json
 from cellsdk._progress import progress_bar
 from cellsdk.datasets import ImageDataset, load_dataset
@@ -301,16 +303,28 @@ def resume_training(run_dir: str | os.PathLike, data: str | os.PathLike, *, epoc
     return train(data, run_dir, override, resume=True, progress=progress)
 
 
+_STATE_KEYS = {"optimizer", "scheduler", "scaler", "epoch", "best_score", "best_epoch", "stale", "history", "labels",
+               "pretrained"}
+
+
 def _load_resume(run_dir: Path, epochs: int | None) -> tuple[TrainConfig, dict[str, Any]]:
     """The stored config (with ``epochs`` raised if given) and the optimiser state of a run."""
     config_path, state_path = run_dir / CONFIG, run_dir / STATE
     if not (config_path.is_file() and state_path.is_file() and (run_dir / LAST).is_file()):
         raise ConfigError(f"{run_dir}: nothing to resume (no config.json, last.safetensors and last_state.pt)")
     try:
-        stored = TrainConfig.from_dict(json.loads(config_path.read_text()))
+        stored = TrainConfig.from_dict(parse_json(config_path.read_bytes()))
+    except (ValueError, OSError) as err:
+        raise ConfigError(f"{config_path}: cannot resume, the run's config is unreadable ({err})") from None
+    try:
         state = torch.load(state_path, map_location="cpu", weights_only=True)
-    except (ValueError, OSError, RuntimeError) as err:
-        raise ConfigError(f"{run_dir}: cannot resume, run state is unreadable ({err})") from None
+    except (ValueError, OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{state_path}: not a training state cellsdk wrote ({first[:120]}); start a new run "
+                          "(or restore the run folder's own last_state.pt)") from None
+    if not isinstance(state, dict) or not _STATE_KEYS <= set(state):
+        raise ConfigError(f"{state_path}: not a training state cellsdk wrote (no epoch / optimiser state); "
+                          "start a new run")
     weights_epoch = read_checkpoint_metadata(run_dir / LAST).training.get("epoch")
     if weights_epoch != state.get("epoch"):  # stopped between the two writes of an epoch
         raise ConfigError(
