@@ -53,4 +53,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from cellsdk.benchmarks._script import run_script
+
+    run_script(main, prog="guard_overhead")

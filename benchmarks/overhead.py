@@ -156,4 +156,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    main()
+    from cellsdk.benchmarks._script import run_script
+
+    run_script(main, prog="overhead")

@@ -54,4 +54,6 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
 
 
 if __name__ == "__main__":
-    main()
+    from cellsdk.benchmarks._script import run_script
+
+    run_script(main, prog="recipe_latency")

@@ -17,13 +17,17 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["MAX_JSON_DEPTH", "artefact_files", "atomic_path", "parse_json", "sha256_file", "write_json", "write_text"]
+__all__ = [
+    "MAX_JSON_DEPTH", "artefact_files", "atomic_path", "current_umask", "parse_json", "sha256_file", "write_json",
+    "write_text",
+]
 
 #: deeper JSON than this is refused (cellsdk writes at most ~6 levels; a hostile file could exhaust the stack)
 MAX_JSON_DEPTH = 64
 
 
-def _current_umask() -> int:
+def current_umask() -> int:
+    """The process's umask (read by setting and restoring it)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -44,7 +48,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         if tmp.is_file():  # mkstemp makes 0600 files; give the result the mode a plain open() would
-            os.chmod(tmp, 0o666 & ~_current_umask())
+            os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, target)
     finally:
         if tmp.exists():

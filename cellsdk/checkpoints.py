@@ -11,7 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 from pathlib import Path
@@ -46,10 +45,12 @@ def read_checkpoint_metadata(path: str | os.PathLike) -> ModelMetadata:
             if size <= 0 or size > _MAX_HEADER or size > path.stat().st_size - 8:
                 raise ValueError("bad header size")
             header = parse_json(handle.read(size))
+            file_size = path.stat().st_size
     except (ValueError, UnicodeDecodeError, OSError):
         raise CheckpointError(
             f"{path}: not a cellsdk checkpoint (expected a .safetensors file written by cellsdk-train)"
         ) from None
+    _check_tensor_bytes(path, header, file_size - 8 - size)
     extra = header.get("__metadata__") if isinstance(header, dict) else None
     if not isinstance(extra, dict) or METADATA_KEY not in extra:
         raise CheckpointError(
@@ -60,3 +61,19 @@ def read_checkpoint_metadata(path: str | os.PathLike) -> ModelMetadata:
         return ModelMetadata.from_json(extra[METADATA_KEY])
     except MetadataError as err:
         raise MetadataError(f"{path}: {err}") from None
+
+
+def _check_tensor_bytes(path: Path, header: object, available: int) -> None:
+    """Refuse a checkpoint whose tensor data is shorter or longer than its header says (truncated or padded)."""
+    if not isinstance(header, dict):
+        return
+    try:
+        ends = [int(entry["data_offsets"][1]) for name, entry in header.items() if name != "__metadata__"]
+    except (TypeError, KeyError, IndexError, ValueError):
+        raise CheckpointError(f"{path}: corrupt checkpoint header (tensor entries without data offsets)") from None
+    expected = max(ends, default=0)
+    if expected != available:
+        raise CheckpointError(
+            f"{path}: corrupt checkpoint: its header describes {expected:,} bytes of weights but the file holds "
+            f"{available:,} (truncated or damaged copy); copy it again or re-train"
+        )

@@ -12,10 +12,15 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
+import signal
+import sys
+import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import click
 
@@ -50,16 +55,52 @@ def _friendly_errors(function: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return function(*args, **kwargs)
+            with _terminate_as_interrupt():
+                return function(*args, **kwargs)
         except CellSDKError as err:
             raise click.ClickException(str(err)) from None
+        except BrokenPipeError:  # e.g. `cellsdk predict DIR | head`: the reader left; not an error of ours
+            _silence_stdout()
+            raise SystemExit(0) from None
         except OSError as err:
             where = f"{err.filename}: " if getattr(err, "filename", None) else ""
             raise click.ClickException(f"{where}{err.strerror or err}") from None
+        except _Terminated:
+            raise click.ClickException("terminated (SIGTERM); nothing half-written was left behind") from None
         except KeyboardInterrupt:
-            raise click.ClickException("interrupted") from None
+            raise click.ClickException("interrupted; nothing half-written was left behind") from None
 
     return wrapper
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every cleanup (staging folders, temporary files) runs."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """While a command runs, SIGTERM unwinds the stack like Ctrl-C instead of killing the process mid-write."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so Python's exit-time flush does not fail again on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -133,6 +174,9 @@ def cli() -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--workers", type=NON_NEGATIVE, default=0, show_default=True, help="Data-loading processes.")
 @click.option("--max-steps", type=POSITIVE, default=None, help="Cap optimiser steps per epoch (quick runs).")
+@click.option("--val-fraction", type=click.FloatRange(0, 0.9, min_open=True), default=None,
+              help="Data without a val split: set this share of each training class aside as validation (seeded; "
+                   "conversion and evaluation carve the same images).")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out from its last checkpoint, with its stored recipe.")
 @click.option("--quiet", is_flag=True, help="No progress bars or per-epoch log.")
@@ -161,6 +205,7 @@ def train_command(data: Path, out_dir: Path, **options: Any) -> None:
         freeze_epochs=options["freeze_epochs"], class_weights=options["class_weights"],
         augment=AugmentConfig.preset(options["augment"]), patience=options["patience"], seed=options["seed"],
         device=options["device"], workers=options["workers"], max_steps_per_epoch=options["max_steps"],
+        val_fraction=options["val_fraction"],
     )
     _print_result(train(data, out_dir, config, progress=not quiet))
 

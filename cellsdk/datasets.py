@@ -26,11 +26,12 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -39,7 +40,9 @@ from cellsdk.errors import DatasetError
 from cellsdk.labelmaps import KNOWN_LABEL_MAPS, resolve_label_map
 from cellsdk.preprocessing import load_image
 
-__all__ = ["IMAGE_EXTENSIONS", "SPLITS", "ImageDataset", "Split", "load_dataset"]
+__all__ = [
+    "IMAGE_EXTENSIONS", "SPLITS", "ImageDataset", "Split", "carve_validation", "load_dataset", "validation_carve",
+]
 
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
@@ -167,6 +170,8 @@ def load_dataset(
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
     check_files: bool = True,
+    carve_val: float | None = None,
+    carve_seed: int = 0,
 ) -> ImageDataset:
     """Open a dataset in any supported layout and check it.
 
@@ -180,6 +185,11 @@ def load_dataset(
         test_fraction: share of each class put in ``test`` by that split.
         check_files: open every image file's header now so an unreadable
             file fails before training starts.
+        carve_val: for data with a train split but no val split, the share of
+            each class of train set aside as ``val`` (seeded by ``carve_seed``);
+            ``cellsdk-train --val-fraction`` records it in the checkpoint so every
+            later step carves the same images (see :func:`validation_carve`).
+        carve_seed: the seed of that carve.
 
     Raises:
         DatasetError: the dataset is missing, malformed or inconsistent.
@@ -202,8 +212,66 @@ def load_dataset(
     if root.is_file():
         if root.suffix.lower() != ".npz":
             raise DatasetError(f"{root}: unsupported dataset file; use a MedMNIST-style .npz or an image folder")
-        return _load_npz(root, names)
-    return _load_folder(root, names, seed, val_fraction, test_fraction, check_files)
+        dataset = _load_npz(root, names)
+    else:
+        dataset = _load_folder(root, names, seed, val_fraction, test_fraction, check_files)
+    if carve_val and "val" not in dataset.splits and "train" in dataset.splits:
+        dataset = carve_validation(dataset, carve_val, carve_seed)
+    return dataset
+
+
+def carve_validation(dataset: ImageDataset, fraction: float, seed: int = 0) -> ImageDataset:
+    """``dataset`` with ``fraction`` of each class of its train split moved to a new ``val`` split (seeded).
+
+    Raises:
+        DatasetError: the dataset already has a val split, has no train split, or the fraction is out of range.
+
+    Example:
+        >>> ds = ImageDataset("d", ("a", "b"), {"train": Split("train", np.array([0] * 10 + [1] * 10),
+        ...     images=np.zeros((20, 4, 4), np.uint8))})
+        >>> carved = carve_validation(ds, 0.2)
+        >>> len(carved.split("train")), len(carved.split("val"))
+        (16, 4)
+    """
+    if not 0 < fraction < 1:
+        raise DatasetError(f"validation fraction {fraction} must lie strictly between 0 and 1, e.g. 0.1")
+    if "val" in dataset.splits:
+        raise DatasetError(f"{dataset.source}: already has a val split; leave out --val-fraction")
+    train = dataset.split("train")
+    rng = np.random.default_rng(seed)
+    val_rows: list[int] = []
+    for label in np.unique(train.targets):
+        members = np.flatnonzero(train.targets == label)
+        members = members[rng.permutation(len(members))]
+        take = min(max(int(round(len(members) * fraction)), 1), len(members) - 1)  # keep >= 1 training image
+        val_rows.extend(members[:take].tolist())
+    val_index = np.asarray(sorted(val_rows), dtype=np.int64)
+    train_index = np.setdiff1d(np.arange(len(train)), val_index)
+
+    def part(name: str, rows: np.ndarray) -> Split:
+        if train.paths is not None:
+            return Split(name, train.targets[rows], paths=tuple(train.paths[i] for i in rows), origin=train.origin)
+        return Split(name, train.targets[rows], images=train.images[rows], origin=train.origin)  # type: ignore[index]
+
+    splits = {**dataset.splits, "train": part("train", train_index), "val": part("val", val_index)}
+    return dataclasses.replace(dataset, splits={s: splits[s] for s in SPLITS if s in splits},
+                               layout=f"{dataset.layout}, val carved from train ({fraction:g}, seed {seed})")
+
+
+def validation_carve(metadata: Any) -> dict[str, Any]:
+    """``load_dataset`` keywords that carve the same val split the model was trained with (empty if none).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> validation_carve(SimpleNamespace(training={"config": {"val_fraction": 0.1, "seed": 3}}))
+        {'carve_val': 0.1, 'carve_seed': 3}
+    """
+    config = (getattr(metadata, "training", None) or {}).get("config") or {}
+    fraction = config.get("val_fraction") if isinstance(config, dict) else None
+    if not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        return {}
+    seed = config.get("seed", 0)
+    return {"carve_val": float(fraction), "carve_seed": int(seed) if isinstance(seed, int) else 0}
 
 
 # --------------------------------------------------------------------------- npz

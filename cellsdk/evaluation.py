@@ -6,8 +6,7 @@ uses this for every model file that is not a training checkpoint, so the
 numbers on a model card are those of the artefact as deployed.
 
 Example:
-from cellsdk._validate import require_int
-from cellsdk.evaluation import evaluate_model
+    >>> from cellsdk.evaluation import evaluate_model
     >>> report = evaluate_model("converted/model.int8.onnx", "data/bloodmnist_128", split="test",
     ...                         data_cropped=True)  # doctest: +SKIP
     >>> report["accuracy"], report["ece"]  # doctest: +SKIP
@@ -28,8 +27,9 @@ import numpy as np
 
 from cellsdk._io import artefact_files, sha256_file, write_json, write_text
 from cellsdk._progress import progress_bar
+from cellsdk._validate import require_int
 from cellsdk.cpu import host_cpu
-from cellsdk.datasets import load_dataset
+from cellsdk.datasets import load_dataset, validation_carve
 from cellsdk.errors import DatasetError, InvalidImageError
 from cellsdk.metrics import classification_report
 
@@ -221,7 +221,7 @@ def evaluate_model(
     metadata = raw_classifier.metadata
     classifier = raw_classifier.with_preprocessing(metadata.preprocessing.without_crop()) if data_cropped \
         else raw_classifier
-    dataset = load_dataset(data, labels=labels)
+    dataset = load_dataset(data, labels=labels, **validation_carve(metadata))
     chosen = dataset.split(split)
     targets = dataset.targets_for(chosen, metadata.labels)
     images = [chosen.paths[i] if chosen.paths is not None else chosen.images[i] for i in range(len(chosen))]

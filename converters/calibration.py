@@ -22,8 +22,8 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from cellsdk.datasets import Split, load_dataset
-from cellsdk.errors import ConfigError
+from cellsdk.datasets import Split, load_dataset, validation_carve
+from cellsdk.errors import ConfigError, DatasetError
 from cellsdk.metadata import ModelMetadata
 from cellsdk.preprocessing import preprocess
 
@@ -99,7 +99,7 @@ def calibration_set(data: str | os.PathLike, metadata: ModelMetadata, *, samples
     Raises:
         ConfigError: too few images, or an overlap with ``exclude``, unless forced.
     """
-    dataset = load_dataset(data, labels=labels, seed=seed)
+    dataset = load_dataset(data, labels=labels, seed=seed, **validation_carve(metadata))
     chosen = dataset.split(split)
     targets = dataset.targets_for(chosen, metadata.labels)
     if split in ("val", "test") and not force:
@@ -125,7 +125,14 @@ def evaluation_set(data: str | os.PathLike, metadata: ModelMetadata, *, split: s
                    data_cropped: bool = False, labels: str | None = None, limit: int | None = None,
                    seed: int = 0) -> ImageSet:
     """Held-out images for the verification gate: the whole split, or a stratified ``limit`` of it."""
-    dataset = load_dataset(data, labels=labels, seed=seed)
+    dataset = load_dataset(data, labels=labels, seed=seed, **validation_carve(metadata))
+    if split not in dataset.split_names and split != "all":
+        raise DatasetError(
+            f"{data}: has no '{split}' split to verify on (it has {', '.join(dataset.split_names)}): pass held-out "
+            f"data with --eval DATA and choose its split with --eval-split (e.g. --eval-split "
+            f"{'test' if 'test' in dataset.split_names else 'val'}), or train with --val-fraction so the checkpoint "
+            "sets a val split aside"
+        )
     chosen = dataset.split(split)
     targets = dataset.targets_for(chosen, metadata.labels)
     if limit is not None and limit < len(chosen):

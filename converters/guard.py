@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from cellsdk.datasets import load_dataset
+from cellsdk.datasets import load_dataset, validation_carve
 from cellsdk.errors import ConfigError, DatasetError
 from cellsdk.guard import Guard
 from cellsdk.input_checks import InputChecks, measure
@@ -160,7 +160,7 @@ def fit_guard(model: Any, metadata: ModelMetadata, data: str, config: GuardConfi
     Raises:
         DatasetError: ``data`` lacks a train or val split.
     """
-    dataset = load_dataset(data, labels=labels, seed=seed)
+    dataset = load_dataset(data, labels=labels, seed=seed, **validation_carve(metadata))
     spec = metadata.preprocessing.without_crop() if data_cropped else metadata.preprocessing
     try:
         train, val = dataset.split("train"), dataset.split("val")

@@ -15,7 +15,9 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
@@ -26,7 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from cellsdk._io import artefact_files, sha256_file, write_json, write_text
+from cellsdk._io import current_umask, artefact_files, sha256_file, write_json, write_text
 from cellsdk._validate import require_int
 from cellsdk._machine import machine_info, package_versions
 from cellsdk._progress import progress_bar
@@ -44,6 +46,8 @@ from cellsdk.metrics import classification_report, softmax
 from cellsdk.ood_scores import without_arrays
 
 __all__ = ["ConversionResult", "ConvertConfig", "convert", "format_manifest_table"]
+
+log = logging.getLogger("cellsdk.converters")
 
 _BACKEND_OF = {"onnx": "onnxruntime", "torchscript": "torchscript", "openvino": "openvino", "coreml": "coreml"}
 _TOOLS = ("torch", "timm", "onnx", "onnxruntime", "onnxscript", "openvino", "nncf", "coremltools", "numpy", "pillow")
@@ -144,9 +148,33 @@ def _plan(config: ConvertConfig) -> list[tuple[str, str | None, str]]:
 def _staging_dir(out_dir: Path) -> Path:
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
+        _remove_stale_staging(out_dir)
+        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-{os.getpid()}-", dir=out_dir.parent))
     except OSError as err:
         raise ConfigError(f"{out_dir}: output folder is not writable ({err.strerror or err}); choose another --out") from None
+
+
+def _remove_stale_staging(out_dir: Path) -> None:
+    """Remove staging / old folders beside ``out_dir`` left by a conversion that was killed (its process is gone)."""
+    for leftover in out_dir.parent.glob(f".{glob.escape(out_dir.name)}.*-*"):
+        kind, _, rest = leftover.name[len(out_dir.name) + 2:].partition("-")
+        pid = rest.split("-", 1)[0]
+        if kind not in ("staging", "old") or not pid.isdigit() or not leftover.is_dir() or _process_alive(int(pid)):
+            continue
+        log.info("removing %s, left by an interrupted conversion", leftover)
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # an earlier, failed run of this same process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _describe_files(path: Path) -> tuple[int, str, list[dict[str, Any]]]:
@@ -348,6 +376,7 @@ def _swap_into_place(staging: Path, out_dir: Path) -> None:
         old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
         os.replace(out_dir, old)
     os.replace(staging, out_dir)
+    os.chmod(out_dir, 0o777 & ~current_umask())  # mkdtemp made it 0700; give it a plain mkdir's mode
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

@@ -32,7 +32,7 @@ import numpy as np
 
 from cellsdk._validate import require_int
 from cellsdk._io import sha256_file
-from cellsdk.datasets import load_dataset
+from cellsdk.datasets import load_dataset, validation_carve
 from cellsdk.errors import CheckpointError, ConfigError, DatasetError
 from cellsdk.metrics import expected_calibration_error, fit_temperature, nll
 from cellsdk.training.checkpoint import load_checkpoint, save_checkpoint
@@ -111,7 +111,7 @@ def calibrate_checkpoint(
         fitted = metadata.training["temperature_scaling"]["temperature"]
         raise CheckpointError(f"{source}: already calibrated (T={fitted:.4f}); calibrate the uncalibrated checkpoint "
                               "instead")
-    dataset = load_dataset(data, labels=labels)
+    dataset = load_dataset(data, labels=labels, **validation_carve(metadata))
     chosen = dataset.split(split)
     if len(chosen) < MIN_IMAGES:
         raise DatasetError(f"{data}: split {split!r} has {len(chosen)} images; fitting a temperature needs at "

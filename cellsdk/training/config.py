@@ -142,6 +142,9 @@ class TrainConfig:
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         workers: data-loading worker processes.
         max_steps_per_epoch: cap on optimiser steps per epoch (smoke tests, quick demos).
+        val_fraction: for data without a val split, the share of each training class set aside as
+            validation (seeded by ``seed``; recorded in the checkpoint so conversion and evaluation carve
+            the same images). None: the data must have its own val split.
     """
 
     arch: str = "efficientnet_lite0"
@@ -171,6 +174,7 @@ class TrainConfig:
     device: str = "auto"
     workers: int = 0
     max_steps_per_epoch: int | None = None
+    val_fraction: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, Mapping):
@@ -200,6 +204,10 @@ class TrainConfig:
             raise ConfigError("freeze_epochs, patience and workers must be >= 0")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             raise ConfigError("max_steps_per_epoch must be >= 1 when set")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be a whole number in 0 .. 2**32 - 1, got {self.seed!r}")
+        if self.val_fraction is not None and not 0 < self.val_fraction < 0.9:
+            raise ConfigError(f"val_fraction must lie between 0 and 0.9 (e.g. 0.1), got {self.val_fraction}")
 
     @classmethod
     def quick(cls, **overrides: Any) -> TrainConfig:

@@ -1,8 +1,7 @@
 """``cellsdk-eval``: accuracy, macro-F1, per-class scores, confusion matrix and calibration of a checkpoint.
 
 Example:
-from cellsdk._validate import require_int
-from cellsdk.training import evaluate
+    >>> from cellsdk.training import evaluate
     >>> report = evaluate("runs/a/best.safetensors", "data.npz", split="test", out_dir="runs/a/eval")  # doctest: +SKIP
     >>> report["accuracy"]  # doctest: +SKIP
     0.97
@@ -17,7 +16,8 @@ from typing import Any, Sequence
 
 from cellsdk._io import sha256_file
 from cellsdk._progress import progress_bar
-from cellsdk.datasets import Split, load_dataset
+from cellsdk._validate import require_int
+from cellsdk.datasets import Split, load_dataset, validation_carve
 from cellsdk.errors import DatasetError, InvalidImageError
 from cellsdk.evaluation import confusion_matrix_csv, write_report
 from cellsdk.metadata import Preprocessing
@@ -63,7 +63,7 @@ def evaluate(
     require_int("workers", workers, minimum=0)
     started = time.perf_counter()
     model, metadata = load_checkpoint(checkpoint)
-    dataset = load_dataset(data, labels=labels)
+    dataset = load_dataset(data, labels=labels, **validation_carve(metadata))
     chosen = dataset.split(split)
     targets = dataset.targets_for(chosen, metadata.labels)
     spec = metadata.preprocessing.without_crop() if data_cropped else metadata.preprocessing

@@ -9,7 +9,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import pickle
 import logging
 import math
@@ -27,7 +26,7 @@ import torch
 from cellsdk._io import parse_json
 from cellsdk._io import atomic_path, write_json
 from cellsdk._progress import progress_bar
-from cellsdk.datasets import ImageDataset, load_dataset
+from cellsdk.datasets import ImageDataset, carve_validation, load_dataset
 from cellsdk.errors import ConfigError, InvalidImageError, TrainingError
 from cellsdk.metadata import ModelMetadata, Preprocessing
 from cellsdk.metrics import classification_report
@@ -159,8 +158,33 @@ def train(
     Example:
         >>> train("data.npz", "runs/a", TrainConfig.quick(arch="test_efficientnet", pretrained="none"))  # doctest: +SKIP
     """
-    started = time.perf_counter()
     run_dir = Path(out_dir)
+    existed = run_dir.exists()
+    before = {p.name for p in run_dir.iterdir()} if existed and run_dir.is_dir() else set()
+    try:
+        return _train(data, run_dir, config, resume=resume, progress=progress)
+    except BaseException:
+        _remove_unfinished(run_dir, existed, before)
+        raise
+
+
+def _remove_unfinished(run_dir: Path, existed: bool, before: set[str]) -> None:
+    """After a run failed before its first epoch was saved, remove what it wrote (the folder, if it made it)."""
+    if not run_dir.is_dir() or (LAST not in before and (run_dir / LAST).exists()):
+        return  # at least one epoch was saved: keep it, it can be resumed
+    for name in (CONFIG, ".write-test"):
+        if name not in before:
+            (run_dir / name).unlink(missing_ok=True)
+    if not existed:
+        try:
+            run_dir.rmdir()  # only if empty: nothing of the user's is removed
+        except OSError:
+            pass
+
+
+def _train(data: str | os.PathLike, run_dir: Path, config: TrainConfig | None, *, resume: bool,
+           progress: bool) -> TrainResult:
+    started = time.perf_counter()
     state: dict[str, Any] | None = None
     if resume:
         config, state = _load_resume(run_dir, config.epochs if config else None)
@@ -168,9 +192,17 @@ def train(
     _prepare_run_dir(run_dir)
     _seed_everything(config.seed)
     dataset = load_dataset(data, labels=config.labels, seed=config.seed)
+    if config.val_fraction is not None:
+        if dataset.layout == "class-folders":
+            raise ConfigError(f"{data}: class folders without split folders are split into train / val / test "
+                              "automatically; --val-fraction is for data with a train split but no val split")
+        if "val" in dataset.splits:
+            raise ConfigError(f"{data}: has its own val split; leave out --val-fraction")
+        dataset = carve_validation(dataset, config.val_fraction, config.seed)
     train_split = dataset.split("train")
     if "val" not in dataset.splits:
-        raise ConfigError(f"{data}: no validation split; add a val/ folder (or val_* arrays)")
+        raise ConfigError(f"{data}: no validation split; add a val/ folder (or val_* arrays), or set one aside "
+                          "from train with --val-fraction 0.1")
     val_split = dataset.split("val")
     if state is not None and tuple(state["labels"]) != dataset.labels:
         raise ConfigError(f"{run_dir}: the run was trained on classes {state['labels']}, the data has {list(dataset.labels)}")

@@ -1,0 +1,34 @@
+"""Entry-point wrapper for the ``python -m cellsdk.benchmarks.<script>`` tools: one-line errors, no tracebacks.
+
+Example:
+    >>> from cellsdk.errors import ModelNotFoundError
+    >>> def main() -> int:
+    ...     raise ModelNotFoundError("m.onnx: no such model file or folder")
+    >>> run_script(main, prog="overhead")
+    Traceback (most recent call last):
+    ...
+    SystemExit: overhead: error: m.onnx: no such model file or folder
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+from cellsdk.errors import CellSDKError
+
+__all__ = ["run_script"]
+
+
+def run_script(main: Callable[[], Any], *, prog: str) -> None:
+    """Run ``main``; a cellsdk error, an OS error or Ctrl-C prints ``prog: error: ...`` and exits 1."""
+    try:
+        result = main()
+    except CellSDKError as err:
+        sys.exit(f"{prog}: error: {err}")
+    except OSError as err:
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        sys.exit(f"{prog}: error: {where}{err.strerror or err}")
+    except KeyboardInterrupt:
+        sys.exit(f"{prog}: interrupted")
+    sys.exit(result if isinstance(result, int) else 0)
