@@ -30,7 +30,7 @@ from cellsdk._io import artefact_files
 from cellsdk._machine import machine_info, package_versions
 from cellsdk._progress import progress_bar
 from cellsdk.backends import backend_for_path, get_backend
-from cellsdk.benchmarks.stats import judge, load_targets
+from cellsdk.benchmarks.stats import judge, load_targets, measurement_conditions
 from cellsdk._validate import require_float, require_int
 from cellsdk.errors import ConfigError, ModelNotFoundError
 from cellsdk.manifest import artefact_path, read_manifest
@@ -38,6 +38,7 @@ from cellsdk.manifest import artefact_path, read_manifest
 __all__ = ["BenchConfig", "discover", "run_benchmark"]
 
 DEVICES = ("cpu", "cuda", "mps", "coreml")
+_STRICT_REFUSALS = ("FailedVerificationError", "UnverifiedCpuError")
 _VERSIONED = ("onnxruntime", "openvino", "torch", "coremltools", "numpy", "pillow")
 
 
@@ -58,6 +59,9 @@ class BenchConfig:
         eval_limit: cap on accuracy images (the first N of the split).
         targets: a targets TOML (default: the mission's ``benchmarks/targets.toml``).
         eager: include the PyTorch eager fp32 reference rows.
+        strict: leave out (as skipped rows, with the reason) artefacts that failed verification, and int8
+            artefacts not verified on this machine's CPU class; by default they are measured and a failed
+            artefact's row is judged FAIL whatever its speed.
     """
 
     devices: tuple[str, ...] = ()
@@ -73,6 +77,7 @@ class BenchConfig:
     targets: str | None = None
     eager: bool = True
     images: tuple[str, ...] = field(default_factory=tuple)
+    strict: bool = False
 
     def __post_init__(self) -> None:
         unknown = [d for d in self.devices if d not in DEVICES]
@@ -225,16 +230,25 @@ def run_benchmark(models: Sequence[str | os.PathLike], config: BenchConfig | Non
                 "threads": config.threads, "data_cropped": config.data_cropped, "bare": job["kind"] != "eager",
                 "input_size": job.get("input_size"),
                 "eval_images": eval_images if job["batch"] == config.batches[0] else [],
-                "eval_names": eval_names if job["batch"] == config.batches[0] else []}
+                "eval_names": eval_names if job["batch"] == config.batches[0] else [], "strict": config.strict}
         result = _run_worker(spec)
+        bar.update(1)
+        if config.strict and str(result.get("error", "")).startswith(_STRICT_REFUSALS):
+            skipped.append({"row": f"{Path(job['path']).name} on {job['device']} b{job['batch']}",
+                            "reason": result["error"].split(": ", 1)[-1]})
+            continue
         row = {"model": Path(job["path"]).name, "path": job["path"], "group": job["group"],
                "precision": job["precision"], "backend": job["backend"], "device": job["device"],
-               "device_class": _device_class(job["device"]), "batch": job["batch"], "verified": job["verified"],
+               "device_class": _device_class(job["device"]), "batch": job["batch"],
                "size_mb": _size_mb(Path(job["path"])) if job["kind"] != "eager" else None, **result}
         row["precision"] = result.get("precision", job["precision"])  # the artefact's own metadata wins
+        row["verified"] = "reference" if job["kind"] == "eager" else result.get("verification", job["verified"])
         row["status"], row["target_ms"] = judge(row, targets) if result.get("ok") else ("ERROR", None)
+        if result.get("ok") and row["verified"] == "failed":
+            row["status"] = "FAIL"  # fast or not, an artefact that failed verification does not pass
+            row["status_reason"] = "the artefact failed verification"
+        row["conditions"] = measurement_conditions(row)
         rows.append(row)
-        bar.update(1)
     bar.close()
     _ratios(rows)
     return {"machine": machine_info(), "config": {**config.__dict__, "images": len(timing)},

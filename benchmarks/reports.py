@@ -2,7 +2,7 @@
 
 Example:
     >>> print(format_table({"rows": [], "skipped": [{"row": "m.mlpackage on coreml", "reason": "CoreML needs macOS"}]}))
-    model  prec  px  backend  device  batch  cold s  e2e p50  e2e p95  model p50  img/s  peak MB  size MB  acc %  x eager  / bare  target  result
+    model  prec  px  backend  device  batch  verified  cold s  e2e p50  e2e p95  model p50  img/s  peak MB  size MB  acc %  x eager  / bare  conditions  target  result
     skipped: m.mlpackage on coreml (CoreML needs macOS)
 """
 
@@ -15,30 +15,49 @@ from pathlib import Path
 from typing import Any
 
 from cellsdk._io import atomic_path, write_json, write_text
+from cellsdk.benchmarks.stats import BUSY_CORES, NOISY_SPREAD
 from cellsdk.errors import BackendNotInstalledError
 
 __all__ = ["format_table", "write_reports"]
 
-_COLUMNS = ("model", "prec", "px", "backend", "device", "batch", "cold s", "e2e p50", "e2e p95", "model p50", "img/s",
-            "peak MB", "size MB", "acc %", "x eager", "/ bare", "target", "result")
+_COLUMNS = ("model", "prec", "px", "backend", "device", "batch", "verified", "cold s", "e2e p50", "e2e p95",
+            "model p50", "img/s", "peak MB", "size MB", "acc %", "x eager", "/ bare", "conditions", "target", "result")
+_SHORT_VERIFIED = {"passed": "passed", "failed": "FAILED", "not verified on this platform": "n/v", "unknown": "none",
+                   "reference": "ref"}
 
 
 def _cells(row: dict[str, Any]) -> list[str]:
     def num(value: Any, fmt: str) -> str:
         return format(value, fmt) if isinstance(value, (int, float)) else "-"
 
+    verified = _SHORT_VERIFIED.get(str(row.get("verified")), str(row.get("verified") or "-"))
     if not row.get("ok"):
-        return [row["model"], row["precision"], "-", row["backend"], row["device"], str(row["batch"]),
-                *["-"] * 11, f"ERROR {row.get('error', '')}"]
+        return [row["model"], row["precision"], "-", row["backend"], row["device"], str(row["batch"]), verified,
+                *["-"] * 12, f"ERROR {row.get('error', '')}"]
+    conditions = ",".join(part.split(" ")[0] for part in str(row.get("conditions", "-")).split(", "))
+    result = row["status"] + (" (unverified)" if row.get("status_reason") else "")
     return [
         row["model"], row["precision"], str(row.get("input_size", "-")), row["backend"], row["device"],
-        str(row["batch"]), num(row.get("cold_start_s"), ".2f"), num(row["e2e"]["p50_ms"], ".2f"), num(row["e2e"]["p95_ms"], ".2f"),
-        num(row["model_only"]["p50_ms"] if "model_only" in row else None, ".2f"),
+        str(row["batch"]), verified, num(row.get("cold_start_s"), ".2f"), num(row["e2e"]["p50_ms"], ".2f"),
+        num(row["e2e"]["p95_ms"], ".2f"), num(row["model_only"]["p50_ms"] if "model_only" in row else None, ".2f"),
         num(row["e2e"]["throughput_ips"], ".0f"), num(row.get("peak_memory_mb"), ".0f"), num(row.get("size_mb"), ".2f"),
         num(row["accuracy"] * 100 if "accuracy" in row else None, ".2f"),
-        num(row.get("speedup_vs_eager"), ".2f"), num(row.get("vs_bare"), ".3f"),
-        f"<{row['target_ms']:g} ms" if row.get("target_ms") else "-", row["status"],
+        num(row.get("speedup_vs_eager"), ".2f"), num(row.get("vs_bare"), ".3f"), conditions,
+        f"<{row['target_ms']:g} ms" if row.get("target_ms") else "-", result,
     ]
+
+
+def _notes(report: dict[str, Any]) -> list[str]:
+    """A line per row whose verification failed or whose measurement conditions were not ok."""
+    lines = []
+    for row in report["rows"]:
+        name = f"{row['model']} {row['device']} b{row['batch']}"
+        if row.get("status_reason"):
+            lines.append(f"{name}: FAIL because {row['status_reason']} (see its manifest; its speed is shown "
+                         "for information)")
+        if row.get("conditions") not in (None, "ok", "-"):
+            lines.append(f"{name}: {row['conditions']}: its latencies are not reliable; re-run on an idle machine")
+    return lines
 
 
 def _table_rows(report: dict[str, Any]) -> list[list[str]]:
@@ -52,6 +71,7 @@ def format_table(report: dict[str, Any]) -> str:
     lines = ["  ".join(cell.ljust(widths[i]) if i < 5 else cell.rjust(widths[i]) for i, cell in enumerate(r)).rstrip()
              for r in rows]
     lines += [f"skipped: {s['row']} ({s['reason']})" for s in report.get("skipped", [])]
+    lines += [f"note: {line}" for line in _notes(report)]
     return "\n".join(lines)
 
 
@@ -63,11 +83,16 @@ def _markdown(report: dict[str, Any]) -> str:
              + ", ".join(f"{k} {v}" for k, v in report.get("versions", {}).items()), "",
              "Latencies in ms per call (a call is one batch); e2e = read + decode + preprocess + infer; "
              "x eager = PyTorch eager fp32 e2e p50 / this row's (higher is faster); / bare = this row's e2e p50 / "
-             "the bare runtime call's (cellsdk's overhead).", "",
+             "the bare runtime call's (cellsdk's overhead); model p50 = time inside the runtime call during those "
+             "same calls (never above e2e); verified = the artefact's verification status (a FAILED artefact's "
+             "row is FAIL whatever its speed); conditions = busy when other processes used more than "
+             f"{BUSY_CORES} cores while the row was timed, noisy when e2e p95 > {NOISY_SPREAD} x p50.", "",
              "| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
     lines += ["| " + " | ".join(cells) + " |" for cells in _table_rows(report)]
     if report.get("skipped"):
         lines += ["", "Skipped:"] + [f"- {s['row']}: {s['reason']}" for s in report["skipped"]]
+    if _notes(report):
+        lines += ["", "Notes:"] + [f"- {line}" for line in _notes(report)]
     return "\n".join(lines) + "\n"
 
 
@@ -94,7 +119,10 @@ def _chart(report: dict[str, Any], path: Path) -> None:
     targets = {r["target_ms"] for r in rows if r.get("target_ms")}
     for target in targets:
         ax.axvline(target, color="red", linestyle="--", label=f"target {target:g} ms")
-    ax.set_xlabel(f"ms per image, batch {rows[0]['batch']}")
+    values = [r["e2e"]["p50_ms"] for r in rows]
+    if max(values) > 20 * min(values):  # one slow row (e.g. eager) would squash the rest to slivers
+        ax.set_xscale("log")
+    ax.set_xlabel(f"ms per image, batch {rows[0]['batch']}" + (" (log scale)" if ax.get_xscale() == "log" else ""))
     ax.invert_yaxis()
     ax.legend(loc="lower right")
     ax.set_title("end-to-end latency per backend / precision")

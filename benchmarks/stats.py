@@ -16,7 +16,13 @@ import numpy as np
 
 from cellsdk.errors import ConfigError
 
-__all__ = ["DEFAULT_TARGETS", "Target", "judge", "latency_summary", "load_targets"]
+__all__ = ["BUSY_CORES", "DEFAULT_TARGETS", "NOISY_SPREAD", "Target", "judge", "latency_summary", "load_targets",
+           "measurement_conditions"]
+
+#: a row is "busy" when other processes kept more than this many cores busy while it was timed
+BUSY_CORES = 0.25
+#: a row is "noisy" when its end-to-end p95 is more than this many times its p50
+NOISY_SPREAD = 1.5
 
 DEFAULT_TARGETS = Path(__file__).with_name("targets.toml")
 PERCENTILES = (50, 90, 95, 99)
@@ -77,3 +83,25 @@ def judge(row: dict[str, Any], targets: dict[str, Target]) -> tuple[str, float |
     if target is None or row.get("batch") != target["batch"] or "e2e" not in row:
         return "-", None
     return ("PASS" if row["e2e"]["p95_ms"] < target["p95_e2e_ms"] else "FAIL"), target["p95_e2e_ms"]
+
+
+def measurement_conditions(row: dict[str, Any]) -> str:
+    """``ok``, or why a row's figures should not be trusted: ``busy`` (other processes used the CPU while it
+    was timed) and / or ``noisy`` (p95 far above p50).
+
+    Example:
+        >>> measurement_conditions({"ok": True, "e2e": {"p50_ms": 10.0, "p95_ms": 31.0}, "other_load_cores": 0.9})
+        'busy (other load 0.90 cores), noisy (p95/p50 3.1)'
+        >>> measurement_conditions({"ok": True, "e2e": {"p50_ms": 10.0, "p95_ms": 11.0}, "other_load_cores": 0.0})
+        'ok'
+    """
+    if not row.get("ok"):
+        return "-"
+    notes = []
+    other = row.get("other_load_cores")
+    if isinstance(other, (int, float)) and other > BUSY_CORES:
+        notes.append(f"busy (other load {other:.2f} cores)")
+    spread = row["e2e"]["p95_ms"] / row["e2e"]["p50_ms"] if row["e2e"]["p50_ms"] > 0 else 1.0
+    if spread > NOISY_SPREAD:
+        notes.append(f"noisy (p95/p50 {spread:.1f})")
+    return ", ".join(notes) or "ok"

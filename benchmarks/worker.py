@@ -4,16 +4,19 @@ The harness starts ``python -m cellsdk.benchmarks.worker`` with a JSON spec on
 standard input and reads one JSON object from the last line of its output.
 
 Measured: cold start (load + first prediction), end-to-end latency (read +
-decode + preprocess + infer from image files, as a user's code would) and
-model-only latency (preprocessed arrays in, outputs out) per call, the bare
-runtime call without cellsdk (end-to-end, same images), accuracy on a
-dataset, and the process's peak memory.
+decode + preprocess + infer from image files, as a user's code would) per
+call, and model-only latency: the time spent inside the runtime call during
+those same calls (so it can never exceed end-to-end); the bare runtime call
+without cellsdk (end-to-end, same images), accuracy on a dataset, the
+process's peak memory, and how many cores other processes kept busy while
+the row was timed (Linux), so a row measured on a busy machine is flagged.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 from typing import Any, Callable
@@ -21,16 +24,78 @@ from typing import Any, Callable
 __all__ = ["run_spec"]
 
 
-def _timed(call: Callable[[], Any], warmup: int, iterations: int, duration: float | None) -> list[float]:
+class _Stopwatch:
+    """Accumulates the time spent inside a wrapped function (the runtime call inside an end-to-end call)."""
+
+    def __init__(self) -> None:
+        self.spent = 0.0
+
+    def wrap(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.spent += time.perf_counter() - start
+
+        return timed
+
+    def take(self) -> float:
+        spent, self.spent = self.spent, 0.0
+        return spent
+
+
+def _timed(call: Callable[[], Any], warmup: int, iterations: int, duration: float | None,
+           inner: _Stopwatch | None = None) -> tuple[list[float], list[float]]:
+    """Per-call wall times of ``call``, and the time ``inner`` measured inside each of those same calls.
+
+    The inner time of a call is part of that call, so every percentile of it is at most the same percentile
+    of the whole: model-only can never exceed end-to-end, however busy the machine.
+    """
     for _ in range(warmup):
         call()
     times: list[float] = []
+    inside: list[float] = []
     deadline = time.perf_counter() + duration if duration else None
+    if inner is not None:
+        inner.take()
     while (len(times) < iterations) if deadline is None else (time.perf_counter() < deadline or len(times) < 3):
         start = time.perf_counter()
         call()
         times.append(time.perf_counter() - start)
-    return times
+        if inner is not None:
+            inside.append(inner.take())
+    return times, inside
+
+
+def _cpu_busy_seconds() -> float | None:
+    """CPU seconds the whole machine has spent busy since boot (Linux /proc/stat), or None elsewhere."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = [int(x) for x in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class _LoadMeter:
+    """How many cores *other* processes kept busy while this one measured (machine busy time minus ours)."""
+
+    def __enter__(self) -> _LoadMeter:
+        self.wall, self.busy, self.own = time.perf_counter(), _cpu_busy_seconds(), _own_cpu_seconds()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        wall = time.perf_counter() - self.wall
+        busy = _cpu_busy_seconds()
+        self.other_cores = None if busy is None or self.busy is None or wall <= 0 else max(
+            0.0, ((busy - self.busy) - (_own_cpu_seconds() - self.own)) / wall)
+
+
+def _own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 def _peak_memory_mb() -> float:
@@ -65,6 +130,7 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     chunk = [paths[i % len(paths)] for i in range(batch)]
     timing = (spec["warmup"], spec["iterations"], spec.get("duration"))
     out: dict[str, Any] = {}
+    stopwatch = _Stopwatch()
     started = time.perf_counter()
     if spec["kind"] == "eager":
         import torch
@@ -85,8 +151,10 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
             with torch.no_grad():
                 return model(torch.from_numpy(array).to(device)).float().cpu().numpy()
 
+        timed_forward = stopwatch.wrap(forward)
+
         def e2e() -> np.ndarray:
-            return forward(np.stack([preprocess(p, prep) for p in chunk]))
+            return timed_forward(np.stack([preprocess(p, prep) for p in chunk]))
 
         e2e()
         out["cold_start_s"] = time.perf_counter() - started
@@ -97,13 +165,17 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
         options = dict(spec.get("options") or {})
         if spec.get("threads"):
             options["threads"] = spec["threads"]
-        classifier = Classifier.load(spec["model"], backend=spec["backend"], device=spec["device"], **options)
+        classifier = Classifier.load(spec["model"], backend=spec["backend"], device=spec["device"],
+                                     strict=bool(spec.get("strict")), **options)
+        out["verification"] = classifier.verification.status
         # end-to-end runs the model's own preprocessing, as users do; model-only and accuracy use the data's
         prep = (classifier.metadata.preprocessing.without_crop() if spec.get("data_cropped")
                 else classifier.metadata.preprocessing)
 
         def forward(array: np.ndarray) -> np.ndarray:
             return classifier.raw_outputs(array)
+
+        classifier.backend.run_all = stopwatch.wrap(classifier.backend.run_all)  # type: ignore[method-assign]
 
         def e2e() -> Any:
             return classifier.predict(chunk[0]) if batch == 1 else classifier.predict_batch(chunk, batch_size=batch)
@@ -114,9 +186,11 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
         out["precision"] = classifier.metadata.precision
         labels = classifier.labels
     out["input_size"] = prep.input_size
-    arrays = np.stack([preprocess(p, prep) for p in chunk])
-    out["e2e"] = latency_summary(_timed(e2e, *timing), batch=batch)
-    out["model_only"] = latency_summary(_timed(lambda: forward(arrays), *timing), batch=batch)
+    with _LoadMeter() as load:
+        e2e_times, model_times = _timed(e2e, *timing, inner=stopwatch)
+    out["e2e"] = latency_summary(e2e_times, batch=batch)
+    out["model_only"] = latency_summary(model_times, batch=batch)  # the runtime's share of the same calls
+    out["other_load_cores"] = load.other_cores
     if spec.get("bare") and spec["kind"] != "eager":
         from cellsdk.benchmarks.overhead import hand_written_parts
 
@@ -127,7 +201,7 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
             arrays = np.concatenate([prepare(Image.open(p).convert("RGB")) for p in chunk])
             return [infer(arrays[i:i + step]) for i in range(0, len(arrays), step)]
 
-        out["bare_e2e"] = latency_summary(_timed(bare, *timing), batch=batch)
+        out["bare_e2e"] = latency_summary(_timed(bare, *timing)[0], batch=batch)
     if spec.get("eval_images"):
         unknown = sorted(set(spec["eval_names"]) - set(labels))
         if unknown:

@@ -32,6 +32,7 @@ from cellsdk.metrics import softmax
 from cellsdk.preprocessing import ImageSource, load_image, prepare_image, to_input_array
 from cellsdk.prediction import Prediction
 from cellsdk.resolve import check_shapes, resolve_metadata
+from cellsdk.verification import Verification, artefact_verification, enforce_verification
 
 __all__ = ["DEFAULT_MODEL", "Classifier", "Prediction", "default_model_path"]
 
@@ -77,12 +78,14 @@ class Classifier:
 
     def __init__(self, backend: Backend, metadata: ModelMetadata, *, path: Path, top_k: int = 3,
                  chosen: str | None = None, cpu_check: CpuCheck | None = None, ood: str = "flag",
-                 guard: Guard | None = None) -> None:
+                 guard: Guard | None = None, verification: Verification | None = None) -> None:
         if ood not in GUARD_MODES:
             raise ConfigError(f"ood={ood!r}: use one of {', '.join(GUARD_MODES)}")
         self.backend = backend
         #: whether this (int8) artefact was verified on this machine's CPU class (see cellsdk.cpu)
         self.cpu_check = cpu_check if cpu_check is not None else check_artefact(metadata, path.name)
+        #: whether this artefact passed cellsdk's verification gate (see cellsdk.verification)
+        self.verification = verification if verification is not None else artefact_verification(path, metadata)
         self.metadata = metadata
         self.path = path
         self.default_top_k = top_k
@@ -128,8 +131,9 @@ class Classifier:
             labels: class names, for models without cellsdk metadata (or to override it).
             preprocessing: the preprocessing, likewise.
             top_k: how many classes :class:`Prediction` lists by default.
-            strict: refuse an int8 artefact that was not verified on (or failed on) this machine's CPU
-                class, instead of warning once (see :mod:`cellsdk.cpu` and ``cpu_check``).
+            strict: refuse an artefact that failed cellsdk's verification gate (see ``verification``), or an
+                int8 artefact not verified on (or failed on) this machine's CPU class (see :mod:`cellsdk.cpu`
+                and ``cpu_check``), instead of warning once.
             ood: what the model's out-of-distribution guard does: ``flag`` (default: every
                 :class:`Prediction` carries ``status``, ``ood_score`` and ``reasons``), ``reject`` (as flag,
                 and the label of a prediction that is not ``ok`` is withheld) or ``off``.
@@ -163,9 +167,12 @@ class Classifier:
         metadata = resolve_metadata(path, instance, labels, preprocessing)
         check_shapes(path, instance, metadata)
         require_int("top_k", top_k, minimum=1)
+        verification = artefact_verification(path, metadata)
+        enforce_verification(verification, name=str(path), strict=strict)
         check = check_artefact(metadata, path.name)
         enforce(check, strict=strict, key=str(path))
-        return cls(instance, metadata, path=path, top_k=top_k, chosen=chosen, cpu_check=check, ood=ood)
+        return cls(instance, metadata, path=path, top_k=top_k, chosen=chosen, cpu_check=check, ood=ood,
+                   verification=verification)
 
     # ------------------------------------------------------------------ properties
 
@@ -200,7 +207,7 @@ class Classifier:
             raise MetadataError(f"the model takes {self._spec.input_size} px inputs, not {preprocessing.input_size}")
         return Classifier(self.backend, self.metadata.replace(preprocessing=preprocessing), path=self.path,
                           top_k=self.default_top_k, chosen=self.chosen, cpu_check=self.cpu_check, ood=self.ood,
-                          guard=self.guard)
+                          guard=self.guard, verification=self.verification)
 
     # ------------------------------------------------------------------ prediction
 

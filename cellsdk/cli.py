@@ -242,7 +242,8 @@ def _history_table(history: list[dict[str, Any]], best_epoch: int) -> str:
               help="Deployed models: a backend option, e.g. precision=f32 or threads=2; repeatable.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--workers", type=NON_NEGATIVE, default=0, show_default=True, help="Checkpoints: data-loading processes.")
-@click.option("--strict", is_flag=True, help="Refuse an int8 model not verified on this machine's CPU class.")
+@click.option("--strict", is_flag=True, help="Refuse a model that failed verification, or an int8 model not verified "
+              "on this machine's CPU class.")
 @click.option("--ood", "ood_folders", multiple=True, type=click.Path(path_type=Path),
               help="Deployed models: a folder of images from outside the training domain; the guard's AUROC, "
                    "FPR at 95 % TPR and share flagged are reported. Repeatable.")
@@ -419,7 +420,8 @@ def _expand_images(paths: tuple[Path, ...]) -> list[Path]:
 @click.option("--threads", type=POSITIVE, default=None, help="Inference threads (default: the runtime's choice).")
 @click.option("--top-k", type=POSITIVE, default=1, show_default=True, help="Classes to show per image.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@click.option("--strict", is_flag=True, help="Refuse an int8 model not verified on this machine's CPU class.")
+@click.option("--strict", is_flag=True, help="Refuse a model that failed verification, or an int8 model not verified "
+              "on this machine's CPU class.")
 @click.option("--ood", "ood_mode", type=click.Choice(["flag", "reject", "off"]), default="flag", show_default=True,
               help="The model's out-of-distribution guard: flag (status and reasons beside the label), reject "
                    "(no label for images it flags) or off.")
@@ -439,8 +441,10 @@ def predict_command(images: tuple[Path, ...], model_path: Path | None, backend: 
     if classifier.chosen:
         click.echo(f"using {classifier.chosen}", err=True)
     elif model_path is None:
-        click.echo(f"using the shipped blood-cell model {classifier.path.name} "
-                   "(MODEL_CARD.md in the cellsdk repository)", err=True)
+        click.echo(f"using the shipped blood-cell model {classifier.path.name} ({classifier.verification.describe()}; "
+                   "MODEL_CARD.md in the cellsdk repository)", err=True)
+    else:
+        click.echo(f"using {classifier.path.name}: {classifier.verification.describe()}", err=True)
     failed = 0
     for path in _expand_images(images):
         try:
@@ -608,6 +612,8 @@ def _cpu_notes(manifest: dict[str, Any]) -> list[str]:
 @click.option("--targets", "targets_file", type=click.Path(path_type=Path), default=None,
               help="Latency targets TOML [default: the mission's, benchmarks/targets.toml].")
 @click.option("--no-eager", is_flag=True, help="Leave out the PyTorch eager fp32 reference rows.")
+@click.option("--strict", is_flag=True, help="Leave out artefacts that failed verification (or int8 ones not "
+              "verified on this CPU class) instead of measuring them and judging them FAIL.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Folder for results.json / .md / .csv and latency.png.")
 @click.option("--quiet", is_flag=True)
@@ -627,6 +633,7 @@ def bench_command(models: tuple[Path, ...], devices: str, batches: str, out_dir:
         duration=options["duration"], data=str(options["data"]) if options["data"] else None,
         data_split=options["data_split"], data_cropped=options["data_cropped"], eval_limit=options["eval_limit"],
         targets=str(options["targets_file"]) if options["targets_file"] else None, eager=not options["no_eager"],
+        strict=options["strict"],
     )
     report = run_benchmark(models, config, progress=not quiet)
     click.echo(format_table(report))
@@ -634,7 +641,8 @@ def bench_command(models: tuple[Path, ...], devices: str, batches: str, out_dir:
         for path in write_reports(report, out_dir).values():
             click.echo(f"wrote {path}")
     if report["failed"]:
-        raise click.ClickException(f"{report['failed']} row(s) failed their latency target or errored")
+        raise click.ClickException(f"{report['failed']} row(s) failed: latency target missed, artefact failed "
+                                   "verification, or an error (see the result column and the notes)")
 
 for _command in (train_command, eval_command, calibrate_command, predict_command, info_command, convert_command,
                  verify_command, bench_command):

@@ -23,6 +23,8 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DatasetError",
+    "FailedVerificationError",
+    "FailedVerificationWarning",
     "InvalidImageError",
     "MetadataError",
     "ModelNotFoundError",
@@ -87,3 +89,11 @@ class UnverifiedCpuError(CellSDKError):
 
 class CpuVerificationWarning(UserWarning):
     """An int8 artefact runs on a CPU class it was not verified on (or failed on)."""
+
+
+class FailedVerificationError(CellSDKError):
+    """An artefact that failed cellsdk's verification gate, loaded in strict mode."""
+
+
+class FailedVerificationWarning(CpuVerificationWarning):
+    """An artefact that failed cellsdk's verification gate is being used (strict mode refuses it)."""

@@ -64,7 +64,7 @@ def test_predict_text_json_and_failures(artefacts, tmp_path):
     images = sorted(SAMPLES.glob("test/basophil/*.jpg"))[:2]
     result = runner.invoke(cli, ["predict", *map(str, images), "--model", model, "--top-k", "2"])
     assert result.exit_code == 0, result.output
-    lines = result.output.strip().splitlines()
+    lines = result.stdout.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith(str(images[0])) and lines[0].count("%") == 2
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"nope")
@@ -75,6 +75,6 @@ def test_predict_text_json_and_failures(artefacts, tmp_path):
     assert records[0]["label"] and 0 <= records[0]["confidence"] <= 1 and "broken.png" in records[1]["error"]
     assert "error: " in result.stderr
     folder = runner.invoke(cli, ["predict", str(SAMPLES / "test" / "ig"), "--model", model])
-    assert folder.exit_code == 0 and len(folder.output.strip().splitlines()) == 4
+    assert folder.exit_code == 0 and len(folder.stdout.strip().splitlines()) == 4
     missing = runner.invoke(cli, ["predict", str(images[0]), "--model", str(tmp_path / "none.onnx")])
     assert missing.exit_code == 1 and "no such model" in missing.output and "Traceback" not in missing.output
