@@ -232,6 +232,11 @@ def run_benchmark(models: Sequence[str | os.PathLike], config: BenchConfig | Non
                 "eval_images": eval_images if job["batch"] == config.batches[0] else [],
                 "eval_names": eval_names if job["batch"] == config.batches[0] else [], "strict": config.strict}
         result = _run_worker(spec)
+        if result.get("ok") and measurement_conditions(result) != "ok":  # measured on a busy machine: once more
+            again = _run_worker(spec)
+            if again.get("ok") and (again.get("other_load_cores") or 0) < (result.get("other_load_cores") or 0):
+                result = again
+            result["measured_twice"] = True
         bar.update(1)
         if config.strict and str(result.get("error", "")).startswith(_STRICT_REFUSALS):
             skipped.append({"row": f"{Path(job['path']).name} on {job['device']} b{job['batch']}",

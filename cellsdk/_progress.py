@@ -29,4 +29,7 @@ def progress_bar(total: int, desc: str, enabled: bool = True, unit: str = "img")
         from tqdm.auto import tqdm
     except ImportError:
         return _Silent()
-    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=False, dynamic_ncols=True)
+    from cellsdk._capture import console_stream
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=False, dynamic_ncols=True,
+                file=console_stream())

@@ -177,6 +177,9 @@ def cli() -> None:
 @click.option("--val-fraction", type=click.FloatRange(0, 0.9, min_open=True), default=None,
               help="Data without a val split: set this share of each training class aside as validation (seeded; "
                    "conversion and evaluation carve the same images).")
+@click.option("--check-duplicates/--no-check-duplicates", default=True, show_default=True,
+              help="Before training, warn about val / test images that copy training images (perceptual hash, "
+                   "flips and rotations included).")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out from its last checkpoint, with its stored recipe.")
 @click.option("--quiet", is_flag=True, help="No progress bars or per-epoch log.")
@@ -205,7 +208,7 @@ def train_command(data: Path, out_dir: Path, **options: Any) -> None:
         freeze_epochs=options["freeze_epochs"], class_weights=options["class_weights"],
         augment=AugmentConfig.preset(options["augment"]), patience=options["patience"], seed=options["seed"],
         device=options["device"], workers=options["workers"], max_steps_per_epoch=options["max_steps"],
-        val_fraction=options["val_fraction"],
+        val_fraction=options["val_fraction"], check_duplicates=options["check_duplicates"],
     )
     _print_result(train(data, out_dir, config, progress=not quiet))
 

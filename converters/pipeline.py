@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from cellsdk._capture import capture_tool_output
 from cellsdk._io import current_umask, artefact_files, sha256_file, write_json, write_text
 from cellsdk._validate import require_int
 from cellsdk._machine import machine_info, package_versions
@@ -48,6 +49,9 @@ from cellsdk.ood_scores import without_arrays
 __all__ = ["ConversionResult", "ConvertConfig", "convert", "format_manifest_table"]
 
 log = logging.getLogger("cellsdk.converters")
+
+#: the file in a conversion folder that keeps what third-party tools printed during the conversion
+TOOL_LOG = "conversion.log"
 
 _BACKEND_OF = {"onnx": "onnxruntime", "torchscript": "torchscript", "openvino": "openvino", "coreml": "coreml"}
 _TOOLS = ("torch", "timm", "onnx", "onnxruntime", "onnxscript", "openvino", "nncf", "coremltools", "numpy", "pillow")
@@ -247,15 +251,19 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
         workdir.mkdir()
         job = ExportJob(model=model, metadata=metadata, workdir=workdir, dynamic_batch=config.dynamic_batch,
                         calibration=calibration, int8_recipe=config.int8_recipe)
-        bar = progress_bar(len(plan), "convert + verify", progress, unit="artefact")
-        artefacts: list[dict[str, Any]] = []
-        outputs: dict[str, Any] = {}  # each verified artefact's outputs on the evaluation images
-        for fmt, precision, skipped in plan:
-            bar.set_postfix_str(f"{fmt} {precision}")
-            artefacts.append(_one(job, fmt, precision, skipped, staging, images, reference, config, outputs, probe))
-            bar.update(1)
-        bar.close()
-        _verify_cpu_classes(job, artefacts, staging, images, reference, config, progress, outputs)
+        with capture_tool_output(staging / TOOL_LOG) as captured:  # exporters' and quantizers' chatter
+            bar = progress_bar(len(plan), "convert + verify", progress, unit="artefact")
+            artefacts: list[dict[str, Any]] = []
+            outputs: dict[str, Any] = {}  # each verified artefact's outputs on the evaluation images
+            for fmt, precision, skipped in plan:
+                bar.set_postfix_str(f"{fmt} {precision}")
+                artefacts.append(_one(job, fmt, precision, skipped, staging, images, reference, config, outputs,
+                                      probe))
+                bar.update(1)
+            bar.close()
+            _verify_cpu_classes(job, artefacts, staging, images, reference, config, progress, outputs)
+        if captured.lines:
+            log.info("cellsdk: %s", captured.summary().replace(str(staging), str(out_dir)))
         shutil.rmtree(workdir)
         manifest = {
             "cellsdk_manifest": 1,
@@ -272,6 +280,7 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
             "tools": package_versions(_TOOLS),
             "machine": machine_info(),
             "seconds": None,
+            "tool_output": {"file": TOOL_LOG, "lines": captured.lines},
             "artefacts": artefacts,
         }
         if calibration is not None:

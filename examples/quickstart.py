@@ -140,7 +140,8 @@ def failures(report: dict) -> list[str]:
         out.append(f"the OOD guard kept {guard['samples_kept'] * 100:.0f} % of the sample originals (expected >= 75 %) "
                    f"and flagged {guard['altered_flagged'] * 100:.0f} % of the altered copies (expected >= 80 %)")
     if report["benchmark"]["failed"]:
-        out.append(f"{report['benchmark']['failed']} benchmark row(s) missed their latency target or errored")
+        out.append(f"{report['benchmark']['failed']} benchmark row(s) failed: latency target missed, artefact failed "
+                   "verification, or an error (the benchmark table's result column and notes say which)")
     return out
 
 

@@ -145,6 +145,8 @@ class TrainConfig:
         val_fraction: for data without a val split, the share of each training class set aside as
             validation (seeded by ``seed``; recorded in the checkpoint so conversion and evaluation carve
             the same images). None: the data must have its own val split.
+        check_duplicates: before training, hash every image and warn about validation / test images that
+            copy a training image (exact, re-encoded, flipped or rotated; see :mod:`cellsdk.duplicates`).
     """
 
     arch: str = "efficientnet_lite0"
@@ -175,6 +177,7 @@ class TrainConfig:
     workers: int = 0
     max_steps_per_epoch: int | None = None
     val_fraction: float | None = None
+    check_duplicates: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, Mapping):

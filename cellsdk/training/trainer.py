@@ -39,8 +39,9 @@ __all__ = ["TrainResult", "resume_training", "train"]
 
 log = logging.getLogger("cellsdk.training")
 
-BEST, LAST, STATE, CONFIG, HISTORY, CURVES = (
+BEST, LAST, STATE, CONFIG, HISTORY, CURVES, DUPLICATES = (
     "best.safetensors", "last.safetensors", "last_state.pt", "config.json", "history.json", "training_curves.png",
+    "duplicates.json",
 )
 
 
@@ -172,7 +173,7 @@ def _remove_unfinished(run_dir: Path, existed: bool, before: set[str]) -> None:
     """After a run failed before its first epoch was saved, remove what it wrote (the folder, if it made it)."""
     if not run_dir.is_dir() or (LAST not in before and (run_dir / LAST).exists()):
         return  # at least one epoch was saved: keep it, it can be resumed
-    for name in (CONFIG, ".write-test"):
+    for name in (CONFIG, DUPLICATES, ".write-test"):
         if name not in before:
             (run_dir / name).unlink(missing_ok=True)
     if not existed:
@@ -199,6 +200,7 @@ def _train(data: str | os.PathLike, run_dir: Path, config: TrainConfig | None, *
         if "val" in dataset.splits:
             raise ConfigError(f"{data}: has its own val split; leave out --val-fraction")
         dataset = carve_validation(dataset, config.val_fraction, config.seed)
+    duplicates = _check_duplicates(dataset, run_dir) if config.check_duplicates else None
     train_split = dataset.split("train")
     if "val" not in dataset.splits:
         raise ConfigError(f"{data}: no validation split; add a val/ folder (or val_* arrays), or set one aside "
@@ -261,7 +263,8 @@ def _train(data: str | os.PathLike, run_dir: Path, config: TrainConfig | None, *
             reference_metrics={"val_accuracy": metrics["val_accuracy"], "val_macro_f1": metrics["val_macro_f1"]},
             dataset=f"{dataset.source} ({dataset.layout}; train {len(train_split)}, val {len(val_split)})",
             training={"config": config.to_dict(), "pretrained": source.to_dict(), "epoch": epoch,
-                      "data_cropped": config.data_cropped},
+                      "data_cropped": config.data_cropped,
+                      **({"duplicates_across_splits": duplicates} if duplicates is not None else {})},
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
 
@@ -337,6 +340,19 @@ def resume_training(run_dir: str | os.PathLike, data: str | os.PathLike, *, epoc
 
 _STATE_KEYS = {"optimizer", "scheduler", "scaler", "epoch", "best_score", "best_epoch", "stale", "history", "labels",
                "pretrained"}
+
+
+def _check_duplicates(dataset: Any, run_dir: Path) -> dict[str, int]:
+    """Warn about held-out images that copy training images; write every pair to duplicates.json."""
+    from cellsdk.duplicates import find_cross_split_duplicates
+
+    report = find_cross_split_duplicates(dataset)
+    write_json(run_dir / DUPLICATES, report.to_dict())
+    if report.pairs:
+        log.warning("warning: %s (all pairs: %s)", report.summary(), run_dir / DUPLICATES)
+    else:
+        log.info("%s", report.summary())
+    return report.counts()
 
 
 def _load_resume(run_dir: Path, epochs: int | None) -> tuple[TrainConfig, dict[str, Any]]:
