@@ -13,7 +13,8 @@ Example:
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from cellsdk.errors import CellSDKError
 

@@ -22,16 +22,17 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from cellsdk._io import artefact_files
 from cellsdk._machine import machine_info, package_versions
 from cellsdk._progress import progress_bar
+from cellsdk._validate import require_float, require_int
 from cellsdk.backends import backend_for_path, get_backend
 from cellsdk.benchmarks.stats import judge, load_targets, measurement_conditions
-from cellsdk._validate import require_float, require_int
 from cellsdk.errors import ConfigError, ModelNotFoundError
 from cellsdk.manifest import artefact_path, read_manifest
 
@@ -177,7 +178,7 @@ def _plan(artefacts: list[dict[str, Any]], config: BenchConfig) -> tuple[list[di
     return jobs, skipped
 
 
-def _images(config: BenchConfig) -> tuple[list[str], list[str], list[int]]:
+def _images(config: BenchConfig) -> tuple[list[str], list[str], list[str]]:
     """Timing images, and the accuracy images with their labels (by name) when ``data`` is given."""
     from cellsdk.datasets import load_dataset
 

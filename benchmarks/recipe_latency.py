@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[float]]:
     for _ in range(args.rounds):
         times: dict[str, list[float]] = {str(p): [] for p in args.models}
         for _ in range(args.calls):
-            for path, model in zip(args.models, models):
+            for path, model in zip(args.models, models, strict=True):
                 start = time.perf_counter()
                 model.raw_outputs(batch)
                 times[str(path)].append(time.perf_counter() - start)

@@ -9,8 +9,9 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,7 @@ def latency_summary(seconds: Sequence[float], *, batch: int = 1) -> dict[str, fl
     ms = np.asarray(seconds, dtype=np.float64) * 1e3
     out = {f"p{p}_ms": float(np.percentile(ms, p)) for p in PERCENTILES}
     out.update({"mean_ms": float(ms.mean()), "min_ms": float(ms.min()), "max_ms": float(ms.max()),
-                "std_ms": float(ms.std()), "runs": int(len(ms)),
+                "std_ms": float(ms.std()), "runs": len(ms),
                 "throughput_ips": float(batch / (out["p50_ms"] / 1e3))})
     return out
 
@@ -56,7 +57,7 @@ def load_targets(path: str | os.PathLike | None = None) -> dict[str, Target]:
     try:
         import tomllib
     except ImportError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+        import tomli as tomllib  # type: ignore[no-redef,unused-ignore]
     path = Path(path) if path else DEFAULT_TARGETS
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))

@@ -19,7 +19,8 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["run_spec"]
 
@@ -153,7 +154,7 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
 
         timed_forward = stopwatch.wrap(forward)
 
-        def e2e() -> np.ndarray:
+        def e2e() -> Any:
             return timed_forward(np.stack([preprocess(p, prep) for p in chunk]))
 
         e2e()

@@ -38,11 +38,10 @@ from cellsdk.metadata import METADATA_KEY, ModelMetadata, Preprocessing
 
 __all__ = [
     "METADATA_KEY",
-    "Classifier",
-    "Prediction",
     "BackendNotInstalledError",
     "CellSDKError",
     "CheckpointError",
+    "Classifier",
     "ConfigError",
     "CpuVerificationWarning",
     "DatasetError",
@@ -52,6 +51,7 @@ __all__ = [
     "ModelNotFoundError",
     "ParityError",
     "PlatformNotSupportedError",
+    "Prediction",
     "Preprocessing",
     "TrainingError",
     "UnsupportedFormatError",

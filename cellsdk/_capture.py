@@ -21,9 +21,10 @@ import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 __all__ = ["Captured", "capture_tool_output", "console_stream"]
 

@@ -14,8 +14,9 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 __all__ = [
     "MAX_JSON_DEPTH", "artefact_files", "atomic_path", "current_umask", "parse_json", "sha256_file", "write_json",

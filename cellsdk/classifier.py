@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -29,8 +30,8 @@ from cellsdk.guard import GUARD_MODES, Assessment, Guard
 from cellsdk.input_checks import measure
 from cellsdk.metadata import ModelMetadata, Preprocessing
 from cellsdk.metrics import softmax
-from cellsdk.preprocessing import ImageSource, load_image, prepare_image, to_input_array
 from cellsdk.prediction import Prediction
+from cellsdk.preprocessing import ImageSource, load_image, prepare_image, to_input_array
 from cellsdk.resolve import check_shapes, resolve_metadata
 from cellsdk.verification import Verification, artefact_verification, enforce_verification
 
@@ -232,7 +233,7 @@ class Classifier:
         """Class probabilities: shape ``C`` for one image, ``N x C`` for a list (or an ``N x H x W x C`` array)."""
         if isinstance(images, (list, tuple)) or (isinstance(images, np.ndarray) and images.ndim == 4):
             return self._proba(self._forward_many(list(images), batch_size, stats=False)[0])
-        return self._proba(self._forward_many([images], 1, stats=False)[0])[0]
+        return self._proba(self._forward_many([images], 1, stats=False)[0])[0]  # type: ignore[list-item]
 
     def _prepare(self, image: ImageSource, stats: bool) -> tuple[np.ndarray, dict[str, float] | None]:
         """The model input of one image, and its input-check statistics when the guard has checks."""
@@ -321,9 +322,10 @@ class Classifier:
         verdict = verdict or Assessment()
         labels = self._labels
         best = int(np.argmax(probabilities))
-        common = {"confidence": float(probabilities[best]), "status": verdict.status, "ood_score": verdict.ood_score,
+        common: dict[str, Any] = {
+                  "confidence": float(probabilities[best]), "status": verdict.status, "ood_score": verdict.ood_score,
                   "reasons": verdict.reasons,
-                  "probabilities": {label: float(p) for label, p in zip(labels, probabilities)}}
+                  "probabilities": {label: float(p) for label, p in zip(labels, probabilities, strict=True)}}
         if self.ood == "reject" and verdict.status != "ok":
             return Prediction(label=None, index=None, top_k=(), **common)
         k = min(top_k or self.default_top_k, len(labels))

@@ -19,8 +19,9 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import click
 
@@ -437,7 +438,7 @@ def predict_command(images: tuple[Path, ...], model_path: Path | None, backend: 
     from cellsdk.classifier import Classifier
     from cellsdk.errors import InvalidImageError
 
-    options = {"threads": threads} if threads is not None else {}
+    options: dict[str, Any] = {"threads": threads} if threads is not None else {}
     _show_cellsdk_warnings_in_one_line()
     classifier = Classifier.load(model_path, backend=backend, device=device, top_k=top_k, strict=strict,
                                  ood=ood_mode, **options)
@@ -488,7 +489,8 @@ def _split_list(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--eval-limit", type=POSITIVE, default=None, help="Verify on a stratified sample of this many images.")
 @click.option("--calib-samples", type=POSITIVE, default=256, show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--input-size", type=click.IntRange(8, 4096), default=None, help="Export at this input size [default: the checkpoint's].")
+@click.option("--input-size", type=click.IntRange(8, 4096), default=None,
+              help="Export at this input size [default: the checkpoint's].")
 @click.option("--dynamic-batch", is_flag=True, help="Dynamic batch dimension (default: batch 1).")
 @click.option("--data-cropped", is_flag=True, help="The data's images already have the model's crop.")
 @click.option("--labels", default=None, help="Class names of the data, if its folders do not give them.")

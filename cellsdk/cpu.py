@@ -335,7 +335,7 @@ def _cpuid_features() -> set[str]:
             pass
 
 
-def _decode(cpuid, xgetbv) -> set[str]:  # type: ignore[no-untyped-def]
+def _decode(cpuid, xgetbv) -> set[str]:
     def bit(value: int, n: int) -> bool:
         return bool(value >> n & 1)
 
@@ -381,7 +381,7 @@ def _sysctl_features() -> set[str]:
              "hw.optional.arm.FEAT_BF16": "bf16", "hw.optional.avx2_0": "avx2", "hw.optional.sse4_1": "sse4_1",
              "hw.optional.sse4_2": "sse4_2", "hw.optional.avx512f": "avx512f", "hw.optional.avx512bw": "avx512bw",
              "hw.optional.avx512vnni": "avx512_vnni"}
-    found = set()
+    found: set[str] = set()
     for key, name in names.items():
         try:
             out = subprocess.run(["sysctl", "-n", key], capture_output=True, text=True, timeout=5).stdout.strip()

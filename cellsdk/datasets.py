@@ -29,9 +29,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -128,7 +129,7 @@ class ImageDataset:
         if all(p.paths is not None for p in parts):
             paths = tuple(path for p in parts for path in p.paths)  # type: ignore[union-attr]
             return Split("all", targets, paths=paths, origin=self.source)
-        images = np.concatenate([p.images for p in parts])  # type: ignore[misc]
+        images = np.concatenate([p.images for p in parts])
         return Split("all", targets, images=images, origin=self.source)
 
     def targets_for(self, split: Split, model_labels: Sequence[str]) -> np.ndarray:
@@ -243,7 +244,7 @@ def carve_validation(dataset: ImageDataset, fraction: float, seed: int = 0) -> I
     for label in np.unique(train.targets):
         members = np.flatnonzero(train.targets == label)
         members = members[rng.permutation(len(members))]
-        take = min(max(int(round(len(members) * fraction)), 1), len(members) - 1)  # keep >= 1 training image
+        take = min(max(round(len(members) * fraction), 1), len(members) - 1)  # keep >= 1 training image
         val_rows.extend(members[:take].tolist())
     val_index = np.asarray(sorted(val_rows), dtype=np.int64)
     train_index = np.setdiff1d(np.arange(len(train)), val_index)
@@ -463,8 +464,8 @@ def _stratified_split(
         members = np.flatnonzero(targets == label)
         members = members[rng.permutation(len(members))]
         # round per class, but always keep at least one training image of each class
-        n_test = min(int(round(len(members) * test_fraction)), len(members) - 1)
-        n_val = min(int(round(len(members) * val_fraction)), len(members) - 1 - n_test)
+        n_test = min(round(len(members) * test_fraction), len(members) - 1)
+        n_val = min(round(len(members) * val_fraction), len(members) - 1 - n_test)
         chosen["test"].extend(members[:n_test].tolist())
         chosen["val"].extend(members[n_test:n_test + n_val].tolist())
         chosen["train"].extend(members[n_test + n_val:].tolist())

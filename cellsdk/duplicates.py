@@ -27,8 +27,9 @@ Example:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -195,6 +196,6 @@ def _match(dataset: Any, query: str, query_hashes: np.ndarray, reference: str, r
             index, other = start + int(row), int(nearest[row])
             found.append(DuplicatePair(
                 query, index, dataset.splits[query].describe(index), reference, other,
-                dataset.splits[reference].describe(other), int(round(float(best[row, other]))),
+                dataset.splits[reference].describe(other), round(float(best[row, other])),
                 _TRANSFORMS[int(best_transform[row])][0]))
     return found

@@ -16,12 +16,11 @@ Example:
 from __future__ import annotations
 
 __all__ = [
-    "CpuVerificationWarning",
-    "UnverifiedCpuError",
     "BackendNotInstalledError",
     "CellSDKError",
     "CheckpointError",
     "ConfigError",
+    "CpuVerificationWarning",
     "DatasetError",
     "FailedVerificationError",
     "FailedVerificationWarning",
@@ -32,6 +31,7 @@ __all__ = [
     "PlatformNotSupportedError",
     "TrainingError",
     "UnsupportedFormatError",
+    "UnverifiedCpuError",
 ]
 
 

@@ -19,9 +19,10 @@ import csv
 import io
 import os
 import time
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +55,7 @@ def confusion_matrix_csv(matrix: Sequence[Sequence[int]], labels: Sequence[str])
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["true\\predicted", *labels])
-    for label, row in zip(labels, matrix):
+    for label, row in zip(labels, matrix, strict=True):
         writer.writerow([label, *row])
     return buffer.getvalue()
 
@@ -224,7 +225,7 @@ def evaluate_model(
     dataset = load_dataset(data, labels=labels, **validation_carve(metadata))
     chosen = dataset.split(split)
     targets = dataset.targets_for(chosen, metadata.labels)
-    images = [chosen.paths[i] if chosen.paths is not None else chosen.images[i] for i in range(len(chosen))]
+    images = list(chosen.paths) if chosen.paths is not None else list(chosen.images)  # type: ignore[arg-type]
     predictions = _run(classifier, images, batch_size, desc=f"eval {split}", progress=progress, what="evaluation")
     probabilities = np.asarray([[p.probabilities[label] for label in metadata.labels] for p in predictions],
                                dtype=np.float64).reshape(len(predictions), metadata.num_classes)

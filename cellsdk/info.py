@@ -57,8 +57,8 @@ def format_cpu_records(records: Any) -> list[str]:
         delta = f"{r['accuracy_change'] * 100:+.2f}" if isinstance(r.get("accuracy_change"), (int, float)) else "-"
         worst = (f"{r['worst_class']} {r['worst_recall_change'] * 100:+.2f}" if "worst_class" in r else
                  "; ".join(r.get("reasons") or [])[:60])
-        lines.append(f"  {str(r.get('target', '?')):<15}{str(r.get('cpu_class', '?')):<21}"
-                     f"{str(r.get('method', '?')):<27}{r.get('images') or 0:>7}  {str(r.get('status')):<8}"
+        lines.append(f"  {r.get('target', '?')!s:<15}{r.get('cpu_class', '?')!s:<21}"
+                     f"{r.get('method', '?')!s:<27}{r.get('images') or 0:>7}  {r.get('status')!s:<8}"
                      f"{acc:>7}{delta:>7}  {worst}")
     return lines
 
@@ -115,7 +115,7 @@ def _describe_folder(folder: Path) -> str:
         classes = ", ".join(f"{r.get('target', '?')} ({str(r.get('cpu_class', '?')).replace('x86-64-', '')}) "
                             f"{r.get('status')}"
                             for r in entry.get("cpu_verification") or []) or "no CPU-class record"
-        lines.append(f"  {entry['file']:<26}{str(entry.get('precision', '?')):<6}{str(entry.get('status')):<10}"
+        lines.append(f"  {entry['file']:<26}{entry.get('precision', '?')!s:<6}{entry.get('status')!s:<10}"
                      f"{classes}")
     try:
         _, why, _ = choose_artefact(folder, host.cpu_class)

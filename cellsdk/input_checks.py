@@ -29,8 +29,9 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -72,7 +73,7 @@ def measure(image: np.ndarray) -> dict[str, float]:
         height, width = stained.shape
         dy, dx = rows.mean() / height - 0.5, cols.mean() / width - 0.5
         stats["off_centre"] = float(np.hypot(dx, dy))
-        band = max(1, int(round(min(height, width) * 0.12)))
+        band = max(1, round(min(height, width) * 0.12))
         inner = np.zeros_like(stained)
         inner[band:height - band, band:width - band] = True
         stats["border_stain"] = float((stained & ~inner).sum() / stained.sum())

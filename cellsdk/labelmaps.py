@@ -7,7 +7,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from cellsdk.errors import DatasetError
 

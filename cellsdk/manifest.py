@@ -79,10 +79,10 @@ def artefact_path(folder: str | os.PathLike, file: Any) -> Path:
     Example:
         >>> artefact_path("conv", "model.int8.onnx").as_posix()
         'conv/model.int8.onnx'
-        >>> artefact_path("conv", "../other/model.onnx")
+        >>> artefact_path("conv", "../other/model.onnx")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        cellsdk.errors.MetadataError: conv/manifest.json: artefact file '../other/model.onnx' is outside the folder; a manifest may only list files inside its own folder
+        cellsdk.errors.MetadataError: conv/manifest.json: artefact file '../other/model.onnx' is outside the folder; ...
     """
     root = Path(folder)
     refusal = (f"{root / MANIFEST_NAME}: artefact file {file!r} is outside the folder; a manifest may only list "

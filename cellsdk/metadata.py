@@ -20,8 +20,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from cellsdk._io import parse_json
 from cellsdk._version import __version__
@@ -342,7 +343,7 @@ def _build(cls: type, data: Mapping[str, Any], what: str) -> Any:
         raise MetadataError(f"{what} has unknown fields: {', '.join(unknown)}")
     required = [
         name for name, f in fields.items()
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
     ]
     missing = [name for name in required if name not in data]
     if missing:

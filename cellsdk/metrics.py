@@ -12,7 +12,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -134,7 +135,7 @@ def classification_report(
         for i, label in enumerate(labels)
     }
     return {
-        "n": int(len(y_true)),
+        "n": len(y_true),
         "accuracy": float((y_pred == y_true).mean()) if len(y_true) else 0.0,
         "macro_precision": float(precision[present].mean()) if present.any() else 0.0,
         "macro_recall": float(recall[present].mean()) if present.any() else 0.0,
@@ -218,7 +219,7 @@ def auroc(inlier_scores: np.ndarray, outlier_scores: np.ndarray) -> float:
     values = both[order]  # average the ranks of ties
     starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
     ends = np.r_[starts[1:], len(values)]
-    for start, end in zip(starts, ends):
+    for start, end in zip(starts, ends, strict=True):
         if end - start > 1:
             ranks[order[start:end]] = (start + end + 1) / 2.0
     rank_sum = ranks[len(inliers):].sum()

@@ -261,7 +261,11 @@ def fit_score(name: str, features: np.ndarray | None, labels: np.ndarray, **opti
     if name not in SCORES:
         raise KeyError(f"unknown OOD score {name!r}: use one of {', '.join(SCORES)}")
     cls = SCORES[name]
-    return cls.fit(features, np.asarray(labels), **options) if cls.needs_features else cls()
+    if not cls.needs_features:
+        return cls()
+    if features is None:
+        raise ValueError(f"the {name} score needs the model's features")
+    return cls.fit(features, np.asarray(labels), **options)
 
 
 def score_from_dict(record: Any) -> Score:

@@ -28,8 +28,9 @@ import functools
 import io
 import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, Any, Iterable, Union
+from typing import IO, Any, Union
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -52,7 +53,7 @@ __all__ = [
 MAX_IMAGE_PIXELS = 64_000_000
 
 #: Anything :func:`load_image` accepts.
-ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
+ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]  # noqa: UP007 - a runtime alias
 
 _FILTERS = {
     "nearest": Image.Resampling.NEAREST,
@@ -286,7 +287,7 @@ def prepare_image(image: Image.Image, spec: Preprocessing) -> Image.Image:
     if spec.crop_mode == "pixels":
         side = min(int(spec.crop_value), width, height)
     elif spec.crop_mode == "fraction" and spec.crop_value < 1.0:
-        side = max(1, int(round(min(width, height) * spec.crop_value)))
+        side = max(1, round(min(width, height) * spec.crop_value))
     if side is not None and (side, side) != (width, height):
         left, top = (width - side) // 2, (height - side) // 2
         image = image.crop((left, top, left + side, top + side))
@@ -319,7 +320,7 @@ def to_input_array(image: Image.Image, spec: Preprocessing) -> np.ndarray:
 def _normaliser(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel ``x * scale + offset`` equal to ``(x / 255 - mean) / std``, shaped for CHW."""
     scale = np.asarray([1.0 / (255.0 * s) for s in std], dtype=np.float32).reshape(3, 1, 1)
-    offset = np.asarray([-m / s for m, s in zip(mean, std)], dtype=np.float32).reshape(3, 1, 1)
+    offset = np.asarray([-m / s for m, s in zip(mean, std, strict=True)], dtype=np.float32).reshape(3, 1, 1)
     scale.flags.writeable = offset.flags.writeable = False
     return scale, offset
 

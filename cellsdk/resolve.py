@@ -8,8 +8,9 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from cellsdk.backends import Backend
 from cellsdk.errors import MetadataError, UnsupportedFormatError

@@ -17,7 +17,7 @@ Example:
 from __future__ import annotations
 
 import io
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
@@ -28,7 +28,7 @@ __all__ = ["DEV_SHIFTS", "SELECTION_SHIFTS", "SHIFTS", "apply_shift", "shift_nam
 def _hue_shift(image: Image.Image, degrees: float = 40.0) -> Image.Image:
     """Rotate every hue by 40 degrees (another stain's colour)."""
     hsv = np.asarray(image.convert("HSV")).copy()
-    hsv[..., 0] = (hsv[..., 0].astype(np.int16) + int(round(degrees / 360 * 256))) % 256
+    hsv[..., 0] = (hsv[..., 0].astype(np.int16) + round(degrees / 360 * 256)) % 256
     return Image.fromarray(hsv, mode="HSV").convert("RGB")
 
 

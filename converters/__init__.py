@@ -16,12 +16,14 @@ Example:
 
 from __future__ import annotations
 
-from cellsdk.converters.base import Converter, ExportJob, converter_names, get_converter, register_converter
 # importing the format modules registers them; this order is the order formats are converted and listed
-from cellsdk.converters import onnx  # noqa: F401, I001
+# isort: off
+from cellsdk.converters.base import Converter, ExportJob, converter_names, get_converter, register_converter
+from cellsdk.converters import onnx  # noqa: F401
 from cellsdk.converters import torchscript  # noqa: F401
 from cellsdk.converters import openvino  # noqa: F401
 from cellsdk.converters import coreml  # noqa: F401
+# isort: on
 from cellsdk.converters.calibration import ImageSet, calibration_set, evaluation_set
 from cellsdk.converters.pipeline import ConversionResult, ConvertConfig, convert, format_manifest_table
 from cellsdk.converters.verify import VerifyConfig, verify_artefact

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import abc
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 from cellsdk.errors import BackendNotInstalledError, ConfigError
 from cellsdk.metadata import ModelMetadata

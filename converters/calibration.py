@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -27,7 +27,7 @@ from cellsdk.errors import ConfigError, DatasetError
 from cellsdk.metadata import ModelMetadata
 from cellsdk.preprocessing import preprocess
 
-__all__ = ["ImageSet", "MIN_CALIBRATION_IMAGES", "calibration_set", "evaluation_set"]
+__all__ = ["MIN_CALIBRATION_IMAGES", "ImageSet", "calibration_set", "evaluation_set"]
 
 #: Fewer calibration images than this is refused unless forced.
 MIN_CALIBRATION_IMAGES = 32
@@ -155,5 +155,5 @@ def _stratified(targets: np.ndarray, count: int, seed: int) -> np.ndarray:
         if quota[c] < sizes[c]:
             quota[c] += 1
         i += 1
-    chosen = [rng.choice(np.flatnonzero(targets == c), size=q, replace=False) for c, q in zip(classes, quota)]
+    chosen = [rng.choice(np.flatnonzero(targets == c), size=q, replace=False) for c, q in zip(classes, quota, strict=True)]
     return np.sort(np.concatenate(chosen))  # may exceed count by the one-per-class minimum

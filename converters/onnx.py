@@ -49,6 +49,8 @@ def export_fp32_onnx(job: ExportJob) -> Path:
             program = torch.onnx.export(job.exported, (job.example(2 if job.dynamic_batch else 1),), dynamo=True,
                                         external_data=False, verbose=False, dynamic_shapes=dynamic,
                                         input_names=["input"], output_names=list(job.metadata.outputs))
+        if program is None:
+            raise RuntimeError("torch.onnx.export returned no program")
         program.save(str(path))
         return path
 

@@ -71,7 +71,7 @@ class OpenVinoConverter(Converter):
         return {"precision": "f32"} if precision in ("fp32", "fp16") else {}
 
 
-class _quiet_nncf:  # noqa: N801 - used as a context manager
+class _quiet_nncf:
     """Keep NNCF's progress output and INFO logging off the terminal."""
 
     def __enter__(self) -> None:

@@ -29,17 +29,17 @@ from pathlib import Path
 from typing import Any
 
 from cellsdk._capture import capture_tool_output
-from cellsdk._io import current_umask, artefact_files, sha256_file, write_json, write_text
-from cellsdk._validate import require_int
+from cellsdk._io import artefact_files, current_umask, sha256_file, write_json, write_text
 from cellsdk._machine import machine_info, package_versions
 from cellsdk._progress import progress_bar
+from cellsdk._validate import require_int
 from cellsdk.converters.base import converter_names, get_converter
 from cellsdk.converters.calibration import ImageSet, calibration_set, evaluation_set
 from cellsdk.converters.guard import GuardConfig, GuardProbe, fit_guard
 from cellsdk.converters.int8 import check_recipe
 from cellsdk.converters.targets import CpuTargets, qemu_binary, verify_on_targets
-from cellsdk.cpu import host_cpu
 from cellsdk.converters.verify import VerifyConfig, reference_logits, verify_artefact
+from cellsdk.cpu import host_cpu
 from cellsdk.errors import CellSDKError, ConfigError
 from cellsdk.manifest import MANIFEST_NAME, STATUS_FAILED, STATUS_PASSED
 from cellsdk.metadata import PRECISIONS, SCHEMA_VERSION
@@ -130,9 +130,9 @@ class ConversionResult:
         return [a for a in self.manifest["artefacts"] if a["status"] == STATUS_FAILED]
 
 
-def _plan(config: ConvertConfig) -> list[tuple[str, str | None, str]]:
-    """(format, precision or None, reason-if-skipped) for every requested combination."""
-    plan = []
+def _plan(config: ConvertConfig) -> list[tuple[str, str, str]]:
+    """(format, precision, reason-if-skipped) for every requested combination."""
+    plan: list[tuple[str, str, str]] = []
     for fmt in config.formats or converter_names():
         converter = get_converter(fmt)
         wanted = [converter.baseline, *[p for p in config.precisions if p != converter.baseline]]
@@ -184,8 +184,8 @@ def _process_alive(pid: int) -> bool:
 def _describe_files(path: Path) -> tuple[int, str, list[dict[str, Any]]]:
     """Total size, one sha256 for the artefact, and every file in it (an IR has .xml + .bin, a package a tree)."""
     files = artefact_files(path)
-    entries = [{"name": str(f.relative_to(path.parent)), "bytes": f.stat().st_size, "sha256": sha256_file(f)}
-               for f in files]
+    entries: list[dict[str, Any]] = [
+        {"name": str(f.relative_to(path.parent)), "bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in files]
     digest = entries[0]["sha256"] if len(entries) == 1 else hashlib.sha256(
         "".join(e["name"] + e["sha256"] for e in entries).encode()).hexdigest()
     return sum(e["bytes"] for e in entries), digest, entries
@@ -225,7 +225,7 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
     images = evaluation_set(eval_source, metadata, split=config.eval_split, data_cropped=config.data_cropped,
                             labels=config.labels, limit=config.eval_limit, seed=config.seed)
     calibration: ImageSet | None = None
-    if wants_int8:
+    if wants_int8 and config.calib is not None:  # (checked above: int8 needs --calib)
         calibration = calibration_set(config.calib, metadata, samples=config.calib_samples, seed=config.seed,
                                       data_cropped=config.data_cropped, labels=config.labels,
                                       exclude=images.ids, force=config.force_calib)
@@ -424,6 +424,6 @@ def format_manifest_table(manifest: dict[str, Any]) -> str:
 def _cpu_summary(records: list[dict[str, Any]]) -> str:
     """``avx2 ok, sse4 FAIL, avx2 n/v`` for the CPU records of one artefact (native first)."""
     marks = {STATUS_PASSED: "ok", STATUS_FAILED: "FAIL"}
-    parts = [f"{str(r.get('cpu_class', '?')).replace('x86-64-', '')} {marks.get(r.get('status'), 'n/v')}"
+    parts = [f"{str(r.get('cpu_class', '?')).replace('x86-64-', '')} {marks.get(str(r.get('status')), 'n/v')}"
              for r in records]
     return ", ".join(dict.fromkeys(parts)) or "-"

@@ -28,15 +28,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cellsdk._io import parse_json
+
+from cellsdk._io import parse_json, write_json
+from cellsdk.backends import backend_for_path
 from cellsdk.converters.base import get_converter
 from cellsdk.converters.calibration import evaluation_set
 from cellsdk.converters.pipeline import _BACKEND_OF, _describe_files
 from cellsdk.converters.targets import CpuTargets, verify_on_targets
 from cellsdk.converters.verify import VerifyConfig, reference_logits, verify_artefact
-
-from cellsdk._io import write_json
-from cellsdk.backends import backend_for_path
 from cellsdk.errors import ConfigError
 from cellsdk.info import read_metadata
 from cellsdk.manifest import MANIFEST_NAME, STATUS_FAILED, STATUS_PASSED

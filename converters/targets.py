@@ -24,10 +24,10 @@ the install command, never as passed.
 Example:
     >>> CpuTargets.parse("native,haswell").names
     ('native', 'haswell')
-    >>> CpuTargets.parse("native,pentium4x")
+    >>> CpuTargets.parse("native,pentium4x")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    cellsdk.errors.ConfigError: unknown CPU class 'pentium4x' for --verify-cpus: use native, haswell, nehalem, skylake-client, sandybridge, westmere, or none
+    cellsdk.errors.ConfigError: unknown CPU class 'pentium4x' for --verify-cpus: use native, haswell, nehalem, ...
 """
 
 from __future__ import annotations
@@ -234,7 +234,7 @@ def verify_on_targets(jobs: list[tuple[dict[str, Any], Path, Any]], images: Any,
             return result
 
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(emulated)))) as pool:
-            for job, result in zip(emulated, pool.map(run, emulated)):
+            for job, result in zip(emulated, pool.map(run, emulated), strict=True):
                 records[job.file].append(result)
         bar.close()
     return records

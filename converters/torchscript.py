@@ -51,8 +51,8 @@ def freeze_same_padding(model: Any, input_size: int) -> int:
         height, width = sizes[name]
         pad_h = get_same_padding(height, conv.kernel_size[0], conv.stride[0], conv.dilation[0])
         pad_w = get_same_padding(width, conv.kernel_size[1], conv.stride[1], conv.dilation[1])
-        plain = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0,
-                                conv.dilation, conv.groups, conv.bias is not None)
+        plain = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size,  # type: ignore[arg-type]
+                                conv.stride, 0, conv.dilation, conv.groups, conv.bias is not None)  # type: ignore[arg-type]
         plain.load_state_dict(conv.state_dict())
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model

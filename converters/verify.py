@@ -150,7 +150,7 @@ def judge(logits: np.ndarray, precision: str, expected: ModelMetadata, targets: 
     agreement = float((probabilities.argmax(1) == reference_probabilities.argmax(1)).mean())
     recall_change = {label: report["per_class"][label]["recall"] - base["per_class"][label]["recall"]
                      for label in labels if base["per_class"][label]["support"] > 0}
-    worst_class = min(recall_change, key=recall_change.get)
+    worst_class = min(recall_change, key=lambda label: recall_change[label])
     record: dict[str, Any] = {
         "images": len(targets),
         "top1_agreement": agreement,

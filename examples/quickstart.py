@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     crops = load_dataset(SAMPLES / "bloodmnist_128").split("test")
     cropped = clf.with_preprocessing(meta.preprocessing.without_crop())  # these are already the 200 px crops
     predicted = [p.label for p in cropped.predict_batch(crops.paths)]
-    hits = sum(p == path.parent.name for p, path in zip(predicted, crops.paths))
+    hits = sum(p == path.parent.name for p, path in zip(predicted, crops.paths, strict=True))
     report["crops_accuracy"] = hits / len(crops)
     print(f"BloodMNIST-128 sample test crops: {hits}/{len(crops)} correct ({report['crops_accuracy'] * 100:.1f} %)")
 

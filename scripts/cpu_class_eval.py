@@ -23,11 +23,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from cellsdk.classifier import Classifier
 from cellsdk.converters.calibration import _stratified, evaluation_set
 from cellsdk.converters.targets import EMULATED, run_emulated
 from cellsdk.converters.verify import reference_logits
-
-from cellsdk.classifier import Classifier
 from cellsdk.cpu import host_cpu
 from cellsdk.metrics import classification_report, softmax
 

@@ -29,7 +29,7 @@ def main() -> int:
             row = r["ood"][folder]
             cells.append(f"{row['auroc']:.3f} / {row['fpr_at_95_tpr']:.2f} / {row['flagged'] * 100:.1f} %")
         print(f"| `{Path(folder).name}` | {reports[0]['ood'][folder]['images']} | " + " | ".join(cells) + " |")
-    for r, n in zip(reports, names):
+    for r, n in zip(reports, names, strict=True):
         g = r["guard"]
         print(f"\n{n} on {r['data']} ({r['n']} images, in distribution): kept {g['kept'] * 100:.1f} %, "
               f"accuracy of kept {g['accuracy_kept'] * 100:.2f} % (all {g['accuracy_all'] * 100:.2f} %)")

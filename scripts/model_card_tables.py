@@ -53,7 +53,7 @@ def main(run: Path) -> None:
     print("\n## Confusion matrix, INT8 ONNX, test split (rows true, columns predicted)\n")
     print("| true \\ predicted | " + " | ".join(labels) + " |")
     print("|---|" + "---|" * len(labels))
-    for label, row in zip(labels, shipped["confusion_matrix"]):
+    for label, row in zip(labels, shipped["confusion_matrix"], strict=True):
         print(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
     print("\n## Raw microscope originals (PBC, BloodMNIST test split), end to end\n")
     print("| model | n | accuracy % | macro-F1 % | min class recall % | ECE % |")

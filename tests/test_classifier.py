@@ -104,7 +104,7 @@ def test_concurrent_calls_agree_with_sequential(classifier):
     sequential = [classifier.predict(p).probabilities for p in sources]
     with ThreadPoolExecutor(max_workers=8) as pool:
         concurrent = list(pool.map(lambda p: classifier.predict(p).probabilities, sources))
-    for a, b in zip(sequential, concurrent):
+    for a, b in zip(sequential, concurrent, strict=True):
         assert np.allclose(list(a.values()), list(b.values()), atol=1e-6)
 
 
@@ -150,13 +150,13 @@ def test_manifest_ranking_and_refusals(artefacts, tmp_path):
     for entry in entries[:2]:
         entry["status"] = "failed"
     (tmp_path / "manifest.json").write_text(json.dumps({"artefacts": entries}))
-    with pytest.raises(UnsupportedFormatError, match="no verified artefact runs on this platform.*model.int8.onnx: failed"):
+    with pytest.raises(UnsupportedFormatError, match=r"no verified artefact runs on this platform.*model.int8.onnx: failed"):
         Classifier.load(tmp_path)
     (tmp_path / "manifest.json").write_text("{broken")
     with pytest.raises(MetadataError, match="unreadable manifest"):
         Classifier.load(tmp_path)
     (tmp_path / "manifest.json").unlink()
-    with pytest.raises(UnsupportedFormatError, match="without manifest.json"):
+    with pytest.raises(UnsupportedFormatError, match=r"without manifest\.json"):
         Classifier.load(tmp_path)
 
 

@@ -12,17 +12,16 @@ import shutil
 
 import numpy as np
 import pytest
-
-from cellsdk.metadata import SCHEMA_VERSION
-from cellsdk.converters import ConvertConfig, VerifyConfig, convert
-from cellsdk.converters.int8 import INT8_RECIPES, capture_root_logging, recipe_record
-from cellsdk.converters.targets import CpuTargets, balanced_sample, verify_on_targets
 from click.testing import CliRunner
 
 from cellsdk import Classifier
 from cellsdk.cli import cli
+from cellsdk.converters import ConvertConfig, VerifyConfig, convert
+from cellsdk.converters.int8 import INT8_RECIPES, capture_root_logging, recipe_record
+from cellsdk.converters.targets import CpuTargets, balanced_sample, verify_on_targets
 from cellsdk.errors import ConfigError
 from cellsdk.manifest import STATUS_NOT_VERIFIED
+from cellsdk.metadata import SCHEMA_VERSION
 
 from .conftest import REPO, SAMPLES
 

@@ -56,7 +56,7 @@ def test_npz_negative_label_and_empty_class(tmp_path):
 def test_not_a_dataset(tmp_path):
     bogus = tmp_path / "data.npz"
     bogus.write_bytes(b"garbage")
-    with pytest.raises(DatasetError, match="not a readable .npz"):
+    with pytest.raises(DatasetError, match=r"not a readable \.npz"):
         load_dataset(bogus)
     other = tmp_path / "data.csv"
     other.write_text("a,b")

@@ -94,7 +94,7 @@ def test_classifies_the_sample_crops(shipped):
     data = load_dataset(SAMPLES)
     cropped = shipped.with_preprocessing(shipped.metadata.preprocessing.without_crop())
     paths = [*data.split("val").paths, *data.split("test").paths]  # not used in training
-    hits = sum(p.label == path.parent.name for p, path in zip(cropped.predict_batch(paths), paths))
+    hits = sum(p.label == path.parent.name for p, path in zip(cropped.predict_batch(paths), paths, strict=True))
     assert hits >= 61, f"{hits}/64 held-out sample crops correct; the model card's test accuracy is ~99 %"
 
 

@@ -53,7 +53,7 @@ def test_deployed_model_report_matches_the_classifier(artefacts, tmp_path):
     clf = clf.with_preprocessing(clf.metadata.preprocessing.without_crop())
     split = load_dataset(SAMPLES).split("test")
     predicted = [clf.predict(p).index for p in split.paths]
-    expected = sum(int(p == t) for p, t in zip(predicted, split.targets)) / len(split)
+    expected = sum(int(p == t) for p, t in zip(predicted, split.targets, strict=True)) / len(split)
     assert report["n"] == 32 and report["accuracy"] == pytest.approx(expected)
     assert report["backend"] == "onnxruntime" and report["model_sha256"] and report["model_size_mb"] > 0
     on_disk = json.loads((tmp_path / "report.json").read_text())

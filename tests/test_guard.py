@@ -320,7 +320,7 @@ def test_data_without_a_val_split_names_the_guard_and_the_way_out(tiny_run, tmp_
         shutil.copytree(SAMPLES / split, data / split)
     config = ConvertConfig(formats=("onnx",), eval=str(data), eval_split="test", data_cropped=True,
                            cpu_targets=CpuTargets.parse("none"))
-    with pytest.raises(DatasetError, match="OOD guard.*--no-guard"):
+    with pytest.raises(DatasetError, match=r"OOD guard.*--no-guard"):
         convert(tiny_run.best_checkpoint, tmp_path / "out", config, progress=False)
     assert not (tmp_path / "out").exists()
     off = convert(tiny_run.best_checkpoint, tmp_path / "out", ConvertConfig(
@@ -338,5 +338,5 @@ def test_metadata_listing_outputs_the_model_lacks_is_refused(artefacts, tmp_path
     record = {"score": {"name": "energy", "temperature": 1.0}, "threshold": 0.0, "retention": 0.95}
     target = tmp_path / "lying.onnx"
     write_onnx_metadata(artefacts["onnxruntime"], target, meta.replace(outputs=("logits", "features"), guard=record))
-    with pytest.raises(MetadataError, match="1 output.*features"):
+    with pytest.raises(MetadataError, match=r"1 output.*features"):
         Classifier.load(target)

@@ -20,8 +20,7 @@ def test_atomic_files_get_the_umask_mode_not_mkstemps_0600(tmp_path):
 def test_atomic_path_leaves_the_target_alone_on_error(tmp_path):
     target = tmp_path / "b.txt"
     target.write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_path(target) as tmp:
-            tmp.write_text("new")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("new")
+        raise RuntimeError("boom")
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["b.txt"]

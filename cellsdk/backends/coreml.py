@@ -14,6 +14,7 @@ from __future__ import annotations
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -78,6 +79,11 @@ class CoreMLBackend(Backend):
         self.metadata_json = dict(self.model.user_defined_metadata).get(METADATA_KEY)
         self.device = compute_units
         self._lock = threading.Lock()
+
+    model: Any
+    input_name: str
+    output_names: list[str]
+    _lock: threading.Lock
 
     def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
         with self._lock:

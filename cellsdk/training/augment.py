@@ -34,8 +34,8 @@ def augment_image(image: Image.Image, config: AugmentConfig, rng: np.random.Gene
     if config.rotate90:
         turns = int(rng.integers(0, 4))
         if turns:
-            image = image.transpose((None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180,
-                                     Image.Transpose.ROTATE_270)[turns])
+            image = image.transpose((Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180,
+                                     Image.Transpose.ROTATE_270)[turns - 1])
     if config.rotation_degrees > 0 or config.translate > 0 or config.scale != (1.0, 1.0):
         image = _affine(image, config, rng)
     return _color_jitter(image, config, rng)
@@ -72,7 +72,7 @@ def _color_jitter(image: Image.Image, config: AugmentConfig, rng: np.random.Gene
         if amount > 0:
             image = enhancer(image).enhance(rng.uniform(1 - amount, 1 + amount))
     if config.hue > 0:
-        shift = int(round(rng.uniform(-config.hue, config.hue) * 255))
+        shift = round(rng.uniform(-config.hue, config.hue) * 255)
         if shift:
             hsv = np.asarray(image.convert("HSV")).copy()
             hsv[..., 0] = (hsv[..., 0].astype(np.int16) + shift) % 256

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from cellsdk._validate import require_int
 from cellsdk._io import sha256_file
+from cellsdk._validate import require_int
 from cellsdk.datasets import load_dataset, validation_carve
 from cellsdk.errors import CheckpointError, ConfigError, DatasetError
 from cellsdk.metrics import expected_calibration_error, fit_temperature, nll

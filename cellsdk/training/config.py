@@ -10,8 +10,9 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from cellsdk.errors import ConfigError
 from cellsdk.metadata import CROP_MODES, RESIZE_FILTERS

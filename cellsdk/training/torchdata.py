@@ -7,7 +7,8 @@ evaluation see exactly what the runtime sees.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch

@@ -9,22 +9,22 @@ Example:
 
 from __future__ import annotations
 
-import pickle
 import logging
 import math
 import os
+import pickle
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-from cellsdk._io import parse_json
-from cellsdk._io import atomic_path, write_json
+from cellsdk._io import atomic_path, parse_json, write_json
 from cellsdk._progress import progress_bar
 from cellsdk.datasets import ImageDataset, carve_validation, load_dataset
 from cellsdk.errors import ConfigError, InvalidImageError, TrainingError
@@ -103,7 +103,8 @@ def _set_backbone_frozen(model: Any, frozen: bool) -> None:
 
 def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
     """No weight decay on biases and normalisation parameters (1-D tensors)."""
-    decay, no_decay = [], []
+    decay: list[Any] = []
+    no_decay: list[Any] = []
     for param in model.parameters():
         (no_decay if param.ndim <= 1 else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -219,7 +220,7 @@ def _train(data: str | os.PathLike, run_dir: Path, config: TrainConfig | None, *
         model, _ = load_checkpoint(run_dir / LAST)
     preprocessing = Preprocessing(
         input_size=config.input_size, crop_mode=config.crop_mode, crop_value=config.crop_value,
-        resize_filter=config.resize_filter, mean=source.mean, std=source.std,
+        resize_filter=config.resize_filter, mean=source.mean, std=source.std,  # type: ignore[arg-type]
     )
     train_spec = preprocessing.without_crop() if config.data_cropped else preprocessing
     model = model.to(device)
@@ -370,7 +371,7 @@ def _load_resume(run_dir: Path, epochs: int | None) -> tuple[TrainConfig, dict[s
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"{state_path}: not a training state cellsdk wrote ({first[:120]}); start a new run "
                           "(or restore the run folder's own last_state.pt)") from None
-    if not isinstance(state, dict) or not _STATE_KEYS <= set(state):
+    if not isinstance(state, dict) or not set(state) >= _STATE_KEYS:
         raise ConfigError(f"{state_path}: not a training state cellsdk wrote (no epoch / optimiser state); "
                           "start a new run")
     weights_epoch = read_checkpoint_metadata(run_dir / LAST).training.get("epoch")
