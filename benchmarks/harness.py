@@ -88,7 +88,7 @@ class BenchConfig:
             raise ConfigError(f"batch sizes must be >= 1, got {self.batches}")
         if self.iterations < 1 or self.warmup < 0:
             raise ConfigError("iterations must be >= 1 and warmup >= 0")
-        require_int("threads", self.threads, minimum=1, optional=True)
+        require_int("threads", self.threads, minimum=1, maximum=256, optional=True)
         require_float("duration", self.duration, minimum=0, exclusive=True, optional=True)
         require_int("eval_limit", self.eval_limit, minimum=1, optional=True)
 

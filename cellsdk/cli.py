@@ -46,6 +46,7 @@ POSITIVE = click.IntRange(min=1)
 NON_NEGATIVE = click.IntRange(min=0)
 SEED = click.IntRange(0, 2**32 - 1)
 POSITIVE_FLOAT = click.FloatRange(min=0, min_open=True)
+THREADS = click.IntRange(1, 256)  # cellsdk.backends.MAX_THREADS
 NON_NEGATIVE_FLOAT = click.FloatRange(min=0)
 PERCENT = click.FloatRange(0, 100)
 
@@ -421,7 +422,7 @@ def _expand_images(paths: tuple[Path, ...]) -> list[Path]:
               help="A model file or a cellsdk-convert output folder [default: the shipped blood-cell model].")
 @click.option("--backend", default=None, help="Force a backend: onnxruntime, openvino, torchscript, coreml.")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--threads", type=POSITIVE, default=None, help="Inference threads (default: the runtime's choice).")
+@click.option("--threads", type=THREADS, default=None, help="Inference threads (default: the runtime's choice).")
 @click.option("--top-k", type=POSITIVE, default=1, show_default=True, help="Classes to show per image.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--strict", is_flag=True, help="Refuse a model that failed verification, or an int8 model not verified "
@@ -606,7 +607,7 @@ def _cpu_notes(manifest: dict[str, Any]) -> list[str]:
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--device", "devices", default="auto", show_default=True, help="cpu,cuda,mps,coreml or auto (all).")
 @click.option("--batch", "batches", default="1,32", show_default=True, help="Batch sizes, comma-separated.")
-@click.option("--threads", type=POSITIVE, default=None, help="Inference threads (default: each runtime's).")
+@click.option("--threads", type=THREADS, default=None, help="Inference threads (default: each runtime's).")
 @click.option("--warmup", type=NON_NEGATIVE, default=10, show_default=True)
 @click.option("--iterations", type=POSITIVE, default=100, show_default=True)
 @click.option("--duration", type=POSITIVE_FLOAT, default=None, help="Seconds per measurement instead of --iterations.")

@@ -147,6 +147,7 @@ def _decode(stream: IO[bytes], label: str) -> Image.Image:
         ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")  # malformed-metadata chatter
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(stream)
             _check_size(image.size, label)
@@ -164,6 +165,8 @@ def _decode(stream: IO[bytes], label: str) -> Image.Image:
         if "truncated" in reason.lower():
             reason = "file is truncated"
         raise InvalidImageError(f"{label}: cannot decode image ({reason})") from None
+    except Exception as err:  # noqa: BLE001 - Pillow's decoders raise any type on malformed files (found by fuzzing)
+        raise InvalidImageError(f"{label}: cannot decode image (malformed file: {type(err).__name__})") from None
     return _to_rgb(image, label)
 
 
@@ -189,6 +192,14 @@ def _to_rgb(image: Image.Image, label: str) -> Image.Image:
     mode = image.mode
     if mode == "RGB":
         return image
+    try:
+        return _convert_mode(image, mode, label)
+    except (ValueError, OSError) as err:  # e.g. Pillow cannot convert premultiplied "La" to RGBA
+        raise InvalidImageError(f"{label}: unsupported image mode {mode!r} ({err})") from None
+
+
+def _convert_mode(image: Image.Image, mode: str, label: str) -> Image.Image:
+    """Any non-RGB mode to RGB: alpha composited on white, 16/32-bit scaled, the rest through Pillow."""
     if mode == "P" and "transparency" in image.info:
         image, mode = image.convert("RGBA"), "RGBA"
     if mode in _ALPHA_MODES:

@@ -40,6 +40,8 @@ __all__ = [
 ]
 
 _BACKENDS: dict[str, type[Backend]] = {}
+#: the most inference threads an option may ask for (runtimes take a C int; beyond this nothing gets faster)
+MAX_THREADS = 256
 
 
 class Backend(abc.ABC):
@@ -152,8 +154,9 @@ class Backend(abc.ABC):
             expected = _describe_type(known[key])
             if not _has_type(value, known[key]):
                 raise ConfigError(f"{cls.name} option {key}={value!r}: expected {expected}")
-        if options.get("threads") is not None and options["threads"] < 1:
-            raise ConfigError(f"{cls.name} option threads={options['threads']!r}: expected a whole number >= 1")
+        threads = options.get("threads")
+        if threads is not None and not 1 <= threads <= MAX_THREADS:
+            raise ConfigError(f"{cls.name} option threads={threads!r}: expected a whole number from 1 to {MAX_THREADS}")
         return dict(options)
 
     @classmethod
