@@ -67,8 +67,13 @@ def _friendly_errors(function: Callable[..., Any]) -> Callable[..., Any]:
         except OSError as err:
             where = f"{err.filename}: " if getattr(err, "filename", None) else ""
             raise click.ClickException(f"{where}{err.strerror or err}") from None
-        except _Terminated:
-            raise click.ClickException("terminated (SIGTERM); nothing half-written was left behind") from None
+        except _Terminated:  # the stack has unwound (staging folders removed); leave without interpreter teardown,
+            # which can crash inside native libraries interrupted mid-call (seen once with torch's exporter)
+            click.echo("Error: terminated (SIGTERM); nothing half-written was left behind", err=True)
+            with contextlib.suppress(OSError, ValueError):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(128 + signal.SIGTERM)
         except KeyboardInterrupt:
             raise click.ClickException("interrupted; nothing half-written was left behind") from None
 
