@@ -109,7 +109,9 @@ def convert_and_verify(out: Path, formats: str, quiet: bool) -> dict:
     chosen = () if formats == "all" else tuple(f.strip() for f in formats.split(",") if f.strip())
     config = ConvertConfig(formats=chosen, precisions=("fp16", "int8"), calib=str(SAMPLES / "bloodmnist_128"),
                            calib_samples=128, data_cropped=True)
-    print(f"\nconverting {CHECKPOINT.relative_to(REPO)} ...")
+    print(f"\nconverting {CHECKPOINT.relative_to(REPO)}: every format x fp32 / fp16 / int8, each artefact compared class "
+          "by class with the fp32 checkpoint on the 32 sample validation images (the table: size, top-1 agreement, "
+          "accuracy and its change, the class that lost most recall, latency, CPU classes checked, verdict) ...")
     result = convert(CHECKPOINT, out, config, progress=not quiet)
     print(format_manifest_table(result.manifest))
     cpus = result.manifest["cpu_targets"]
@@ -124,6 +126,9 @@ def benchmark(models: list[Path], out: Path, iterations: int, quiet: bool) -> di
     """Every artefact and the PyTorch eager reference, batch 1, gated on the 50 ms target."""
     from cellsdk.benchmarks import BenchConfig, format_table, run_benchmark, write_reports
 
+    print("\nbenchmark: every artefact end to end at batch 1 (read + decode + preprocess + infer, one process per row) "
+          "against the 50 ms p95 target; 'verified' is the artefact's verification status, 'conditions' flags rows "
+          "measured while other processes used the CPU ...")
     report = run_benchmark(models, BenchConfig(batches=(1,), iterations=iterations, warmup=3), progress=not quiet)
     print(format_table(report))
     write_reports(report, out)

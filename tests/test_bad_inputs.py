@@ -94,3 +94,27 @@ def test_a_closed_pipe_ends_predict_quietly(tmp_path):
     done = subprocess.run(f"'{_bin('cellsdk')}' predict '{images}' | head -n 1", shell=True, capture_output=True,
                           text=True, timeout=300)
     assert done.stdout.count("\n") == 1 and "Broken pipe" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_api_arguments_are_config_errors_not_metadata_errors(tmp_path):
+    from cellsdk import Classifier
+    from cellsdk.errors import ConfigError
+    from cellsdk.evaluation import evaluate_model
+
+    from .bad_inputs import CELL, SAMPLES
+
+    classifier = Classifier.load()
+    calls = {
+        "predict(top_k=0)": lambda: classifier.predict(CELL, top_k=0),
+        "predict_batch(batch_size=0)": lambda: classifier.predict_batch([CELL], batch_size=0),
+        "predict_proba(batch_size=-1)": lambda: classifier.predict_proba([CELL], batch_size=-1),
+        "load(top_k=0)": lambda: Classifier.load(top_k=0),
+        "load(threads='abc')": lambda: Classifier.load(threads="abc"),
+        "load(threads=0)": lambda: Classifier.load(threads=0),
+        "load(bogus=1)": lambda: Classifier.load(bogus=1),
+        "evaluate_model(batch_size=0)": lambda: evaluate_model(classifier.path, SAMPLES, batch_size=0),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ConfigError):
+            call()
+            pytest.fail(f"{name} was accepted")

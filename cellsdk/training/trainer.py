@@ -15,6 +15,7 @@ import os
 import pickle
 import random
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -366,10 +367,14 @@ def _load_resume(run_dir: Path, epochs: int | None) -> tuple[TrainConfig, dict[s
     except (ValueError, OSError) as err:
         raise ConfigError(f"{config_path}: cannot resume, the run's config is unreadable ({err})") from None
     try:
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
     except (ValueError, OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"{state_path}: not a training state cellsdk wrote ({first[:120]}); start a new run "
+        text = str(err).strip()
+        why = ("it holds Python objects, not only tensors; it was not loaded" if "weights only" in text.lower()
+               or isinstance(err, pickle.UnpicklingError) else (text.splitlines()[0][:100] if text else type(err).__name__))
+        raise ConfigError(f"{state_path}: not a training state cellsdk wrote ({why}); start a new run "
                           "(or restore the run folder's own last_state.pt)") from None
     if not isinstance(state, dict) or not set(state) >= _STATE_KEYS:
         raise ConfigError(f"{state_path}: not a training state cellsdk wrote (no epoch / optimiser state); "
