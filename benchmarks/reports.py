@@ -20,7 +20,7 @@ from cellsdk._io import atomic_path, write_json, write_text
 from cellsdk.benchmarks.stats import BUSY_CORES, NOISY_SPREAD
 from cellsdk.errors import BackendNotInstalledError
 
-__all__ = ["format_table", "write_reports"]
+__all__ = ["format_table", "latency_scale", "write_reports"]
 
 _COLUMNS = ("model", "prec", "px", "backend", "device", "batch", "verified", "cold s", "e2e p50", "e2e p95",
             "model p50", "img/s", "peak MB", "size MB", "acc %", "x eager", "/ bare", "conditions", "target", "result")
@@ -106,6 +106,17 @@ def _csv(report: dict[str, Any]) -> str:
     return buffer.getvalue()
 
 
+def latency_scale(rows: list[dict[str, Any]]) -> str:
+    """``log`` when the slowest row is over 20x the fastest (one eager row would squash the rest), else ``linear``.
+
+    Example:
+        >>> latency_scale([{"e2e": {"p50_ms": 2.0}}, {"e2e": {"p50_ms": 200.0}}])
+        'log'
+    """
+    values = [r["e2e"]["p50_ms"] for r in rows]
+    return "log" if values and min(values) > 0 and max(values) > 20 * min(values) else "linear"
+
+
 def _chart(report: dict[str, Any], path: Path) -> None:
     from cellsdk.plots import _pyplot
 
@@ -121,9 +132,7 @@ def _chart(report: dict[str, Any], path: Path) -> None:
     targets = {r["target_ms"] for r in rows if r.get("target_ms")}
     for target in targets:
         ax.axvline(target, color="red", linestyle="--", label=f"target {target:g} ms")
-    values = [r["e2e"]["p50_ms"] for r in rows]
-    if max(values) > 20 * min(values):  # one slow row (e.g. eager) would squash the rest to slivers
-        ax.set_xscale("log")
+    ax.set_xscale(latency_scale(rows))
     ax.set_xlabel(f"ms per image, batch {rows[0]['batch']}" + (" (log scale)" if ax.get_xscale() == "log" else ""))
     ax.invert_yaxis()
     ax.legend(loc="lower right")

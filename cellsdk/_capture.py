@@ -71,6 +71,10 @@ def capture_tool_output(path: str | os.PathLike) -> Iterator[Captured]:
     with open(captured.path, "ab") as log_file:
         os.dup2(log_file.fileno(), 1)
         os.dup2(log_file.fileno(), 2)
+        # Python-level writers too, in case sys.stdout / sys.stderr are not fds 1 and 2 (notebooks, test runners)
+        log_text = open(log_file.fileno(), "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
+        python_streams = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = log_text
         _CONSOLE.append(console)
         ours.addHandler(handler)
         ours.propagate = False
@@ -80,9 +84,12 @@ def capture_tool_output(path: str | os.PathLike) -> Iterator[Captured]:
             ours.propagate = propagate
             ours.removeHandler(handler)
             _CONSOLE.pop()
+            sys.stdout, sys.stderr = python_streams
             with contextlib.suppress(OSError, ValueError):
+                log_text.flush()
                 sys.stdout.flush()
                 sys.stderr.flush()
+            log_text.close()
             for fd, original in saved.items():
                 os.dup2(original, fd)
                 os.close(original)

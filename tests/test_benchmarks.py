@@ -82,6 +82,11 @@ def test_rows_cover_every_artefact_batch_and_the_eager_reference(report):
         for kind in ("e2e", "model_only"):
             stats = row[kind]
             assert stats["runs"] == 3 and stats["p50_ms"] <= stats["p95_ms"] <= stats["p99_ms"] <= stats["max_ms"]
+        for percentile in ("p50_ms", "p95_ms", "max_ms"):  # model time is measured inside the same calls
+            assert row["model_only"][percentile] <= row["e2e"][percentile]
+        assert row["conditions"] == "ok" or row["conditions"].startswith(("busy", "noisy"))
+        assert row["verified"] in ("passed", "reference", "unknown")
+        assert row["other_load_cores"] is None or row["other_load_cores"] >= 0
         assert row["cold_start_s"] > 0 and row["peak_memory_mb"] > 0
         assert row["status"] in ("PASS", "FAIL", "-") and (row["batch"] == 1) == (row["status"] != "-")
         assert row["speedup_vs_eager"] > 0
@@ -163,3 +168,22 @@ def test_worker_peak_memory_is_its_own_not_its_parents():
     code = "from cellsdk.benchmarks.worker import _peak_memory_mb; print(_peak_memory_mb())"
     peak = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert 1 < peak < 250 and ballast.sum() > 0
+
+
+def test_measurement_conditions_flag_busy_and_noisy_rows():
+    from cellsdk.benchmarks.stats import measurement_conditions
+
+    quiet = {"ok": True, "e2e": {"p50_ms": 10.0, "p95_ms": 12.0}, "other_load_cores": 0.05}
+    assert measurement_conditions(quiet) == "ok"
+    assert measurement_conditions({**quiet, "other_load_cores": 1.2}).startswith("busy")
+    assert "noisy" in measurement_conditions({**quiet, "e2e": {"p50_ms": 10.0, "p95_ms": 40.0}})
+    assert measurement_conditions({"ok": False}) == "-"
+
+
+def test_latency_chart_uses_a_log_axis_when_rows_differ_twentyfold():
+    from cellsdk.benchmarks.reports import latency_scale
+
+    def rows(*p50):
+        return [{"e2e": {"p50_ms": value}} for value in p50]
+
+    assert latency_scale(rows(2.0, 3.0, 30.0)) == "linear" and latency_scale(rows(2.0, 200.0)) == "log"
