@@ -72,7 +72,7 @@ def capture_tool_output(path: str | os.PathLike) -> Iterator[Captured]:
         os.dup2(log_file.fileno(), 1)
         os.dup2(log_file.fileno(), 2)
         # Python-level writers too, in case sys.stdout / sys.stderr are not fds 1 and 2 (notebooks, test runners)
-        log_text = open(log_file.fileno(), "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
+        log_text = open(log_file.fileno(), "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115 - closed in finally
         python_streams = sys.stdout, sys.stderr
         sys.stdout = sys.stderr = log_text
         _CONSOLE.append(console)

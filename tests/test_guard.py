@@ -282,9 +282,9 @@ def test_predict_prints_the_status_and_its_json_carries_the_fields(converted, tm
     model = str(converted.out_dir / "model.fp32.onnx")
     result = CliRunner().invoke(cli, ["predict", "--model", model, str(bright), str(RAW[1])])
     assert result.exit_code == 0, result.output
-    assert "OUT_OF_DISTRIBUTION" in result.output.splitlines()[0]
+    assert "OUT_OF_DISTRIBUTION" in result.stdout.splitlines()[0]
     result = CliRunner().invoke(cli, ["predict", "--model", model, "--json", "--ood", "reject", str(bright)])
-    record = json.loads(result.output.strip().splitlines()[-1])
+    record = json.loads(result.stdout.strip().splitlines()[-1])
     assert record["status"] == "out_of_distribution" and record["label"] is None and record["reasons"]
     assert isinstance(record["ood_score"], float)
 

@@ -100,7 +100,7 @@ def test_verification_status_comes_from_the_manifest_or_the_artefact_itself(conv
         warnings.simplefilter("always")
         clf = Classifier.load(folder / passed["file"])
     assert clf.verification.failed and any(issubclass(w.category, FailedVerificationWarning) for w in caught)
-    with pytest.raises(FailedVerificationError, match="accuracy -4.00 points"):
+    with pytest.raises(FailedVerificationError, match=r"accuracy -4\.00 points"):
         Classifier.load(folder / passed["file"], strict=True)
     assert passed["file"] not in Classifier.load(folder).chosen  # a folder never picks a failed artefact
 
