@@ -4,6 +4,8 @@
 - metadata and manifests: any JSON document, and valid documents with one field replaced by any JSON;
 - option validators: ``--option KEY=VALUE`` parsing, backend runtime options, the range checks, and the CLI
   itself with arbitrary option values.
+
+``CELLSDK_HYPOTHESIS_EXAMPLES`` (default 200) sets the examples per property; a soak run sets thousands.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -34,7 +37,8 @@ from hypothesis.extra import numpy as hnp  # noqa: E402
 SPEC = Preprocessing(input_size=16, crop_mode="fraction", crop_value=0.875, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
 LOW = (0 - np.asarray(SPEC.mean)) / np.asarray(SPEC.std)
 HIGH = (1 - np.asarray(SPEC.mean)) / np.asarray(SPEC.std)
-FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+EXAMPLES = int(os.environ.get("CELLSDK_HYPOTHESIS_EXAMPLES", "200"))  # a soak run sets more
+FAST = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _documented_tensor(tensor: np.ndarray) -> None:
@@ -178,7 +182,8 @@ _ENTRY = st.fixed_dictionaries({"file": _FILE_NAMES}, optional={
 })
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=max(EXAMPLES * 3 // 4, 1), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.one_of(_JSON, st.fixed_dictionaries({"artefacts": st.lists(_ENTRY, max_size=4)})))
 def test_any_manifest_loads_inside_its_folder_or_fails_with_a_typed_error(tmp_path_factory, manifest):
     folder = tmp_path_factory.mktemp("conv")
@@ -237,7 +242,7 @@ _CLI_VALUES = st.one_of(st.integers(-(2**40), 2**40).map(str), st.floats().map(s
                         st.sampled_from(["0", "-1", "1e9", "nan", "inf", "", " ", "3.5"]))
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=max(EXAMPLES // 3, 1), deadline=None)
 @given(st.sampled_from(["--top-k", "--threads"]), _CLI_VALUES)
 def test_the_cli_answers_any_option_value_in_one_line(option, value):
     from cellsdk.cli import cli
