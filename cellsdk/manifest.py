@@ -60,6 +60,10 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
         raise MetadataError(f"{path}: manifest lists no artefacts (expected 'artefacts': [{{'file': ...}}, ...])")
     for entry in artefacts:
         artefact_path(folder, entry["file"])  # every listed file must stay inside the folder
+        wrong = [key for key in ("status", "backend", "precision", "format") if key in entry
+                 and not isinstance(entry[key], str)]
+        if wrong:
+            raise MetadataError(f"{path}: {', '.join(wrong)} of {entry['file']} must be text")
         options = entry.get("runtime_options")
         if options is not None and not isinstance(options, dict):
             raise MetadataError(f"{path}: runtime_options of {entry['file']} must be an object, got "

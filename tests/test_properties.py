@@ -30,7 +30,7 @@ from cellsdk.preprocessing import preprocess
 from .conftest import SAMPLES
 
 hypothesis = pytest.importorskip("hypothesis", reason="hypothesis is not installed: pip install 'cellsdk[test]'")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.extra import numpy as hnp  # noqa: E402
 
@@ -185,6 +185,7 @@ _ENTRY = st.fixed_dictionaries({"file": _FILE_NAMES}, optional={
 @settings(max_examples=max(EXAMPLES * 3 // 4, 1), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.one_of(_JSON, st.fixed_dictionaries({"artefacts": st.lists(_ENTRY, max_size=4)})))
+@example({"artefacts": [{"file": "0", "status": "passed", "backend": [None]}]})  # found by a 2,000-example soak
 def test_any_manifest_loads_inside_its_folder_or_fails_with_a_typed_error(tmp_path_factory, manifest):
     folder = tmp_path_factory.mktemp("conv")
     (folder / "model.onnx").write_bytes(b"not really a model")

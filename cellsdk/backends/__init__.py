@@ -233,7 +233,7 @@ def get_backend(name: str) -> type[Backend]:
     Raises:
         UnsupportedFormatError: no such backend.
     """
-    if name not in _BACKENDS:
+    if not isinstance(name, str) or name not in _BACKENDS:
         raise UnsupportedFormatError(f"unknown backend {name!r}: use one of {', '.join(_BACKENDS)}")
     return _BACKENDS[name]
 
