@@ -372,8 +372,12 @@ def _load_resume(run_dir: Path, epochs: int | None) -> tuple[TrainConfig, dict[s
             state = torch.load(state_path, map_location="cpu", weights_only=True)
     except (ValueError, OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
         text = str(err).strip()
-        why = ("it holds Python objects, not only tensors; it was not loaded" if "weights only" in text.lower()
-               or isinstance(err, pickle.UnpicklingError) else (text.splitlines()[0][:100] if text else type(err).__name__))
+        if state_path.stat().st_size == 0:
+            why = "the file is empty"
+        elif "weights only" in text.lower() or isinstance(err, pickle.UnpicklingError):
+            why = "it holds Python objects, not only tensors; it was not loaded"
+        else:
+            why = text.splitlines()[0][:100] if text else type(err).__name__
         raise ConfigError(f"{state_path}: not a training state cellsdk wrote ({why}); start a new run "
                           "(or restore the run folder's own last_state.pt)") from None
     if not isinstance(state, dict) or not set(state) >= _STATE_KEYS:
