@@ -210,7 +210,7 @@ class TrainConfig:
             raise ConfigError("max_steps_per_epoch must be >= 1 when set")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
             raise ConfigError(f"seed must be a whole number in 0 .. 2**32 - 1, got {self.seed!r}")
-        if self.val_fraction is not None and not 0 < self.val_fraction < 0.9:
+        if self.val_fraction is not None and not 0 < self.val_fraction <= 0.9:
             raise ConfigError(f"val_fraction must lie between 0 and 0.9 (e.g. 0.1), got {self.val_fraction}")
 
     @classmethod
