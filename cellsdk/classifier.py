@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,8 @@ import numpy as np
 from cellsdk._validate import require_int
 from cellsdk.backends import Backend, backend_for_path, get_backend
 from cellsdk.cpu import CpuCheck, check_artefact, enforce, host_cpu
-from cellsdk.errors import ConfigError, InvalidImageError, MetadataError, ModelNotFoundError
+from cellsdk.engine import Item, run_pipeline
+from cellsdk.errors import ConfigError, MetadataError, ModelNotFoundError
 from cellsdk.guard import GUARD_MODES, Assessment, Guard
 from cellsdk.input_checks import measure
 from cellsdk.metadata import ModelMetadata, Preprocessing
@@ -63,6 +64,11 @@ def default_model_path() -> Path:
 
 
 _NOTED: set[str] = set()
+
+
+def _describe_input(index: int, image: Any) -> str:
+    """How an error names an input: a path is named by itself, anything else by its position."""
+    return os.fspath(image) if isinstance(image, (str, os.PathLike)) else f"input {index}"
 
 
 def _note_once(key: str, message: str) -> None:
@@ -218,22 +224,64 @@ class Classifier:
         Raises:
             InvalidImageError: naming the input, if it is not a usable image.
         """
-        return self._predict_many([image], 1, top_k)[0]
+        require_int("top_k", top_k, minimum=1, optional=True)
+        return self._infer([self._prepare(image, self._wants_stats)], top_k)[0]
 
-    def predict_batch(self, images: Iterable[ImageSource], *, batch_size: int = 32,
-                      top_k: int | None = None) -> list[Prediction]:
-        """Classify several images, ``batch_size`` at a time.
+    def predict_iter(self, images: Iterable[ImageSource], *, batch_size: int = 32, top_k: int | None = None,
+                     errors: str = "raise", workers: int | None = None) -> Iterator[Item[Prediction]]:
+        """Classify a stream of images through the pipelined engine (:mod:`cellsdk.engine`), in input order.
+
+        Decoding and preprocessing run on ``workers`` threads, overlapped with batched inference; at most a
+        few batches are in memory, so an iterator over millions of paths is fine.
+
+        Args:
+            images: paths, bytes, PIL images or arrays, any iterable.
+            batch_size: images per runtime call.
+            top_k: classes each :class:`Prediction` lists.
+            errors: ``raise`` (the first unusable image raises, naming it) or ``skip`` (its ``Item`` carries
+                the error instead of a prediction, and the rest go on).
+            workers: decoding threads (default: one per core but one, at least 1, at most 8).
+
+        Yields:
+            :class:`cellsdk.engine.Item`: ``index``, ``source``, ``value`` (the Prediction) or ``error``.
+
+        Example:
+            >>> clf = Classifier.load()
+            >>> [item.value.label for item in clf.predict_iter(["samples/pbc_raw/ig/MMY_163947.jpg"])]  # doctest: +SKIP
+            ['ig']
+        """
+        require_int("top_k", top_k, minimum=1, optional=True)
+        stats = self._wants_stats
+        return run_pipeline(images, prepare=lambda image: self._prepare(image, stats),
+                            infer=lambda batch: self._infer(batch, top_k), batch_size=batch_size, workers=workers,
+                            errors=errors, describe=_describe_input)
+
+    def predict_batch(self, images: Iterable[ImageSource], *, batch_size: int = 32, top_k: int | None = None,
+                      errors: str = "raise", workers: int | None = None) -> list[Prediction | None]:
+        """Classify several images, ``batch_size`` at a time, decoding in parallel (see :meth:`predict_iter`).
+
+        With ``errors="skip"`` an unusable image gives ``None`` in its place.
 
         Raises:
-            InvalidImageError: naming the first unusable input and its position.
+            InvalidImageError: naming the first unusable input and its position (``errors="raise"``).
         """
-        return self._predict_many(list(images), batch_size, top_k)
+        return [item.value for item in self.predict_iter(images, batch_size=batch_size, top_k=top_k, errors=errors,
+                                                         workers=workers)]
 
-    def predict_proba(self, images: ImageSource | Sequence[ImageSource], *, batch_size: int = 32) -> np.ndarray:
+    def predict_proba(self, images: ImageSource | Sequence[ImageSource], *, batch_size: int = 32,
+                      workers: int | None = None) -> np.ndarray:
         """Class probabilities: shape ``C`` for one image, ``N x C`` for a list (or an ``N x H x W x C`` array)."""
         if isinstance(images, (list, tuple)) or (isinstance(images, np.ndarray) and images.ndim == 4):
-            return self._proba(self._forward_many(list(images), batch_size, stats=False)[0])
-        return self._proba(self._forward_many([images], 1, stats=False)[0])[0]  # type: ignore[list-item]
+            rows: list[np.ndarray] = [item.value for item in run_pipeline(  # type: ignore[misc]
+                list(images), prepare=lambda image: self._prepare(image, False)[0],
+                infer=lambda batch: list(self._proba(self.run_outputs(np.stack(batch))["logits"])),
+                batch_size=batch_size, workers=workers, describe=_describe_input)]
+            return np.stack(rows) if rows else np.zeros((0, len(self._labels)))
+        return self._proba(self.run_outputs(self._prepare(images, False)[0][None])["logits"])[0]  # type: ignore[arg-type]
+
+    @property
+    def _wants_stats(self) -> bool:
+        return self.guard is not None and self.guard.input_checks is not None
 
     def _prepare(self, image: ImageSource, stats: bool) -> tuple[np.ndarray, dict[str, float] | None]:
         """The model input of one image, and its input-check statistics when the guard has checks."""
@@ -241,38 +289,15 @@ class Classifier:
         measured = measure(np.asarray(prepared)) if stats else None
         return to_input_array(prepared, self._spec), measured
 
-    def _forward_many(self, images: list[ImageSource], batch_size: int, *, stats: bool
-                      ) -> tuple[np.ndarray, np.ndarray | None, list[dict[str, float] | None]]:
-        """Logits, features (None if the model has none) and image statistics of every image."""
-        require_int("batch_size", batch_size, minimum=1)
-        stats = stats and self.guard is not None and self.guard.input_checks is not None
-        logits, features, measured = [], [], []
-        for start in range(0, len(images), batch_size):
-            arrays = []
-            for offset, image in enumerate(images[start:start + batch_size]):
-                try:
-                    array, image_stats = self._prepare(image, stats)
-                except InvalidImageError as err:
-                    where = "" if isinstance(image, (str, os.PathLike)) else f"input {start + offset} "
-                    raise InvalidImageError(f"{where}{err}") from None
-                arrays.append(array)
-                measured.append(image_stats)
-            outputs = self.run_outputs(np.stack(arrays))
-            logits.append(outputs["logits"])
-            if "features" in outputs:
-                features.append(outputs["features"])
-        if not logits:
-            return np.zeros((0, len(self._labels))), None, []
-        return (np.concatenate(logits).astype(np.float64, copy=False),
-                np.concatenate(features) if features else None, measured)
-
-    def _predict_many(self, images: list[ImageSource], batch_size: int, top_k: int | None) -> list[Prediction]:
-        require_int("top_k", top_k, minimum=1, optional=True)
-        logits, features, measured = self._forward_many(images, batch_size, stats=True)
+    def _infer(self, prepared: list[tuple[np.ndarray, dict[str, float] | None]], top_k: int | None
+               ) -> list[Prediction]:
+        """Predictions for prepared images: one runtime call (split to the model's batch limit), then the guard."""
+        outputs = self.run_outputs(np.stack([array for array, _ in prepared]))
+        logits = outputs["logits"].astype(np.float64, copy=False)
         probabilities = self._proba(logits)
         verdicts: list[Assessment] | None = None
-        if self.guard is not None and len(logits):
-            verdicts = self.guard.assess(logits, features, measured, probabilities)
+        if self.guard is not None:
+            verdicts = self.guard.assess(logits, outputs.get("features"), [m for _, m in prepared], probabilities)
         return [self._prediction(row, top_k, verdicts[i] if verdicts else None)
                 for i, row in enumerate(probabilities)]
 

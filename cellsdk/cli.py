@@ -429,6 +429,9 @@ def _expand_images(paths: tuple[Path, ...]) -> list[Path]:
 @click.option("--device", default="auto", show_default=True)
 @click.option("--threads", type=THREADS, default=None, help="Inference threads (default: the runtime's choice).")
 @click.option("--top-k", type=POSITIVE, default=1, show_default=True, help="Classes to show per image.")
+@click.option("--batch-size", type=POSITIVE, default=32, show_default=True, help="Images per runtime call.")
+@click.option("--workers", type=click.IntRange(1, 256), default=None,
+              help="Decoding threads, overlapped with inference [default: one per core but one, 1 to 8].")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--strict", is_flag=True, help="Refuse a model that failed verification, or an int8 model not verified "
               "on this machine's CPU class.")
@@ -437,12 +440,12 @@ def _expand_images(paths: tuple[Path, ...]) -> list[Path]:
                    "(no label for images it flags) or off.")
 @_friendly_errors
 def predict_command(images: tuple[Path, ...], model_path: Path | None, backend: str | None, device: str,
-                    threads: int | None, top_k: int, as_json: bool, strict: bool, ood_mode: str) -> None:
+                    threads: int | None, top_k: int, batch_size: int, workers: int | None, as_json: bool,
+                    strict: bool, ood_mode: str) -> None:
     """Classify IMAGES (files or folders); one line per image. Exit status 1 if any image failed."""
     import json
 
     from cellsdk.classifier import Classifier
-    from cellsdk.errors import InvalidImageError
 
     options: dict[str, Any] = {"threads": threads} if threads is not None else {}
     _show_cellsdk_warnings_in_one_line()
@@ -456,14 +459,14 @@ def predict_command(images: tuple[Path, ...], model_path: Path | None, backend: 
     else:
         click.echo(f"using {classifier.path.name}: {classifier.verification.describe()}", err=True)
     failed = 0
-    for path in _expand_images(images):
-        try:
-            prediction = classifier.predict(path)
-        except InvalidImageError as err:
+    for item in classifier.predict_iter(_expand_images(images), batch_size=batch_size, workers=workers,
+                                        errors="skip"):
+        path, prediction = item.source, item.value
+        if item.error is not None or prediction is None:
             failed += 1
             if as_json:
-                click.echo(json.dumps({"path": str(path), "error": str(err)}))
-            click.echo(f"error: {err}", err=True)
+                click.echo(json.dumps({"path": str(path), "error": str(item.error)}))
+            click.echo(f"error: {item.error}", err=True)
             continue
         if as_json:
             record = prediction.to_dict()

@@ -104,11 +104,10 @@ def _run(classifier: Any, images: Sequence[Any], batch_size: int, *, desc: str, 
     """Every image's Prediction, with a progress bar; an unreadable image is a DatasetError naming ``what``."""
     predictions = []
     bar = progress_bar(len(images), desc, progress)
-    try:
-        for start in range(0, len(images), batch_size):
-            chunk = list(images[start:start + batch_size])
-            predictions.extend(classifier.predict_batch(chunk, batch_size=batch_size))
-            bar.update(len(chunk))
+    try:  # the pipelined engine: decoding on threads, overlapped with batched inference
+        for item in classifier.predict_iter(images, batch_size=batch_size):
+            predictions.append(item.value)
+            bar.update(1)
     except InvalidImageError as err:
         raise DatasetError(f"bad {what} image: {err}") from None
     finally:

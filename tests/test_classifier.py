@@ -115,7 +115,7 @@ def test_bad_inputs_name_the_input(classifier, tmp_path):
         classifier.predict(broken)
     with pytest.raises(InvalidImageError, match="no such file"):
         classifier.predict(tmp_path / "missing.png")
-    with pytest.raises(InvalidImageError, match=r"input 1 <array"):
+    with pytest.raises(InvalidImageError, match=r"input 1: <array"):
         classifier.predict_batch([IMAGES[0], np.zeros((2, 2, 7), np.uint8)])
     with pytest.raises(InvalidImageError, match="unsupported input type"):
         classifier.predict(12345)  # type: ignore[arg-type]
