@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from cellsdk.errors import CellSDKError
+from cellsdk.errors import CellSDKError, describe_os_error
 
 __all__ = ["run_script"]
 
@@ -28,8 +28,7 @@ def run_script(main: Callable[[], Any], *, prog: str) -> None:
     except CellSDKError as err:
         sys.exit(f"{prog}: error: {err}")
     except OSError as err:
-        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
-        sys.exit(f"{prog}: error: {where}{err.strerror or err}")
+        sys.exit(f"{prog}: error: {describe_os_error(err)}")
     except KeyboardInterrupt:
         sys.exit(f"{prog}: interrupted")
     sys.exit(result if isinstance(result, int) else 0)

@@ -31,7 +31,7 @@ from cellsdk._io import artefact_files
 from cellsdk._machine import machine_info, package_versions
 from cellsdk._progress import progress_bar
 from cellsdk._validate import require_float, require_int
-from cellsdk.backends import backend_for_path, get_backend
+from cellsdk.backends import MAX_THREADS, backend_for_path, get_backend
 from cellsdk.benchmarks.stats import judge, load_targets, measurement_conditions
 from cellsdk.errors import ConfigError, ModelNotFoundError
 from cellsdk.manifest import artefact_path, read_manifest
@@ -88,7 +88,7 @@ class BenchConfig:
             raise ConfigError(f"batch sizes must be >= 1, got {self.batches}")
         if self.iterations < 1 or self.warmup < 0:
             raise ConfigError("iterations must be >= 1 and warmup >= 0")
-        require_int("threads", self.threads, minimum=1, maximum=256, optional=True)
+        require_int("threads", self.threads, minimum=1, maximum=MAX_THREADS, optional=True)
         require_float("duration", self.duration, minimum=0, exclusive=True, optional=True)
         require_int("eval_limit", self.eval_limit, minimum=1, optional=True)
 

@@ -26,7 +26,7 @@ from typing import Any
 import click
 
 from cellsdk._version import __version__
-from cellsdk.errors import CellSDKError
+from cellsdk.errors import CellSDKError, describe_os_error
 
 __all__ = [
     "bench_command",
@@ -65,8 +65,7 @@ def _friendly_errors(function: Callable[..., Any]) -> Callable[..., Any]:
             _silence_stdout()
             raise SystemExit(0) from None
         except OSError as err:
-            where = f"{err.filename}: " if getattr(err, "filename", None) else ""
-            raise click.ClickException(f"{where}{err.strerror or err}") from None
+            raise click.ClickException(describe_os_error(err)) from None
         except _Terminated:  # the stack has unwound (staging folders removed); leave without interpreter teardown,
             # which can crash inside native libraries interrupted mid-call (seen once with torch's exporter)
             click.echo("Error: terminated (SIGTERM); nothing half-written was left behind", err=True)

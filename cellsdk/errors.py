@@ -32,7 +32,19 @@ __all__ = [
     "TrainingError",
     "UnsupportedFormatError",
     "UnverifiedCpuError",
+    "describe_os_error",
 ]
+
+
+def describe_os_error(err: OSError) -> str:
+    """An OS error as one line naming the file, e.g. ``model.onnx: Permission denied``.
+
+    Example:
+        >>> describe_os_error(FileNotFoundError(2, "No such file or directory", "m.onnx"))
+        'm.onnx: No such file or directory'
+    """
+    where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+    return f"{where}{err.strerror or err}"
 
 
 class CellSDKError(Exception):

@@ -29,7 +29,7 @@ from cellsdk.errors import MetadataError, UnsupportedFormatError
 
 __all__ = [
     "MANIFEST_NAME", "STATUS_FAILED", "STATUS_NOT_VERIFIED", "STATUS_PASSED", "artefact_path", "choose_artefact",
-    "read_manifest",
+    "manifest_entry", "read_manifest",
 ]
 
 MANIFEST_NAME = "manifest.json"
@@ -69,6 +69,24 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
             raise MetadataError(f"{path}: runtime_options of {entry['file']} must be an object, got "
                                 f"{type(options).__name__}")
     return manifest
+
+
+def manifest_entry(artefact: str | os.PathLike) -> dict[str, Any] | None:
+    """The entry for ``artefact`` in the ``manifest.json`` beside it, or None (no manifest, unreadable, not listed).
+
+    Example:
+        >>> manifest_entry("no/such/model.onnx") is None
+        True
+    """
+    path = Path(artefact)
+    manifest = path.parent / MANIFEST_NAME
+    if not manifest.is_file():
+        return None
+    try:
+        data = parse_json(manifest.read_bytes())
+        return next(a for a in data.get("artefacts", []) if isinstance(a, dict) and a.get("file") == path.name)
+    except (ValueError, OSError, StopIteration, AttributeError):
+        return None
 
 
 def artefact_path(folder: str | os.PathLike, file: Any) -> Path:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -69,7 +68,9 @@ def artefact_verification(path: str | os.PathLike, metadata: Any) -> Verificatio
     The manifest beside the artefact wins (it also knows the gates a file's own metadata cannot record, e.g.
     a failure on an emulated CPU class); else the artefact's own ``native`` records.
     """
-    entry = _manifest_entry(Path(path))
+    from cellsdk.manifest import manifest_entry
+
+    entry = manifest_entry(path)
     if entry is not None and isinstance(entry.get("status"), str):
         reasons = tuple(str(r) for r in entry.get("reasons") or [] if r)
         status = entry["status"] if entry["status"] in (PASSED, FAILED, NOT_VERIFIED) else UNKNOWN
@@ -103,17 +104,3 @@ def enforce_verification(verification: Verification, *, name: str, strict: bool)
     if name not in _WARNED:
         _WARNED.add(name)
         warnings.warn(f"{message}; --strict / strict=True refuses it", FailedVerificationWarning, stacklevel=3)
-
-
-def _manifest_entry(path: Path) -> dict[str, Any] | None:
-    """The entry for ``path`` in the manifest of its folder, or None (no manifest, unreadable, not listed)."""
-    from cellsdk.errors import CellSDKError
-    from cellsdk.manifest import MANIFEST_NAME, read_manifest
-
-    if not (path.parent / MANIFEST_NAME).is_file():
-        return None
-    try:
-        manifest = read_manifest(path.parent)
-    except CellSDKError:
-        return None
-    return next((a for a in manifest["artefacts"] if a.get("file") == path.name), None)

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from cellsdk._io import parse_json, write_json
+from cellsdk._io import write_json
 from cellsdk.backends import backend_for_path
 from cellsdk.converters.base import get_converter
 from cellsdk.converters.calibration import evaluation_set
@@ -38,7 +38,7 @@ from cellsdk.converters.targets import CpuTargets, verify_on_targets
 from cellsdk.converters.verify import VerifyConfig, reference_logits, verify_artefact
 from cellsdk.errors import ConfigError
 from cellsdk.info import read_metadata
-from cellsdk.manifest import MANIFEST_NAME, STATUS_FAILED, STATUS_PASSED
+from cellsdk.manifest import MANIFEST_NAME, STATUS_FAILED, STATUS_PASSED, manifest_entry
 
 __all__ = ["verify_deployed"]
 
@@ -68,7 +68,8 @@ def verify_deployed(artefact: str | os.PathLike, data: str | os.PathLike, *, ref
     images = evaluation_set(data, metadata, split=split, data_cropped=data_cropped, labels=labels, limit=limit,
                             seed=seed)
     logits = _reference(Path(reference), metadata, images)
-    manifest_path, entry = _manifest_entry(path)
+    entry = manifest_entry(path)
+    manifest_path = path.parent / MANIFEST_NAME if entry is not None else None
     options = (entry or {}).get("runtime_options") or get_converter(fmt).verify_options(metadata.precision)
     native = targets.names and "native" in targets.names
     outputs: dict[str, np.ndarray] = {}
@@ -116,18 +117,6 @@ def _reference(reference: Path, metadata: Any, images: Any) -> np.ndarray:
         raise ConfigError(f"{reference} was converted from another checkpoint than {metadata.arch} artefact "
                           "under test; pass a float artefact of the same source")
     return np.concatenate([ref.raw_outputs(b) for b in images.batches(64)]).astype(np.float64)
-
-
-def _manifest_entry(path: Path) -> tuple[Path | None, dict[str, Any] | None]:
-    manifest = path.parent / MANIFEST_NAME
-    if not manifest.is_file():
-        return None, None
-    try:
-        data = parse_json(manifest.read_bytes())
-        entry = next(a for a in data.get("artefacts", []) if isinstance(a, dict) and a.get("file") == path.name)
-    except (ValueError, OSError, StopIteration, AttributeError):
-        return None, None
-    return manifest, entry
 
 
 def _update_manifest(manifest: Path, path: Path, records: list[dict[str, Any]]) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cellsdk._validate import require_float, require_int
 from cellsdk.errors import ConfigError
 from cellsdk.metadata import CROP_MODES, RESIZE_FILTERS
 
@@ -208,10 +209,8 @@ class TrainConfig:
             raise ConfigError("freeze_epochs, patience and workers must be >= 0")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             raise ConfigError("max_steps_per_epoch must be >= 1 when set")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2**32:
-            raise ConfigError(f"seed must be a whole number in 0 .. 2**32 - 1, got {self.seed!r}")
-        if self.val_fraction is not None and not 0 < self.val_fraction <= 0.9:
-            raise ConfigError(f"val_fraction must lie between 0 and 0.9 (e.g. 0.1), got {self.val_fraction}")
+        require_int("seed", self.seed, minimum=0, maximum=2**32 - 1)
+        require_float("val_fraction", self.val_fraction, minimum=0, exclusive=True, maximum=0.9, optional=True)
 
     @classmethod
     def quick(cls, **overrides: Any) -> TrainConfig:
