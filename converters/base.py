@@ -45,7 +45,7 @@ class ExportJob:
     model: Any
     metadata: ModelMetadata
     workdir: Path
-    dynamic_batch: bool = False
+    dynamic_batch: bool = True
     calibration: Any = None
     int8_recipe: str = "portable"
     _cache: dict[str, Any] = field(default_factory=dict)

@@ -74,7 +74,8 @@ class ConvertConfig:
         data_cropped: the dataset images already have the model's crop.
         labels: the datasets' class names, if their folders do not give them.
         input_size: export at another input size than the checkpoint's.
-        dynamic_batch: make the batch dimension dynamic (default batch 1).
+        dynamic_batch: make the batch dimension dynamic (the default: batched inference, and batch 1 is as fast
+            as a static model's); False fixes it at 1.
         verify: the gate's thresholds.
         force_calib: accept too few calibration images or ones that overlap evaluation.
         int8_recipe: ``portable`` (safe on every CPU class, the default) or ``vnni`` (full 8-bit weights,
@@ -96,7 +97,7 @@ class ConvertConfig:
     data_cropped: bool = False
     labels: str | None = None
     input_size: int | None = None
-    dynamic_batch: bool = False
+    dynamic_batch: bool = True
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     force_calib: bool = False
     int8_recipe: str = "portable"

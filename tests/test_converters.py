@@ -203,6 +203,10 @@ def test_cli_convert_table_and_exit_status(tiny_run, tmp_path, monkeypatch):
     result = runner.invoke(convert_command, args)
     assert result.exit_code == 0, result.output
     assert "model.fp32.onnx" in result.output and "manifest.json" in result.output
+    assert Classifier.load(tmp_path / "c" / "model.fp32.onnx").backend.max_batch is None  # dynamic by default
+    static = runner.invoke(convert_command, [*args[:2], str(tmp_path / "s"), *args[3:], "--static-batch"])
+    assert static.exit_code == 0, static.output
+    assert Classifier.load(tmp_path / "s" / "model.fp32.onnx").backend.max_batch == 1
 
     def failing(*a, **k):
         return {"status": "failed", "reasons": ["recall of ig fell 5.00 points (limit 2.00)"], "images": 32}
@@ -217,7 +221,7 @@ def test_cli_convert_table_and_exit_status(tiny_run, tmp_path, monkeypatch):
 
 def test_input_size_and_dynamic_batch(tiny_run, tmp_path):
     config = ConvertConfig(formats=("onnx", "openvino"), eval=str(SAMPLES), data_cropped=True, input_size=48,
-                           dynamic_batch=True, verify=TINY_GATE)
+                           verify=TINY_GATE)  # a dynamic batch is the default
     result = convert(tiny_run.best_checkpoint, tmp_path / "out", config, progress=False)
     assert [a["status"] for a in result.manifest["artefacts"]] == ["passed", "passed"]
     for entry in result.manifest["artefacts"]:
