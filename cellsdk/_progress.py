@@ -25,6 +25,8 @@ class _Silent:
 
 def progress_bar(total: int, desc: str, enabled: bool = True, unit: str = "img") -> Any:
     """A tqdm bar that clears itself when done; a silent one when ``enabled`` is False or tqdm is absent."""
+    if not enabled:  # importing tqdm.auto costs ~0.1 s: not for a bar nobody sees
+        return _Silent()
     try:
         from tqdm.auto import tqdm
     except ImportError:

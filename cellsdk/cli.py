@@ -401,49 +401,78 @@ def info_command(path: Path, as_json: bool) -> None:
         click.echo(describe(path))
 
 
-def _expand_images(paths: tuple[Path, ...]) -> list[Path]:
-    """Files as given; folders expanded to the image files under them, sorted."""
-    from cellsdk.datasets import IMAGE_EXTENSIONS
-
-    out: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                           and not p.name.startswith("."))
-            if not found:
-                raise click.ClickException(f"{path}: a folder with no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}"
-                                           "); pass image files or a folder that holds some")
-            out.extend(found)
-        else:
-            out.append(path)
-    return out
-
-
 @click.command("predict", context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="cellsdk")
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--from-list", "from_list", type=click.Path(path_type=Path, allow_dash=True), default=None,
+              help="A file with one image path (or folder) per line; - reads standard input.")
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
               help="A model file or a cellsdk-convert output folder [default: the shipped blood-cell model].")
 @click.option("--backend", default=None, help="Force a backend: onnxruntime, openvino, torchscript, coreml.")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--threads", type=THREADS, default=None, help="Inference threads (default: the runtime's choice).")
+@click.option("--threads", type=THREADS, default=None,
+              help="Inference threads [default: half the cores, at least 1; with --engine ray, 1 per actor].")
 @click.option("--top-k", type=POSITIVE, default=1, show_default=True, help="Classes to show per image.")
 @click.option("--batch-size", type=POSITIVE, default=32, show_default=True, help="Images per runtime call.")
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
-              help="Decoding threads, overlapped with inference [default: one per core but one, 1 to 8].")
+              help="Decoding threads, overlapped with inference [default: the cores --threads leaves, at least 1].")
+@click.option("--out", "out_path", type=click.Path(path_type=Path), default=None,
+              help="Write one row per image to a .csv, .jsonl or .parquet file instead of printing; an interrupted "
+                   "run continues where it stopped.")
+@click.option("--overwrite", is_flag=True, help="With --out: start again instead of continuing.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this machine; ray: a Ray cluster (needs --out DIR.parquet and cellsdk[ray]).")
+@click.option("--address", default=None, help="With --engine ray: the cluster (auto, ray://host:10001) "
+              "[default: start a local one].")
+@click.option("--actors", type=click.IntRange(1, 1024), default=None,
+              help="With --engine ray: model replicas, one CPU each [default: 1].")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--strict", is_flag=True, help="Refuse a model that failed verification, or an int8 model not verified "
               "on this machine's CPU class.")
 @click.option("--ood", "ood_mode", type=click.Choice(["flag", "reject", "off"]), default="flag", show_default=True,
               help="The model's out-of-distribution guard: flag (status and reasons beside the label), reject "
                    "(no label for images it flags) or off.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 @_friendly_errors
-def predict_command(images: tuple[Path, ...], model_path: Path | None, backend: str | None, device: str,
-                    threads: int | None, top_k: int, batch_size: int, workers: int | None, as_json: bool,
-                    strict: bool, ood_mode: str) -> None:
-    """Classify IMAGES (files or folders); one line per image. Exit status 1 if any image failed."""
-    import json
+def predict_command(images: tuple[Path, ...], from_list: Path | None, model_path: Path | None, backend: str | None,
+                    device: str, threads: int | None, top_k: int, batch_size: int, workers: int | None,
+                    out_path: Path | None, overwrite: bool, engine: str, address: str | None, actors: int | None,
+                    as_json: bool, strict: bool, ood_mode: str, quiet: bool) -> None:
+    """Classify IMAGES (files or folders) and/or the paths in --from-list: one line per image, or a result file
+    (--out). Exit status 1 if any image failed."""
+    from cellsdk.engine import default_split
+    from cellsdk.jobs import count_inputs, iter_inputs, run_job
 
+    if not images and from_list is None:
+        raise click.UsageError("give IMAGES (files or folders) or --from-list FILE")
+    if engine == "ray":
+        _predict_on_ray(images, from_list, model_path, out_path, overwrite=overwrite, address=address,
+                        actors=actors or 1, batch_size=batch_size, threads=threads, workers=workers,
+                        ood=ood_mode, strict=strict, backend=backend, device=device, quiet=quiet)
+        return
+    for name, value in (("--address", address), ("--actors", actors)):
+        if value is not None:
+            raise click.UsageError(f"{name} is a Ray option: add --engine ray")
+    if overwrite and out_path is None:
+        raise click.UsageError("--overwrite goes with --out FILE")
+    threads = default_split()[1] if threads is None else threads
+    workers = max(1, (os.cpu_count() or 2) - threads) if workers is None else workers
+    classifier = _load_for_predict(model_path, backend, device, threads, top_k, strict, ood_mode)
+    inputs = iter_inputs(images, from_list)
+    if out_path is not None:
+        total = None if quiet else count_inputs(images, from_list)
+        summary = run_job(classifier, inputs, out_path, batch_size=batch_size, workers=workers, overwrite=overwrite,
+                          progress=not quiet, total=total,
+                          on_error=lambda path, reason: click.echo(f"error: {reason}", err=True))
+        _print_summary(summary)
+        if summary.errors:
+            raise SystemExit(1)
+        return
+    _print_predictions(classifier, inputs, batch_size=batch_size, workers=workers, as_json=as_json)
+
+
+def _load_for_predict(model_path: Path | None, backend: str | None, device: str, threads: int | None, top_k: int,
+                      strict: bool, ood_mode: str) -> Any:
     from cellsdk.classifier import Classifier
 
     options: dict[str, Any] = {"threads": threads} if threads is not None else {}
@@ -457,9 +486,14 @@ def predict_command(images: tuple[Path, ...], model_path: Path | None, backend: 
                    "MODEL_CARD.md in the cellsdk repository)", err=True)
     else:
         click.echo(f"using {classifier.path.name}: {classifier.verification.describe()}", err=True)
+    return classifier
+
+
+def _print_predictions(classifier: Any, inputs: Any, *, batch_size: int, workers: int | None, as_json: bool) -> None:
+    import json
+
     failed = 0
-    for item in classifier.predict_iter(_expand_images(images), batch_size=batch_size, workers=workers,
-                                        errors="skip"):
+    for item in classifier.predict_iter(inputs, batch_size=batch_size, workers=workers, errors="skip"):
         path, prediction = item.source, item.value
         if item.error is not None or prediction is None:
             failed += 1
@@ -477,6 +511,46 @@ def predict_command(images: tuple[Path, ...], model_path: Path | None, backend: 
                 f" (+{len(prediction.reasons) - 1} more)" if len(prediction.reasons) > 1 else "")
             click.echo(f"{path}\t{ranked}{status}")
     if failed:
+        raise SystemExit(1)
+
+
+def _print_summary(summary: Any) -> None:
+    from cellsdk.jobs import job_file
+
+    click.echo(summary.table())
+    resumed = f", {summary.resumed} from an earlier run" if summary.resumed else ""
+    rate = summary.new / summary.seconds if summary.seconds > 0 else 0.0
+    where = (f"{summary.out}/ (a Parquet folder)" if summary.out.is_dir() else
+             f"{summary.out} (summary in {job_file(summary.out).name})")
+    click.echo(f"wrote {where}: {summary.rows} rows, {summary.new} new{resumed}; {summary.seconds:.1f} s, "
+               f"{rate:.0f} images/s")
+
+
+def _predict_on_ray(images: tuple[Path, ...], from_list: Path | None, model_path: Path | None,
+                    out_path: Path | None, **options: Any) -> None:
+    from cellsdk.distributed import predict_files
+    from cellsdk.jobs import iter_inputs
+
+    if out_path is None:
+        raise click.UsageError("--engine ray writes Parquet: add --out DIR.parquet")
+    if out_path.suffix.lower() != ".parquet":
+        raise click.UsageError(f"--engine ray writes a Parquet folder, not {out_path.suffix or 'no suffix'}: use "
+                               f"--out {out_path.with_suffix('.parquet')}")
+    options.pop("quiet")  # Ray's own progress output is off; the summary prints at the end
+    if options["workers"] is None:
+        options.pop("workers")
+    else:
+        options["workers_per_actor"] = options.pop("workers")
+    threads = options.pop("threads")
+    if threads is not None:
+        options["threads_per_actor"] = threads
+    for key in ("backend", "device"):
+        if options[key] in (None, "auto"):
+            options.pop(key)
+    listed = [str(p) for p in iter_inputs((), from_list)] if from_list is not None else []
+    summary = predict_files([*map(str, images), *listed], out_path, model_path, **options)
+    _print_summary(summary)
+    if summary.errors:
         raise SystemExit(1)
 
 
@@ -499,7 +573,8 @@ def _split_list(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--input-size", type=click.IntRange(8, 4096), default=None,
               help="Export at this input size [default: the checkpoint's].")
-@click.option("--dynamic-batch", is_flag=True, help="Dynamic batch dimension (default: batch 1).")
+@click.option("--dynamic-batch/--static-batch", default=True, show_default=True,
+              help="Batch dimension: dynamic (any batch per call) or fixed at 1.")
 @click.option("--data-cropped", is_flag=True, help="The data's images already have the model's crop.")
 @click.option("--labels", default=None, help="Class names of the data, if its folders do not give them.")
 @click.option("--max-accuracy-drop", type=PERCENT, default=0.5, show_default=True, help="Points.")
@@ -611,7 +686,7 @@ def _cpu_notes(manifest: dict[str, Any]) -> list[str]:
 
 @click.command("bench", context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="cellsdk")
-@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("models", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--device", "devices", default="auto", show_default=True, help="cpu,cuda,mps,coreml or auto (all).")
 @click.option("--batch", "batches", default="1,32", show_default=True, help="Batch sizes, comma-separated.")
 @click.option("--threads", type=THREADS, default=None, help="Inference threads (default: each runtime's).")
@@ -628,13 +703,32 @@ def _cpu_notes(manifest: dict[str, Any]) -> list[str]:
 @click.option("--strict", is_flag=True, help="Leave out artefacts that failed verification (or int8 ones not "
               "verified on this CPU class) instead of measuring them and judging them FAIL.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="Folder for results.json / .md / .csv and latency.png.")
+              help="Folder for results.json / .md / .csv and latency.png (throughput.json / .md with --throughput).")
+@click.option("--throughput", "throughput_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Instead: images/s, CPU use and peak memory over this folder for the local engine, the Ray "
+                   "engine and a hand-written reference pipeline (MODELS: at most one ONNX model [default: the "
+                   "shipped one]).")
+@click.option("--splits", default=None, help="With --throughput: decode x runtime thread splits, e.g. 1x1,1x2 "
+              "[default: every useful split of this machine's cores].")
+@click.option("--ray-actors", default="1,2", show_default=True, help="With --throughput: Ray actor counts, or none.")
+@click.option("--repeat", type=POSITIVE, default=1, show_default=True,
+              help="With --throughput: go over the folder's images this many times.")
+@click.option("--rounds", type=click.IntRange(1, 100), default=3, show_default=True,
+              help="With --throughput: runs of every configuration, interleaved (medians reported).")
 @click.option("--quiet", is_flag=True)
 @_friendly_errors
 def bench_command(models: tuple[Path, ...], devices: str, batches: str, out_dir: Path | None, quiet: bool,
+                  throughput_dir: Path | None, splits: str | None, ray_actors: str, repeat: int, rounds: int,
                   **options: Any) -> None:
-    """Benchmark MODELS (files or cellsdk-convert folders): latency, throughput, memory, accuracy, PASS/FAIL."""
+    """Benchmark MODELS (files or cellsdk-convert folders): latency, throughput, memory, accuracy, PASS/FAIL;
+    or, with --throughput DIR, whole-folder throughput of every engine against a hand-written reference."""
     from cellsdk.benchmarks import BenchConfig, format_table, run_benchmark, write_reports
+
+    if throughput_dir is not None:
+        _bench_throughput(throughput_dir, models, out_dir, quiet, splits, ray_actors, repeat, rounds)
+        return
+    if not models:
+        raise click.UsageError("give MODELS (files or cellsdk-convert folders), or --throughput DIR")
 
     try:
         batch_sizes = tuple(int(b) for b in _split_list((batches,)))
@@ -656,6 +750,30 @@ def bench_command(models: tuple[Path, ...], devices: str, batches: str, out_dir:
     if report["failed"]:
         raise click.ClickException(f"{report['failed']} row(s) failed: latency target missed, artefact failed "
                                    "verification, or an error (see the result column and the notes)")
+
+def _bench_throughput(folder: Path, models: tuple[Path, ...], out_dir: Path | None, quiet: bool, splits: str | None,
+                      ray_actors: str, repeat: int, rounds: int) -> None:
+    from cellsdk.benchmarks.throughput import ThroughputConfig, format_throughput, run_throughput, write_throughput
+
+    if len(models) > 1:
+        raise click.UsageError("--throughput measures one model: give at most one")
+    try:
+        pairs = tuple(tuple(int(n) for n in part.lower().split("x")) for part in _split_list((splits,))) \
+            if splits else None
+        actors = () if ray_actors.strip().lower() == "none" else tuple(int(n) for n in _split_list((ray_actors,)))
+    except ValueError:
+        raise click.ClickException(f"--splits {splits!r} / --ray-actors {ray_actors!r}: use e.g. --splits 1x1,1x2 "
+                                   "--ray-actors 1,2 (or none)") from None
+    if pairs is not None and any(len(pair) != 2 for pair in pairs):
+        raise click.ClickException(f"--splits {splits!r}: each split is DECODExRUNTIME, e.g. 1x2")
+    config = ThroughputConfig(folder=str(folder), model=str(models[0]) if models else None, ray_actors=actors,
+                              repeat=repeat, rounds=rounds, **({"splits": pairs} if pairs else {}))  # type: ignore[arg-type]
+    report = run_throughput(config, progress=None if quiet else lambda line: click.echo(line, err=True))
+    click.echo(format_throughput(report))
+    if out_dir is not None:
+        for path in write_throughput(report, out_dir):
+            click.echo(f"wrote {path}")
+
 
 for _command in (train_command, eval_command, calibrate_command, predict_command, info_command, convert_command,
                  verify_command, bench_command):
