@@ -286,9 +286,8 @@ class Classifier:
 
     def _prepare(self, image: ImageSource, stats: bool) -> tuple[np.ndarray, dict[str, float] | None]:
         """The model input of one image, and its input-check statistics when the guard has checks."""
-        prepared = prepare_image(load_image(image), self._spec)
-        measured = measure(np.asarray(prepared)) if stats else None
-        return to_input_array(prepared, self._spec), measured
+        pixels = np.asarray(prepare_image(load_image(image), self._spec))  # one copy out of Pillow, used twice
+        return to_input_array(pixels, self._spec), measure(pixels) if stats else None
 
     def _infer(self, prepared: list[tuple[np.ndarray, dict[str, float] | None]], top_k: int | None
                ) -> list[Prediction]:

@@ -51,32 +51,56 @@ CHECKS: dict[str, tuple[tuple[str, ...], str]] = {
 _STATISTICS = tuple(s for stats, _ in CHECKS.values() for s in stats)
 
 
+def _percentiles(values: np.ndarray, qs: tuple[float, ...]) -> list[float]:
+    """``np.percentile(values, qs)`` (linear method), from one partition: the same numbers, a third of the time."""
+    flat = values.ravel()
+    last = flat.size - 1
+    positions = [q / 100 * last for q in qs]
+    below = [int(np.floor(p)) for p in positions]
+    kth = sorted({i for b in below for i in (b, min(b + 1, last))})
+    ordered = np.partition(flat, kth)
+    out = []
+    for position, low in zip(positions, below, strict=True):
+        a, b = ordered[low], ordered[min(low + 1, last)]
+        t = position - low
+        diff = b - a  # numpy's _lerp, term for term
+        out.append(float(b - diff * (1 - t) if t >= 0.5 else a + diff * t))
+    return out
+
+
 def measure(image: np.ndarray) -> dict[str, float]:
-    """The statistics of one prepared 8-bit RGB image (``H x W x 3``)."""
+    """The statistics of one prepared 8-bit RGB image (``H x W x 3``).
+
+    Runs on the engine's decoding threads for every image, so it avoids BLAS (a matrix product here woke
+    OpenBLAS's threads, which then competed with the runtime's) and whole-image temporaries it does not need.
+    """
     rgb = np.asarray(image, dtype=np.float32)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]  # per-channel views: reductions over the last axis are slow
-    total = r + g + b + 1e-3
-    luminance = rgb @ np.asarray([0.299, 0.587, 0.114], dtype=np.float32)
-    p50, p75, p90 = np.percentile(luminance, [50, 75, 90])
-    background_level = float(p90)
+    luminance = r * np.float32(0.299) + g * np.float32(0.587) + b * np.float32(0.114)
+    p50, p75, p90 = _percentiles(luminance, (50, 75, 90))
+    background_level = p90
     stained = (luminance < 0.72 * background_level) & (b > g + 8)
     background = luminance >= p75
-    red, blue = r / total, b / total
     brightest, darkest = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
-    area = float(stained.mean())
-    stats = {"stained_area": area, "brightness": float(p50),
-             "clipped": float(((brightest >= 253) | (brightest <= 2)).mean()),
-             "background_red": float(red[background].mean()), "background_blue": float(blue[background].mean())}
-    if stained.any():
-        stats["stain_red"], stats["stain_blue"] = float(red[stained].mean()), float(blue[stained].mean())
-        rows, cols = np.nonzero(stained)
-        height, width = stained.shape
-        dy, dx = rows.mean() / height - 0.5, cols.mean() / width - 0.5
+    height, width = stained.shape
+    count = int(np.count_nonzero(stained))
+    area = count / stained.size
+    bg_r, bg_g, bg_b = r[background], g[background], b[background]
+    bg_total = bg_r + bg_g + bg_b + np.float32(1e-3)
+    stats = {"stained_area": area, "brightness": p50,
+             "clipped": float(np.count_nonzero((brightest >= 253) | (brightest <= 2)) / brightest.size),
+             "background_red": float((bg_r / bg_total).mean()), "background_blue": float((bg_b / bg_total).mean())}
+    if count:
+        st_r, st_g, st_b = r[stained], g[stained], b[stained]
+        st_total = st_r + st_g + st_b + np.float32(1e-3)
+        stats["stain_red"], stats["stain_blue"] = float((st_r / st_total).mean()), float((st_b / st_total).mean())
+        per_row, per_col = np.count_nonzero(stained, axis=1), np.count_nonzero(stained, axis=0)
+        dy = float(per_row @ np.arange(height)) / count / height - 0.5  # integer sums: the mean of the indices
+        dx = float(per_col @ np.arange(width)) / count / width - 0.5
         stats["off_centre"] = float(np.hypot(dx, dy))
         band = max(1, round(min(height, width) * 0.12))
-        inner = np.zeros_like(stained)
-        inner[band:height - band, band:width - band] = True
-        stats["border_stain"] = float((stained & ~inner).sum() / stained.sum())
+        inner = int(np.count_nonzero(stained[band:height - band, band:width - band]))
+        stats["border_stain"] = float((count - inner) / count)
     else:  # nothing stained: the colour and position statistics are undefined, the area check speaks
         stats.update(stain_red=float("nan"), stain_blue=float("nan"), off_centre=float("nan"),
                      border_stain=float("nan"))
@@ -87,8 +111,9 @@ def measure(image: np.ndarray) -> dict[str, float]:
     stats["saturation"] = float(saturation.mean())
     # typical object size: foreground (cells, any stain) area over its boundary length, in input pixels
     foreground = luminance < 0.9 * background_level
-    edges = (foreground[1:, :] != foreground[:-1, :]).sum() + (foreground[:, 1:] != foreground[:, :-1]).sum()
-    stats["object_size"] = float(foreground.sum() / max(int(edges), 1))
+    edges = np.count_nonzero(foreground[1:, :] != foreground[:-1, :]) + np.count_nonzero(
+        foreground[:, 1:] != foreground[:, :-1])
+    stats["object_size"] = float(np.count_nonzero(foreground) / max(int(edges), 1))
     return stats
 
 

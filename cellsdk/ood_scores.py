@@ -61,6 +61,16 @@ def _logsumexp(logits: np.ndarray) -> np.ndarray:
     return (peak + np.log(np.exp(logits - peak).sum(axis=1, keepdims=True)))[:, 0]
 
 
+def _product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` without BLAS, in numpy's own single-threaded loop, for the products made at prediction time.
+
+    They are small (a batch of feature rows), and OpenBLAS's threads, left spinning after one, slowed the next
+    ONNX Runtime call about 2x: the guard cost 1.7 ms per image at batch 32 with ``@`` on a 2-core AVX2 EPYC,
+    0.1 ms this way. The results agree with ``@`` to ~1e-12.
+    """
+    return np.einsum("ij,jk->ik", a, b, optimize=False)
+
+
 def _normalise(features: np.ndarray) -> np.ndarray:
     return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
@@ -164,10 +174,10 @@ class Mahalanobis(Score):
         if features is None:
             raise MetadataError("the mahalanobis score needs the model's features output")
         f = np.asarray(features, dtype=np.float64)
-        inside = (f @ self.directions)[:, None, :] - self._means_projected[None]  # N x C x dims
+        inside = _product(f, self.directions)[:, None, :] - self._means_projected[None]  # N x C x dims
         distance = (inside ** 2 / self.variances).sum(axis=2)
         if self.residual_variance > 0:
-            total = (f ** 2).sum(axis=1)[:, None] - 2.0 * f @ self.class_means.T + self._means_sq[None]
+            total = (f ** 2).sum(axis=1)[:, None] - 2.0 * _product(f, self.class_means.T) + self._means_sq[None]
             residual = np.maximum(total - (inside ** 2).sum(axis=2), 0.0)
             distance = distance + residual / self.residual_variance
         return distance.min(axis=1)
@@ -218,12 +228,12 @@ class NearestNeighbour(Score):
         self.projection, self.bank, self.k = projection, bank, int(k)
 
     def _embed(self, features: np.ndarray) -> np.ndarray:
-        return _normalise(_normalise(np.asarray(features, dtype=np.float64)) @ self.projection)
+        return _normalise(_product(_normalise(np.asarray(features, dtype=np.float64)), self.projection))
 
     def score(self, logits: np.ndarray, features: np.ndarray | None) -> np.ndarray:
         if features is None:
             raise MetadataError("the knn score needs the model's features output")
-        similarity = self._embed(features) @ self.bank.T  # cosine; distance^2 = 2 - 2 cos
+        similarity = _product(self._embed(features), self.bank.T)  # cosine; distance^2 = 2 - 2 cos
         k = min(self.k, self.bank.shape[0])
         kth = -np.partition(-similarity, k - 1, axis=1)[:, k - 1]
         return np.sqrt(np.maximum(2.0 - 2.0 * kth, 0.0))

@@ -308,8 +308,8 @@ def prepare_image(image: Image.Image, spec: Preprocessing) -> Image.Image:
     return image
 
 
-def to_input_array(image: Image.Image, spec: Preprocessing) -> np.ndarray:
-    """Scale to [0, 1], normalise and lay out a prepared RGB image as float32 CHW.
+def to_input_array(image: Image.Image | np.ndarray, spec: Preprocessing) -> np.ndarray:
+    """Scale to [0, 1], normalise and lay out a prepared RGB image (or its ``H x W x 3`` uint8 pixels) as float32 CHW.
 
     Example:
         >>> from cellsdk.metadata import Preprocessing
