@@ -32,6 +32,8 @@ class OnnxRuntimeBackend(Backend):
         threads: intra-op threads (default: ONNX Runtime's choice, the physical cores).
         providers: an explicit execution-provider list, overriding ``device``.
         graph_optimization: ``all`` (default), ``extended``, ``basic`` or ``none``.
+        spinning: whether idle intra-op threads spin-wait for the next work (ONNX Runtime's default, True) or
+            sleep (False: frees the cores for other work, e.g. the engine's decoding threads).
     """
 
     devices = ("cpu", "cuda")
@@ -46,11 +48,14 @@ class OnnxRuntimeBackend(Backend):
         return super().device_unavailable_reason(device)
 
     def __init__(self, path: Path, *, device: str = "auto", threads: int | None = None,
-                 providers: list[str] | None = None, graph_optimization: str = "all") -> None:
+                 providers: list[str] | None = None, graph_optimization: str = "all",
+                 spinning: bool | None = None) -> None:
         ort = self.require()
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = int(threads)
+        if spinning is not None:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
                   "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
