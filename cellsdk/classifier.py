@@ -163,13 +163,15 @@ class Classifier:
         if not path.exists():
             raise ModelNotFoundError(f"{path}: no such model file or folder")
         chosen = None
+        verified_options: dict[str, Any] = {}
         if path.is_dir() and path.suffix.lower() != ".mlpackage":
             from cellsdk.manifest import choose_artefact
 
             path, chosen, verified_options = choose_artefact(path, host_cpu().cpu_class)
-            options = {**verified_options, **options}  # run it as it was verified, unless told otherwise
             log.info("cellsdk: running %s", chosen)
         backend_cls = get_backend(backend) if backend else backend_for_path(path)
+        backend_cls.check_options(verified_options)  # a bad manifest is refused even where the caller overrides it
+        options = {**verified_options, **options}  # run it as it was verified, unless told otherwise
         instance = backend_cls(path, device=device, **backend_cls.check_options(options))
         metadata = resolve_metadata(path, instance, labels, preprocessing)
         check_shapes(path, instance, metadata)

@@ -41,7 +41,7 @@ from cellsdk.results import (
     result_format,
 )
 
-__all__ = ["JobSummary", "count_inputs", "iter_inputs", "job_file", "run_job"]
+__all__ = ["JobSummary", "count_inputs", "iter_inputs", "job_file", "path_key", "run_job"]
 
 JOB_VERSION = 1
 
@@ -172,10 +172,10 @@ class JobSummary:
 
         Example:
             >>> print(JobSummary(Path("r.csv"), rows=3, resumed=0, per_class={"a": 2, "b": 1}).table())
-            class    images  share
-            a             2  66.7%
-            b             1  33.3%
-            total         3
+            class     images  share
+            a              2   66.7%
+            b              1   33.3%
+            total          3
         """
         classified = sum(self.per_class.values())
         width = max([len("class"), len("(errors)"), *(len(label) for label in self.per_class)])

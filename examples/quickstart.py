@@ -5,7 +5,9 @@
 2. It classifies the repository's sample cells: 16 raw 360x363 microscope originals (the model
    crops their central 200 px itself, as its metadata says) and 32 BloodMNIST-128 test crops,
    and shows its out-of-distribution guard at work on altered copies of one sample (another
-   stain, blur, over-exposure, a photograph that is not a cell).
+   stain, blur, over-exposure, a photograph that is not a cell). The same images then go through
+   a large-job run (``cellsdk predict DIR --out results.csv``: the pipelined engine, one row per
+   image, a per-class summary), which must give the same labels.
 3. ``cellsdk-convert`` turns the shipped fp32 checkpoint (models/) into ONNX, OpenVINO,
    TorchScript and CoreML models, fp16 and int8, calibrated on the sample train images and
    verified class by class on the 32 sample validation images. With 4 images per class one
@@ -26,6 +28,7 @@ from pathlib import Path
 from cellsdk import Classifier
 from cellsdk.classifier import DEFAULT_MODEL
 from cellsdk.datasets import load_dataset
+from cellsdk.jobs import iter_inputs, path_key, run_job
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
@@ -62,6 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     report["raw_accuracy"] = correct / len(raw)
     print(f"  {correct}/{len(raw)} correct ({report['raw_accuracy'] * 100:.1f} %)")
     report["guard"] = show_guard(clf, list(raw.paths))
+    report["job"] = batch_job(clf, {path_key(p): clf.predict(p).label for p in raw.paths}, args.out)
 
     crops = load_dataset(SAMPLES / "bloodmnist_128").split("test")
     cropped = clf.with_preprocessing(meta.preprocessing.without_crop())  # these are already the 200 px crops
@@ -74,6 +78,19 @@ def main(argv: list[str] | None = None) -> dict:
     report["benchmark"] = benchmark([args.out / "converted", clf.path], args.out / "bench", args.iterations,
                                     args.quiet)
     return report
+
+
+def batch_job(clf: Classifier, expected: dict[str, str | None], out: Path) -> dict:
+    """The raw samples as a large job: a result file, a summary, and the labels ``predict`` gave one by one."""
+    import csv
+
+    summary = run_job(clf, iter_inputs([SAMPLES / "pbc_raw"]), out / "results.csv", overwrite=True, progress=False)
+    with summary.out.open(newline="") as handle:
+        rows = {row["path"]: row["label"] or None for row in csv.DictReader(handle)}
+    same = rows == expected
+    print(f"\nas a large job (cellsdk predict samples/pbc_raw --out {summary.out}):\n{summary.table()}")
+    print(f"  {summary.rows} rows, labels {'identical to' if same else 'DIFFERENT from'} predict() one by one")
+    return {"rows": summary.rows, "per_class": summary.per_class, "same_labels": same}
 
 
 def show_guard(clf: Classifier, paths: list[Path]) -> dict:
@@ -140,6 +157,8 @@ def failures(report: dict) -> list[str]:
     """The checks of the run that failed, one sentence each (empty when everything passed)."""
     out = [f"{a['file']} failed verification: {'; '.join(a.get('reasons') or [])}"
            for a in report["conversion"]["artefacts"] if a["status"] == "failed"]
+    if not report["job"]["same_labels"]:
+        out.append("the large-job run (cellsdk.jobs) gave other labels than predict() one image at a time")
     guard = report.get("guard") or {}
     if guard.get("present") and (guard["samples_kept"] < 0.75 or guard["altered_flagged"] < 0.8):
         out.append(f"the OOD guard kept {guard['samples_kept'] * 100:.0f} % of the sample originals (expected >= 75 %) "
