@@ -18,6 +18,7 @@ def test_quickstart_runs_the_shipped_model(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "raw microscope originals (16 images" in out and "BloodMNIST-128 sample test crops" in out
     assert report["raw_accuracy"] >= 14 / 16 and report["crops_accuracy"] >= 30 / 32
+    assert report["job"] == {**report["job"], "rows": 16, "same_labels": True} and "as a large job" in out
     statuses = {a["file"]: a["status"] for a in report["conversion"]["artefacts"]}
     assert statuses.get("model.int8.onnx") == "passed", statuses
     assert "pytorch-eager" in out and (tmp_path / "run" / "bench" / "results.json").is_file()
