@@ -275,12 +275,13 @@ def run_job(classifier: Any, inputs: Iterable[str | os.PathLike], out: str | os.
     bar = progress_bar(total if total is not None else 0, f"classifying into {out.name}", enabled=progress)
     if resumed:
         bar.update(min(resumed, total) if total is not None else resumed)
-    pending = (path for path in inputs if path_key(path) not in done) if done else iter(inputs)
+    # the engine gets the rows' own names, so an error names the image as its row does (and as Ray's rows do)
+    pending = (key for key in map(path_key, inputs) if key not in done)
     complete = False
     rows: list[dict[str, Any]] = []
     try:
         for item in classifier.predict_iter(pending, batch_size=batch_size, workers=workers, errors="skip"):
-            key = path_key(item.source)
+            key = item.source
             if item.value is not None:
                 row = prediction_row(key, item.value, labels)
             else:

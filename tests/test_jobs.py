@@ -206,3 +206,14 @@ def test_a_killed_cli_job_resumes(tmp_path):
     assert f"{written} from an earlier run" in finished.stdout
     paths = [line.split(",")[0] for line in out.read_text().splitlines()[1:]]
     assert paths == [str(links / f"cell{i:05d}.jpg") for i in range(1200)]
+
+
+def test_relative_paths_become_the_absolute_names_rows_and_errors_use(classifier, folder, monkeypatch):
+    monkeypatch.chdir(folder.parent)
+    errors: list[str] = []
+    run_job(classifier, ["images/eosinophil/zz_corrupt.jpg", "images/ig"], "r.csv", progress=False,
+            on_error=lambda path, reason: errors.append(reason))
+    rows = _rows(folder.parent / "r.csv", classifier)
+    corrupt = str(folder / "eosinophil" / "zz_corrupt.jpg")
+    assert rows[0]["path"] == corrupt and rows[0]["error"].startswith(corrupt) and errors[0].startswith(corrupt)
+    assert rows[1]["path"] == str(folder / "ig")  # a folder given to run_job directly is not walked: its own error
