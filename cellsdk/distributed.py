@@ -201,9 +201,9 @@ def predict_files(paths: Sequence[str | os.PathLike], out: str | os.PathLike, mo
             context.execution_options.preserve_order = True  # rows in input order, as the local engine writes
             context.enable_progress_bars = False
             files = {f.name: ray.put(f.read_bytes()) for f in artefact_files(main)}
-            # reading is I/O: its tasks take no CPU slot, else actors holding every CPU would starve them
-            # a listed job reads batch_size x 4 files per block: one block (one read task) per file, Ray's
-            # default for a file list, cost ~30 ms of scheduling per image
+            # reading is I/O: its tasks take no CPU slot, else actors holding every CPU would starve them. A listed
+            # job reads two calls' worth of files per block: Ray's default for a file list, one block (one read
+            # task) per file, cost more in scheduling than the inference
             blocks = None if prefix else max(actors, math.ceil(len(uris) / (rows_per_call * 2)))
             dataset = ray.data.read_binary_files(uris, include_paths=True, filesystem=filesystem, num_cpus=0,
                                                  override_num_blocks=blocks,
