@@ -93,40 +93,25 @@ class ThroughputConfig:
             require_int("ray actors", actors, minimum=1, maximum=1024)
 
 
-def _busy_seconds() -> float | None:
-    from cellsdk.benchmarks.worker import _cpu_busy_seconds
-
-    return _cpu_busy_seconds()
-
-
-def _peak_mb(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        return None
-    return None
-
-
 def _measure(command: list[str], timeout: float) -> dict[str, Any]:
     """Run ``command``; its wall time, the machine's CPU busy share, the process's peak memory, its output."""
+    from cellsdk.benchmarks.worker import _cpu_busy_seconds, vm_hwm_mb
+
     cores = os.cpu_count() or 1
-    busy = _busy_seconds()
+    busy = _cpu_busy_seconds()
     started = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         process = subprocess.Popen(command, stdout=out, stderr=err)
         peak = None
         while process.poll() is None:
-            peak = _peak_mb(process.pid) or peak  # the high-water mark only grows: the last reading is the peak
+            peak = vm_hwm_mb(process.pid) or peak  # the high-water mark only grows: the last reading is the peak
             if time.perf_counter() - started > timeout:
                 process.kill()
                 process.wait()
                 raise ConfigError(f"{' '.join(command[:4])} …: still running after {timeout:.0f} s; use fewer images")
             time.sleep(0.02)
         wall = time.perf_counter() - started
-        after = _busy_seconds()
+        after = _cpu_busy_seconds()
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")

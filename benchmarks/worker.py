@@ -99,19 +99,27 @@ def _own_cpu_seconds() -> float:
     return times.user + times.system
 
 
+def vm_hwm_mb(pid: int | str = "self") -> float | None:
+    """A process's peak resident memory from VmHWM of /proc/PID/status (Linux), or None where there is none."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def _peak_memory_mb() -> float:
     """This process's peak resident memory.
 
     On Linux, VmHWM of /proc/self/status: ``ru_maxrss`` survives exec, so a worker started
     from a large parent (one that has torch and models loaded) would report the parent's size.
     """
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
+    peak_mb = vm_hwm_mb()
+    if peak_mb is not None:
+        return peak_mb
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -455,8 +455,8 @@ def predict_command(images: tuple[Path, ...], from_list: Path | None, model_path
             raise click.UsageError(f"{name} is a Ray option: add --engine ray")
     if overwrite and out_path is None:
         raise click.UsageError("--overwrite goes with --out FILE")
-    threads = default_split()[1] if threads is None else threads
-    workers = max(1, (os.cpu_count() or 2) - threads) if workers is None else workers
+    decoders, threads = default_split(runtime=threads)
+    workers = decoders if workers is None else workers
     classifier = _load_for_predict(model_path, backend, device, threads, top_k, strict, ood_mode)
     inputs = iter_inputs(images, from_list)
     if out_path is not None:
@@ -471,14 +471,13 @@ def predict_command(images: tuple[Path, ...], from_list: Path | None, model_path
     _print_predictions(classifier, inputs, batch_size=batch_size, workers=workers, as_json=as_json)
 
 
-def _load_for_predict(model_path: Path | None, backend: str | None, device: str, threads: int | None, top_k: int,
+def _load_for_predict(model_path: Path | None, backend: str | None, device: str, threads: int, top_k: int,
                       strict: bool, ood_mode: str) -> Any:
     from cellsdk.classifier import Classifier
 
-    options: dict[str, Any] = {"threads": threads} if threads is not None else {}
     _show_cellsdk_warnings_in_one_line()
     classifier = Classifier.load(model_path, backend=backend, device=device, top_k=top_k, strict=strict,
-                                 ood=ood_mode, **options)
+                                 ood=ood_mode, threads=threads)
     if classifier.chosen:
         click.echo(f"using {classifier.chosen}", err=True)
     elif model_path is None:

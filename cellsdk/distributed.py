@@ -175,12 +175,9 @@ def predict_files(paths: Sequence[str | os.PathLike], out: str | os.PathLike, mo
     if not remote and Path(target).exists() and not overwrite:
         raise ConfigError(f"{target} exists: pass overwrite=True (--overwrite) or another output")
     ray = _require_ray()
-    threads = 1 if threads_per_actor is None else threads_per_actor
-    options = {**options, "threads": threads} if "threads" not in options else options
+    options.setdefault("threads", 1 if threads_per_actor is None else threads_per_actor)
     # load here first: a bad model, option or CPU class fails before a cluster starts, and a folder's choice is made
-    classifier = Classifier.load(model, ood=ood, strict=strict, **options)
-    main = classifier.path
-    chosen_options = {**options}
+    main = Classifier.load(model, ood=ood, strict=strict, **options).path
     uris, prefix = _expand(paths)
     # Ray's own cost per map_batches call is large: each call takes many rows, the runtime still gets batch_size
     rows_per_call = max(batch_size, ROWS_PER_CALL)
@@ -212,7 +209,7 @@ def predict_files(paths: Sequence[str | os.PathLike], out: str | os.PathLike, mo
             results = dataset.map_batches(
                 _Predictor, batch_size=rows_per_call, batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1,
-                fn_constructor_kwargs={"files": files, "main": main.name, "options": chosen_options, "ood": ood,
+                fn_constructor_kwargs={"files": files, "main": main.name, "options": options, "ood": ood,
                                        "prefix": prefix, "workers": workers_per_actor or 1,
                                        "batch_size": batch_size})
             if not remote and Path(target).exists():

@@ -51,20 +51,21 @@ class Item(Generic[R]):
         return self.error is None
 
 
-def default_split(cores: int | None = None) -> tuple[int, int]:
+def default_split(cores: int | None = None, runtime: int | None = None) -> tuple[int, int]:
     """How a batch job splits the cores by default: (decoding threads, runtime threads).
 
-    Half the cores (at least one) to the runtime, the rest to decoding (at least one). Measured on a 2-core AVX2
+    Half the cores (at least one) to the runtime, unless ``runtime`` says how many, the rest to decoding (at
+    least one). Measured on a 2-core AVX2
     EPYC over the 1,600 PBC originals with the shipped INT8 ONNX: 1 decode / 1 runtime thread was the fastest
     split for cellsdk and for a hand-written pipeline alike; a second runtime thread spun on the core the decoder
     needed (see ``cellsdk-bench --throughput``).
 
     Example:
-        >>> default_split(2), default_split(16)
-        ((1, 1), (8, 8))
+        >>> default_split(2), default_split(16), default_split(2, runtime=2)
+        ((1, 1), (8, 8), (1, 2))
     """
     cores = cores or os.cpu_count() or 2
-    runtime = max(1, cores // 2)
+    runtime = max(1, cores // 2) if runtime is None else runtime
     return max(1, cores - runtime), runtime
 
 

@@ -33,12 +33,14 @@ from cellsdk.errors import BackendNotInstalledError, ConfigError, MetadataError
 from cellsdk.prediction import Prediction
 
 __all__ = [
-    "BASE_COLUMNS", "RESULT_FORMATS", "ResultWriter", "error_row", "open_writer", "prediction_row", "read_rows",
+    "BASE_COLUMNS", "RESULT_FORMATS", "TEXT_COLUMNS", "ResultWriter", "error_row", "open_writer", "prediction_row", "read_rows",
     "result_columns", "result_format",
 ]
 
 #: the columns before the per-class probabilities
 BASE_COLUMNS = ("path", "label", "confidence", "status", "ood_score", "reasons", "error")
+#: the columns holding text (the others hold numbers)
+TEXT_COLUMNS = frozenset({"path", "label", "status", "reasons", "error"})
 #: file suffix to format
 RESULT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 _PARQUET_INSTALL = "pip install 'cellsdk[parquet]' (pyarrow)"
@@ -153,8 +155,7 @@ def _pyarrow() -> Any:
 def parquet_schema(columns: Sequence[str]) -> Any:
     """The Arrow schema of a result file (strings and float64s, every column nullable)."""
     pa = _pyarrow()
-    strings = {"path", "label", "status", "reasons", "error"}
-    return pa.schema([(c, pa.string() if c in strings else pa.float64()) for c in columns])
+    return pa.schema([(c, pa.string() if c in TEXT_COLUMNS else pa.float64()) for c in columns])
 
 
 def parts_folder(path: Path) -> Path:
@@ -274,12 +275,11 @@ def read_rows(path: str | os.PathLike, columns: Sequence[str], *, repair: bool =
                 return
             if tuple(header) != tuple(columns):
                 raise MetadataError(_other_columns(path, header, columns))
-            floats = {c for c in columns if c not in ("path", "label", "status", "reasons", "error")}
             for values in reader:
                 if len(values) != len(columns):
                     raise MetadataError(f"{path}: a row has {len(values)} fields, not {len(columns)}: the file was "
                                         "edited or is not a cellsdk result; use another --out or --overwrite")
-                yield {c: (_number(v) if c in floats else (v or None)) for c, v in zip(columns, values, strict=True)}
+                yield {c: (v or None) if c in TEXT_COLUMNS else _number(v) for c, v in zip(columns, values, strict=True)}
         else:
             for number, line in enumerate(handle, 1):
                 try:
