@@ -20,13 +20,26 @@ if [[ ",$extras," == *",test,"* ]] && ! .venv/bin/python -c "import atheris" 2>/
   .venv/bin/python -m pip install --quiet -c constraints.txt atheris \
     || echo "setup: atheris could not be installed; the coverage-guided fuzz test will be skipped" >&2
 fi
-# QEMU user-mode emulation lets cellsdk-convert verify int8 models on CPU classes this machine is not
-# (AVX2 without VNNI, SSE4.2). Best effort: without it those classes are reported "not verified".
-if ! command -v qemu-x86_64 >/dev/null 2>&1 && [ "$(uname -m)" = x86_64 ]; then
+# System packages, best effort (root with apt-get only):
+# - QEMU user-mode emulation lets cellsdk-convert verify int8 models on CPU classes this machine is not
+#   (AVX2 without VNNI, SSE4.2); without it those classes are reported "not verified".
+# - Chromium lets the web-page test drive a real headless browser (Playwright); without it that test skips.
+wanted=()
+missing_qemu=0
+if ! command -v qemu-x86_64 >/dev/null 2>&1 && [ "$(uname -m)" = x86_64 ]; then wanted+=(qemu-user); missing_qemu=1; fi
+if [[ ",$extras," == *",test,"* ]] && ! command -v chromium >/dev/null 2>&1 \
+    && ! command -v chromium-browser >/dev/null 2>&1; then wanted+=(chromium); fi
+if [ ${#wanted[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user; } >/dev/null 2>&1 \
-      || echo "setup: could not install qemu-user; CPU classes other than this machine's will not be verified" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${wanted[@]}"; } >/dev/null 2>&1 \
+      || echo "setup: could not install ${wanted[*]} (apt-get); without qemu-user other CPU classes are not" \
+              "verified, without chromium the browser test skips" >&2
   else
-    echo "setup: qemu-x86_64 not found (apt-get install qemu-user): other CPU classes will not be verified" >&2
+    if [ $missing_qemu = 1 ]; then
+      echo "setup: qemu-x86_64 not found (apt-get install qemu-user): other CPU classes will not be verified" >&2
+    fi
+    if [[ " ${wanted[*]} " == *" chromium "* ]]; then
+      echo "setup: chromium not found (apt-get install chromium): the browser test will be skipped" >&2
+    fi
   fi
 fi

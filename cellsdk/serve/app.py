@@ -1,0 +1,413 @@
+"""The FastAPI application: prediction, model card, health, metrics and the web page over one ``Classifier``.
+
+Routes: ``POST /v1/predict``, ``GET /v1/model``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``, ``GET /``
+(the web page; its files under ``/static``), and FastAPI's ``/openapi.json``, ``/docs`` and ``/redoc``.
+Every error answer is an RFC 9457 problem document (:mod:`cellsdk.serve.problems`).
+
+Example:
+    >>> from cellsdk import Classifier
+    >>> from starlette.testclient import TestClient
+    >>> with TestClient(create_app(Classifier.load())) as client:  # doctest: +SKIP
+    ...     client.post("/v1/predict", content=open("cell.jpg", "rb").read()).json()["predictions"][0]["label"]
+    'neutrophil'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cellsdk._io import sha256_file
+from cellsdk._version import __version__
+from cellsdk.classifier import Classifier
+from cellsdk.cpu import host_cpu
+from cellsdk.ood_scores import without_arrays
+from cellsdk.serve.batching import BusyError, MicroBatcher, ShuttingDownError
+from cellsdk.serve.config import ServeConfig
+from cellsdk.serve.metrics import Metrics
+from cellsdk.serve.problems import KINDS, PROBLEM_MEDIA_TYPE, ApiError
+from cellsdk.serve.uploads import ACCEPTED_FORMATS, check_and_decode, display_name
+
+__all__ = ["ServiceState", "create_app"]
+
+log = logging.getLogger("cellsdk.serve")
+
+#: The multipart field(s) that carry images.
+IMAGE_FIELDS = ("files", "file")
+#: Routes the metrics name as they are; any other path counts as ``other`` (bounded label values).
+ROUTES = ("/", "/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc")
+#: The web page may load only what the app serves itself (no CDN), and nothing may frame it.
+PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+               "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+                    (b"x-frame-options", b"DENY")]
+# module level: FastAPI resolves the dependencies' (string) annotations in this module's namespace
+_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="the service's API key")
+_BEARER = HTTPBearer(auto_error=False, description="the service's API key as a bearer token")
+_STATUS_KINDS = {404: "not-found", 405: "method-not-allowed", 413: "too-large", 415: "unsupported-media-type"}
+_REQUEST_EXAMPLE = {
+    "multipart/form-data": {"schema": {"type": "object", "properties": {
+        "files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                  "description": "one or several images (JPEG, PNG, TIFF, BMP, GIF, WebP)"}}}},
+    "image/*": {"schema": {"type": "string", "format": "binary"}, "description": "one image as the raw body"},
+}
+
+
+@dataclasses.dataclass
+class ServiceState:
+    """What the app shares between requests: the model, the batcher, the decoding threads, the metrics."""
+
+    classifier: Classifier
+    config: ServeConfig
+    metrics: Metrics
+    model_info: dict[str, Any]
+    batcher: MicroBatcher[Any, Any] | None = None
+    pool: ThreadPoolExecutor | None = None
+    draining: bool = False
+
+    @property
+    def ready(self) -> bool:
+        return self.batcher is not None and not self.draining
+
+    def prepare(self, data: bytes, index: int, name: str | None) -> Any:
+        """Decode, check and preprocess one upload (runs on a decoding thread)."""
+        image = check_and_decode(data, index=index, name=name, max_pixels=self.config.max_pixels)
+        return self.classifier._prepare(image, self.classifier._wants_stats)
+
+    def infer(self, prepared: list[Any]) -> list[Any]:
+        """One runtime call for prepared images from any number of requests (runs on the batcher's thread)."""
+        return self.classifier._infer(prepared, len(self.classifier.labels))  # every class; each request trims
+
+
+def _model_info(classifier: Classifier, config: ServeConfig) -> dict[str, Any]:
+    meta = classifier.metadata
+    check = classifier.cpu_check
+    return {
+        "name": classifier.path.name,
+        "sha256": sha256_file(classifier.path) if classifier.path.is_file() else None,
+        "labels": list(classifier.labels),
+        "backend": classifier.backend_name,
+        "device": classifier.device,
+        "metadata": without_arrays(meta.to_dict()),
+        "verification": {"status": classifier.verification.status, "source": classifier.verification.source,
+                         "reasons": list(classifier.verification.reasons),
+                         "summary": classifier.verification.describe()},
+        "cpu": {"host": host_cpu().to_dict(), "check": check.status, "cpu_class": check.cpu_class,
+                "message": check.message},
+        "capabilities": {"ood_guard": classifier.guard is not None, "ood_mode": classifier.ood,
+                         "explanations": False},
+        "service": {"version": __version__, "max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms,
+                    "max_images": config.max_images, "max_upload_bytes": config.max_upload_bytes,
+                    "max_pixels": config.max_pixels, "top_k": config.top_k, "formats": list(ACCEPTED_FORMATS),
+                    "auth": bool(config.api_key)},
+    }
+
+
+def _problem(err: ApiError, path: str) -> JSONResponse:
+    return JSONResponse(err.document(path), status_code=err.status, headers=err.headers,
+                        media_type=PROBLEM_MEDIA_TYPE)
+
+
+def create_app(classifier: Classifier, config: ServeConfig | None = None) -> FastAPI:
+    """The service over a loaded classifier; run it with :func:`cellsdk.serve.serve` or any ASGI server.
+
+    The micro-batcher and the decoding threads start with the app's lifespan and, on shutdown, finish every
+    admitted image before they stop.
+
+    Raises:
+        ConfigError: an unusable ``config``.
+    """
+    config = (config or ServeConfig()).check()
+    metrics = Metrics()
+    state = ServiceState(classifier, config, metrics, _model_info(classifier, config))
+    metrics.gauges.update({
+        "cellsdk_queue_depth": ("Images waiting for a runtime call.",
+                                lambda: state.batcher.queued if state.batcher else 0),
+        "cellsdk_images_in_progress": ("Images admitted and not yet answered (decoding, queued or running).",
+                                       lambda: state.batcher.admitted if state.batcher else 0),
+        "cellsdk_ready": ("1 while the service takes requests.", lambda: 1 if state.ready else 0),
+    })
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        state.pool = ThreadPoolExecutor(config.decode_workers, thread_name_prefix="cellsdk-decode")
+        state.batcher = MicroBatcher(state.infer, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
+                                     max_queue=config.max_queue, on_batch=metrics.observe_batch)
+        try:
+            yield
+        finally:
+            state.draining = True
+            await asyncio.get_running_loop().run_in_executor(None, state.batcher.close, config.drain_seconds)
+            state.pool.shutdown(wait=True, cancel_futures=True)
+
+    app = FastAPI(title="cellsdk", version=__version__, lifespan=lifespan,
+                  description=f"Cell classification with {classifier.path.name} "
+                              f"({len(classifier.labels)} classes: {', '.join(classifier.labels)}).")
+    app.state.cellsdk = state
+    _add_error_handlers(app, metrics)
+    protected = [Depends(_authoriser(config))]
+
+    @app.post("/v1/predict", tags=["predict"], summary="Classify one or several images", dependencies=protected,
+              openapi_extra={"requestBody": {"required": True, "content": _REQUEST_EXAMPLE}},
+              responses={code: {"description": title, "content": {PROBLEM_MEDIA_TYPE: {}}}
+                         for code, title in {400: "Unusable image or request", 401: "API key missing or wrong",
+                                             413: "Too large", 415: "Not an image", 503: "Busy or shutting down"
+                                             }.items()})
+    async def predict(request: Request,
+                      top_k: Annotated[int | None, Query(ge=1, le=1000, description="classes per image")] = None
+                      ) -> Response:
+        """Images as multipart field ``files`` (one or several) or as the raw request body: one prediction
+        each, in request order, with every field of ``cellsdk.Prediction``."""
+        if not state.ready:
+            raise ApiError(*(("shutting-down", "the service is shutting down; retry on another instance")
+                             if state.draining else ("not-ready", "the service is starting; retry shortly")),
+                           headers={"Retry-After": "1"})
+        batcher, pool = state.batcher, state.pool  # set together by the lifespan (state.ready)
+        uploads = await _read_uploads(request, config)
+        with batcher.admit(len(uploads)):  # type: ignore[union-attr]
+            loop = asyncio.get_running_loop()
+            prepared = await asyncio.gather(*(loop.run_in_executor(pool, state.prepare, data, i, name)
+                                              for i, (name, data) in enumerate(uploads)), return_exceptions=True)
+            for outcome in prepared:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+            predictions = await asyncio.wrap_future(batcher.submit(prepared))  # type: ignore[union-attr]
+        k = min(top_k or config.top_k, len(classifier.labels))
+        body = {"model": {"name": state.model_info["name"], "sha256": state.model_info["sha256"]},
+                "predictions": [{"name": name, **dataclasses.replace(p, top_k=p.top_k[:k]).to_dict()}
+                                for (name, _), p in zip(uploads, predictions, strict=True)]}
+        return Response(json.dumps(body), media_type="application/json")
+
+    @app.get("/v1/model", tags=["model"], summary="The model's metadata and verification record",
+             dependencies=protected)
+    async def model() -> dict[str, Any]:
+        return state.model_info
+
+    @app.get("/healthz", tags=["health"], summary="Liveness: the process answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], summary="Readiness: the model is loaded and the service takes requests")
+    async def readyz() -> dict[str, Any]:
+        if not state.ready:
+            raise ApiError("shutting-down" if state.draining else "not-ready",
+                           "shutting down" if state.draining else "starting", headers={"Retry-After": "1"})
+        return {"status": "ready"}
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics", response_class=PlainTextResponse,
+             dependencies=protected)
+    async def prometheus() -> Response:
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    static = Path(str(resources.files("cellsdk.serve") / "static"))
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> Response:
+        return FileResponse(static / "index.html", headers={"Content-Security-Policy": PAGE_POLICY,
+                                                            "Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=static), name="static")
+    app.add_middleware(_BodyLimit, max_bytes=config.max_upload_bytes, metrics=metrics)
+    if config.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type"])
+    app.add_middleware(_Observe, metrics=metrics)
+    return app
+
+
+def _authoriser(config: ServeConfig) -> Callable[..., Awaitable[None]]:
+    """A dependency that checks the API key (constant-time) when the service has one."""
+    expected = (config.api_key or "").encode()
+
+    async def authorise(key: Annotated[str | None, Depends(_KEY_HEADER)],
+                        token: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]) -> None:
+        if not expected:
+            return
+        given = key or (token.credentials if token else None)
+        if not given or not hmac.compare_digest(given.encode(), expected):
+            raise ApiError("unauthorized", "this service needs its API key: send it as the X-API-Key header or as "
+                                           "Authorization: Bearer <key>" if not given else "wrong API key",
+                           headers={"WWW-Authenticate": 'Bearer realm="cellsdk"'})
+
+    return authorise
+
+
+async def _read_uploads(request: Request, config: ServeConfig) -> list[tuple[str | None, bytes]]:
+    """The request's images as (cleaned name, bytes): multipart field ``files`` or the raw body."""
+    content_type = request.headers.get("content-type", "").lower()
+    if content_type.startswith("multipart/form-data"):
+        try:
+            form = await request.form(max_files=config.max_images, max_fields=16,
+                                      max_part_size=64 * 1024)
+        except StarletteHTTPException as err:
+            if "too many files" in str(err.detail).lower():
+                raise ApiError("too-many-images", f"more than {config.max_images} images in one request; send "
+                                                  "them in several requests") from None
+            raise ApiError("bad-request", f"malformed multipart body: {err.detail}") from None
+        try:
+            uploads: list[tuple[str | None, bytes]] = []
+            for key, value in form.multi_items():
+                if key not in IMAGE_FIELDS:
+                    raise ApiError("bad-request", f"unexpected form field {display_name(key)!r}: send images as "
+                                                  "the multipart field 'files'")
+                if not isinstance(value, UploadFile):
+                    raise ApiError("bad-request", f"form field {key!r} holds text, not a file: attach the image "
+                                                  "as a file")
+                uploads.append((display_name(value.filename), await value.read()))
+        finally:
+            await form.close()
+        if not uploads:
+            raise ApiError("bad-request", "no image in the request: send images as the multipart field 'files'")
+    elif content_type.startswith("application/x-www-form-urlencoded"):
+        raise ApiError("unsupported-media-type", "a URL-encoded form carries no image: send the image as the "
+                                                 "raw body or as the multipart field 'files'")
+    else:
+        body = await request.body()
+        if not body:
+            raise ApiError("bad-request", "empty request body: send the image as the raw body or as the "
+                                          "multipart field 'files'")
+        uploads = [(None, body)]
+    if len(uploads) > config.max_images:
+        raise ApiError("too-many-images", f"{len(uploads)} images in one request, the limit is {config.max_images}; "
+                                          "send them in several requests")
+    return uploads
+
+
+def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
+    def answer(request: Request, err: ApiError) -> JSONResponse:
+        metrics.observe_error(err.kind)
+        return _problem(err, request.url.path)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, err: ApiError) -> JSONResponse:
+        return answer(request, err)
+
+    @app.exception_handler(BusyError)
+    async def busy(request: Request, err: BusyError) -> JSONResponse:
+        return answer(request, ApiError("busy", str(err), headers={"Retry-After": str(err.retry_after)}))
+
+    @app.exception_handler(ShuttingDownError)
+    async def shutting_down(request: Request, err: ShuttingDownError) -> JSONResponse:
+        return answer(request, ApiError("shutting-down", str(err), headers={"Retry-After": "1"}))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg', 'invalid')}"
+                 for e in err.errors()]
+        return answer(request, ApiError("bad-request", "; ".join(parts) or "invalid request"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        kind = _STATUS_KINDS.get(err.status_code, "bad-request")
+        detail = str(err.detail) if err.status_code != 404 else f"no such path {request.url.path!r}; see /docs"
+        error = ApiError(kind, detail, headers=dict(err.headers or {}))
+        if err.status_code not in (status for status, _ in KINDS.values()):
+            error.status = err.status_code
+        return answer(request, error)
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, err: Exception) -> JSONResponse:
+        log.error("cellsdk serve: %s %s failed: %s: %s", request.method, request.url.path, type(err).__name__, err,
+                  exc_info=log.isEnabledFor(logging.DEBUG))
+        return answer(request, ApiError("internal", f"the service failed to answer ({type(err).__name__}); the "
+                                                    "server log has the details"))
+
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class _BodyLimit:
+    """Refuse a request body over ``max_bytes``: at once when ``Content-Length`` says so, else while reading it."""
+
+    def __init__(self, app: Any, max_bytes: int, metrics: Metrics) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.metrics = metrics
+
+    def _error(self, size: str) -> ApiError:
+        return ApiError("too-large", f"the request body is {size}, more than this service's limit of "
+                                     f"{self.max_bytes:,} bytes; send fewer or smaller images")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or ()).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            self.metrics.observe_error("too-large")
+            await _send_problem(send, self._error(f"{int(declared):,} bytes"), scope.get("path", ""),
+                                close=True)
+            return
+        received = 0
+
+        async def limited() -> MutableMapping[str, Any]:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise self._error(f"over {self.max_bytes:,} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+async def _send_problem(send: Send, err: ApiError, path: str, *, close: bool = False) -> None:
+    body = json.dumps(err.document(path)).encode()
+    headers = [(b"content-type", PROBLEM_MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": err.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _Observe:
+    """Time every request into the metrics and add the security headers to every answer."""
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        path = scope.get("path", "")
+        route = path if path in ROUTES else ("/static" if path.startswith("/static/") else "other")
+        status = 500
+
+        async def observed(message: MutableMapping[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = list(message.get("headers") or ()) + SECURITY_HEADERS
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed)
+        finally:
+            self.metrics.observe_request(route, status, time.perf_counter() - started)
