@@ -7,9 +7,12 @@ flight is answered (for up to ``drain_seconds``) before the process exits with s
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import signal
 import socket
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from cellsdk.classifier import Classifier
@@ -17,6 +20,21 @@ from cellsdk.errors import ConfigError
 from cellsdk.serve.config import ServeConfig
 
 __all__ = ["bind", "serve"]
+
+
+@contextlib.contextmanager
+def _signals_end_the_service() -> Iterator[None]:
+    """While uvicorn serves, SIGTERM / SIGINT are its (drain, then stop); it re-raises them to the handlers it
+    found once it has stopped, and those must not turn a clean, drained stop into an error exit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, lambda signum, frame: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -91,7 +109,8 @@ def serve(classifier: Classifier, config: ServeConfig | None = None, *, log_leve
                                    proxy_headers=False, timeout_graceful_shutdown=int(settings.drain_seconds) or None,
                                    limit_concurrency=settings.max_connections, timeout_keep_alive=5))
     try:
-        server.run(sockets=[sock])
+        with _signals_end_the_service():
+            server.run(sockets=[sock])
     finally:
         sock.close()
     if server.started is False:

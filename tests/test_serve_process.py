@@ -1,0 +1,296 @@
+"""``cellsdk serve`` as users run it: a real uvicorn process on a loopback port, driven over HTTP and in Chromium."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the service needs cellsdk[serve]")
+pytest.importorskip("uvicorn", reason="the service needs cellsdk[serve]")
+httpx = pytest.importorskip("httpx", reason="the HTTP tests need httpx (cellsdk[test])")
+
+from cellsdk import Classifier  # noqa: E402
+from tests.conftest import RAW_SAMPLES, REPO  # noqa: E402
+
+IMAGES = sorted(RAW_SAMPLES.glob("*/*.jpg"))
+CELLSDK = [sys.executable, "-c", "from cellsdk.cli import cli; cli()"]
+
+
+@dataclass
+class Service:
+    process: subprocess.Popen
+    url: str
+    lines: list[str] = field(default_factory=list)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+
+def start(*args: str, env: dict[str, str] | None = None, timeout: float = 90) -> Service:
+    """``cellsdk serve --port 0 ARGS`` in its own process; returns once it announced its address."""
+    process = subprocess.Popen([*CELLSDK, "serve", "--port", "0", *args], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
+    lines: list[str] = []
+    found = threading.Event()
+    url: list[str] = []
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line.rstrip())
+            match = re.search(r"cellsdk serve: (http://\S+/)", line)
+            if match:
+                url.append(match.group(1))
+                found.set()
+        found.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    if not found.wait(timeout) or not url:
+        process.kill()
+        raise AssertionError("cellsdk serve did not start:\n" + "\n".join(lines))
+    return Service(process, url[0], lines)
+
+
+@pytest.fixture(scope="module")
+def service() -> Iterator[Service]:
+    running = start("--max-wait-ms", "20")
+    yield running
+    assert running.stop() == 0, "\n".join(running.lines)
+
+
+@pytest.fixture(scope="module")
+def classifier() -> Classifier:
+    return Classifier.load()
+
+
+def test_it_listens_on_loopback_only_by_default(service: Service) -> None:
+    assert service.url.startswith("http://127.0.0.1:")
+
+
+def test_concurrent_clients_get_the_sdks_labels(service: Service, classifier: Classifier) -> None:
+    expected = {p.name: classifier.predict(p).label for p in IMAGES}
+
+    def post(path: Path) -> tuple[str, str]:
+        with httpx.Client(base_url=service.url, timeout=30) as client:
+            response = client.post("/v1/predict", files=[("files", (path.name, path.read_bytes(), "image/jpeg"))])
+            response.raise_for_status()
+            (prediction,) = response.json()["predictions"]
+            return prediction["name"], prediction["label"]
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = dict(pool.map(post, IMAGES * 2))
+    assert answers == expected
+    metrics = httpx.get(service.url + "metrics").text
+    images = int(re.search(r"^cellsdk_images_total (\d+)$", metrics, re.M).group(1))
+    batches = int(re.search(r"^cellsdk_batch_size_count (\d+)$", metrics, re.M).group(1))
+    assert images >= 2 * len(IMAGES) and 1 <= batches <= images
+
+
+def test_openapi_and_the_page_over_the_wire(service: Service) -> None:
+    assert "/v1/predict" in httpx.get(service.url + "openapi.json").json()["paths"]
+    page = httpx.get(service.url)
+    assert page.status_code == 200 and "default-src 'self'" in page.headers["content-security-policy"]
+
+
+def test_sigterm_finishes_requests_in_flight_and_refuses_new_ones(classifier: Classifier) -> None:
+    # batches wait up to 1.5 s for company: requests are still queued when the signal arrives
+    running = start("--max-wait-ms", "1500", "--max-batch", "256")
+    port = int(running.url.rsplit(":", 1)[1].strip("/"))
+    results: list[tuple[int, str] | BaseException] = []
+
+    def post(path: Path) -> None:
+        try:
+            response = httpx.post(running.url + "v1/predict", content=path.read_bytes(), timeout=30)
+            results.append((response.status_code, response.json()["predictions"][0]["label"]))
+        except BaseException as err:  # noqa: BLE001 - reported by the assertion below
+            results.append(err)
+
+    threads = [threading.Thread(target=post, args=(p,)) for p in IMAGES[:6]]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # until all six are queued for the model
+        text = httpx.get(running.url + "metrics").text
+        if re.search(r"^cellsdk_queue_depth 6$", text, re.M):
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the requests never reached the queue:\n" + "\n".join(running.lines))
+    running.process.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+        pass  # the listening socket is closed: new connections are refused
+    for t in threads:
+        t.join(30)
+    assert running.process.wait(30) == 0, "\n".join(running.lines)
+    assert sorted(results) == sorted((200, classifier.predict(p).label) for p in IMAGES[:6]), results
+
+
+@pytest.mark.parametrize(("args", "env", "message"), [
+    (["--host", "0.0.0.0"], {}, "set an API key"),
+    (["--api-key", "short"], {}, "at least 16"),
+    (["--model", "no/such/model.onnx"], {}, "no such model file"),
+    (["--max-queue", "4", "--max-images", "8"], {}, "max_queue (4) must be at least max_images"),
+])
+def test_bad_options_are_one_line_errors(args: list[str], env: dict[str, str], message: str) -> None:
+    done = subprocess.run([*CELLSDK, "serve", "--port", "0", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **env})
+    assert done.returncode != 0
+    assert message in done.stderr and "Traceback" not in done.stderr + done.stdout
+
+
+def test_a_port_in_use_is_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([*CELLSDK, "serve", "--port", str(port)], cwd=REPO, capture_output=True, text=True,
+                              timeout=120)
+    assert done.returncode == 1 and "already in use" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_key_comes_from_the_environment_and_guards_a_network_bind() -> None:
+    key = "e" * 32
+    running = start("--host", "0.0.0.0", env={"CELLSDK_API_KEY": key})
+    try:
+        port = running.url.rsplit(":", 1)[1].strip("/")
+        url = f"http://127.0.0.1:{port}/"
+        assert httpx.post(url + "v1/predict", content=IMAGES[0].read_bytes()).status_code == 401
+        ok = httpx.post(url + "v1/predict", content=IMAGES[0].read_bytes(), headers={"X-API-Key": key})
+        assert ok.status_code == 200
+    finally:
+        assert running.stop() == 0
+
+
+# ---------------------------------------------------------------------- the web page in a real browser
+
+def chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright (cellsdk[test])")
+    executable = chromium()
+    if executable is None:
+        pytest.skip("no Chromium installed (apt-get install chromium; scripts/setup.sh does it where it can)")
+    with sync_api.sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield instance
+        instance.close()
+
+
+def test_the_page_classifies_dropped_images_like_the_sdk(service: Service, classifier: Classifier, browser,
+                                                         tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.on("requestfailed", lambda request: errors.append(request.url))
+    page.goto(service.url)
+    expect(page.locator("#model")).to_contain_text("8 classes")
+    page.set_input_files("#files", [str(p) for p in IMAGES])
+    cards = page.locator(".card[data-state=done]")
+    expect(cards).to_have_count(len(IMAGES), timeout=60_000)
+    shown = page.eval_on_selector_all(".card", "cards => cards.map(c => [c.dataset.name, c.dataset.label, "
+                                               "c.querySelector('.label').textContent, c.dataset.status])")
+    assert shown == [[p.name, classifier.predict(p).label, classifier.predict(p).label, "ok"] for p in IMAGES]
+    first = page.locator(".card").first
+    expect(first.locator(".bars li")).to_have_count(3)
+    expect(first.locator(".badge")).to_have_text("ok")
+    expect(page.locator("#summary")).to_have_text(f"{len(IMAGES)} images: {len(IMAGES)} classified")
+    page.screenshot(path=str(tmp_path / "serve_page.png"), full_page=True)
+    if os.environ.get("CELLSDK_SCREENSHOT_DIR"):  # how docs/serve_page.png is refreshed
+        shutil.copy(tmp_path / "serve_page.png", Path(os.environ["CELLSDK_SCREENSHOT_DIR"]) / "serve_page.png")
+    assert (tmp_path / "serve_page.png").stat().st_size > 10_000
+    assert errors == []
+    page.close()
+
+
+def test_the_page_shows_a_refused_file_and_works_by_keyboard_on_a_phone(service: Service, browser,
+                                                                        tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    page.goto(service.url)
+    expect(page.locator("#model")).to_contain_text("8 classes")
+    for _ in range(10):  # the file picker is reachable with Tab
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement && document.activeElement.id") == "files":
+            break
+    else:
+        pytest.fail("Tab never reached the file picker")
+    fake = tmp_path / "cell.jpg"
+    fake.write_text("not an image at all")
+    page.set_input_files("#files", [str(fake), str(IMAGES[0])])
+    expect(page.locator(".card[data-state=error]")).to_have_count(1, timeout=30_000)
+    expect(page.locator(".card[data-state=done]")).to_have_count(1, timeout=30_000)
+    expect(page.locator(".card[data-state=error] .reasons")).to_contain_text("not an image")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # no sideways scrolling on a phone
+    page.close()
+
+
+def test_the_heat_map_toggle_overlays_a_map_when_the_service_sends_one(service: Service, browser) -> None:
+    """Explanations arrive with issue 15; the page's side is checked here with the answers amended in flight."""
+    import json
+
+    from playwright.sync_api import expect
+
+    import base64
+    import io
+
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(png, "PNG")
+    heat = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
+    page = browser.new_page()
+
+    def with_capability(route) -> None:
+        response = route.fetch()
+        body = response.json()
+        body["capabilities"]["explanations"] = True
+        route.fulfill(response=response, body=json.dumps(body))
+
+    def with_heatmap(route) -> None:  # Playwright drops file bodies from intercepted requests: ask the service
+        response = httpx.post(service.url + "v1/predict", files=[("files", (IMAGES[0].name, IMAGES[0].read_bytes()))])
+        body = response.json()
+        for prediction in body["predictions"]:
+            prediction["heatmap"] = heat
+        route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
+
+    page.route("**/v1/model", with_capability)
+    page.route("**/v1/predict*", with_heatmap)
+    page.goto(service.url)
+    toggle = page.locator("#heat-toggle")
+    expect(page.locator("#heat-toggle-label")).to_be_visible()
+    page.set_input_files("#files", [str(IMAGES[0])])
+    expect(page.locator(".card[data-state=done]")).to_have_count(1, timeout=30_000)
+    overlay = page.locator(".card .heat")
+    expect(overlay).to_be_hidden()
+    toggle.check()
+    expect(overlay).to_be_visible()
+    expect(overlay).to_have_attribute("src", heat)
+    toggle.uncheck()
+    expect(overlay).to_be_hidden()
+    page.close()
