@@ -252,14 +252,12 @@ def test_the_page_shows_a_refused_file_and_works_by_keyboard_on_a_phone(service:
 
 def test_the_heat_map_toggle_overlays_a_map_when_the_service_sends_one(service: Service, browser) -> None:
     """Explanations arrive with issue 15; the page's side is checked here with the answers amended in flight."""
-    import json
-
-    from playwright.sync_api import expect
-
     import base64
     import io
+    import json
 
     from PIL import Image
+    from playwright.sync_api import expect
 
     png = io.BytesIO()
     Image.new("RGB", (8, 8), (255, 0, 0)).save(png, "PNG")
