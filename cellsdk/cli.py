@@ -715,15 +715,25 @@ def _cpu_notes(manifest: dict[str, Any]) -> list[str]:
               help="With --throughput: go over the folder's images this many times.")
 @click.option("--rounds", type=click.IntRange(1, 100), default=3, show_default=True,
               help="With --throughput: runs of every configuration, interleaved (medians reported).")
+@click.option("--serve-load", "serve_load_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Instead: load-test cellsdk serve on a loopback port with this folder's images, with and without "
+                   "micro-batching, against in-process predict_batch (MODELS: at most one [default: the shipped "
+                   "one]; --duration: seconds per mode [default: 60]).")
+@click.option("--clients", type=click.IntRange(1, 4096), default=32, show_default=True,
+              help="With --serve-load: concurrent clients.")
 @click.option("--quiet", is_flag=True)
 @_friendly_errors
 def bench_command(models: tuple[Path, ...], devices: str, batches: str, out_dir: Path | None, quiet: bool,
                   throughput_dir: Path | None, splits: str | None, ray_actors: str, repeat: int, rounds: int,
-                  **options: Any) -> None:
+                  serve_load_dir: Path | None, clients: int, **options: Any) -> None:
     """Benchmark MODELS (files or cellsdk-convert folders): latency, throughput, memory, accuracy, PASS/FAIL;
-    or, with --throughput DIR, whole-folder throughput of every engine against a hand-written reference."""
+    or, with --throughput DIR, whole-folder throughput of every engine against a hand-written reference;
+    or, with --serve-load DIR, the REST service under load."""
     from cellsdk.benchmarks import BenchConfig, format_table, run_benchmark, write_reports
 
+    if serve_load_dir is not None:
+        _bench_serve_load(serve_load_dir, models, out_dir, quiet, clients, options["duration"] or 60.0)
+        return
     if throughput_dir is not None:
         _bench_throughput(throughput_dir, models, out_dir, quiet, splits, ray_actors, repeat, rounds)
         return
@@ -830,6 +840,24 @@ def serve_command(model_path: Path | None, backend: str | None, device: str, hos
                          **({"max_pixels": max_pixels} if max_pixels else {})).check()
     classifier = _load_for_predict(model_path, backend, device, threads, top_k, strict, ood_mode)
     serve(classifier, config, log_level=log_level, announce=lambda line: click.echo(line, err=True))
+
+
+def _bench_serve_load(folder: Path, models: tuple[Path, ...], out_dir: Path | None, quiet: bool, clients: int,
+                      duration: float) -> None:
+    from cellsdk.benchmarks.serve_load import ServeLoadConfig, format_serve_load, run_serve_load, write_serve_load
+
+    if len(models) > 1:
+        raise click.UsageError("--serve-load takes at most one model")
+    config = ServeLoadConfig(folder=str(folder), model=str(models[0]) if models else None, duration=duration,
+                             clients=clients)
+    report = run_serve_load(config, progress=None if quiet else lambda line: click.echo(line, err=True))
+    click.echo(format_serve_load(report))
+    if out_dir is not None:
+        for path in write_serve_load(report, out_dir):
+            click.echo(f"wrote {path}")
+    failed = [row["mode"] for row in report["rows"] if row["errors"] or row["service_exit_code"] != 0]
+    if failed:
+        raise click.ClickException(f"the service answered with errors, or did not stop cleanly, in: {', '.join(failed)}")
 
 
 for _command in (train_command, eval_command, calibrate_command, predict_command, info_command, convert_command,

@@ -7,6 +7,7 @@ import struct
 import threading
 import time
 import zlib
+from contextlib import ExitStack
 
 import pytest
 from PIL import Image
@@ -38,8 +39,8 @@ def submit_from_threads(batcher: MicroBatcher, groups: list[list[int]]) -> list[
 
     def one(i: int) -> None:
         start.wait()
-        with batcher.admit(len(groups[i])):
-            results[i] = batcher.submit(groups[i]).result(timeout=10)
+        with batcher.admit(len(groups[i])) as ticket:
+            results[i] = ticket.submit(groups[i]).result(timeout=10)
 
     threads = [threading.Thread(target=one, args=(i,)) for i in range(len(groups))]
     for t in threads:
@@ -49,19 +50,58 @@ def submit_from_threads(batcher: MicroBatcher, groups: list[list[int]]) -> list[
     return results  # type: ignore[return-value]
 
 
-def test_concurrent_requests_share_runtime_calls_and_get_their_own_results() -> None:
+def test_concurrent_requests_get_their_own_results() -> None:
     infer = Recorder()
-    batcher = MicroBatcher(infer, max_batch=16, max_wait_ms=500, max_queue=64)
+    batcher = MicroBatcher(infer, max_batch=16, max_wait_ms=50, max_queue=64)
     try:
         groups = [[i] for i in range(8)] + [[100, 101, 102]]
         results = submit_from_threads(batcher, groups)
     finally:
         batcher.close()
     assert results == [[x * 2 for x in g] for g in groups]  # routed back to the right caller, in order
-    assert sum(len(c) for c in infer.calls) == 11
-    assert len(infer.calls) < 9  # at least two requests shared a call (500 ms is ample for 9 threads to queue)
-    assert max(len(c) for c in infer.calls) <= 16
+    assert sum(len(c) for c in infer.calls) == 11 and max(len(c) for c in infer.calls) <= 16
     assert any(c[i:i + 3] == [100, 101, 102] for c in infer.calls for i in range(len(c)))  # never split
+
+
+def test_images_still_being_prepared_are_waited_for_and_then_share_one_call() -> None:
+    infer = Recorder()
+    batcher = MicroBatcher(infer, max_batch=16, max_wait_ms=10_000, max_queue=64)
+    try:
+        with ExitStack() as stack:
+            tickets = [stack.enter_context(batcher.admit(n)) for n in (1, 2, 1)]
+            assert batcher.preparing == 4
+            first = tickets[0].submit([1])
+            time.sleep(0.2)
+            assert not first.done()  # three more admitted images are on their way
+            second, third = tickets[1].submit([2, 3]), tickets[2].submit([4])
+            assert (first.result(5), second.result(5), third.result(5)) == ([2], [4, 6], [8])
+        assert infer.calls == [[1, 2, 3, 4]]  # one runtime call for the three requests
+    finally:
+        batcher.close()
+
+
+def test_a_lone_request_does_not_wait() -> None:
+    infer = Recorder()
+    batcher = MicroBatcher(infer, max_batch=32, max_wait_ms=60_000, max_queue=64)
+    try:
+        with batcher.admit(1) as ticket:
+            assert ticket.submit([5]).result(timeout=10) == [10]  # nothing else admitted: no reason to wait 60 s
+    finally:
+        batcher.close()
+
+
+def test_the_wait_for_stragglers_is_bounded_and_a_failed_request_stops_it() -> None:
+    infer = Recorder()
+    batcher = MicroBatcher(infer, max_batch=32, max_wait_ms=100, max_queue=64)
+    try:
+        with batcher.admit(1) as ticket, batcher.admit(1):  # the second never submits (e.g. a bad image)
+            assert ticket.submit([1]).result(timeout=10) == [2]  # after at most 100 ms
+        assert batcher.preparing == 0 and batcher.admitted == 0
+        with pytest.raises(ValueError), batcher.admit(3):
+            raise ValueError("image 2 is corrupt")
+        assert batcher.preparing == 0
+    finally:
+        batcher.close()
 
 
 def test_a_full_batch_runs_without_waiting_for_the_deadline() -> None:
@@ -69,8 +109,8 @@ def test_a_full_batch_runs_without_waiting_for_the_deadline() -> None:
     batcher = MicroBatcher(infer, max_batch=4, max_wait_ms=10_000, max_queue=16)
     try:
         started = time.monotonic()
-        with batcher.admit(4):
-            assert batcher.submit([1, 2, 3, 4]).result(timeout=5) == [2, 4, 6, 8]
+        with batcher.admit(8) as ticket:  # more admitted than submitted: only max_batch ends the wait
+            assert ticket.submit([1, 2, 3, 4]).result(timeout=5) == [2, 4, 6, 8]
         assert time.monotonic() - started < 5  # not the 10 s deadline
     finally:
         batcher.close()
@@ -81,8 +121,8 @@ def test_max_batch_one_runs_every_input_alone_and_a_large_request_runs_whole() -
     batcher = MicroBatcher(infer, max_batch=1, max_wait_ms=0, max_queue=64)
     try:
         submit_from_threads(batcher, [[1], [2], [3]])
-        with batcher.admit(5):
-            assert batcher.submit([1, 2, 3, 4, 5]).result(timeout=5) == [2, 4, 6, 8, 10]
+        with batcher.admit(5) as ticket:
+            assert ticket.submit([1, 2, 3, 4, 5]).result(timeout=5) == [2, 4, 6, 8, 10]
     finally:
         batcher.close()
     assert [len(c) for c in infer.calls[:3]] == [1, 1, 1]
@@ -107,10 +147,10 @@ def test_the_queue_is_bounded_and_says_when_to_retry() -> None:
 
 def test_close_finishes_queued_work_then_refuses_new_work() -> None:
     infer = Recorder()
-    batcher = MicroBatcher(infer, max_batch=64, max_wait_ms=2_000, max_queue=64)
-    with batcher.admit(2):
-        future = batcher.submit([1, 2])
-        batcher.close(timeout=10)  # does not wait out the 2 s deadline, and answers the queued images
+    batcher = MicroBatcher(infer, max_batch=64, max_wait_ms=10_000, max_queue=64)
+    with batcher.admit(4) as ticket:  # two more are "being prepared": the batcher waits for them
+        future = ticket.submit([1, 2])
+        batcher.close(timeout=30)  # does not wait out the 10 s deadline, and answers the queued images
         assert future.result(timeout=0) == [2, 4]
     with pytest.raises(ShuttingDownError), batcher.admit(1):
         pass
@@ -138,10 +178,10 @@ def test_an_infer_failure_reaches_every_caller_of_that_call_and_the_batcher_goes
 def test_a_cancelled_caller_does_not_break_the_batcher() -> None:
     batcher = MicroBatcher(Recorder(delay=0.05), max_batch=8, max_wait_ms=200, max_queue=8)
     try:
-        with batcher.admit(2):
-            first = batcher.submit([1])
+        with batcher.admit(2) as ticket:
+            first = ticket.submit([1])
             first.cancel()  # a client that hung up
-            assert batcher.submit([2]).result(timeout=5) == [4]
+            assert ticket.submit([2]).result(timeout=5) == [4]
     finally:
         batcher.close()
 

@@ -182,14 +182,14 @@ def create_app(classifier: Classifier, config: ServeConfig | None = None) -> Fas
                            headers={"Retry-After": "1"})
         batcher, pool = state.batcher, state.pool  # set together by the lifespan (state.ready)
         uploads = await _read_uploads(request, config)
-        with batcher.admit(len(uploads)):  # type: ignore[union-attr]
+        with batcher.admit(len(uploads)) as ticket:  # type: ignore[union-attr]
             loop = asyncio.get_running_loop()
             prepared = await asyncio.gather(*(loop.run_in_executor(pool, state.prepare, data, i, name)
                                               for i, (name, data) in enumerate(uploads)), return_exceptions=True)
             for outcome in prepared:
                 if isinstance(outcome, BaseException):
                     raise outcome
-            predictions = await asyncio.wrap_future(batcher.submit(prepared))  # type: ignore[union-attr]
+            predictions = await asyncio.wrap_future(ticket.submit(prepared))
         k = min(top_k or config.top_k, len(classifier.labels))
         body = {"model": {"name": state.model_info["name"], "sha256": state.model_info["sha256"]},
                 "predictions": [{"name": name, **dataclasses.replace(p, top_k=p.top_k[:k]).to_dict()}

@@ -2,14 +2,16 @@
 
 Requests :meth:`~MicroBatcher.admit` their images first (a bounded number are admitted at once, so the
 backlog never grows without bound; a request that does not fit is told how long to wait), prepare them, then
-:meth:`~MicroBatcher.submit` them. One inference thread takes queued images as soon as ``max_batch`` have
-arrived or the oldest has waited ``max_wait_ms``, runs them in one call of ``infer``, and routes each result
-back to its request's future. A request's images are never split across calls.
+submit them with the ticket admission gave. One inference thread takes the queued images and runs them in one
+call of ``infer``, routing each result back to its request's future; a request's images are never split across
+calls. It waits for more only while admitted images are still being prepared (they are on their way), and then
+no longer than ``max_wait_ms`` after the oldest queued image arrived, or until ``max_batch`` are queued: under
+load batches fill up, and a lone request never waits.
 
 Example:
     >>> batcher = MicroBatcher(lambda items: [x * 2 for x in items], max_batch=8, max_wait_ms=1, max_queue=16)
-    >>> with batcher.admit(3):
-    ...     batcher.submit([1, 2, 3]).result(timeout=5)
+    >>> with batcher.admit(3) as ticket:
+    ...     ticket.submit([1, 2, 3]).result(timeout=5)
     [2, 4, 6]
     >>> batcher.close()
 """
@@ -29,7 +31,7 @@ from typing import Any, Generic, TypeVar
 from cellsdk._validate import require_float, require_int
 from cellsdk.errors import CellSDKError
 
-__all__ = ["BusyError", "MicroBatcher", "ShuttingDownError"]
+__all__ = ["BusyError", "MicroBatcher", "ShuttingDownError", "Ticket"]
 
 P = TypeVar("P")
 R = TypeVar("R")
@@ -45,6 +47,19 @@ class BusyError(CellSDKError):
 
 class ShuttingDownError(CellSDKError):
     """The batcher is closing and takes no new work."""
+
+
+class Ticket(Generic[P, R]):
+    """Room for a number of inputs, from :meth:`MicroBatcher.admit`; :meth:`submit` them once prepared."""
+
+    def __init__(self, batcher: MicroBatcher[P, R], count: int) -> None:
+        self._batcher = batcher
+        self.count = count
+        self.unsubmitted = count  # admitted, still being prepared: the batcher may wait for these
+
+    def submit(self, items: list[P]) -> Future[list[R]]:
+        """Queue prepared inputs; the future gets their results, in order (see :meth:`MicroBatcher.submit`)."""
+        return self._batcher.submit(items, ticket=self)
 
 
 @dataclass
@@ -77,6 +92,7 @@ class MicroBatcher(Generic[P, R]):
         self._jobs: deque[_Job[P, R]] = deque()
         self._queued = 0  # inputs in _jobs
         self._admitted = 0  # inputs admitted and not yet answered
+        self._preparing = 0  # inputs admitted and not yet submitted
         self._closing = False
         self._seconds_per_input = 0.005  # running estimate, for Retry-After
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -95,13 +111,19 @@ class MicroBatcher(Generic[P, R]):
         return self._admitted
 
     @property
+    def preparing(self) -> int:
+        """Inputs admitted and not yet submitted (being prepared): the batcher waits for these."""
+        return self._preparing
+
+    @property
     def closing(self) -> bool:
         """True once :meth:`close` was called."""
         return self._closing
 
     @contextmanager
-    def admit(self, count: int) -> Iterator[None]:
-        """Reserve room for ``count`` inputs for the duration of the block (prepare and submit inside it).
+    def admit(self, count: int) -> Iterator[Ticket[P, R]]:
+        """Reserve room for ``count`` inputs for the duration of the block; prepare them and submit them with
+        the ticket inside it. Inputs the block never submits (it failed) stop counting when it ends.
 
         Raises:
             BusyError: admitting them would exceed ``max_queue`` (its ``retry_after`` estimates when to retry).
@@ -115,23 +137,37 @@ class MicroBatcher(Generic[P, R]):
                 raise BusyError(f"the service is busy ({self._admitted} images in progress, limit {self.max_queue}); "
                                 f"retry in {wait} s", retry_after=wait)
             self._admitted += count
+            self._preparing += count
+        ticket: Ticket[P, R] = Ticket(self, count)
         try:
-            yield
+            yield ticket
         finally:
             with self._cond:
                 self._admitted -= count
+                self._preparing -= ticket.unsubmitted
+                ticket.unsubmitted = 0
+                self._cond.notify_all()  # the batcher need not wait for inputs that will never come
 
-    def submit(self, items: list[P]) -> Future[list[R]]:
-        """Queue prepared inputs (admitted first with :meth:`admit`); the future gets their results, in order.
+    def submit(self, items: list[P], *, ticket: Ticket[P, R] | None = None) -> Future[list[R]]:
+        """Queue prepared inputs; the future gets their results, in order.
+
+        Args:
+            items: prepared inputs.
+            ticket: the admission they came with (:meth:`admit`), so the batcher stops waiting for them.
 
         Raises:
             ShuttingDownError: the batcher has stopped.
         """
         future: Future[list[R]] = Future()
-        if not items:
-            future.set_result([])
-            return future
         with self._cond:
+            if ticket is not None:
+                done = min(len(items), ticket.unsubmitted)
+                ticket.unsubmitted -= done
+                self._preparing -= done
+            if not items:
+                future.set_result([])
+                self._cond.notify_all()
+                return future
             if self._closing and not self._thread.is_alive():
                 raise ShuttingDownError("the service has shut down")
             self._jobs.append(_Job(list(items), future))
@@ -156,7 +192,7 @@ class MicroBatcher(Generic[P, R]):
                     return None
                 self._cond.wait()
             deadline = self._jobs[0].queued_at + self.max_wait
-            while self._queued < self.max_batch and not self._closing:
+            while self._queued < self.max_batch and self._preparing > 0 and not self._closing:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
