@@ -15,9 +15,9 @@ import pytest
 pytest.importorskip("fastapi", reason="the service needs cellsdk[serve]")
 pytest.importorskip("uvicorn", reason="the service needs cellsdk[serve]")
 
-from cellsdk.benchmarks.serve_load import ServeLoadConfig, format_serve_load, run_serve_load  # noqa: E402
-from cellsdk.errors import ConfigError  # noqa: E402
-from tests.conftest import RAW_SAMPLES, REPO  # noqa: E402
+from cellsdk.benchmarks.serve_load import ServeLoadConfig, format_serve_load, run_serve_load
+from cellsdk.errors import ConfigError
+from tests.conftest import RAW_SAMPLES, REPO
 
 
 def test_a_short_load_run_reports_both_modes_without_errors() -> None:
