@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"  {correct}/{len(raw)} correct ({report['raw_accuracy'] * 100:.1f} %)")
     report["guard"] = show_guard(clf, list(raw.paths))
     report["job"] = batch_job(clf, {path_key(p): clf.predict(p).label for p in raw.paths}, args.out)
+    report["service"] = serve_check({p: clf.predict(p).label for p in raw.paths})
 
     crops = load_dataset(SAMPLES / "bloodmnist_128").split("test")
     cropped = clf.with_preprocessing(meta.preprocessing.without_crop())  # these are already the 200 px crops
@@ -91,6 +92,54 @@ def batch_job(clf: Classifier, expected: dict[str, str | None], out: Path) -> di
     print(f"\nas a large job (cellsdk predict samples/pbc_raw --out {summary.out}):\n{summary.table()}")
     print(f"  {summary.rows} rows, labels {'identical to' if same else 'DIFFERENT from'} predict() one by one")
     return {"rows": summary.rows, "per_class": summary.per_class, "same_labels": same}
+
+
+def serve_check(expected: dict[Path, str | None]) -> dict:
+    """The REST service (``cellsdk serve``) on a loopback port: every sample posted, labels as ``predict``'s;
+    a non-image refused with a problem document; SIGTERM stops it cleanly."""
+    import importlib.util
+    import json
+    import re
+    import signal
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
+        print("\nservice: not checked (pip install 'cellsdk[serve]'; scripts/setup.sh does)")
+        return {"checked": False}
+    service = subprocess.Popen([sys.executable, "-c", "from cellsdk.cli import cli; cli()", "serve", "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = None
+    for line in service.stdout:  # type: ignore[union-attr]
+        match = re.search(r"cellsdk serve: (http://\S+/)", line)
+        if match:
+            url = match.group(1)
+            break
+    labels, refused, error = {}, None, None
+    try:
+        if url is None:
+            return {"checked": True, "started": False, "same_labels": False}
+        for path in expected:
+            request = urllib.request.Request(url + "v1/predict", data=path.read_bytes(), method="POST")
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                labels[path] = json.load(answer)["predictions"][0]["label"]
+        try:
+            urllib.request.urlopen(urllib.request.Request(url + "v1/predict", data=b"not an image", method="POST"))
+        except urllib.error.HTTPError as err:
+            refused = (err.code, err.headers.get("content-type"))
+    except (OSError, ValueError, KeyError) as err:  # reported as a failed check, not a traceback
+        error = f"{type(err).__name__}: {err}"
+    finally:
+        service.send_signal(signal.SIGTERM)
+        code = service.wait(60)
+    same = labels == expected
+    print(f"\nservice (cellsdk serve, {url}): {len(labels)} samples posted, labels "
+          f"{'identical to' if same else 'DIFFERENT from'} predict(); a text body -> {refused}; "
+          f"SIGTERM -> exit {code}")
+    return {"checked": True, "started": True, "same_labels": same and error is None, "refused": list(refused or ()),
+            "exit_code": code, "error": error}
 
 
 def show_guard(clf: Classifier, paths: list[Path]) -> dict:
@@ -159,6 +208,11 @@ def failures(report: dict) -> list[str]:
            for a in report["conversion"]["artefacts"] if a["status"] == "failed"]
     if not report["job"]["same_labels"]:
         out.append("the large-job run (cellsdk.jobs) gave other labels than predict() one image at a time")
+    service = report.get("service") or {}
+    if service.get("checked") and not (service["same_labels"] and service.get("exit_code") == 0
+                                       and service.get("refused", [None])[0] == 415):
+        out.append(f"the REST service (cellsdk serve) did not answer like predict(), refuse a non-image with 415, "
+                   f"or stop cleanly: {service}")
     guard = report.get("guard") or {}
     if guard.get("present") and (guard["samples_kept"] < 0.75 or guard["altered_flagged"] < 0.8):
         out.append(f"the OOD guard kept {guard['samples_kept'] * 100:.0f} % of the sample originals (expected >= 75 %) "

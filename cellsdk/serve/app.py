@@ -278,10 +278,7 @@ async def _read_uploads(request: Request, config: ServeConfig) -> list[tuple[str
             await form.close()
         if not uploads:
             raise ApiError("bad-request", "no image in the request: send images as the multipart field 'files'")
-    elif content_type.startswith("application/x-www-form-urlencoded"):
-        raise ApiError("unsupported-media-type", "a URL-encoded form carries no image: send the image as the "
-                                                 "raw body or as the multipart field 'files'")
-    else:
+    else:  # whatever the Content-Type says (curl -d and urllib send x-www-form-urlencoded): the bytes decide
         body = await request.body()
         if not body:
             raise ApiError("bad-request", "empty request body: send the image as the raw body or as the "
