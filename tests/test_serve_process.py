@@ -292,3 +292,10 @@ def test_the_heat_map_toggle_overlays_a_map_when_the_service_sends_one(service: 
     toggle.uncheck()
     expect(overlay).to_be_hidden()
     page.close()
+
+
+def test_the_bad_request_table_script_gets_every_expected_answer() -> None:
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "serve_bad_requests.py")], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "UNEXPECTED" not in done.stdout and "| queue full" in done.stdout and "exit status 0" in done.stdout
