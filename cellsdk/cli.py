@@ -797,7 +797,8 @@ def _bench_throughput(folder: Path, models: tuple[Path, ...], out_dir: Path | No
 @click.option("--max-batch", type=click.IntRange(1, 4096), default=32, show_default=True,
               help="Images per runtime call across concurrent requests (1: no micro-batching).")
 @click.option("--max-wait-ms", type=click.FloatRange(0, 10_000), default=5.0, show_default=True,
-              help="How long the first queued image waits for others to fill a batch.")
+              help="At most how long queued images wait for admitted ones still being decoded (a lone request "
+                   "never waits).")
 @click.option("--max-queue", type=POSITIVE, default=256, show_default=True,
               help="Images in progress at once; beyond it requests get 503 with Retry-After.")
 @click.option("--max-images", type=POSITIVE, default=64, show_default=True, help="Images in one request.")

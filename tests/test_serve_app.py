@@ -183,11 +183,16 @@ def test_a_full_queue_answers_503_with_retry_after(client) -> None:
     assert client.post("/v1/predict", content=IMAGES[0].read_bytes()).status_code == 200  # and recovers
 
 
-def test_draining_refuses_new_work_and_fails_readiness(classifier) -> None:
+def test_draining_fails_readiness_and_a_closed_batcher_refuses_work(classifier) -> None:
     with TestClient(create_app(classifier)) as c:
-        c.app.state.cellsdk.draining = True
+        state = c.app.state.cellsdk
+        state.draining = True  # SIGTERM: the server takes no new connection; what got in is answered
         assert_problem(c.get("/readyz"), 503, "shutting-down")
-        assert_problem(c.post("/v1/predict", content=IMAGES[0].read_bytes()), 503, "shutting-down")
+        assert c.post("/v1/predict", content=IMAGES[0].read_bytes()).status_code == 200
+        state.batcher.close()
+        response = c.post("/v1/predict", content=IMAGES[0].read_bytes())
+        assert_problem(response, 503, "shutting-down")
+        assert response.headers["retry-after"] == "1"
         assert c.get("/healthz").status_code == 200
 
 

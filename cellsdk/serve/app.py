@@ -176,13 +176,13 @@ def create_app(classifier: Classifier, config: ServeConfig | None = None) -> Fas
                       ) -> Response:
         """Images as multipart field ``files`` (one or several) or as the raw request body: one prediction
         each, in request order, with every field of ``cellsdk.Prediction``."""
-        if not state.ready:
-            raise ApiError(*(("shutting-down", "the service is shutting down; retry on another instance")
-                             if state.draining else ("not-ready", "the service is starting; retry shortly")),
-                           headers={"Retry-After": "1"})
-        batcher, pool = state.batcher, state.pool  # set together by the lifespan (state.ready)
+        # Draining (SIGTERM) does not refuse a request that got this far: the server stopped accepting
+        # connections and requests at the signal, so this one arrived before it and is answered.
+        batcher, pool = state.batcher, state.pool  # set together by the lifespan
+        if batcher is None or pool is None:
+            raise ApiError("not-ready", "the service is starting; retry shortly", headers={"Retry-After": "1"})
         uploads = await _read_uploads(request, config)
-        with batcher.admit(len(uploads)) as ticket:  # type: ignore[union-attr]
+        with batcher.admit(len(uploads)) as ticket:  # ShuttingDownError (503) once the batcher has closed
             loop = asyncio.get_running_loop()
             prepared = await asyncio.gather(*(loop.run_in_executor(pool, state.prepare, data, i, name)
                                               for i, (name, data) in enumerate(uploads)), return_exceptions=True)

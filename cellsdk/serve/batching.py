@@ -75,7 +75,7 @@ class MicroBatcher(Generic[P, R]):
     Args:
         infer: prepared inputs to one result each (one runtime call); runs on the batcher's thread only.
         max_batch: inputs per call (1: each input alone, no batching).
-        max_wait_ms: how long the oldest queued input waits for more before its batch runs.
+        max_wait_ms: at most how long the oldest queued input waits for admitted inputs still being prepared.
         max_queue: inputs admitted at once (being prepared, queued or running).
         on_batch: called after each call with (inputs, seconds), e.g. for metrics.
     """
@@ -94,6 +94,7 @@ class MicroBatcher(Generic[P, R]):
         self._admitted = 0  # inputs admitted and not yet answered
         self._preparing = 0  # inputs admitted and not yet submitted
         self._closing = False
+        self._stopped = False  # the thread has taken its last batch
         self._seconds_per_input = 0.005  # running estimate, for Retry-After
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -168,7 +169,7 @@ class MicroBatcher(Generic[P, R]):
                 future.set_result([])
                 self._cond.notify_all()
                 return future
-            if self._closing and not self._thread.is_alive():
+            if self._stopped:
                 raise ShuttingDownError("the service has shut down")
             self._jobs.append(_Job(list(items), future))
             self._queued += len(items)
@@ -189,6 +190,7 @@ class MicroBatcher(Generic[P, R]):
         with self._cond:
             while not self._jobs:
                 if self._closing:
+                    self._stopped = True  # under the lock: no job can slip in after this and wait forever
                     return None
                 self._cond.wait()
             deadline = self._jobs[0].queued_at + self.max_wait

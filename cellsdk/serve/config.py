@@ -51,7 +51,8 @@ class ServeConfig:
         host: the address to bind (loopback by default; any other needs ``api_key``).
         port: the TCP port (0: any free one, printed at start).
         max_batch: images per runtime call across concurrent requests (1: no micro-batching).
-        max_wait_ms: how long the first queued image waits for others to fill a batch.
+        max_wait_ms: at most how long queued images wait for admitted ones still being decoded to join their
+            batch (a lone request never waits; see :mod:`cellsdk.serve.batching`).
         max_queue: images admitted at once (decoding, queued or running); a request beyond it gets 503 with
             ``Retry-After``, so the backlog never grows without bound.
         max_images: images in one request.

@@ -1,14 +1,16 @@
 """Run the service under uvicorn: bind (loopback by default), announce the address, drain on SIGTERM / Ctrl-C.
 
-On SIGTERM or SIGINT the listening socket closes at once (new connections are refused), ``/readyz`` turns 503,
-a request arriving on an open keep-alive connection gets ``503 shutting-down``, and every request already in
-flight is answered (for up to ``drain_seconds``) before the process exits with status 0.
+On SIGTERM or SIGINT the listening socket closes at once (new connections are refused), idle keep-alive
+connections are closed and busy ones close after their answer (no new request is read), ``/readyz`` turns 503,
+and every request already received is answered (for up to ``drain_seconds``) before the process exits with
+status 0.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import signal
 import socket
 import threading
@@ -106,7 +108,7 @@ def serve(classifier: Classifier, config: ServeConfig | None = None, *, log_leve
                          f"{settings.max_wait_ms:g} ms); Ctrl-C to stop")
 
     server = Server(uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", server_header=False,
-                                   proxy_headers=False, timeout_graceful_shutdown=int(settings.drain_seconds) or None,
+                                   proxy_headers=False, timeout_graceful_shutdown=math.ceil(settings.drain_seconds),
                                    limit_concurrency=settings.max_connections, timeout_keep_alive=5))
     try:
         with _signals_end_the_service():
