@@ -272,3 +272,16 @@ def test_metrics_render_prometheus_text() -> None:
     assert "cellsdk_images_total 38" in text and "cellsdk_queue_depth 3" in text
     for line in text.splitlines():  # every sample line is "name{labels} value"
         assert line.startswith("#") or len(line.rsplit(" ", 1)) == 2
+
+
+def test_a_missing_service_package_is_one_line_naming_the_extra() -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    hide = "import sys; sys.modules['fastapi'] = None; from cellsdk.cli import cli; cli()"
+    done = subprocess.run([sys.executable, "-c", hide, "serve"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "FastAPI, which is not installed: pip install 'cellsdk[serve]'" in done.stderr

@@ -186,7 +186,8 @@ class MicroBatcher(Generic[P, R]):
     # ------------------------------------------------------------------ the inference thread
 
     def _take(self) -> list[_Job[P, R]] | None:
-        """The next batch of jobs, once full or once its oldest job has waited long enough; None when closed."""
+        """The next batch of jobs: at once when it is full or nothing more is being prepared, else once its oldest
+        job has waited ``max_wait`` for the images on their way; None when closed and drained."""
         with self._cond:
             while not self._jobs:
                 if self._closing:
