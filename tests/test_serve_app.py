@@ -234,3 +234,22 @@ def test_classifier_options_carry_through(classifier) -> None:
     expected = rejecting.predict(noise)
     assert prediction["status"] == expected.status != "ok"
     assert prediction["label"] is None and prediction["top_k"] == [] and prediction["reasons"]
+
+
+def test_uploads_are_never_spooled_to_disk(client, monkeypatch) -> None:
+    import tempfile
+
+    created = []
+    original = tempfile.SpooledTemporaryFile
+
+    class Watched(original):  # type: ignore[misc, valid-type]
+        def rollover(self) -> None:  # what moves a spooled upload from memory to a file on disk
+            created.append(self)
+            super().rollover()
+
+    monkeypatch.setattr("starlette.formparsers.SpooledTemporaryFile", Watched)
+    large = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (700, 700, 3), dtype=np.uint8)).save(large, "PNG")
+    assert len(large.getvalue()) > 1024 * 1024  # over Starlette's default 1 MB spool limit
+    response = client.post("/v1/predict", files=[("files", ("big.png", large.getvalue(), "image/png"))])
+    assert response.status_code == 200 and created == []

@@ -34,6 +34,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from cellsdk._io import sha256_file
 from cellsdk._version import __version__
@@ -256,14 +257,16 @@ async def _read_uploads(request: Request, config: ServeConfig) -> list[tuple[str
     """The request's images as (cleaned name, bytes): multipart field ``files`` or the raw body."""
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data"):
+        parser = MultiPartParser(request.headers, request.stream(), max_files=config.max_images, max_fields=16,
+                                 max_part_size=64 * 1024)
+        parser.spool_max_size = config.max_upload_bytes  # uploads stay in memory: no image is written to disk
         try:
-            form = await request.form(max_files=config.max_images, max_fields=16,
-                                      max_part_size=64 * 1024)
-        except StarletteHTTPException as err:
-            if "too many files" in str(err.detail).lower():
+            form = await parser.parse()
+        except MultiPartException as err:
+            if "too many files" in err.message.lower():
                 raise ApiError("too-many-images", f"more than {config.max_images} images in one request; send "
                                                   "them in several requests") from None
-            raise ApiError("bad-request", f"malformed multipart body: {err.detail}") from None
+            raise ApiError("bad-request", f"malformed multipart body: {err.message}") from None
         try:
             uploads: list[tuple[str | None, bytes]] = []
             for key, value in form.multi_items():
