@@ -253,3 +253,25 @@ def test_uploads_are_never_spooled_to_disk(client, monkeypatch) -> None:
     assert len(large.getvalue()) > 1024 * 1024  # over Starlette's default 1 MB spool limit
     response = client.post("/v1/predict", files=[("files", ("big.png", large.getvalue(), "image/png"))])
     assert response.status_code == 200 and created == []
+
+
+@pytest.mark.parametrize("fmt", ["onnxruntime", "openvino", "torchscript", "folder"])
+def test_any_model_classifier_load_reads_is_served(fmt, artefacts, converted) -> None:
+    """Not only the shipped model: every format that runs here, and a cellsdk-convert folder (its best artefact)."""
+    from tests.conftest import SAMPLES
+
+    if fmt == "folder":
+        path = converted.out_dir
+    elif fmt in artefacts:
+        path = artefacts[fmt]
+    else:
+        pytest.skip(f"{fmt} is not installed")
+    options = {"precision": "f32"} if fmt == "openvino" else {}
+    model = Classifier.load(path, device="cpu", **options)
+    crops = sorted((SAMPLES / "test").glob("*/*.jpg"))[:6]
+    with TestClient(create_app(model)) as c:
+        response = c.post("/v1/predict", files=files(crops))
+        info = c.get("/v1/model").json()
+    assert response.status_code == 200, response.text
+    assert [p["label"] for p in response.json()["predictions"]] == [model.predict(p).label for p in crops]
+    assert info["labels"] == list(model.labels) and info["name"] == model.path.name
