@@ -61,8 +61,7 @@ async function problemText(response) {
 }
 
 function addFiles(files) {
-  const list = Array.from(files).filter((file) => file.size > 0 || file.name);
-  for (const file of list) {
+  for (const file of Array.from(files)) {  // empty or odd files too: the service says what is wrong with each
     const card = $("#card").content.firstElementChild.cloneNode(true);
     const url = URL.createObjectURL(file);
     objectUrls.push(url);
