@@ -34,6 +34,7 @@ from cellsdk.metrics import softmax
 from cellsdk.prediction import Prediction
 from cellsdk.preprocessing import ImageSource, load_image, prepare_image, to_input_array
 from cellsdk.resolve import check_shapes, resolve_metadata
+from cellsdk.tta import check_mode, expand, first_view, merge
 from cellsdk.verification import PASSED, Verification, artefact_verification, enforce_verification
 
 __all__ = ["DEFAULT_MODEL", "Classifier", "Prediction", "default_model_path"]
@@ -85,7 +86,7 @@ class Classifier:
 
     def __init__(self, backend: Backend, metadata: ModelMetadata, *, path: Path, top_k: int = 3,
                  chosen: str | None = None, cpu_check: CpuCheck | None = None, ood: str = "flag",
-                 guard: Guard | None = None, verification: Verification | None = None) -> None:
+                 guard: Guard | None = None, verification: Verification | None = None, tta: str = "none") -> None:
         if ood not in GUARD_MODES:
             raise ConfigError(f"ood={ood!r}: use one of {', '.join(GUARD_MODES)}")
         self.backend = backend
@@ -104,6 +105,8 @@ class Classifier:
         self._outputs = metadata.outputs
         #: flag, reject or off (see :class:`Prediction`'s ``status``)
         self.ood = ood
+        #: test-time augmentation by default: none, or dihedral (the mean over 8 flips / rotations; see cellsdk.tta)
+        self.tta = check_mode(tta)
         #: the model's OOD guard (None for models without one, or with ood="off"); see cellsdk.guard
         self.guard = None if ood == "off" else (guard if guard is not None else Guard.from_metadata(metadata))
         if self.guard is None and ood != "off":
@@ -123,6 +126,7 @@ class Classifier:
         top_k: int = 3,
         strict: bool = False,
         ood: str = "flag",
+        tta: str = "none",
         **options: Any,
     ) -> Classifier:
         """Load a model file or a conversion output folder; with no path, the shipped blood-cell model.
@@ -144,6 +148,9 @@ class Classifier:
             ood: what the model's out-of-distribution guard does: ``flag`` (default: every
                 :class:`Prediction` carries ``status``, ``ood_score`` and ``reasons``), ``reject`` (as flag,
                 and the label of a prediction that is not ``ok`` is withheld) or ``off``.
+            tta: test-time augmentation by default: ``none``, or ``dihedral`` (each image's class probabilities
+                averaged over its 8 flips and right-angle rotations, in the same runtime call; the OOD guard
+                scores the image as it is). Every predict method also takes ``tta=``. See :mod:`cellsdk.tta`.
             **options: backend options, e.g. ``threads=2``, ``precision="f32"`` (openvino),
                 ``providers=[...]`` (onnxruntime), ``compute_units="CPU_AND_NE"`` (coreml).
 
@@ -159,6 +166,7 @@ class Classifier:
         """
         if ood not in GUARD_MODES:
             raise ConfigError(f"ood={ood!r}: use one of {', '.join(GUARD_MODES)}")
+        check_mode(tta)
         path = default_model_path() if path is None else Path(path)
         if not path.exists():
             raise ModelNotFoundError(f"{path}: no such model file or folder")
@@ -182,7 +190,7 @@ class Classifier:
         check = check_artefact(metadata, path.name)
         enforce(check, strict=strict, key=str(path))
         return cls(instance, metadata, path=path, top_k=top_k, chosen=chosen, cpu_check=check, ood=ood,
-                   verification=verification)
+                   verification=verification, tta=tta)
 
     # ------------------------------------------------------------------ properties
 
@@ -217,21 +225,27 @@ class Classifier:
             raise MetadataError(f"the model takes {self._spec.input_size} px inputs, not {preprocessing.input_size}")
         return Classifier(self.backend, self.metadata.replace(preprocessing=preprocessing), path=self.path,
                           top_k=self.default_top_k, chosen=self.chosen, cpu_check=self.cpu_check, ood=self.ood,
-                          guard=self.guard, verification=self.verification)
+                          guard=self.guard, verification=self.verification, tta=self.tta)
 
     # ------------------------------------------------------------------ prediction
 
-    def predict(self, image: ImageSource, *, top_k: int | None = None) -> Prediction:
+    def predict(self, image: ImageSource, *, top_k: int | None = None, tta: str | None = None) -> Prediction:
         """Classify one image: a path, encoded bytes, a PIL image or a numpy array.
+
+        Args:
+            image: the image.
+            top_k: classes to list (default: the classifier's).
+            tta: ``none`` or ``dihedral`` for this call (default: the classifier's ``tta``).
 
         Raises:
             InvalidImageError: naming the input, if it is not a usable image.
         """
         require_int("top_k", top_k, minimum=1, optional=True)
-        return self._infer([self._prepare(image, self._wants_stats)], top_k)[0]
+        return self._infer([self._prepare(image, self._wants_stats)], top_k, tta)[0]
 
     def predict_iter(self, images: Iterable[ImageSource], *, batch_size: int = 32, top_k: int | None = None,
-                     errors: str = "raise", workers: int | None = None) -> Iterator[Item[Prediction]]:
+                     errors: str = "raise", workers: int | None = None, tta: str | None = None
+                     ) -> Iterator[Item[Prediction]]:
         """Classify a stream of images through the pipelined engine (:mod:`cellsdk.engine`), in input order.
 
         Decoding and preprocessing run on ``workers`` threads, overlapped with batched inference; at most a
@@ -244,6 +258,7 @@ class Classifier:
             errors: ``raise`` (the first unusable image raises, naming it) or ``skip`` (its ``Item`` carries
                 the error instead of a prediction, and the rest go on).
             workers: decoding threads (default: one per core but one, at least 1, at most 8).
+            tta: ``none`` or ``dihedral`` (default: the classifier's ``tta``).
 
         Yields:
             :class:`cellsdk.engine.Item`: ``index``, ``source``, ``value`` (the Prediction) or ``error``.
@@ -254,13 +269,15 @@ class Classifier:
             ['ig']
         """
         require_int("top_k", top_k, minimum=1, optional=True)
+        mode = self.tta if tta is None else check_mode(tta)
         stats = self._wants_stats
         return run_pipeline(images, prepare=lambda image: self._prepare(image, stats),
-                            infer=lambda batch: self._infer(batch, top_k), batch_size=batch_size, workers=workers,
-                            errors=errors, describe=_describe_input)
+                            infer=lambda batch: self._infer(batch, top_k, mode), batch_size=batch_size,
+                            workers=workers, errors=errors, describe=_describe_input)
 
     def predict_batch(self, images: Iterable[ImageSource], *, batch_size: int = 32, top_k: int | None = None,
-                      errors: str = "raise", workers: int | None = None) -> list[Prediction | None]:
+                      errors: str = "raise", workers: int | None = None, tta: str | None = None
+                      ) -> list[Prediction | None]:
         """Classify several images, ``batch_size`` at a time, decoding in parallel (see :meth:`predict_iter`).
 
         With ``errors="skip"`` an unusable image gives ``None`` in its place.
@@ -269,18 +286,24 @@ class Classifier:
             InvalidImageError: naming the first unusable input and its position (``errors="raise"``).
         """
         return [item.value for item in self.predict_iter(images, batch_size=batch_size, top_k=top_k, errors=errors,
-                                                         workers=workers)]
+                                                         workers=workers, tta=tta)]
 
     def predict_proba(self, images: ImageSource | Sequence[ImageSource], *, batch_size: int = 32,
-                      workers: int | None = None) -> np.ndarray:
-        """Class probabilities: shape ``C`` for one image, ``N x C`` for a list (or an ``N x H x W x C`` array)."""
+                      workers: int | None = None, tta: str | None = None) -> np.ndarray:
+        """Class probabilities: shape ``C`` for one image, ``N x C`` for a list (or an ``N x H x W x C`` array);
+        ``tta`` as in :meth:`predict`."""
+        mode = self.tta if tta is None else check_mode(tta)
         if isinstance(images, (list, tuple)) or (isinstance(images, np.ndarray) and images.ndim == 4):
             rows: list[np.ndarray] = [item.value for item in run_pipeline(  # type: ignore[misc]
                 list(images), prepare=lambda image: self._prepare(image, False)[0],
-                infer=lambda batch: list(self._proba(self.run_outputs(np.stack(batch))["logits"])),
+                infer=lambda batch: list(self._probabilities(np.stack(batch), mode)),
                 batch_size=batch_size, workers=workers, describe=_describe_input)]
             return np.stack(rows) if rows else np.zeros((0, len(self._labels)))
-        return self._proba(self.run_outputs(self._prepare(images, False)[0][None])["logits"])[0]  # type: ignore[arg-type]
+        return self._probabilities(self._prepare(images, False)[0][None], mode)[0]  # type: ignore[arg-type]
+
+    def _probabilities(self, batch: np.ndarray, mode: str) -> np.ndarray:
+        """Class probabilities of a preprocessed batch, averaged over the views of ``mode``."""
+        return merge(self._proba(self.run_outputs(expand(batch, mode))["logits"]), mode)
 
     @property
     def _wants_stats(self) -> bool:
@@ -291,15 +314,19 @@ class Classifier:
         pixels = np.asarray(prepare_image(load_image(image), self._spec))  # one copy out of Pillow, used twice
         return to_input_array(pixels, self._spec), measure(pixels) if stats else None
 
-    def _infer(self, prepared: list[tuple[np.ndarray, dict[str, float] | None]], top_k: int | None
-               ) -> list[Prediction]:
-        """Predictions for prepared images: one runtime call (split to the model's batch limit), then the guard."""
-        outputs = self.run_outputs(np.stack([array for array, _ in prepared]))
+    def _infer(self, prepared: list[tuple[np.ndarray, dict[str, float] | None]], top_k: int | None,
+               tta: str | None = None) -> list[Prediction]:
+        """Predictions for prepared images: one runtime call (split to the model's batch limit; every view of
+        every image under TTA), then the guard (on each image as it is, with the averaged probabilities)."""
+        mode = self.tta if tta is None else check_mode(tta)
+        outputs = self.run_outputs(expand(np.stack([array for array, _ in prepared]), mode))
         logits = outputs["logits"].astype(np.float64, copy=False)
-        probabilities = self._proba(logits)
+        probabilities = merge(self._proba(logits), mode)
         verdicts: list[Assessment] | None = None
         if self.guard is not None:
-            verdicts = self.guard.assess(logits, outputs.get("features"), [m for _, m in prepared], probabilities)
+            features = outputs.get("features")
+            verdicts = self.guard.assess(first_view(logits, mode), None if features is None else
+                                         first_view(features, mode), [m for _, m in prepared], probabilities)
         return [self._prediction(row, top_k, verdicts[i] if verdicts else None)
                 for i, row in enumerate(probabilities)]
 

@@ -1,0 +1,72 @@
+"""Test-time augmentation: the eight flips and right-angle rotations of a model input, averaged in one run.
+
+Blood cells on a slide have no orientation, so a classifier should give the same answer for every element of
+the dihedral group D4 (4 rotations x with / without a mirror). ``dihedral`` TTA runs all eight views of each
+image in the same batched runtime call and averages their class probabilities. The views are taken on the
+preprocessed square input (after the crop and resize, which commute with them for a centred square crop), so
+an image is decoded once.
+
+Example:
+    >>> batch = np.arange(2 * 3 * 4 * 4, dtype=np.float32).reshape(2, 3, 4, 4)
+    >>> expand(batch, "dihedral").shape, views("dihedral"), views("none")
+    ((16, 3, 4, 4), 8, 1)
+    >>> merge(np.ones((16, 5)), "dihedral").shape
+    (2, 5)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cellsdk.errors import ConfigError
+
+__all__ = ["TTA_MODES", "check_mode", "expand", "first_view", "merge", "views"]
+
+#: ``none``: the image as it is; ``dihedral``: the mean over its 8 flips / right-angle rotations.
+TTA_MODES = ("none", "dihedral")
+
+
+def check_mode(mode: str) -> str:
+    """``mode`` if it is one of :data:`TTA_MODES`; else one :class:`ConfigError` line."""
+    if mode not in TTA_MODES:
+        raise ConfigError(f"tta={mode!r}: use one of {', '.join(TTA_MODES)}")
+    return mode
+
+
+def views(mode: str) -> int:
+    """How many views of each image ``mode`` runs."""
+    return 8 if check_mode(mode) == "dihedral" else 1
+
+
+def _dihedral(batch: np.ndarray) -> list[np.ndarray]:
+    """The 8 D4 images of an ``N x C x H x W`` batch, identity first: rotations by 0/90/180/270 degrees, then the
+    same of its mirror image."""
+    mirrored = batch[..., ::-1]
+    return [np.rot90(source, k, axes=(2, 3)) for source in (batch, mirrored) for k in range(4)]
+
+
+def expand(batch: np.ndarray, mode: str) -> np.ndarray:
+    """``batch`` (``N x C x H x W``) with every image followed by its other views: ``(N * views) x C x H x W``.
+
+    Raises:
+        ConfigError: an unknown mode, or a non-square input under ``dihedral``.
+    """
+    if views(mode) == 1:
+        return batch
+    if batch.ndim != 4 or batch.shape[2] != batch.shape[3]:
+        raise ConfigError(f"tta='dihedral' needs square N x C x H x W inputs, got shape {tuple(batch.shape)}")
+    stacked = np.stack(_dihedral(batch), axis=1)  # N x 8 x C x H x W
+    return np.ascontiguousarray(stacked.reshape(-1, *batch.shape[1:]))
+
+
+def merge(values: np.ndarray, mode: str) -> np.ndarray:
+    """The mean over each image's views of per-view ``values`` (e.g. probabilities), back to one row per image."""
+    count = views(mode)
+    if count == 1:
+        return values
+    return values.reshape(-1, count, *values.shape[1:]).mean(axis=1)
+
+
+def first_view(values: np.ndarray, mode: str) -> np.ndarray:
+    """Each image's own (untransformed) row of per-view ``values``."""
+    return values[::views(mode)]
