@@ -99,28 +99,23 @@ def serve_check(expected: dict[Path, str | None]) -> dict:
     a non-image refused with a problem document; SIGTERM stops it cleanly."""
     import importlib.util
     import json
-    import re
-    import signal
-    import subprocess
-    import sys
     import urllib.error
     import urllib.request
+
+    from cellsdk.errors import ConfigError
+    from cellsdk.serve.process import start_service
 
     if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
         print("\nservice: not checked (pip install 'cellsdk[serve]'; scripts/setup.sh does)")
         return {"checked": False}
-    service = subprocess.Popen([sys.executable, "-c", "from cellsdk.cli import cli; cli()", "serve", "--port", "0"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = None
-    for line in service.stdout:  # type: ignore[union-attr]
-        match = re.search(r"cellsdk serve: (http://\S+/)", line)
-        if match:
-            url = match.group(1)
-            break
+    try:
+        service = start_service()
+    except ConfigError as err:
+        print(f"\nservice: {err}")
+        return {"checked": True, "started": False, "same_labels": False}
+    url = service.url
     labels, refused, error = {}, None, None
     try:
-        if url is None:
-            return {"checked": True, "started": False, "same_labels": False}
         for path in expected:
             request = urllib.request.Request(url + "v1/predict", data=path.read_bytes(), method="POST")
             with urllib.request.urlopen(request, timeout=60) as answer:
@@ -132,8 +127,7 @@ def serve_check(expected: dict[Path, str | None]) -> dict:
     except (OSError, ValueError, KeyError) as err:  # reported as a failed check, not a traceback
         error = f"{type(err).__name__}: {err}"
     finally:
-        service.send_signal(signal.SIGTERM)
-        code = service.wait(60)
+        code = service.stop()
     same = labels == expected
     print(f"\nservice (cellsdk serve, {url}): {len(labels)} samples posted, labels "
           f"{'identical to' if same else 'DIFFERENT from'} predict(); a text body -> {refused}; "

@@ -10,19 +10,16 @@ Exit status 1 if any answer is not the expected status or not a problem document
 from __future__ import annotations
 
 import io
-import os
-import re
-import signal
 import struct
-import subprocess
 import sys
-import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 from PIL import Image
+
+from cellsdk.serve.process import start_service
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = sorted((REPO / "samples" / "pbc_raw").glob("*/*.jpg"))[0]
@@ -43,20 +40,10 @@ def truncated() -> bytes:
     return buffer.getvalue()[:300]
 
 
-def start(*args: str) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen([sys.executable, "-c", "from cellsdk.cli import cli; cli()", "serve", "--port", "0",
-                                *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env={**os.environ, "CELLSDK_API_KEY": KEY})
-    for line in process.stdout:  # type: ignore[union-attr]
-        match = re.search(r"cellsdk serve: (http://\S+/)", line)
-        if match:
-            threading.Thread(target=process.stdout.read, daemon=True).start()  # type: ignore[union-attr]
-            return process, match.group(1)
-    raise SystemExit("cellsdk serve did not start")
-
-
 def main() -> int:
-    process, url = start("--max-upload-mb", "2", "--max-images", "4", "--max-queue", "4")
+    service = start_service(["--max-upload-mb", "2", "--max-images", "4", "--max-queue", "4"],
+                            env={"CELLSDK_API_KEY": KEY})
+    url = service.url
     auth = {"X-API-Key": KEY}
     image = SAMPLE.read_bytes()
     cases = [
@@ -102,8 +89,7 @@ def main() -> int:
         else:
             rows.append((False, "queue full", "no 503 among 48 concurrent requests", "", ""))
         bad += not rows[-1][0] or bool(other)
-    process.send_signal(signal.SIGTERM)
-    code = process.wait(60)
+    code = service.stop()
     print("| request | status | problem type | detail (what the client reads) |")
     print("|---|---|---|---|")
     for ok, name, status, kind, detail in rows:

@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -23,51 +22,20 @@ pytest.importorskip("uvicorn", reason="the service needs cellsdk[serve]")
 httpx = pytest.importorskip("httpx", reason="the HTTP tests need httpx (cellsdk[test])")
 
 from cellsdk import Classifier  # noqa: E402
+from cellsdk.serve.process import ServiceProcess, start_service  # noqa: E402
 from tests.conftest import RAW_SAMPLES, REPO  # noqa: E402
 
 IMAGES = sorted(RAW_SAMPLES.glob("*/*.jpg"))
 CELLSDK = [sys.executable, "-c", "from cellsdk.cli import cli; cli()"]
 
 
-@dataclass
-class Service:
-    process: subprocess.Popen
-    url: str
-    lines: list[str] = field(default_factory=list)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        return self.process.wait(timeout)
-
-
-def start(*args: str, env: dict[str, str] | None = None, timeout: float = 90) -> Service:
+def start(*args: str, env: dict[str, str] | None = None) -> ServiceProcess:
     """``cellsdk serve --port 0 ARGS`` in its own process; returns once it announced its address."""
-    process = subprocess.Popen([*CELLSDK, "serve", "--port", "0", *args], cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
-    lines: list[str] = []
-    found = threading.Event()
-    url: list[str] = []
-
-    def read() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line.rstrip())
-            match = re.search(r"cellsdk serve: (http://\S+/)", line)
-            if match:
-                url.append(match.group(1))
-                found.set()
-        found.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    if not found.wait(timeout) or not url:
-        process.kill()
-        raise AssertionError("cellsdk serve did not start:\n" + "\n".join(lines))
-    return Service(process, url[0], lines)
+    return start_service(args, env=env, cwd=REPO)
 
 
 @pytest.fixture(scope="module")
-def service() -> Iterator[Service]:
+def service() -> Iterator[ServiceProcess]:
     running = start("--max-wait-ms", "20")
     yield running
     assert running.stop() == 0, "\n".join(running.lines)
@@ -78,11 +46,11 @@ def classifier() -> Classifier:
     return Classifier.load()
 
 
-def test_it_listens_on_loopback_only_by_default(service: Service) -> None:
+def test_it_listens_on_loopback_only_by_default(service: ServiceProcess) -> None:
     assert service.url.startswith("http://127.0.0.1:")
 
 
-def test_concurrent_clients_get_the_sdks_labels(service: Service, classifier: Classifier) -> None:
+def test_concurrent_clients_get_the_sdks_labels(service: ServiceProcess, classifier: Classifier) -> None:
     expected = {p.name: classifier.predict(p).label for p in IMAGES}
 
     def post(path: Path) -> tuple[str, str]:
@@ -101,7 +69,7 @@ def test_concurrent_clients_get_the_sdks_labels(service: Service, classifier: Cl
     assert images >= 2 * len(IMAGES) and 1 <= batches <= images
 
 
-def test_openapi_and_the_page_over_the_wire(service: Service) -> None:
+def test_openapi_and_the_page_over_the_wire(service: ServiceProcess) -> None:
     assert "/v1/predict" in httpx.get(service.url + "openapi.json").json()["paths"]
     page = httpx.get(service.url)
     assert page.status_code == 200 and "default-src 'self'" in page.headers["content-security-policy"]
@@ -115,7 +83,7 @@ def test_sigterm_finishes_requests_in_flight_and_refuses_new_ones(classifier: Cl
         large.append(tmp_path / path.name)
         Image.open(path).resize((1800, 1800)).save(large[-1], quality=90)
     running = start("--max-queue", "1024")
-    port = int(running.url.rsplit(":", 1)[1].strip("/"))
+    port = running.port
     batches = [large for _ in range(6)]  # 6 requests of 16 images
     results: list[tuple[int, list[str]] | BaseException] = []
 
@@ -178,8 +146,7 @@ def test_the_key_comes_from_the_environment_and_guards_a_network_bind() -> None:
     key = "e" * 32
     running = start("--host", "0.0.0.0", env={"CELLSDK_API_KEY": key})
     try:
-        port = running.url.rsplit(":", 1)[1].strip("/")
-        url = f"http://127.0.0.1:{port}/"
+        url = f"http://127.0.0.1:{running.port}/"
         assert httpx.post(url + "v1/predict", content=IMAGES[0].read_bytes()).status_code == 401
         ok = httpx.post(url + "v1/predict", content=IMAGES[0].read_bytes(), headers={"X-API-Key": key})
         assert ok.status_code == 200
@@ -209,7 +176,7 @@ def browser():
         instance.close()
 
 
-def test_the_page_classifies_dropped_images_like_the_sdk(service: Service, classifier: Classifier, browser,
+def test_the_page_classifies_dropped_images_like_the_sdk(service: ServiceProcess, classifier: Classifier, browser,
                                                          tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
@@ -237,7 +204,7 @@ def test_the_page_classifies_dropped_images_like_the_sdk(service: Service, class
     page.close()
 
 
-def test_the_page_shows_a_refused_file_and_works_by_keyboard_on_a_phone(service: Service, browser,
+def test_the_page_shows_a_refused_file_and_works_by_keyboard_on_a_phone(service: ServiceProcess, browser,
                                                                         tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
@@ -260,7 +227,7 @@ def test_the_page_shows_a_refused_file_and_works_by_keyboard_on_a_phone(service:
     page.close()
 
 
-def test_the_heat_map_toggle_overlays_a_map_when_the_service_sends_one(service: Service, browser) -> None:
+def test_the_heat_map_toggle_overlays_a_map_when_the_service_sends_one(service: ServiceProcess, browser) -> None:
     """Explanations arrive with issue 15; the page's side is checked here with the answers amended in flight."""
     import base64
     import io
