@@ -29,11 +29,8 @@ import asyncio
 import json
 import os
 import re
-import signal
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -178,31 +175,6 @@ def _process_cpu_seconds(pid: int) -> float | None:
         return None
 
 
-def _start_service(model: str | None, options: Sequence[str], timeout: float = 120) -> tuple[subprocess.Popen, int]:
-    command = [sys.executable, "-c", "import sys; from cellsdk.cli import cli; sys.argv[0] = 'cellsdk'; cli()",
-               "serve", "--port", "0", *(["--model", model] if model else []), *options]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    found: list[int] = []
-    ready = threading.Event()
-
-    def read() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line.rstrip())
-            match = re.search(r"cellsdk serve: http://[^ ]+:(\d+)/", line)
-            if match:
-                found.append(int(match.group(1)))
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    if not ready.wait(timeout) or not found:
-        process.kill()
-        raise ConfigError("cellsdk serve did not start: " + " | ".join(lines[-3:]))
-    return process, found[0]
-
-
 def _metric(text: str, name: str) -> float | None:
     match = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.M)
     return float(match.group(1)) if match else None
@@ -216,19 +188,14 @@ async def _get(host: str, port: int, path: str) -> str:
     return body.decode()
 
 
-def _percentile(values: Sequence[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
-
-
 def _mode(name: str, options: Sequence[str], config: ServeLoadConfig, requests_of: Callable[[int], list[bytes]],
           expected: list[str | None], progress: Callable[[str], None] | None) -> dict[str, Any]:
+    from cellsdk.benchmarks.stats import latency_summary
     from cellsdk.benchmarks.worker import _cpu_busy_seconds, vm_hwm_mb
+    from cellsdk.serve.process import start_service
 
-    process, port = _start_service(config.model, options)
-    host = "127.0.0.1"
+    service = start_service([*(["--model", config.model] if config.model else []), *options])
+    process, port, host = service.process, service.port, "127.0.0.1"
     requests = requests_of(port)
     try:
         if config.warmup:
@@ -245,21 +212,15 @@ def _mode(name: str, options: Sequence[str], config: ServeLoadConfig, requests_o
         metrics = asyncio.run(_get(host, port, "/metrics"))
         peak = vm_hwm_mb(process.pid)
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            code = process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            code = process.wait()
+        code = service.stop()
     batches, images = _metric(metrics, "cellsdk_batch_size_count"), _metric(metrics, "cellsdk_batch_size_sum")
-    ms = [x * 1000 for x in tally.latencies]
+    latency = latency_summary(tally.latencies) if tally.latencies else {}
     return {
         "mode": name, "options": " ".join(options), "clients": config.clients, "seconds": round(wall, 2),
         "requests": tally.sent, "answered": tally.done, "errors": sum(tally.errors.values()),
         "error_kinds": tally.errors,
         "images_per_s": round(tally.done / wall, 1) if wall > 0 else None,
-        "p50_ms": _round(_percentile(ms, 50)), "p95_ms": _round(_percentile(ms, 95)),
-        "p99_ms": _round(_percentile(ms, 99)), "max_ms": _round(max(ms) if ms else None),
+        **{key: _round(latency.get(key)) for key in ("p50_ms", "p95_ms", "p99_ms", "max_ms")},
         "mean_batch": round(images / batches, 2) if batches and images else None,
         "service_cores_busy": None if service_cpu is None or service_after is None
         else round((service_after - service_cpu) / wall, 2),
