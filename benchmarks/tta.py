@@ -90,18 +90,17 @@ def run_tta(config: TtaConfig) -> dict[str, Any]:
     sets: dict[str, Any] = {}
     latency_paths: list[Path] = []
     if config.crops:
-        split = load_dataset(config.crops).split("test")
         dataset = load_dataset(config.crops)
+        split = dataset.split("test")
+        latency_paths = list(split.paths or ())  # unless there are originals (below)
         cropped = classifier.with_preprocessing(classifier.metadata.preprocessing.without_crop())
         sets["crops"] = {"data": f"{config.crops} (test split, already cropped)",
-                         **_measure(cropped, list(split.paths or ()), dataset.targets_for(split, classifier.labels))}
+                         **_measure(cropped, latency_paths, dataset.targets_for(split, classifier.labels))}
     if config.originals:
         paths, targets = _originals(Path(config.originals), classifier.labels)
         sets["originals"] = {"data": f"{config.originals} (test-split originals, the model's crop)",
                              **_measure(classifier, paths, targets)}
         latency_paths = paths
-    if not latency_paths and config.crops:
-        latency_paths = list(load_dataset(config.crops).split("test").paths or ())
     latency_paths = latency_paths[:config.latency_images]
     times: dict[str, list[float]] = {mode: [] for mode in MODES}
     for path in latency_paths[:10]:
