@@ -14,17 +14,69 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "MAX_JSON_DEPTH", "artefact_files", "atomic_path", "current_umask", "parse_json", "sha256_file", "write_json",
-    "write_text",
+    "MAX_JSON_DEPTH", "artefact_files", "atomic_path", "current_umask", "on_terminate", "parse_json", "remove_on_terminate",
+    "remove_registered", "sha256_file", "write_json", "write_text",
 ]
 
 #: deeper JSON than this is refused (cellsdk writes at most ~6 levels; a hostile file could exhaust the stack)
 MAX_JSON_DEPTH = 64
+
+
+#: what to clean up when the process is terminated mid-work: staging paths to delete, child processes to kill
+_ON_TERMINATE: list[Path | Callable[[], object]] = []
+
+
+@contextlib.contextmanager
+def _registered(entry: Path | Callable[[], object]) -> Iterator[None]:
+    _ON_TERMINATE.append(entry)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            _ON_TERMINATE.remove(entry)
+
+
+@contextlib.contextmanager
+def remove_on_terminate(path: str | os.PathLike) -> Iterator[Path]:
+    """Register ``path`` (a staging folder) for :func:`remove_registered` while the block runs.
+
+    Work that spends its time inside native libraries (torch's exporters, quantizers, OpenVINO) must not be
+    unwound by an exception raised from a signal handler: an interrupted exporter can crash the process
+    (SIGSEGV) on its way out, and a library that calls back into Python can turn the interrupt into an
+    ordinary error. The CLI's SIGTERM handler instead removes the registered paths and exits at once.
+    """
+    registered = Path(path)
+    with _registered(registered):
+        yield registered
+
+
+@contextlib.contextmanager
+def on_terminate(cleanup: Callable[[], object]) -> Iterator[None]:
+    """Register ``cleanup`` (e.g. a child process's ``kill``) for :func:`remove_registered` while the block runs."""
+    with _registered(cleanup):
+        yield
+
+
+def remove_registered() -> int:
+    """Run every registered cleanup, newest first: kill child processes, delete staging paths. Returns the count."""
+    import shutil
+
+    entries = list(reversed(_ON_TERMINATE))
+    for entry in entries:
+        if not isinstance(entry, Path):
+            with contextlib.suppress(Exception):
+                entry()
+        elif entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+    return len(entries)
 
 
 def current_umask() -> int:

@@ -25,6 +25,8 @@ from typing import Any
 
 import click
 
+from cellsdk._capture import console_stream
+from cellsdk._io import _ON_TERMINATE, remove_registered
 from cellsdk._version import __version__
 from cellsdk.errors import CellSDKError, describe_os_error
 
@@ -67,17 +69,24 @@ def _friendly_errors(function: Callable[..., Any]) -> Callable[..., Any]:
             raise SystemExit(0) from None
         except OSError as err:
             raise click.ClickException(describe_os_error(err)) from None
-        except _Terminated:  # the stack has unwound (staging folders removed); leave without interpreter teardown,
-            # which can crash inside native libraries interrupted mid-call (seen once with torch's exporter)
-            click.echo("Error: terminated (SIGTERM); nothing half-written was left behind", err=True)
-            with contextlib.suppress(OSError, ValueError):
-                sys.stdout.flush()
-                sys.stderr.flush()
-            os._exit(128 + signal.SIGTERM)
+        except _Terminated:  # the stack has unwound (temporary files removed); leave without interpreter
+            _exit_terminated()  # teardown, which can crash inside native libraries interrupted mid-call
         except KeyboardInterrupt:
             raise click.ClickException("interrupted; nothing half-written was left behind") from None
 
     return wrapper
+
+
+def _exit_terminated(signum: int = signal.SIGTERM) -> None:
+    """Remove registered staging paths, say so on the real terminal, and exit 128 + signum without teardown."""
+    remove_registered()
+    stream = console_stream()  # the terminal even while a conversion sends fds 1 and 2 to its tool log
+    what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
+    with contextlib.suppress(OSError, ValueError):
+        stream.write(f"Error: {what}; nothing half-written was left behind\n")
+        stream.flush()
+        sys.stdout.flush()
+    os._exit(128 + signum)
 
 
 class _Terminated(KeyboardInterrupt):
@@ -86,19 +95,35 @@ class _Terminated(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
-    """While a command runs, SIGTERM unwinds the stack like Ctrl-C instead of killing the process mid-write."""
+    """While a command runs, SIGTERM unwinds the stack like Ctrl-C instead of killing the process mid-write.
+
+    Inside native-heavy work that registered its staging folder (a conversion; see
+    :func:`cellsdk._io.remove_on_terminate`), SIGTERM and Ctrl-C instead remove what is registered and exit at
+    once: an interrupt unwound through torch's exporter can crash the process (SIGSEGV), and OpenVINO can turn
+    it into an ordinary error that fails an artefact instead of stopping the conversion.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def handler(signum: int, frame: Any) -> None:
+    def on_term(signum: int, frame: Any) -> None:
+        if _ON_TERMINATE:
+            _exit_terminated(signum)
         raise _Terminated()
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    def on_int(signum: int, frame: Any) -> None:
+        if _ON_TERMINATE:
+            _exit_terminated(signum)
+        raise KeyboardInterrupt()
+
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, on_term)}
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when Ctrl-C is ignored or handled
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, on_int)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _silence_stdout() -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cellsdk._capture import capture_tool_output
-from cellsdk._io import artefact_files, current_umask, sha256_file, write_json, write_text
+from cellsdk._io import artefact_files, current_umask, remove_on_terminate, sha256_file, write_json, write_text
 from cellsdk._machine import machine_info, package_versions
 from cellsdk._progress import progress_bar
 from cellsdk._validate import require_int
@@ -247,51 +247,52 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
     else:
         metadata = metadata.replace(outputs=("logits",), guard=None)
     staging = _staging_dir(out_dir)
-    try:
-        workdir = staging / ".work"
-        workdir.mkdir()
-        job = ExportJob(model=model, metadata=metadata, workdir=workdir, dynamic_batch=config.dynamic_batch,
-                        calibration=calibration, int8_recipe=config.int8_recipe)
-        with capture_tool_output(staging / TOOL_LOG) as captured:  # exporters' and quantizers' chatter
-            bar = progress_bar(len(plan), "convert + verify", progress, unit="artefact")
-            artefacts: list[dict[str, Any]] = []
-            outputs: dict[str, Any] = {}  # each verified artefact's outputs on the evaluation images
-            for fmt, precision, skipped in plan:
-                bar.set_postfix_str(f"{fmt} {precision}")
-                artefacts.append(_one(job, fmt, precision, skipped, staging, images, reference, config, outputs,
-                                      probe))
-                bar.update(1)
-            bar.close()
-            _verify_cpu_classes(job, artefacts, staging, images, reference, config, progress, outputs)
-        if captured.lines:
-            log.info("cellsdk: %s", captured.summary().replace(str(staging), str(out_dir)))
-        shutil.rmtree(workdir)
-        manifest = {
-            "cellsdk_manifest": 1,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "source_checkpoint": {"path": str(checkpoint), "sha256": checkpoint_sha},
-            "metadata": without_arrays(metadata.to_dict()),
-            "reference": {"model": "PyTorch eager fp32 (the source checkpoint)", **metadata.reference_metrics},
-            "evaluation": images.record(),
-            "calibration": None if calibration is None else {**calibration.record(), "list": "calibration_images.txt"},
-            "thresholds": config.verify.to_dict(),
-            "cpu_targets": {"requested": list(config.cpu_targets.names), "host": host_cpu().to_dict(),
-                            "emulator": qemu_binary(), "images_per_class": config.cpu_targets.images_per_class,
-                            "float_artefacts_emulated": config.cpu_targets.float_artefacts},
-            "tools": package_versions(_TOOLS),
-            "machine": machine_info(),
-            "seconds": None,
-            "tool_output": {"file": TOOL_LOG, "lines": captured.lines},
-            "artefacts": artefacts,
-        }
-        if calibration is not None:
-            write_text(staging / "calibration_images.txt", "\n".join(calibration.ids) + "\n")
-        manifest["seconds"] = time.perf_counter() - started
-        write_json(staging / MANIFEST_NAME, manifest)
-        _swap_into_place(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with remove_on_terminate(staging):  # SIGTERM in the CLI: removed, then exit (no unwinding through exporters)
+        try:
+            workdir = staging / ".work"
+            workdir.mkdir()
+            job = ExportJob(model=model, metadata=metadata, workdir=workdir, dynamic_batch=config.dynamic_batch,
+                            calibration=calibration, int8_recipe=config.int8_recipe)
+            with capture_tool_output(staging / TOOL_LOG) as captured:  # exporters' and quantizers' chatter
+                bar = progress_bar(len(plan), "convert + verify", progress, unit="artefact")
+                artefacts: list[dict[str, Any]] = []
+                outputs: dict[str, Any] = {}  # each verified artefact's outputs on the evaluation images
+                for fmt, precision, skipped in plan:
+                    bar.set_postfix_str(f"{fmt} {precision}")
+                    artefacts.append(_one(job, fmt, precision, skipped, staging, images, reference, config, outputs,
+                                          probe))
+                    bar.update(1)
+                bar.close()
+                _verify_cpu_classes(job, artefacts, staging, images, reference, config, progress, outputs)
+            if captured.lines:
+                log.info("cellsdk: %s", captured.summary().replace(str(staging), str(out_dir)))
+            shutil.rmtree(workdir)
+            manifest = {
+                "cellsdk_manifest": 1,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "source_checkpoint": {"path": str(checkpoint), "sha256": checkpoint_sha},
+                "metadata": without_arrays(metadata.to_dict()),
+                "reference": {"model": "PyTorch eager fp32 (the source checkpoint)", **metadata.reference_metrics},
+                "evaluation": images.record(),
+                "calibration": None if calibration is None else {**calibration.record(), "list": "calibration_images.txt"},
+                "thresholds": config.verify.to_dict(),
+                "cpu_targets": {"requested": list(config.cpu_targets.names), "host": host_cpu().to_dict(),
+                                "emulator": qemu_binary(), "images_per_class": config.cpu_targets.images_per_class,
+                                "float_artefacts_emulated": config.cpu_targets.float_artefacts},
+                "tools": package_versions(_TOOLS),
+                "machine": machine_info(),
+                "seconds": None,
+                "tool_output": {"file": TOOL_LOG, "lines": captured.lines},
+                "artefacts": artefacts,
+            }
+            if calibration is not None:
+                write_text(staging / "calibration_images.txt", "\n".join(calibration.ids) + "\n")
+            manifest["seconds"] = time.perf_counter() - started
+            write_json(staging / MANIFEST_NAME, manifest)
+            _swap_into_place(staging, out_dir)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     return ConversionResult(out_dir, manifest)
 
 

@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from cellsdk._io import on_terminate
 from cellsdk._progress import progress_bar
 from cellsdk.cpu import CLASS_SENSITIVE_PRECISIONS, host_cpu
 from cellsdk.errors import ConfigError
@@ -288,14 +289,23 @@ def run_emulated(model: Path, options: dict[str, Any], target: str, arrays: Path
                "--options", json.dumps(options)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return f"timed out after {timeout:.0f} s"
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     except OSError as err:
         return f"qemu-x86_64 could not start ({err})"
-    if done.returncode != 0 or not out.is_file():
-        lines = [line for line in (done.stderr or "").splitlines() if line.strip() and _QEMU_NOISE not in line]
-        return (lines[-1] if lines else f"exit status {done.returncode}")[:300]
+    with on_terminate(process.kill):  # a terminated conversion leaves no emulated worker running
+        try:
+            _, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            return f"timed out after {timeout:.0f} s"
+        except BaseException:
+            process.kill()
+            process.wait()
+            raise
+    if process.returncode != 0 or not out.is_file():
+        lines = [line for line in (stderr or "").splitlines() if line.strip() and _QEMU_NOISE not in line]
+        return (lines[-1] if lines else f"exit status {process.returncode}")[:300]
     return None
 
 

@@ -24,3 +24,26 @@ def test_atomic_path_leaves_the_target_alone_on_error(tmp_path):
         tmp.write_text("new")
         raise RuntimeError("boom")
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["b.txt"]
+
+
+def test_remove_registered_kills_children_and_deletes_staging_paths_newest_first(tmp_path):
+    import subprocess
+    import sys
+
+    from cellsdk._io import _ON_TERMINATE, on_terminate, remove_on_terminate, remove_registered
+
+    staging = tmp_path / ".out.staging-1"
+    (staging / ".work").mkdir(parents=True)
+    (staging / ".work" / "part").write_text("x")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    order = []
+    try:
+        with remove_on_terminate(staging), on_terminate(child.kill), on_terminate(lambda: order.append("last")):
+            assert len(_ON_TERMINATE) == 3
+            assert remove_registered() == 3
+            assert child.wait(timeout=30) != 0 and not staging.exists() and order == ["last"]
+    finally:
+        child.kill()
+    assert _ON_TERMINATE == []  # the blocks unregistered on their way out
+    with remove_on_terminate(tmp_path / "never-made"):
+        assert remove_registered() == 1  # a path that does not exist is no error
