@@ -18,7 +18,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from cellsdk.preprocessing import ImageSource, load_image, prepare_image, to_inp
 from cellsdk.resolve import check_shapes, resolve_metadata
 from cellsdk.tta import check_mode, expand, first_view, merge
 from cellsdk.verification import PASSED, Verification, artefact_verification, enforce_verification
+
+if TYPE_CHECKING:
+    from cellsdk.explain import Explanation
 
 __all__ = ["DEFAULT_MODEL", "Classifier", "Prediction", "default_model_path"]
 
@@ -301,6 +304,29 @@ class Classifier:
             return np.stack(rows) if rows else np.zeros((0, len(self._labels)))
         return self._probabilities(self._prepare(images, False)[0][None], mode)[0]  # type: ignore[arg-type]
 
+    def explain(self, image: ImageSource, target: str | int | None = None, *, tta: str | None = None) -> Explanation:
+        """Where the model looked: a heat map for ``target`` (default: the predicted class) over the raw image.
+
+        Torch-free: one inference of a model with a class-activation-map output (``cellsdk-convert`` adds it
+        for pooling -> linear heads), so it costs about one :meth:`predict`. See :mod:`cellsdk.explain`.
+
+        Args:
+            image: as for :meth:`predict`.
+            target: a label or class index to explain instead of the predicted class.
+            tta: ``none`` or ``dihedral`` (the maps of the 8 views, turned back and averaged).
+
+        Returns:
+            An :class:`~cellsdk.explain.Explanation`: ``heatmap`` (float32, the raw image's height x width,
+            in [0, 1]), ``prediction``, ``overlay()`` / ``save(path)`` for a PNG.
+
+        Raises:
+            ExplanationUnavailableError: the model has no class-activation-map output (what to do instead).
+            ConfigError: an unknown target.
+        """
+        from cellsdk.explain import explain_images
+
+        return explain_images(self, [image], target, tta=tta)[0]
+
     def _probabilities(self, batch: np.ndarray, mode: str) -> np.ndarray:
         """Class probabilities of a preprocessed batch, averaged over the views of ``mode``."""
         return merge(self._proba(self.run_outputs(expand(batch, mode))["logits"]), mode)
@@ -318,6 +344,11 @@ class Classifier:
                tta: str | None = None) -> list[Prediction]:
         """Predictions for prepared images: one runtime call (split to the model's batch limit; every view of
         every image under TTA), then the guard (on each image as it is, with the averaged probabilities)."""
+        return self._infer_outputs(prepared, top_k, tta)[0]
+
+    def _infer_outputs(self, prepared: list[tuple[np.ndarray, dict[str, float] | None]], top_k: int | None,
+                       tta: str | None = None) -> tuple[list[Prediction], dict[str, np.ndarray]]:
+        """:meth:`_infer`, also returning the model's outputs (every view under TTA)."""
         mode = self.tta if tta is None else check_mode(tta)
         outputs = self.run_outputs(expand(np.stack([array for array, _ in prepared]), mode))
         logits = outputs["logits"].astype(np.float64, copy=False)
@@ -328,7 +359,7 @@ class Classifier:
             verdicts = self.guard.assess(first_view(logits, mode), None if features is None else
                                          first_view(features, mode), [m for _, m in prepared], probabilities)
         return [self._prediction(row, top_k, verdicts[i] if verdicts else None)
-                for i, row in enumerate(probabilities)]
+                for i, row in enumerate(probabilities)], outputs
 
     def run_outputs(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Every output of the model, by name (``logits``, and ``features`` for models with a guard).

@@ -622,6 +622,8 @@ def _split_list(values: tuple[str, ...]) -> tuple[str, ...]:
               show_default=True, help="auto: the score with the best AUROC on synthetic shifts of the val images.")
 @click.option("--guard-retention", type=click.FloatRange(50, 100), default=95.0, show_default=True,
               help="Percent of in-distribution (val) images the OOD threshold keeps.")
+@click.option("--explain/--no-explain", default=True, show_default=True,
+              help="Add a class-activation-map output for Classifier.explain (pooling -> linear heads).")
 @click.option("--quiet", is_flag=True)
 @_friendly_errors
 def convert_command(checkpoint: Path, out_dir: Path, formats: str, quantize: tuple[str, ...], **options: Any) -> None:
@@ -645,6 +647,7 @@ def convert_command(checkpoint: Path, out_dir: Path, formats: str, quantize: tup
                                      float_artefacts=options["verify_cpus_float"]),
         guard=GuardConfig(score=options["guard_score"], retention=options["guard_retention"] / 100)
         if options["guard"] else GuardConfig.off(),
+        explain=options["explain"],
         verify=VerifyConfig(max_accuracy_drop=options["max_accuracy_drop"] / 100,
                             max_recall_drop=options["max_recall_drop"] / 100,
                             min_agreement=options["min_agreement"] / 100),

@@ -22,6 +22,7 @@ __all__ = [
     "ConfigError",
     "CpuVerificationWarning",
     "DatasetError",
+    "ExplanationUnavailableError",
     "FailedVerificationError",
     "FailedVerificationWarning",
     "InvalidImageError",
@@ -85,6 +86,10 @@ class CheckpointError(CellSDKError):
 
 class ConfigError(CellSDKError, ValueError):
     """An option or configuration value is out of range or inconsistent."""
+
+
+class ExplanationUnavailableError(CellSDKError):
+    """The model cannot explain its predictions in this runtime (no class-activation-map output)."""
 
 
 class TrainingError(CellSDKError):

@@ -41,6 +41,7 @@ from cellsdk.metadata import Preprocessing
 __all__ = [
     "MAX_IMAGE_PIXELS",
     "ImageSource",
+    "crop_box",
     "describe_source",
     "load_image",
     "prepare_image",
@@ -279,6 +280,27 @@ def _to_uint8(array: np.ndarray, label: str, *, wide_integers: bool = False) -> 
     return array.astype(np.uint8)
 
 
+def crop_box(size: tuple[int, int], spec: Preprocessing) -> tuple[int, int, int, int]:
+    """The region ``(left, top, right, bottom)`` of a ``(width, height)`` image that :func:`prepare_image` keeps
+    (and resizes to the model input): the centre square of the crop, or the whole image without one.
+
+    Example:
+        >>> from cellsdk.metadata import Preprocessing
+        >>> crop_box((363, 360), Preprocessing(input_size=128, crop_mode="pixels", crop_value=200))
+        (81, 80, 281, 280)
+    """
+    width, height = size
+    side = None
+    if spec.crop_mode == "pixels":
+        side = min(int(spec.crop_value), width, height)
+    elif spec.crop_mode == "fraction" and spec.crop_value < 1.0:
+        side = max(1, round(min(width, height) * spec.crop_value))
+    if side is None or (side, side) == (width, height):
+        return 0, 0, width, height
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
 def prepare_image(image: Image.Image, spec: Preprocessing) -> Image.Image:
     """Centre-crop and resize an RGB image to the model's input size.
 
@@ -293,15 +315,9 @@ def prepare_image(image: Image.Image, spec: Preprocessing) -> Image.Image:
         >>> prepare_image(Image.new("RGB", (36, 30)), spec).size
         (8, 8)
     """
-    width, height = image.size
-    side = None
-    if spec.crop_mode == "pixels":
-        side = min(int(spec.crop_value), width, height)
-    elif spec.crop_mode == "fraction" and spec.crop_value < 1.0:
-        side = max(1, round(min(width, height) * spec.crop_value))
-    if side is not None and (side, side) != (width, height):
-        left, top = (width - side) // 2, (height - side) // 2
-        image = image.crop((left, top, left + side, top + side))
+    box = crop_box(image.size, spec)
+    if box != (0, 0, *image.size):
+        image = image.crop(box)
     size = (spec.input_size, spec.input_size)
     if image.size != size:
         image = image.resize(size, resample=_FILTERS[spec.resize_filter])

@@ -20,7 +20,7 @@ import numpy as np
 
 from cellsdk.errors import ConfigError
 
-__all__ = ["TTA_MODES", "check_mode", "expand", "first_view", "merge", "views"]
+__all__ = ["TTA_MODES", "check_mode", "expand", "first_view", "merge", "unview", "views"]
 
 #: ``none``: the image as it is; ``dihedral``: the mean over its 8 flips / right-angle rotations.
 TTA_MODES = ("none", "dihedral")
@@ -70,3 +70,23 @@ def merge(values: np.ndarray, mode: str) -> np.ndarray:
 def first_view(values: np.ndarray, mode: str) -> np.ndarray:
     """Each image's own (untransformed) row of per-view ``values``."""
     return values[::views(mode)]
+
+
+def unview(maps: np.ndarray, mode: str) -> np.ndarray:
+    """The mean over each image's views of per-view spatial ``maps`` (``(N * views) x C x h x w``, e.g. class
+    activation maps), each first turned back to the image's own orientation: ``N x C x h x w``.
+
+    Example:
+        >>> x = np.arange(2 * 1 * 3 * 3, dtype=np.float32).reshape(2, 1, 3, 3)
+        >>> bool(np.allclose(unview(expand(x, "dihedral"), "dihedral"), x))
+        True
+    """
+    count = views(mode)
+    if count == 1:
+        return maps
+    grouped = maps.reshape(-1, count, *maps.shape[1:])
+    restored = []
+    for j in range(count):  # view j = rot90(mirror^(j // 4)(x), j % 4): undo the rotation, then the mirror
+        view = np.rot90(grouped[:, j], -(j % 4), axes=(2, 3))
+        restored.append(view[..., ::-1] if j >= 4 else view)
+    return np.mean(restored, axis=0)

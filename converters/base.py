@@ -52,13 +52,15 @@ class ExportJob:
 
     @property
     def exported(self) -> Any:
-        """The module every format exports: the model, returning ``(logits, features)`` when the metadata lists
-        a ``features`` output (the OOD guard's input; see :func:`cellsdk.training.models.with_features`)."""
-        if "features" not in self.metadata.outputs:
+        """The module every format exports: the model, returning its metadata's ``outputs`` in order when there
+        are more than logits (``features``: the OOD guard's input; ``cams``: class activation maps; see
+        :func:`cellsdk.training.models.with_outputs`)."""
+        if tuple(self.metadata.outputs) == ("logits",):
             return self.model
-        from cellsdk.training.models import with_features
+        from cellsdk.training.models import with_outputs
 
-        return self.cached("with-features", lambda: with_features(self.model))
+        outputs = tuple(self.metadata.outputs)
+        return self.cached(f"with-outputs-{'-'.join(outputs)}", lambda: with_outputs(self.model, outputs))
 
     @property
     def module_prefix(self) -> str:

@@ -29,9 +29,10 @@ import numpy as np
 
 from cellsdk.converters.base import Converter, ExportJob, register_converter
 from cellsdk.converters.int8 import capture_root_logging, recipe_record, summarise_quantizer_messages
+from cellsdk.explain import CAMS_OUTPUT
 from cellsdk.metadata import METADATA_KEY, ModelMetadata
 
-__all__ = ["OnnxConverter", "export_fp32_onnx", "write_onnx_metadata"]
+__all__ = ["OnnxConverter", "export_fp32_onnx", "only_feeding", "write_onnx_metadata"]
 
 log = logging.getLogger("cellsdk")
 
@@ -55,6 +56,30 @@ def export_fp32_onnx(job: ExportJob) -> Path:
         return path
 
     return job.cached("onnx-fp32", make)
+
+
+def only_feeding(path: Path, output: str) -> list[str]:
+    """Names of the nodes of the ONNX file at ``path`` that compute graph output ``output`` and nothing else
+    (e.g. the class-activation-map convolution, which int8 quantization leaves in float); [] without it."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    if output not in {o.name for o in graph.output}:
+        return []
+    producer = {name: node for node in graph.node for name in node.output}
+
+    def ancestors(name: str) -> set[str]:
+        seen: set[str] = set()
+        stack = [name]
+        while stack:
+            node = producer.get(stack.pop())
+            if node is not None and node.name not in seen:
+                seen.add(node.name)
+                stack.extend(node.input)
+        return seen
+
+    others = set().union(*(ancestors(o.name) for o in graph.output if o.name != output))
+    return sorted(ancestors(output) - others)
 
 
 def write_onnx_metadata(source: Path, target: Path, metadata: ModelMetadata) -> None:
@@ -126,11 +151,14 @@ class OnnxConverter(Converter):
                   "activations": "uint8", "weights": "int8, 7-bit range (reduce_range)" if portable else "int8",
                   "reduce_range": portable, "calibration": "minmax", "calibration_images": len(calibration),
                   **recipe_record(job.int8_recipe)}
+        kept_float = only_feeding(prepared, CAMS_OUTPUT)  # class activation maps: fp32 from the int8 feature maps
+        if kept_float:
+            recipe["float_nodes"] = kept_float
         with capture_root_logging() as records:
             quantize_static(str(prepared), str(staged), _Reader(name, list(calibration.batches(batch))),
                             quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=portable,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax)
+                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=kept_float)
         notes = summarise_quantizer_messages(records)
         if notes:
             recipe["quantizer_messages"] = notes

@@ -41,6 +41,7 @@ from cellsdk.converters.targets import CpuTargets, qemu_binary, verify_on_target
 from cellsdk.converters.verify import VerifyConfig, reference_logits, verify_artefact
 from cellsdk.cpu import host_cpu
 from cellsdk.errors import CellSDKError, ConfigError
+from cellsdk.explain import CAMS_OUTPUT
 from cellsdk.manifest import MANIFEST_NAME, STATUS_FAILED, STATUS_PASSED
 from cellsdk.metadata import PRECISIONS, SCHEMA_VERSION
 from cellsdk.metrics import classification_report, softmax
@@ -84,6 +85,8 @@ class ConvertConfig:
             and Nehalem; int8 artefacts under emulation); see :mod:`cellsdk.converters.targets`.
         guard: the out-of-distribution guard fitted into every artefact (``GuardConfig.off()``: none); it is
             fitted on the train and val splits of ``calib`` (else ``eval``); see :mod:`cellsdk.converters.guard`.
+        explain: give every artefact a ``cams`` output (class activation maps, for ``Classifier.explain``) when
+            the model's head is global pooling -> linear; other heads are converted without it, with a note.
     """
 
     formats: tuple[str, ...] = ()
@@ -103,6 +106,7 @@ class ConvertConfig:
     int8_recipe: str = "portable"
     cpu_targets: CpuTargets = field(default_factory=CpuTargets)
     guard: GuardConfig = field(default_factory=GuardConfig)
+    explain: bool = True
 
     def __post_init__(self) -> None:
         check_recipe(self.int8_recipe)
@@ -246,6 +250,16 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
         metadata = metadata.replace(outputs=("logits", "features"), guard=record)
     else:
         metadata = metadata.replace(outputs=("logits",), guard=None)
+    explain_note = None
+    if config.explain:
+        from cellsdk.training.models import cam_support
+
+        explain_note = cam_support(model)
+        if explain_note is None:
+            metadata = metadata.replace(outputs=(*metadata.outputs, CAMS_OUTPUT))
+        else:
+            log.info("cellsdk: no class activation maps in the artefacts (%s); Grad-CAM from the checkpoint "
+                     "works in PyTorch: cellsdk.training.explain.grad_cam", explain_note)
     staging = _staging_dir(out_dir)
     with remove_on_terminate(staging):  # SIGTERM in the CLI: removed, then exit (no unwinding through exporters)
         try:
@@ -279,7 +293,10 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
                 "cpu_targets": {"requested": list(config.cpu_targets.names), "host": host_cpu().to_dict(),
                                 "emulator": qemu_binary(), "images_per_class": config.cpu_targets.images_per_class,
                                 "float_artefacts_emulated": config.cpu_targets.float_artefacts},
-                "tools": package_versions(_TOOLS),
+                "explanations": {"output": CAMS_OUTPUT, "method": "class activation maps (no gradients)"}
+                            if CAMS_OUTPUT in metadata.outputs else
+                            {"output": None, "reason": explain_note or "--no-explain"},
+            "tools": package_versions(_TOOLS),
                 "machine": machine_info(),
                 "seconds": None,
                 "tool_output": {"file": TOOL_LOG, "lines": captured.lines},

@@ -117,6 +117,8 @@ class TorchScriptConverter(Converter):
         cfg = getattr(job.model, "pretrained_cfg", {}) or {}
         kept_float = [job.module_prefix + name for name in (cfg.get("first_conv"), cfg.get("classifier"))
                       if isinstance(name, str) and job.module_prefix + name in dict(model.named_modules())]
+        if "cam" in dict(model.named_modules()):  # the class-activation-map output stays float (cellsdk.explain)
+            kept_float.append("cam")
         for name in kept_float:
             mapping.set_module_name(name, None)
         with warnings.catch_warnings():

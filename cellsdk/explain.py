@@ -1,0 +1,237 @@
+"""Where the model looked: class activation maps, torch-free, aligned with the raw image.
+
+For a backbone whose head is global average pooling then one linear layer (EfficientNet, MobileNetV2,
+ResNet ...), logit ``k`` is the spatial mean of ``W[k] . A(x, y)`` over the final feature maps ``A`` plus a
+bias. ``cellsdk-convert`` therefore adds an output ``cams`` to every artefact (``N x classes x h x w``: a
+1 x 1 convolution of the feature maps with a copy of the classifier's weights, kept in float in int8
+artefacts), and explaining an image costs one ordinary inference: no gradients, no PyTorch, in every
+runtime (ONNX Runtime, OpenVINO, TorchScript; CoreML on macOS). The map of the target class is rectified
+(evidence *for* the class), scaled to [0, 1], upsampled over the crop the model saw and placed in the
+raw image's frame (0 outside the crop), so ``heatmap[y, x]`` belongs to the raw pixel ``(x, y)``.
+
+Other heads have no such output; the runtime says so in one line, and Grad-CAM from the checkpoint in
+PyTorch (:func:`cellsdk.training.explain.grad_cam`, the ``grad-cam`` package) explains them instead.
+
+Example:
+    >>> cam = np.zeros((4, 4), dtype=np.float32); cam[0, 3] = 2.0  # evidence in the top-right cell
+    >>> heat = align_map(cam, (40, 20), (10, 0, 30, 20))  # a 20 px crop in the middle of a 40 x 20 image
+    >>> heat.shape, np.unravel_index(int(np.argmax(heat)), heat.shape), float(heat.max()), float(heat[:, :10].max())
+    ((20, 40), (np.int64(0), np.int64(27)), 1.0, 0.0)
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from cellsdk._io import atomic_path
+from cellsdk.errors import ConfigError, ExplanationUnavailableError
+from cellsdk.prediction import Prediction
+from cellsdk.tta import check_mode, unview
+
+if TYPE_CHECKING:
+    from cellsdk.classifier import Classifier
+    from cellsdk.preprocessing import ImageSource
+
+__all__ = ["CAMS_OUTPUT", "Explanation", "align_map", "cam_grids", "colorize", "explain_images", "overlay",
+           "resolve_target"]
+
+#: the name of the class-activation-map output in every artefact that has one
+CAMS_OUTPUT = "cams"
+
+#: a perceptually ordered colour map (dark blue -> cyan -> yellow -> red), 256 x 3 uint8; no matplotlib
+_STOPS = np.array([[0.0, 0, 0, 96], [0.25, 0, 96, 255], [0.5, 0, 224, 192], [0.75, 255, 224, 0],
+                   [1.0, 224, 0, 0]], dtype=np.float64)
+_LUT = np.stack([np.interp(np.linspace(0, 1, 256), _STOPS[:, 0], _STOPS[:, c]) for c in (1, 2, 3)],
+                axis=1).round().astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """Where the model looked for one image and one class.
+
+    Attributes:
+        heatmap: float32 ``H x W`` in [0, 1], aligned with the raw image (``heatmap[y, x]`` is raw pixel
+            ``(x, y)``): the target class's rectified activation map, 1 at its peak, 0 outside the crop.
+        target: the class explained (the predicted one unless another was asked for).
+        index: its index in the model's labels.
+        probability: the model's probability of ``target``.
+        prediction: the ordinary prediction for the image (guard verdict included).
+        cam: float32 ``h x w``: the target's map on the model's feature grid, in logit units, unrectified
+            (its mean plus the classifier's bias is the target's logit; with TTA, the mean over the views).
+        box: ``(left, top, right, bottom)``: the raw-image region the model saw (the crop).
+        method: ``cam`` (class activation map, torch-free) or ``grad-cam`` (PyTorch, from a checkpoint).
+        image: the raw RGB image, for :meth:`overlay` (not compared, not printed).
+    """
+
+    heatmap: np.ndarray
+    target: str
+    index: int
+    probability: float
+    prediction: Prediction
+    cam: np.ndarray
+    box: tuple[int, int, int, int]
+    method: str = "cam"
+    image: Image.Image | None = field(default=None, repr=False, compare=False)
+
+    def overlay(self, alpha: float = 0.5) -> Image.Image:
+        """The raw image with the heat map blended over it (see :func:`overlay`)."""
+        if self.image is None:
+            raise ConfigError("this explanation holds no image: use cellsdk.explain.overlay(image, explanation.heatmap)")
+        return overlay(self.image, self.heatmap, alpha=alpha)
+
+    def save(self, path: str | os.PathLike, alpha: float = 0.5) -> Path:
+        """Write :meth:`overlay` as a PNG at ``path`` (atomically); returns the path."""
+        target = Path(path)
+        with atomic_path(target) as staged:
+            self.overlay(alpha).save(staged, format="PNG")
+        return target
+
+    def png(self, alpha: float = 0.5, max_side: int | None = None) -> bytes:
+        """:meth:`overlay` as PNG bytes, at most ``max_side`` pixels on its long side (e.g. for a web page)."""
+        image = self.overlay(alpha)
+        if max_side is not None and max(image.size) > max_side:
+            image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", optimize=False)
+        return buffer.getvalue()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (no arrays): target, its probability, method, crop box and the map's peak in
+        raw-image pixels."""
+        y, x = np.unravel_index(int(np.argmax(self.heatmap)), self.heatmap.shape) if self.heatmap.size else (0, 0)
+        return {"target": self.target, "index": self.index, "probability": self.probability, "method": self.method,
+                "box": list(self.box), "peak": [int(x), int(y)], "grid": list(self.cam.shape)}
+
+
+def cam_grids(values: np.ndarray, classes: int) -> np.ndarray:
+    """A ``cams`` output as ``N x classes x h x w`` (runtimes that flatten it, like CoreML, give ``N x k*h*w``;
+    the grid is square, as the model input is).
+
+    Raises:
+        ExplanationUnavailableError: an output of the wrong size.
+    """
+    values = np.asarray(values, dtype=np.float32)
+    if values.ndim == 4 and values.shape[1] == classes:
+        return values
+    cells = values.size // max(1, len(values) * classes)
+    side = math.isqrt(cells)
+    if values.ndim < 2 or side * side != cells or values.size != len(values) * classes * cells:
+        raise ExplanationUnavailableError(f"the model's {CAMS_OUTPUT} output has shape {tuple(values.shape)}, not "
+                                          f"N x {classes} x h x w: re-convert it with cellsdk-convert")
+    return values.reshape(len(values), classes, side, side)
+
+
+def align_map(cam: np.ndarray, image_size: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
+    """A feature-grid map (``h x w``) as a float32 heat map over the raw image (``image_size`` = width, height).
+
+    The map is rectified (negative evidence is 0), scaled so its peak is 1, resized bilinearly over ``box``
+    (the crop the model saw, see :func:`cellsdk.preprocessing.crop_box`) and placed in a zero canvas. A map
+    with no positive evidence is all zeros.
+    """
+    width, height = image_size
+    left, top, right, bottom = box
+    positive = np.maximum(np.asarray(cam, dtype=np.float32), 0.0)
+    peak = float(positive.max()) if positive.size else 0.0
+    canvas = np.zeros((height, width), dtype=np.float32)
+    if peak <= 0 or right <= left or bottom <= top:
+        return canvas
+    grid = Image.fromarray(positive / peak, mode="F")
+    resized = np.clip(np.asarray(grid.resize((right - left, bottom - top), Image.Resampling.BILINEAR),
+                                 dtype=np.float32), 0.0, None)
+    top_value = float(resized.max())  # the grid cell's centre may fall between pixels: the peak pixel is 1
+    if top_value > 0:
+        canvas[top:bottom, left:right] = np.minimum(resized / top_value, 1.0)
+    return canvas
+
+
+def colorize(heatmap: np.ndarray) -> np.ndarray:
+    """``H x W`` values in [0, 1] as ``H x W x 3`` uint8 colours (dark blue = 0 ... red = 1)."""
+    index = np.clip(np.nan_to_num(np.asarray(heatmap, dtype=np.float32)) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return _LUT[index]
+
+
+def overlay(image: Image.Image | np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) -> Image.Image:
+    """``image`` (RGB, the heat map's size) with the coloured heat map blended in where it is positive: the
+    colour's weight grows with the map's value up to ``alpha``, so cold regions keep the original pixels.
+
+    Raises:
+        ConfigError: ``alpha`` outside [0, 1] or a heat map of another size than the image.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ConfigError(f"alpha={alpha!r}: use a value between 0 and 1")
+    pixels = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image, dtype=np.float32)
+    heat = np.asarray(heatmap, dtype=np.float32)
+    if pixels.ndim != 3 or pixels.shape[:2] != heat.shape:
+        raise ConfigError(f"heat map {heat.shape[::-1]} and image {pixels.shape[1::-1]} differ in size: "
+                          "explain the same image you overlay")
+    weight = (alpha * np.clip(np.sqrt(np.nan_to_num(heat)), 0.0, 1.0))[..., None]
+    blended = pixels * (1.0 - weight) + colorize(heat).astype(np.float32) * weight
+    return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8), mode="RGB")
+
+
+def resolve_target(target: str | int | None, labels: Sequence[str]) -> int | None:
+    """The class index ``target`` names (a label or an index), None for "the predicted class".
+
+    Raises:
+        ConfigError: an unknown label or an index out of range, listing the labels.
+    """
+    if target is None:
+        return None
+    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+        if 0 <= int(target) < len(labels):
+            return int(target)
+    elif isinstance(target, str) and target in labels:
+        return list(labels).index(target)
+    raise ConfigError(f"target={target!r} is not one of the model's classes: use a label ({', '.join(labels)}) "
+                      f"or an index 0..{len(labels) - 1}")
+
+
+def explain_images(classifier: Classifier, images: Sequence[ImageSource], target: str | int | None = None, *,
+                   tta: str | None = None, top_k: int | None = None) -> list[Explanation]:
+    """Explanations for ``images`` in one runtime call (the work behind :meth:`Classifier.explain`).
+
+    Raises:
+        ExplanationUnavailableError: the model has no ``cams`` output (a head that is not pooling -> linear,
+            or a model converted without it), naming what to do instead.
+        ConfigError: an unknown ``target`` or ``tta`` mode.
+        InvalidImageError: an image that cannot be read (nothing else is lost).
+    """
+    from cellsdk.preprocessing import crop_box, load_image
+
+    require_cams(classifier)
+    wanted = resolve_target(target, classifier.labels)
+    mode = classifier.tta if tta is None else check_mode(tta)
+    raw = [load_image(image) for image in images]
+    prepared = [classifier._prepare(image, classifier._wants_stats) for image in raw]
+    predictions, outputs = classifier._infer_outputs(prepared, top_k, mode)
+    grids = unview(cam_grids(outputs[CAMS_OUTPUT], len(classifier.labels)), mode)
+    spec = classifier.metadata.preprocessing
+    explained = []
+    for image, prediction, grid in zip(raw, predictions, grids, strict=True):
+        index = wanted if wanted is not None else int(np.argmax(list(prediction.probabilities.values())))
+        box = crop_box(image.size, spec)
+        label = classifier.labels[index]
+        explained.append(Explanation(heatmap=align_map(grid[index], image.size, box), target=label, index=index,
+                                     probability=float(prediction.probabilities[label]), prediction=prediction,
+                                     cam=np.ascontiguousarray(grid[index], dtype=np.float32), box=box, image=image))
+    return explained
+
+
+def require_cams(classifier: Classifier) -> None:
+    """Raise :class:`ExplanationUnavailableError` (one line, with what to do) unless the model has ``cams``."""
+    if CAMS_OUTPUT in classifier.metadata.outputs:
+        return
+    raise ExplanationUnavailableError(
+        f"{classifier.path.name} has no class-activation-map output, so it cannot explain its predictions in "
+        f"{classifier.backend_name}: re-convert its checkpoint with cellsdk-convert (which adds one when the head "
+        "is global pooling -> linear), or for other heads use Grad-CAM from the checkpoint in PyTorch "
+        "(cellsdk.training.explain.grad_cam)")
