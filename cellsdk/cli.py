@@ -282,11 +282,15 @@ def _history_table(history: list[dict[str, Any]], best_epoch: int) -> str:
 @click.option("--ood", "ood_folders", multiple=True, type=click.Path(path_type=Path),
               help="Deployed models: a folder of images from outside the training domain; the guard's AUROC, "
                    "FPR at 95 % TPR and share flagged are reported. Repeatable.")
+@click.option("--explain", type=click.IntRange(0, 64), default=0, show_default=True, metavar="N",
+              help="Deployed models: write explanations.png into --out, the N most confident errors and N random "
+                   "correct images with heat-map overlays, truth and prediction.")
 @click.option("--quiet", is_flag=True)
 @_friendly_errors
 def eval_command(model: Path, data: Path, split: str, out_dir: Path | None, data_cropped: bool,
                  labels: str | None, batch_size: int, backend: str | None, runtime_options: tuple[str, ...],
-                 device: str, workers: int, strict: bool, ood_folders: tuple[Path, ...], quiet: bool) -> None:
+                 device: str, workers: int, strict: bool, ood_folders: tuple[Path, ...], explain: int,
+                 quiet: bool) -> None:
     """Evaluate MODEL on a split of --data: accuracy, macro-F1, per class, confusion, calibration.
 
     MODEL is a training checkpoint (.safetensors, run in PyTorch fp32) or a deployed model: any file or
@@ -296,9 +300,10 @@ def eval_command(model: Path, data: Path, split: str, out_dir: Path | None, data
 
     _setup_logging(quiet)
     if model.suffix.lower() == CHECKPOINT_SUFFIX:
-        if backend or runtime_options or strict or ood_folders:
-            raise click.ClickException("--backend / --option / --strict / --ood are for deployed models; a checkpoint "
-                                       "runs in PyTorch (convert it to get its OOD guard)")
+        if backend or runtime_options or strict or ood_folders or explain:
+            raise click.ClickException("--backend / --option / --strict / --ood / --explain are for deployed models; "
+                                       "a checkpoint runs in PyTorch (convert it to get its OOD guard and "
+                                       "explanations; Grad-CAM of a checkpoint: cellsdk.training.explain.grad_cam)")
         from cellsdk.training import evaluate
 
         report = evaluate(model, data, split=split, out_dir=out_dir, data_cropped=data_cropped, labels=labels,
@@ -309,7 +314,7 @@ def eval_command(model: Path, data: Path, split: str, out_dir: Path | None, data
         report = evaluate_model(model, data, split=split, out_dir=out_dir, data_cropped=data_cropped,
                                 labels=labels, backend=backend, device=device, batch_size=min(batch_size, 32),
                                 options=_parse_options(runtime_options), progress=not quiet, strict=strict,
-                                ood=ood_folders)
+                                ood=ood_folders, explain=explain)
         click.echo(f"{report['model']} on {report['backend']} ({report['device']}), CPU class "
                    f"{report['cpu']['cpu_class']}: {report['cpu_check']}")
     click.echo(format_report(report))
@@ -458,12 +463,14 @@ def info_command(path: Path, as_json: bool) -> None:
 @click.option("--ood", "ood_mode", type=click.Choice(["flag", "reject", "off"]), default="flag", show_default=True,
               help="The model's out-of-distribution guard: flag (status and reasons beside the label), reject "
                    "(no label for images it flags) or off.")
+@click.option("--explain", "explain_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Also write a heat-map overlay PNG per image (where the model looked) into this folder.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_friendly_errors
 def predict_command(images: tuple[Path, ...], from_list: Path | None, model_path: Path | None, backend: str | None,
                     device: str, threads: int | None, top_k: int, batch_size: int, workers: int | None,
                     out_path: Path | None, overwrite: bool, engine: str, address: str | None, actors: int | None,
-                    as_json: bool, strict: bool, ood_mode: str, quiet: bool) -> None:
+                    as_json: bool, strict: bool, ood_mode: str, explain_dir: Path | None, quiet: bool) -> None:
     """Classify IMAGES (files or folders) and/or the paths in --from-list: one line per image, or a result file
     (--out). Exit status 1 if any image failed."""
     from cellsdk.engine import default_split
@@ -471,6 +478,9 @@ def predict_command(images: tuple[Path, ...], from_list: Path | None, model_path
 
     if not images and from_list is None:
         raise click.UsageError("give IMAGES (files or folders) or --from-list FILE")
+    if explain_dir is not None and (out_path is not None or engine == "ray"):
+        raise click.UsageError("--explain writes overlays beside the printed predictions: leave out --out and "
+                               "--engine ray")
     if engine == "ray":
         _predict_on_ray(images, from_list, model_path, out_path, overwrite=overwrite, address=address,
                         actors=actors or 1, batch_size=batch_size, threads=threads, workers=workers,
@@ -494,7 +504,51 @@ def predict_command(images: tuple[Path, ...], from_list: Path | None, model_path
         if summary.errors:
             raise SystemExit(1)
         return
+    if explain_dir is not None:
+        _print_explanations(classifier, inputs, explain_dir, as_json=as_json)
+        return
     _print_predictions(classifier, inputs, batch_size=batch_size, workers=workers, as_json=as_json)
+
+
+def _print_explanations(classifier: Any, inputs: Any, out_dir: Path, *, as_json: bool) -> None:
+    """predict --explain: each image's prediction line, and its overlay PNG in ``out_dir`` (one image at a time:
+    a bad image is reported and skipped, nothing else is lost)."""
+    import json
+
+    from cellsdk.explain import require_cams
+
+    require_cams(classifier)  # one line before anything is written, for a model that cannot explain
+    out_dir.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    failed = 0
+    for path in inputs:
+        try:
+            explanation = classifier.explain(path)
+        except CellSDKError as err:
+            failed += 1
+            if as_json:
+                click.echo(json.dumps({"path": str(path), "error": str(err)}))
+            click.echo(f"error: {err}", err=True)
+            continue
+        prediction = explanation.prediction
+        name = f"{Path(path).stem}.{explanation.target}.png"
+        counter = 2
+        while name in used:
+            name, counter = f"{Path(path).stem}-{counter}.{explanation.target}.png", counter + 1
+        used.add(name)
+        overlay = explanation.save(out_dir / name)
+        if as_json:
+            record = prediction.to_dict()
+            keys = ("label", "index", "confidence", "top_k", "status", "ood_score", "reasons")
+            click.echo(json.dumps({"path": str(path), **{k: record[k] for k in keys}, "explanation": str(overlay),
+                                   **{f"explained_{k}": v for k, v in explanation.to_dict().items()
+                                      if k in ("target", "peak", "box")}}))
+        else:
+            ranked = ", ".join(f"{label} {p * 100:.1f}%" for label, p in prediction.top_k) or "(no answer)"
+            status = "" if prediction.ok else f"\t{prediction.status.upper()}: {prediction.reasons[0]}"
+            click.echo(f"{path}\t{ranked}{status}\t{overlay}")
+    if failed:
+        raise SystemExit(1)
 
 
 def _load_for_predict(model_path: Path | None, backend: str | None, device: str, threads: int, top_k: int,

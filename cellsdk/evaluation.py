@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from cellsdk._io import artefact_files, sha256_file, write_json, write_text
+from cellsdk._io import artefact_files, atomic_path, sha256_file, write_json, write_text
 from cellsdk._progress import progress_bar
 from cellsdk._validate import require_int
 from cellsdk.cpu import host_cpu
 from cellsdk.datasets import load_dataset, validation_carve
-from cellsdk.errors import DatasetError, InvalidImageError
+from cellsdk.errors import ConfigError, DatasetError, InvalidImageError
 from cellsdk.metrics import classification_report
 
 __all__ = ["REPORT_FILES", "confusion_matrix_csv", "evaluate_model", "evaluate_ood", "write_report"]
@@ -189,6 +189,7 @@ def evaluate_model(
     progress: bool = True,
     strict: bool = False,
     ood: Sequence[str | os.PathLike] = (),
+    explain: int = 0,
 ) -> dict[str, Any]:
     """Evaluate a model file or conversion folder through :class:`cellsdk.Classifier` on one split.
 
@@ -206,6 +207,8 @@ def evaluate_model(
         strict: refuse an int8 artefact not verified on this machine's CPU class (see :mod:`cellsdk.cpu`).
         ood: folders of images that are not the training domain (raw images, the model's own preprocessing):
             the guard's AUROC, FPR at 95 % TPR and share flagged on each, against the split's images.
+        explain: write ``explanations.png`` into ``out_dir``: the ``explain`` most confident errors and as many
+            random correct images with their heat-map overlays, truth and prediction (see :mod:`cellsdk.explain`).
 
     Returns:
         :func:`cellsdk.metrics.classification_report` plus the model, backend, data, timing, the CPU it ran on,
@@ -217,7 +220,14 @@ def evaluate_model(
     require_int("batch_size", batch_size, minimum=1)
     started = time.perf_counter()
     ood_files = _ood_folders(ood)  # listed now: a wrong --ood fails before the whole split has run
+    require_int("explain", explain, minimum=0)
+    if explain and out_dir is None:
+        raise ConfigError("explain needs out_dir: the montage is written there (cellsdk-eval --explain N --out DIR)")
     raw_classifier = Classifier.load(model, backend=backend, device=device, strict=strict, **dict(options or {}))
+    if explain:
+        from cellsdk.explain import require_cams
+
+        require_cams(raw_classifier)  # before the whole split has run
     metadata = raw_classifier.metadata
     classifier = raw_classifier.with_preprocessing(metadata.preprocessing.without_crop()) if data_cropped \
         else raw_classifier
@@ -259,4 +269,14 @@ def evaluate_model(
         point = (guard["kept"], guard["accuracy_kept"]) if guard and guard["kept"] > 0 else None
         write_report(out_dir, report, predictions=(correct, probabilities.max(axis=1) if len(targets) else []),
                      operating_point=point)
+        if explain:
+            from cellsdk.explain import evaluation_montage
+
+            sheet, chosen = evaluation_montage(classifier, images, np.asarray(targets), probabilities, explain)
+            target = Path(out_dir) / "explanations.png"
+            with atomic_path(target) as staged:
+                sheet.save(staged, format="PNG")
+            report["explanations"] = {**chosen, "file": str(target)}
+            report.setdefault("files", {})[target.name] = str(target)
+            write_json(Path(out_dir) / "report.json", report)
     return report

@@ -41,8 +41,8 @@ if TYPE_CHECKING:
     from cellsdk.classifier import Classifier
     from cellsdk.preprocessing import ImageSource
 
-__all__ = ["CAMS_OUTPUT", "Explanation", "align_map", "cam_grids", "colorize", "explain_images", "overlay",
-           "resolve_target"]
+__all__ = ["CAMS_OUTPUT", "Explanation", "align_map", "cam_grids", "colorize", "evaluation_montage", "explain_images",
+           "heat_layer", "montage", "overlay", "require_cams", "resolve_target"]
 
 #: the name of the class-activation-map output in every artefact that has one
 CAMS_OUTPUT = "cams"
@@ -161,7 +161,7 @@ def colorize(heatmap: np.ndarray) -> np.ndarray:
 
 def overlay(image: Image.Image | np.ndarray, heatmap: np.ndarray, alpha: float = 0.5) -> Image.Image:
     """``image`` (RGB, the heat map's size) with the coloured heat map blended in where it is positive: the
-    colour's weight grows with the map's value up to ``alpha``, so cold regions keep the original pixels.
+    colour's weight is the map's value times ``alpha``, so cold regions keep the original pixels.
 
     Raises:
         ConfigError: ``alpha`` outside [0, 1] or a heat map of another size than the image.
@@ -173,9 +173,21 @@ def overlay(image: Image.Image | np.ndarray, heatmap: np.ndarray, alpha: float =
     if pixels.ndim != 3 or pixels.shape[:2] != heat.shape:
         raise ConfigError(f"heat map {heat.shape[::-1]} and image {pixels.shape[1::-1]} differ in size: "
                           "explain the same image you overlay")
-    weight = (alpha * np.clip(np.sqrt(np.nan_to_num(heat)), 0.0, 1.0))[..., None]
+    weight = (alpha * np.clip(np.nan_to_num(heat), 0.0, 1.0))[..., None]
     blended = pixels * (1.0 - weight) + colorize(heat).astype(np.float32) * weight
     return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8), mode="RGB")
+
+
+def heat_layer(heatmap: np.ndarray, max_side: int | None = None) -> Image.Image:
+    """The heat map alone as an RGB picture for a multiply blend over the image (a web page's overlay): white
+    where the map is 0, the map's colour where it is hot; at most ``max_side`` pixels on its long side."""
+    heat = np.asarray(heatmap, dtype=np.float32)
+    weight = np.clip(np.nan_to_num(heat), 0.0, 1.0)[..., None]
+    layer = 255.0 * (1.0 - weight) + colorize(heat).astype(np.float32) * weight
+    picture = Image.fromarray(np.clip(layer + 0.5, 0, 255).astype(np.uint8), mode="RGB")
+    if max_side is not None and max(picture.size) > max_side:
+        picture.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    return picture
 
 
 def resolve_target(target: str | int | None, labels: Sequence[str]) -> int | None:
@@ -235,3 +247,57 @@ def require_cams(classifier: Classifier) -> None:
         f"{classifier.backend_name}: re-convert its checkpoint with cellsdk-convert (which adds one when the head "
         "is global pooling -> linear), or for other heads use Grad-CAM from the checkpoint in PyTorch "
         "(cellsdk.training.explain.grad_cam)")
+
+
+def montage(rows: Sequence[tuple[str, Sequence[tuple[Explanation, str]]]], tile: int = 176,
+            columns: int | None = None) -> Image.Image:
+    """A labelled grid of overlays: one titled band per ``(title, [(explanation, caption), ...])``."""
+    from PIL import ImageDraw, ImageFont, ImageOps
+
+    font = ImageFont.load_default()
+    columns = columns or max([len(items) for _, items in rows] + [1])
+    caption_height, title_height, pad = 30, 24, 6
+    bands = []
+    for title, items in rows:
+        lines = max(1, math.ceil(len(items) / columns))
+        bands.append((title, items, title_height + lines * (tile + caption_height + pad)))
+    width = columns * (tile + pad) + pad
+    sheet = Image.new("RGB", (width, sum(h for *_, h in bands) + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    top = pad
+    for title, items, height in bands:
+        draw.text((pad, top + 4), title, fill=(0, 0, 0), font=font)
+        for i, (explanation, caption) in enumerate(items):
+            x = pad + (i % columns) * (tile + pad)
+            y = top + title_height + (i // columns) * (tile + caption_height + pad)
+            picture = ImageOps.contain(explanation.overlay(), (tile, tile), Image.Resampling.BILINEAR)
+            sheet.paste(picture, (x + (tile - picture.width) // 2, y + (tile - picture.height) // 2))
+            for line, text in enumerate(caption.split("\n")[:2]):
+                draw.text((x, y + tile + 2 + 13 * line), text[:34], fill=(0, 0, 0), font=font)
+        top += height
+    return sheet
+
+
+def evaluation_montage(classifier: Classifier, images: Sequence[ImageSource], targets: np.ndarray,
+                       probabilities: np.ndarray, count: int, *, seed: int = 0) -> tuple[Image.Image, dict[str, Any]]:
+    """The ``count`` most confident errors and ``count`` random correct images, explained and labelled with
+    truth and prediction (what ``cellsdk-eval --explain N`` writes), and which images they were."""
+    require_cams(classifier)
+    labels = classifier.labels
+    predicted = probabilities.argmax(axis=1)
+    confidence = probabilities.max(axis=1)
+    wrong = np.flatnonzero(predicted != targets)
+    wrong = wrong[np.argsort(-confidence[wrong], kind="stable")][:count]
+    right = np.flatnonzero(predicted == targets)
+    right = np.sort(np.random.default_rng(seed).choice(right, size=min(count, len(right)), replace=False))
+    bands = []
+    for title, chosen in ((f"most confident errors ({len(wrong)})", wrong), (f"random correct ({len(right)})", right)):
+        items = []
+        for start in range(0, len(chosen), 16):
+            part = chosen[start:start + 16]
+            for index, explanation in zip(part, explain_images(classifier, [images[i] for i in part]), strict=True):
+                items.append((explanation, f"truth {labels[targets[index]]}\npred {explanation.target} "
+                                           f"{explanation.probability * 100:.1f}%"))
+        bands.append((title, items))
+    record = {"errors": [int(i) for i in wrong], "correct": [int(i) for i in right], "seed": seed}
+    return montage(bands, columns=min(max(count, 1), 8)), record

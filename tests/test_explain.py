@@ -8,6 +8,7 @@ cellsdk-convert into every format, and each artefact's maps must agree with the 
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -241,3 +242,103 @@ def test_every_converted_artefact_explains_like_pytorch(converted, tiny_run):
         if entry["format"] == "onnx" and entry["precision"] == "int8":
             assert entry["quantization"]["float_nodes"], entry["quantization"]  # the CAM convolution stays float
     assert {"model.fp32.onnx", "model.int8.onnx", "model.fp32.torchscript", "model.fp32.xml"} <= set(checked)
+
+
+def test_grad_cam_from_pytorch_finds_the_blob_and_explains_heads_cam_cannot(tmp_path):
+    pytest.importorskip("pytorch_grad_cam", reason="the grad-cam package is not installed (cellsdk[explain])")
+    from cellsdk.training.explain import grad_cam
+
+    image = _blob_image((160, 120), (120, 30))
+    explanation = grad_cam(BlobNet().eval(), image, metadata=_metadata(None))
+    assert explanation.method == "grad-cam" and explanation.target == "red" and explanation.heatmap.shape == (120, 160)
+    y, x = np.unravel_index(int(np.argmax(explanation.heatmap)), explanation.heatmap.shape)
+    assert abs(x - 120) <= 12 and abs(y - 30) <= 12, (x, y)
+
+    class ConvAfterPool(BlobNet):  # a head CAM cannot decompose (like MobileNetV3's): Grad-CAM still explains it
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = torch.nn.Linear(2, 2)
+            with torch.no_grad():
+                self.head.weight.copy_(torch.eye(2) * 2)
+                self.head.bias.zero_()
+
+        def forward_head(self, x, pre_logits: bool = False):
+            pooled = torch.relu(self.head(x.mean(dim=(2, 3))))
+            return pooled if pre_logits else self.fc(pooled)
+
+    from cellsdk.training.models import cam_support
+
+    assert cam_support(ConvAfterPool()) is not None
+    other = grad_cam(ConvAfterPool().eval(), image, metadata=_metadata(None))
+    y, x = np.unravel_index(int(np.argmax(other.heatmap)), other.heatmap.shape)
+    assert abs(x - 120) <= 12 and abs(y - 30) <= 12, (x, y)
+
+
+def test_cli_predict_explain_writes_one_overlay_per_image(converted, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from cellsdk.cli import cli
+
+    from .conftest import SAMPLES
+
+    model = converted.out_dir / "model.int8.onnx"
+    folder = SAMPLES / "test" / "platelet"
+    out = tmp_path / "overlays"
+    result = CliRunner().invoke(cli, ["predict", str(folder), "--model", str(model), "--explain", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    images = sorted(p for p in folder.iterdir() if p.suffix == ".jpg")
+    assert len(records) == len(images) and sorted(p.name for p in out.iterdir()) == sorted(
+        Path(r["explanation"]).name for r in records)
+    for record in records:
+        assert Image.open(record["explanation"]).size == (128, 128)
+        assert record["explained_target"] == record["label"] and len(record["explained_box"]) == 4
+    # a broken file among good ones: reported, skipped, the rest still explained; exit status 1
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "a.jpg").write_bytes(images[0].read_bytes())
+    (mixed / "b.jpg").write_bytes(b"not an image")
+    result = CliRunner().invoke(cli, ["predict", str(mixed), "--model", str(model), "--explain", str(tmp_path / "m")])
+    assert result.exit_code == 1 and "b.jpg" in result.stderr and "Traceback" not in result.output
+    assert [p.name for p in (tmp_path / "m").iterdir()] == [f"a.{result.stdout.split()[1]}.png"]
+    result = CliRunner().invoke(cli, ["predict", str(folder), "--model", str(model), "--explain", str(out),
+                                      "--out", str(tmp_path / "r.csv")])
+    assert result.exit_code == 2 and "--explain" in result.output
+
+
+def test_cli_explain_refuses_models_without_maps_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from cellsdk.cli import cli
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = _export(tmp_path, None, outputs=("logits",))
+    _blob_image((64, 64), (20, 20)).save(tmp_path / "blob.png")
+    result = CliRunner().invoke(cli, ["predict", str(tmp_path / "blob.png"), "--model", str(plain), "--explain",
+                                      str(tmp_path / "o")])
+    assert result.exit_code == 1 and "no class-activation-map output" in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2 and not (tmp_path / "o").exists()
+
+
+def test_cli_eval_explain_writes_a_labelled_montage(converted, tmp_path):
+    from click.testing import CliRunner
+
+    from cellsdk.cli import eval_command
+
+    from .conftest import SAMPLES
+
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(eval_command, [str(converted.out_dir / "model.int8.onnx"), "--data", str(SAMPLES),
+                                               "--data-cropped", "--out", str(out), "--explain", "3", "--quiet"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    chosen = report["explanations"]
+    assert len(chosen["correct"]) == 3 and len(chosen["errors"]) <= 3 and "explanations.png" in result.output
+    sheet = Image.open(out / "explanations.png")
+    assert sheet.width >= 3 * 176 and sheet.height > 2 * 176
+    result = CliRunner().invoke(eval_command, [str(converted.out_dir / "model.int8.onnx"), "--data", str(SAMPLES),
+                                               "--explain", "3"])
+    assert result.exit_code == 1 and "needs out_dir" in result.output

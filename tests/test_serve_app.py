@@ -275,3 +275,42 @@ def test_any_model_classifier_load_reads_is_served(fmt, artefacts, converted) ->
     assert response.status_code == 200, response.text
     assert [p["label"] for p in response.json()["predictions"]] == [model.predict(p).label for p in crops]
     assert info["labels"] == list(model.labels) and info["name"] == model.path.name
+
+
+def test_explain_adds_each_images_heat_map_aligned_with_the_upload(client, classifier) -> None:
+    import base64
+
+    chosen = IMAGES[:3]
+    response = client.post("/v1/predict?explain=true", files=files(chosen))
+    assert response.status_code == 200, response.text
+    for path, got in zip(chosen, response.json()["predictions"], strict=True):
+        expected = classifier.explain(path)
+        assert got["label"] == expected.prediction.label == got["explanation"]["target"]
+        assert got["explanation"]["box"] == list(expected.box) and got["explanation"]["method"] == "cam"
+        peak = np.unravel_index(int(np.argmax(expected.heatmap)), expected.heatmap.shape)
+        assert got["explanation"]["peak"] == [int(peak[1]), int(peak[0])]
+        assert got["heatmap"].startswith("data:image/png;base64,")
+        layer = Image.open(io.BytesIO(base64.b64decode(got["heatmap"].split(",", 1)[1])))
+        raw = Image.open(path)
+        assert max(layer.size) <= 256 and abs(layer.width / layer.height - raw.width / raw.height) < 0.02
+    plain = client.post("/v1/predict", files=files(chosen[:1])).json()["predictions"][0]
+    assert "heatmap" not in plain and "explanation" not in plain
+    assert client.get("/v1/model").json()["capabilities"]["explanations"] is True
+
+
+def test_explain_on_a_model_without_maps_is_a_problem_document(tmp_path) -> None:
+    import warnings
+
+    from tests.test_explain import _blob_image, _export
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plain = Classifier.load(_export(tmp_path, None, outputs=("logits",)))
+    with TestClient(create_app(plain, ServeConfig())) as c:
+        assert c.get("/v1/model").json()["capabilities"]["explanations"] is False
+        buffer = io.BytesIO()
+        _blob_image((64, 64), (20, 20)).save(buffer, "PNG")
+        doc = assert_problem(c.post("/v1/predict?explain=true", content=buffer.getvalue()), 400,
+                             "explanations-unavailable")
+        assert "class-activation-map" in doc["detail"]
+        assert c.post("/v1/predict", content=buffer.getvalue()).status_code == 200

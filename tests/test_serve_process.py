@@ -227,47 +227,35 @@ def test_the_page_shows_a_refused_file_and_works_by_keyboard_on_a_phone(service:
     page.close()
 
 
-def test_the_heat_map_toggle_overlays_a_map_when_the_service_sends_one(service: ServiceProcess, browser) -> None:
-    """Explanations arrive with issue 15; the page's side is checked here with the answers amended in flight."""
-    import base64
-    import io
-    import json
-
-    from PIL import Image
+def test_the_heat_map_toggle_overlays_the_services_explanations(service: ServiceProcess, browser, tmp_path) -> None:
+    """The shipped model explains (capabilities.explanations): the page asks for heat maps with each prediction
+    and the toggle lays each image's map over its thumbnail."""
     from playwright.sync_api import expect
 
-    png = io.BytesIO()
-    Image.new("RGB", (8, 8), (255, 0, 0)).save(png, "PNG")
-    heat = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()
+    info = httpx.get(service.url + "v1/model").json()
+    assert info["capabilities"]["explanations"] is True
     page = browser.new_page()
-
-    def with_capability(route) -> None:
-        response = route.fetch()
-        body = response.json()
-        body["capabilities"]["explanations"] = True
-        route.fulfill(response=response, body=json.dumps(body))
-
-    def with_heatmap(route) -> None:  # Playwright drops file bodies from intercepted requests: ask the service
-        response = httpx.post(service.url + "v1/predict", files=[("files", (IMAGES[0].name, IMAGES[0].read_bytes()))])
-        body = response.json()
-        for prediction in body["predictions"]:
-            prediction["heatmap"] = heat
-        route.fulfill(status=200, content_type="application/json", body=json.dumps(body))
-
-    page.route("**/v1/model", with_capability)
-    page.route("**/v1/predict*", with_heatmap)
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url) if "/v1/predict" in request.url else None)
     page.goto(service.url)
     toggle = page.locator("#heat-toggle")
     expect(page.locator("#heat-toggle-label")).to_be_visible()
-    page.set_input_files("#files", [str(IMAGES[0])])
-    expect(page.locator(".card[data-state=done]")).to_have_count(1, timeout=30_000)
-    overlay = page.locator(".card .heat")
-    expect(overlay).to_be_hidden()
+    page.set_input_files("#files", [str(p) for p in IMAGES[:3]])
+    expect(page.locator(".card[data-state=done]")).to_have_count(3, timeout=60_000)
+    assert asked and all("explain=true" in url for url in asked)
+    overlays = page.locator(".card .heat")
+    expect(overlays.first).to_be_hidden()
     toggle.check()
-    expect(overlay).to_be_visible()
-    expect(overlay).to_have_attribute("src", heat)
+    for i in range(3):
+        expect(overlays.nth(i)).to_be_visible()
+        assert overlays.nth(i).get_attribute("src").startswith("data:image/png;base64,")
+        assert "where the model looked" in overlays.nth(i).get_attribute("alt")
+    page.screenshot(path=str(tmp_path / "serve_page_heatmaps.png"), full_page=True)
+    if os.environ.get("CELLSDK_SCREENSHOT_DIR"):
+        shutil.copy(tmp_path / "serve_page_heatmaps.png",
+                    Path(os.environ["CELLSDK_SCREENSHOT_DIR"]) / "serve_page_heatmaps.png")
     toggle.uncheck()
-    expect(overlay).to_be_hidden()
+    expect(overlays.first).to_be_hidden()
     page.close()
 
 

@@ -15,8 +15,10 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import hmac
+import io
 import json
 import logging
 import time
@@ -40,12 +42,15 @@ from cellsdk._io import sha256_file
 from cellsdk._version import __version__
 from cellsdk.classifier import Classifier
 from cellsdk.cpu import host_cpu
+from cellsdk.explain import CAMS_OUTPUT, align_map, cam_grids, heat_layer
 from cellsdk.ood_scores import without_arrays
+from cellsdk.preprocessing import crop_box
 from cellsdk.serve.batching import BusyError, MicroBatcher, ShuttingDownError
 from cellsdk.serve.config import ServeConfig
 from cellsdk.serve.metrics import Metrics
 from cellsdk.serve.problems import KINDS, PROBLEM_MEDIA_TYPE, ApiError
 from cellsdk.serve.uploads import ACCEPTED_FORMATS, check_and_decode, display_name
+from cellsdk.tta import unview
 
 __all__ = ["ServiceState", "create_app"]
 
@@ -88,14 +93,34 @@ class ServiceState:
     def ready(self) -> bool:
         return self.batcher is not None and not self.draining
 
-    def prepare(self, data: bytes, index: int, name: str | None) -> Any:
-        """Decode, check and preprocess one upload (runs on a decoding thread)."""
+    def prepare(self, data: bytes, index: int, name: str | None) -> tuple[Any, tuple[int, int]]:
+        """Decode, check and preprocess one upload (runs on a decoding thread); also its size in pixels."""
         image = check_and_decode(data, index=index, name=name, max_pixels=self.config.max_pixels)
-        return self.classifier._prepare(image, self.classifier._wants_stats)
+        return self.classifier._prepare(image, self.classifier._wants_stats), image.size
 
-    def infer(self, prepared: list[Any]) -> list[Any]:
-        """One runtime call for prepared images from any number of requests (runs on the batcher's thread)."""
-        return self.classifier._infer(prepared, len(self.classifier.labels))  # every class; each request trims
+    def infer(self, prepared: list[Any]) -> list[tuple[Any, Any]]:
+        """One runtime call for prepared images from any number of requests (runs on the batcher's thread):
+        each image's prediction (every class; each request trims) and its class activation maps (or None)."""
+        classifier = self.classifier
+        predictions, outputs = classifier._infer_outputs(prepared, len(classifier.labels))
+        cams = outputs.get(CAMS_OUTPUT)
+        if cams is None:
+            return [(p, None) for p in predictions]
+        grids = unview(cam_grids(cams, len(classifier.labels)), classifier.tta)
+        return list(zip(predictions, grids, strict=True))
+
+    def heatmap(self, prediction: Any, grid: Any, size: tuple[int, int]) -> dict[str, Any]:
+        """The page's heat-map layer for the predicted class (a PNG data URL, at most 256 px) and its summary."""
+        probabilities = list(prediction.probabilities.values())
+        index = max(range(len(probabilities)), key=probabilities.__getitem__)
+        box = crop_box(size, self.classifier.metadata.preprocessing)
+        heat = align_map(grid[index], size, box)
+        buffer = io.BytesIO()
+        heat_layer(heat, max_side=256).save(buffer, format="PNG")
+        peak = divmod(int(heat.argmax()), size[0]) if heat.size else (0, 0)
+        return {"heatmap": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"),
+                "explanation": {"target": self.classifier.labels[index], "method": "cam", "box": list(box),
+                                "peak": [peak[1], peak[0]]}}
 
 
 def _model_info(classifier: Classifier, config: ServeConfig) -> dict[str, Any]:
@@ -114,7 +139,7 @@ def _model_info(classifier: Classifier, config: ServeConfig) -> dict[str, Any]:
         "cpu": {"host": host_cpu().to_dict(), "check": check.status, "cpu_class": check.cpu_class,
                 "message": check.message},
         "capabilities": {"ood_guard": classifier.guard is not None, "ood_mode": classifier.ood,
-                         "explanations": False},
+                         "explanations": CAMS_OUTPUT in meta.outputs},
         "service": {"version": __version__, "max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms,
                     "max_images": config.max_images, "max_upload_bytes": config.max_upload_bytes,
                     "max_pixels": config.max_pixels, "top_k": config.top_k, "formats": list(ACCEPTED_FORMATS),
@@ -173,10 +198,16 @@ def create_app(classifier: Classifier, config: ServeConfig | None = None) -> Fas
                                              413: "Too large", 415: "Not an image", 503: "Busy or shutting down"
                                              }.items()})
     async def predict(request: Request,
-                      top_k: Annotated[int | None, Query(ge=1, le=1000, description="classes per image")] = None
+                      top_k: Annotated[int | None, Query(ge=1, le=1000, description="classes per image")] = None,
+                      explain: Annotated[bool, Query(description="add each image's heat map for its predicted "
+                                                                 "class (PNG data URL) and its summary")] = False
                       ) -> Response:
         """Images as multipart field ``files`` (one or several) or as the raw request body: one prediction
-        each, in request order, with every field of ``cellsdk.Prediction``."""
+        each, in request order, with every field of ``cellsdk.Prediction``; with ``explain=true`` also
+        ``heatmap`` (where the model looked: a PNG data URL to multiply over the image) and ``explanation``."""
+        if explain and not state.model_info["capabilities"]["explanations"]:
+            raise ApiError("explanations-unavailable", f"{state.model_info['name']} has no class-activation-map "
+                           "output: serve a model converted by cellsdk-convert from a pooling -> linear head")
         # Draining (SIGTERM) does not refuse a request that got this far: the server stopped accepting
         # connections and requests at the signal, so this one arrived before it and is answered.
         batcher, pool = state.batcher, state.pool  # set together by the lifespan
@@ -185,16 +216,20 @@ def create_app(classifier: Classifier, config: ServeConfig | None = None) -> Fas
         uploads = await _read_uploads(request, config)
         with batcher.admit(len(uploads)) as ticket:  # ShuttingDownError (503) once the batcher has closed
             loop = asyncio.get_running_loop()
-            prepared = await asyncio.gather(*(loop.run_in_executor(pool, state.prepare, data, i, name)
-                                              for i, (name, data) in enumerate(uploads)), return_exceptions=True)
-            for outcome in prepared:
+            decoded = await asyncio.gather(*(loop.run_in_executor(pool, state.prepare, data, i, name)
+                                             for i, (name, data) in enumerate(uploads)), return_exceptions=True)
+            for outcome in decoded:
                 if isinstance(outcome, BaseException):
                     raise outcome
-            predictions = await asyncio.wrap_future(ticket.submit(prepared))
+            results = await asyncio.wrap_future(ticket.submit([prepared for prepared, _ in decoded]))
         k = min(top_k or config.top_k, len(classifier.labels))
+        extras: list[dict[str, Any]] = [{} for _ in results]
+        if explain:
+            extras = list(await asyncio.gather(*(loop.run_in_executor(pool, state.heatmap, p, grid, size)
+                                                 for (p, grid), (_, size) in zip(results, decoded, strict=True))))
         body = {"model": {"name": state.model_info["name"], "sha256": state.model_info["sha256"]},
-                "predictions": [{"name": name, **dataclasses.replace(p, top_k=p.top_k[:k]).to_dict()}
-                                for (name, _), p in zip(uploads, predictions, strict=True)]}
+                "predictions": [{"name": name, **dataclasses.replace(p, top_k=p.top_k[:k]).to_dict(), **extra}
+                                for (name, _), (p, _), extra in zip(uploads, results, extras, strict=True)]}
         return Response(json.dumps(body), media_type="application/json")
 
     @app.get("/v1/model", tags=["model"], summary="The model's metadata and verification record",

@@ -18,6 +18,7 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 KINDS: dict[str, tuple[int, str]] = {
     "bad-request": (400, "Bad request"),
     "bad-image": (400, "Unusable image"),
+    "explanations-unavailable": (400, "The model cannot explain its predictions"),
     "unauthorized": (401, "API key missing or wrong"),
     "not-found": (404, "Not found"),
     "method-not-allowed": (405, "Method not allowed"),

@@ -19,6 +19,9 @@ function percent(p) {
   return (p * 100).toFixed(1) + "%";
 }
 
+// the model offers heat maps (capabilities.explanations): ask for them with each prediction
+let explains = false;
+
 async function loadModel() {
   let response;
   try {
@@ -48,7 +51,8 @@ async function loadModel() {
     parts.push("int8 " + info.cpu.check + " on this server's CPU class " + info.cpu.cpu_class);
   }
   $("#model").textContent = parts.join(" · ");
-  $("#heat-toggle-label").hidden = !(info.capabilities && info.capabilities.explanations);
+  explains = Boolean(info.capabilities && info.capabilities.explanations);
+  $("#heat-toggle-label").hidden = !explains;
 }
 
 async function problemText(response) {
@@ -98,7 +102,8 @@ async function classify(job) {
   const topK = $("#top-k").value;
   let response;
   try {
-    response = await fetch("/v1/predict?top_k=" + encodeURIComponent(topK), {
+    const explain = explains ? "&explain=true" : "";
+    response = await fetch("/v1/predict?top_k=" + encodeURIComponent(topK) + explain, {
       method: "POST", body, headers: headers(),
     });
   } catch (err) {
