@@ -272,11 +272,12 @@ def evaluate_model(
         if explain:
             from cellsdk.explain import evaluation_montage
 
-            sheet, chosen = evaluation_montage(classifier, images, np.asarray(targets), probabilities, explain)
+            sheet, montage_images = evaluation_montage(classifier, images, np.asarray(targets), probabilities,
+                                                       explain)
             target = Path(out_dir) / "explanations.png"
             with atomic_path(target) as staged:
                 sheet.save(staged, format="PNG")
-            report["explanations"] = {**chosen, "file": str(target)}
+            report["explanations"] = {**montage_images, "file": str(target)}
             report.setdefault("files", {})[target.name] = str(target)
             write_json(Path(out_dir) / "report.json", report)
     return report

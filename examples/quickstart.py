@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     report["guard"] = show_guard(clf, list(raw.paths))
     report["job"] = batch_job(clf, {path_key(p): clf.predict(p).label for p in raw.paths}, args.out)
     report["service"] = serve_check({p: clf.predict(p).label for p in raw.paths})
+    report["explain"] = explain_samples(clf, list(raw.paths), args.out / "explained")
 
     crops = load_dataset(SAMPLES / "bloodmnist_128").split("test")
     cropped = clf.with_preprocessing(meta.preprocessing.without_crop())  # these are already the 200 px crops
@@ -92,6 +93,24 @@ def batch_job(clf: Classifier, expected: dict[str, str | None], out: Path) -> di
     print(f"\nas a large job (cellsdk predict samples/pbc_raw --out {summary.out}):\n{summary.table()}")
     print(f"  {summary.rows} rows, labels {'identical to' if same else 'DIFFERENT from'} predict() one by one")
     return {"rows": summary.rows, "per_class": summary.per_class, "same_labels": same}
+
+
+def explain_samples(clf: Classifier, paths: list[Path], out: Path) -> dict:
+    """Where the model looked (torch-free class activation maps): an overlay per sample, each map the size of
+    the raw image, explaining the predicted class, with its peak inside the crop the model saw."""
+    out.mkdir(parents=True, exist_ok=True)
+    sane = 0
+    for path in paths:
+        explanation = clf.explain(path)
+        explanation.save(out / f"{path.stem}.{explanation.target}.png")
+        left, top, right, bottom = explanation.box
+        y, x = divmod(int(explanation.heatmap.argmax()), explanation.heatmap.shape[1])
+        sane += (explanation.heatmap.shape[::-1] == explanation.image.size and explanation.target ==
+                 max(explanation.prediction.probabilities, key=explanation.prediction.probabilities.get)
+                 and left <= x < right and top <= y < bottom)
+    print(f"\nexplanations (clf.explain, torch-free CAM): {len(paths)} overlays in {out}; {sane}/{len(paths)} maps "
+          "the raw image's size, on the predicted class, peaking inside the model's crop")
+    return {"images": len(paths), "sane": sane, "folder": str(out)}
 
 
 def serve_check(expected: dict[Path, str | None]) -> dict:
@@ -207,6 +226,10 @@ def failures(report: dict) -> list[str]:
                                        and service.get("refused", [None])[0] == 415):
         out.append(f"the REST service (cellsdk serve) did not answer like predict(), refuse a non-image with 415, "
                    f"or stop cleanly: {service}")
+    explain = report.get("explain") or {}
+    if explain and explain["sane"] != explain["images"]:
+        out.append(f"only {explain['sane']} of {explain['images']} explanations were the raw image's size, on the "
+                   "predicted class and peaking inside the model's crop")
     guard = report.get("guard") or {}
     if guard.get("present") and (guard["samples_kept"] < 0.75 or guard["altered_flagged"] < 0.8):
         out.append(f"the OOD guard kept {guard['samples_kept'] * 100:.0f} % of the sample originals (expected >= 75 %) "

@@ -216,11 +216,13 @@ def create_app(classifier: Classifier, config: ServeConfig | None = None) -> Fas
         uploads = await _read_uploads(request, config)
         with batcher.admit(len(uploads)) as ticket:  # ShuttingDownError (503) once the batcher has closed
             loop = asyncio.get_running_loop()
-            decoded = await asyncio.gather(*(loop.run_in_executor(pool, state.prepare, data, i, name)
-                                             for i, (name, data) in enumerate(uploads)), return_exceptions=True)
-            for outcome in decoded:
+            outcomes = await asyncio.gather(*(loop.run_in_executor(pool, state.prepare, data, i, name)
+                                              for i, (name, data) in enumerate(uploads)), return_exceptions=True)
+            decoded: list[tuple[Any, tuple[int, int]]] = []
+            for outcome in outcomes:
                 if isinstance(outcome, BaseException):
                     raise outcome
+                decoded.append(outcome)
             results = await asyncio.wrap_future(ticket.submit([prepared for prepared, _ in decoded]))
         k = min(top_k or config.top_k, len(classifier.labels))
         extras: list[dict[str, Any]] = [{} for _ in results]
