@@ -145,7 +145,7 @@ def test_shipped_model_carries_the_guard(shipped):
 
     guard = shipped.guard
     assert guard is not None and guard.score.name == "mahalanobis" and guard.retention == 0.95
-    assert shipped.metadata.outputs == ("logits", "features")
+    assert shipped.metadata.outputs == ("logits", "features", "cams")  # cams: class activation maps (issue 15)
     validation = shipped.metadata.guard["validation"]
     assert validation["mean_auroc"] > 0.9 and set(validation["candidates"]) == {"msp", "energy", "mahalanobis", "knn"}
     raw = sorted(RAW_SAMPLES.rglob("*.jpg"))

@@ -190,7 +190,7 @@ def test_every_artefact_carries_the_guard_and_the_gate_checked_it(converted):
 
         meta = read_metadata(converted.out_dir / entry["file"])  # CoreML's too, off macOS
         own = entry.get("guard_threshold")
-        assert meta.outputs == ("logits", "features"), entry["file"]
+        assert meta.outputs == ("logits", "features", "cams"), entry["file"]
         assert meta.guard["threshold"] == (own if own is not None else guard["threshold"]), entry["file"]
         if own is not None:  # re-set on the artefact's own scores: fp32's is kept beside it, with the reason
             assert meta.guard["fp32_threshold"] == guard["threshold"] and "re-set" in meta.guard["threshold_note"]
@@ -327,7 +327,7 @@ def test_data_without_a_val_split_names_the_guard_and_the_way_out(tiny_run, tmp_
         formats=("onnx",), eval=str(data), eval_split="test", data_cropped=True, guard=GuardConfig.off(),
         cpu_targets=CpuTargets.parse("none")), progress=False)
     meta = Classifier.load(off.out_dir / "model.fp32.onnx").metadata
-    assert meta.outputs == ("logits",) and meta.guard is None
+    assert meta.outputs == ("logits", "cams") and meta.guard is None  # no guard, still explains
 
 
 def test_metadata_listing_outputs_the_model_lacks_is_refused(artefacts, tmp_path):
