@@ -178,13 +178,12 @@ def overlay(image: Image.Image | np.ndarray, heatmap: np.ndarray, alpha: float =
     return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8), mode="RGB")
 
 
-def heat_layer(heatmap: np.ndarray, max_side: int | None = None) -> Image.Image:
-    """The heat map alone as an RGB picture for a multiply blend over the image (a web page's overlay): white
-    where the map is 0, the map's colour where it is hot; at most ``max_side`` pixels on its long side."""
-    heat = np.asarray(heatmap, dtype=np.float32)
-    weight = np.clip(np.nan_to_num(heat), 0.0, 1.0)[..., None]
-    layer = 255.0 * (1.0 - weight) + colorize(heat).astype(np.float32) * weight
-    picture = Image.fromarray(np.clip(layer + 0.5, 0, 255).astype(np.uint8), mode="RGB")
+def heat_layer(heatmap: np.ndarray, max_side: int | None = None, alpha: float = 0.7) -> Image.Image:
+    """The heat map alone as an RGBA picture to lay over the image (a web page's overlay): the map's colour,
+    transparent where the map is 0 and ``alpha`` opaque at its peak; at most ``max_side`` pixels on its long side."""
+    heat = np.clip(np.nan_to_num(np.asarray(heatmap, dtype=np.float32)), 0.0, 1.0)
+    rgba = np.dstack([colorize(heat), np.round(heat * alpha * 255.0).astype(np.uint8)])
+    picture = Image.fromarray(rgba, mode="RGBA")
     if max_side is not None and max(picture.size) > max_side:
         picture.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
     return picture

@@ -204,7 +204,7 @@ def create_app(classifier: Classifier, config: ServeConfig | None = None) -> Fas
                       ) -> Response:
         """Images as multipart field ``files`` (one or several) or as the raw request body: one prediction
         each, in request order, with every field of ``cellsdk.Prediction``; with ``explain=true`` also
-        ``heatmap`` (where the model looked: a PNG data URL to multiply over the image) and ``explanation``."""
+        ``heatmap`` (where the model looked: a transparent PNG data URL to lay over the image) and ``explanation``."""
         if explain and not state.model_info["capabilities"]["explanations"]:
             raise ApiError("explanations-unavailable", f"{state.model_info['name']} has no class-activation-map "
                            "output: serve a model converted by cellsdk-convert from a pooling -> linear head")
