@@ -659,6 +659,11 @@ def _split_list(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--max-accuracy-drop", type=PERCENT, default=0.5, show_default=True, help="Points.")
 @click.option("--max-recall-drop", type=PERCENT, default=2.0, show_default=True, help="Points, for every class.")
 @click.option("--min-agreement", type=PERCENT, default=99.5, show_default=True, help="Percent, fp32/fp16 top-1.")
+@click.option("--min-int8-agreement", type=PERCENT, default=98.0, show_default=True,
+              help="Percent, top-1 agreement of quantized artefacts with fp32 (fails when its 95 % interval is "
+                   "wholly below).")
+@click.option("--min-logit-cosine", type=click.FloatRange(-1, 1), default=0.98, show_default=True,
+              help="Quantized artefacts: smallest mean cosine similarity of their logits to fp32's.")
 @click.option("--allow-regression", is_flag=True, help="Exit 0 even if an artefact fails verification.")
 @click.option("--force-calib", is_flag=True, help="Accept few calibration images or ones that overlap evaluation.")
 @click.option("--int8-recipe", type=click.Choice(["portable", "vnni"]), default="portable", show_default=True,
@@ -704,10 +709,14 @@ def convert_command(checkpoint: Path, out_dir: Path, formats: str, quantize: tup
         explain=options["explain"],
         verify=VerifyConfig(max_accuracy_drop=options["max_accuracy_drop"] / 100,
                             max_recall_drop=options["max_recall_drop"] / 100,
-                            min_agreement=options["min_agreement"] / 100),
+                            min_agreement=options["min_agreement"] / 100,
+                            min_quantized_agreement=options["min_int8_agreement"] / 100,
+                            min_logit_cosine=options["min_logit_cosine"]),
     )
     result = convert(checkpoint, out_dir, config, progress=not quiet)
     click.echo(format_manifest_table(result.manifest))
+    for line in result.manifest["evaluation"].get("warnings", []):
+        click.echo(f"note: the verification sample is small: {line}", err=True)
     for line in _cpu_notes(result.manifest):
         click.echo(line, err=True)
     click.echo(f"wrote {out_dir / 'manifest.json'} ({result.manifest['seconds']:.1f} s)")

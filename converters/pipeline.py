@@ -38,7 +38,7 @@ from cellsdk.converters.calibration import ImageSet, calibration_set, evaluation
 from cellsdk.converters.guard import GuardConfig, GuardProbe, fit_guard
 from cellsdk.converters.int8 import check_recipe
 from cellsdk.converters.targets import CpuTargets, qemu_binary, verify_on_targets
-from cellsdk.converters.verify import VerifyConfig, reference_logits, verify_artefact
+from cellsdk.converters.verify import VerifyConfig, reference_logits, sample_warnings, verify_artefact
 from cellsdk.cpu import host_cpu
 from cellsdk.errors import CellSDKError, ConfigError
 from cellsdk.explain import CAMS_OUTPUT
@@ -287,7 +287,8 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
                 "source_checkpoint": {"path": str(checkpoint), "sha256": checkpoint_sha},
                 "metadata": without_arrays(metadata.to_dict()),
                 "reference": {"model": "PyTorch eager fp32 (the source checkpoint)", **metadata.reference_metrics},
-                "evaluation": images.record(),
+                "evaluation": {**images.record(), "warnings": sample_warnings(images.targets, metadata.labels,
+                                                                         config.verify)},
                 "calibration": None if calibration is None else {**calibration.record(), "list": "calibration_images.txt"},
                 "thresholds": config.verify.to_dict(),
                 "cpu_targets": {"requested": list(config.cpu_targets.names), "host": host_cpu().to_dict(),
