@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 from cellsdk.errors import BackendNotInstalledError, ConfigError
 from cellsdk.metadata import ModelMetadata
 
-__all__ = ["Converter", "ExportJob", "converter_names", "get_converter", "register_converter"]
+__all__ = ["Converter", "ExportJob", "Refused", "converter_names", "get_converter", "register_converter"]
 
 _CONVERTERS: dict[str, type[Converter]] = {}
 
@@ -95,6 +95,11 @@ class ExportJob:
         if self.calibration is None:
             raise ConfigError(f"{fmt} int8 needs calibration images: pass --calib DATA (real images, train split)")
         return self.calibration
+
+
+class Refused(Exception):
+    """A converter cannot write this artefact for this model, for a known reason: the artefact is ``skipped``
+    with that reason (one line saying what to use instead), and the conversion goes on."""
 
 
 class Converter(abc.ABC):

@@ -21,11 +21,12 @@ import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cellsdk.converters.base import Converter, ExportJob, register_converter
-from cellsdk.converters.torchscript import freeze_same_padding
+from cellsdk.converters.base import Converter, ExportJob, Refused, register_converter
+from cellsdk.converters.torchscript import _first_line, freeze_same_padding
 from cellsdk.metadata import METADATA_KEY, ModelMetadata
 
 __all__ = ["CoreMLConverter"]
@@ -38,6 +39,44 @@ def _static_padding_copy(job: ExportJob) -> object:
     model = copy.deepcopy(job.exported).eval()
     freeze_same_padding(model, job.input_size)
     return model
+
+@contextlib.contextmanager
+def scalar_cast_fix() -> Iterator[bool]:
+    """While converting, make coremltools' ``int`` / ``float`` / ``bool`` ops fold one-element constant arrays.
+
+    coremltools 9.0 folds ``aten::Int`` of a constant with ``int(array)``, which numpy 2.4 refuses for arrays of
+    one element but more than zero dimensions ("only 0-dimensional arrays can be converted to Python scalars");
+    attention blocks (EfficientViT, MobileViT, ViT, DeiT, EdgeNeXt) hit it. The fix merged upstream (unreleased)
+    takes the element first; this does the same for those constants and leaves every other case to
+    coremltools. Yields whether it patched (only where the bug can occur).
+    """
+    import numpy as np
+
+    try:
+        from coremltools.converters.mil.frontend.torch import ops
+        from coremltools.converters.mil.mil import Builder as mb
+    except ImportError:  # a coremltools without this module layout: nothing to patch
+        yield False
+        return
+    original = getattr(ops, "_cast", None)
+    if original is None or tuple(int(x) for x in np.__version__.split(".")[:2]) < (2, 4):
+        yield False
+        return
+
+    def cast(context: Any, node: Any, dtype: Any, dtype_name: str) -> Any:
+        x = ops._get_inputs(context, node, expected=1)[0]
+        value = x.val if x.can_be_folded_to_const() else None
+        if isinstance(value, np.ndarray) and value.size == 1 and value.ndim > 0:
+            context.add(mb.const(val=dtype(value.reshape(()).item()), name=node.name), node.name)
+            return None
+        return original(context, node, dtype, dtype_name)
+
+    ops._cast = cast
+    try:
+        yield True
+    finally:
+        ops._cast = original
+
 
 _ACTIVATIONS_NOTE = "weights only: activation quantization calibrates by running the model, which needs macOS"
 
@@ -64,11 +103,16 @@ class CoreMLConverter(Converter):
             warnings.simplefilter("ignore")
             with torch.no_grad():
                 traced = torch.jit.trace(model, job.example(1))
-            model = ct.convert(traced, inputs=[ct.TensorType(name="input", shape=(batch, 3, size, size))],
-                               outputs=[ct.TensorType(name=name) for name in job.metadata.outputs],
-                               convert_to="mlprogram",
-                               compute_precision=ct.precision.FLOAT16,
-                               minimum_deployment_target=ct.target.macOS13)
+            try:
+                with scalar_cast_fix():
+                    model = ct.convert(traced, inputs=[ct.TensorType(name="input", shape=(batch, 3, size, size))],
+                                       outputs=[ct.TensorType(name=name) for name in job.metadata.outputs],
+                                       convert_to="mlprogram",
+                                       compute_precision=ct.precision.FLOAT16,
+                                       minimum_deployment_target=ct.target.macOS13)
+            except (NotImplementedError, ValueError, TypeError, RuntimeError, AssertionError, KeyError) as err:
+                raise Refused(f"coremltools {ct.__version__} cannot convert {job.metadata.arch} "
+                              f"({_first_line(err)}); use its ONNX, OpenVINO or TorchScript artefacts") from err
             recipe: dict[str, Any] = {}
             if precision == "int8":
                 config = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric"))

@@ -33,7 +33,7 @@ from cellsdk._io import artefact_files, current_umask, remove_on_terminate, sha2
 from cellsdk._machine import machine_info, package_versions
 from cellsdk._progress import progress_bar
 from cellsdk._validate import require_int
-from cellsdk.converters.base import converter_names, get_converter
+from cellsdk.converters.base import Refused, converter_names, get_converter
 from cellsdk.converters.calibration import ImageSet, calibration_set, evaluation_set
 from cellsdk.converters.guard import GuardConfig, GuardProbe, fit_guard
 from cellsdk.converters.int8 import check_recipe
@@ -327,6 +327,9 @@ def _one(job: Any, fmt: str, precision: str, skipped: str, staging: Path, images
         recipe = converter.convert(job, precision, target)
     except CellSDKError:
         raise
+    except Refused as err:  # a known limit of the format's toolchain for this architecture: skipped, with why
+        _remove(target)
+        return {**entry, "status": "skipped", "reasons": [str(err)], "convert_seconds": time.perf_counter() - start}
     except Exception as err:  # noqa: BLE001 - a converter's own failure fails its artefact, not the run
         _remove(target)
         detail = traceback.format_exception_only(type(err), err)[-1].strip()

@@ -20,11 +20,18 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from cellsdk.converters.base import Converter, ExportJob, register_converter
+from cellsdk.converters.base import Converter, ExportJob, Refused, register_converter
 from cellsdk.converters.int8 import recipe_record
+from cellsdk.errors import CellSDKError
 from cellsdk.metadata import METADATA_KEY, ModelMetadata
 
 __all__ = ["TorchScriptConverter", "freeze_same_padding"]
+
+
+def _first_line(err: BaseException) -> str:
+    """``Type: message``, first line only, at most 160 characters."""
+    text = f"{type(err).__name__}: {err}".strip().splitlines()[0]
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def freeze_same_padding(model: Any, input_size: int) -> int:
@@ -72,7 +79,16 @@ class TorchScriptConverter(Converter):
         recipe: dict[str, Any] = {}
         model = job.exported
         if precision == "int8":
-            model, recipe = self._quantize(job)
+            try:
+                model, recipe = self._quantize(job)
+                with warnings.catch_warnings(), torch.no_grad():
+                    warnings.simplefilter("ignore")
+                    model(job.example(1))  # FX can convert a graph that then fails to run (e.g. EdgeNeXt)
+            except (CellSDKError, MemoryError):
+                raise
+            except Exception as err:  # FX's failures on this architecture: refused, with why
+                raise Refused(f"torch FX cannot quantize {job.metadata.arch} ({_first_line(err)}); its int8 ONNX "
+                              "and OpenVINO artefacts are the int8 choices for this architecture") from err
         with warnings.catch_warnings():  # torch 2.14 marks torch.jit deprecated; LibTorch still runs it
             warnings.simplefilter("ignore")
             with torch.no_grad():

@@ -62,7 +62,10 @@ def load_checkpoint(path: str | os.PathLike, *, device: str = "cpu") -> tuple[An
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: corrupt checkpoint ({err})") from None
-    model = timm.create_model(metadata.arch, num_classes=metadata.num_classes)
+    from cellsdk.training.models import size_kwargs
+
+    model = timm.create_model(metadata.arch, num_classes=metadata.num_classes,
+                              **size_kwargs(metadata.arch, metadata.preprocessing.input_size))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

@@ -29,8 +29,8 @@ from typing import Any
 from cellsdk.errors import BackendNotInstalledError, CheckpointError, ConfigError
 from cellsdk.explain import CAMS_OUTPUT
 
-__all__ = ["CAMS_OUTPUT", "PretrainedSource", "cam_support", "create_model", "load_weights_file", "resolve_arch",
-           "with_features", "with_outputs"]
+__all__ = ["CAMS_OUTPUT", "PretrainedSource", "cam_support", "create_model", "load_weights_file", "preflight",
+           "resolve_arch", "size_kwargs", "training_layout", "with_features", "with_outputs"]
 
 log = logging.getLogger("cellsdk.training")
 
@@ -127,7 +127,102 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     return bool(result and result[0])
 
 
-def create_model(arch: str, num_classes: int, pretrained: str = "auto") -> tuple[Any, PretrainedSource]:
+#: timm families with a known fault in one memory layout, and the layout that works (issue 16)
+_LAYOUT_FAULTS = {
+    "fastvit_": "channels-last crashes the process in loss.backward() (double free; a torch / timm fault, "
+                "reproducible without cellsdk)",
+}
+
+
+def training_layout(arch: str, channels_last: bool) -> tuple[bool, str | None]:
+    """The memory layout to train ``arch`` in: ``channels_last`` unless the family is known to fail in it,
+    and then a note saying why it was changed (None when nothing changed).
+
+    Example:
+        >>> training_layout("fastvit_t8", True)[0], training_layout("resnet18", True)
+        (False, (True, None))
+    """
+    for prefix, fault in _LAYOUT_FAULTS.items():
+        if channels_last and arch.startswith(prefix):
+            return False, f"{arch}: training in the contiguous layout, not channels-last: {fault}"
+    return channels_last, None
+
+
+def size_kwargs(arch: str, input_size: int | None) -> dict[str, Any]:
+    """``timm.create_model`` arguments that build ``arch`` for ``input_size`` px inputs: ``img_size`` for models
+    whose input size is fixed at construction (ViT, DeiT, LeViT, ...), nothing for the others.
+
+    Example:
+        >>> size_kwargs("vit_tiny_patch16_224", 64), size_kwargs("resnet18", 64)  # doctest: +SKIP
+        ({'img_size': 64}, {})
+    """
+    if input_size is None:
+        return {}
+    try:
+        from timm.models import get_pretrained_cfg
+    except ImportError:  # pragma: no cover - timm without the registry helper
+        return {}
+    cfg = get_pretrained_cfg(arch)
+    default = tuple(getattr(cfg, "input_size", ()) or ())
+    if cfg is not None and getattr(cfg, "fixed_input_size", False) and default and default[-1] != input_size:
+        return {"img_size": input_size}
+    return {}
+
+
+def _build(timm: Any, arch: str, input_size: int | None, **kwargs: Any) -> Any:
+    extra = size_kwargs(arch, input_size)
+    try:
+        return timm.create_model(arch, **kwargs, **extra)
+    except TypeError as err:
+        if not extra:
+            raise
+        from timm.models import get_pretrained_cfg
+
+        fixed = get_pretrained_cfg(arch).input_size[-1]
+        raise ConfigError(f"{arch} takes only {fixed} px inputs (it cannot be built for {input_size} px: "
+                          f"{err}); use --input-size {fixed}") from None
+
+
+def preflight(model: Any, arch: str, input_size: int, *, channels_last: bool, device: Any = "cpu") -> None:
+    """One forward and backward pass of two random images at ``input_size`` px before anything is trained or
+    written: an architecture that cannot take this size fails here with one line naming the sizes to try.
+
+    Raises:
+        ConfigError: the model fails at this input size (the error's first line and a suggestion).
+    """
+    import torch
+
+    was_training = model.training
+    model.train()
+    example = torch.randn(2, 3, input_size, input_size, device=device)
+    if channels_last:
+        example = example.contiguous(memory_format=torch.channels_last)
+    try:
+        output = model(example)
+        logits = output[0] if isinstance(output, (tuple, list)) else output
+        logits.float().sum().backward()
+    except (RuntimeError, AssertionError, ValueError, IndexError, TypeError) as err:
+        default = _default_size(arch)
+        line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        hint = f"; try --input-size {default} (its default)" if default and default != input_size else ""
+        raise ConfigError(f"{arch} cannot train at {input_size} px ({type(err).__name__}: {line[:200]}){hint}") from None
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+
+
+def _default_size(arch: str) -> int | None:
+    try:
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(arch)
+        return int(cfg.input_size[-1]) if cfg is not None and cfg.input_size else None
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return None
+
+
+def create_model(arch: str, num_classes: int, pretrained: str = "auto", input_size: int | None = None
+                 ) -> tuple[Any, PretrainedSource]:
     """Build a timm classifier with ``num_classes`` outputs and initial weights.
 
     Args:
@@ -135,6 +230,7 @@ def create_model(arch: str, num_classes: int, pretrained: str = "auto") -> tuple
         num_classes: outputs of the new classifier head.
         pretrained: ``auto`` (hub, then a known local source), ``hub``,
             ``none``, or a weights file path.
+        input_size: build fixed-input-size models (ViT, DeiT, LeViT ...) for this many pixels.
 
     Returns:
         The model (in train mode) and where its weights came from.
@@ -146,21 +242,22 @@ def create_model(arch: str, num_classes: int, pretrained: str = "auto") -> tuple
     timm = _timm()
     arch = resolve_arch(arch)
     if pretrained == "none":
-        model = timm.create_model(arch, num_classes=num_classes)
+        model = _build(timm, arch, input_size, num_classes=num_classes)
         return model, PretrainedSource("none", "random initialisation", arch, *_default_norm(model))
-    model, source = _create_pretrained(timm, arch, num_classes, pretrained)
+    model, source = _create_pretrained(timm, arch, num_classes, pretrained, input_size)
     _init_new_head(model)
     return model, source
 
 
-def _create_pretrained(timm: Any, arch: str, num_classes: int, pretrained: str) -> tuple[Any, PretrainedSource]:
+def _create_pretrained(timm: Any, arch: str, num_classes: int, pretrained: str, input_size: int | None = None
+                       ) -> tuple[Any, PretrainedSource]:
     if pretrained not in ("auto", "hub"):
-        model = timm.create_model(arch, num_classes=num_classes)
+        model = _build(timm, arch, input_size, num_classes=num_classes)
         loaded = load_weights_file(model, pretrained)
         return model, PretrainedSource("file", str(pretrained), arch, *_default_norm(model), tensors_loaded=loaded)
     if _hub_reachable():
         try:
-            model = timm.create_model(arch, num_classes=num_classes, pretrained=True)
+            model = _build(timm, arch, input_size, num_classes=num_classes, pretrained=True)
             tag = model.pretrained_cfg.get("hf_hub_id") or model.pretrained_cfg.get("url") or arch
             return model, PretrainedSource("hub", str(tag), arch, *_default_norm(model))
         except Exception as err:  # noqa: BLE001 - any hub failure falls back to local weights

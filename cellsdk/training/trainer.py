@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -33,7 +34,7 @@ from cellsdk.metadata import ModelMetadata, Preprocessing
 from cellsdk.metrics import classification_report
 from cellsdk.training.checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint
 from cellsdk.training.config import TrainConfig
-from cellsdk.training.models import PretrainedSource, create_model
+from cellsdk.training.models import PretrainedSource, create_model, preflight, training_layout
 from cellsdk.training.torchdata import SplitDataset, autocast, make_loader, pick_amp, pick_device, predict_split
 
 __all__ = ["TrainResult", "resume_training", "train"]
@@ -202,7 +203,6 @@ def _train(data: str | os.PathLike, run_dir: Path, config: TrainConfig | None, *
         if "val" in dataset.splits:
             raise ConfigError(f"{data}: has its own val split; leave out --val-fraction")
         dataset = carve_validation(dataset, config.val_fraction, config.seed)
-    duplicates = _check_duplicates(dataset, run_dir) if config.check_duplicates else None
     train_split = dataset.split("train")
     if "val" not in dataset.splits:
         raise ConfigError(f"{data}: no validation split; add a val/ folder (or val_* arrays), or set one aside "
@@ -213,8 +213,13 @@ def _train(data: str | os.PathLike, run_dir: Path, config: TrainConfig | None, *
 
     device = pick_device(config.device)
     amp = pick_amp(config.amp, device)
+    channels_last, layout_note = training_layout(config.arch, config.channels_last)
+    if layout_note:
+        log.warning("%s", layout_note)
+        config = dataclasses.replace(config, channels_last=channels_last)  # config.json records what was used
     if state is None:
-        model, source = create_model(config.arch, dataset.num_classes, config.pretrained)
+        model, source = create_model(config.arch, dataset.num_classes, config.pretrained, config.input_size)
+        preflight(model.to(device), config.arch, config.input_size, channels_last=channels_last, device=device)
     else:  # the stored arch may be an offline twin of config.arch, so rebuild from the checkpoint itself
         source = PretrainedSource(**{**state["pretrained"], "mean": tuple(state["pretrained"]["mean"]),
                                      "std": tuple(state["pretrained"]["std"])})
@@ -225,8 +230,9 @@ def _train(data: str | os.PathLike, run_dir: Path, config: TrainConfig | None, *
     )
     train_spec = preprocessing.without_crop() if config.data_cropped else preprocessing
     model = model.to(device)
-    if config.channels_last:
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    duplicates = _check_duplicates(dataset, run_dir) if config.check_duplicates else None
 
     train_data = SplitDataset(train_split, train_spec, config.augment, config.seed)
     val_data = SplitDataset(val_split, train_spec)

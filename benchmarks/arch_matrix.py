@@ -1,0 +1,182 @@
+"""Which timm architectures go end to end: train a little, convert to every format and precision, verify.
+
+``python -m cellsdk.benchmarks.arch_matrix --data DATA [--archs a,b,...] [--input-size 64] [--out DIR]``
+
+Each architecture runs as a new user would run it, in its own processes (a crash stays in its row):
+``cellsdk-train DATA --arch A --pretrained none --epochs 1 --max-steps 4 --input-size N --data-cropped``, then
+``cellsdk-convert best.safetensors --formats all --quantize fp16,int8 --verify-cpus native --no-guard`` with a
+gate wide enough for a barely trained model (accuracy and recall drops of 100 points; the int8 agreement
+and logit-cosine criteria stay at their defaults). A row records, per artefact, ``passed``, ``failed``
+(with the gate's reasons), ``skipped`` (with the toolchain's reason) or ``not verified on this platform``, plus
+the wall times; a training or conversion that fails records its one-line error (or its crash).
+
+Example:
+    >>> rows = run_matrix(MatrixConfig(data="samples/bloodmnist_128", archs=("resnet18",)))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ARCHITECTURES", "MatrixConfig", "format_matrix", "run_matrix"]
+
+#: twenty architectures people put on edge devices: convolutional, mobile, hybrid and transformer families
+ARCHITECTURES = (
+    "mobilenetv3_small_100", "mobilenetv3_large_100", "mobilenetv4_conv_small", "efficientnet_b0",
+    "tf_efficientnet_lite0", "resnet18", "resnet50", "regnety_002", "ghostnet_100", "lcnet_050",
+    "convnext_atto", "repvit_m1", "fastvit_t8", "efficientvit_b0", "mobilevit_xxs", "edgenext_xx_small",
+    "levit_128s", "vit_tiny_patch16_224", "deit_tiny_patch16_224", "efficientvit_m0",
+)
+
+ARTEFACTS = ("model.fp32.onnx", "model.fp16.onnx", "model.int8.onnx", "model.fp32.torchscript",
+             "model.int8.torchscript", "model.fp32.xml", "model.fp16.xml", "model.int8.xml", "model.fp16.mlpackage",
+             "model.int8.mlpackage")
+
+
+@dataclass(frozen=True)
+class MatrixConfig:
+    """The data, the architectures, the input size and where runs go."""
+
+    data: str
+    archs: tuple[str, ...] = ARCHITECTURES
+    input_size: int = 64
+    work: str | None = None
+    timeout: float = 1800.0
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+def _one(arch: str, config: MatrixConfig, work: Path) -> dict[str, Any]:
+    run, out = work / arch / "run", work / arch / "converted"
+    row: dict[str, Any] = {"arch": arch, "artefacts": {}}
+    started = time.perf_counter()
+    train = subprocess.run([_bin("cellsdk-train"), config.data, "--out", str(run), "--arch", arch, "--pretrained",
+                            "none", "--epochs", "1", "--max-steps", "4", "--batch-size", "16", "--input-size",
+                            str(config.input_size), "--data-cropped", "--quiet"],
+                           capture_output=True, text=True, timeout=config.timeout)
+    row["train_seconds"] = round(time.perf_counter() - started, 1)
+    if train.returncode != 0:
+        crashed = train.returncode < 0
+        row["train"] = (f"crashed (signal {-train.returncode})" if crashed else "refused") + \
+            f": {_last_line(train.stderr) or _last_line(train.stdout)}"
+        row["left_behind"] = sorted(p.name for p in run.iterdir()) if run.is_dir() else []
+        return row
+    notes = [line for line in train.stderr.splitlines() if "not channels-last" in line or "img_size" in line]
+    row["train"] = "ok" + (f" ({notes[0].strip()})" if notes else "")
+    started = time.perf_counter()
+    convert = subprocess.run([_bin("cellsdk-convert"), str(run / "best.safetensors"), "--out", str(out),
+                              "--formats", "all", "--quantize", "fp16,int8", "--calib", config.data, "--data-cropped",
+                              "--calib-samples", "64", "--verify-cpus", "native", "--no-guard",
+                              "--max-accuracy-drop", "100", "--max-recall-drop", "100", "--allow-regression", "--quiet"],
+                             capture_output=True, text=True, timeout=config.timeout)
+    row["convert_seconds"] = round(time.perf_counter() - started, 1)
+    manifest = out / "manifest.json"
+    if convert.returncode != 0 or not manifest.is_file():
+        row["convert"] = f"error: {_last_line(convert.stderr) or _last_line(convert.stdout)}"
+        return row
+    row["convert"] = "ok"
+    for entry in json.loads(manifest.read_text())["artefacts"]:
+        verification = entry.get("verification") or {}
+        row["artefacts"][entry["file"]] = {
+            "status": entry["status"], "reasons": entry.get("reasons") or [],
+            "agreement": verification.get("top1_agreement"), "logit_cosine": verification.get("logit_cosine"),
+            "max_logit_diff": verification.get("max_logit_diff")}
+    return row
+
+
+def run_matrix(config: MatrixConfig, progress: Any = None) -> dict[str, Any]:
+    """Run every architecture; a JSON-ready report."""
+    from cellsdk.cpu import host_cpu
+
+    work = Path(config.work) if config.work else Path(tempfile.mkdtemp(prefix="cellsdk-matrix-"))
+    rows = []
+    for arch in config.archs:
+        shutil.rmtree(work / arch, ignore_errors=True)
+        try:
+            row = _one(arch, config, work)
+        except subprocess.TimeoutExpired:
+            row = {"arch": arch, "train": f"timed out after {config.timeout:.0f} s", "artefacts": {}}
+        rows.append(row)
+        if progress:
+            progress(f"{arch}: train {row.get('train', '?')[:60]}, convert {row.get('convert', '-')[:60]}")
+    cpu = host_cpu()
+    return {"machine": {"model": cpu.model, "cpu_class": cpu.cpu_class}, "data": config.data,
+            "input_size": config.input_size, "rows": rows}
+
+
+_SHORT = {"passed": "pass", "failed": "FAIL", "skipped": "skip", "not verified on this platform": "n/v"}
+
+
+def format_matrix(report: dict[str, Any]) -> str:
+    """The matrix as Markdown: architecture x artefact, then every reason once."""
+    header = "| architecture | train | s (train + convert) | " + " | ".join(
+        a.replace("model.", "").replace(".mlpackage", ".mlp").replace(".torchscript", ".ts") for a in ARTEFACTS) + " |"
+    lines = [f"{report['machine']['model']}, class {report['machine']['cpu_class']}; {report['input_size']} px; "
+             f"{report['data']}", "", header, "|" + "---|" * (3 + len(ARTEFACTS))]
+    reasons: dict[str, list[str]] = {}
+    for row in report["rows"]:
+        seconds = f"{row.get('train_seconds', 0)} + {row.get('convert_seconds', '-')}"
+        train = row.get("train", "?")
+        train_cell = "ok" if train.startswith("ok") else train.split(":")[0]
+        cells = []
+        for name in ARTEFACTS:
+            entry = row["artefacts"].get(name)
+            if entry is None:
+                cells.append("-")
+                continue
+            cells.append(_SHORT.get(entry["status"], entry["status"]))
+            if entry["status"] in ("failed", "skipped") and entry["reasons"] and "no fp16 path" not in entry["reasons"][0]:
+                reasons.setdefault(row["arch"], []).append(f"{name}: {'; '.join(entry['reasons'])[:240]}")
+        if not train.startswith("ok") or (train != "ok" and "(" in train):
+            reasons.setdefault(row["arch"], []).insert(0, f"training: {train}")
+        if row.get("convert", "ok") != "ok":
+            reasons.setdefault(row["arch"], []).append(f"conversion: {row['convert']}")
+        lines.append(f"| {row['arch']} | {train_cell} | {seconds} | " + " | ".join(cells) + " |")
+    if reasons:
+        lines += ["", "Reasons:"]
+        for arch, items in reasons.items():
+            lines += [f"- {arch}: {item}" for item in items]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from cellsdk._io import write_json, write_text
+
+    parser = argparse.ArgumentParser(prog="python -m cellsdk.benchmarks.arch_matrix",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--archs", default=",".join(ARCHITECTURES))
+    parser.add_argument("--input-size", type=int, default=64)
+    parser.add_argument("--work")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    archs = tuple(a.strip() for a in args.archs.split(",") if a.strip())
+    report = run_matrix(MatrixConfig(data=args.data, archs=archs, input_size=args.input_size, work=args.work),
+                        progress=lambda line: print(line, file=sys.stderr, flush=True))
+    print(format_matrix(report))
+    if args.out:
+        write_json(args.out / "arch_matrix.json", report)
+        write_text(args.out / "arch_matrix.md", format_matrix(report) + "\n")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from cellsdk.benchmarks._script import run_script
+
+    run_script(main, prog="arch_matrix")
