@@ -176,9 +176,7 @@ def _build(timm: Any, arch: str, input_size: int | None, **kwargs: Any) -> Any:
     except TypeError as err:
         if not extra:
             raise
-        from timm.models import get_pretrained_cfg
-
-        fixed = get_pretrained_cfg(arch).input_size[-1]
+        fixed = _default_size(arch)
         raise ConfigError(f"{arch} takes only {fixed} px inputs (it cannot be built for {input_size} px: "
                           f"{err}); use --input-size {fixed}") from None
 
