@@ -51,6 +51,8 @@ class MatrixConfig:
     input_size: int = 64
     work: str | None = None
     timeout: float = 1800.0
+    max_steps: int = 4
+    eval_limit: int | None = None
 
 
 def _bin(name: str) -> str:
@@ -67,7 +69,7 @@ def _one(arch: str, config: MatrixConfig, work: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"arch": arch, "artefacts": {}}
     started = time.perf_counter()
     train = subprocess.run([_bin("cellsdk-train"), config.data, "--out", str(run), "--arch", arch, "--pretrained",
-                            "none", "--epochs", "1", "--max-steps", "4", "--batch-size", "16", "--input-size",
+                            "none", "--epochs", "1", "--max-steps", str(config.max_steps), "--batch-size", "16", "--input-size",
                             str(config.input_size), "--data-cropped", "--quiet"],
                            capture_output=True, text=True, timeout=config.timeout)
     row["train_seconds"] = round(time.perf_counter() - started, 1)
@@ -83,7 +85,8 @@ def _one(arch: str, config: MatrixConfig, work: Path) -> dict[str, Any]:
     convert = subprocess.run([_bin("cellsdk-convert"), str(run / "best.safetensors"), "--out", str(out),
                               "--formats", "all", "--quantize", "fp16,int8", "--calib", config.data, "--data-cropped",
                               "--calib-samples", "64", "--verify-cpus", "native", "--no-guard",
-                              "--max-accuracy-drop", "100", "--max-recall-drop", "100", "--allow-regression", "--quiet"],
+                              "--max-accuracy-drop", "100", "--max-recall-drop", "100", "--allow-regression", "--quiet",
+                              *(["--eval-limit", str(config.eval_limit)] if config.eval_limit else [])],
                              capture_output=True, text=True, timeout=config.timeout)
     row["convert_seconds"] = round(time.perf_counter() - started, 1)
     manifest = out / "manifest.json"
@@ -117,7 +120,8 @@ def run_matrix(config: MatrixConfig, progress: Any = None) -> dict[str, Any]:
             progress(f"{arch}: train {row.get('train', '?')[:60]}, convert {row.get('convert', '-')[:60]}")
     cpu = host_cpu()
     return {"machine": {"model": cpu.model, "cpu_class": cpu.cpu_class}, "data": config.data,
-            "input_size": config.input_size, "rows": rows}
+            "input_size": config.input_size, "max_steps": config.max_steps, "eval_limit": config.eval_limit,
+            "rows": rows}
 
 
 _SHORT = {"passed": "pass", "failed": "FAIL", "skipped": "skip", "not verified on this platform": "n/v"}
@@ -128,7 +132,9 @@ def format_matrix(report: dict[str, Any]) -> str:
     header = "| architecture | train | s (train + convert) | " + " | ".join(
         a.replace("model.", "").replace(".mlpackage", ".mlp").replace(".torchscript", ".ts") for a in ARTEFACTS) + " |"
     lines = [f"{report['machine']['model']}, class {report['machine']['cpu_class']}; {report['input_size']} px; "
-             f"{report['data']}", "", header, "|" + "---|" * (3 + len(ARTEFACTS))]
+             f"{report['data']}; {report.get('max_steps', 4)} training steps of 16 images"
+             + (f"; verified on {report['eval_limit']} images" if report.get("eval_limit") else ""),
+             "", header, "|" + "---|" * (3 + len(ARTEFACTS))]
     reasons: dict[str, list[str]] = {}
     for row in report["rows"]:
         seconds = f"{row.get('train_seconds', 0)} + {row.get('convert_seconds', '-')}"
@@ -164,10 +170,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--archs", default=",".join(ARCHITECTURES))
     parser.add_argument("--input-size", type=int, default=64)
     parser.add_argument("--work")
+    parser.add_argument("--max-steps", type=int, default=4)
+    parser.add_argument("--eval-limit", type=int)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     archs = tuple(a.strip() for a in args.archs.split(",") if a.strip())
-    report = run_matrix(MatrixConfig(data=args.data, archs=archs, input_size=args.input_size, work=args.work),
+    report = run_matrix(MatrixConfig(data=args.data, archs=archs, input_size=args.input_size, work=args.work,
+                                     max_steps=args.max_steps, eval_limit=args.eval_limit),
                         progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(format_matrix(report))
     if args.out:

@@ -60,7 +60,8 @@ class ExportJob:
         from cellsdk.training.models import with_outputs
 
         outputs = tuple(self.metadata.outputs)
-        return self.cached(f"with-outputs-{'-'.join(outputs)}", lambda: with_outputs(self.model, outputs))
+        return self.cached(f"with-outputs-{'-'.join(outputs)}",
+                           lambda: with_outputs(self.model, outputs, self.input_size))
 
     @property
     def module_prefix(self) -> str:

@@ -32,7 +32,7 @@ from cellsdk.converters.int8 import capture_root_logging, recipe_record, summari
 from cellsdk.explain import CAMS_OUTPUT
 from cellsdk.metadata import METADATA_KEY, ModelMetadata
 
-__all__ = ["OnnxConverter", "export_fp32_onnx", "only_feeding", "write_onnx_metadata"]
+__all__ = ["OnnxConverter", "export_fp32_onnx", "only_feeding", "unique_node_names", "write_onnx_metadata"]
 
 log = logging.getLogger("cellsdk")
 
@@ -56,6 +56,43 @@ def export_fp32_onnx(job: ExportJob) -> Path:
         return path
 
     return job.cached("onnx-fp32", make)
+
+
+def unique_node_names(model: Any) -> Any:
+    """``model`` (an ONNX ModelProto) repaired after ONNX Runtime's float16 pass, which on some graphs (EdgeNeXt)
+    casts the same tensor twice with identically named nodes and outputs; ONNX Runtime then refuses to load it.
+    A node that repeats an earlier node exactly (operator, inputs, attributes, outputs) computes the same value
+    and is dropped; other repeated node names get a numeric suffix.
+
+    Raises:
+        Refused: two different nodes define the same value (not repairable here).
+    """
+    from cellsdk.converters.base import Refused
+
+    seen_names: set[str] = set()
+    producers: dict[str, Any] = {}
+    kept = []
+    for node in model.graph.node:
+        earlier = [producers[o] for o in node.output if o in producers]
+        if earlier:
+            first = earlier[0]
+            if (first.op_type == node.op_type and list(first.input) == list(node.input)
+                    and list(first.output) == list(node.output) and list(first.attribute) == list(node.attribute)):
+                continue  # the same cast again: the value already exists
+            raise Refused(f"the float16 pass defines {node.output[0]!r} twice with different nodes; use fp32 or int8")
+        if node.name:
+            name, counter = node.name, 1
+            while name in seen_names:
+                name, counter = f"{node.name}_{counter}", counter + 1
+            node.name = name
+            seen_names.add(name)
+        for output in node.output:
+            producers[output] = node
+        kept.append(node)
+    if len(kept) != len(model.graph.node):
+        del model.graph.node[:]
+        model.graph.node.extend(kept)
+    return model
 
 
 def only_feeding(path: Path, output: str) -> list[str]:
@@ -120,7 +157,7 @@ class OnnxConverter(Converter):
             import onnx
             from onnxruntime.transformers.float16 import convert_float_to_float16
 
-            half = convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+            half = unique_node_names(convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True))
             staged = job.workdir / "fp16.onnx"
             onnx.save(half, str(staged))
             write_onnx_metadata(staged, out, job.metadata_for("fp16"))

@@ -254,7 +254,7 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
     if config.explain:
         from cellsdk.training.models import cam_support
 
-        explain_note = cam_support(model)
+        explain_note = cam_support(model, metadata.preprocessing.input_size)
         if explain_note is None:
             metadata = metadata.replace(outputs=(*metadata.outputs, CAMS_OUTPUT))
         else:

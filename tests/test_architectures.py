@@ -106,3 +106,35 @@ def test_the_architecture_matrix_every_artefact_passes_or_says_why(tmp_path) -> 
     assert "torch FX cannot quantize test_vit" in vit["artefacts"]["model.int8.torchscript"]["reasons"][0]
     text = format_matrix(report)
     assert "| test_vit | ok |" in text and "torch FX cannot quantize" in text
+
+
+def test_the_float16_pass_repeating_a_cast_is_repaired() -> None:
+    """ONNX Runtime's float16 pass casts one EdgeNeXt tensor twice with identical node and value names."""
+    onnx = pytest.importorskip("onnx")
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from cellsdk.converters.base import Refused
+    from cellsdk.converters.onnx import unique_node_names
+
+    cast = helper.make_node("Cast", ["x"], ["x_fp32"], name="cast_x", to=TensorProto.FLOAT)
+    again = helper.make_node("Cast", ["x"], ["x_fp32"], name="cast_x", to=TensorProto.FLOAT)
+    relu = helper.make_node("Relu", ["x_fp32"], ["y"], name="relu")
+    neg = helper.make_node("Neg", ["x_fp32"], ["z"], name="relu")  # a different node reusing a name
+    graph = helper.make_graph([cast, again, relu, neg], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2]),
+                               helper.make_tensor_value_info("z", TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    with pytest.raises(Exception):  # noqa: B017 - onnxruntime's own error type
+        ort.InferenceSession(model.SerializeToString())
+    fixed = unique_node_names(model)
+    assert [n.name for n in fixed.graph.node] == ["cast_x", "relu", "relu_1"]
+    y, z = ort.InferenceSession(fixed.SerializeToString()).run(None, {"x": np.array([-1.0, 2.0], np.float32)})
+    assert y.tolist() == [0.0, 2.0] and z.tolist() == [1.0, -2.0]
+    clash = helper.make_node("Neg", ["x"], ["x_fp32"], name="other")
+    broken = helper.make_model(helper.make_graph([cast, clash], "g", graph.input, [graph.output[0]]),
+                               opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    with pytest.raises(Refused, match="defines 'x_fp32' twice"):
+        unique_node_names(broken)
+    assert onnx is not None

@@ -42,7 +42,7 @@ def _package() -> Any:
     return pytorch_grad_cam
 
 
-def feature_layer(model: Any) -> tuple[Any, Any, Any]:
+def feature_layer(model: Any, input_size: int | None = None) -> tuple[Any, Any, Any]:
     """``model`` with an identity module ``tap`` on its final feature maps (what Grad-CAM hooks, whatever the
     architecture), that module, and the reshape turning a transformer's tokens into a square grid (None for
     convolutional maps).
@@ -66,7 +66,7 @@ def feature_layer(model: Any) -> tuple[Any, Any, Any]:
             return self.inner.forward_head(self.tap(self.inner.forward_features(x)))
 
     tapped = Tapped(model).eval()
-    size = int((getattr(model, "pretrained_cfg", {}) or {}).get("input_size", (3, 64, 64))[-1] or 64)
+    size = input_size or int((getattr(model, "pretrained_cfg", {}) or {}).get("input_size", (3, 64, 64))[-1] or 64)
     with torch.no_grad():
         final = model.forward_features(torch.zeros(1, 3, size, size))
     if final.ndim == 4:
@@ -101,7 +101,7 @@ class GradCamExplainer:
         if metadata is None:
             raise ConfigError("GradCamExplainer needs the model's metadata (labels, preprocessing), or a checkpoint")
         self.metadata = metadata
-        self.model, layer, reshape = feature_layer(model.eval())
+        self.model, layer, reshape = feature_layer(model.eval(), metadata.preprocessing.input_size)
         self._cam = package.GradCAM(model=self.model, target_layers=[layer], reshape_transform=reshape)
 
     def explain(self, images: Sequence[ImageSource], target: str | int | None = None) -> list[Explanation]:

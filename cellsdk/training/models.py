@@ -366,7 +366,7 @@ def with_features(model: Any) -> Any:
     return with_outputs(model, ("logits", "features"))
 
 
-def cam_support(model: Any) -> str | None:
+def cam_support(model: Any, input_size: int | None = None) -> str | None:
     """None when ``model``'s head is global average pooling then one linear layer, so class activation maps
     (CAM, Zhou et al. 2016) need no gradients: ``cams[k] = W[k] . A`` over the final feature maps ``A``, and the
     spatial mean of ``cams[k]`` plus the bias is exactly logit ``k``. Otherwise one line saying why not.
@@ -382,17 +382,20 @@ def cam_support(model: Any) -> str | None:
     classifier = model.get_classifier()
     if not isinstance(classifier, torch.nn.Linear):
         return f"its classifier is {type(classifier).__name__}, not one Linear layer"
-    size = int((getattr(model, "pretrained_cfg", {}) or {}).get("input_size", (3, 64, 64))[-1] or 64)
-    size = max(32, min(size, 128))
+    if input_size is None:
+        input_size = max(32, min(int((getattr(model, "pretrained_cfg", {}) or {}).get("input_size", (3, 64, 64))[-1]
+                                     or 64), 128))
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+            example = torch.randn(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
             maps = model.forward_features(example)
             if maps.ndim != 4:
                 return f"its final features are {maps.ndim}-D, not N x C x H x W feature maps"
             pooled = model.forward_head(maps, pre_logits=True)
+    except Exception as err:  # noqa: BLE001 - a model the check cannot run is a model without maps, not a crash
+        return f"the check could not run it at {input_size} px ({type(err).__name__})"
     finally:
         model.train(was_training)
     if pooled.shape != maps.shape[:2] or not torch.allclose(pooled, maps.mean(dim=(2, 3)), rtol=1e-4, atol=1e-5):
@@ -400,7 +403,7 @@ def cam_support(model: Any) -> str | None:
     return None
 
 
-def with_outputs(model: Any, outputs: tuple[str, ...]) -> Any:
+def with_outputs(model: Any, outputs: tuple[str, ...], input_size: int | None = None) -> Any:
     """A module returning the named ``outputs`` in order: ``logits`` first, then ``features`` (the pooled
     features the logits come from; the OOD guard's input) and / or ``cams`` (class activation maps,
     ``N x classes x h x w`` in logit units, computed by a 1 x 1 convolution of the final feature maps with a
@@ -419,7 +422,7 @@ def with_outputs(model: Any, outputs: tuple[str, ...]) -> Any:
         raise ConfigError(f"{type(model).__name__} does not expose pooled features (forward_features / forward_head); "
                           "the OOD guard needs a timm classifier")
     if CAMS_OUTPUT in outputs:
-        reason = cam_support(model)
+        reason = cam_support(model, input_size)
         if reason:
             raise ConfigError(f"no class activation maps for this model: {reason}")
 
