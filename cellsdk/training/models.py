@@ -184,6 +184,8 @@ def _build(timm: Any, arch: str, input_size: int | None, **kwargs: Any) -> Any:
 def preflight(model: Any, arch: str, input_size: int, *, channels_last: bool, device: Any = "cpu") -> None:
     """One forward and backward pass of two random images at ``input_size`` px before anything is trained or
     written: an architecture that cannot take this size fails here with one line naming the sizes to try.
+    The model is left as it came (buffers such as BatchNorm statistics restored, no gradients, the global
+    random state untouched).
 
     Raises:
         ConfigError: the model fails at this input size (the error's first line and a suggestion).
@@ -191,14 +193,17 @@ def preflight(model: Any, arch: str, input_size: int, *, channels_last: bool, de
     import torch
 
     was_training = model.training
+    buffers = {name: value.detach().clone() for name, value in model.named_buffers()}  # BatchNorm statistics
     model.train()
-    example = torch.randn(2, 3, input_size, input_size, device=device)
+    example = torch.randn(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0)).to(device)
     if channels_last:
         example = example.contiguous(memory_format=torch.channels_last)
+    cuda = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
     try:
-        output = model(example)
-        logits = output[0] if isinstance(output, (tuple, list)) else output
-        logits.float().sum().backward()
+        with torch.random.fork_rng(devices=cuda):  # dropout draws here leave training's random stream alone
+            output = model(example)
+            logits = output[0] if isinstance(output, (tuple, list)) else output
+            logits.float().sum().backward()
     except (RuntimeError, AssertionError, ValueError, IndexError, TypeError) as err:
         default = _default_size(arch)
         line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -206,6 +211,9 @@ def preflight(model: Any, arch: str, input_size: int, *, channels_last: bool, de
         raise ConfigError(f"{arch} cannot train at {input_size} px ({type(err).__name__}: {line[:200]}){hint}") from None
     finally:
         model.zero_grad(set_to_none=True)
+        with torch.no_grad():  # the model leaves exactly as it came: running statistics restored
+            for name, value in model.named_buffers():
+                value.copy_(buffers[name])
         model.train(was_training)
 
 
