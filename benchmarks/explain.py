@@ -130,6 +130,7 @@ def run_explain(config: ExplainBenchConfig) -> dict[str, Any]:
     from cellsdk import Classifier
     from cellsdk.cpu import host_cpu
     from cellsdk.datasets import load_dataset
+    from cellsdk.explain import explain_images
     from cellsdk.preprocessing import load_image
     from cellsdk.training.explain import GradCamExplainer
 
@@ -155,8 +156,6 @@ def run_explain(config: ExplainBenchConfig) -> dict[str, Any]:
     for start in range(0, len(paths), 16):
         chunk = paths[start:start + 16]
         images = [load_image(p) for p in chunk]
-        from cellsdk.explain import explain_images
-
         explained = explain_images(model, images)
         reference = explainer.explain(images, target=None)
         for i, (image, ours) in enumerate(zip(images, explained, strict=True)):

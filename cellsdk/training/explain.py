@@ -52,6 +52,8 @@ def feature_layer(model: Any, input_size: int | None = None) -> tuple[Any, Any, 
     """
     import torch
 
+    from cellsdk.training.models import model_input_size
+
     if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
         raise ConfigError(f"{type(model).__name__} has no forward_features / forward_head: Grad-CAM needs a timm "
                           "classifier")
@@ -66,7 +68,7 @@ def feature_layer(model: Any, input_size: int | None = None) -> tuple[Any, Any, 
             return self.inner.forward_head(self.tap(self.inner.forward_features(x)))
 
     tapped = Tapped(model).eval()
-    size = input_size or int((getattr(model, "pretrained_cfg", {}) or {}).get("input_size", (3, 64, 64))[-1] or 64)
+    size = input_size or model_input_size(model)
     with torch.no_grad():
         final = model.forward_features(torch.zeros(1, 3, size, size))
     if final.ndim == 4:

@@ -217,6 +217,11 @@ def preflight(model: Any, arch: str, input_size: int, *, channels_last: bool, de
         model.train(was_training)
 
 
+def model_input_size(model: Any, default: int = 64) -> int:
+    """The input side a built timm model declares (``pretrained_cfg``), or ``default`` when it declares none."""
+    return int((getattr(model, "pretrained_cfg", {}) or {}).get("input_size", (3, default, default))[-1] or default)
+
+
 def _default_size(arch: str) -> int | None:
     try:
         from timm.models import get_pretrained_cfg
@@ -391,8 +396,7 @@ def cam_support(model: Any, input_size: int | None = None) -> str | None:
     if not isinstance(classifier, torch.nn.Linear):
         return f"its classifier is {type(classifier).__name__}, not one Linear layer"
     if input_size is None:
-        input_size = max(32, min(int((getattr(model, "pretrained_cfg", {}) or {}).get("input_size", (3, 64, 64))[-1]
-                                     or 64), 128))
+        input_size = max(32, min(model_input_size(model), 128))
     was_training = model.training
     model.eval()
     try:
