@@ -22,6 +22,7 @@ __all__ = [
     "ConfigError",
     "CpuVerificationWarning",
     "DatasetError",
+    "DeviceUnavailableError",
     "ExplanationUnavailableError",
     "FailedVerificationError",
     "FailedVerificationWarning",
@@ -86,6 +87,11 @@ class CheckpointError(CellSDKError):
 
 class ConfigError(CellSDKError, ValueError):
     """An option or configuration value is out of range or inconsistent."""
+
+
+class DeviceUnavailableError(ConfigError):
+    """A device was asked for (``cuda``, ``tensorrt``, ``mps`` …) that this machine, its driver or its packages
+    cannot provide; the message names what to install (see ``cellsdk devices``)."""
 
 
 class ExplanationUnavailableError(CellSDKError):

@@ -61,6 +61,9 @@ class CoreMLBackend(Backend):
 
     def __init__(self, path: Path, *, device: str = "auto", threads: int | None = None,
                  compute_units: str = "ALL") -> None:
+        if str(device).split(":")[0].lower() in ("cuda", "gpu", "tensorrt", "mps", "npu"):
+            raise ConfigError(f"device {device!r} is not a CoreML device: use device auto, and compute_units "
+                              "(ALL, CPU_ONLY, CPU_AND_GPU, CPU_AND_NE) to choose Apple's CPU, GPU or Neural Engine")
         if sys.platform != "darwin":
             raise PlatformNotSupportedError(f"{path}: {not_on_macos_message()}")
         ct = self.require()

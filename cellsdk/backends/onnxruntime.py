@@ -10,23 +10,37 @@ Example:
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cellsdk.backends import Backend, register_backend
-from cellsdk.errors import ConfigError, UnsupportedFormatError
+from cellsdk.errors import ConfigError, DeviceUnavailableError, UnsupportedFormatError, describe_os_error
 from cellsdk.metadata import METADATA_KEY
 
-__all__ = ["OnnxRuntimeBackend"]
+__all__ = ["OnnxRuntimeBackend", "default_tensorrt_cache"]
 
-_GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+_DEVICE = re.compile(r"(auto|cpu|cuda|gpu|tensorrt)(?::(\d+))?")
+
+
+def default_tensorrt_cache() -> Path:
+    """Where TensorRT engines are cached by default: ``$CELLSDK_CACHE`` or ``~/.cache/cellsdk``, then ``tensorrt``."""
+    root = os.environ.get("CELLSDK_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "cellsdk")
+    return Path(root) / "tensorrt"
 
 
 @register_backend("onnxruntime", ".onnx", package="onnxruntime", install="pip install onnxruntime")
 class OnnxRuntimeBackend(Backend):
     """An ONNX model in an ``onnxruntime.InferenceSession``.
+
+    Devices: ``cpu``; ``cuda`` / ``cuda:N`` (the CUDA provider); ``tensorrt`` / ``tensorrt:N`` (the TensorRT
+    provider, then CUDA for what TensorRT does not take); ``auto`` (CUDA where onnxruntime-gpu, the driver, a GPU
+    and the CUDA libraries are all there, else the CPU, without a word). Asking for a GPU that is not usable raises
+    :class:`~cellsdk.errors.DeviceUnavailableError` naming what to install (see :mod:`cellsdk.gpu`), never a
+    silent CPU run. TensorRT is never chosen by ``auto``: its first load builds an engine (minutes).
 
     Options:
         threads: intra-op threads (default: ONNX Runtime's choice, the physical cores).
@@ -34,22 +48,27 @@ class OnnxRuntimeBackend(Backend):
         graph_optimization: ``all`` (default), ``extended``, ``basic`` or ``none``.
         spinning: whether idle intra-op threads spin-wait for the next work (ONNX Runtime's default, True) or
             sleep (False: frees the cores for other work, e.g. the engine's decoding threads).
+        tensorrt_fp16: let TensorRT run layers in fp16 (device ``tensorrt``); int8 is enabled for a quantized
+            (QDQ) model on its own.
+        tensorrt_cache: the folder for TensorRT's engine and timing caches (default
+            :func:`default_tensorrt_cache`); a later load of the same model reuses the engine instead of building it.
     """
 
-    devices = ("cpu", "cuda")
+    devices = ("cpu", "cuda", "tensorrt")
 
     @classmethod
     def device_unavailable_reason(cls, device: str) -> str | None:
-        if device == "cuda":
+        if device in ("cuda", "tensorrt"):
             import onnxruntime as ort
 
-            if not any(p in ort.get_available_providers() for p in _GPU_PROVIDERS):
-                return "onnxruntime has no CUDA provider: pip install onnxruntime-gpu"
+            from cellsdk.gpu import onnxruntime_cuda_problem
+
+            return onnxruntime_cuda_problem(ort, tensorrt=device == "tensorrt", load=False)
         return super().device_unavailable_reason(device)
 
     def __init__(self, path: Path, *, device: str = "auto", threads: int | None = None,
                  providers: list[str] | None = None, graph_optimization: str = "all",
-                 spinning: bool | None = None) -> None:
+                 spinning: bool | None = None, tensorrt_fp16: bool = False, tensorrt_cache: str | None = None) -> None:
         ort = self.require()
         options = ort.SessionOptions()
         if threads is not None:
@@ -63,11 +82,19 @@ class OnnxRuntimeBackend(Backend):
         if graph_optimization not in levels:
             raise ConfigError(f"graph_optimization {graph_optimization!r}: use one of {', '.join(levels)}")
         options.graph_optimization_level = levels[graph_optimization]
-        chosen = providers or self._providers(ort, device)
+        chosen: list[Any] = list(providers) if providers else self._providers(
+            ort, device, path, tensorrt_fp16=tensorrt_fp16, tensorrt_cache=tensorrt_cache)
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
         except Exception as err:  # noqa: BLE001 - ORT raises several unrelated types for bad files
             raise UnsupportedFormatError(f"{path}: not a loadable ONNX model ({str(err).splitlines()[0]})") from None
+        wanted = chosen[0] if isinstance(chosen[0], str) else chosen[0][0]
+        running = self.session.get_providers()
+        explicit = not providers and str(device).strip().lower() != "auto"
+        if explicit and wanted != "CPUExecutionProvider" and wanted not in running:  # auto: the CPU is fine
+            raise DeviceUnavailableError(
+                f"device {device!r}: onnxruntime could not start its {wanted} and fell back to {running[0]}; "
+                "`cellsdk devices` shows what is missing")
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1:
             raise UnsupportedFormatError(f"{path}: expected one image input, the model has {len(inputs)}")
@@ -77,22 +104,50 @@ class OnnxRuntimeBackend(Backend):
         self.num_outputs = last if isinstance(last, int) else None
         self.output_count = len(outputs)
         self.metadata_json = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-        self.device = self.session.get_providers()[0]
+        self.device = running[0]
 
     @staticmethod
-    def _providers(ort: Any, device: str) -> list[str]:
-        available = ort.get_available_providers()
-        if device in ("auto", "cuda", "gpu"):
-            gpu = [p for p in _GPU_PROVIDERS if p in available]
-            if device != "auto" and not gpu:
-                raise ConfigError(
-                    "device cuda requested but this onnxruntime has no CUDA provider: pip install onnxruntime-gpu, "
-                    "or use device='cpu'"
-                )
-            return [*gpu, "CPUExecutionProvider"]
-        if device == "cpu":
+    def _providers(ort: Any, device: str, path: Path, *, tensorrt_fp16: bool = False,
+                   tensorrt_cache: str | None = None) -> list[Any]:
+        """The provider list for ``device``; a GPU device that cannot be used raises DeviceUnavailableError."""
+        from cellsdk.gpu import onnxruntime_cuda_problem
+
+        match = _DEVICE.fullmatch(str(device).strip().lower())
+        if not match or (match.group(2) and match.group(1) in ("auto", "cpu")):
+            raise ConfigError(f"device {device!r} is not an onnxruntime device: use auto, cpu, cuda, cuda:N, "
+                              "tensorrt or tensorrt:N")
+        kind, index = match.group(1), int(match.group(2) or 0)
+        if kind == "cpu":
             return ["CPUExecutionProvider"]
-        raise ConfigError(f"device {device!r} is not an onnxruntime device: use auto, cpu or cuda")
+        if kind == "auto":
+            usable = ("CUDAExecutionProvider" in ort.get_available_providers()
+                      and onnxruntime_cuda_problem(ort) is None)
+            return [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"] if usable \
+                else ["CPUExecutionProvider"]
+        problem = onnxruntime_cuda_problem(ort, tensorrt=kind == "tensorrt", index=index)
+        if problem:
+            raise DeviceUnavailableError(f"device {device!r}: {problem}")
+        cuda = ("CUDAExecutionProvider", {"device_id": index})
+        if kind != "tensorrt":
+            return [cuda, "CPUExecutionProvider"]
+        cache = Path(tensorrt_cache) if tensorrt_cache else default_tensorrt_cache()
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"tensorrt_cache: {describe_os_error(err)}; pass a writable folder") from None
+        trt = {"device_id": index, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+               "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache),
+               "trt_fp16_enable": bool(tensorrt_fp16), "trt_int8_enable": _is_quantized(path)}
+        return [("TensorrtExecutionProvider", trt), cuda, "CPUExecutionProvider"]
 
     def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
         return self.session.run(None, {self.input_name: batch})
+
+
+def _is_quantized(path: Path) -> bool:
+    """Whether the model holds QuantizeLinear / DequantizeLinear nodes (TensorRT then needs int8 enabled)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    return b"DequantizeLinear" in data

@@ -79,8 +79,9 @@ class OpenVinoBackend(Backend):
         wanted = device.upper()
         if wanted == "AUTO":
             return "AUTO" if len(available) > 1 else "CPU"
-        if wanted == "CUDA":
-            raise ConfigError("OpenVINO does not run on CUDA devices: use device cpu, gpu, npu or auto")
+        if wanted.split(":")[0] in ("CUDA", "TENSORRT"):
+            raise ConfigError(f"OpenVINO does not run on NVIDIA devices ({device!r}): use device cpu, gpu (Intel), npu "
+                              "or auto, or the model's .onnx / .torchscript artefact for CUDA")
         if wanted.split(".")[0] not in {d.split(".")[0] for d in available}:
             raise ConfigError(f"OpenVINO device {device!r} is not present here (available: {', '.join(available)})")
         return wanted

@@ -10,13 +10,14 @@ Example:
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from cellsdk.backends import Backend, register_backend
-from cellsdk.errors import ConfigError, UnsupportedFormatError
+from cellsdk.errors import ConfigError, DeviceUnavailableError, UnsupportedFormatError
 from cellsdk.metadata import METADATA_KEY
 
 __all__ = ["TorchScriptBackend", "resolve_torch_device"]
@@ -28,7 +29,9 @@ def resolve_torch_device(name: str = "auto") -> str:
     Shared by this backend and by training (which must not be needed to run a model).
 
     Raises:
-        ConfigError: an unknown device, or one this machine does not have.
+        ConfigError: an unknown device.
+        DeviceUnavailableError: a device this machine, its driver or this PyTorch build cannot use (the message
+            names what to install; see :mod:`cellsdk.gpu`).
     """
     import torch
 
@@ -42,10 +45,16 @@ def resolve_torch_device(name: str = "auto") -> str:
         kind = ""
     if kind not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda requested but no CUDA GPU is available: use device auto or cpu")
+    if kind == "cuda":
+        from cellsdk.gpu import torch_cuda_problem
+
+        problem = torch_cuda_problem(torch, torch.device(name).index or 0)
+        if problem:
+            raise DeviceUnavailableError(f"device {name!r}: {problem}")
     if kind == "mps" and not has_mps:
-        raise ConfigError("device mps requested but Apple MPS is not available: use device auto or cpu")
+        why = "this is not a Mac" if sys.platform != "darwin" else f"this PyTorch ({torch.__version__}) has no MPS support"
+        raise DeviceUnavailableError(f"device 'mps' needs Apple MPS, which is not available ({why}): use device auto "
+                                     "or cpu")
     return name
 
 
@@ -59,6 +68,16 @@ class TorchScriptBackend(Backend):
 
     devices = ("cpu", "cuda", "mps")
 
+    @classmethod
+    def device_unavailable_reason(cls, device: str) -> str | None:
+        if device == "cuda" and cls.unavailable_reason() is None:
+            import torch
+
+            from cellsdk.gpu import torch_cuda_problem
+
+            return torch_cuda_problem(torch)
+        return super().device_unavailable_reason(device)
+
     def __init__(self, path: Path, *, device: str = "auto", threads: int | None = None) -> None:
         torch = self.require()
         self.torch = torch
@@ -67,8 +86,9 @@ class TorchScriptBackend(Backend):
             torch.set_num_threads(int(threads))
         extra = {METADATA_KEY: ""}
         try:
-            with warnings.catch_warnings():  # torch 2.14 marks torch.jit deprecated; TorchScript is still what LibTorch runs
-                warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
+            with warnings.catch_warnings():  # torch >= 2.11 marks torch.jit deprecated (2.11: DeprecationWarning, 2.14:
+                # FutureWarning); TorchScript is still what LibTorch runs
+                warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated")
                 self.module = torch.jit.load(str(path), map_location=self.device, _extra_files=extra)
         except (RuntimeError, ValueError) as err:
             raise UnsupportedFormatError(
