@@ -38,7 +38,7 @@ from cellsdk.manifest import artefact_path, read_manifest
 
 __all__ = ["BenchConfig", "discover", "run_benchmark"]
 
-DEVICES = ("cpu", "cuda", "mps", "coreml")
+DEVICES = ("cpu", "cuda", "tensorrt", "mps", "coreml")
 _STRICT_REFUSALS = ("FailedVerificationError", "UnverifiedCpuError")
 _VERSIONED = ("onnxruntime", "openvino", "torch", "coremltools", "numpy", "pillow")
 
@@ -48,7 +48,7 @@ class BenchConfig:
     """What to measure and how long.
 
     Attributes:
-        devices: device kinds to try (``cpu``, ``cuda``, ``mps``, ``coreml``); empty means all.
+        devices: device kinds to try (``cpu``, ``cuda``, ``tensorrt``, ``mps``, ``coreml``); empty means all.
         batches: batch sizes.
         threads: inference threads (None: each runtime's default).
         warmup: untimed calls before timing.
@@ -124,24 +124,40 @@ def discover(models: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
 
 
 def _available_devices() -> dict[str, str | None]:
-    """Each device kind: None if present, else why not."""
+    """Each device kind: None if this machine has it, else why not (what each runtime needs on top is asked of
+    the backend: an onnxruntime row needs onnxruntime-gpu, a TorchScript row a CUDA build of torch)."""
+    from cellsdk.gpu import driver_problem
+
     reasons: dict[str, str | None] = {"cpu": None}
     reasons["coreml"] = None if sys.platform == "darwin" else f"CoreML needs macOS (this is {sys.platform})"
+    reasons["cuda"] = reasons["tensorrt"] = driver_problem()  # torch-free: the driver and a GPU
     try:
         import torch
 
-        reasons["cuda"] = None if torch.cuda.is_available() else "no CUDA device on this machine"
         mps = getattr(torch.backends, "mps", None)
         reasons["mps"] = None if mps is not None and mps.is_available() else "no Apple MPS device on this machine"
     except ImportError:
-        reasons["cuda"] = reasons["mps"] = "torch is not installed (needed to detect CUDA / MPS)"
+        reasons["mps"] = "torch is not installed (needed for MPS)"
     return reasons
+
+
+def _eager_unavailable(device: str) -> str | None:
+    """Why the PyTorch eager reference cannot run on ``device``, or None."""
+    if device == "cpu":
+        return None
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed: pip install 'cellsdk[train]'"
+    from cellsdk.gpu import torch_cuda_problem
+
+    return torch_cuda_problem(torch)
 
 
 def _device_class(device: str) -> str:
     if device in ("mps", "coreml") or (sys.platform == "darwin" and platform.machine() == "arm64"):
         return "m2"
-    return "cuda" if device == "cuda" else "cpu"
+    return "cuda" if device in ("cuda", "tensorrt") else "cpu"
 
 
 def _plan(artefacts: list[dict[str, Any]], config: BenchConfig) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
@@ -169,7 +185,11 @@ def _plan(artefacts: list[dict[str, Any]], config: BenchConfig) -> tuple[list[di
                 skipped.append({"row": f"PyTorch eager ({checkpoint})", "reason": "source checkpoint not found"})
                 continue
             for device in ("cpu", "cuda"):
-                if device not in wanted or present.get(device):
+                if device not in wanted:
+                    continue
+                reason = present.get(device) or _eager_unavailable(device)
+                if reason:
+                    skipped.append({"row": f"PyTorch eager ({Path(checkpoint).name}) on {device}", "reason": reason})
                     continue
                 for batch in config.batches:
                     jobs.append({"kind": "eager", "path": checkpoint, "precision": "fp32", "backend": "pytorch-eager",

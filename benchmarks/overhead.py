@@ -22,6 +22,7 @@ import json
 import os
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,9 @@ def hand_written_parts(path: str | os.PathLike, spec: Preprocessing, backend: st
     if backend == "torchscript":
         import torch
 
-        module = torch.jit.load(str(path), map_location="cpu").eval()
+        with warnings.catch_warnings():  # torch >= 2.11 marks torch.jit deprecated; LibTorch still runs TorchScript
+            warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated")
+            module = torch.jit.load(str(path), map_location="cpu").eval()
 
         def infer(batch: np.ndarray) -> np.ndarray:
             with torch.inference_mode():

@@ -72,7 +72,10 @@ def format_table(report: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]
     lines = ["  ".join(cell.ljust(widths[i]) if i < 5 else cell.rjust(widths[i]) for i, cell in enumerate(r)).rstrip()
              for r in rows]
-    lines += [f"skipped: {s['row']} ({s['reason']})" for s in report.get("skipped", [])]
+    grouped: dict[str, list[str]] = {}
+    for skip in report.get("skipped", []):  # one line per reason: a missing GPU skips every artefact the same way
+        grouped.setdefault(skip["reason"], []).append(skip["row"])
+    lines += [f"skipped: {', '.join(rows)} ({reason})" for reason, rows in grouped.items()]
     lines += [f"note: {line}" for line in _notes(report)]
     return "\n".join(lines)
 

@@ -141,7 +141,9 @@ class Classifier:
                 ``.mlpackage`` / ``.mlmodel``, or a folder with ``manifest.json``
                 (the fastest verified artefact that runs here is chosen; see ``chosen``).
             backend: force a backend by name (``onnxruntime``, ``openvino``, ``torchscript``, ``coreml``).
-            device: ``auto``, ``cpu``, ``cuda``, ``mps`` (torchscript), ``gpu`` / ``npu`` (openvino).
+            device: ``auto``, ``cpu``, ``cuda`` / ``cuda:N``, ``tensorrt`` (onnxruntime), ``mps`` (torchscript),
+                ``gpu`` / ``npu`` (openvino). A GPU that is not usable here raises DeviceUnavailableError naming
+                what to install (``cellsdk devices`` shows every device); ``auto`` then uses the CPU.
             labels: class names, for models without cellsdk metadata (or to override it).
             preprocessing: the preprocessing, likewise.
             top_k: how many classes :class:`Prediction` lists by default.
@@ -159,7 +161,8 @@ class Classifier:
 
         Raises:
             ModelNotFoundError, UnsupportedFormatError, BackendNotInstalledError,
-            PlatformNotSupportedError, MetadataError, ConfigError, UnverifiedCpuError: each with what to do.
+            PlatformNotSupportedError, MetadataError, ConfigError, DeviceUnavailableError, UnverifiedCpuError:
+            each with what to do.
 
         Example:
             >>> Classifier.load().labels[:3]
@@ -178,7 +181,7 @@ class Classifier:
         if path.is_dir() and path.suffix.lower() != ".mlpackage":
             from cellsdk.manifest import choose_artefact
 
-            path, chosen, verified_options = choose_artefact(path, host_cpu().cpu_class)
+            path, chosen, verified_options = choose_artefact(path, host_cpu().cpu_class, device)
             log.info("cellsdk: running %s", chosen)
         backend_cls = get_backend(backend) if backend else backend_for_path(path)
         backend_cls.check_options(verified_options)  # a bad manifest is refused even where the caller overrides it

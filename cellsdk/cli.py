@@ -165,6 +165,10 @@ def _show_cellsdk_warnings_in_one_line() -> None:
     warnings.showwarning = show
 
 
+RUN_DEVICES = ("auto, cpu, cuda[:N], tensorrt (onnxruntime), mps (torchscript), gpu / npu (openvino); "
+               "`cellsdk devices` lists what works here.")
+
+
 @click.group(context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="cellsdk")
 def cli() -> None:
@@ -275,7 +279,7 @@ def _history_table(history: list[dict[str, Any]], best_epoch: int) -> str:
 @click.option("--backend", default=None, help="Deployed models: force a backend (onnxruntime, openvino, ...).")
 @click.option("--option", "runtime_options", multiple=True, metavar="KEY=VALUE",
               help="Deployed models: a backend option, e.g. precision=f32 or threads=2; repeatable.")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps (PyTorch).")
 @click.option("--workers", type=NON_NEGATIVE, default=0, show_default=True, help="Checkpoints: data-loading processes.")
 @click.option("--strict", is_flag=True, help="Refuse a model that failed verification, or an int8 model not verified "
               "on this machine's CPU class.")
@@ -348,7 +352,7 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--data-cropped", is_flag=True, help="The images already have the model's crop.")
 @click.option("--labels", default=None, help="Class names of the data, if its folders do not give them.")
 @click.option("--batch-size", type=POSITIVE, default=64, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps (PyTorch).")
 @click.option("--workers", type=NON_NEGATIVE, default=0, show_default=True)
 @click.option("--quiet", is_flag=True)
 @_friendly_errors
@@ -432,6 +436,29 @@ def info_command(path: Path, as_json: bool) -> None:
         click.echo(describe(path))
 
 
+@click.command("devices", context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="cellsdk")
+@click.option("--json", "as_json", is_flag=True, help="One JSON list of {device, runtime, available, detail}.")
+@click.option("--require", "required", default=None, metavar="DEVICE",
+              help="Exit 1 with the reason unless some runtime can use DEVICE (cpu, cuda, tensorrt, mps, coreml).")
+@click.option("--no-torch", is_flag=True, help="Leave PyTorch out (importing it takes seconds).")
+@_friendly_errors
+def devices_command(as_json: bool, required: str | None, no_torch: bool) -> None:
+    """Which devices each runtime can use here (CPU class, NVIDIA driver, CUDA, TensorRT, MPS, OpenVINO, CoreML),
+    and for each one that cannot, what to install."""
+    import json
+
+    from cellsdk.devices import device_report, format_device_report, require_device
+
+    rows = device_report(torch=not no_torch)
+    if as_json:
+        click.echo(json.dumps([row.to_dict() for row in rows], indent=2))
+    else:
+        click.echo(format_device_report(rows))
+    if required:
+        require_device(required, rows)
+
+
 @click.command("predict", context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="cellsdk")
 @click.argument("images", nargs=-1, type=click.Path(path_type=Path))
@@ -440,7 +467,7 @@ def info_command(path: Path, as_json: bool) -> None:
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
               help="A model file or a cellsdk-convert output folder [default: the shipped blood-cell model].")
 @click.option("--backend", default=None, help="Force a backend: onnxruntime, openvino, torchscript, coreml.")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help=RUN_DEVICES)
 @click.option("--threads", type=THREADS, default=None,
               help="Inference threads [default: half the cores, at least 1; with --engine ray, 1 per actor].")
 @click.option("--top-k", type=POSITIVE, default=1, show_default=True, help="Classes to show per image.")
@@ -778,7 +805,7 @@ def _cpu_notes(manifest: dict[str, Any]) -> list[str]:
 @click.command("bench", context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="cellsdk")
 @click.argument("models", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--device", "devices", default="auto", show_default=True, help="cpu,cuda,mps,coreml or auto (all).")
+@click.option("--device", "devices", default="auto", show_default=True, help="cpu,cuda,tensorrt,mps,coreml or auto (all).")
 @click.option("--batch", "batches", default="1,32", show_default=True, help="Batch sizes, comma-separated.")
 @click.option("--threads", type=THREADS, default=None, help="Inference threads (default: each runtime's).")
 @click.option("--warmup", type=NON_NEGATIVE, default=10, show_default=True)
@@ -851,6 +878,10 @@ def bench_command(models: tuple[Path, ...], devices: str, batches: str, out_dir:
     if report["failed"]:
         raise click.ClickException(f"{report['failed']} row(s) failed: latency target missed, artefact failed "
                                    "verification, or an error (see the result column and the notes)")
+    if not report["rows"] and config.devices:
+        first = report["skipped"][0]["reason"] if report["skipped"] else "no artefact runs on them"
+        raise click.ClickException(f"nothing measured on --device {','.join(config.devices)}: every row was skipped "
+                                   f"({first}); `cellsdk devices` shows what each device needs")
 
 def _bench_throughput(folder: Path, models: tuple[Path, ...], out_dir: Path | None, quiet: bool, splits: str | None,
                       ray_actors: str, repeat: int, rounds: int) -> None:
@@ -881,7 +912,7 @@ def _bench_throughput(folder: Path, models: tuple[Path, ...], out_dir: Path | No
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
               help="A model file or a cellsdk-convert output folder [default: the shipped blood-cell model].")
 @click.option("--backend", default=None, help="Force a backend: onnxruntime, openvino, torchscript, coreml.")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help=RUN_DEVICES)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to bind; anything but loopback needs an API key.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: any free port.")
@@ -953,5 +984,5 @@ def _bench_serve_load(folder: Path, models: tuple[Path, ...], out_dir: Path | No
 
 
 for _command in (train_command, eval_command, calibrate_command, predict_command, info_command, convert_command,
-                 verify_command, bench_command, serve_command):
+                 verify_command, bench_command, serve_command, devices_command):
     cli.add_command(_command)

@@ -37,6 +37,8 @@ STATUS_PASSED = "passed"
 STATUS_FAILED = "failed"
 STATUS_NOT_VERIFIED = "not verified on this platform"
 _PRECISION_RANK = {"int4": 0, "int6": 0, "int8": 0, "fp16": 1, "bf16": 1, "fp32": 2}
+#: on a GPU: fp16 (tensor cores) first; int8 QDQ models run dequantised on the CUDA provider
+_GPU_PRECISION_RANK = {"fp16": 0, "bf16": 0, "fp32": 1, "int8": 2, "int6": 3, "int4": 3}
 
 
 def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
@@ -123,8 +125,13 @@ def artefact_path(folder: str | os.PathLike, file: Any) -> Path:
     return target
 
 
-def choose_artefact(folder: str | os.PathLike, cpu_class: str | None = None) -> tuple[Path, str, dict[str, Any]]:
+def choose_artefact(folder: str | os.PathLike, cpu_class: str | None = None,
+                    device: str = "auto") -> tuple[Path, str, dict[str, Any]]:
     """The artefact to run from a conversion folder, a sentence saying why, and its verified runtime options.
+
+    For a GPU ``device`` (``cuda``, ``cuda:N``, ``tensorrt``) only artefacts whose runtime runs there are
+    candidates, fp16 before fp32 before int8 (the latencies recorded at conversion are CPU figures), and the
+    sentence says that cellsdk's verification ran on CPUs.
 
     Among artefacts whose status is ``passed`` and whose backend can run here,
     those verified for ``cpu_class`` (this machine's, see :mod:`cellsdk.cpu`)
@@ -141,6 +148,8 @@ def choose_artefact(folder: str | os.PathLike, cpu_class: str | None = None) -> 
     manifest = read_manifest(folder)
     candidates, skipped = [], []
     order = backend_names()
+    kind = str(device).split(":")[0].lower()
+    gpu = kind if kind in ("cuda", "tensorrt") else None  # "gpu" is also OpenVINO's Intel GPU: not filtered
     for entry in manifest["artefacts"]:
         file = str(entry["file"])
         status = entry.get("status", "unknown")
@@ -156,6 +165,9 @@ def choose_artefact(folder: str | os.PathLike, cpu_class: str | None = None) -> 
         if reason is not None:
             skipped.append(f"{file}: {reason}")
             continue
+        if gpu and ("tensorrt" if gpu == "tensorrt" else "cuda") not in backend.devices:
+            skipped.append(f"{file}: {backend.name} does not run on {device}")
+            continue
         if not artefact_path(folder, file).exists():
             skipped.append(f"{file}: listed but missing")
             continue
@@ -164,15 +176,19 @@ def choose_artefact(folder: str | os.PathLike, cpu_class: str | None = None) -> 
             skipped.append(f"{file}: int8 verification failed on this CPU class {cpu_class}")
             continue
         latency = entry.get("latency_ms")
-        latency = float(latency) if isinstance(latency, (int, float)) else math.inf
-        rank = (class_status != "verified", latency, _PRECISION_RANK.get(str(entry.get("precision")), 3),
-                order.index(backend.name))
+        latency = float(latency) if isinstance(latency, (int, float)) and not gpu else math.inf
+        precision_rank = (_GPU_PRECISION_RANK if gpu else _PRECISION_RANK).get(str(entry.get("precision")), 3)
+        rank = (class_status != "verified" and not gpu, latency, precision_rank, order.index(backend.name))
         options = entry.get("runtime_options") if isinstance(entry.get("runtime_options"), dict) else {}
         candidates.append((rank, file, backend.name, entry.get("precision", "?"), options))
     if not candidates:
         details = "; ".join(skipped) or "no artefacts"
         raise UnsupportedFormatError(f"{folder}: no verified artefact runs on this platform ({details})")
     (unverified_here, latency, _, _), file, backend_name, precision, options = min(candidates, key=lambda c: c[0])
+    if gpu:
+        why = (f"runs on {device}, preferred by precision (fp16, fp32, int8) and backend; cellsdk verified it on "
+               "CPUs, not on a GPU")
+        return artefact_path(folder, file), f"{file} ({backend_name}, {precision}): {why}", dict(options)
     why = (f"fastest verified artefact that runs here ({latency:.2f} ms at conversion)" if math.isfinite(latency)
            else "verified, runs here, preferred by precision and backend (no latency recorded)")
     if unverified_here:

@@ -106,10 +106,11 @@ def test_absent_devices_are_listed_as_skipped_with_reasons(report):
 
     if sys.platform != "darwin":
         assert "CoreML" in reasons["model.mlpackage on coreml"]
-    import torch
+    from cellsdk.gpu import driver_problem
 
-    if not torch.cuda.is_available():
-        assert reasons["model.onnx on cuda"] == "no CUDA device on this machine"
+    if driver_problem():  # no usable NVIDIA GPU: every cuda / tensorrt row says why, torch-free
+        assert reasons["model.onnx on cuda"] == reasons["model.onnx on tensorrt"] == driver_problem()
+        assert "NVIDIA" in reasons["model.onnx on cuda"] or "CUDA" in reasons["model.onnx on cuda"]
     assert "skipped: " in format_table(report)
 
 
