@@ -51,8 +51,11 @@ class SplitDataset(Dataset):
 
 
 def make_loader(dataset: SplitDataset, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
-                workers: int = 0) -> DataLoader:
-    """A DataLoader whose shuffling order depends only on ``(seed, epoch)``."""
+                workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """A DataLoader whose shuffling order depends only on ``(seed, epoch)``.
+
+    ``pin_memory`` (for a CUDA device) puts batches in page-locked memory, so the copy to the GPU overlaps compute.
+    """
     dataset.epoch = epoch
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     return DataLoader(
@@ -63,6 +66,7 @@ def make_loader(dataset: SplitDataset, batch_size: int, *, shuffle: bool, seed: 
         num_workers=workers,
         drop_last=shuffle and len(dataset) > batch_size,  # no lone last batch: BatchNorm needs more than one
         persistent_workers=False,
+        pin_memory=pin_memory,
     )
 
 

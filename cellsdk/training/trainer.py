@@ -285,13 +285,14 @@ def _train(data: str | os.PathLike, run_dir: Path, config: TrainConfig | None, *
         model.train()
         _set_backbone_frozen(model, frozen)
         loader = make_loader(train_data, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch,
-                             workers=config.workers)
+                             workers=config.workers, pin_memory=device.type == "cuda")
         torch.manual_seed(config.seed * 1_000_003 + epoch)  # dropout / drop-path draws depend on the epoch only
         train_loss = _train_one_epoch(model, loader, optimizer, scheduler, scaler, criterion, device, amp, config,
                                       steps_per_epoch, epoch, progress, frozen)
         bar = progress_bar(len(val_data), f"epoch {epoch}/{config.epochs} val", progress)
         probabilities, targets, val_loss = predict_split(
-            model, make_loader(val_data, config.batch_size * 2, shuffle=False, workers=config.workers),
+            model, make_loader(val_data, config.batch_size * 2, shuffle=False, workers=config.workers,
+                               pin_memory=device.type == "cuda"),
             device, amp, channels_last=config.channels_last, progress=bar)
         bar.close()
         if not math.isfinite(val_loss):
