@@ -20,6 +20,21 @@ if [[ ",$extras," == *",test,"* ]] && ! .venv/bin/python -c "import atheris" 2>/
   .venv/bin/python -m pip install --quiet -c constraints.txt atheris \
     || echo "setup: atheris could not be installed; the coverage-guided fuzz test will be skipped" >&2
 fi
+# The GPU build of ONNX Runtime, unpacked beside the venv (not into it: it shares the CPU build's folder), so the
+# tests can check what `device="cuda"` says on a machine without a GPU or driver, through the real onnxruntime-gpu.
+# Best effort: without it those tests skip with the reason.
+gpu_ort=".venv/opt/onnxruntime-gpu"
+gpu_pin=$(grep -E '^onnxruntime-gpu==' constraints.txt || true)
+if [[ ",$extras," == *",test,"* ]] && [ -n "$gpu_pin" ] && [ "$(uname -s)" = Linux ] \
+    && [ ! -f "$gpu_ort/.${gpu_pin}" ]; then
+  rm -rf "$gpu_ort"
+  if .venv/bin/python -m pip install --quiet --no-deps --target "$gpu_ort" "$gpu_pin" >/dev/null 2>&1; then
+    touch "$gpu_ort/.${gpu_pin}"
+  else
+    rm -rf "$gpu_ort"
+    echo "setup: $gpu_pin could not be unpacked into $gpu_ort; the onnxruntime-gpu tests will be skipped" >&2
+  fi
+fi
 # System packages, best effort (root with apt-get only):
 # - QEMU user-mode emulation lets cellsdk-convert verify int8 models on CPU classes this machine is not
 #   (AVX2 without VNNI, SSE4.2); without it those classes are reported "not verified".
