@@ -1,5 +1,5 @@
 """The fuzz targets: the committed corpus and the regressions replayed on every run, then a short
-coverage-guided atheris run of each target (CELLSDK_FUZZ_SECONDS, default 20 s each; 0 skips it)."""
+coverage-guided atheris run of each target (CELLSDK_FUZZ_SECONDS, default 10 s each; 0 skips it)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ assert _spec is not None and _spec.loader is not None
 _targets = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_targets)
 TARGETS = _targets.TARGETS  # the very functions atheris fuzzes
-SECONDS = int(os.environ.get("CELLSDK_FUZZ_SECONDS", "20"))
+SECONDS = int(os.environ.get("CELLSDK_FUZZ_SECONDS", "10"))
 
 
 @pytest.mark.parametrize("path", sorted((FUZZ / "corpus" / "image").iterdir()) + sorted((FUZZ / "regressions").iterdir()),
