@@ -8,6 +8,12 @@ as a ratio. Rows at the target batch size are judged PASS / FAIL against the
 device class's p95 end-to-end budget (``targets.toml``); devices or backends
 that are not present are listed as skipped with the reason.
 
+A ``tensorrt`` row starts with an empty engine cache of its own, so its cold
+start includes building the TensorRT engine; a second worker then loads the
+same model from that cache and records ``cold_start_cached_s`` (what every
+later start costs) and the cache's size. Reports on a GPU carry its name,
+memory, driver and the CUDA version of the runtimes.
+
 Example:
     >>> from cellsdk.benchmarks import BenchConfig, run_benchmark
     >>> report = run_benchmark(["runs/a/converted"], BenchConfig(batches=(1, 32)))  # doctest: +SKIP
@@ -20,8 +26,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +48,8 @@ __all__ = ["BenchConfig", "discover", "run_benchmark"]
 
 DEVICES = ("cpu", "cuda", "tensorrt", "mps", "coreml")
 _STRICT_REFUSALS = ("FailedVerificationError", "UnverifiedCpuError")
-_VERSIONED = ("onnxruntime", "openvino", "torch", "coremltools", "numpy", "pillow")
+_VERSIONED = ("onnxruntime", "onnxruntime-gpu", "tensorrt", "tensorrt-cu13", "openvino", "torch", "coremltools",
+              "numpy", "pillow")
 
 
 @dataclass(frozen=True)
@@ -229,6 +238,54 @@ def _run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         return {"ok": False, "error": (result.stderr.strip().splitlines() or ["worker produced no result"])[-1]}
 
 
+def _measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """One row's worker; on ``tensorrt``, from an empty engine cache, then once more from the cache it filled."""
+    if spec["device"].partition(":")[0] != "tensorrt":
+        return _run_worker(spec)
+    cache = tempfile.mkdtemp(prefix="cellsdk-bench-tensorrt-")
+    try:
+        spec = {**spec, "options": {**(spec.get("options") or {}), "tensorrt_cache": cache}}
+        result = _run_worker(spec)
+        if result.get("ok"):
+            result["engine_cache_mb"] = sum(f.stat().st_size for f in Path(cache).rglob("*") if f.is_file()) / 1e6
+            again = _run_worker({**spec, "cold_only": True, "eval_images": [], "eval_names": [], "bare": False})
+            if again.get("ok"):
+                result["cold_start_cached_s"] = again["cold_start_s"]
+            else:
+                result["cold_start_cached_error"] = again.get("error")
+        return result
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def _gpu_facts(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The GPU the cuda / tensorrt rows ran on and the CUDA builds of the runtimes, or None without such rows."""
+    if not any(r["device"].partition(":")[0] in ("cuda", "tensorrt") for r in rows):
+        return None
+    from cellsdk.gpu import onnxruntime_build
+    from cellsdk.nvml import gpu_info
+
+    facts: dict[str, Any] = {"gpu": gpu_info(0), "memory_note": "GPU MB = memory in use on the GPU after the row "
+                             "minus before it (NVML, whole device; nothing else ran on it)"}
+    try:
+        import onnxruntime
+
+        build = onnxruntime_build(onnxruntime)
+        facts["onnxruntime"] = {"package": build.package, "version": build.version, "providers": list(build.providers),
+                                "cuda": ".".join(map(str, build.cuda)) if build.cuda else None,
+                                "tensorrt_major": build.tensorrt_major}
+    except ImportError:
+        pass
+    try:
+        import torch  # only on a GPU run: which CUDA and cuDNN the eager / TorchScript rows used
+
+        facts["torch_cuda"] = torch.version.cuda
+        facts["torch_cudnn"] = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    except ImportError:
+        pass
+    return facts
+
+
 def run_benchmark(models: Sequence[str | os.PathLike], config: BenchConfig | None = None, *,
                   progress: bool = True) -> dict[str, Any]:
     """Measure every artefact of ``models`` and return the report (rows, skipped, machine, targets).
@@ -252,9 +309,9 @@ def run_benchmark(models: Sequence[str | os.PathLike], config: BenchConfig | Non
                 "input_size": job.get("input_size"),
                 "eval_images": eval_images if job["batch"] == config.batches[0] else [],
                 "eval_names": eval_names if job["batch"] == config.batches[0] else [], "strict": config.strict}
-        result = _run_worker(spec)
+        result = _measure(spec)
         if result.get("ok") and measurement_conditions(result) != "ok":  # measured on a busy machine: once more
-            again = _run_worker(spec)
+            again = _measure(spec)
             if again.get("ok") and (again.get("other_load_cores") or 0) < (result.get("other_load_cores") or 0):
                 result = again
             result["measured_twice"] = True
@@ -277,7 +334,11 @@ def run_benchmark(models: Sequence[str | os.PathLike], config: BenchConfig | Non
         rows.append(row)
     bar.close()
     _ratios(rows)
-    return {"machine": machine_info(), "config": {**config.__dict__, "images": len(timing)},
+    machine = machine_info()
+    gpu = _gpu_facts(rows)
+    if gpu is not None:
+        machine["nvidia"] = gpu
+    return {"machine": machine, "config": {**config.__dict__, "images": len(timing)},
             "targets": {k: dict(v) for k, v in targets.items()}, "rows": rows, "skipped": skipped,
             "failed": sum(r["status"] in ("FAIL", "ERROR") for r in rows), "versions": package_versions(_VERSIONED)}
 

@@ -20,10 +20,11 @@ from cellsdk._io import atomic_path, write_json, write_text
 from cellsdk.benchmarks.stats import BUSY_CORES, NOISY_SPREAD
 from cellsdk.errors import BackendNotInstalledError
 
-__all__ = ["format_table", "latency_scale", "write_reports"]
+__all__ = ["format_table", "latency_scale", "outside_share", "write_reports"]
 
 _COLUMNS = ("model", "prec", "px", "backend", "device", "batch", "verified", "cold s", "e2e p50", "e2e p95",
-            "model p50", "img/s", "peak MB", "size MB", "acc %", "x eager", "/ bare", "conditions", "target", "result")
+            "model p50", "outside %", "img/s", "peak MB", "GPU MB", "size MB", "acc %", "x eager", "/ bare",
+            "conditions", "target", "result")
 _SHORT_VERIFIED = {"passed": "passed", "failed": "FAILED", "not verified on this platform": "n/v", "unknown": "none",
                    "reference": "ref"}
 
@@ -35,25 +36,47 @@ def _cells(row: dict[str, Any]) -> list[str]:
     verified = _SHORT_VERIFIED.get(str(row.get("verified")), str(row.get("verified") or "-"))
     if not row.get("ok"):
         return [row["model"], row["precision"], "-", row["backend"], row["device"], str(row["batch"]), verified,
-                *["-"] * 12, f"ERROR {row.get('error', '')}"]
+                *["-"] * (len(_COLUMNS) - 8), f"ERROR {row.get('error', '')}"]
     conditions = ",".join(part.split(" ")[0] for part in str(row.get("conditions", "-")).split(", "))
     result = row["status"] + (" (unverified)" if row.get("status_reason") else "")
+    model_p50 = row["model_only"]["p50_ms"] if "model_only" in row else None
     return [
         row["model"], row["precision"], str(row.get("input_size", "-")), row["backend"], row["device"],
         str(row["batch"]), verified, num(row.get("cold_start_s"), ".2f"), num(row["e2e"]["p50_ms"], ".2f"),
-        num(row["e2e"]["p95_ms"], ".2f"), num(row["model_only"]["p50_ms"] if "model_only" in row else None, ".2f"),
-        num(row["e2e"]["throughput_ips"], ".0f"), num(row.get("peak_memory_mb"), ".0f"), num(row.get("size_mb"), ".2f"),
+        num(row["e2e"]["p95_ms"], ".2f"), num(model_p50, ".2f"), num(outside_share(row), ".0f"),
+        num(row["e2e"]["throughput_ips"], ".0f"), num(row.get("peak_memory_mb"), ".0f"),
+        num(row.get("gpu_memory_mb"), ".0f"), num(row.get("size_mb"), ".2f"),
         num(row["accuracy"] * 100 if "accuracy" in row else None, ".2f"),
         num(row.get("speedup_vs_eager"), ".2f"), num(row.get("vs_bare"), ".3f"), conditions,
         f"<{row['target_ms']:g} ms" if row.get("target_ms") else "-", result,
     ]
 
 
+def outside_share(row: dict[str, Any]) -> float | None:
+    """Per cent of the end-to-end p50 spent outside the runtime call: reading, decoding, preprocessing, results.
+
+    On a GPU the runtime call includes the copies to and from the GPU.
+
+    Example:
+        >>> outside_share({"ok": True, "e2e": {"p50_ms": 8.0}, "model_only": {"p50_ms": 2.0}})
+        75.0
+    """
+    if not row.get("ok") or "model_only" not in row or not row["e2e"]["p50_ms"]:
+        return None
+    return max(0.0, 100.0 * (1.0 - row["model_only"]["p50_ms"] / row["e2e"]["p50_ms"]))
+
+
 def _notes(report: dict[str, Any]) -> list[str]:
-    """A line per row whose verification failed or whose measurement conditions were not ok."""
+    """A line per row whose verification failed or whose measurement conditions were not ok, and per TensorRT row."""
     lines = []
     for row in report["rows"]:
         name = f"{row['model']} {row['device']} b{row['batch']}"
+        if row.get("ok") and "cold_start_cached_s" in row:
+            lines.append(f"{name}: cold start {row['cold_start_s']:.2f} s building the TensorRT engine, "
+                         f"{row['cold_start_cached_s']:.2f} s reusing it from the engine cache "
+                         f"({row.get('engine_cache_mb', 0):.1f} MB)")
+        elif row.get("cold_start_cached_error"):
+            lines.append(f"{name}: loading from the TensorRT engine cache failed: {row['cold_start_cached_error']}")
         if row.get("status_reason"):
             lines.append(f"{name}: FAIL because {row['status_reason']} (see its manifest; its speed is shown "
                          "for information)")
@@ -85,11 +108,16 @@ def _markdown(report: dict[str, Any]) -> str:
     lines = ["# cellsdk-bench results", "",
              f"Machine: {machine.get('cpu')}, {machine.get('cores')} logical cores, "
              f"{' '.join(machine.get('flags', []))}, {machine.get('os')}; versions: "
-             + ", ".join(f"{k} {v}" for k, v in report.get("versions", {}).items()), "",
+             + ", ".join(f"{k} {v}" for k, v in report.get("versions", {}).items()), ""]
+    if machine.get("nvidia"):
+        lines += [_gpu_line(machine["nvidia"]), ""]
+    lines += [
              "Latencies in ms per call (a call is one batch); e2e = read + decode + preprocess + infer; "
              "x eager = PyTorch eager fp32 e2e p50 / this row's (higher is faster); / bare = this row's e2e p50 / "
              "the bare runtime call's (cellsdk's overhead); model p50 = time inside the runtime call during those "
-             "same calls (never above e2e); verified = the artefact's verification status (a FAILED artefact's "
+             "same calls (never above e2e; on a GPU it includes the copies to and from the GPU); outside % = the share "
+             "of e2e p50 outside the runtime call (read, decode, preprocess, results); GPU MB = GPU memory the row "
+             "held; verified = the artefact's verification status (a FAILED artefact's "
              "row is FAIL whatever its speed); conditions = busy when other processes used more than "
              f"{BUSY_CORES} cores while the row was timed, noisy when e2e p95 > {NOISY_SPREAD} x p50.", "",
              "| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
@@ -99,6 +127,23 @@ def _markdown(report: dict[str, Any]) -> str:
     if _notes(report):
         lines += ["", "Notes:"] + [f"- {line}" for line in _notes(report)]
     return "\n".join(lines) + "\n"
+
+
+def _gpu_line(facts: dict[str, Any]) -> str:
+    """``GPU: NVIDIA H100 80GB HBM3 (81559 MiB), driver 580.159.04 (CUDA 13.0); onnxruntime-gpu 1.31.1 ...``."""
+    gpu = facts.get("gpu") or {}
+    parts = [f"GPU: {gpu.get('name', 'unknown (no NVML)')}"
+             + (f" ({gpu['memory_total_mb']} MiB)" if gpu.get("memory_total_mb") else "")
+             + (f", driver {gpu['driver']}" if gpu.get("driver") else "")
+             + (f" (CUDA {gpu['cuda_driver']})" if gpu.get("cuda_driver") else "")]
+    ort = facts.get("onnxruntime")
+    if ort:
+        parts.append(f"{ort['package']} {ort['version']}" + (f" built for CUDA {ort['cuda']}" if ort.get("cuda") else "")
+                     + (f", TensorRT {ort['tensorrt_major']}" if ort.get("tensorrt_major") else ""))
+    if facts.get("torch_cuda"):
+        parts.append(f"torch built for CUDA {facts['torch_cuda']}, cuDNN {facts.get('torch_cudnn')}")
+    note = facts.get("memory_note")
+    return "; ".join(parts) + "." + (f" {note}." if note else "")
 
 
 def _csv(report: dict[str, Any]) -> str:

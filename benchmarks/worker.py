@@ -10,6 +10,11 @@ those same calls (so it can never exceed end-to-end); the bare runtime call
 without cellsdk (end-to-end, same images), accuracy on a dataset, the
 process's peak memory, and how many cores other processes kept busy while
 the row was timed (Linux), so a row measured on a busy machine is flagged.
+On ``cuda`` / ``tensorrt``, also the GPU memory the row held (NVML: memory in
+use on that GPU after the row minus before it) and, for PyTorch rows, the
+peak its caching allocator reserved. A spec with ``cold_only`` stops after
+the cold start (the harness uses it to time a TensorRT load from a warm
+engine cache).
 """
 
 from __future__ import annotations
@@ -126,6 +131,31 @@ def _peak_memory_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 
 
+def gpu_index(device: str) -> int | None:
+    """The CUDA device index of ``cuda``, ``cuda:N``, ``tensorrt`` or ``tensorrt:N``, else None.
+
+    Example:
+        >>> gpu_index("cuda"), gpu_index("tensorrt:1"), gpu_index("cpu")
+        (0, 1, None)
+    """
+    kind, _, index = device.partition(":")
+    if kind not in ("cuda", "tensorrt"):
+        return None
+    return int(index) if index.isdigit() else 0
+
+
+def _gpu_memory(out: dict[str, Any], index: int, baseline: float | None) -> None:
+    """Record the GPU memory this row held: NVML's device memory now minus before the load, and torch's peak."""
+    from cellsdk.nvml import gpu_memory_used_mb
+
+    now = gpu_memory_used_mb(index)
+    if baseline is not None and now is not None:
+        out["gpu_memory_mb"] = max(0.0, now - baseline)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        out["torch_cuda_peak_reserved_mb"] = torch.cuda.max_memory_reserved(index) / 2**20
+
+
 def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """Measure one (model, backend, device, batch) as ``spec`` says; see the harness for the fields."""
     import numpy as np
@@ -140,6 +170,12 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     timing = (spec["warmup"], spec["iterations"], spec.get("duration"))
     out: dict[str, Any] = {}
     stopwatch = _Stopwatch()
+    gpu = gpu_index(spec["device"])
+    baseline: float | None = None
+    if gpu is not None:
+        from cellsdk.nvml import gpu_memory_used_mb
+
+        baseline = gpu_memory_used_mb(gpu)
     started = time.perf_counter()
     if spec["kind"] == "eager":
         import torch
@@ -194,6 +230,10 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
         out["runtime"] = classifier.backend.describe()
         out["precision"] = classifier.metadata.precision
         labels = classifier.labels
+    if spec.get("cold_only"):
+        if gpu is not None:
+            _gpu_memory(out, gpu, baseline)
+        return out
     out["input_size"] = prep.input_size
     with _LoadMeter() as load:
         e2e_times, model_times = _timed(e2e, *timing, inner=stopwatch)
@@ -221,6 +261,8 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
         report = classification_report(targets, softmax(scores.astype(np.float64)), labels)
         out["accuracy"], out["macro_f1"] = report["accuracy"], report["macro_f1"]
     out["peak_memory_mb"] = _peak_memory_mb()
+    if gpu is not None:
+        _gpu_memory(out, gpu, baseline)
     return out
 
 
