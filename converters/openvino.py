@@ -7,6 +7,13 @@ bf16 on CPUs with bf16 unless ``INFERENCE_PRECISION_HINT`` is ``f32``, so the
 float artefacts are verified (and, through the manifest, run) with that hint.
 The metadata goes into ``rt_info`` under ``cellsdk``.
 
+cellsdk sends no usage data: OpenVINO's converter and NNCF would send Google
+Analytics events through ``openvino-telemetry`` (and keep a client id in
+``~/intel``) unless told not to; :func:`without_telemetry` swaps in their own
+stubs before either runs. Its sends also ran in a process forked from the
+multi-threaded converter, which once deadlocked in ``getaddrinfo`` and left a
+conversion waiting for it forever.
+
 Example:
     >>> from cellsdk.converters import get_converter
     >>> get_converter("openvino").precisions
@@ -16,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +32,32 @@ from cellsdk.converters.int8 import recipe_record
 from cellsdk.converters.onnx import export_fp32_onnx
 from cellsdk.metadata import METADATA_KEY, ModelMetadata
 
-__all__ = ["OpenVinoConverter"]
+__all__ = ["OpenVinoConverter", "without_telemetry"]
+
+_OVC_MODULES = ("openvino.tools.ovc.convert_impl", "openvino.tools.ovc.telemetry_utils", "openvino.tools.ovc.utils",
+                "openvino.tools.ovc.main")
+
+
+def without_telemetry() -> None:
+    """Keep OpenVINO's converter and NNCF from sending telemetry, in this process, from now on.
+
+    ``openvino_telemetry`` is made unimportable, so both fall back to the stubs they ship for when it is not
+    installed; where they were imported already, their stubs are put in place of the real thing.
+    """
+    sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # `import openvino_telemetry` now raises
+    if any(name in sys.modules for name in _OVC_MODULES):
+        from openvino.tools.ovc import telemetry_stub
+
+        for name in _OVC_MODULES:
+            module = sys.modules.get(name)
+            if module is not None and hasattr(module, "tm"):
+                module.tm = telemetry_stub  # type: ignore[attr-defined]
+    for name in ("nncf.telemetry.wrapper", "nncf.telemetry.decorator"):
+        module = sys.modules.get(name)
+        if module is not None and hasattr(module, "telemetry"):
+            from unittest.mock import MagicMock
+
+            module.telemetry = MagicMock()  # type: ignore[attr-defined]  # NNCF's own stub (NNCFTelemetryStub)
 
 
 @register_converter("openvino", suffix=".xml", precisions=("fp32", "fp16", "int8"),
@@ -33,6 +66,7 @@ class OpenVinoConverter(Converter):
     """OpenVINO IR (``.xml`` + ``.bin``) for Intel CPUs, GPUs and NPUs."""
 
     def convert(self, job: ExportJob, precision: str, out: Path) -> dict[str, Any]:
+        without_telemetry()
         import openvino as ov
 
         model = ov.convert_model(str(export_fp32_onnx(job)))
