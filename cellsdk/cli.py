@@ -767,15 +767,17 @@ def convert_command(checkpoint: Path, out_dir: Path, formats: str, quantize: tup
               help="Emulated checks: at most this many images per class.")
 @click.option("--max-accuracy-drop", type=PERCENT, default=0.5, show_default=True, help="Points.")
 @click.option("--max-recall-drop", type=PERCENT, default=2.0, show_default=True, help="Points, for every class.")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu (the CPU classes above), or an NVIDIA GPU: cuda, cuda:N, tensorrt (the gate runs MODEL there).")
 @click.option("--no-write", is_flag=True, help="Report only; leave the model file unchanged.")
 @click.option("--quiet", is_flag=True)
 @_friendly_errors
 def verify_command(model: Path, reference: Path, data: Path, quiet: bool, **options: Any) -> None:
-    """Verify MODEL on this machine's CPU class (and emulated ones) and record the result inside MODEL."""
+    """Verify MODEL on this machine's CPU class (and emulated ones), or on its GPU, and record the result inside MODEL."""
     from cellsdk.converters import VerifyConfig
     from cellsdk.converters.reverify import verify_deployed
     from cellsdk.converters.targets import CpuTargets
-    from cellsdk.info import format_cpu_records
+    from cellsdk.info import format_cpu_records, format_gpu_records
 
     _setup_logging(quiet)
     result = verify_deployed(
@@ -784,8 +786,15 @@ def verify_command(model: Path, reference: Path, data: Path, quiet: bool, **opti
         targets=CpuTargets.parse(options["verify_cpus"], images_per_class=options["verify_cpus_images"]),
         verify=VerifyConfig(max_accuracy_drop=options["max_accuracy_drop"] / 100,
                             max_recall_drop=options["max_recall_drop"] / 100),
-        write=not options["no_write"], progress=not quiet)
+        write=not options["no_write"], progress=not quiet, device=options["device"])
     click.echo(f"{model}: {result['images']} held-out images")
+    if "gpu_verification" in result:
+        click.echo("\n".join(format_gpu_records(result["records"])))
+        if result["written"]:
+            click.echo(f"recorded in {model} ({len(result['gpu_verification'])} GPU records in all)")
+        if result["status"] != "passed":
+            raise click.ClickException(f"{model} failed verification on {options['device']} (see the table above)")
+        return
     click.echo("\n".join(format_cpu_records(result["records"])))
     if result["written"]:
         click.echo(f"recorded in {model} ({len(result['cpu_verification'])} CPU-class records in all)")

@@ -38,8 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ONNXRUNTIME_GPU_VERSION", "TENSORRT_PACKAGE", "Driver", "cuda_libraries", "driver_problem", "find_library",
-           "load_libraries", "nvidia_driver", "onnxruntime_build", "onnxruntime_cuda_problem", "torch_cuda_problem"]
+__all__ = ["ONNXRUNTIME_GPU_VERSION", "TENSORRT_PACKAGE", "Driver", "cuda_libraries", "device_index", "driver_problem",
+           "find_library", "gpu_device_kind", "gpu_identity", "load_libraries", "nvidia_driver", "onnxruntime_build",
+           "onnxruntime_cuda_problem", "torch_cuda_problem"]
 
 #: the onnxruntime-gpu release ``cellsdk[cuda]`` is tested with (CUDA 13.0, cuDNN 9, TensorRT 10)
 ONNXRUNTIME_GPU_VERSION = "1.31.1"
@@ -273,3 +274,38 @@ def torch_cuda_problem(torch: Any, index: int = 0) -> str | None:
     if problem:
         return problem
     return f"PyTorch {version} (CUDA {built}) cannot use the GPU the driver shows: run nvidia-smi, {_FALLBACK}"
+
+
+def gpu_device_kind(device: str) -> str | None:
+    """``cuda`` or ``tensorrt`` for an NVIDIA device name (``cuda``, ``cuda:1``, ``tensorrt:0``), else None.
+
+    Example:
+        >>> gpu_device_kind("cuda:1"), gpu_device_kind("TensorRT"), gpu_device_kind("cpu"), gpu_device_kind("gpu")
+        ('cuda', 'tensorrt', None, None)
+    """
+    kind = str(device).split(":", 1)[0].strip().lower()
+    return kind if kind in ("cuda", "tensorrt") else None
+
+
+def device_index(device: str) -> int:
+    """The CUDA device number in ``cuda:N`` / ``tensorrt:N`` (0 without one).
+
+    Example:
+        >>> device_index("cuda:2"), device_index("tensorrt")
+        (2, 0)
+    """
+    _, _, index = str(device).partition(":")
+    return int(index) if index.strip().isdigit() else 0
+
+
+def gpu_identity(device: str = "cuda") -> dict[str, Any] | None:
+    """The GPU behind an NVIDIA device name, as verification records name it: ``gpu`` (NVML's name), ``driver``,
+    ``cuda_driver``, ``memory_total_mb``; None where NVML (part of the driver) cannot say.
+    """
+    from cellsdk.nvml import gpu_info
+
+    info = gpu_info(device_index(device))
+    if not info or not info.get("name"):
+        return None
+    return {"gpu": str(info["name"]), "driver": info.get("driver"), "cuda_driver": info.get("cuda_driver"),
+            "memory_total_mb": info.get("memory_total_mb")}

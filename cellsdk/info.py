@@ -63,6 +63,30 @@ def format_cpu_records(records: Any) -> list[str]:
     return lines
 
 
+def format_gpu_records(records: Any) -> list[str]:
+    """The GPU verification records (``cellsdk verify --device cuda``) as table lines (empty list when there are none)."""
+    records = list(records or [])
+    if not records:
+        return []
+    lines = [f"  {'target':<10}{'GPU':<30}{'driver':<14}{'images':>7}  {'status':<8}{'agree %':>8}{'acc %':>7}"
+             f"{'Δacc':>7}{'ms b1':>7}  worst class Δrecall"]
+    def pct(r: dict[str, Any], name: str, signed: bool = False) -> str:
+        value = r.get(name)
+        if not isinstance(value, (int, float)):
+            return "-"
+        return f"{value * 100:+.2f}" if signed else f"{value * 100:.2f}"
+
+    for r in records:
+        latency = f"{r['latency_ms']:.2f}" if isinstance(r.get("latency_ms"), (int, float)) else "-"
+        worst = (f"{r['worst_class']} {r['worst_recall_change'] * 100:+.2f}" if "worst_class" in r else "")
+        if r.get("reasons"):
+            worst = (worst + "; " if worst else "") + "; ".join(r["reasons"])[:80]
+        lines.append(f"  {r.get('target', '?')!s:<10}{str(r.get('gpu', '?'))[:29]:<30}{r.get('driver') or '?'!s:<14}"
+                     f"{r.get('images') or 0:>7}  {r.get('status')!s:<8}{pct(r, 'top1_agreement'):>8}{pct(r, 'accuracy'):>7}"
+                     f"{pct(r, 'accuracy_change', True):>7}{latency:>7}  {worst}")
+    return lines
+
+
 def describe(path: str | os.PathLike) -> str:
     """A human summary of a checkpoint, an artefact or a conversion folder, with its CPU-class record."""
     path = Path(path)
@@ -93,6 +117,10 @@ def describe(path: str | os.PathLike) -> str:
     records = format_cpu_records(meta.cpu_verification)
     lines.append("verified on CPU classes:" if records else "verified on CPU classes: none recorded")
     lines.extend(records)
+    gpu_records = format_gpu_records(meta.gpu_verification)
+    lines.append("verified on NVIDIA GPUs:" if gpu_records else
+                 "verified on NVIDIA GPUs: none recorded (cellsdk verify --device cuda on one records it)")
+    lines.extend(gpu_records)
     lines.append(_this_machine(meta, path.name))
     return "\n".join(lines)
 
@@ -115,7 +143,9 @@ def _describe_folder(folder: Path) -> str:
         classes = ", ".join(f"{r.get('target', '?')} ({str(r.get('cpu_class', '?')).replace('x86-64-', '')}) "
                             f"{r.get('status')}"
                             for r in entry.get("cpu_verification") or []) or "no CPU-class record"
-        lines.append(f"  {entry['file']:<26}{entry.get('precision', '?')!s:<6}{entry.get('status')!s:<10}"
+        classes += "".join(f", {r.get('target', '?')} ({r.get('gpu', '?')}) {r.get('status')}"
+                           for r in entry.get("gpu_verification") or [])
+        lines.append(f"  {entry['file']:<26}{entry.get('precision', '?')!s:<6}{entry.get('status')!s:<10} "
                      f"{classes}")
     try:
         _, why, _ = choose_artefact(folder, host.cpu_class)

@@ -130,8 +130,10 @@ def choose_artefact(folder: str | os.PathLike, cpu_class: str | None = None,
     """The artefact to run from a conversion folder, a sentence saying why, and its verified runtime options.
 
     For a GPU ``device`` (``cuda``, ``cuda:N``, ``tensorrt``) only artefacts whose runtime runs there are
-    candidates, fp16 before fp32 before int8 (the latencies recorded at conversion are CPU figures), and the
-    sentence says that cellsdk's verification ran on CPUs.
+    candidates: those with a passed ``gpu_verification`` record for that target on this GPU model
+    (``cellsdk verify --device cuda``) first, one that failed there never; then fp16 before fp32 before int8
+    (the latencies recorded at conversion are CPU figures). The sentence says whether the choice was verified
+    on this GPU or only on CPUs.
 
     Among artefacts whose status is ``passed`` and whose backend can run here,
     those verified for ``cpu_class`` (this machine's, see :mod:`cellsdk.cpu`)
@@ -150,6 +152,11 @@ def choose_artefact(folder: str | os.PathLike, cpu_class: str | None = None,
     order = backend_names()
     kind = str(device).split(":")[0].lower()
     gpu = kind if kind in ("cuda", "tensorrt") else None  # "gpu" is also OpenVINO's Intel GPU: not filtered
+    gpu_name = None
+    if gpu:
+        from cellsdk.gpu import gpu_identity
+
+        gpu_name = (gpu_identity(str(device)) or {}).get("gpu")
     for entry in manifest["artefacts"]:
         file = str(entry["file"])
         status = entry.get("status", "unknown")
@@ -171,14 +178,21 @@ def choose_artefact(folder: str | os.PathLike, cpu_class: str | None = None,
         if not artefact_path(folder, file).exists():
             skipped.append(f"{file}: listed but missing")
             continue
-        class_status = _class_status(entry, cpu_class)
+        if gpu:
+            on_gpu = _gpu_status(entry, gpu, gpu_name)
+            if on_gpu == "failed":
+                skipped.append(f"{file}: failed verification on this GPU ({gpu_name}, {gpu})")
+                continue
+            class_status = on_gpu
+        else:
+            class_status = _class_status(entry, cpu_class)
         if class_status == "failed":
             skipped.append(f"{file}: int8 verification failed on this CPU class {cpu_class}")
             continue
         latency = entry.get("latency_ms")
         latency = float(latency) if isinstance(latency, (int, float)) and not gpu else math.inf
         precision_rank = (_GPU_PRECISION_RANK if gpu else _PRECISION_RANK).get(str(entry.get("precision")), 3)
-        rank = (class_status != "verified" and not gpu, latency, precision_rank, order.index(backend.name))
+        rank = (class_status != "verified", latency, precision_rank, order.index(backend.name))
         options = entry.get("runtime_options") if isinstance(entry.get("runtime_options"), dict) else {}
         candidates.append((rank, file, backend.name, entry.get("precision", "?"), options))
     if not candidates:
@@ -186,14 +200,27 @@ def choose_artefact(folder: str | os.PathLike, cpu_class: str | None = None,
         raise UnsupportedFormatError(f"{folder}: no verified artefact runs on this platform ({details})")
     (unverified_here, latency, _, _), file, backend_name, precision, options = min(candidates, key=lambda c: c[0])
     if gpu:
-        why = (f"runs on {device}, preferred by precision (fp16, fp32, int8) and backend; cellsdk verified it on "
-               "CPUs, not on a GPU")
+        if unverified_here:
+            why = (f"runs on {device}, preferred by precision (fp16, fp32, int8) and backend; cellsdk verified it on "
+                   f"CPUs, not on this GPU (cellsdk verify {file} --device {device} records that check)")
+        else:
+            why = (f"verified on this GPU ({gpu_name}, {gpu}), preferred among those by precision (fp16, fp32, int8) "
+                   "and backend")
         return artefact_path(folder, file), f"{file} ({backend_name}, {precision}): {why}", dict(options)
     why = (f"fastest verified artefact that runs here ({latency:.2f} ms at conversion)" if math.isfinite(latency)
            else "verified, runs here, preferred by precision and backend (no latency recorded)")
     if unverified_here:
         why += f"; not verified on this CPU class {cpu_class}"
     return artefact_path(folder, file), f"{file} ({backend_name}, {precision}): {why}", dict(options)
+
+
+def _gpu_status(entry: dict[str, Any], target: str, gpu_name: str | None) -> str:
+    """``verified``, ``failed`` or ``unverified`` for an entry on ``target`` (cuda / tensorrt) and this GPU model."""
+    records = [r for r in entry.get("gpu_verification") or [] if isinstance(r, dict)
+               and r.get("target") == target and gpu_name is not None and r.get("gpu") == gpu_name]
+    if any(r.get("status") == "failed" for r in records):
+        return "failed"
+    return "verified" if any(r.get("status") == "passed" for r in records) else "unverified"
 
 
 def _class_status(entry: dict[str, Any], cpu_class: str | None) -> str:

@@ -43,8 +43,8 @@ __all__ = [
 #: The key under which the JSON document is stored in every artefact's slot.
 METADATA_KEY = "cellsdk"
 #: The schema version this cellsdk writes and the newest it reads (1: the first; 2: adds ``cpu_verification``;
-#: 3: adds ``outputs`` and ``guard``).
-SCHEMA_VERSION = 3
+#: 3: adds ``outputs`` and ``guard``; 4: adds ``gpu_verification``).
+SCHEMA_VERSION = 4
 
 RESIZE_FILTERS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 CROP_MODES = ("none", "fraction", "pixels")
@@ -179,6 +179,9 @@ class ModelMetadata:
             features the OOD guard reads). Before schema 3 always ``("logits",)``.
         guard: the out-of-distribution guard (score statistics, thresholds, input checks, validation
             figures; see :mod:`cellsdk.guard`), or None for models without one.
+        gpu_verification: one record per GPU model and device the artefact was verified on with
+            ``cellsdk verify --device cuda|tensorrt`` (``target``, ``gpu``, ``driver``, ``runtime``, ``images``,
+            ``status``, the gate's figures). Empty before schema 4 and until a GPU check ran.
         created: ISO 8601 UTC time of creation.
         cellsdk_version: the cellsdk version that wrote the document.
         schema_version: version of this schema.
@@ -204,6 +207,7 @@ class ModelMetadata:
     cpu_verification: tuple[dict[str, Any], ...] = ()
     outputs: tuple[str, ...] = ("logits",)
     guard: dict[str, Any] | None = None
+    gpu_verification: tuple[dict[str, Any], ...] = ()
     created: str | None = None
     cellsdk_version: str = __version__
     schema_version: int = SCHEMA_VERSION
@@ -213,6 +217,8 @@ class ModelMetadata:
             object.__setattr__(self, "labels", tuple(self.labels))
         if isinstance(self.cpu_verification, list):
             object.__setattr__(self, "cpu_verification", tuple(self.cpu_verification))
+        if isinstance(self.gpu_verification, list):
+            object.__setattr__(self, "gpu_verification", tuple(self.gpu_verification))
         if isinstance(self.outputs, list):
             object.__setattr__(self, "outputs", tuple(self.outputs))
         if isinstance(self.preprocessing, Mapping):
@@ -270,6 +276,11 @@ class ModelMetadata:
             for r in self.cpu_verification
         ):
             raise MetadataError("cpu_verification must list records with a 'cpu_class' and a 'status'")
+        if not isinstance(self.gpu_verification, tuple) or not all(
+            isinstance(r, dict) and isinstance(r.get("gpu"), str) and isinstance(r.get("target"), str)
+            and isinstance(r.get("status"), str) for r in self.gpu_verification
+        ):
+            raise MetadataError("gpu_verification must list records with a 'target', a 'gpu' and a 'status'")
         if not isinstance(self.outputs, tuple) or not self.outputs or self.outputs[0] != "logits" \
                 or not all(isinstance(o, str) and o for o in self.outputs) or len(set(self.outputs)) != len(self.outputs):
             raise MetadataError(f"outputs must name the model's outputs, logits first, got {self.outputs!r}")
@@ -296,6 +307,7 @@ class ModelMetadata:
         out["labels"] = list(self.labels)
         out["preprocessing"] = self.preprocessing.to_dict()
         out["cpu_verification"] = list(self.cpu_verification)
+        out["gpu_verification"] = list(self.gpu_verification)
         out["outputs"] = list(self.outputs)
         return out
 

@@ -12,6 +12,14 @@ it has one), so ``Classifier.load`` on this class stops warning.
 The reference is the fp32 checkpoint the artefact was converted from (needs
 torch) or, torch-free, a float artefact converted from the same checkpoint.
 
+On an NVIDIA GPU, ``cellsdk verify MODEL --device cuda`` (or ``cuda:N``,
+``tensorrt``) runs the same gate with the artefact on the GPU: the conversion's
+checks ran on CPUs, and a GPU computes differently (cuDNN's algorithms, fp16
+kernels, TensorRT's fused and re-quantized layers). The record names the GPU
+model and driver and goes to the artefact's ``gpu_verification``; a conversion
+folder loaded on that device then prefers artefacts verified on that GPU model
+and never picks one that failed there (:func:`cellsdk.manifest.choose_artefact`).
+
 Example:
     >>> result = verify_deployed("model.int8.onnx", "data/bloodmnist_128",
     ...                          reference="best.safetensors", data_cropped=True)  # doctest: +SKIP
@@ -24,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +45,8 @@ from cellsdk.converters.calibration import evaluation_set
 from cellsdk.converters.pipeline import _BACKEND_OF, _describe_files
 from cellsdk.converters.targets import CpuTargets, verify_on_targets
 from cellsdk.converters.verify import VerifyConfig, reference_logits, verify_artefact
-from cellsdk.errors import ConfigError
+from cellsdk.errors import ConfigError, DeviceUnavailableError
+from cellsdk.gpu import device_index, gpu_device_kind, gpu_identity
 from cellsdk.info import read_metadata
 from cellsdk.manifest import MANIFEST_NAME, STATUS_FAILED, STATUS_PASSED, manifest_entry
 
@@ -48,23 +58,38 @@ _FORMAT_OF = {backend: fmt for fmt, backend in _BACKEND_OF.items()}
 def verify_deployed(artefact: str | os.PathLike, data: str | os.PathLike, *, reference: str | os.PathLike,
                     split: str = "val", data_cropped: bool = False, labels: str | None = None,
                     limit: int | None = None, targets: CpuTargets | None = None, verify: VerifyConfig | None = None,
-                    seed: int = 0, write: bool = True, progress: bool = True) -> dict[str, Any]:
-    """Run the gate on ``artefact`` on the requested CPU classes and record the result in it.
+                    seed: int = 0, write: bool = True, progress: bool = True, device: str = "cpu") -> dict[str, Any]:
+    """Run the gate on ``artefact`` on the requested CPU classes (or on a GPU ``device``) and record the result in it.
+
+    With ``device`` ``cuda``, ``cuda:N`` or ``tensorrt`` the gate runs the artefact on that NVIDIA GPU instead
+    of the CPU and the record goes to the artefact's ``gpu_verification`` (one per target and GPU model; see
+    :func:`_verify_on_gpu`); emulated CPU classes cannot be combined with it.
 
     Returns:
-        ``status`` (passed / failed), ``records`` (this run's), ``cpu_verification`` (all, as written),
-        and ``written`` (whether the artefact was updated).
+        ``status`` (passed / failed), ``records`` (this run's), ``cpu_verification`` (all, as written) or
+        ``gpu_verification`` for a GPU device, and ``written`` (whether the artefact was updated).
 
     Raises:
         ConfigError: the reference is not a float model of the same source checkpoint, or no target.
+        DeviceUnavailableError: a GPU device this machine, its driver or the artefact's runtime cannot use
+            (raised before any image is read).
     """
     path = Path(artefact)
-    targets = targets or CpuTargets()
+    kind = gpu_device_kind(device)
+    targets = targets or (CpuTargets.parse("native") if kind else CpuTargets())
     verify = verify or VerifyConfig()
     if not targets.names:
         raise ConfigError("nothing to verify: --verify-cpus none; name native and / or emulated classes")
     metadata = read_metadata(path)
-    fmt = _FORMAT_OF[backend_for_path(path).name]
+    backend = backend_for_path(path)
+    fmt = _FORMAT_OF[backend.name]
+    if kind is not None:
+        return _verify_on_gpu(path, fmt, backend, metadata, device, data, reference=Path(reference), split=split,
+                              data_cropped=data_cropped, labels=labels, limit=limit, targets=targets, verify=verify,
+                              seed=seed, write=write)
+    if str(device).lower() != "cpu":
+        raise ConfigError(f"device {device!r}: cellsdk verify runs the gate on cpu (this machine's CPU class and "
+                          "emulated ones) or on an NVIDIA GPU (cuda, cuda:N, tensorrt)")
     images = evaluation_set(data, metadata, split=split, data_cropped=data_cropped, labels=labels, limit=limit,
                             seed=seed)
     logits = _reference(Path(reference), metadata, images)
@@ -89,6 +114,51 @@ def verify_deployed(artefact: str | os.PathLike, data: str | os.PathLike, *, ref
             _update_manifest(manifest_path, path, merged)
     return {"file": str(path), "status": status, "records": new, "cpu_verification": merged, "written": write,
             "images": len(images)}
+
+
+def _verify_on_gpu(path: Path, fmt: str, backend: Any, metadata: Any, device: str, data: str | os.PathLike, *,
+                   reference: Path, split: str, data_cropped: bool, labels: str | None, limit: int | None,
+                   targets: CpuTargets, verify: VerifyConfig, seed: int, write: bool) -> dict[str, Any]:
+    """The gate with the artefact on an NVIDIA GPU; the record replaces older ones of the same target and GPU model.
+
+    The reference stays the fp32 PyTorch model on the CPU: the GPU's arithmetic (cuDNN's algorithms, fp16
+    kernels, TensorRT's fused layers) is what is judged. fp16 artefacts ask the TensorRT provider for fp16.
+    """
+    kind = gpu_device_kind(device) or "cuda"
+    if any(name != "native" for name in targets.names):
+        raise ConfigError(f"--verify-cpus {','.join(targets.names)} with --device {device}: emulated CPU classes check "
+                          "CPU arithmetic; verify on the GPU and on CPU classes in two runs")
+    reason = backend.device_unavailable_reason(kind)
+    if reason is None and kind in ("cuda", "tensorrt") and backend.name == "onnxruntime":
+        import onnxruntime as ort
+
+        from cellsdk.gpu import onnxruntime_cuda_problem
+
+        reason = onnxruntime_cuda_problem(ort, tensorrt=kind == "tensorrt", index=device_index(device))
+    if reason is not None:
+        raise DeviceUnavailableError(f"device {device!r}: {reason}")
+    identity = gpu_identity(device) or {"gpu": "unknown NVIDIA GPU (NVML cannot name it)"}
+    images = evaluation_set(data, metadata, split=split, data_cropped=data_cropped, labels=labels, limit=limit,
+                            seed=seed)
+    logits = _reference(reference, metadata, images)
+    entry = manifest_entry(path)
+    manifest_path = path.parent / MANIFEST_NAME if entry is not None else None
+    options = dict((entry or {}).get("runtime_options") or get_converter(fmt).verify_options(metadata.precision))
+    if kind == "tensorrt" and metadata.precision == "fp16":
+        options["tensorrt_fp16"] = True
+    record = verify_artefact(path, metadata.precision, metadata, images, logits, verify, options, device=device)
+    record.pop("guard", None)
+    new = {"target": kind, "device": device, **identity, "runtime_options": options,
+           "status": record.pop("status"), "reasons": record.pop("reasons"), **record,
+           "verified_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    merged = [r for r in metadata.gpu_verification
+              if (r.get("target"), r.get("gpu")) != (new["target"], new["gpu"])] + [new]
+    if write:
+        get_converter(fmt).write_metadata(path, metadata.replace(gpu_verification=tuple(merged)))
+        if manifest_path is not None and entry is not None:
+            _update_manifest(manifest_path, path, merged, key="gpu_verification")
+    return {"file": str(path), "status": new["status"], "records": [new], "gpu_verification": merged,
+            "written": write, "images": len(images), "device": device}
 
 
 def _reference(reference: Path, metadata: Any, images: Any) -> np.ndarray:
@@ -119,10 +189,10 @@ def _reference(reference: Path, metadata: Any, images: Any) -> np.ndarray:
     return np.concatenate([ref.raw_outputs(b) for b in images.batches(64)]).astype(np.float64)
 
 
-def _update_manifest(manifest: Path, path: Path, records: list[dict[str, Any]]) -> None:
+def _update_manifest(manifest: Path, path: Path, records: list[dict[str, Any]], key: str = "cpu_verification") -> None:
     data = json.loads(manifest.read_text(encoding="utf-8"))
     for entry in data["artefacts"]:
         if entry.get("file") == path.name:
-            entry["cpu_verification"] = records
+            entry[key] = records
             entry["size_bytes"], entry["sha256"], entry["files"] = _describe_files(path)
     write_json(manifest, data)

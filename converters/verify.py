@@ -34,7 +34,13 @@ import numpy as np
 
 from cellsdk.classifier import Classifier
 from cellsdk.converters.calibration import ImageSet
-from cellsdk.errors import CellSDKError, ConfigError, CpuVerificationWarning, PlatformNotSupportedError
+from cellsdk.errors import (
+    CellSDKError,
+    ConfigError,
+    CpuVerificationWarning,
+    DeviceUnavailableError,
+    PlatformNotSupportedError,
+)
 from cellsdk.manifest import STATUS_FAILED, STATUS_NOT_VERIFIED, STATUS_PASSED
 from cellsdk.metadata import ModelMetadata
 from cellsdk.metrics import classification_report, softmax
@@ -152,8 +158,8 @@ def reference_logits(model: Any, images: ImageSet, batch_size: int = 64) -> np.n
 def verify_artefact(path: Path, precision: str, expected: ModelMetadata, images: ImageSet, reference: np.ndarray,
                     config: VerifyConfig, options: dict[str, Any] | None = None,
                     outputs: dict[str, np.ndarray] | None = None, *, guard_probe: Any = None,
-                    guard_config: Any = None) -> dict[str, Any]:
-    """Load ``path`` through Classifier, run the gate, and return the verification record.
+                    guard_config: Any = None, device: str = "cpu") -> dict[str, Any]:
+    """Load ``path`` through Classifier on ``device``, run the gate, and return the verification record.
 
     ``outputs``, if given, receives the artefact's outputs on ``images`` under its file name (the checks on
     other CPU classes compare with them instead of running the artefact here again).
@@ -161,13 +167,17 @@ def verify_artefact(path: Path, precision: str, expected: ModelMetadata, images:
     The record holds ``status`` (passed / failed / not verified on this platform), ``reasons``,
     and the measured figures. With ``guard_probe`` (:class:`cellsdk.converters.guard.GuardProbe`) the
     artefact's OOD guard is checked too (:func:`cellsdk.converters.guard.check_guard`), under ``guard``.
+    On a GPU ``device`` (``cuda``, ``cuda:N``, ``tensorrt``) the artefact runs there (the reference stays the
+    fp32 PyTorch model's outputs); a device this machine cannot use raises instead of failing the artefact.
     """
     try:
         with warnings.catch_warnings():  # this is the verification the CPU-class warning asks for
             warnings.simplefilter("ignore", CpuVerificationWarning)
-            classifier = Classifier.load(path, device="cpu", **(options or {}))
+            classifier = Classifier.load(path, device=device, **(options or {}))
     except PlatformNotSupportedError as err:
         return {"status": STATUS_NOT_VERIFIED, "reasons": [str(err).split(": ", 1)[-1]]}
+    except DeviceUnavailableError:
+        raise  # the machine's problem, not the artefact's
     except CellSDKError as err:
         return {"status": STATUS_FAILED, "reasons": [f"does not load in cellsdk: {err}"]}
     reasons = _metadata_mismatches(classifier.metadata, expected)

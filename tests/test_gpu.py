@@ -491,7 +491,7 @@ def test_a_conversion_folder_on_a_gpu_device_picks_an_artefact_that_runs_there(c
         allowed = (".onnx",) if device == "tensorrt" else (".onnx", ".torchscript")
         assert path.suffix in allowed, (device, path)
         assert "fp16" in path.name or "fp32" in path.name  # the CPU's int8 choice is not the GPU's
-        assert why.endswith("cellsdk verified it on CPUs, not on a GPU")
+        assert f"cellsdk verified it on CPUs, not on this GPU (cellsdk verify {path.name} --device {device}" in why
     assert choose_artefact(folder, "x86-64-avx2", "cpu")[0] == cpu_path
     if gpu.driver_problem():
         with pytest.raises(DeviceUnavailableError, match="device 'cuda': "):  # not OpenVINO's "not a CUDA device"
