@@ -61,6 +61,10 @@ def _bin(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigterm_during_conversion_leaves_no_staging_folder_and_stale_ones_are_removed(tiny_run, tmp_path):
     out = tmp_path / "conv"
     command = [_bin("cellsdk-convert"), str(tiny_run.best_checkpoint), "--out", str(out), "--calib",
@@ -71,7 +75,10 @@ def test_sigterm_during_conversion_leaves_no_staging_folder_and_stale_ones_are_r
     # through an exporter once crashed the process, SIGSEGV; OpenVINO once turned it into an artefact failure)
     onnx_written = ".conv.staging-*/model.fp32.onnx"
     for moment, sig in ((".conv.staging-*", signal.SIGTERM), (onnx_written, signal.SIGTERM), (onnx_written, signal.SIGINT)):
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # Ctrl-C as a terminal delivers it: a suite started in the background by a non-interactive shell (bash
+        # without job control) inherits SIGINT ignored, and the CLI rightly leaves an ignored SIGINT ignored
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   preexec_fn=_sigint_default)
         deadline = time.monotonic() + 180
         while not list(tmp_path.glob(moment)) and time.monotonic() < deadline and process.poll() is None:
             time.sleep(0.02)
