@@ -42,6 +42,7 @@ from cellsdk._validate import require_float, require_int
 from cellsdk.backends import MAX_THREADS, backend_for_path, get_backend
 from cellsdk.benchmarks.stats import judge, load_targets, measurement_conditions
 from cellsdk.errors import ConfigError, ModelNotFoundError
+from cellsdk.gpu import gpu_device_kind
 from cellsdk.manifest import artefact_path, read_manifest
 
 __all__ = ["BenchConfig", "discover", "run_benchmark"]
@@ -240,7 +241,7 @@ def _run_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _measure(spec: dict[str, Any]) -> dict[str, Any]:
     """One row's worker; on ``tensorrt``, from an empty engine cache, then once more from the cache it filled."""
-    if spec["device"].partition(":")[0] != "tensorrt":
+    if gpu_device_kind(spec["device"]) != "tensorrt":
         return _run_worker(spec)
     cache = tempfile.mkdtemp(prefix="cellsdk-bench-tensorrt-")
     try:
@@ -260,7 +261,7 @@ def _measure(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _gpu_facts(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The GPU the cuda / tensorrt rows ran on and the CUDA builds of the runtimes, or None without such rows."""
-    if not any(r["device"].partition(":")[0] in ("cuda", "tensorrt") for r in rows):
+    if not any(gpu_device_kind(r["device"]) for r in rows):
         return None
     from cellsdk.gpu import onnxruntime_build
     from cellsdk.nvml import gpu_info

@@ -138,10 +138,9 @@ def gpu_index(device: str) -> int | None:
         >>> gpu_index("cuda"), gpu_index("tensorrt:1"), gpu_index("cpu")
         (0, 1, None)
     """
-    kind, _, index = device.partition(":")
-    if kind not in ("cuda", "tensorrt"):
-        return None
-    return int(index) if index.isdigit() else 0
+    from cellsdk.gpu import device_index, gpu_device_kind
+
+    return device_index(device) if gpu_device_kind(device) else None
 
 
 def _gpu_memory(out: dict[str, Any], index: int, baseline: float | None) -> None:

@@ -150,13 +150,10 @@ def choose_artefact(folder: str | os.PathLike, cpu_class: str | None = None,
     manifest = read_manifest(folder)
     candidates, skipped = [], []
     order = backend_names()
-    kind = str(device).split(":")[0].lower()
-    gpu = kind if kind in ("cuda", "tensorrt") else None  # "gpu" is also OpenVINO's Intel GPU: not filtered
-    gpu_name = None
-    if gpu:
-        from cellsdk.gpu import gpu_identity
+    from cellsdk.gpu import gpu_device_kind, gpu_identity
 
-        gpu_name = (gpu_identity(str(device)) or {}).get("gpu")
+    gpu = gpu_device_kind(device)  # "gpu" is OpenVINO's Intel GPU: not filtered
+    gpu_name = (gpu_identity(str(device)) or {}).get("gpu") if gpu else None
     for entry in manifest["artefacts"]:
         file = str(entry["file"])
         status = entry.get("status", "unknown")

@@ -84,7 +84,7 @@ def verify_deployed(artefact: str | os.PathLike, data: str | os.PathLike, *, ref
     backend = backend_for_path(path)
     fmt = _FORMAT_OF[backend.name]
     if kind is not None:
-        return _verify_on_gpu(path, fmt, backend, metadata, device, data, reference=Path(reference), split=split,
+        return _verify_on_gpu(path, fmt, backend, metadata, device, kind, data, reference=Path(reference), split=split,
                               data_cropped=data_cropped, labels=labels, limit=limit, targets=targets, verify=verify,
                               seed=seed, write=write)
     if str(device).lower() != "cpu":
@@ -116,7 +116,7 @@ def verify_deployed(artefact: str | os.PathLike, data: str | os.PathLike, *, ref
             "images": len(images)}
 
 
-def _verify_on_gpu(path: Path, fmt: str, backend: Any, metadata: Any, device: str, data: str | os.PathLike, *,
+def _verify_on_gpu(path: Path, fmt: str, backend: Any, metadata: Any, device: str, kind: str, data: str | os.PathLike, *,
                    reference: Path, split: str, data_cropped: bool, labels: str | None, limit: int | None,
                    targets: CpuTargets, verify: VerifyConfig, seed: int, write: bool) -> dict[str, Any]:
     """The gate with the artefact on an NVIDIA GPU; the record replaces older ones of the same target and GPU model.
@@ -124,12 +124,11 @@ def _verify_on_gpu(path: Path, fmt: str, backend: Any, metadata: Any, device: st
     The reference stays the fp32 PyTorch model on the CPU: the GPU's arithmetic (cuDNN's algorithms, fp16
     kernels, TensorRT's fused layers) is what is judged. fp16 artefacts ask the TensorRT provider for fp16.
     """
-    kind = gpu_device_kind(device) or "cuda"
     if any(name != "native" for name in targets.names):
         raise ConfigError(f"--verify-cpus {','.join(targets.names)} with --device {device}: emulated CPU classes check "
                           "CPU arithmetic; verify on the GPU and on CPU classes in two runs")
     reason = backend.device_unavailable_reason(kind)
-    if reason is None and kind in ("cuda", "tensorrt") and backend.name == "onnxruntime":
+    if reason is None and backend.name == "onnxruntime":  # also GPU `index`, and the libraries the session loads
         import onnxruntime as ort
 
         from cellsdk.gpu import onnxruntime_cuda_problem
