@@ -60,10 +60,15 @@ def without_telemetry() -> None:
             module.telemetry = MagicMock()  # type: ignore[attr-defined]  # NNCF's own stub (NNCFTelemetryStub)
 
 
-@register_converter("openvino", suffix=".xml", precisions=("fp32", "fp16", "int8"),
+@register_converter("openvino", suffix=".xml", precisions=("fp32", "fp16", "bf16", "int8"),
                     packages=("openvino", "nncf", "onnx", "onnxscript"), install="pip install 'cellsdk[openvino,convert]'")
 class OpenVinoConverter(Converter):
-    """OpenVINO IR (``.xml`` + ``.bin``) for Intel CPUs, GPUs and NPUs."""
+    """OpenVINO IR (``.xml`` + ``.bin``) for Intel CPUs, GPUs and NPUs.
+
+    ``bf16`` is an fp32 IR whose metadata says bf16: the backend then asks OpenVINO for bf16 arithmetic
+    (``INFERENCE_PRECISION_HINT``), which CPUs with AVX-512 BF16 or AMX run natively and others in f32. Like int8
+    it is verified per CPU class.
+    """
 
     def convert(self, job: ExportJob, precision: str, out: Path) -> dict[str, Any]:
         without_telemetry()
@@ -101,8 +106,12 @@ class OpenVinoConverter(Converter):
         os.replace(staged, path)
 
     def verify_options(self, precision: str) -> dict[str, Any]:
-        # float IRs run in bf16 on bf16 CPUs by default; pin f32 so the artefact is what was verified
-        return {"precision": "f32"} if precision in ("fp32", "fp16") else {}
+        # the backend's default for this precision (f32 for fp32 / fp16 / int8: left to itself OpenVINO runs
+        # them in bf16 on bf16 CPUs), written out so the manifest says how the artefact was verified
+        from cellsdk.backends.openvino import precision_hint
+
+        hint = precision_hint(precision)
+        return {"precision": hint} if hint else {}
 
 
 class _quiet_nncf:

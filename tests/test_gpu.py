@@ -95,7 +95,7 @@ def model_file(tmp_path: Path, quantized: bool) -> Path:
 
 def test_auto_picks_cuda_when_the_whole_stack_is_there(stack, tmp_path):
     backend = OnnxRuntimeBackend(model_file(tmp_path, False), device="auto")
-    assert FakeSession.calls == [[("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]]
+    assert FakeSession.calls == [[("CUDAExecutionProvider", {"device_id": 0, "use_tf32": 0}), "CPUExecutionProvider"]]
     assert backend.device == "CUDAExecutionProvider"
 
 
@@ -125,7 +125,7 @@ def test_cpu_never_touches_the_gpu_stack(stack, tmp_path, monkeypatch):
 def test_cuda_n_picks_that_gpu_and_a_missing_one_is_named(stack, tmp_path):
     stack.driver = gpu.Driver("580.159.04", (13, 0), 2, None)
     OnnxRuntimeBackend(model_file(tmp_path, False), device="cuda:1")
-    assert FakeSession.calls[-1] == [("CUDAExecutionProvider", {"device_id": 1}), "CPUExecutionProvider"]
+    assert FakeSession.calls[-1] == [("CUDAExecutionProvider", {"device_id": 1, "use_tf32": 0}), "CPUExecutionProvider"]
     with pytest.raises(DeviceUnavailableError, match=r"cuda:2 does not exist: this machine shows 2 GPU\(s\) "
                                                      r"\(cuda:0, cuda:1\)"):
         OnnxRuntimeBackend(model_file(tmp_path, False), device="cuda:2")
@@ -135,7 +135,7 @@ def test_tensorrt_asks_for_an_engine_cache_and_the_precision_the_model_needs(sta
     cache = tmp_path / "engines"
     OnnxRuntimeBackend(model_file(tmp_path, True), device="tensorrt", tensorrt_cache=str(cache))
     trt, cuda, cpu = FakeSession.calls[-1]
-    assert trt[0] == "TensorrtExecutionProvider" and cuda == ("CUDAExecutionProvider", {"device_id": 0})
+    assert trt[0] == "TensorrtExecutionProvider" and cuda == ("CUDAExecutionProvider", {"device_id": 0, "use_tf32": 0})
     assert cpu == "CPUExecutionProvider" and cache.is_dir()
     assert trt[1]["trt_engine_cache_enable"] and trt[1]["trt_engine_cache_path"] == str(cache)
     assert trt[1]["trt_timing_cache_enable"] and trt[1]["trt_int8_enable"] and not trt[1]["trt_fp16_enable"]

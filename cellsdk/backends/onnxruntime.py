@@ -52,6 +52,8 @@ class OnnxRuntimeBackend(Backend):
             (QDQ) model on its own.
         tensorrt_cache: the folder for TensorRT's engine and timing caches (default
             :func:`default_tensorrt_cache`); a later load of the same model reuses the engine instead of building it.
+        tf32: let CUDA compute fp32 matrix products in TF32 (faster on Ampere and later; off by default, so an
+            fp32 artefact computes in fp32 as verified).
     """
 
     devices = ("cpu", "cuda", "tensorrt")
@@ -68,7 +70,8 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, path: Path, *, device: str = "auto", threads: int | None = None,
                  providers: list[str] | None = None, graph_optimization: str = "all",
-                 spinning: bool | None = None, tensorrt_fp16: bool = False, tensorrt_cache: str | None = None) -> None:
+                 spinning: bool | None = None, tensorrt_fp16: bool = False, tensorrt_cache: str | None = None,
+                 tf32: bool = False) -> None:
         ort = self.require()
         options = ort.SessionOptions()
         if threads is not None:
@@ -83,7 +86,7 @@ class OnnxRuntimeBackend(Backend):
             raise ConfigError(f"graph_optimization {graph_optimization!r}: use one of {', '.join(levels)}")
         options.graph_optimization_level = levels[graph_optimization]
         chosen: list[Any] = list(providers) if providers else self._providers(
-            ort, device, path, tensorrt_fp16=tensorrt_fp16, tensorrt_cache=tensorrt_cache)
+            ort, device, path, tensorrt_fp16=tensorrt_fp16, tensorrt_cache=tensorrt_cache, tf32=tf32)
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
         except Exception as err:  # noqa: BLE001 - ORT raises several unrelated types for bad files
@@ -108,8 +111,12 @@ class OnnxRuntimeBackend(Backend):
 
     @staticmethod
     def _providers(ort: Any, device: str, path: Path, *, tensorrt_fp16: bool = False,
-                   tensorrt_cache: str | None = None) -> list[Any]:
-        """The provider list for ``device``; a GPU device that cannot be used raises DeviceUnavailableError."""
+                   tensorrt_cache: str | None = None, tf32: bool = False) -> list[Any]:
+        """The provider list for ``device``; a GPU device that cannot be used raises DeviceUnavailableError.
+
+        CUDA runs without TF32 unless ``tf32``: ONNX Runtime's default computes fp32 matrix products in TF32 (10
+        mantissa bits) on Ampere and later GPUs, a silent down-cast of an fp32 artefact.
+        """
         from cellsdk.gpu import onnxruntime_cuda_problem
 
         match = _DEVICE.fullmatch(str(device).strip().lower())
@@ -122,12 +129,12 @@ class OnnxRuntimeBackend(Backend):
         if kind == "auto":
             usable = ("CUDAExecutionProvider" in ort.get_available_providers()
                       and onnxruntime_cuda_problem(ort) is None)
-            return [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"] if usable \
+            return [("CUDAExecutionProvider", {"device_id": 0, "use_tf32": int(tf32)}), "CPUExecutionProvider"] if usable \
                 else ["CPUExecutionProvider"]
         problem = onnxruntime_cuda_problem(ort, tensorrt=kind == "tensorrt", index=index)
         if problem:
             raise DeviceUnavailableError(f"device {device!r}: {problem}")
-        cuda = ("CUDAExecutionProvider", {"device_id": index})
+        cuda = ("CUDAExecutionProvider", {"device_id": index, "use_tf32": int(tf32)})
         if kind != "tensorrt":
             return [cuda, "CPUExecutionProvider"]
         cache = Path(tensorrt_cache) if tensorrt_cache else default_tensorrt_cache()
