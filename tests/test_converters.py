@@ -32,7 +32,7 @@ def _entry(manifest, fmt, precision):
 
 
 @pytest.mark.parametrize(("fmt", "precision"), PLAN)
-def test_every_format_and_precision_converts_and_verifies(converted, tiny_run, fmt, precision):
+def test_every_format_and_precision_converts_and_verifies(converted, fmt, precision):
     entry = _entry(converted.manifest, fmt, precision)
     if entry["status"] == "skipped" and "not installed" in entry["reasons"][0]:
         pytest.skip(entry["reasons"][0])  # listed with the install command, not written

@@ -208,7 +208,7 @@ def test_head_checks_tell_cam_capable_models_from_others():
     assert "forward_features" in cam_support(torch.nn.Linear(2, 2))
 
 
-def test_every_converted_artefact_explains_like_pytorch(converted, tiny_run):
+def test_every_converted_artefact_explains_like_pytorch(converted, tiny_checkpoint):
     """cellsdk-convert gives every format a ``cams`` output, float even in int8 artefacts, equal to the PyTorch
     model's class activation maps (the tiny model's 32 px input makes a 1 x 1 grid: the per-class values)."""
     from cellsdk.backends import backend_for_path
@@ -218,7 +218,7 @@ def test_every_converted_artefact_explains_like_pytorch(converted, tiny_run):
     from .conftest import SAMPLES
 
     assert converted.manifest["explanations"]["output"] == CAMS_OUTPUT
-    model, _ = load_checkpoint(tiny_run.best_checkpoint)
+    model, _ = load_checkpoint(tiny_checkpoint)
     torch_cams = with_outputs(model, ("logits", CAMS_OUTPUT))
     image = sorted(SAMPLES.glob("test/eosinophil/*.jpg"))[0]
     checked = []
