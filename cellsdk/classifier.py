@@ -24,7 +24,7 @@ import numpy as np
 
 from cellsdk._validate import require_int
 from cellsdk.backends import Backend, backend_for_path, get_backend
-from cellsdk.cpu import CpuCheck, check_artefact, enforce, host_cpu
+from cellsdk.cpu import UNVERIFIED, VERIFIED, CpuCheck, check_artefact, enforce, host_cpu
 from cellsdk.engine import Item, run_pipeline
 from cellsdk.errors import ConfigError, MetadataError, ModelNotFoundError
 from cellsdk.guard import GUARD_MODES, Assessment, Guard
@@ -34,6 +34,7 @@ from cellsdk.metrics import softmax
 from cellsdk.prediction import Prediction
 from cellsdk.preprocessing import ImageSource, load_image, prepare_image, to_input_array
 from cellsdk.resolve import check_shapes, resolve_metadata
+from cellsdk.selfcheck import OFF, SelfCheck, enforce_self_check, self_check
 from cellsdk.tta import check_mode, expand, first_view, merge
 from cellsdk.verification import PASSED, Verification, artefact_verification, enforce_verification
 
@@ -89,12 +90,15 @@ class Classifier:
 
     def __init__(self, backend: Backend, metadata: ModelMetadata, *, path: Path, top_k: int = 3,
                  chosen: str | None = None, cpu_check: CpuCheck | None = None, ood: str = "flag",
-                 guard: Guard | None = None, verification: Verification | None = None, tta: str = "none") -> None:
+                 guard: Guard | None = None, verification: Verification | None = None, tta: str = "none",
+                 self_check: SelfCheck | None = None) -> None:
         if ood not in GUARD_MODES:
             raise ConfigError(f"ood={ood!r}: use one of {', '.join(GUARD_MODES)}")
         self.backend = backend
         #: whether this (int8) artefact was verified on this machine's CPU class (see cellsdk.cpu)
         self.cpu_check = cpu_check if cpu_check is not None else check_artefact(metadata, path.name)
+        #: the artefact's self-check on this machine (see cellsdk.selfcheck; ``off`` unless loaded with it)
+        self.self_check = self_check if self_check is not None else SelfCheck(OFF)
         #: whether this artefact passed cellsdk's verification gate (see cellsdk.verification)
         self.verification = verification if verification is not None else artefact_verification(path, metadata)
         self.metadata = metadata
@@ -130,6 +134,7 @@ class Classifier:
         strict: bool = False,
         ood: str = "flag",
         tta: str = "none",
+        self_check: bool = True,
         **options: Any,
     ) -> Classifier:
         """Load a model file or a conversion output folder; with no path, the shipped blood-cell model.
@@ -156,13 +161,17 @@ class Classifier:
             tta: test-time augmentation by default: ``none``, or ``dihedral`` (each image's class probabilities
                 averaged over its 8 flips and right-angle rotations, in the same runtime call; the OOD guard
                 scores the image as it is). Every predict method also takes ``tta=``. See :mod:`cellsdk.tta`.
+            self_check: run the artefact's embedded test vectors the first time it is loaded on this machine
+                key (CPU class or GPU, runtime and version, device, precision) and cache the verdict; a pass is
+                silent (and stands for a CPU-class verification), a failure warns once with the figures and
+                ``strict`` refuses it. False skips it. See :mod:`cellsdk.selfcheck` and ``self_check``.
             **options: backend options, e.g. ``threads=2``, ``precision="f32"`` (openvino),
                 ``providers=[...]`` (onnxruntime), ``compute_units="CPU_AND_NE"`` (coreml).
 
         Raises:
             ModelNotFoundError, UnsupportedFormatError, BackendNotInstalledError,
-            PlatformNotSupportedError, MetadataError, ConfigError, DeviceUnavailableError, UnverifiedCpuError:
-            each with what to do.
+            PlatformNotSupportedError, MetadataError, ConfigError, DeviceUnavailableError, UnverifiedCpuError,
+            SelfCheckError: each with what to do.
 
         Example:
             >>> Classifier.load().labels[:3]
@@ -194,9 +203,27 @@ class Classifier:
         verification = Verification(PASSED, "manifest") if chosen else artefact_verification(path, metadata)
         enforce_verification(verification, name=str(path), strict=strict)
         check = check_artefact(metadata, path.name)
-        enforce(check, strict=strict, key=str(path))
-        return cls(instance, metadata, path=path, top_k=top_k, chosen=chosen, cpu_check=check, ood=ood,
-                   verification=verification, tta=tta)
+        classifier = cls(instance, metadata, path=path, top_k=top_k, chosen=chosen, cpu_check=check, ood=ood,
+                         verification=verification, tta=tta)
+        if self_check:
+            classifier._check_itself(strict)
+        else:
+            enforce(check, strict=strict, key=str(path))
+        return classifier
+
+    def _check_itself(self, strict: bool) -> None:
+        """The self-check on load: a pass stands for a CPU-class verification; a failure warns (or refuses)."""
+        verdict = self.self_check = self_check(self)
+        check = self.cpu_check
+        if verdict.failed:
+            enforce_self_check(verdict, name=str(self.path), strict=strict)
+            if check.status != UNVERIFIED:  # a failed gate record says more than the self-check; else it said it
+                enforce(check, strict=strict, key=str(self.path))
+            return
+        if verdict.status == "passed" and check.status == UNVERIFIED:
+            self.cpu_check = CpuCheck(VERIFIED, check.cpu_class, "", check.records)
+            return
+        enforce(check, strict=strict, key=str(self.path))
 
     # ------------------------------------------------------------------ properties
 
@@ -231,7 +258,7 @@ class Classifier:
             raise MetadataError(f"the model takes {self._spec.input_size} px inputs, not {preprocessing.input_size}")
         return Classifier(self.backend, self.metadata.replace(preprocessing=preprocessing), path=self.path,
                           top_k=self.default_top_k, chosen=self.chosen, cpu_check=self.cpu_check, ood=self.ood,
-                          guard=self.guard, verification=self.verification, tta=self.tta)
+                          guard=self.guard, verification=self.verification, tta=self.tta, self_check=self.self_check)
 
     # ------------------------------------------------------------------ prediction
 

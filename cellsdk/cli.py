@@ -669,7 +669,9 @@ def _split_list(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder (replaced).")
 @click.option("--formats", default="all", show_default=True, help="onnx,torchscript,openvino,coreml or all.")
-@click.option("--quantize", multiple=True, help="fp16, int8 (CoreML also int6, int4); repeat or comma-separate.")
+@click.option("--quantize", multiple=True,
+              help="fp16, int8, bf16 (OpenVINO, computed in bf16 where the CPU has it; CoreML also int6, int4); "
+                   "repeat or comma-separate.")
 @click.option("--calib", type=click.Path(path_type=Path), default=None, help="Calibration data (train split sampled).")
 @click.option("--eval", "eval_data", type=click.Path(path_type=Path), default=None,
               help="Held-out data for verification [default: --calib].")
@@ -697,8 +699,9 @@ def _split_list(values: tuple[str, ...]) -> tuple[str, ...]:
               help="portable: 7-bit weights, correct on every CPU class; vnni: full 8-bit weights, exact only on "
                    "CPUs with VNNI / AMX (saturates on AVX2 and AVX-512 without VNNI).")
 @click.option("--verify-cpus", default="native,haswell,nehalem", show_default=True,
-              help="CPU classes to verify on: native (this machine) and QEMU models (haswell, nehalem, "
-                   "skylake-client, sandybridge, westmere), emulated with qemu-x86_64; none to skip.")
+              help="CPU classes to verify on: native (this machine), QEMU x86-64 models (haswell, nehalem, "
+                   "skylake-client, sandybridge, westmere) and ARM64 ones (cortex-a72, neoverse-n1, arm64-max; "
+                   "qemu-aarch64 with the environment scripts/setup.sh builds); none to skip.")
 @click.option("--verify-cpus-images", type=POSITIVE, default=50, show_default=True,
               help="Emulated checks: at most this many evaluation images per class.")
 @click.option("--verify-cpus-float", is_flag=True, help="Also check fp32 / fp16 artefacts under emulation.")
@@ -710,6 +713,9 @@ def _split_list(values: tuple[str, ...]) -> tuple[str, ...]:
               help="Percent of in-distribution (val) images the OOD threshold keeps.")
 @click.option("--explain/--no-explain", default=True, show_default=True,
               help="Add a class-activation-map output for Classifier.explain (pooling -> linear heads).")
+@click.option("--test-vectors", type=click.IntRange(0, 1000), default=32, show_default=True,
+              help="Held-out images every artefact carries for its self-check on other machines (as many as fit "
+                   "in min(10 %, 400 KB) of it); 0 for none.")
 @click.option("--quiet", is_flag=True)
 @_friendly_errors
 def convert_command(checkpoint: Path, out_dir: Path, formats: str, quantize: tuple[str, ...], **options: Any) -> None:
@@ -733,7 +739,7 @@ def convert_command(checkpoint: Path, out_dir: Path, formats: str, quantize: tup
                                      float_artefacts=options["verify_cpus_float"]),
         guard=GuardConfig(score=options["guard_score"], retention=options["guard_retention"] / 100)
         if options["guard"] else GuardConfig.off(),
-        explain=options["explain"],
+        explain=options["explain"], test_vectors=options["test_vectors"],
         verify=VerifyConfig(max_accuracy_drop=options["max_accuracy_drop"] / 100,
                             max_recall_drop=options["max_recall_drop"] / 100,
                             min_agreement=options["min_agreement"] / 100,
@@ -751,18 +757,24 @@ def convert_command(checkpoint: Path, out_dir: Path, formats: str, quantize: tup
         names = ", ".join(a["file"] for a in result.failed)
         raise click.ClickException(f"{len(result.failed)} artefact(s) failed verification: {names} "
                                    "(see the reasons above; --allow-regression keeps the exit status 0)")
+
+
 @click.command("verify", context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="cellsdk")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--reference", type=click.Path(path_type=Path), required=True,
+@click.option("--self", "self_only", is_flag=True,
+              help="Run MODEL's own test vectors here (its self-check; torch-free, no --reference or --data), print "
+                   "the figures and cache the verdict for this machine.")
+@click.option("--reference", type=click.Path(path_type=Path), default=None,
               help="The fp32 checkpoint MODEL was converted from, or a fp32 artefact of it (torch-free).")
-@click.option("--data", type=click.Path(path_type=Path), required=True, help="Held-out real images (a dataset).")
+@click.option("--data", type=click.Path(path_type=Path), default=None, help="Held-out real images (a dataset).")
 @click.option("--split", default="val", show_default=True)
 @click.option("--data-cropped", is_flag=True, help="The data's images already have the model's crop.")
 @click.option("--labels", default=None, help="Class names of the data, if its folders do not give them.")
 @click.option("--eval-limit", type=POSITIVE, default=None, help="Verify natively on a stratified sample of this many.")
 @click.option("--verify-cpus", default="native", show_default=True,
-              help="native (this machine) and / or emulated QEMU classes: haswell, nehalem, ...")
+              help="native (this machine) and / or emulated QEMU classes: haswell, nehalem, cortex-a72, "
+                   "neoverse-n1, ... (with --self: where to run the self-check)")
 @click.option("--verify-cpus-images", type=POSITIVE, default=50, show_default=True,
               help="Emulated checks: at most this many images per class.")
 @click.option("--max-accuracy-drop", type=PERCENT, default=0.5, show_default=True, help="Points.")
@@ -770,10 +782,22 @@ def convert_command(checkpoint: Path, out_dir: Path, formats: str, quantize: tup
 @click.option("--device", default="cpu", show_default=True,
               help="cpu (the CPU classes above), or an NVIDIA GPU: cuda, cuda:N, tensorrt (the gate runs MODEL there).")
 @click.option("--no-write", is_flag=True, help="Report only; leave the model file unchanged.")
+@click.option("--vectors", type=click.Choice(["missing", "replace", "keep"]), default="missing", show_default=True,
+              help="Embed test vectors for the self-check (needs the fp32 checkpoint as --reference): when MODEL "
+                   "has none, always, or never.")
 @click.option("--quiet", is_flag=True)
 @_friendly_errors
-def verify_command(model: Path, reference: Path, data: Path, quiet: bool, **options: Any) -> None:
-    """Verify MODEL on this machine's CPU class (and emulated ones), or on its GPU, and record the result inside MODEL."""
+def verify_command(model: Path, reference: Path | None, data: Path | None, quiet: bool, self_only: bool,
+                   **options: Any) -> None:
+    """Verify MODEL on this machine's CPU class (and emulated ones), or on its GPU, and record the result inside MODEL.
+
+    With --self, run the test vectors MODEL carries instead (the check Classifier.load makes on first use here).
+    """
+    if self_only:
+        _self_check_command(model, options["device"], options["verify_cpus"])
+        return
+    if reference is None or data is None:
+        raise click.UsageError("--reference and --data are needed (or --self, to run the model's own test vectors)")
     from cellsdk.converters import VerifyConfig
     from cellsdk.converters.reverify import verify_deployed
     from cellsdk.converters.targets import CpuTargets
@@ -786,7 +810,7 @@ def verify_command(model: Path, reference: Path, data: Path, quiet: bool, **opti
         targets=CpuTargets.parse(options["verify_cpus"], images_per_class=options["verify_cpus_images"]),
         verify=VerifyConfig(max_accuracy_drop=options["max_accuracy_drop"] / 100,
                             max_recall_drop=options["max_recall_drop"] / 100),
-        write=not options["no_write"], progress=not quiet, device=options["device"])
+        write=not options["no_write"], progress=not quiet, device=options["device"], vectors=options["vectors"])
     click.echo(f"{model}: {result['images']} held-out images")
     if "gpu_verification" in result:
         click.echo("\n".join(format_gpu_records(result["records"])))
@@ -798,10 +822,66 @@ def verify_command(model: Path, reference: Path, data: Path, quiet: bool, **opti
     click.echo("\n".join(format_cpu_records(result["records"])))
     if result["written"]:
         click.echo(f"recorded in {model} ({len(result['cpu_verification'])} CPU-class records in all)")
+    vectors = result.get("test_vectors")
+    if vectors is not None:
+        check = vectors.get("self_check") or {}
+        click.echo(f"test vectors: {vectors['images']} images, {vectors.get('bytes', 0) / 1e3:.0f} KB (budget "
+                   f"{vectors['budget_bytes'] / 1e3:.0f} KB); self-check here: {check.get('status', 'not run')}"
+                   + (f" ({'; '.join(check['reasons'])})" if check.get("reasons") else ""))
     for line in _cpu_notes({"artefacts": [{"cpu_verification": result["records"]}]}):
         click.echo(line, err=True)
     if result["status"] != "passed":
         raise click.ClickException(f"{model} failed verification on a CPU class (see the table above)")
+
+
+def _self_check_command(model: Path, device: str, cpus: str) -> None:
+    """``cellsdk verify MODEL --self``: the self-check, run now, as a table; exit 1 when it fails or cannot run.
+
+    ``--verify-cpus`` names where: ``native`` (this machine; the verdict is cached) and emulated classes.
+    """
+    import warnings
+
+    from cellsdk.classifier import Classifier
+    from cellsdk.selfcheck import self_check
+
+    names = [n.strip().lower() for n in cpus.split(",") if n.strip()]
+    emulated = [n for n in names if n != "native"]
+    if emulated:
+        from cellsdk.converters.targets import CpuTargets
+
+        CpuTargets.parse(emulated)  # unknown names: one line naming the known ones
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the verdict below says it all
+        classifier = Classifier.load(model, device=device, self_check=False)
+    if classifier.metadata.test_vectors is None:
+        raise click.ClickException(f"{model} carries no test vectors (converted before metadata schema 5, or not by "
+                                   "cellsdk-convert): re-convert it, or embed them with cellsdk verify MODEL "
+                                   "--reference CHECKPOINT --data DATA")
+    rows: list[dict[str, Any]] = []
+    if "native" in names or not names:
+        verdict = self_check(classifier, refresh=True)
+        rows.append({**verdict.to_dict(), "target": "native", "method": "native (verdict cached)"})
+    for name in emulated:
+        from cellsdk.converters.targets import self_check_emulated
+
+        rows.append(self_check_emulated(model, name))
+    click.echo(f"{model}: self-check, {classifier.metadata.precision}, "
+               f"{len(classifier.metadata.test_vectors.get('images') or [])} test vectors")
+    click.echo(f"  {'target':<13}{'CPU class':<21}{'runtime (device)':<44}{'agree %':>8}{'logit cos':>10}{'max Δp':>8}"
+               f"{'guard Δ':>8}{'ms':>7}  status")
+    for row in rows:
+        f, m = row.get("figures") or {}, row.get("machine") or {}
+        where = m.get("cpu_class") or m.get("gpu") or "-"
+        runtime = f"{m.get('backend', '-')} {m.get('runtime_version', '')} ({m.get('device', '-')})"
+        guard = f"{f['guard_score_error'] * 100:.1f}%" if "guard_score_error" in f else "-"
+        numbers = (f"{f['top1_agreement'] * 100:>8.1f}{f['logit_cosine']:>10.5f}{f['max_probability_error']:>8.4f}"
+                   if f else f"{'-':>8}{'-':>10}{'-':>8}")
+        reasons = "; ".join(row.get("reasons") or [])
+        click.echo(f"  {row['target']:<13}{where:<21}{runtime[:43]:<44}{numbers}{guard:>8}"
+                   f"{row.get('seconds', 0) * 1e3:>7.0f}  {row['status']}" + (f" ({reasons})" if reasons else ""))
+    bad = [r["target"] for r in rows if r["status"] != "passed"]
+    if bad:
+        raise click.ClickException(f"{model} did not pass its self-check on {', '.join(bad)} (see the table above)")
 
 
 def _cpu_notes(manifest: dict[str, Any]) -> list[str]:

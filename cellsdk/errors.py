@@ -31,6 +31,8 @@ __all__ = [
     "ModelNotFoundError",
     "ParityError",
     "PlatformNotSupportedError",
+    "SelfCheckError",
+    "SelfCheckWarning",
     "TrainingError",
     "UnsupportedFormatError",
     "UnverifiedCpuError",
@@ -120,3 +122,11 @@ class FailedVerificationError(CellSDKError):
 
 class FailedVerificationWarning(CpuVerificationWarning):
     """An artefact that failed cellsdk's verification gate is being used (strict mode refuses it)."""
+
+
+class SelfCheckError(CellSDKError):
+    """An artefact that failed its self-check on this machine (its embedded test vectors), loaded in strict mode."""
+
+
+class SelfCheckWarning(CpuVerificationWarning):
+    """An artefact failed its self-check on this machine and is being used (strict mode refuses it)."""

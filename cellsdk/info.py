@@ -122,7 +122,30 @@ def describe(path: str | os.PathLike) -> str:
                  "verified on NVIDIA GPUs: none recorded (cellsdk verify --device cuda on one records it)")
     lines.extend(gpu_records)
     lines.append(_this_machine(meta, path.name))
+    lines.extend(_self_check_lines(meta, path))
     return "\n".join(lines)
+
+
+def _self_check_lines(meta: ModelMetadata, path: Path) -> list[str]:
+    """The test vectors the artefact carries and the self-check verdicts cached for this user, per machine key."""
+    from cellsdk.selfcheck import cached_verdicts
+
+    vectors = meta.test_vectors
+    if vectors is None:
+        return ["test vectors: none (no self-check; re-convert, or cellsdk verify MODEL --reference CHECKPOINT "
+                "--data DATA embeds them)"]
+    images = vectors.get("images") or []
+    lines = [f"test vectors: {len(images)} images ({sum(int(i.get('bytes', 0)) for i in images) / 1e3:.0f} KB of "
+             "image bytes) with the fp32 reference's outputs"]
+    verdicts = cached_verdicts(path)
+    if not verdicts:
+        lines.append("self-check on this machine: not run yet (Classifier.load runs it; cellsdk verify MODEL --self)")
+    for verdict in verdicts:
+        m = verdict.machine
+        where = m.get("cpu_class") or m.get("gpu")
+        lines.append(f"self-check cached: {where}, {m.get('runtime')} {m.get('runtime_version')}, {m.get('device')}: "
+                     f"{verdict.describe()} [{verdict.checked_at}]")
+    return lines
 
 
 def _this_machine(meta: ModelMetadata, name: str) -> str:

@@ -43,8 +43,8 @@ __all__ = [
 #: The key under which the JSON document is stored in every artefact's slot.
 METADATA_KEY = "cellsdk"
 #: The schema version this cellsdk writes and the newest it reads (1: the first; 2: adds ``cpu_verification``;
-#: 3: adds ``outputs`` and ``guard``; 4: adds ``gpu_verification``).
-SCHEMA_VERSION = 4
+#: 3: adds ``outputs`` and ``guard``; 4: adds ``gpu_verification``; 5: adds ``test_vectors``).
+SCHEMA_VERSION = 5
 
 RESIZE_FILTERS = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
 CROP_MODES = ("none", "fraction", "pixels")
@@ -182,6 +182,9 @@ class ModelMetadata:
         gpu_verification: one record per GPU model and device the artefact was verified on with
             ``cellsdk verify --device cuda|tensorrt`` (``target``, ``gpu``, ``driver``, ``runtime``, ``images``,
             ``status``, the gate's figures). Empty before schema 4 and until a GPU check ran.
+        test_vectors: held-out images and the fp32 reference's outputs on them, with the gate's thresholds, so
+            the artefact can check itself on any machine (:mod:`cellsdk.testvectors`, :mod:`cellsdk.selfcheck`);
+            None before schema 5, for checkpoints, and for artefacts not written by cellsdk-convert.
         created: ISO 8601 UTC time of creation.
         cellsdk_version: the cellsdk version that wrote the document.
         schema_version: version of this schema.
@@ -208,6 +211,7 @@ class ModelMetadata:
     outputs: tuple[str, ...] = ("logits",)
     guard: dict[str, Any] | None = None
     gpu_verification: tuple[dict[str, Any], ...] = ()
+    test_vectors: dict[str, Any] | None = None
     created: str | None = None
     cellsdk_version: str = __version__
     schema_version: int = SCHEMA_VERSION
@@ -284,6 +288,9 @@ class ModelMetadata:
         if not isinstance(self.outputs, tuple) or not self.outputs or self.outputs[0] != "logits" \
                 or not all(isinstance(o, str) and o for o in self.outputs) or len(set(self.outputs)) != len(self.outputs):
             raise MetadataError(f"outputs must name the model's outputs, logits first, got {self.outputs!r}")
+        from cellsdk.testvectors import validate_record
+
+        validate_record(self.test_vectors)
         if self.guard is not None:
             if not isinstance(self.guard, dict) or not isinstance(self.guard.get("score"), dict) \
                     or not isinstance(self.guard.get("threshold"), (int, float)):

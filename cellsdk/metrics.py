@@ -27,6 +27,7 @@ __all__ = [
     "nll",
     "risk_coverage",
     "softmax",
+    "wilson_interval",
 ]
 
 
@@ -277,3 +278,18 @@ def _risk_coverage_summary(correct: np.ndarray, confidence: np.ndarray) -> dict[
         points.append({"coverage": coverage, "accuracy": float(curve["accuracy"][k - 1]),
                        "min_confidence": float(order[k - 1])})
     return {"aurc": curve["aurc"], "points": points}
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95 % Wilson score interval of a proportion (sensible at 0, 1 and small ``n``).
+
+    Example:
+        >>> [round(x, 3) for x in wilson_interval(31, 32)]
+        [0.843, 0.994]
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * float(np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)

@@ -40,6 +40,8 @@ class ExportJob:
         dynamic_batch: make the batch dimension dynamic (else it is 1).
         calibration: the calibration set, for int8 (None without one).
         int8_recipe: ``portable`` or ``vnni`` (see :mod:`cellsdk.converters.int8`).
+        test_vectors: the held-out images and fp32 outputs every artefact carries, trimmed to its size
+            (:mod:`cellsdk.converters.testvectors`); None without them.
     """
 
     model: Any
@@ -48,6 +50,7 @@ class ExportJob:
     dynamic_batch: bool = True
     calibration: Any = None
     int8_recipe: str = "portable"
+    test_vectors: Any = None
     _cache: dict[str, Any] = field(default_factory=dict)
 
     @property

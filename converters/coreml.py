@@ -137,7 +137,7 @@ class CoreMLConverter(Converter):
 
         model = ct.models.MLModel(str(path), skip_model_load=True)
         model.user_defined_metadata[METADATA_KEY] = metadata.to_json()
-        staged = path.with_name(f".{path.name}.metadata")
+        staged = path.with_name(f".{path.stem}.metadata{path.suffix}")  # coremltools wants .mlpackage / .mlmodel
         model.save(str(staged))
         old = path.with_name(f".{path.name}.old")
         path.rename(old)

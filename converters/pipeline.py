@@ -38,6 +38,8 @@ from cellsdk.converters.calibration import ImageSet, calibration_set, evaluation
 from cellsdk.converters.guard import GuardConfig, GuardProbe, fit_guard
 from cellsdk.converters.int8 import check_recipe
 from cellsdk.converters.targets import CpuTargets, qemu_binary, verify_on_targets
+from cellsdk.converters.testvectors import build as build_test_vectors
+from cellsdk.converters.testvectors import fit as fit_test_vectors
 from cellsdk.converters.verify import VerifyConfig, reference_logits, sample_warnings, verify_artefact
 from cellsdk.cpu import host_cpu
 from cellsdk.errors import CellSDKError, ConfigError
@@ -46,6 +48,7 @@ from cellsdk.manifest import MANIFEST_NAME, STATUS_FAILED, STATUS_PASSED
 from cellsdk.metadata import PRECISIONS, SCHEMA_VERSION
 from cellsdk.metrics import classification_report, softmax
 from cellsdk.ood_scores import without_arrays
+from cellsdk.testvectors import size_budget
 
 __all__ = ["ConversionResult", "ConvertConfig", "convert", "format_manifest_table"]
 
@@ -87,6 +90,8 @@ class ConvertConfig:
             fitted on the train and val splits of ``calib`` (else ``eval``); see :mod:`cellsdk.converters.guard`.
         explain: give every artefact a ``cams`` output (class activation maps, for ``Classifier.explain``) when
             the model's head is global pooling -> linear; other heads are converted without it, with a note.
+        test_vectors: held-out images every artefact carries for its self-check on other machines (at most this
+            many, within min(10 %, 400 KB) of the artefact; 0: none); see :mod:`cellsdk.selfcheck`.
     """
 
     formats: tuple[str, ...] = ()
@@ -107,6 +112,7 @@ class ConvertConfig:
     cpu_targets: CpuTargets = field(default_factory=CpuTargets)
     guard: GuardConfig = field(default_factory=GuardConfig)
     explain: bool = True
+    test_vectors: int = 32
 
     def __post_init__(self) -> None:
         check_recipe(self.int8_recipe)
@@ -120,6 +126,7 @@ class ConvertConfig:
         require_int("seed", self.seed, minimum=0, maximum=2**32 - 1)
         require_int("calib_samples", self.calib_samples, minimum=1)
         require_int("eval_limit", self.eval_limit, minimum=1, optional=True)
+        require_int("test_vectors", self.test_vectors, minimum=0, maximum=1000)
 
 
 @dataclass
@@ -267,6 +274,10 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
             workdir.mkdir()
             job = ExportJob(model=model, metadata=metadata, workdir=workdir, dynamic_batch=config.dynamic_batch,
                             calibration=calibration, int8_recipe=config.int8_recipe)
+            if config.test_vectors:
+                job.test_vectors = build_test_vectors(job, images, reference, config.verify.to_dict(),
+                                                      data_cropped=config.data_cropped, count=config.test_vectors,
+                                                      seed=config.seed)
             with capture_tool_output(staging / TOOL_LOG) as captured:  # exporters' and quantizers' chatter
                 bar = progress_bar(len(plan), "convert + verify", progress, unit="artefact")
                 artefacts: list[dict[str, Any]] = []
@@ -294,6 +305,10 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
                 "cpu_targets": {"requested": list(config.cpu_targets.names), "host": host_cpu().to_dict(),
                                 "emulator": qemu_binary(), "images_per_class": config.cpu_targets.images_per_class,
                                 "float_artefacts_emulated": config.cpu_targets.float_artefacts},
+                "test_vectors": None if job.test_vectors is None else {
+                    "images": len(job.test_vectors), "ids": list(job.test_vectors.ids),
+                    "preprocessing": job.test_vectors.preprocessing,
+                    "note": "each artefact carries the first test_vectors.images of these (its size budget)"},
                 "explanations": {"output": CAMS_OUTPUT, "method": "class activation maps (no gradients)"}
                             if CAMS_OUTPUT in metadata.outputs else
                             {"output": None, "reason": explain_note or "--no-explain"},
@@ -352,14 +367,44 @@ def _one(job: Any, fmt: str, precision: str, skipped: str, staging: Path, images
     threshold = (record.get("guard") or {}).get("threshold")
     if threshold is not None and entry["status"] == STATUS_PASSED:  # the artefact's own OOD threshold
         entry["guard_threshold"] = threshold
+    vectors = fit_test_vectors(job.test_vectors, entry["size_bytes"])
+    if vectors is not None:
+        entry["test_vectors"] = {"images": len(vectors), "bytes": vectors.nbytes(),
+                                 "budget_bytes": size_budget(entry["size_bytes"]),
+                                 "artefact_bytes_without": entry["size_bytes"]}
+    if "guard_threshold" in entry or vectors is not None:
         converter.write_metadata(target, _artefact_metadata(job, entry))
         entry["size_bytes"], entry["sha256"], entry["files"] = _describe_files(target)
+    if vectors is not None and entry["status"] == STATUS_PASSED:
+        _self_check_here(entry, target, options)
     return entry
+
+
+def _self_check_here(entry: dict[str, Any], target: Path, options: dict[str, Any]) -> None:
+    """The artefact's self-check on this machine, as any machine will run it: a verdict that fails here would
+    warn on every machine, so the artefact fails."""
+    import warnings
+
+    from cellsdk.classifier import Classifier
+    from cellsdk.errors import CpuVerificationWarning
+    from cellsdk.selfcheck import run_self_check
+
+    with warnings.catch_warnings():  # its CPU records are written after every artefact is converted
+        warnings.simplefilter("ignore", CpuVerificationWarning)
+        classifier = Classifier.load(target, device="cpu", self_check=False, **options)
+    verdict = run_self_check(classifier)
+    entry["self_check"] = {k: v for k, v in verdict.to_dict().items() if k not in ("cached", "source")}
+    if verdict.failed:
+        entry["status"] = STATUS_FAILED
+        entry["reasons"] = [*entry["reasons"], f"fails its own self-check on this machine: {'; '.join(verdict.reasons)}"]
 
 
 def _artefact_metadata(job: Any, entry: dict[str, Any]) -> Any:
     """The metadata an artefact carries: its precision and recipe, and its own OOD threshold if it has one."""
     metadata = job.metadata_for(entry["precision"], entry.get("quantization"))
+    if entry.get("test_vectors") and job.test_vectors is not None:
+        vectors = job.test_vectors.subset(range(entry["test_vectors"]["images"]))
+        metadata = metadata.replace(test_vectors=vectors.to_dict())
     if entry.get("guard_threshold") is not None and metadata.guard is not None:
         note = entry["verification"]["guard"].get("threshold_note", "")
         metadata = metadata.replace(guard={**metadata.guard, "threshold": entry["guard_threshold"],

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from cellsdk._io import write_json
+from cellsdk._io import artefact_files, write_json
 from cellsdk.backends import backend_for_path
 from cellsdk.converters.base import get_converter
 from cellsdk.converters.calibration import evaluation_set
@@ -49,6 +49,7 @@ from cellsdk.errors import ConfigError, DeviceUnavailableError
 from cellsdk.gpu import device_index, gpu_device_kind, gpu_identity
 from cellsdk.info import read_metadata
 from cellsdk.manifest import MANIFEST_NAME, STATUS_FAILED, STATUS_PASSED, manifest_entry
+from cellsdk.metadata import SCHEMA_VERSION
 
 __all__ = ["verify_deployed"]
 
@@ -58,16 +59,22 @@ _FORMAT_OF = {backend: fmt for fmt, backend in _BACKEND_OF.items()}
 def verify_deployed(artefact: str | os.PathLike, data: str | os.PathLike, *, reference: str | os.PathLike,
                     split: str = "val", data_cropped: bool = False, labels: str | None = None,
                     limit: int | None = None, targets: CpuTargets | None = None, verify: VerifyConfig | None = None,
-                    seed: int = 0, write: bool = True, progress: bool = True, device: str = "cpu") -> dict[str, Any]:
+                    seed: int = 0, write: bool = True, progress: bool = True, device: str = "cpu",
+                    vectors: str = "missing") -> dict[str, Any]:
     """Run the gate on ``artefact`` on the requested CPU classes (or on a GPU ``device``) and record the result in it.
 
     With ``device`` ``cuda``, ``cuda:N`` or ``tensorrt`` the gate runs the artefact on that NVIDIA GPU instead
     of the CPU and the record goes to the artefact's ``gpu_verification`` (one per target and GPU model; see
     :func:`_verify_on_gpu`); emulated CPU classes cannot be combined with it.
 
+    On the CPU, with the fp32 checkpoint as ``reference``, the artefact also gets test vectors for its self-check
+    on other machines (:mod:`cellsdk.selfcheck`) when it carries none (``vectors="missing"``, the default), or new
+    ones (``"replace"``); ``"keep"`` leaves them as they are. The new vectors are self-checked here at once.
+
     Returns:
         ``status`` (passed / failed), ``records`` (this run's), ``cpu_verification`` (all, as written) or
-        ``gpu_verification`` for a GPU device, and ``written`` (whether the artefact was updated).
+        ``gpu_verification`` for a GPU device, ``written`` (whether the artefact was updated), and
+        ``test_vectors`` (what was embedded, with the self-check here) when vectors were embedded.
 
     Raises:
         ConfigError: the reference is not a float model of the same source checkpoint, or no target.
@@ -90,12 +97,16 @@ def verify_deployed(artefact: str | os.PathLike, data: str | os.PathLike, *, ref
     if str(device).lower() != "cpu":
         raise ConfigError(f"device {device!r}: cellsdk verify runs the gate on cpu (this machine's CPU class and "
                           "emulated ones) or on an NVIDIA GPU (cuda, cuda:N, tensorrt)")
+    if vectors not in ("missing", "replace", "keep"):
+        raise ConfigError(f"vectors={vectors!r}: use missing, replace or keep")
     images = evaluation_set(data, metadata, split=split, data_cropped=data_cropped, labels=labels, limit=limit,
                             seed=seed)
-    logits = _reference(Path(reference), metadata, images)
+    model, logits = _reference(Path(reference), metadata, images)
     entry = manifest_entry(path)
     manifest_path = path.parent / MANIFEST_NAME if entry is not None else None
     options = (entry or {}).get("runtime_options") or get_converter(fmt).verify_options(metadata.precision)
+    embed = write and model is not None and (vectors == "replace" or (vectors == "missing" and
+                                             metadata.test_vectors is None))
     native = targets.names and "native" in targets.names
     outputs: dict[str, np.ndarray] = {}
     record = verify_artefact(path, metadata.precision, metadata, images, logits, verify, options,
@@ -108,12 +119,55 @@ def verify_deployed(artefact: str | os.PathLike, data: str | os.PathLike, *, ref
     replaced = {(r.get("target"), r.get("cpu_class")) for r in new}
     merged = [r for r in metadata.cpu_verification if (r.get("target"), r.get("cpu_class")) not in replaced] + new
     status = STATUS_FAILED if any(r["status"] == STATUS_FAILED for r in new) else STATUS_PASSED
+    result: dict[str, Any] = {"file": str(path), "status": status, "records": new, "cpu_verification": merged,
+                              "written": write, "images": len(images)}
     if write:
-        get_converter(fmt).write_metadata(path, metadata.replace(cpu_verification=tuple(merged)))
+        updated = metadata.replace(cpu_verification=tuple(merged), schema_version=SCHEMA_VERSION)
+        if embed:
+            updated, result["test_vectors"] = _with_vectors(path, updated, model, images, logits, verify,
+                                                            data_cropped, seed)
+        get_converter(fmt).write_metadata(path, updated)
+        if embed:
+            result["test_vectors"]["self_check"] = _self_check_here(path, options)
+            if result["test_vectors"]["self_check"]["status"] != STATUS_PASSED:
+                result["status"] = STATUS_FAILED
         if manifest_path is not None and entry is not None:
             _update_manifest(manifest_path, path, merged)
-    return {"file": str(path), "status": status, "records": new, "cpu_verification": merged, "written": write,
-            "images": len(images)}
+    return result
+
+
+def _with_vectors(path: Path, metadata: Any, model: Any, images: Any, logits: np.ndarray, verify: VerifyConfig,
+                  data_cropped: bool, seed: int) -> tuple[Any, dict[str, Any]]:
+    """``metadata`` with test vectors from the fp32 model on the held-out ``images``, within the artefact's budget."""
+    import tempfile
+
+    from cellsdk.converters.base import ExportJob
+    from cellsdk.converters.testvectors import build, fit
+    from cellsdk.testvectors import TestVectors, size_budget
+
+    size = sum(f.stat().st_size for f in artefact_files(path))
+    if metadata.test_vectors is not None:  # the budget is a share of the artefact without its old vectors
+        size -= TestVectors.from_dict(metadata.test_vectors).nbytes()
+    with tempfile.TemporaryDirectory(prefix="cellsdk-vectors-") as tmp:
+        job = ExportJob(model=model, metadata=metadata, workdir=Path(tmp))
+        full = build(job, images, logits, verify.to_dict(), data_cropped=data_cropped, seed=seed)
+    chosen = fit(full, size)
+    if chosen is None:
+        return metadata.replace(test_vectors=None), {"images": 0, "budget_bytes": size_budget(size)}
+    return metadata.replace(test_vectors=chosen.to_dict()), {
+        "images": len(chosen), "bytes": chosen.nbytes(), "budget_bytes": size_budget(size),
+        "artefact_bytes_without": size, "ids": list(chosen.ids)}
+
+
+def _self_check_here(path: Path, options: dict[str, Any]) -> dict[str, Any]:
+    from cellsdk.classifier import Classifier
+    from cellsdk.errors import CpuVerificationWarning
+    from cellsdk.selfcheck import run_self_check
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CpuVerificationWarning)
+        classifier = Classifier.load(path, device="cpu", self_check=False, **options)
+    return run_self_check(classifier).to_dict()
 
 
 def _verify_on_gpu(path: Path, fmt: str, backend: Any, metadata: Any, device: str, kind: str, data: str | os.PathLike, *,
@@ -139,7 +193,7 @@ def _verify_on_gpu(path: Path, fmt: str, backend: Any, metadata: Any, device: st
     identity = gpu_identity(device) or {"gpu": "unknown NVIDIA GPU (NVML cannot name it)"}
     images = evaluation_set(data, metadata, split=split, data_cropped=data_cropped, labels=labels, limit=limit,
                             seed=seed)
-    logits = _reference(reference, metadata, images)
+    _, logits = _reference(reference, metadata, images)
     entry = manifest_entry(path)
     manifest_path = path.parent / MANIFEST_NAME if entry is not None else None
     options = dict((entry or {}).get("runtime_options") or get_converter(fmt).verify_options(metadata.precision))
@@ -153,15 +207,17 @@ def _verify_on_gpu(path: Path, fmt: str, backend: Any, metadata: Any, device: st
     merged = [r for r in metadata.gpu_verification
               if (r.get("target"), r.get("gpu")) != (new["target"], new["gpu"])] + [new]
     if write:
-        get_converter(fmt).write_metadata(path, metadata.replace(gpu_verification=tuple(merged)))
+        get_converter(fmt).write_metadata(path, metadata.replace(gpu_verification=tuple(merged),
+                                                                 schema_version=SCHEMA_VERSION))
         if manifest_path is not None and entry is not None:
             _update_manifest(manifest_path, path, merged, key="gpu_verification")
     return {"file": str(path), "status": new["status"], "records": [new], "gpu_verification": merged,
             "written": write, "images": len(images), "device": device}
 
 
-def _reference(reference: Path, metadata: Any, images: Any) -> np.ndarray:
-    """fp32 logits on ``images`` from the source checkpoint (torch) or a float artefact of it (torch-free)."""
+def _reference(reference: Path, metadata: Any, images: Any) -> tuple[Any, np.ndarray]:
+    """The fp32 PyTorch model (None for a float artefact) and its logits on ``images``, from the source checkpoint
+    (torch) or a float artefact of it (torch-free)."""
     from cellsdk.classifier import Classifier
 
     if not reference.exists():
@@ -176,7 +232,7 @@ def _reference(reference: Path, metadata: Any, images: Any) -> np.ndarray:
             raise ConfigError(f"{reference} is not the checkpoint this artefact was converted from (its metadata "
                               f"names sha256 {source[:12]}...); pass that checkpoint or a float artefact of it")
         model, _ = load_checkpoint(reference)
-        return reference_logits(model, images)
+        return model, reference_logits(model, images)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = Classifier.load(reference, device="cpu")
@@ -185,7 +241,7 @@ def _reference(reference: Path, metadata: Any, images: Any) -> np.ndarray:
     if source and ref.metadata.source_checkpoint_sha256 != source:
         raise ConfigError(f"{reference} was converted from another checkpoint than {metadata.arch} artefact "
                           "under test; pass a float artefact of the same source")
-    return np.concatenate([ref.raw_outputs(b) for b in images.batches(64)]).astype(np.float64)
+    return None, np.concatenate([ref.raw_outputs(b) for b in images.batches(64)]).astype(np.float64)
 
 
 def _update_manifest(manifest: Path, path: Path, records: list[dict[str, Any]], key: str = "cpu_verification") -> None:

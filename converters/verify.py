@@ -43,7 +43,8 @@ from cellsdk.errors import (
 )
 from cellsdk.manifest import STATUS_FAILED, STATUS_NOT_VERIFIED, STATUS_PASSED
 from cellsdk.metadata import ModelMetadata
-from cellsdk.metrics import classification_report, softmax
+from cellsdk.metrics import classification_report, softmax, wilson_interval
+from cellsdk.selfcheck import runtime_version
 
 __all__ = ["VerifyConfig", "judge", "reference_logits", "sample_warnings", "verify_artefact", "wilson_interval"]
 
@@ -97,21 +98,6 @@ class VerifyConfig:
         return {"max_accuracy_drop": self.max_accuracy_drop, "max_recall_drop": self.max_recall_drop,
                 "min_agreement": self.min_agreement, "min_quantized_agreement": self.min_quantized_agreement,
                 "min_logit_cosine": self.min_logit_cosine}
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The 95 % Wilson score interval of a proportion (sensible at 0, 1 and small ``n``).
-
-    Example:
-        >>> [round(x, 3) for x in wilson_interval(31, 32)]
-        [0.843, 0.994]
-    """
-    if n <= 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * float(np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def sample_warnings(targets: np.ndarray, labels: tuple[str, ...], config: VerifyConfig) -> list[str]:
@@ -173,7 +159,7 @@ def verify_artefact(path: Path, precision: str, expected: ModelMetadata, images:
     try:
         with warnings.catch_warnings():  # this is the verification the CPU-class warning asks for
             warnings.simplefilter("ignore", CpuVerificationWarning)
-            classifier = Classifier.load(path, device=device, **(options or {}))
+            classifier = Classifier.load(path, device=device, self_check=False, **(options or {}))
     except PlatformNotSupportedError as err:
         return {"status": STATUS_NOT_VERIFIED, "reasons": [str(err).split(": ", 1)[-1]]}
     except DeviceUnavailableError:
@@ -188,6 +174,7 @@ def verify_artefact(path: Path, precision: str, expected: ModelMetadata, images:
         outputs[path.name] = logits
     record = judge(logits, precision, expected, images.targets, reference, config)
     record["runtime"] = classifier.backend.describe()
+    record["runtime_version"] = runtime_version(classifier.backend)
     reasons.extend(record.pop("reasons"))
     if guard_probe is not None and expected.guard is not None:
         from cellsdk.converters.guard import GuardConfig, check_guard

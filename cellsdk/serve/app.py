@@ -138,6 +138,7 @@ def _model_info(classifier: Classifier, config: ServeConfig) -> dict[str, Any]:
                          "summary": classifier.verification.describe()},
         "cpu": {"host": host_cpu().to_dict(), "check": check.status, "cpu_class": check.cpu_class,
                 "message": check.message},
+        "self_check": {**classifier.self_check.to_dict(), "summary": classifier.self_check.describe()},
         "capabilities": {"ood_guard": classifier.guard is not None, "ood_mode": classifier.ood,
                          "explanations": CAMS_OUTPUT in meta.outputs},
         "service": {"version": __version__, "max_batch": config.max_batch, "max_wait_ms": config.max_wait_ms,

@@ -1,0 +1,432 @@
+"""The self-check: an artefact checks itself on the machine it lands on, the first time it runs there (torch-free).
+
+A model is only "verified" for the machines someone had. Every artefact ``cellsdk-convert`` writes carries test
+vectors (:mod:`cellsdk.testvectors`): real held-out images, as encoded bytes, with the fp32 reference's outputs
+on them. ``Classifier.load`` runs them through the artefact — decoding, preprocessing, the runtime, the guard —
+on every (CPU class or GPU model, runtime and its version, device, precision) the artefact has no record for, and
+compares with the conversion gate's criteria (:func:`judge`): top-1 agreement, logit cosine, probability error,
+the OOD guard's score, and the features' and class activation maps' cosine. The verdict is cached per user
+(``$CELLSDK_CACHE`` or ``~/.cache/cellsdk``, ``selfcheck/``), keyed by the artefact's sha256 and the machine key,
+so later loads cost a file read. A pass is silent; a failure warns once with the figures
+(:class:`~cellsdk.errors.SelfCheckWarning`), ``strict=True`` refuses (:class:`~cellsdk.errors.SelfCheckError`),
+``self_check=False`` turns it off.
+
+Example:
+    >>> from cellsdk import Classifier
+    >>> clf = Classifier.load()  # doctest: +SKIP
+    >>> clf.self_check.status, clf.self_check.figures["top1_agreement"]  # doctest: +SKIP
+    ('passed', 1.0)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellsdk._io import artefact_files, parse_json, sha256_file, write_json
+from cellsdk.testvectors import TestVectors
+
+__all__ = ["FAILED", "FLOAT_LIMITS", "OFF", "PASSED", "UNAVAILABLE", "FloatLimits", "SelfCheck", "SelfCheckConfig",
+           "artefact_digest", "cache_dir", "cached_verdicts", "enforce_self_check", "judge", "machine_key",
+           "run_self_check", "runtime_version", "self_check"]
+
+PASSED, FAILED, UNAVAILABLE, OFF = "passed", "failed", "unavailable", "off"
+_ROUNDING = 1e-9
+_WARNED: set[tuple[str, str]] = set()
+
+
+@dataclass(frozen=True)
+class FloatLimits:
+    """How far a float artefact may be from fp32 on its vectors.
+
+    Attributes:
+        cosine: the smallest mean cosine of its logits, features and maps to fp32's.
+        probability_error: the largest absolute difference of any class probability.
+        guard_error: the largest difference of the OOD score, as a share of the spread of the reference's scores
+            on the vectors.
+    """
+
+    cosine: float
+    probability_error: float
+    guard_error: float
+
+
+#: Measured on the shipped model (Lite0, 128 px) and the suite's tiny model. fp32 computes like the reference up to
+#: summation order (probabilities within 2e-6, OOD scores within 0.01 % of their spread); the same artefact computed
+#: in bf16 (OpenVINO's default on BF16 CPUs) moves probabilities up to 0.0003-0.007 and scores 0.8-5.7 %: the fp32
+#: limits sit between. fp16 weights (computed in f32 on CPUs, in fp16 on GPUs) move probabilities up to 0.0008 and
+#: scores up to 0.7 %; its limits are those of the guard's format-parity test (2 % of the spread).
+FLOAT_LIMITS = {"fp32": FloatLimits(cosine=0.9999, probability_error=0.002, guard_error=0.005),
+                "fp16": FloatLimits(cosine=0.999, probability_error=0.02, guard_error=0.02)}
+
+
+@dataclass(frozen=True)
+class SelfCheckConfig:
+    """The criteria: the conversion gate's (carried by the vectors) and the self-check's own.
+
+    Attributes:
+        min_agreement: fp32 / fp16 artefacts: smallest top-1 agreement with fp32 (the gate's, default 99.5 %:
+            on 32 images every one must agree).
+        min_quantized_agreement: int8 / bf16 ...: fail when the 95 % Wilson interval of the agreement lies wholly
+            below this (the gate's rule; 0.98: on 32 images at most 2 may disagree).
+        min_logit_cosine: int8 / bf16 ...: smallest mean cosine of the logits to fp32's (the gate's 0.98; correct
+            int8 artefacts of the shipped model measure 0.996-0.9996, ones that saturate 0.95-0.96).
+        max_quantized_probability_error: int8 ...: the mean over images of the largest probability difference
+            (correct int8 artefacts: shipped model 0.002, the tiny test model 0.02-0.08).
+        max_quantized_guard_error: int8 ...: the largest difference of the OOD score, as a share of the spread of
+            the reference's scores on the vectors. Correct int8 artefacts move the scores of these in-distribution
+            images by 4-11 % (tiny test model) and 12-34 % (shipped model) of that spread; the full-range recipe
+            under AVX2, whose sums saturate, by 171-236 %. (Their correlation, 0.89-0.997 for correct artefacts, is
+            reported, not judged: on in-distribution images alone the spread is small and the order noisy.)
+        float_limits: fp32 / fp16 artefacts: :data:`FLOAT_LIMITS`.
+    """
+
+    min_agreement: float = 0.995
+    min_quantized_agreement: float = 0.98
+    min_logit_cosine: float = 0.98
+    max_quantized_probability_error: float = 0.15
+    max_quantized_guard_error: float = 0.5
+    float_limits: dict[str, FloatLimits] = field(default_factory=lambda: dict(FLOAT_LIMITS))
+
+    @classmethod
+    def from_gate(cls, thresholds: dict[str, float]) -> SelfCheckConfig:
+        """The default criteria with the thresholds of the gate the artefact passed (stored in its vectors)."""
+        return cls(min_agreement=float(thresholds.get("min_agreement", cls.min_agreement)),
+                   min_quantized_agreement=float(thresholds.get("min_quantized_agreement",
+                                                                cls.min_quantized_agreement)),
+                   min_logit_cosine=float(thresholds.get("min_logit_cosine", cls.min_logit_cosine)))
+
+
+@dataclass(frozen=True)
+class SelfCheck:
+    """A self-check's verdict on one machine.
+
+    Attributes:
+        status: ``passed``, ``failed``, ``unavailable`` (the artefact carries no test vectors) or ``off``.
+        machine: the machine key (CPU class or GPU, runtime and its version, device, precision).
+        images: how many test vectors ran.
+        figures: the measured agreement, cosines, probability and guard-score errors.
+        reasons: why it failed (empty when it passed).
+        seconds: how long the check took when it ran.
+        cached: whether this verdict was read from the cache instead of run.
+        checked_at: when it ran (ISO 8601 UTC).
+        source: ``self-check`` or ``record`` (the artefact carries a gate record for this machine key).
+    """
+
+    status: str
+    machine: dict[str, Any] = field(default_factory=dict)
+    images: int = 0
+    figures: dict[str, float] = field(default_factory=dict)
+    reasons: tuple[str, ...] = ()
+    seconds: float = 0.0
+    cached: bool = False
+    checked_at: str | None = None
+    source: str = "self-check"
+
+    @property
+    def failed(self) -> bool:
+        """True when the artefact failed its self-check here."""
+        return self.status == FAILED
+
+    def describe(self) -> str:
+        """One phrase, e.g. ``self-check passed here (32 images, agreement 100.0 %, logit cosine 0.9991)``."""
+        if self.status in (UNAVAILABLE, OFF):
+            return {UNAVAILABLE: "no self-check (the artefact carries no test vectors: re-convert it)",
+                    OFF: "self-check off"}[self.status]
+        if self.source == "record":
+            return "verified here by the conversion gate (a record for this CPU class and runtime)"
+        f = self.figures
+        figures = (f"{self.images} images, agreement {f.get('top1_agreement', 0) * 100:.1f} %, logit cosine "
+                   f"{f.get('logit_cosine', 0):.4f}, max probability error {f.get('max_probability_error', 0):.4f}")
+        if "guard_score_error" in f:
+            figures += f", guard score error {f['guard_score_error'] * 100:.1f} % of spread"
+        head = f"self-check {'FAILED' if self.failed else 'passed'} here ({figures}"
+        return head + (f"): {'; '.join(self.reasons)}" if self.reasons else ")")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary (what the cache, ``cellsdk info`` and the server's ``/v1/model`` show)."""
+        return {"status": self.status, "machine": self.machine, "images": self.images, "figures": self.figures,
+                "reasons": list(self.reasons), "seconds": self.seconds, "cached": self.cached,
+                "checked_at": self.checked_at, "source": self.source}
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any], *, cached: bool = True) -> SelfCheck:
+        """From :meth:`to_dict` (a cache entry)."""
+        return cls(str(record["status"]), dict(record.get("machine") or {}), int(record.get("images") or 0),
+                   {str(k): float(v) for k, v in (record.get("figures") or {}).items()},
+                   tuple(str(r) for r in record.get("reasons") or ()), float(record.get("seconds") or 0.0), cached,
+                   record.get("checked_at"), str(record.get("source") or "self-check"))
+
+
+# --------------------------------------------------------------------------- the machine and the artefact
+
+def machine_key(classifier: Any) -> dict[str, Any]:
+    """What decides an artefact's arithmetic here: CPU class (or GPU model), runtime and version, device, precision.
+
+    Example:
+        >>> from cellsdk import Classifier
+        >>> sorted(machine_key(Classifier.load(self_check=False)))
+        ['backend', 'cpu', 'cpu_class', 'device', 'precision', 'runtime', 'runtime_version']
+    """
+    from cellsdk.cpu import host_cpu
+
+    backend = classifier.backend
+    key: dict[str, Any] = {"backend": backend.name, "runtime": backend.describe(),
+                           "runtime_version": runtime_version(backend), "device": str(backend.device),
+                           "precision": classifier.metadata.precision}
+    device = str(backend.device).lower()
+    if device.startswith(("cuda", "tensorrt")) or "cudaexecutionprovider" in device \
+            or "tensorrtexecutionprovider" in device:
+        from cellsdk.nvml import gpu_info
+
+        info = gpu_info() or {}
+        key["gpu"] = str(info.get("name") or "unknown NVIDIA GPU")
+    else:
+        cpu = host_cpu()
+        key["cpu_class"], key["cpu"] = cpu.cpu_class, cpu.model
+    return key
+
+
+def runtime_version(backend: Any) -> str:
+    """The version of the runtime a backend runs on (its package's ``__version__``)."""
+    module = sys.modules.get(getattr(backend, "package", ""))
+    return str(getattr(module, "__version__", "unknown"))
+
+
+def _key_text(key: dict[str, Any]) -> str:
+    """The cache's name for a machine key (the CPU's model name is shown, not keyed: the class decides)."""
+    return json.dumps({k: v for k, v in key.items() if k != "cpu"}, sort_keys=True)
+
+
+def cache_dir() -> Path:
+    """Where verdicts are cached: ``$CELLSDK_CACHE/selfcheck`` (default ``~/.cache/cellsdk/selfcheck``)."""
+    root = os.environ.get("CELLSDK_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "cellsdk")
+    return Path(root) / "selfcheck"
+
+
+def artefact_digest(path: str | os.PathLike) -> str:
+    """The sha256 of an artefact (of its files' digests, for an IR or a package), memoised by size and mtime.
+
+    Hashing a 4 MB model takes milliseconds and a 200 MB one a second: the digest of a file whose path, size and
+    modification time are unchanged is read from the cache instead.
+    """
+    files = artefact_files(path)
+    stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    memo = cache_dir() / "digests" / (hashlib.sha256(repr(stats).encode()).hexdigest()[:32] + ".txt")
+    try:
+        digest = memo.read_text().strip()
+        if len(digest) == 64:
+            return digest
+    except OSError:
+        pass
+    shas = [sha256_file(f) for f in files]
+    digest = shas[0] if len(shas) == 1 else hashlib.sha256(
+        "".join(str(f.relative_to(Path(path).parent)) + s for f, s in zip(files, shas, strict=True)).encode()
+    ).hexdigest()
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        memo.write_text(digest)
+    except OSError:  # a read-only home: no memo, the digest is computed again next time
+        pass
+    return digest
+
+
+def cached_verdicts(path: str | os.PathLike) -> list[SelfCheck]:
+    """Every verdict cached for this artefact, on any machine key of this user (``cellsdk info`` shows them)."""
+    record = _read_cache(artefact_digest(path))
+    return [SelfCheck.from_dict(v) for v in record.get("verdicts", {}).values() if isinstance(v, dict)]
+
+
+def _read_cache(digest: str) -> dict[str, Any]:
+    try:
+        record = parse_json((cache_dir() / f"{digest}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) and isinstance(record.get("verdicts"), dict) else {}
+
+
+def _write_cache(digest: str, name: str, key: str, verdict: SelfCheck) -> None:
+    record = _read_cache(digest)
+    verdicts = record.get("verdicts", {})
+    verdicts[key] = {**verdict.to_dict(), "cached": False}
+    try:
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        write_json(cache_dir() / f"{digest}.json", {"artefact": name, "verdicts": verdicts})
+    except OSError:  # an unwritable cache costs a self-check per load, nothing else
+        pass
+
+
+# --------------------------------------------------------------------------- running and judging
+
+def run_self_check(classifier: Any, vectors: TestVectors | None = None) -> SelfCheck:
+    """Run the artefact's test vectors through ``classifier`` here and judge them (no cache).
+
+    Returns:
+        The verdict (``unavailable`` when the artefact carries no vectors).
+
+    Raises:
+        MetadataError: the vectors are malformed.
+    """
+    from cellsdk.testvectors import TestVectors
+
+    key = machine_key(classifier)
+    record = classifier.metadata.test_vectors
+    if vectors is None and record is None:
+        return SelfCheck(UNAVAILABLE, key)
+    vectors = vectors or TestVectors.from_dict(record)
+    from cellsdk.metadata import Preprocessing
+    from cellsdk.preprocessing import load_image, prepare_image, to_input_array
+
+    spec = Preprocessing.from_dict(vectors.preprocessing) if vectors.preprocessing else \
+        classifier.metadata.preprocessing
+    started = time.perf_counter()
+    batch = np.stack([to_input_array(prepare_image(load_image(image, name=f"test vector {name}"), spec), spec)
+                      for image, name in zip(vectors.images, vectors.ids, strict=True)])
+    outputs = classifier.run_outputs(batch)
+    figures, reasons = judge({k: np.asarray(v, dtype=np.float64) for k, v in outputs.items()}, vectors,
+                             classifier.metadata.precision, classifier.metadata.output, classifier.guard,
+                             SelfCheckConfig.from_gate(vectors.thresholds))
+    seconds = time.perf_counter() - started
+    return SelfCheck(FAILED if reasons else PASSED, key, len(vectors), figures, tuple(reasons), round(seconds, 4),
+                     False, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+
+def judge(outputs: dict[str, np.ndarray], vectors: TestVectors, precision: str, output: str, guard: Any,
+          config: SelfCheckConfig) -> tuple[dict[str, float], list[str]]:
+    """The figures of an artefact's outputs on its vectors against the reference's, and why they fail.
+
+    Example:
+        >>> from cellsdk.testvectors import TestVectors
+        >>> reference = np.array([[2.0, 0.0], [0.0, 2.0]])
+        >>> vectors = TestVectors((b"a", b"b"), ("image/png",) * 2, ("a", "b"), (0, 1), reference)
+        >>> figures, reasons = judge({"logits": reference[:, ::-1]}, vectors, "fp32", "logits", None,
+        ...                          SelfCheckConfig())
+        >>> figures["top1_agreement"], reasons[0][:34]
+        (0.0, 'top-1 agreement with fp32 0.00 % (')
+    """
+    from cellsdk.metrics import softmax
+
+    reference = vectors.outputs()
+    quantized = precision not in ("fp32", "fp16")
+    logits, ref = outputs["logits"], reference["logits"]
+    probabilities = softmax(logits) if output == "logits" else logits
+    ref_probabilities = softmax(ref) if output == "logits" else ref
+    agreeing = int((probabilities.argmax(1) == ref_probabilities.argmax(1)).sum())
+    n = len(ref)
+    errors = np.abs(probabilities - ref_probabilities).max(axis=1)
+    figures: dict[str, float] = {"top1_agreement": agreeing / n, "logit_cosine": _mean_cosine(logits, ref),
+                                 "max_probability_error": float(errors.max()),
+                                 "mean_probability_error": float(errors.mean())}
+    for name in ("features", "cams"):
+        if name in reference and name in outputs:
+            figures[f"{name}_cosine"] = _mean_cosine(outputs[name], reference[name])
+    reasons = []
+    if quantized:
+        from cellsdk.metrics import wilson_interval
+
+        upper = wilson_interval(agreeing, n)[1]
+        if upper < config.min_quantized_agreement - _ROUNDING:
+            reasons.append(f"top-1 agreement with fp32 {agreeing / n * 100:.2f} % (95 % interval up to "
+                           f"{upper * 100:.1f} %, below the {precision} limit {config.min_quantized_agreement * 100:.1f} %)")
+        if figures["logit_cosine"] < config.min_logit_cosine - _ROUNDING:
+            reasons.append(f"logit cosine similarity to fp32 {figures['logit_cosine']:.4f} "
+                           f"(limit {config.min_logit_cosine:.4f})")
+        if figures["mean_probability_error"] > config.max_quantized_probability_error + _ROUNDING:
+            reasons.append(f"mean probability error {figures['mean_probability_error']:.4f} "
+                           f"(limit {config.max_quantized_probability_error:.4f})")
+    else:
+        limits = config.float_limits[precision]
+        if agreeing / n < config.min_agreement - _ROUNDING:
+            reasons.append(f"top-1 agreement with fp32 {agreeing / n * 100:.2f} % ({n - agreeing} of {n} images "
+                           f"differ; limit {config.min_agreement * 100:.2f} %)")
+        for name in ("logit_cosine", "features_cosine", "cams_cosine"):
+            if name in figures and figures[name] < limits.cosine - _ROUNDING:
+                reasons.append(f"{name.replace('_', ' ')} to fp32 {figures[name]:.5f} (limit {limits.cosine})")
+        if figures["max_probability_error"] > limits.probability_error + _ROUNDING:
+            reasons.append(f"probability error {figures['max_probability_error']:.4f} "
+                           f"(limit {limits.probability_error:.4f})")
+    if guard is not None and (not guard.needs_features or ("features" in reference and "features" in outputs)):
+        scores = guard.scores(logits, outputs.get("features"))
+        ref_scores = guard.scores(ref, reference.get("features"))
+        spread = float(np.ptp(ref_scores)) + 1e-12
+        figures["guard_score_error"] = float(np.abs(scores - ref_scores).max() / spread)
+        if n > 2 and np.std(scores) > 0 and np.std(ref_scores) > 0:
+            figures["guard_correlation"] = float(np.corrcoef(scores, ref_scores)[0, 1])
+        limit = config.max_quantized_guard_error if quantized else config.float_limits[precision].guard_error
+        if figures["guard_score_error"] > limit + _ROUNDING:
+            reasons.append(f"OOD score differs by {figures['guard_score_error'] * 100:.1f} % of its spread "
+                           f"(limit {limit * 100:.1f} %)")
+    return figures, reasons
+
+
+def _mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return float(np.mean(np.sum(a * b, axis=1) / np.maximum(norms, 1e-12)))
+
+
+def _matching_record(classifier: Any, key: dict[str, Any]) -> dict[str, Any] | None:
+    """A passed gate record the artefact carries for exactly this CPU class, runtime and version."""
+    for record in classifier.metadata.cpu_verification:
+        if record.get("status") == PASSED and record.get("cpu_class") == key.get("cpu_class") \
+                and record.get("runtime") == key["runtime"] and record.get("runtime_version") == key["runtime_version"]:
+            return record
+    return None
+
+
+def self_check(classifier: Any, *, refresh: bool = False) -> SelfCheck:
+    """The artefact's verdict on this machine: from its own records, from the cache, or run now and cached.
+
+    Args:
+        classifier: a loaded :class:`~cellsdk.Classifier`.
+        refresh: run the vectors even when a verdict is cached (``cellsdk verify MODEL --self``).
+    """
+    key = machine_key(classifier)
+    if classifier.metadata.test_vectors is None:
+        return SelfCheck(UNAVAILABLE, key)
+    if not refresh and _matching_record(classifier, key) is not None:
+        return SelfCheck(PASSED, key, source="record", cached=True)
+    digest, text = artefact_digest(classifier.path), _key_text(key)
+    if not refresh:
+        found = _read_cache(digest).get("verdicts", {}).get(text)
+        if isinstance(found, dict):
+            try:
+                return SelfCheck.from_dict(found)
+            except (KeyError, TypeError, ValueError):
+                pass  # a damaged entry: run again
+    verdict = run_self_check(classifier)
+    _write_cache(digest, Path(classifier.path).name, text, verdict)
+    return verdict
+
+
+def enforce_self_check(verdict: SelfCheck, *, name: str, strict: bool) -> None:
+    """Nothing unless the artefact failed its self-check; then raise (``strict``) or warn once per artefact and key.
+
+    Raises:
+        SelfCheckError: ``strict`` and the self-check failed here.
+    """
+    import warnings
+
+    from cellsdk.errors import SelfCheckError, SelfCheckWarning
+
+    if not verdict.failed:
+        return
+    where = verdict.machine.get("cpu_class") or verdict.machine.get("gpu") or "this machine"
+    message = (f"{name}: {verdict.describe()} — on {where} with {verdict.machine.get('runtime')} "
+               f"{verdict.machine.get('runtime_version')}, its answers differ from the model it was converted from")
+    if strict:
+        raise SelfCheckError(f"{message} (refused: strict mode)")
+    key = (name, _key_text(verdict.machine))
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(f"{message}; use a fp32 artefact or re-convert it here; strict=True (--strict) refuses it",
+                      SelfCheckWarning, stacklevel=3)
