@@ -11,7 +11,11 @@ Features are read with the ``CPUID`` instruction itself (a few bytes of
 machine code called through ctypes), so a process under ``qemu-x86_64 -cpu
 Haswell`` sees the emulated CPU, exactly as ONNX Runtime's and oneDNN's kernel
 dispatch does; ``/proc/cpuinfo`` (which shows the physical host) is the
-fallback where CPUID cannot be called.
+fallback where CPUID cannot be called. On 64-bit ARM Linux they come from the
+kernel's hardware capabilities (``getauxval(AT_HWCAP)``, also what a process
+under ``qemu-aarch64 -cpu cortex-a72`` is told), and ARM CPUs are classed by the
+instructions that change int8 kernels: ``SDOT`` (dot product, ARMv8.2) and
+``SMMLA`` (int8 matrix multiply, ARMv8.6).
 
 Example:
     >>> cpu = host_cpu()
@@ -40,8 +44,9 @@ __all__ = ["CPU_CLASSES", "CpuCheck", "CpuClass", "HostCpu", "check_artefact", "
            "host_cpu",
            "read_features", "verified_classes"]
 
-#: Precisions whose arithmetic depends on the CPU class (integer kernels); float artefacts are not checked.
-CLASS_SENSITIVE_PRECISIONS = ("int8",)
+#: Precisions whose arithmetic depends on the CPU class (integer kernels; bf16, computed in bf16 only where the CPU
+#: has it); fp32 / fp16 artefacts are not checked per class.
+CLASS_SENSITIVE_PRECISIONS = ("int8", "bf16")
 VERIFIED, FAILED, UNVERIFIED, NOT_APPLICABLE = "verified", "failed", "unverified", "not applicable"
 
 
@@ -71,7 +76,12 @@ CPU_CLASSES: dict[str, CpuClass] = {c.name: c for c in (
     CpuClass("x86-64-avx2", "x86-64 with AVX2, no VNNI (Intel Haswell to Comet Lake, AMD Zen 1-3)", True),
     CpuClass("x86-64-sse4", "x86-64 with SSE4.2, no AVX2 (Intel Nehalem to Ivy Bridge, low-power Atoms)", False),
     CpuClass("x86-64-baseline", "x86-64 without SSE4.1", False),
-    CpuClass("arm64", "64-bit ARM (Apple M-series, Graviton, Jetson ...)", False),
+    CpuClass("arm64-i8mm", "64-bit ARM with int8 matrix multiply (I8MM) and dot product (Graviton3 / 4, Neoverse "
+             "V1 / N2, Apple M2 and later)", False),
+    CpuClass("arm64-dotprod", "64-bit ARM with the int8 dot product (SDOT), no I8MM (Graviton2, Neoverse N1, "
+             "Cortex-A76 / A78: Jetson Orin, Raspberry Pi 5; Apple M1)", False),
+    CpuClass("arm64-neon", "64-bit ARM with NEON but no dot product (Cortex-A53 / A72: Raspberry Pi 3 / 4)", False),
+    CpuClass("arm64", "64-bit ARM whose features were not read (records before the ARM classes)", False),
     CpuClass("other", "a CPU cellsdk does not classify", False),
 )}
 
@@ -117,15 +127,15 @@ def classify(features: Iterable[str], machine: str | None = None) -> str:
     Example:
         >>> classify({"avx2", "avx512f", "avx512bw", "avx512_vnni"})
         'x86-64-avx512-vnni'
-        >>> classify(set(), "arm64")
-        'arm64'
+        >>> classify(set(), "arm64"), classify({"asimddp"}, "aarch64"), classify({"asimddp", "i8mm"}, "aarch64")
+        ('arm64-neon', 'arm64-dotprod', 'arm64-i8mm')
     """
     machine = (machine or "x86_64").lower()
+    f = set(features)
     if machine in ("arm64", "aarch64"):
-        return "arm64"
+        return "arm64-i8mm" if "i8mm" in f else "arm64-dotprod" if "asimddp" in f else "arm64-neon"
     if machine not in ("x86_64", "amd64", "x64"):
         return "other"
-    f = set(features)
     if "amx_int8" in f:
         return "x86-64-amx"
     if "avx512_vnni" in f:
@@ -144,7 +154,7 @@ def host_cpu() -> HostCpu:
     """The CPU this process runs on, its features and class (read once per process).
 
     Example:
-        >>> host_cpu().source in ("cpuid", "/proc/cpuinfo", "sysctl", "platform")
+        >>> host_cpu().source in ("cpuid", "hwcap", "/proc/cpuinfo", "sysctl", "platform")
         True
     """
     machine = platform.machine()
@@ -155,12 +165,18 @@ def host_cpu() -> HostCpu:
 
 
 def read_features(machine: str | None = None) -> tuple[set[str], str]:
-    """The host's features and how they were read (CPUID first on x86-64, then the OS's view)."""
+    """The host's features and how they were read (CPUID first on x86-64, the kernel's HWCAP on ARM Linux, then
+    the OS's view)."""
     machine = (machine or platform.machine()).lower()
     if machine in ("x86_64", "amd64"):
         try:
             return _cpuid_features(), "cpuid"
         except (OSError, ValueError, AttributeError):  # no executable memory here: the OS's view
+            pass
+    if machine in ("aarch64", "arm64") and sys.platform.startswith("linux"):
+        try:
+            return _hwcap_features(), "hwcap"
+        except (OSError, AttributeError):
             pass
     proc = _proc_cpuinfo_flags()
     if proc:
@@ -256,12 +272,15 @@ def check_artefact(metadata: Any, name: str = "this model", host: HostCpu | None
         failed = [r for r in records if r.get("status") == "failed"]
         why = "; ".join(dict.fromkeys(str(x) for r in failed for x in (r.get("reasons") or [])[:3])) or "see its manifest"
         return CpuCheck(FAILED, cls, (
-            f"{name}: int8 verification FAILED on this CPU class {cls} ({host.model}): {why}. Its answers here "
+            f"{name}: {metadata.precision} verification FAILED on this CPU class {cls} ({host.model}): {why}. Its answers here "
             "are not trustworthy. Re-convert with the portable int8 recipe (cellsdk-convert --int8-recipe "
             "portable) or run a fp32 / fp16 artefact."), records)
     fix = (f"Fix: verify it on this machine with cellsdk verify MODEL --reference CHECKPOINT --data DATA "
            f"(records {cls} in the model), or run a fp32 / fp16 artefact;{_STRICT_HINT}")
-    if cls in (recipe.get("unsafe_cpu_classes") or []):
+    if metadata.precision == "bf16":
+        risk = ("bf16 arithmetic runs natively only on CPUs with AVX-512 BF16 or AMX (elsewhere OpenVINO computes "
+                "in f32), so its answers differ between classes.")
+    elif cls in (recipe.get("unsafe_cpu_classes") or []):
         risk = (f"Its int8 recipe ({recipe.get('recipe')}) uses full 8-bit weights, whose uint8 x int8 sums "
                 "saturate on this class (no VNNI): accuracy can drop, whole classes can be lost.")
     elif CPU_CLASSES.get(cls, CPU_CLASSES["other"]).int8_saturates:
@@ -275,7 +294,8 @@ def check_artefact(metadata: Any, name: str = "this model", host: HostCpu | None
             "it here." if recipe.get("saturation_safe") else ": nothing measured its accuracy here."))
     verified = ", ".join(verified_classes(metadata.cpu_verification)) or "none recorded"
     return CpuCheck(UNVERIFIED, cls, (
-        f"{name}: int8 artefact never verified on this CPU class {cls} ({host.model}; verified on: {verified}). "
+        f"{name}: {metadata.precision} artefact never verified on this CPU class {cls} ({host.model}; verified on: "
+        f"{verified}). "
         f"{risk} {fix}"), records)
 
 
@@ -360,6 +380,19 @@ def _decode(cpuid, xgetbv) -> set[str]:
             if ok:
                 found.add(name)
     return found
+
+
+# --------------------------------------------------------------------------- ARM: the kernel's hardware capabilities
+
+#: (auxiliary vector entry, bit, feature) from Linux's arch/arm64/include/uapi/asm/hwcap.h
+_HWCAPS = ((16, 20, "asimddp"), (26, 13, "i8mm"), (26, 14, "bf16"))
+
+
+def _hwcap_features() -> set[str]:
+    """The ARM features the kernel reports to this process (``getauxval(AT_HWCAP / AT_HWCAP2)``)."""
+    getauxval = ctypes.CDLL(None).getauxval
+    getauxval.restype, getauxval.argtypes = ctypes.c_ulong, [ctypes.c_ulong]
+    return {name for entry, bit, name in _HWCAPS if getauxval(entry) >> bit & 1}
 
 
 # --------------------------------------------------------------------------- the OS's view

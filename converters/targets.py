@@ -9,7 +9,13 @@ class:
 * ``native``: this machine, on the whole evaluation set (the ordinary gate);
 * any other name: a QEMU CPU model (``haswell`` = AVX2 without VNNI, ``nehalem``
   = SSE4.2 ...; see :data:`EMULATED`), emulated by ``qemu-x86_64`` (Debian
-  package ``qemu-user``). A worker process runs the artefact through the same
+  package ``qemu-user``); or a 64-bit ARM CPU (``cortex-a72``: no dot product,
+  Raspberry Pi 4 class; ``neoverse-n1``: dot product, Graviton2 / Jetson Orin
+  class; ``arm64-max``: I8MM), run by ``qemu-aarch64`` with Debian's arm64 Python
+  and PyPI's aarch64 wheels (the environment ``scripts/setup.sh`` builds, see
+  :func:`arm64_environment`), in a private mount namespace whose
+  ``/proc/cpuinfo`` describes the emulated ARM CPU (needs root and ``unshare``).
+  A worker process runs the artefact through the same
   ``cellsdk.Classifier`` under emulation on a class-balanced sample of the
   evaluation images (up to ``images_per_class`` each, so per-class recall is
   still gated), the parent judges its outputs with the same gate. The worker
@@ -32,7 +38,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -56,14 +61,18 @@ from cellsdk.errors import ConfigError
 from cellsdk.manifest import STATUS_FAILED, STATUS_NOT_VERIFIED, STATUS_PASSED
 
 __all__ = [
+    "ARM64_TARGETS",
     "DEFAULT_TARGETS",
     "EMULATED",
     "QEMU_INSTALL",
     "CpuTargets",
+    "arm64_environment",
     "balanced_sample",
+    "emulator_name",
     "native_record",
     "qemu_binary",
     "run_emulated",
+    "self_check_emulated",
     "verify_on_targets",
 ]
 
@@ -74,10 +83,26 @@ EMULATED = {
     "skylake-client": ("Skylake-Client", "x86-64-avx2", "AVX2 + FMA, no VNNI, no AVX-512"),
     "sandybridge": ("SandyBridge", "x86-64-sse4", "AVX without AVX2"),
     "westmere": ("Westmere", "x86-64-sse4", "SSE4.2, AES"),
+    "cortex-a72": ("cortex-a72", "arm64-neon", "ARM64 NEON without dot product (Raspberry Pi 4 class)"),
+    "neoverse-n1": ("neoverse-n1", "arm64-dotprod", "ARM64 with the int8 dot product (Graviton2 / Jetson Orin class)"),
+    "arm64-max": ("max", "arm64-i8mm", "QEMU's ARM64 'max': every feature it emulates, I8MM and BF16 among them"),
 }
+#: The targets emulated as 64-bit ARM (by ``qemu-aarch64`` in the aarch64 environment ``scripts/setup.sh`` builds)
+ARM64_TARGETS = ("cortex-a72", "neoverse-n1", "arm64-max")
 #: The default: this machine, one class without VNNI (AVX2) and one without AVX (SSE4.2).
 DEFAULT_TARGETS = ("native", "haswell", "nehalem")
 QEMU_INSTALL = "install QEMU user-mode emulation: apt-get install qemu-user (Debian / Ubuntu) or dnf install qemu-user"
+ARM64_ENV_HINT = "scripts/setup.sh builds it as root with apt-get (scripts/arm64_env.sh)"
+#: what each emulated ARM CPU shows in /proc/cpuinfo (QEMU shows the host's, and ONNX Runtime's CPU detection
+#: then crashes): the Features line the kernel would print for it, and its part number
+_ARM_CPUINFO = {
+    "cortex-a72": ("fp asimd evtstrm crc32 cpuid", "0xd08"),
+    "neoverse-n1": ("fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop "
+                    "asimddp ssbs", "0xd0c"),
+    "arm64-max": ("fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm jscvt fcma lrcpc "
+                  "dcpop sha3 sm3 sm4 asimddp sha512 sve asimdfhm dit uscat ilrcpc flagm ssbs sb paca pacg dcpodp "
+                  "sve2 i8mm bf16", "0xd0c"),
+}
 # QEMU warns once per thread about host-only CPUID bits it cannot emulate; they do not affect user code
 _QEMU_NOISE = "TCG doesn't support requested feature"
 
@@ -141,7 +166,7 @@ def native_record(verification: dict[str, Any], status: str, reasons: list[str])
 
 def _figures(record: dict[str, Any]) -> dict[str, Any]:
     keys = ("accuracy", "accuracy_change", "macro_f1", "macro_f1_change", "min_recall", "top1_agreement",
-            "worst_class", "worst_recall_change", "runtime")
+            "worst_class", "worst_recall_change", "runtime", "runtime_version")
     return {k: record[k] for k in keys if k in record}
 
 
@@ -194,10 +219,12 @@ def verify_on_targets(jobs: list[tuple[dict[str, Any], Path, Any]], images: Any,
                 if targets.float_artefacts or entry["precision"] in CLASS_SENSITIVE_PRECISIONS]
     if not emulated:
         return records
-    problem = _cannot_emulate()
-    if problem:
-        for job in emulated:
-            records[job.file].append(_not_verified(job.target, problem))
+    problems = {name: _cannot_emulate(name) for name in targets.emulated}
+    for job in emulated:
+        if problems[job.target]:
+            records[job.file].append(_not_verified(job.target, problems[job.target] or ""))
+    emulated = [job for job in emulated if not problems[job.target]]
+    if not emulated:
         return records
     sample = balanced_sample(images.targets, targets.images_per_class, seed)
     sample_note = f"class-balanced, up to {targets.images_per_class} per class, seed {seed}"
@@ -226,7 +253,8 @@ def verify_on_targets(jobs: list[tuple[dict[str, Any], Path, Any]], images: Any,
                 reasons = verdict.pop("reasons")
                 result = {**_base(job.target), "cpu_class": info["cpu_class"], "features": info["features"],
                           "images": len(sample), "sample": sample_note, "status": STATUS_FAILED if reasons
-                          else STATUS_PASSED, "reasons": reasons, **_figures(verdict), "runtime": info["runtime"]}
+                          else STATUS_PASSED, "reasons": reasons, **_figures(verdict), "runtime": info["runtime"],
+                          "runtime_version": info.get("runtime_version")}
                 if job.file in native:
                     result["native_agreement"] = float((native[job.file].argmax(1) == logits.argmax(1)).mean())
             result["seconds"] = round(time.perf_counter() - started, 1)
@@ -244,14 +272,48 @@ def verify_on_targets(jobs: list[tuple[dict[str, Any], Path, Any]], images: Any,
 def _base(target: str) -> dict[str, Any]:
     model, cpu_class, _ = EMULATED[target]
     return {"target": target, "cpu_class": cpu_class, "cpu": f"QEMU {model} (emulated on "
-            f"{host_cpu().model})", "features": [], "method": f"qemu-x86_64 -cpu {model}"}
+            f"{host_cpu().model})", "features": [], "method": f"{emulator_name(target)} -cpu {model}"}
+
+
+def emulator_name(target: str) -> str:
+    """The QEMU user-mode emulator that runs ``target``.
+
+    Example:
+        >>> emulator_name("haswell"), emulator_name("neoverse-n1")
+        ('qemu-x86_64', 'qemu-aarch64')
+    """
+    return "qemu-aarch64" if target in ARM64_TARGETS else "qemu-x86_64"
+
+
+def arm64_environment() -> tuple[Path, Path] | None:
+    """The aarch64 sysroot (Debian's arm64 Python) and site folder (aarch64 wheels) ``scripts/setup.sh`` built.
+
+    ``$CELLSDK_ARM64_ENV`` names another folder; the default is ``opt/arm64`` under this Python's prefix (the venv).
+    """
+    root = Path(os.environ.get("CELLSDK_ARM64_ENV") or Path(sys.prefix) / "opt" / "arm64")
+    sysroot, site = root / "sysroot", root / "site"
+    if (sysroot / "usr" / "bin" / "python3.11").is_file() and (site / "onnxruntime").is_dir():
+        return sysroot, site
+    return None
 
 
 def _not_verified(target: str, why: str) -> dict[str, Any]:
     return {**_base(target), "status": STATUS_NOT_VERIFIED, "images": 0, "reasons": [why]}
 
 
-def _cannot_emulate() -> str | None:
+def _cannot_emulate(target: str) -> str | None:
+    """Why ``target`` cannot be emulated here (None when it can)."""
+    if target in ARM64_TARGETS:
+        if not sys.platform.startswith("linux"):
+            return f"emulating ARM64 CPU classes needs Linux (this is {sys.platform})"
+        if shutil.which("qemu-aarch64") is None:
+            return f"qemu-aarch64 is not installed: {QEMU_INSTALL}"
+        if arm64_environment() is None:
+            return f"no aarch64 Python environment for qemu-aarch64: {ARM64_ENV_HINT}"
+        if shutil.which("unshare") is None or os.geteuid() != 0:
+            return ("emulating ARM64 needs root and unshare (a private /proc/cpuinfo for the emulated CPU): run as "
+                    "root, or verify on an ARM64 machine natively")
+        return None
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return f"emulating x86-64 CPU classes needs an x86-64 host (this is {platform.machine()})"
     if qemu_binary() is None:
@@ -269,7 +331,7 @@ def _native_outputs(jobs: list[_Job], arrays: Path) -> dict[str, np.ndarray]:
     for job in {j.file: j for j in jobs}.values():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            clf = Classifier.load(job.path, device="cpu", **job.options)
+            clf = Classifier.load(job.path, device="cpu", self_check=False, **job.options)
         out[job.file] = np.concatenate([clf.raw_outputs(batch[i:i + 64]) for i in range(0, len(batch), 64)])
     return out
 
@@ -281,17 +343,46 @@ def run_emulated(model: Path, options: dict[str, Any], target: str, arrays: Path
     Writes ``out`` (``.npz``: ``logits`` and ``info``, the CPU class and features the worker saw).
     Returns None on success, else a one-line reason.
     """
-    problem = _cannot_emulate()
+    return _run_worker(target, [str(model), str(arrays), str(out), "--options", json.dumps(options)], out, timeout)
+
+
+def self_check_emulated(model: Path, target: str, options: dict[str, Any] | None = None,
+                        timeout: float = 3600.0) -> dict[str, Any]:
+    """``model``'s self-check (its own test vectors, decoding included) under the emulated CPU ``target``.
+
+    Returns:
+        The verdict (:meth:`cellsdk.selfcheck.SelfCheck.to_dict`), with ``target`` and ``method``; when it could
+        not run, ``status`` ``not verified on this platform`` (nothing to emulate with) or ``failed`` (the worker
+        failed) and the reason.
+    """
+    base = {"target": target, "method": f"{emulator_name(target)} -cpu {EMULATED[target][0]}"}
+    problem = _cannot_emulate(target)
+    if problem:
+        return {**base, "status": STATUS_NOT_VERIFIED, "reasons": [problem]}
+    with tempfile.TemporaryDirectory(prefix="cellsdk-selfcheck-") as tmp:
+        out = Path(tmp) / "verdict.json"
+        error = _run_worker(target, ["--self-check", str(model), str(out), "--options", json.dumps(options or {})],
+                            out, timeout)
+        if error:
+            return {**base, "status": STATUS_FAILED, "reasons": [f"did not run under emulation: {error}"]}
+        return {**base, **json.loads(out.read_text())}
+
+
+def _run_worker(target: str, arguments: list[str], out: Path, timeout: float) -> str | None:
+    """Run ``python -m cellsdk._worker ARGUMENTS`` under the emulated ``target``; None when ``out`` was written."""
+    problem = _cannot_emulate(target)
     if problem:
         return problem
-    command = [qemu_binary() or "qemu-x86_64", "-cpu", EMULATED[target][0], sys.executable, "-m",
-               "cellsdk.converters.targets", "--worker", str(model), str(arrays), str(out),
-               "--options", json.dumps(options)]
+    worker = ["-m", "cellsdk._worker", *arguments]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    if target in ARM64_TARGETS:
+        command, env = _arm64_command(target, worker, env, out)
+    else:
+        command = [qemu_binary() or "qemu-x86_64", "-cpu", EMULATED[target][0], sys.executable, *worker]
     try:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     except OSError as err:
-        return f"qemu-x86_64 could not start ({err})"
+        return f"{emulator_name(target)} could not start ({err})"
     with on_terminate(process.kill):  # a terminated conversion leaves no emulated worker running
         try:
             _, stderr = process.communicate(timeout=timeout)
@@ -309,32 +400,23 @@ def run_emulated(model: Path, options: dict[str, Any], target: str, arrays: Path
     return None
 
 
-def _worker(argv: list[str] | None = None) -> int:
-    """Under emulation: load the artefact through Classifier, run the images, save outputs and the CPU seen."""
-    parser = argparse.ArgumentParser(prog="python -m cellsdk.converters.targets")
-    parser.add_argument("--worker", action="store_true", required=True)
-    parser.add_argument("model", type=Path)
-    parser.add_argument("arrays", type=Path)
-    parser.add_argument("out", type=Path)
-    parser.add_argument("--options", default="{}")
-    args = parser.parse_args(argv)
-    import warnings
+def _arm64_command(target: str, worker: list[str], env: dict[str, str], out: Path) -> tuple[list[str], dict[str, str]]:
+    """``qemu-aarch64`` running the aarch64 Python on the worker, with this ARM CPU's ``/proc/cpuinfo`` mounted."""
+    import cellsdk
 
-    from cellsdk.classifier import Classifier
-
-    options = {"threads": 1, **json.loads(args.options)}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        clf = Classifier.load(args.model, device="cpu", **options)
-    batch = np.load(args.arrays)
-    logits = np.concatenate([clf.raw_outputs(batch[i:i + 16]) for i in range(0, len(batch), 16)])
-    cpu = host_cpu()
-    info = {"cpu_class": cpu.cpu_class, "features": list(cpu.features), "runtime": clf.backend.describe()}
-    partial = args.out.with_suffix(".partial.npz")
-    np.savez(partial, logits=logits.astype(np.float64), info=np.array(json.dumps(info)))
-    os.replace(partial, args.out)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_worker())
+    environment = arm64_environment()
+    assert environment is not None  # checked by _cannot_emulate
+    sysroot, site = environment
+    features, part = _ARM_CPUINFO[target]
+    cpuinfo = out.with_suffix(".cpuinfo")
+    cpuinfo.write_text("".join(
+        f"processor\t: {i}\nBogoMIPS\t: 50.00\nFeatures\t: {features}\nCPU implementer\t: 0x41\n"
+        f"CPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: {part}\nCPU revision\t: 0\n\n" for i in range(2)))
+    runtime_root = str(Path(cellsdk.__file__).resolve().parent.parent)  # the runtime only: torch-free
+    env = {**env, "QEMU_LD_PREFIX": str(sysroot), "PYTHONPATH": os.pathsep.join([str(site), runtime_root]),
+           "PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("PYTHONHOME", None)
+    script = 'mount --bind "$1" /proc/cpuinfo && shift && exec "$@"'
+    command = ["unshare", "-m", "sh", "-c", script, "sh", str(cpuinfo), shutil.which("qemu-aarch64") or "qemu-aarch64",
+               "-cpu", EMULATED[target][0], str(sysroot / "usr" / "bin" / "python3.11"), *worker]
+    return command, env

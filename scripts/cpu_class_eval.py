@@ -26,7 +26,7 @@ import numpy as np
 
 from cellsdk.classifier import Classifier
 from cellsdk.converters.calibration import _stratified, evaluation_set
-from cellsdk.converters.targets import EMULATED, run_emulated
+from cellsdk.converters.targets import EMULATED, emulator_name, run_emulated
 from cellsdk.converters.verify import reference_logits
 from cellsdk.cpu import host_cpu
 from cellsdk.metrics import classification_report, softmax
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                     return {"model": str(path), "cpu": cpu, "error": error}
                 with np.load(out) as data:
                     logits, info = data["logits"], json.loads(str(data["info"]))
-                index, cls, method = sample, info["cpu_class"], f"qemu-x86_64 -cpu {EMULATED[cpu][0]}"
+                index, cls, method = sample, info["cpu_class"], f"{emulator_name(cpu)} -cpu {EMULATED[cpu][0]}"
             row = {"model": str(path), "cpu": cpu, "cpu_class": cls, "method": method, "images": len(index),
                    "seconds": round(time.perf_counter() - started, 1),
                    "artefact": summary(images.targets[index], logits, labels),

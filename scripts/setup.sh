@@ -35,6 +35,23 @@ if [[ ",$extras," == *",test,"* ]] && [ -n "$gpu_pin" ] && [ "$(uname -s)" = Lin
     echo "setup: $gpu_pin could not be unpacked into $gpu_ort; the onnxruntime-gpu tests will be skipped" >&2
   fi
 fi
+# An aarch64 Python environment for verifying artefacts on ARM64 CPU classes under qemu-aarch64
+# (cellsdk-convert --verify-cpus cortex-a72,neoverse-n1): Debian's arm64 Python and its libraries unpacked into a
+# sysroot, and PyPI's aarch64 wheels of cellsdk's runtime dependencies. Best effort (root with apt-get only):
+# without it those classes are "not verified on this platform".
+arm_env=".venv/opt/arm64"
+arm_pins=$(grep -E '^(numpy|pillow|onnxruntime|click)==' constraints.txt | sort | tr '\n' ' ')
+arm_stamp="$arm_env/.ready-$(echo "$arm_pins" | sha256sum | cut -c1-16)"
+if [[ ",$extras," == *",test,"* ]] && [ "$(uname -m)" = x86_64 ] && [ "$(uname -s)" = Linux ] \
+    && [ ! -f "$arm_stamp" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  mkdir -p "$(dirname "$arm_env")"
+  if ! scripts/arm64_env.sh "$arm_env" $arm_pins >/dev/null 2>"$arm_env.log"; then
+    echo "setup: the aarch64 environment could not be built ($(tail -n 1 "$arm_env.log" 2>/dev/null));" \
+         "ARM64 CPU classes will be reported not verified" >&2
+  else
+    touch "$arm_stamp"
+  fi
+fi
 # System packages, best effort (root with apt-get only):
 # - QEMU user-mode emulation lets cellsdk-convert verify int8 models on CPU classes this machine is not
 #   (AVX2 without VNNI, SSE4.2); without it those classes are reported "not verified".

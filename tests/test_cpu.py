@@ -35,7 +35,9 @@ QEMU = shutil.which("qemu-x86_64")
     ({"avx2", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16"}, "x86_64", "x86-64-avx512-vnni"),
     ({"avx2", "avx512f", "avx512_vnni", "amx_tile", "amx_int8"}, "x86_64", "x86-64-amx"),
     (set(), "x86_64", "x86-64-baseline"),
-    ({"asimddp"}, "aarch64", "arm64"),
+    ({"asimddp"}, "aarch64", "arm64-dotprod"),
+    (set(), "aarch64", "arm64-neon"),
+    ({"asimddp", "i8mm", "bf16"}, "arm64", "arm64-i8mm"),
     (set(), "riscv64", "other"),
 ])
 def test_classify(features, machine, expected):

@@ -182,3 +182,64 @@ def test_quantizer_messages_are_captured_not_printed(capsys):
     assert capsys.readouterr().err == ""
     assert summarise_quantizer_messages(records) == {"weight scales widened so biases fit int32": 1,
                                                      "biases clipped to int32": 1}
+
+
+def _arm64_or_skip(target: str = "cortex-a72") -> None:
+    from cellsdk.converters.targets import _cannot_emulate
+
+    problem = _cannot_emulate(target)
+    if problem:
+        pytest.skip(problem)
+
+
+@pytest.mark.slow
+@needs_qemu
+def test_the_saturating_recipe_fails_its_self_check_under_emulated_haswell(saturating, portable):
+    """The artefact checks itself where it lands: full 8-bit weights saturate on AVX2, and its own test vectors
+    (decoded and run under the emulated CPU) catch it; the portable recipe passes there."""
+    from cellsdk.converters.targets import self_check_emulated
+
+    broken = self_check_emulated(saturating.out_dir / "model.int8.onnx", "haswell")
+    assert broken["machine"]["cpu_class"] == "x86-64-avx2" and broken["status"] == "failed", broken
+    assert any("cosine" in r or "agreement" in r for r in broken["reasons"])
+    right = self_check_emulated(portable.out_dir / "model.int8.onnx", "haswell")
+    assert right["status"] == "passed", right
+    assert right["figures"]["logit_cosine"] > broken["figures"]["logit_cosine"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["cortex-a72", "neoverse-n1"])
+def test_the_portable_model_passes_its_self_check_on_arm64(portable, target):
+    from cellsdk.converters.targets import EMULATED, self_check_emulated
+
+    _arm64_or_skip(target)
+    verdict = self_check_emulated(portable.out_dir / "model.int8.onnx", target)
+    assert verdict["status"] == "passed", verdict
+    assert verdict["machine"]["cpu_class"] == EMULATED[target][1]  # the class the emulated process saw
+
+
+@pytest.mark.slow
+def test_cellsdk_verify_records_arm64_classes_from_qemu_aarch64(portable, tmp_path):
+    _arm64_or_skip()
+    model = tmp_path / "model.int8.onnx"
+    shutil.copy(portable.out_dir / "model.int8.onnx", model)
+    result = CliRunner().invoke(cli, ["verify", str(model), "--reference", str(CHECKPOINT), "--data", str(SAMPLES),
+                                      "--data-cropped", "--verify-cpus", "cortex-a72,neoverse-n1", "--quiet",
+                                      "--vectors", "keep"])
+    assert result.exit_code == 0, result.output
+    records = {r["target"]: r for r in Classifier.load(model).metadata.cpu_verification}
+    a72, n1 = records["cortex-a72"], records["neoverse-n1"]
+    assert (a72["cpu_class"], n1["cpu_class"]) == ("arm64-neon", "arm64-dotprod")
+    assert "asimddp" in n1["features"] and "asimddp" not in a72["features"]  # what each emulated process saw
+    assert a72["method"] == "qemu-aarch64 -cpu cortex-a72" and a72["status"] == n1["status"] == "passed"
+    assert a72["native_agreement"] >= 0.96 and n1["native_agreement"] >= 0.96
+
+
+def test_arm64_targets_without_their_environment_are_not_verified(monkeypatch, tmp_path):
+    from cellsdk.converters import targets
+
+    monkeypatch.setenv("CELLSDK_ARM64_ENV", str(tmp_path / "nothing-here"))
+    problem = targets._cannot_emulate("neoverse-n1")
+    assert problem and ("aarch64" in problem or "qemu-aarch64" in problem or "Linux" in problem)
+    verdict = targets.self_check_emulated(tmp_path / "model.int8.onnx", "neoverse-n1")
+    assert verdict["status"] == STATUS_NOT_VERIFIED and verdict["reasons"] == [problem]
