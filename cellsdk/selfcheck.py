@@ -145,6 +145,8 @@ class SelfCheck:
         if self.source == "record":
             return "verified here by the conversion gate (a record for this CPU class and runtime)"
         f = self.figures
+        if not f:
+            return f"self-check {'FAILED' if self.failed else 'passed'} here: {'; '.join(self.reasons) or 'no figures'}"
         figures = (f"{self.images} images, agreement {f.get('top1_agreement', 0) * 100:.1f} %, logit cosine "
                    f"{f.get('logit_cosine', 0):.4f}, max probability error {f.get('max_probability_error', 0):.4f}")
         if "guard_score_error" in f:
@@ -283,15 +285,25 @@ def run_self_check(classifier: Any, vectors: TestVectors | None = None) -> SelfC
     if vectors is None and record is None:
         return SelfCheck(UNAVAILABLE, key)
     vectors = vectors or TestVectors.from_dict(record)
+    from cellsdk.errors import InvalidImageError, MetadataError
     from cellsdk.metadata import Preprocessing
     from cellsdk.preprocessing import load_image, prepare_image, to_input_array
 
     spec = Preprocessing.from_dict(vectors.preprocessing) if vectors.preprocessing else \
         classifier.metadata.preprocessing
     started = time.perf_counter()
-    batch = np.stack([to_input_array(prepare_image(load_image(image, name=f"test vector {name}"), spec), spec)
-                      for image, name in zip(vectors.images, vectors.ids, strict=True)])
+    try:
+        batch = np.stack([to_input_array(prepare_image(load_image(image, name=f"test vector {name}"), spec), spec)
+                          for image, name in zip(vectors.images, vectors.ids, strict=True)])
+    except InvalidImageError as err:
+        raise MetadataError(f"{classifier.path}: its test vectors are damaged ({err}): re-convert it, or load it "
+                            "with self_check=False") from None
     outputs = classifier.run_outputs(batch)
+    if outputs["logits"].shape != vectors.logits.shape:
+        return SelfCheck(FAILED, key, len(vectors), {}, (
+            f"the model gives {outputs['logits'].shape[1]} outputs per image, its test vectors "
+            f"{vectors.logits.shape[1]} (labels or outputs overridden?)",), 0.0,
+            False, datetime.now(timezone.utc).isoformat(timespec="seconds"))
     figures, reasons = judge({k: np.asarray(v, dtype=np.float64) for k, v in outputs.items()}, vectors,
                              classifier.metadata.precision, classifier.metadata.output, classifier.guard,
                              SelfCheckConfig.from_gate(vectors.thresholds))

@@ -17,7 +17,7 @@ conversion waiting for it forever.
 Example:
     >>> from cellsdk.converters import get_converter
     >>> get_converter("openvino").precisions
-    ('fp32', 'fp16', 'int8')
+    ('fp32', 'fp16', 'bf16', 'int8')
 """
 
 from __future__ import annotations

@@ -383,27 +383,32 @@ def _one(job: Any, fmt: str, precision: str, skipped: str, staging: Path, images
 def _self_check_here(entry: dict[str, Any], target: Path, options: dict[str, Any]) -> None:
     """The artefact's self-check on this machine, as any machine will run it: a verdict that fails here would
     warn on every machine, so the artefact fails."""
-    import warnings
-
-    from cellsdk.classifier import Classifier
-    from cellsdk.errors import CpuVerificationWarning
-    from cellsdk.selfcheck import run_self_check
-
-    with warnings.catch_warnings():  # its CPU records are written after every artefact is converted
-        warnings.simplefilter("ignore", CpuVerificationWarning)
-        classifier = Classifier.load(target, device="cpu", self_check=False, **options)
-    verdict = run_self_check(classifier)
+    verdict = native_self_check(target, options)
     entry["self_check"] = {k: v for k, v in verdict.to_dict().items() if k not in ("cached", "source")}
     if verdict.failed:
         entry["status"] = STATUS_FAILED
         entry["reasons"] = [*entry["reasons"], f"fails its own self-check on this machine: {'; '.join(verdict.reasons)}"]
 
 
+def native_self_check(path: Path, options: dict[str, Any]) -> Any:
+    """Run the test vectors ``path`` carries on this machine's CPU, as it will be run (the verdict, not cached)."""
+    import warnings
+
+    from cellsdk.classifier import Classifier
+    from cellsdk.errors import CpuVerificationWarning
+    from cellsdk.selfcheck import run_self_check
+
+    with warnings.catch_warnings():  # a conversion writes its CPU records after every artefact is converted
+        warnings.simplefilter("ignore", CpuVerificationWarning)
+        classifier = Classifier.load(path, device="cpu", self_check=False, **options)
+    return run_self_check(classifier)
+
+
 def _artefact_metadata(job: Any, entry: dict[str, Any]) -> Any:
     """The metadata an artefact carries: its precision and recipe, and its own OOD threshold if it has one."""
     metadata = job.metadata_for(entry["precision"], entry.get("quantization"))
     if entry.get("test_vectors") and job.test_vectors is not None:
-        vectors = job.test_vectors.subset(range(entry["test_vectors"]["images"]))
+        vectors = job.test_vectors.subset(list(range(entry["test_vectors"]["images"])))
         metadata = metadata.replace(test_vectors=vectors.to_dict())
     if entry.get("guard_threshold") is not None and metadata.guard is not None:
         note = entry["verification"]["guard"].get("threshold_note", "")

@@ -42,7 +42,7 @@ from cellsdk._io import artefact_files, write_json
 from cellsdk.backends import backend_for_path
 from cellsdk.converters.base import get_converter
 from cellsdk.converters.calibration import evaluation_set
-from cellsdk.converters.pipeline import _BACKEND_OF, _describe_files
+from cellsdk.converters.pipeline import _BACKEND_OF, _describe_files, native_self_check
 from cellsdk.converters.targets import CpuTargets, verify_on_targets
 from cellsdk.converters.verify import VerifyConfig, reference_logits, verify_artefact
 from cellsdk.errors import ConfigError, DeviceUnavailableError
@@ -128,7 +128,7 @@ def verify_deployed(artefact: str | os.PathLike, data: str | os.PathLike, *, ref
                                                             data_cropped, seed)
         get_converter(fmt).write_metadata(path, updated)
         if embed:
-            result["test_vectors"]["self_check"] = _self_check_here(path, options)
+            result["test_vectors"]["self_check"] = native_self_check(path, options).to_dict()
             if result["test_vectors"]["self_check"]["status"] != STATUS_PASSED:
                 result["status"] = STATUS_FAILED
         if manifest_path is not None and entry is not None:
@@ -159,15 +159,7 @@ def _with_vectors(path: Path, metadata: Any, model: Any, images: Any, logits: np
         "artefact_bytes_without": size, "ids": list(chosen.ids)}
 
 
-def _self_check_here(path: Path, options: dict[str, Any]) -> dict[str, Any]:
-    from cellsdk.classifier import Classifier
-    from cellsdk.errors import CpuVerificationWarning
-    from cellsdk.selfcheck import run_self_check
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CpuVerificationWarning)
-        classifier = Classifier.load(path, device="cpu", self_check=False, **options)
-    return run_self_check(classifier).to_dict()
 
 
 def _verify_on_gpu(path: Path, fmt: str, backend: Any, metadata: Any, device: str, kind: str, data: str | os.PathLike, *,

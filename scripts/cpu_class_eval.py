@@ -91,24 +91,26 @@ def main(argv: list[str] | None = None) -> int:
             row = {"model": str(path), "cpu": cpu, "cpu_class": cls, "method": method, "images": len(index),
                    "seconds": round(time.perf_counter() - started, 1),
                    "artefact": summary(images.targets[index], logits, labels),
-                   "fp32": summary(images.targets[index], reference[index], labels)}
+                   "fp32": summary(images.targets[index], reference[index], labels),
+                   "top1_agreement": float((logits.argmax(1) == reference[index].argmax(1)).mean())}
             print(f"done {path.name} {cpu} in {row['seconds']} s", file=sys.stderr)
             return row
 
         with ThreadPoolExecutor(max_workers=args.workers) as pool:
             rows = list(pool.map(run, jobs))
-    print("| model | CPU (class) | images | acc % | Δ fp32 | macro-F1 % | worst class recall % | "
-          "largest class recall drop vs fp32 |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | CPU (class) | images | acc % | Δ fp32 | agreement with fp32 % | macro-F1 % | "
+          "worst class recall % | largest class recall drop vs fp32 |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:
-            print(f"| {Path(r['model']).name} | {r['cpu']} | - | not run: {r['error']} |||||")
+            print(f"| {Path(r['model']).name} | {r['cpu']} | - | not run: {r['error']} ||||||")
             continue
         a, f = r["artefact"], r["fp32"]
         drop = {k: a["recall"][k] - f["recall"][k] for k in a["recall"]}
         worst_drop = min(drop, key=drop.get)
         print(f"| {Path(r['model']).name} | {r['cpu']} ({r['cpu_class']}) | {r['images']} | "
-              f"{a['accuracy'] * 100:.2f} | {(a['accuracy'] - f['accuracy']) * 100:+.2f} | {a['macro_f1'] * 100:.2f} | "
+              f"{a['accuracy'] * 100:.2f} | {(a['accuracy'] - f['accuracy']) * 100:+.2f} | "
+              f"{r['top1_agreement'] * 100:.2f} | {a['macro_f1'] * 100:.2f} | "
               f"{a['worst_recall'] * 100:.2f} {a['worst_class']} | {drop[worst_drop] * 100:+.2f} {worst_drop} |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import cellsdk
@@ -154,3 +155,18 @@ def test_shipped_model_carries_the_guard(shipped):
     original = Image.open(raw[0]).convert("RGB")
     altered = [apply_shift(name, original) for name in ("hue_shift", "blur", "overexposed", "scale_2")]
     assert all(p.status == "out_of_distribution" for p in shipped.predict_batch(altered))
+
+
+def test_carries_test_vectors_and_passes_its_self_check_here(shipped):
+    """The shipped file checks itself wherever it lands: 32 held-out crops with the fp32 outputs, run here now."""
+    from cellsdk.selfcheck import self_check
+    from cellsdk.testvectors import TestVectors, size_budget
+
+    meta = shipped.metadata
+    vectors = TestVectors.from_dict(meta.test_vectors)
+    size = default_model_path().stat().st_size
+    assert meta.schema_version == 5 and len(vectors) == 32 and vectors.nbytes() <= size_budget(size - vectors.nbytes())
+    assert sorted(np.bincount(vectors.targets)) == [4] * 8  # class-balanced
+    verdict = self_check(shipped, refresh=True)
+    assert verdict.status == "passed", verdict.describe()
+    assert verdict.figures["top1_agreement"] == 1.0 and verdict.figures["logit_cosine"] > 0.99

@@ -84,46 +84,46 @@ def test_gpu_records_travel_in_the_metadata_and_older_schemas_still_load():
 
 # ---------------------------------------------------------------- refusals, for real on this machine
 
-def test_a_missing_gpu_is_refused_in_one_line_before_any_image_is_read(folder, tiny_run, tmp_path):
+def test_a_missing_gpu_is_refused_in_one_line_before_any_image_is_read(folder, tiny_checkpoint, tmp_path):
     problem = gpu.driver_problem()
     if problem is None:
         pytest.skip("this machine has an NVIDIA driver and GPU")
     model = folder / "model.fp32.onnx"
     before = model.read_bytes()
     with pytest.raises(DeviceUnavailableError, match=r"^device 'cuda': "):
-        reverify.verify_deployed(model, tmp_path / "no-such-data", reference=tiny_run.best_checkpoint, device="cuda")
-    result = CliRunner().invoke(cli, ["verify", str(model), "--reference", str(tiny_run.best_checkpoint), "--data",
+        reverify.verify_deployed(model, tmp_path / "no-such-data", reference=tiny_checkpoint, device="cuda")
+    result = CliRunner().invoke(cli, ["verify", str(model), "--reference", str(tiny_checkpoint), "--data",
                                       str(SAMPLES), "--data-cropped", "--device", "cuda", "--quiet"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1 and "device 'cuda': " in result.output, result.output
     assert model.read_bytes() == before
 
 
-def test_tensorrt_is_refused_for_torchscript_and_cpu_only_devices_are_named(folder, tiny_run):
+def test_tensorrt_is_refused_for_torchscript_and_cpu_only_devices_are_named(folder, tiny_checkpoint):
     with pytest.raises(DeviceUnavailableError, match=r"^device 'tensorrt': torchscript does not run on tensorrt$"):
-        _verify(folder / "model.fp32.torchscript", tiny_run.best_checkpoint, "tensorrt")
+        _verify(folder / "model.fp32.torchscript", tiny_checkpoint, "tensorrt")
     for device in ("mps", "gpu"):
         with pytest.raises(ConfigError, match=f"device '{device}': cellsdk verify runs the gate on cpu .* or on an "
                                               r"NVIDIA GPU \(cuda, cuda:N, tensorrt\)"):
-            _verify(folder / "model.fp32.onnx", tiny_run.best_checkpoint, device)
+            _verify(folder / "model.fp32.onnx", tiny_checkpoint, device)
 
 
-def test_emulated_cpu_classes_cannot_be_combined_with_a_gpu(folder, tiny_run, fake_gpu):
+def test_emulated_cpu_classes_cannot_be_combined_with_a_gpu(folder, tiny_checkpoint, fake_gpu):
     from cellsdk.converters.targets import CpuTargets
 
     with pytest.raises(ConfigError, match="emulated CPU classes check CPU arithmetic; verify on the GPU and on CPU "
                                           "classes in two runs"):
-        _verify(folder / "model.fp32.onnx", tiny_run.best_checkpoint, "cuda",
+        _verify(folder / "model.fp32.onnx", tiny_checkpoint, "cuda",
                 targets=CpuTargets.parse("native,haswell"))
     assert fake_gpu["devices"] == []
 
 
 # ---------------------------------------------------------------- bookkeeping, GPU faked
 
-def test_the_record_goes_into_the_artefact_and_its_manifest_and_is_replaced_per_gpu(folder, tiny_run, fake_gpu):
+def test_the_record_goes_into_the_artefact_and_its_manifest_and_is_replaced_per_gpu(folder, tiny_checkpoint, fake_gpu):
     model = folder / "model.fp32.onnx"
     cpu_records = read_metadata(model).cpu_verification
-    result = _verify(model, tiny_run.best_checkpoint, "cuda")
+    result = _verify(model, tiny_checkpoint, "cuda")
     assert fake_gpu["devices"] == ["cuda"]  # the gate was asked to run the artefact on the GPU
     assert result["status"] == "passed" and result["written"] and result["images"] == 32
     (record,) = result["records"]
@@ -137,10 +137,10 @@ def test_the_record_goes_into_the_artefact_and_its_manifest_and_is_replaced_per_
     assert entry["gpu_verification"] == [record]
     assert entry["sha256"] == sha256_file(model)  # the manifest describes the rewritten file
 
-    _verify(model, tiny_run.best_checkpoint, "cuda:0")  # the same GPU model again: replaced, not added
+    _verify(model, tiny_checkpoint, "cuda:0")  # the same GPU model again: replaced, not added
     assert len(read_metadata(model).gpu_verification) == 1
     fake_gpu["gpu"] = {**H100, "gpu": "NVIDIA H200"}
-    _verify(model, tiny_run.best_checkpoint, "tensorrt")  # another GPU and target: added
+    _verify(model, tiny_checkpoint, "tensorrt")  # another GPU and target: added
     records = read_metadata(model).gpu_verification
     assert sorted((r["target"], r["gpu"]) for r in records) == [("cuda", H100["gpu"]), ("tensorrt", "NVIDIA H200")]
     from cellsdk import Classifier
@@ -148,20 +148,20 @@ def test_the_record_goes_into_the_artefact_and_its_manifest_and_is_replaced_per_
     assert Classifier.load(model).metadata.gpu_verification == records  # the artefact still loads and runs
 
 
-def test_fp16_on_tensorrt_asks_for_fp16_and_no_write_leaves_the_file(folder, tiny_run, fake_gpu):
+def test_fp16_on_tensorrt_asks_for_fp16_and_no_write_leaves_the_file(folder, tiny_checkpoint, fake_gpu):
     model = folder / "model.fp16.onnx"
     before = model.read_bytes()
-    result = _verify(model, tiny_run.best_checkpoint, "tensorrt", write=False)
+    result = _verify(model, tiny_checkpoint, "tensorrt", write=False)
     assert result["records"][0]["runtime_options"] == {"tensorrt_fp16": True}
     assert not result["written"] and model.read_bytes() == before
 
 
-def test_a_loaded_folder_prefers_what_was_verified_on_this_gpu_and_never_what_failed_there(folder, tiny_run,
+def test_a_loaded_folder_prefers_what_was_verified_on_this_gpu_and_never_what_failed_there(folder, tiny_checkpoint,
                                                                                            fake_gpu):
     before, why, _ = choose_artefact(folder, "x86-64-avx2", "cuda")
     assert "cellsdk verified it on CPUs, not on this GPU" in why and f"cellsdk verify {before.name} --device cuda" in why
     other = folder / ("model.fp32.torchscript" if before.name != "model.fp32.torchscript" else "model.fp32.onnx")
-    _verify(other, tiny_run.best_checkpoint, "cuda")
+    _verify(other, tiny_checkpoint, "cuda")
     path, why, _ = choose_artefact(folder, "x86-64-avx2", "cuda")
     assert path == other and f"verified on this GPU ({H100['gpu']}, cuda)" in why
     assert choose_artefact(folder, "x86-64-avx2", "tensorrt")[0].suffix == ".onnx"  # a cuda record is not tensorrt's
@@ -179,10 +179,10 @@ def test_a_loaded_folder_prefers_what_was_verified_on_this_gpu_and_never_what_fa
     assert choose_artefact(folder, "x86-64-avx2", "cpu")[0].suffix != ""  # the CPU's choice ignores GPU records
 
 
-def test_cellsdk_verify_and_info_show_the_gpu_record(folder, tiny_run, fake_gpu):
+def test_cellsdk_verify_and_info_show_the_gpu_record(folder, tiny_checkpoint, fake_gpu):
     model = folder / "model.fp32.onnx"
     assert "verified on NVIDIA GPUs: none recorded (cellsdk verify --device cuda on one records it)" in describe(model)
-    result = CliRunner().invoke(cli, ["verify", str(model), "--reference", str(tiny_run.best_checkpoint), "--data",
+    result = CliRunner().invoke(cli, ["verify", str(model), "--reference", str(tiny_checkpoint), "--data",
                                       str(SAMPLES), "--data-cropped", "--device", "cuda", "--quiet",
                                       "--max-accuracy-drop", "20", "--max-recall-drop", "75"])
     assert result.exit_code == 0, result.output
@@ -199,14 +199,14 @@ def test_cellsdk_verify_and_info_show_the_gpu_record(folder, tiny_run, fake_gpu)
 # ---------------------------------------------------------------- on a real GPU
 
 @pytest.mark.gpu
-def test_gpu_the_gate_runs_on_the_gpu_and_records_it(folder, tiny_run):
+def test_gpu_the_gate_runs_on_the_gpu_and_records_it(folder, tiny_checkpoint):
     import onnxruntime as ort
 
     problem = gpu.onnxruntime_cuda_problem(ort)
     if problem:
         pytest.skip(f"no usable CUDA for onnxruntime here: {problem}")
     model = folder / "model.fp32.onnx"
-    result = _verify(model, tiny_run.best_checkpoint, "cuda")
+    result = _verify(model, tiny_checkpoint, "cuda")
     (record,) = result["records"]
     assert record["runtime"] == "onnxruntime on CUDAExecutionProvider"
     assert record["gpu"] == (gpu.gpu_identity("cuda") or {}).get("gpu")

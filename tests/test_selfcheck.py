@@ -148,6 +148,16 @@ def test_an_artefact_without_vectors_loads_as_before(converted, tmp_path):
     assert "test vectors: none" in describe(copy)
 
 
+def test_damaged_vectors_are_named_with_the_fix(converted, tmp_path):
+    _, path = next(e for e in _runnable(converted) if e[0]["file"] == "model.fp32.onnx")
+    record = read_metadata(path).test_vectors
+    record = {**record, "images": [{**image, "base64": "bm90IGFuIGltYWdl"} for image in record["images"]]}
+    copy = _without_records(path, tmp_path, test_vectors=record)
+    with pytest.raises(MetadataError, match=r"test vectors are damaged .* self_check=False"):
+        Classifier.load(copy)
+    assert Classifier.load(copy, self_check=False).self_check.status == "off"
+
+
 def test_an_unwritable_cache_costs_a_check_per_load_nothing_else(converted, tmp_path, monkeypatch):
     _, path = next(e for e in _runnable(converted) if e[0]["file"] == "model.fp32.onnx")
     copy = _without_records(path, tmp_path)

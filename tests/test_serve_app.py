@@ -95,6 +95,10 @@ def test_model_health_metrics_and_docs(client, classifier) -> None:
     assert model["verification"]["status"] == classifier.verification.status
     assert model["metadata"]["labels"] == list(classifier.labels)
     assert model["capabilities"]["ood_guard"] is True and model["cpu"]["cpu_class"]
+    check = model["self_check"]  # the shipped model's self-check (or gate record) on this machine
+    assert check["status"] == classifier.self_check.status == "passed" and check["summary"]
+    assert check["machine"]["runtime_version"] and check["machine"]["precision"] == "int8"
+    assert "base64" not in json.dumps(model["metadata"])  # the test vectors' bytes are not served
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready"}
     client.post("/v1/predict", content=IMAGES[1].read_bytes())

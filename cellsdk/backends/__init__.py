@@ -127,7 +127,7 @@ class Backend(abc.ABC):
 
         Example:
             >>> sorted(get_backend("onnxruntime").option_types())
-            ['graph_optimization', 'providers', 'spinning', 'tensorrt_cache', 'tensorrt_fp16', 'threads']
+            ['graph_optimization', 'providers', 'spinning', 'tensorrt_cache', 'tensorrt_fp16', 'tf32', 'threads']
         """
         hints = typing.get_type_hints(cls.__init__)
         return {name: hints.get(name, Any) for name, parameter in inspect.signature(cls.__init__).parameters.items()
