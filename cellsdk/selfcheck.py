@@ -6,8 +6,8 @@ on them. ``Classifier.load`` runs them through the artefact — decoding, prepro
 on every (CPU class or GPU model, runtime and its version, device, precision) the artefact has no record for, and
 compares with the conversion gate's criteria (:func:`judge`): top-1 agreement, logit cosine, probability error,
 the OOD guard's score, and the features' and class activation maps' cosine. The verdict is cached per user
-(``$CELLSDK_CACHE`` or ``~/.cache/cellsdk``, ``selfcheck/``), keyed by the artefact's sha256 and the machine key,
-so later loads cost a file read. A pass is silent; a failure warns once with the figures
+(``$CELLSDK_CACHE`` or ``~/.cache/cellsdk``, ``selfcheck/``), keyed by the artefact's sha256 and the machine key
+(:mod:`cellsdk.verdicts`), so later loads cost a file read. A pass is silent; a failure warns once with the figures
 (:class:`~cellsdk.errors.SelfCheckWarning`), ``strict=True`` refuses (:class:`~cellsdk.errors.SelfCheckError`),
 ``self_check=False`` turns it off.
 
@@ -20,10 +20,7 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -32,8 +29,16 @@ from typing import Any
 
 import numpy as np
 
-from cellsdk._io import artefact_files, parse_json, sha256_file, write_json
 from cellsdk.testvectors import TestVectors
+from cellsdk.verdicts import (
+    artefact_digest,
+    cache_dir,
+    key_text,
+    machine_key,
+    read_cache,
+    runtime_version,
+    write_cache,
+)
 
 __all__ = ["FAILED", "FLOAT_LIMITS", "OFF", "PASSED", "UNAVAILABLE", "FloatLimits", "SelfCheck", "SelfCheckConfig",
            "artefact_digest", "cache_dir", "cached_verdicts", "enforce_self_check", "judge", "machine_key",
@@ -169,102 +174,10 @@ class SelfCheck:
                    record.get("checked_at"), str(record.get("source") or "self-check"))
 
 
-# --------------------------------------------------------------------------- the machine and the artefact
-
-def machine_key(classifier: Any) -> dict[str, Any]:
-    """What decides an artefact's arithmetic here: CPU class (or GPU model), runtime and version, device, precision.
-
-    Example:
-        >>> from cellsdk import Classifier
-        >>> sorted(machine_key(Classifier.load(self_check=False)))
-        ['backend', 'cpu', 'cpu_class', 'device', 'precision', 'runtime', 'runtime_version']
-    """
-    from cellsdk.cpu import host_cpu
-
-    backend = classifier.backend
-    key: dict[str, Any] = {"backend": backend.name, "runtime": backend.describe(),
-                           "runtime_version": runtime_version(backend), "device": str(backend.device),
-                           "precision": classifier.metadata.precision}
-    device = str(backend.device).lower()
-    if device.startswith(("cuda", "tensorrt")) or "cudaexecutionprovider" in device \
-            or "tensorrtexecutionprovider" in device:
-        from cellsdk.nvml import gpu_info
-
-        info = gpu_info() or {}
-        key["gpu"] = str(info.get("name") or "unknown NVIDIA GPU")
-    else:
-        cpu = host_cpu()
-        key["cpu_class"], key["cpu"] = cpu.cpu_class, cpu.model
-    return key
-
-
-def runtime_version(backend: Any) -> str:
-    """The version of the runtime a backend runs on (its package's ``__version__``)."""
-    module = sys.modules.get(getattr(backend, "package", ""))
-    return str(getattr(module, "__version__", "unknown"))
-
-
-def _key_text(key: dict[str, Any]) -> str:
-    """The cache's name for a machine key (the CPU's model name is shown, not keyed: the class decides)."""
-    return json.dumps({k: v for k, v in key.items() if k != "cpu"}, sort_keys=True)
-
-
-def cache_dir() -> Path:
-    """Where verdicts are cached: ``$CELLSDK_CACHE/selfcheck`` (default ``~/.cache/cellsdk/selfcheck``)."""
-    root = os.environ.get("CELLSDK_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "cellsdk")
-    return Path(root) / "selfcheck"
-
-
-def artefact_digest(path: str | os.PathLike) -> str:
-    """The sha256 of an artefact (of its files' digests, for an IR or a package), memoised by size and mtime.
-
-    Hashing a 4 MB model takes milliseconds and a 200 MB one a second: the digest of a file whose path, size and
-    modification time are unchanged is read from the cache instead.
-    """
-    files = artefact_files(path)
-    stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-    memo = cache_dir() / "digests" / (hashlib.sha256(repr(stats).encode()).hexdigest()[:32] + ".txt")
-    try:
-        digest = memo.read_text().strip()
-        if len(digest) == 64:
-            return digest
-    except OSError:
-        pass
-    shas = [sha256_file(f) for f in files]
-    digest = shas[0] if len(shas) == 1 else hashlib.sha256(
-        "".join(str(f.relative_to(Path(path).parent)) + s for f, s in zip(files, shas, strict=True)).encode()
-    ).hexdigest()
-    try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        memo.write_text(digest)
-    except OSError:  # a read-only home: no memo, the digest is computed again next time
-        pass
-    return digest
-
-
 def cached_verdicts(path: str | os.PathLike) -> list[SelfCheck]:
     """Every verdict cached for this artefact, on any machine key of this user (``cellsdk info`` shows them)."""
-    record = _read_cache(artefact_digest(path))
+    record = read_cache(artefact_digest(path))
     return [SelfCheck.from_dict(v) for v in record.get("verdicts", {}).values() if isinstance(v, dict)]
-
-
-def _read_cache(digest: str) -> dict[str, Any]:
-    try:
-        record = parse_json((cache_dir() / f"{digest}.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) and isinstance(record.get("verdicts"), dict) else {}
-
-
-def _write_cache(digest: str, name: str, key: str, verdict: SelfCheck) -> None:
-    record = _read_cache(digest)
-    verdicts = record.get("verdicts", {})
-    verdicts[key] = {**verdict.to_dict(), "cached": False}
-    try:
-        cache_dir().mkdir(parents=True, exist_ok=True)
-        write_json(cache_dir() / f"{digest}.json", {"artefact": name, "verdicts": verdicts})
-    except OSError:  # an unwritable cache costs a self-check per load, nothing else
-        pass
 
 
 # --------------------------------------------------------------------------- running and judging
@@ -407,16 +320,16 @@ def self_check(classifier: Any, *, refresh: bool = False) -> SelfCheck:
         return SelfCheck(UNAVAILABLE, key)
     if not refresh and _matching_record(classifier, key) is not None:
         return SelfCheck(PASSED, key, source="record", cached=True)
-    digest, text = artefact_digest(classifier.path), _key_text(key)
+    digest, text = artefact_digest(classifier.path), key_text(key)
     if not refresh:
-        found = _read_cache(digest).get("verdicts", {}).get(text)
+        found = read_cache(digest).get("verdicts", {}).get(text)
         if isinstance(found, dict):
             try:
                 return SelfCheck.from_dict(found)
             except (KeyError, TypeError, ValueError):
                 pass  # a damaged entry: run again
     verdict = run_self_check(classifier)
-    _write_cache(digest, Path(classifier.path).name, text, verdict)
+    write_cache(digest, Path(classifier.path).name, text, verdict.to_dict())
     return verdict
 
 
@@ -437,7 +350,7 @@ def enforce_self_check(verdict: SelfCheck, *, name: str, strict: bool) -> None:
                f"{verdict.machine.get('runtime_version')}, its answers differ from the model it was converted from")
     if strict:
         raise SelfCheckError(f"{message} (refused: strict mode)")
-    key = (name, _key_text(verdict.machine))
+    key = (name, key_text(verdict.machine))
     if key not in _WARNED:
         _WARNED.add(key)
         warnings.warn(f"{message}; use a fp32 artefact or re-convert it here; strict=True (--strict) refuses it",
