@@ -866,18 +866,21 @@ def _self_check_command(model: Path, device: str, cpus: str) -> None:
 
         rows.append(self_check_emulated(model, name))
     click.echo(f"{model}: self-check, {classifier.metadata.precision}, "
-               f"{len(classifier.metadata.test_vectors.get('images') or [])} test vectors")
+               f"{len(classifier.metadata.test_vectors.get('images') or [])} test vectors (guard Δ: the OOD score's "
+               "largest difference from fp32's, drift: from this artefact's own where its gate passed; both as a "
+               "share of the spread of fp32's scores on the vectors)")
     click.echo(f"  {'target':<13}{'CPU class':<21}{'runtime (device)':<44}{'agree %':>8}{'logit cos':>10}{'max Δp':>8}"
-               f"{'guard Δ':>8}{'ms':>7}  status")
+               f"{'guard Δ':>8}{'drift':>7}{'ms':>7}  status")
     for row in rows:
         f, m = row.get("figures") or {}, row.get("machine") or {}
         where = m.get("cpu_class") or m.get("gpu") or "-"
         runtime = f"{m.get('backend', '-')} {m.get('runtime_version', '')} ({m.get('device', '-')})"
         guard = f"{f['guard_score_error'] * 100:.1f}%" if "guard_score_error" in f else "-"
+        drift = f"{f['guard_drift'] * 100:.1f}%" if "guard_drift" in f else "-"
         numbers = (f"{f['top1_agreement'] * 100:>8.1f}{f['logit_cosine']:>10.5f}{f['max_probability_error']:>8.4f}"
                    if f else f"{'-':>8}{'-':>10}{'-':>8}")
         reasons = "; ".join(row.get("reasons") or [])
-        click.echo(f"  {row['target']:<13}{where:<21}{runtime[:43]:<44}{numbers}{guard:>8}"
+        click.echo(f"  {row['target']:<13}{where:<21}{runtime[:43]:<44}{numbers}{guard:>8}{drift:>7}"
                    f"{row.get('seconds', 0) * 1e3:>7.0f}  {row['status']}" + (f" ({reasons})" if reasons else ""))
     bad = [r["target"] for r in rows if r["status"] != "passed"]
     if bad:

@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +66,10 @@ class TestVectors:
         cams: its class activation maps (``N x C x h x w``), for artefacts with a ``cams`` output; else None.
         thresholds: the conversion gate's thresholds (:class:`cellsdk.converters.verify.VerifyConfig`).
         preprocessing: the preprocessing the reference saw (the artefact's own, whatever a caller overrides).
+        expected_scores: this artefact's own OOD scores on the vectors where its gate passed (int8 moves the
+            scores away from fp32's by an amount that depends on the quantizer; on another machine a correct
+            artefact gives what it gave there), or None.
+        expected_on: where ``expected_scores`` were computed (the machine key).
         reference: what computed the outputs (e.g. ``PyTorch eager fp32 (the source checkpoint)``).
     """
 
@@ -80,11 +85,13 @@ class TestVectors:
     thresholds: dict[str, float] = field(default_factory=dict)
     preprocessing: dict[str, Any] = field(default_factory=dict)
     reference: str = "PyTorch eager fp32 (the source checkpoint)"
+    expected_scores: np.ndarray | None = None
+    expected_on: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.images)
         lengths = {len(self.media_types), len(self.ids), len(self.targets), len(self.logits)}
-        for extra in (self.features, self.cams):
+        for extra in (self.features, self.cams, self.expected_scores):
             if extra is not None:
                 lengths.add(len(extra))
         if n == 0 or lengths != {n}:
@@ -112,7 +119,12 @@ class TestVectors:
         return TestVectors(tuple(self.images[i] for i in idx), tuple(self.media_types[i] for i in idx),
                            tuple(self.ids[i] for i in idx), tuple(self.targets[i] for i in idx), pick(self.logits),
                            pick(self.features), pick(self.cams), dict(self.thresholds), dict(self.preprocessing),
-                           self.reference)
+                           self.reference, pick(self.expected_scores), dict(self.expected_on))
+
+    def with_expected(self, scores: np.ndarray | None, on: dict[str, Any]) -> TestVectors:
+        """The same vectors with the artefact's own OOD scores on them (see ``expected_scores``)."""
+        return dataclasses.replace(self, expected_scores=None if scores is None else np.asarray(scores),
+                                   expected_on=dict(on))
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready ``test_vectors`` record (bytes and arrays base64, like the guard's statistics)."""
@@ -127,6 +139,8 @@ class TestVectors:
             value = getattr(self, name)
             if value is not None:
                 record[name] = encode_array(value, dtype)
+        if self.expected_scores is not None:
+            record["expected"] = {"guard_scores": encode_array(self.expected_scores, "float32"), "on": self.expected_on}
         return record
 
     def nbytes(self) -> int:
@@ -152,10 +166,13 @@ class TestVectors:
             if arrays["logits"] is None:
                 raise KeyError("logits")
             logits: np.ndarray = arrays["logits"]
+            expected = record.get("expected") or {}
+            scores = decode_array(expected["guard_scores"], "test_vectors.expected") if expected else None
             return cls(blobs, tuple(str(i["media_type"]) for i in images), tuple(str(i["id"]) for i in images),
                        tuple(int(t) for t in record["targets"]), logits, arrays["features"],
                        arrays["cams"], {str(k): float(v) for k, v in (record.get("thresholds") or {}).items()},
-                       dict(record.get("preprocessing") or {}), str(record.get("reference", "")))
+                       dict(record.get("preprocessing") or {}), str(record.get("reference", "")), scores,
+                       dict(expected.get("on") or {}))
         except (KeyError, TypeError, ValueError) as err:
             raise MetadataError(f"test_vectors are malformed ({err}): re-convert the model") from None
 

@@ -42,6 +42,7 @@ class ExportJob:
         int8_recipe: ``portable`` or ``vnni`` (see :mod:`cellsdk.converters.int8`).
         test_vectors: the held-out images and fp32 outputs every artefact carries, trimmed to its size
             (:mod:`cellsdk.converters.testvectors`); None without them.
+        artefact_vectors: each artefact's own vectors (trimmed, with its own OOD scores on them), by file name.
     """
 
     model: Any
@@ -51,6 +52,7 @@ class ExportJob:
     calibration: Any = None
     int8_recipe: str = "portable"
     test_vectors: Any = None
+    artefact_vectors: dict[str, Any] = field(default_factory=dict)
     _cache: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -368,47 +368,57 @@ def _one(job: Any, fmt: str, precision: str, skipped: str, staging: Path, images
     if threshold is not None and entry["status"] == STATUS_PASSED:  # the artefact's own OOD threshold
         entry["guard_threshold"] = threshold
     vectors = fit_test_vectors(job.test_vectors, entry["size_bytes"])
+    budget = size_budget(entry["size_bytes"])
+    if vectors is not None and entry["status"] == STATUS_PASSED:  # its own OOD scores on them, and its self-check
+        vectors, verdict = native_self_check(target, options, job.test_vectors, entry["size_bytes"])
+        entry["self_check"] = {k: v for k, v in verdict.to_dict().items() if k not in ("cached", "source")}
+        if verdict.failed:  # it would warn on every machine
+            entry["status"] = STATUS_FAILED
+            entry["reasons"] = [*entry["reasons"],
+                                f"fails its own self-check on this machine: {'; '.join(verdict.reasons)}"]
     if vectors is not None:
-        entry["test_vectors"] = {"images": len(vectors), "bytes": vectors.nbytes(),
-                                 "budget_bytes": size_budget(entry["size_bytes"]),
+        job.artefact_vectors[entry["file"]] = vectors
+        entry["test_vectors"] = {"images": len(vectors), "bytes": vectors.nbytes(), "budget_bytes": budget,
                                  "artefact_bytes_without": entry["size_bytes"]}
     if "guard_threshold" in entry or vectors is not None:
         converter.write_metadata(target, _artefact_metadata(job, entry))
         entry["size_bytes"], entry["sha256"], entry["files"] = _describe_files(target)
-    if vectors is not None and entry["status"] == STATUS_PASSED:
-        _self_check_here(entry, target, options)
     return entry
 
 
-def _self_check_here(entry: dict[str, Any], target: Path, options: dict[str, Any]) -> None:
-    """The artefact's self-check on this machine, as any machine will run it: a verdict that fails here would
-    warn on every machine, so the artefact fails."""
-    verdict = native_self_check(target, options)
-    entry["self_check"] = {k: v for k, v in verdict.to_dict().items() if k not in ("cached", "source")}
-    if verdict.failed:
-        entry["status"] = STATUS_FAILED
-        entry["reasons"] = [*entry["reasons"], f"fails its own self-check on this machine: {'; '.join(verdict.reasons)}"]
+def native_self_check(path: Path, options: dict[str, Any], vectors: Any, artefact_bytes: int) -> tuple[Any, Any]:
+    """Run ``vectors`` through the artefact at ``path`` on this machine's CPU, as every machine will.
 
-
-def native_self_check(path: Path, options: dict[str, Any]) -> Any:
-    """Run the test vectors ``path`` carries on this machine's CPU, as it will be run (the verdict, not cached)."""
+    Returns:
+        The vectors that fit the artefact's budget, with its own OOD scores on them (the self-check elsewhere
+        compares with these), and the verdict here on those vectors.
+    """
+    import time
     import warnings
 
     from cellsdk.classifier import Classifier
     from cellsdk.errors import CpuVerificationWarning
-    from cellsdk.selfcheck import run_self_check
+    from cellsdk.selfcheck import guard_scores, machine_key, run_vectors, verdict_for
 
     with warnings.catch_warnings():  # a conversion writes its CPU records after every artefact is converted
         warnings.simplefilter("ignore", CpuVerificationWarning)
         classifier = Classifier.load(path, device="cpu", self_check=False, **options)
-    return run_self_check(classifier)
+    started = time.perf_counter()
+    outputs = run_vectors(classifier, vectors)
+    full = vectors.with_expected(guard_scores(classifier, outputs), machine_key(classifier))
+    fitted = fit_test_vectors(full, artefact_bytes)  # a balanced prefix: the first len(fitted) outputs are its own
+    if fitted is None:  # with its own scores not even one image fits
+        from cellsdk.selfcheck import UNAVAILABLE, SelfCheck
+
+        return None, SelfCheck(UNAVAILABLE, machine_key(classifier))
+    return fitted, verdict_for(classifier, fitted, {k: v[:len(fitted)] for k, v in outputs.items()}, started)
 
 
 def _artefact_metadata(job: Any, entry: dict[str, Any]) -> Any:
     """The metadata an artefact carries: its precision and recipe, and its own OOD threshold if it has one."""
     metadata = job.metadata_for(entry["precision"], entry.get("quantization"))
-    if entry.get("test_vectors") and job.test_vectors is not None:
-        vectors = job.test_vectors.subset(list(range(entry["test_vectors"]["images"])))
+    vectors = job.artefact_vectors.get(entry["file"])
+    if vectors is not None:
         metadata = metadata.replace(test_vectors=vectors.to_dict())
     if entry.get("guard_threshold") is not None and metadata.guard is not None:
         note = entry["verification"]["guard"].get("threshold_note", "")

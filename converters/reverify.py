@@ -125,24 +125,23 @@ def verify_deployed(artefact: str | os.PathLike, data: str | os.PathLike, *, ref
         updated = metadata.replace(cpu_verification=tuple(merged), schema_version=SCHEMA_VERSION)
         if embed:
             updated, result["test_vectors"] = _with_vectors(path, updated, model, images, logits, verify,
-                                                            data_cropped, seed)
-        get_converter(fmt).write_metadata(path, updated)
-        if embed:
-            result["test_vectors"]["self_check"] = native_self_check(path, options).to_dict()
-            if result["test_vectors"]["self_check"]["status"] != STATUS_PASSED:
+                                                            data_cropped, seed, options)
+            if result["test_vectors"].get("self_check", {}).get("status") == STATUS_FAILED:
                 result["status"] = STATUS_FAILED
+        get_converter(fmt).write_metadata(path, updated)
         if manifest_path is not None and entry is not None:
             _update_manifest(manifest_path, path, merged)
     return result
 
 
 def _with_vectors(path: Path, metadata: Any, model: Any, images: Any, logits: np.ndarray, verify: VerifyConfig,
-                  data_cropped: bool, seed: int) -> tuple[Any, dict[str, Any]]:
-    """``metadata`` with test vectors from the fp32 model on the held-out ``images``, within the artefact's budget."""
+                  data_cropped: bool, seed: int, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """``metadata`` with test vectors from the fp32 model on the held-out ``images``, within the artefact's budget,
+    with the artefact's own OOD scores on them and its self-check here."""
     import tempfile
 
     from cellsdk.converters.base import ExportJob
-    from cellsdk.converters.testvectors import build, fit
+    from cellsdk.converters.testvectors import build
     from cellsdk.testvectors import TestVectors, size_budget
 
     size = sum(f.stat().st_size for f in artefact_files(path))
@@ -151,15 +150,12 @@ def _with_vectors(path: Path, metadata: Any, model: Any, images: Any, logits: np
     with tempfile.TemporaryDirectory(prefix="cellsdk-vectors-") as tmp:
         job = ExportJob(model=model, metadata=metadata, workdir=Path(tmp))
         full = build(job, images, logits, verify.to_dict(), data_cropped=data_cropped, seed=seed)
-    chosen = fit(full, size)
-    if chosen is None:
+    chosen, verdict = native_self_check(path, options, full, size) if full is not None else (None, None)
+    if chosen is None or verdict is None:
         return metadata.replace(test_vectors=None), {"images": 0, "budget_bytes": size_budget(size)}
     return metadata.replace(test_vectors=chosen.to_dict()), {
         "images": len(chosen), "bytes": chosen.nbytes(), "budget_bytes": size_budget(size),
-        "artefact_bytes_without": size, "ids": list(chosen.ids)}
-
-
-
+        "artefact_bytes_without": size, "ids": list(chosen.ids), "self_check": verdict.to_dict()}
 
 
 def _verify_on_gpu(path: Path, fmt: str, backend: Any, metadata: Any, device: str, kind: str, data: str | os.PathLike, *,

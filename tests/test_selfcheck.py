@@ -77,7 +77,9 @@ def test_every_artefact_carries_balanced_vectors_within_its_budget(converted):
         assert counts.max() - counts.min() <= 1, entry["file"]  # classes in turn: any prefix is balanced
         assert vectors.features is not None and vectors.cams is not None  # the guard's input and the maps
         assert vectors.thresholds == converted.manifest["thresholds"]
-        assert entry.get("self_check", {}).get("status", "passed") == "passed"
+        if entry["status"] == "passed":  # checked here: with the artefact's own OOD scores on the vectors
+            assert entry["self_check"]["status"] == "passed" and entry["self_check"]["figures"]["guard_drift"] == 0
+            assert vectors.expected_scores is not None and vectors.expected_on["cpu_class"] == host_cpu().cpu_class
         checked += 1
     assert checked >= 6
     assert converted.manifest["test_vectors"]["images"] == 32
@@ -138,6 +140,20 @@ def test_a_wrong_artefact_fails_warns_once_and_strict_refuses(converted, tmp_pat
         Classifier.load(copy, strict=True)
     off = Classifier.load(copy, self_check=False)
     assert off.self_check.status == "off"
+
+
+def test_scores_that_drift_from_the_artefacts_own_fail(converted, tmp_path):
+    """int8 moves OOD scores away from fp32's by a quantizer-dependent amount; on a new machine a correct artefact
+    gives the scores it gave where its gate passed, so drifting from those fails."""
+    _, path = next(e for e in _runnable(converted) if e[0]["file"] == "model.int8.onnx")
+    vectors = TestVectors.from_dict(read_metadata(path).test_vectors)
+    reference = vectors.subset(list(range(len(vectors))))
+    spread = float(np.ptp(Classifier.load(path).guard.scores(reference.logits, reference.features)))
+    moved = vectors.with_expected(vectors.expected_scores + 0.5 * spread, vectors.expected_on)
+    copy = _without_records(path, tmp_path, test_vectors=moved.to_dict())
+    with pytest.warns(SelfCheckWarning, match="differs from this artefact's own on"):
+        clf = Classifier.load(copy)
+    assert clf.self_check.figures["guard_drift"] == pytest.approx(0.5, abs=0.01)
 
 
 def test_an_artefact_without_vectors_loads_as_before(converted, tmp_path):
