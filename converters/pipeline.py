@@ -485,7 +485,7 @@ def format_manifest_table(manifest: dict[str, Any]) -> str:
              f"macro-F1 {reference.get('macro_f1', 0) * 100:.2f} % on {manifest.get('evaluation', {}).get('images', '?')} "
              f"held-out images",
              f"{'artefact':<26}{'size MB':>8}{'top-1 agr':>10}{'acc':>8}{'Δacc':>7}{'worst class Δrecall':>26}"
-             f"{'ms':>7}  {'CPU classes':<24}status"]
+             f"{'ms':>7}  {'CPU classes':<34} status"]
     for a in manifest["artefacts"]:
         v = a.get("verification") or {}
         measured = "top1_agreement" in v  # absent when the artefact could not be run
@@ -500,7 +500,7 @@ def format_manifest_table(manifest: dict[str, Any]) -> str:
             reasons = reasons[:57] + "..."
         status = a["status"] + (f" ({reasons})" if reasons else "")
         cpus = _cpu_summary(a.get("cpu_verification") or [])
-        lines.append(f"{a['file']:<26}{size:>8}{agree:>10}{acc:>8}{delta:>7}{worst:>26}{latency:>7}  {cpus:<24}{status}")
+        lines.append(f"{a['file']:<26}{size:>8}{agree:>10}{acc:>8}{delta:>7}{worst:>26}{latency:>7}  {cpus:<34} {status}")
     return "\n".join(lines)
 
 
