@@ -215,15 +215,16 @@ class Classifier:
         """The self-check on load: a pass stands for a CPU-class verification; a failure warns (or refuses)."""
         verdict = self.self_check = self_check(self)
         check = self.cpu_check
+        caller = 4  # warnings name the line that called Classifier.load (1: enforce, 2: here, 3: load)
         if verdict.failed:
-            enforce_self_check(verdict, name=str(self.path), strict=strict)
+            enforce_self_check(verdict, name=str(self.path), strict=strict, stacklevel=caller)
             if check.status != UNVERIFIED:  # a failed gate record says more than the self-check; else it said it
-                enforce(check, strict=strict, key=str(self.path))
+                enforce(check, strict=strict, key=str(self.path), stacklevel=caller)
             return
         if verdict.status == "passed" and check.status == UNVERIFIED:
             self.cpu_check = CpuCheck(VERIFIED, check.cpu_class, "", check.records)
             return
-        enforce(check, strict=strict, key=str(self.path))
+        enforce(check, strict=strict, key=str(self.path), stacklevel=caller)
 
     # ------------------------------------------------------------------ properties
 

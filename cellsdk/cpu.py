@@ -304,7 +304,7 @@ _WARNED: set[tuple[str, str]] = set()
 _STRICT_HINT = " strict=True (--strict) refuses to load it."
 
 
-def enforce(check: CpuCheck, *, strict: bool, key: str) -> None:
+def enforce(check: CpuCheck, *, strict: bool, key: str, stacklevel: int = 3) -> None:
     """Act on a check: nothing when it is ok; else raise (``strict``) or warn once per artefact and class.
 
     Raises:
@@ -320,7 +320,7 @@ def enforce(check: CpuCheck, *, strict: bool, key: str) -> None:
         raise UnverifiedCpuError(check.message.removesuffix(_STRICT_HINT) + " (refused: strict mode)")
     if (key, check.cpu_class) not in _WARNED:
         _WARNED.add((key, check.cpu_class))
-        warnings.warn(check.message, CpuVerificationWarning, stacklevel=3)
+        warnings.warn(check.message, CpuVerificationWarning, stacklevel=stacklevel)
 
 
 # --------------------------------------------------------------------------- CPUID through ctypes

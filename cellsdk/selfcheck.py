@@ -360,7 +360,7 @@ def self_check(classifier: Any, *, refresh: bool = False) -> SelfCheck:
     return verdict
 
 
-def enforce_self_check(verdict: SelfCheck, *, name: str, strict: bool) -> None:
+def enforce_self_check(verdict: SelfCheck, *, name: str, strict: bool, stacklevel: int = 3) -> None:
     """Nothing unless the artefact failed its self-check; then raise (``strict``) or warn once per artefact and key.
 
     Raises:
@@ -381,4 +381,4 @@ def enforce_self_check(verdict: SelfCheck, *, name: str, strict: bool) -> None:
     if key not in _WARNED:
         _WARNED.add(key)
         warnings.warn(f"{message}; use a fp32 artefact or re-convert it here; strict=True (--strict) refuses it",
-                      SelfCheckWarning, stacklevel=3)
+                      SelfCheckWarning, stacklevel=stacklevel)
