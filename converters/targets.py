@@ -405,7 +405,8 @@ def _arm64_command(target: str, worker: list[str], env: dict[str, str], out: Pat
     import cellsdk
 
     environment = arm64_environment()
-    assert environment is not None  # checked by _cannot_emulate
+    if environment is None:  # _cannot_emulate said so first; kept for a caller that did not ask it
+        raise ConfigError(f"no aarch64 Python environment for qemu-aarch64: {ARM64_ENV_HINT}")
     sysroot, site = environment
     features, part = _ARM_CPUINFO[target]
     cpuinfo = out.with_suffix(".cpuinfo")

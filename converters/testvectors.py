@@ -8,7 +8,7 @@ those bytes through the runtime's own decoding and preprocessing. :func:`fit` ke
 artefact's budget allows (``min(10 %, 400 KB)``), classes in turn so that any prefix stays balanced.
 
 Example:
-    >>> vectors = build(job, images, dataset, thresholds)  # doctest: +SKIP
+    >>> vectors = build(job, images, reference_logits, VerifyConfig().to_dict(), data_cropped=True)  # doctest: +SKIP
     >>> fit(vectors, artefact_bytes=4_400_000).nbytes() <= 400_000  # doctest: +SKIP
     True
 """

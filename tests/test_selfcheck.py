@@ -235,3 +235,23 @@ def test_a_silent_bf16_downcast_of_a_float_artefact_is_caught(converted, tmp_pat
     with pytest.warns(SelfCheckWarning, match="cosine|probability error|OOD score"):
         clf = Classifier.load(copy, precision="bf16")
     assert clf.self_check.failed and "bf16" in clf.self_check.machine["runtime"]
+
+
+def test_images_without_files_are_stored_as_lossless_png_of_the_model_input():
+    """A .npz dataset has no files: its vector is the model input undone to 8-bit RGB, as PNG, which decodes and
+    preprocesses back to the same input (within one 8-bit level)."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from cellsdk.converters.testvectors import _reencode
+    from cellsdk.metadata import Preprocessing
+    from cellsdk.preprocessing import preprocess
+
+    spec = Preprocessing(input_size=16, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), color_order="BGR")
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    array = preprocess(Image.fromarray(pixels), spec)
+    blob, media = _reencode(SimpleNamespace(ids=("bloodmnist.npz[val][0]",), arrays=array[None]), 0, spec)
+    assert media == "image/png" and blob.startswith(b"\x89PNG")
+    back = preprocess(blob, spec)
+    assert np.abs(back - array).max() <= 1 / 255 / min(spec.std) + 1e-6
