@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +149,19 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def combined_sha256(named: Sequence[tuple[str, str]]) -> str:
+    """One sha256 for an artefact: its file's own for one file; for several (an IR, a package), the sha256 of their
+    names (relative to the artefact's folder) and sha256s, in order — what manifests record.
+
+    Example:
+        >>> combined_sha256([("model.onnx", "ab" * 32)]) == "ab" * 32
+        True
+    """
+    if len(named) == 1:
+        return named[0][1]
+    return hashlib.sha256("".join(name + sha for name, sha in named).encode()).hexdigest()
 
 
 def parse_json(text: str | bytes) -> Any:

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cellsdk._io import artefact_files, parse_json, sha256_file, write_json
+from cellsdk._io import artefact_files, combined_sha256, parse_json, sha256_file, write_json
 
 __all__ = ["artefact_digest", "cache_dir", "key_text", "machine_key", "read_cache", "runtime_version", "write_cache"]
 
@@ -83,10 +83,7 @@ def artefact_digest(path: str | os.PathLike) -> str:
             return digest
     except OSError:
         pass
-    shas = [sha256_file(f) for f in files]
-    digest = shas[0] if len(shas) == 1 else hashlib.sha256(
-        "".join(str(f.relative_to(Path(path).parent)) + s for f, s in zip(files, shas, strict=True)).encode()
-    ).hexdigest()
+    digest = combined_sha256([(str(f.relative_to(Path(path).parent)), sha256_file(f)) for f in files])
     try:
         memo.parent.mkdir(parents=True, exist_ok=True)
         memo.write_text(digest)

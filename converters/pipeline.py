@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import hashlib
 import logging
 import os
 import shutil
@@ -29,7 +28,15 @@ from pathlib import Path
 from typing import Any
 
 from cellsdk._capture import capture_tool_output
-from cellsdk._io import artefact_files, current_umask, remove_on_terminate, sha256_file, write_json, write_text
+from cellsdk._io import (
+    artefact_files,
+    combined_sha256,
+    current_umask,
+    remove_on_terminate,
+    sha256_file,
+    write_json,
+    write_text,
+)
 from cellsdk._machine import machine_info, package_versions
 from cellsdk._progress import progress_bar
 from cellsdk._validate import require_int
@@ -198,8 +205,7 @@ def _describe_files(path: Path) -> tuple[int, str, list[dict[str, Any]]]:
     files = artefact_files(path)
     entries: list[dict[str, Any]] = [
         {"name": str(f.relative_to(path.parent)), "bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in files]
-    digest = entries[0]["sha256"] if len(entries) == 1 else hashlib.sha256(
-        "".join(e["name"] + e["sha256"] for e in entries).encode()).hexdigest()
+    digest = combined_sha256([(e["name"], e["sha256"]) for e in entries])
     return sum(e["bytes"] for e in entries), digest, entries
 
 
