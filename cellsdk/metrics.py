@@ -24,6 +24,7 @@ __all__ = [
     "expected_calibration_error",
     "fit_temperature",
     "fpr_at_tpr",
+    "mean_cosine",
     "nll",
     "risk_coverage",
     "softmax",
@@ -293,3 +294,17 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * float(np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))) / (1 + z * z / n)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """The mean over rows of the cosine similarity of ``a`` and ``b`` (each row flattened); 1.0 for no rows.
+
+    Example:
+        >>> mean_cosine(np.array([[1.0, 0.0], [0.0, 2.0]]), np.array([[2.0, 0.0], [1.0, 0.0]]))
+        0.5
+    """
+    if not len(a):
+        return 1.0
+    a, b = np.asarray(a).reshape(len(a), -1), np.asarray(b).reshape(len(b), -1)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return float(np.mean(np.sum(a * b, axis=1) / np.maximum(norms, 1e-12)))

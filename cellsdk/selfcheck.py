@@ -205,9 +205,8 @@ def run_vectors(classifier: Any, vectors: TestVectors) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, dtype=np.float64) for k, v in classifier.run_outputs(batch).items()}
 
 
-def guard_scores(classifier: Any, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
-    """The artefact's OOD scores for its outputs (None without a guard, or one whose features are missing)."""
-    guard = classifier.guard
+def guard_scores(guard: Any, outputs: dict[str, np.ndarray]) -> np.ndarray | None:
+    """A guard's OOD scores for a model's outputs (None without a guard, or one whose features are missing)."""
     if guard is None or (guard.needs_features and "features" not in outputs):
         return None
     return np.asarray(guard.scores(outputs["logits"], outputs.get("features")), dtype=np.float64)
@@ -222,10 +221,9 @@ def run_self_check(classifier: Any, vectors: TestVectors | None = None) -> SelfC
     Raises:
         MetadataError: the vectors are malformed.
     """
-    key = machine_key(classifier)
     record = classifier.metadata.test_vectors
     if vectors is None and record is None:
-        return SelfCheck(UNAVAILABLE, key)
+        return SelfCheck(UNAVAILABLE, machine_key(classifier))
     vectors = vectors or TestVectors.from_dict(record)
     started = time.perf_counter()
     return verdict_for(classifier, vectors, run_vectors(classifier, vectors), started)
@@ -259,7 +257,7 @@ def judge(outputs: dict[str, np.ndarray], vectors: TestVectors, precision: str, 
         >>> figures["top1_agreement"], reasons[0][:34]
         (0.0, 'top-1 agreement with fp32 0.00 % (')
     """
-    from cellsdk.metrics import softmax
+    from cellsdk.metrics import mean_cosine, softmax
 
     reference = vectors.outputs()
     quantized = precision not in ("fp32", "fp16")
@@ -269,12 +267,12 @@ def judge(outputs: dict[str, np.ndarray], vectors: TestVectors, precision: str, 
     agreeing = int((probabilities.argmax(1) == ref_probabilities.argmax(1)).sum())
     n = len(ref)
     errors = np.abs(probabilities - ref_probabilities).max(axis=1)
-    figures: dict[str, float] = {"top1_agreement": agreeing / n, "logit_cosine": _mean_cosine(logits, ref),
+    figures: dict[str, float] = {"top1_agreement": agreeing / n, "logit_cosine": mean_cosine(logits, ref),
                                  "max_probability_error": float(errors.max()),
                                  "mean_probability_error": float(errors.mean())}
     for name in ("features", "cams"):
         if name in reference and name in outputs:
-            figures[f"{name}_cosine"] = _mean_cosine(outputs[name], reference[name])
+            figures[f"{name}_cosine"] = mean_cosine(outputs[name], reference[name])
     reasons = []
     if quantized:
         from cellsdk.metrics import wilson_interval
@@ -300,9 +298,8 @@ def judge(outputs: dict[str, np.ndarray], vectors: TestVectors, precision: str, 
         if figures["max_probability_error"] > limits.probability_error + _ROUNDING:
             reasons.append(f"probability error {figures['max_probability_error']:.4f} "
                            f"(limit {limits.probability_error:.4f})")
-    if guard is not None and (not guard.needs_features or ("features" in reference and "features" in outputs)):
-        scores = np.asarray(guard.scores(logits, outputs.get("features")), dtype=np.float64)
-        ref_scores = guard.scores(ref, reference.get("features"))
+    scores, ref_scores = guard_scores(guard, outputs), guard_scores(guard, reference)
+    if scores is not None and ref_scores is not None:
         spread = float(np.ptp(ref_scores)) + 1e-12
         figures["guard_score_error"] = float(np.abs(scores - ref_scores).max() / spread)
         if n > 2 and np.std(scores) > 0 and np.std(ref_scores) > 0:
@@ -318,12 +315,6 @@ def judge(outputs: dict[str, np.ndarray], vectors: TestVectors, precision: str, 
                                f"{figures['guard_drift'] * 100:.1f} % of its spread (limit "
                                f"{config.max_guard_drift * 100:.1f} %)")
     return figures, reasons
-
-
-def _mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return float(np.mean(np.sum(a * b, axis=1) / np.maximum(norms, 1e-12)))
 
 
 def _matching_record(classifier: Any, key: dict[str, Any]) -> dict[str, Any] | None:

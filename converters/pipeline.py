@@ -411,7 +411,7 @@ def native_self_check(path: Path, options: dict[str, Any], vectors: Any, artefac
         classifier = Classifier.load(path, device="cpu", self_check=False, **options)
     started = time.perf_counter()
     outputs = run_vectors(classifier, vectors)
-    full = vectors.with_expected(guard_scores(classifier, outputs), machine_key(classifier))
+    full = vectors.with_expected(guard_scores(classifier.guard, outputs), machine_key(classifier))
     fitted = fit_test_vectors(full, artefact_bytes)  # a balanced prefix: the first len(fitted) outputs are its own
     if fitted is None:  # with its own scores not even one image fits
         from cellsdk.selfcheck import UNAVAILABLE, SelfCheck

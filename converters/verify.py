@@ -43,7 +43,7 @@ from cellsdk.errors import (
 )
 from cellsdk.manifest import STATUS_FAILED, STATUS_NOT_VERIFIED, STATUS_PASSED
 from cellsdk.metadata import ModelMetadata
-from cellsdk.metrics import classification_report, softmax, wilson_interval
+from cellsdk.metrics import classification_report, mean_cosine, softmax, wilson_interval
 from cellsdk.selfcheck import runtime_version
 
 __all__ = ["VerifyConfig", "judge", "reference_logits", "sample_warnings", "verify_artefact", "wilson_interval"]
@@ -206,8 +206,7 @@ def judge(logits: np.ndarray, precision: str, expected: ModelMetadata, targets: 
     agreement = agreeing / max(1, len(targets))
     agreement_interval = wilson_interval(agreeing, len(targets))
     compared, against = (logits, reference) if expected.output == "logits" else (probabilities, reference_probabilities)
-    norms = np.linalg.norm(compared, axis=1) * np.linalg.norm(against, axis=1)
-    cosine = float(np.mean(np.sum(compared * against, axis=1) / np.maximum(norms, 1e-12))) if len(targets) else 1.0
+    cosine = mean_cosine(compared, against)
     correct = int(np.rint(report["accuracy"] * len(targets)))
     recall_change = {label: report["per_class"][label]["recall"] - base["per_class"][label]["recall"]
                      for label in labels if base["per_class"][label]["support"] > 0}
