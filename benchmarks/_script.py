@@ -1,6 +1,6 @@
 """Entry-point wrapper for the ``python -m cellsdk.benchmarks.<script>`` tools: one-line errors, no tracebacks.
 
-Example:
+Examples:
     >>> from cellsdk.errors import ModelNotFoundError
     >>> def main() -> int:
     ...     raise ModelNotFoundError("m.onnx: no such model file or folder")

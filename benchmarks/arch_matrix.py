@@ -10,7 +10,7 @@ and logit-cosine criteria stay at their defaults). A row records, per artefact, 
 (with the gate's reasons), ``skipped`` (with the toolchain's reason) or ``not verified on this platform``, plus
 the wall times; a training or conversion that fails records its one-line error (or its crash).
 
-Example:
+Examples:
     >>> rows = run_matrix(MatrixConfig(data="samples/bloodmnist_128", archs=("resnet18",)))  # doctest: +SKIP
 """
 
@@ -105,7 +105,7 @@ def _one(arch: str, config: MatrixConfig, work: Path) -> dict[str, Any]:
 
 def run_matrix(config: MatrixConfig, progress: Any = None) -> dict[str, Any]:
     """Run every architecture; a JSON-ready report."""
-    from cellsdk.cpu import host_cpu
+    from cellsdk.platform.cpu import host_cpu
 
     work = Path(config.work) if config.work else Path(tempfile.mkdtemp(prefix="cellsdk-matrix-"))
     rows = []

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from cellsdk import Classifier
-from cellsdk.cpu import host_cpu
+from cellsdk.platform.cpu import host_cpu
 
 
 def measure(model: str, images: list[Path], rounds: int = 300) -> dict[str, float]:

@@ -14,7 +14,7 @@ same model from that cache and records ``cold_start_cached_s`` (what every
 later start costs) and the cache's size. Reports on a GPU carry its name,
 memory, driver and the CUDA version of the runtimes.
 
-Example:
+Examples:
     >>> from cellsdk.benchmarks import BenchConfig, run_benchmark
     >>> report = run_benchmark(["runs/a/converted"], BenchConfig(batches=(1, 32)))  # doctest: +SKIP
     >>> report["failed"]  # doctest: +SKIP
@@ -36,16 +36,16 @@ from pathlib import Path
 from typing import Any
 
 from cellsdk._io import artefact_files
-from cellsdk._machine import machine_info, package_versions
 from cellsdk._progress import progress_bar
 from cellsdk._validate import require_float, require_int
+from cellsdk.artefacts.manifest import artefact_path, read_manifest
 from cellsdk.backends import MAX_THREADS, backend_for_path, get_backend
 from cellsdk.benchmarks.stats import judge, load_targets, measurement_conditions
 from cellsdk.errors import ConfigError, ModelNotFoundError
-from cellsdk.gpu import gpu_device_kind
-from cellsdk.manifest import artefact_path, read_manifest
+from cellsdk.platform.gpu import gpu_device_kind
+from cellsdk.platform.machine import machine_info, package_versions
 
-__all__ = ["BenchConfig", "discover", "run_benchmark"]
+__all__ = ["BenchConfig", "bench_failure", "discover", "parse_batches", "run_benchmark"]
 
 DEVICES = ("cpu", "cuda", "tensorrt", "mps", "coreml")
 _STRICT_REFUSALS = ("FailedVerificationError", "UnverifiedCpuError")
@@ -136,7 +136,7 @@ def discover(models: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
 def _available_devices() -> dict[str, str | None]:
     """Each device kind: None if this machine has it, else why not (what each runtime needs on top is asked of
     the backend: an onnxruntime row needs onnxruntime-gpu, a TorchScript row a CUDA build of torch)."""
-    from cellsdk.gpu import driver_problem
+    from cellsdk.platform.gpu import driver_problem
 
     reasons: dict[str, str | None] = {"cpu": None}
     reasons["coreml"] = None if sys.platform == "darwin" else f"CoreML needs macOS (this is {sys.platform})"
@@ -159,7 +159,7 @@ def _eager_unavailable(device: str) -> str | None:
         import torch
     except ImportError:
         return "torch is not installed: pip install 'cellsdk[train]'"
-    from cellsdk.gpu import torch_cuda_problem
+    from cellsdk.platform.gpu import torch_cuda_problem
 
     return torch_cuda_problem(torch)
 
@@ -263,8 +263,8 @@ def _gpu_facts(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The GPU the cuda / tensorrt rows ran on and the CUDA builds of the runtimes, or None without such rows."""
     if not any(gpu_device_kind(r["device"]) for r in rows):
         return None
-    from cellsdk.gpu import onnxruntime_build
-    from cellsdk.nvml import gpu_info
+    from cellsdk.platform.gpu import onnxruntime_build
+    from cellsdk.platform.nvml import gpu_info
 
     facts: dict[str, Any] = {"gpu": gpu_info(0), "memory_note": "GPU MB = memory in use on the GPU after the row "
                              "minus before it (NVML, whole device; nothing else ran on it)"}
@@ -359,3 +359,36 @@ def _ratios(rows: list[dict[str, Any]]) -> None:
             row["speedup_vs_eager"] = reference["e2e"]["p50_ms"] / row["e2e"]["p50_ms"]
         if "bare_e2e" in row:
             row["vs_bare"] = row["e2e"]["p50_ms"] / row["bare_e2e"]["p50_ms"]
+
+
+def parse_batches(text: str) -> tuple[int, ...]:
+    """Batch sizes from a comma-separated list (``cellsdk-bench --batch``).
+
+    Raises:
+        ConfigError: anything but whole numbers.
+
+    Examples:
+        >>> parse_batches("1, 8,32")
+        (1, 8, 32)
+    """
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ConfigError(f"--batch {text!r}: use whole numbers such as 1,8,32") from None
+
+
+def bench_failure(report: dict[str, Any], config: BenchConfig) -> str | None:
+    """Why a benchmark run should exit non-zero (a failed row, or nothing measured on an explicit device), or None.
+
+    Examples:
+        >>> bench_failure({"failed": 0, "rows": [{}], "skipped": []}, BenchConfig()) is None
+        True
+    """
+    if report["failed"]:
+        return (f"{report['failed']} row(s) failed: latency target missed, artefact failed verification, or an "
+                "error (see the result column and the notes)")
+    if not report["rows"] and config.devices:
+        first = report["skipped"][0]["reason"] if report["skipped"] else "no artefact runs on them"
+        return (f"nothing measured on --device {','.join(config.devices)}: every row was skipped ({first}); "
+                "`cellsdk devices` shows what each device needs")
+    return None

@@ -7,9 +7,9 @@ in-memory PIL image. Both run on the same machine in one loop, alternating,
 so noise hits both alike; medians and their ratio are reported.
 
 Usage:
-    python -m cellsdk.benchmarks.overhead MODEL [MODEL ...] --image IMAGE [--iterations 300] [--json OUT]
+    ``python -m cellsdk.benchmarks.overhead MODEL [MODEL ...] --image IMAGE [--iterations 300] [--json FILE]``
 
-Example:
+Examples:
     >>> rows = measure_overhead(["model.onnx"], "cell.jpg", iterations=50)  # doctest: +SKIP
     >>> rows[0]["ratio"]  # doctest: +SKIP
     1.02
@@ -30,10 +30,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cellsdk._machine import describe_machine, machine_info
 from cellsdk.backends import backend_for_path
 from cellsdk.classifier import Classifier
 from cellsdk.metadata import Preprocessing
+from cellsdk.platform.machine import describe_machine, machine_info
 
 __all__ = ["hand_written_call", "hand_written_parts", "measure_overhead"]
 

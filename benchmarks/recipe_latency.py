@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from cellsdk.classifier import Classifier
-from cellsdk.cpu import host_cpu
+from cellsdk.platform.cpu import host_cpu
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[float]]:

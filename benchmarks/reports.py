@@ -1,6 +1,6 @@
 """Benchmark reports: a terminal table, and JSON, Markdown, CSV and a latency chart on disk.
 
-Example:
+Examples:
     >>> table = format_table({"rows": [], "skipped": [{"row": "m.mlpackage on coreml", "reason": "CoreML needs macOS"}]})
     >>> print(table.splitlines()[0][:60])
     model  prec  px  backend  device  batch  verified  cold s  e
@@ -57,7 +57,7 @@ def outside_share(row: dict[str, Any]) -> float | None:
 
     On a GPU the runtime call includes the copies to and from the GPU.
 
-    Example:
+    Examples:
         >>> outside_share({"ok": True, "e2e": {"p50_ms": 8.0}, "model_only": {"p50_ms": 2.0}})
         75.0
     """
@@ -157,7 +157,7 @@ def _csv(report: dict[str, Any]) -> str:
 def latency_scale(rows: list[dict[str, Any]]) -> str:
     """``log`` when the slowest row is over 20x the fastest (one eager row would squash the rest), else ``linear``.
 
-    Example:
+    Examples:
         >>> latency_scale([{"e2e": {"p50_ms": 2.0}}, {"e2e": {"p50_ms": 200.0}}])
         'log'
     """
@@ -166,9 +166,9 @@ def latency_scale(rows: list[dict[str, Any]]) -> str:
 
 
 def _chart(report: dict[str, Any], path: Path) -> None:
-    from cellsdk.plots import _pyplot
+    from cellsdk.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     rows = [r for r in report["rows"] if r.get("ok") and r["batch"] == min(x["batch"] for x in report["rows"])]
     if not rows:
         return

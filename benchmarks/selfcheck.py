@@ -22,18 +22,18 @@ from typing import Any
 
 from cellsdk import Classifier
 from cellsdk._io import artefact_files
-from cellsdk._machine import describe_machine
-from cellsdk.cpu import host_cpu
+from cellsdk.platform.cpu import host_cpu
+from cellsdk.platform.machine import describe_machine
 
 
 def measure(model: str | None, rounds: int = 15) -> dict[str, Any]:
     """Median load times (ms) of the three kinds of load, the self-check's own time, and the vectors' size."""
-    import cellsdk.selfcheck as selfcheck
-    from cellsdk.info import read_metadata
+    import cellsdk.artefacts.selfcheck as selfcheck
+    from cellsdk.artefacts.info import read_metadata
     from cellsdk.testvectors import TestVectors
 
-    real_record = selfcheck._matching_record
-    selfcheck._matching_record = lambda classifier, key: None  # as on a machine the artefact has no record for
+    real_record = selfcheck.matching_record
+    selfcheck.matching_record = lambda classifier, key: None  # as on a machine the artefact has no record for
     times: dict[str, list[float]] = {"plain": [], "first": [], "cached": []}
     checks: list[float] = []
     saved = os.environ.get("CELLSDK_CACHE")
@@ -55,7 +55,7 @@ def measure(model: str | None, rounds: int = 15) -> dict[str, Any]:
                         checks.append(clf.self_check.seconds)
                         status, images = clf.self_check.status, clf.self_check.images
     finally:
-        selfcheck._matching_record = real_record
+        selfcheck.matching_record = real_record
         if saved is None:
             os.environ.pop("CELLSDK_CACHE", None)
         else:

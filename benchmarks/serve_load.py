@@ -17,7 +17,7 @@ client shares the cores with the service, so it must cost little); its CPU time 
 sending a request to reading its whole answer. CPU use is the service process's CPU seconds over the load
 window (cores busy), and the machine's busy share (``/proc/stat``).
 
-Example:
+Examples:
     >>> report = run_serve_load(ServeLoadConfig(folder="samples/pbc_raw", duration=2, clients=4))  # doctest: +SKIP
     >>> report["rows"][0]["errors"]  # doctest: +SKIP
     0
@@ -40,7 +40,7 @@ from typing import Any
 from cellsdk._validate import require_float, require_int
 from cellsdk.errors import ConfigError
 
-__all__ = ["ServeLoadConfig", "format_serve_load", "run_serve_load", "write_serve_load"]
+__all__ = ["ServeLoadConfig", "format_serve_load", "run_serve_load", "serve_load_failures", "write_serve_load"]
 
 
 @dataclass(frozen=True)
@@ -191,7 +191,7 @@ async def _get(host: str, port: int, path: str) -> str:
 def _mode(name: str, options: Sequence[str], config: ServeLoadConfig, requests_of: Callable[[int], list[bytes]],
           expected: list[str | None], progress: Callable[[str], None] | None) -> dict[str, Any]:
     from cellsdk.benchmarks.stats import latency_summary
-    from cellsdk.benchmarks.worker import _cpu_busy_seconds, vm_hwm_mb
+    from cellsdk.benchmarks.worker import cpu_busy_seconds, vm_hwm_mb
     from cellsdk.serve.process import start_service
 
     service = start_service([*(["--model", config.model] if config.model else []), *options])
@@ -204,11 +204,11 @@ def _mode(name: str, options: Sequence[str], config: ServeLoadConfig, requests_o
         if progress:
             progress(f"serve-load: {name}: {config.clients} clients for {config.duration:g} s")
         cores = os.cpu_count() or 1
-        service_cpu, machine, own = _process_cpu_seconds(process.pid), _cpu_busy_seconds(), os.times()
+        service_cpu, machine, own = _process_cpu_seconds(process.pid), cpu_busy_seconds(), os.times()
         tally, wall = asyncio.run(_load(host, port, requests, expected, clients=config.clients,
                                         duration=config.duration, max_requests=config.max_requests,
                                         timeout=config.timeout))
-        service_after, machine_after, own_after = _process_cpu_seconds(process.pid), _cpu_busy_seconds(), os.times()
+        service_after, machine_after, own_after = _process_cpu_seconds(process.pid), cpu_busy_seconds(), os.times()
         metrics = asyncio.run(_get(host, port, "/metrics"))
         peak = vm_hwm_mb(process.pid)
     finally:
@@ -237,7 +237,7 @@ def _round(value: float | None, digits: int = 1) -> float | None:
 
 def _in_process(model: str | None, bodies: list[bytes]) -> tuple[float, list[str | None]]:
     from cellsdk import Classifier
-    from cellsdk.engine import default_split
+    from cellsdk.batch.engine import default_split
 
     decoders, threads = default_split()
     classifier = Classifier.load(model, threads=threads)
@@ -254,8 +254,8 @@ def run_serve_load(config: ServeLoadConfig, *, progress: Callable[[str], None] |
     Raises:
         ConfigError: no images in the folder, or the service would not start.
     """
-    from cellsdk.cpu import host_cpu
-    from cellsdk.jobs import iter_inputs
+    from cellsdk.batch.jobs import iter_inputs
+    from cellsdk.platform.cpu import host_cpu
     from cellsdk.serve import require_serve_packages
 
     require_serve_packages()
@@ -322,3 +322,16 @@ if __name__ == "__main__":  # pragma: no cover - python -m cellsdk.benchmarks.se
         return 0 if all(row["errors"] == 0 for row in report["rows"]) else 1
 
     run_script(_main, prog="serve_load")
+
+
+def serve_load_failures(report: dict[str, Any]) -> str | None:
+    """Why a load test should exit non-zero (a mode answered with errors or did not stop cleanly), or None.
+
+    Examples:
+        >>> serve_load_failures({"rows": [{"mode": "no batching", "errors": 0, "service_exit_code": 0}]}) is None
+        True
+    """
+    failed = [row["mode"] for row in report["rows"] if row["errors"] or row["service_exit_code"] != 0]
+    if failed:
+        return f"the service answered with errors, or did not stop cleanly, in: {', '.join(failed)}"
+    return None

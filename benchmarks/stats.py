@@ -1,6 +1,6 @@
 """Latency statistics and targets for the benchmark harness.
 
-Example:
+Examples:
     >>> s = latency_summary([0.010, 0.012, 0.011, 0.050], batch=1)
     >>> round(s["p50_ms"], 2), round(s["p95_ms"], 2), round(s["throughput_ips"], 1)
     (11.5, 44.3, 87.0)
@@ -33,6 +33,11 @@ def latency_summary(seconds: Sequence[float], *, batch: int = 1) -> dict[str, fl
     """Percentiles (linear interpolation), mean and spread of per-call times, in ms, and images per second.
 
     Throughput is ``batch / median`` call time.
+
+    Examples:
+        >>> summary = latency_summary([0.010, 0.012, 0.011], batch=1)
+        >>> round(summary["p50_ms"], 1)
+        11.0
     """
     if len(seconds) == 0:
         raise ValueError("no timings to summarise")
@@ -76,7 +81,7 @@ def load_targets(path: str | os.PathLike | None = None) -> dict[str, Target]:
 def judge(row: dict[str, Any], targets: dict[str, Target]) -> tuple[str, float | None]:
     """``PASS`` / ``FAIL`` against the row's device-class target, or ``-`` when none applies (other batch sizes).
 
-    Example:
+    Examples:
         >>> judge({"device_class": "cpu", "batch": 1, "e2e": {"p95_ms": 61.0}}, {"cpu": Target(p95_e2e_ms=50.0, batch=1)})
         ('FAIL', 50.0)
     """
@@ -90,7 +95,7 @@ def measurement_conditions(row: dict[str, Any]) -> str:
     """``ok``, or why a row's figures should not be trusted: ``busy`` (other processes used the CPU while it
     was timed) and / or ``noisy`` (p95 far above p50).
 
-    Example:
+    Examples:
         >>> measurement_conditions({"ok": True, "e2e": {"p50_ms": 10.0, "p95_ms": 31.0}, "other_load_cores": 0.9})
         'busy (other load 0.90 cores), noisy (p95/p50 3.1)'
         >>> measurement_conditions({"ok": True, "e2e": {"p50_ms": 10.0, "p95_ms": 11.0}, "other_load_cores": 0.0})

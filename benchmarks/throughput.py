@@ -16,7 +16,7 @@ it (``/proc/stat``: every process, Ray's workers too); peak memory is the main p
 row's labels are compared with the reference's. The report says each engine's best images/s as a ratio of the
 reference's best, and of its default split.
 
-Example:
+Examples:
     >>> config = ThroughputConfig(folder="samples/pbc_raw", splits=((1, 1),), ray_actors=(), rounds=1)
     >>> report = run_throughput(config)  # doctest: +SKIP
     >>> report["ratios"]["local_best_vs_reference_best"]  # doctest: +SKIP
@@ -48,7 +48,7 @@ __all__ = ["ThroughputConfig", "default_splits", "format_throughput", "run_throu
 def default_splits(cores: int | None = None) -> tuple[tuple[int, int], ...]:
     """(decoding threads, runtime threads) pairs worth trying on ``cores`` cores.
 
-    Example:
+    Examples:
         >>> default_splits(2)
         ((1, 1), (1, 2), (2, 1), (2, 2))
     """
@@ -92,13 +92,40 @@ class ThroughputConfig:
         for actors in self.ray_actors:
             require_int("ray actors", actors, minimum=1, maximum=1024)
 
+    @classmethod
+    def from_text(cls, folder: str, model: str | None = None, *, splits: str | None = None,
+                  ray_actors: str = "1,2", **options: Any) -> ThroughputConfig:
+        """The configuration from ``cellsdk-bench --throughput`` text: ``splits`` as ``1x1,1x2`` (DECODExRUNTIME;
+        None: :func:`default_splits`), ``ray_actors`` as ``1,2`` or ``none``.
+
+        Raises:
+            ConfigError: text that is not such a list.
+
+        Examples:
+            >>> ThroughputConfig.from_text("images", splits="1x1,1x2", ray_actors="none").splits
+            ((1, 1), (1, 2))
+        """
+        try:
+            pairs = tuple(tuple(int(n) for n in part.strip().lower().split("x")) for part in splits.split(",")
+                          if part.strip()) if splits else None
+            actors = () if ray_actors.strip().lower() == "none" else tuple(
+                int(n) for n in ray_actors.split(",") if n.strip())
+        except ValueError:
+            raise ConfigError(f"--splits {splits!r} / --ray-actors {ray_actors!r}: use e.g. --splits 1x1,1x2 "
+                              "--ray-actors 1,2 (or none)") from None
+        if pairs is not None and any(len(pair) != 2 for pair in pairs):
+            raise ConfigError(f"--splits {splits!r}: each split is DECODExRUNTIME, e.g. 1x2")
+        if pairs:
+            options["splits"] = pairs
+        return cls(folder=folder, model=model, ray_actors=actors, **options)
+
 
 def _measure(command: list[str], timeout: float) -> dict[str, Any]:
     """Run ``command``; its wall time, the machine's CPU busy share, the process's peak memory, its output."""
-    from cellsdk.benchmarks.worker import _cpu_busy_seconds, vm_hwm_mb
+    from cellsdk.benchmarks.worker import cpu_busy_seconds, vm_hwm_mb
 
     cores = os.cpu_count() or 1
-    busy = _cpu_busy_seconds()
+    busy = cpu_busy_seconds()
     started = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         process = subprocess.Popen(command, stdout=out, stderr=err)
@@ -111,7 +138,7 @@ def _measure(command: list[str], timeout: float) -> dict[str, Any]:
                 raise ConfigError(f"{' '.join(command[:4])} …: still running after {timeout:.0f} s; use fewer images")
             time.sleep(0.02)
         wall = time.perf_counter() - started
-        after = _cpu_busy_seconds()
+        after = cpu_busy_seconds()
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
@@ -159,11 +186,11 @@ def run_throughput(config: ThroughputConfig, *, progress: Callable[[str], None] 
     Raises:
         ConfigError: a bad option, a folder with no images, a model the reference cannot run, a run that failed.
     """
+    from cellsdk.batch.distributed import ray_unavailable_reason
+    from cellsdk.batch.engine import default_split
+    from cellsdk.batch.jobs import iter_inputs
     from cellsdk.classifier import Classifier
-    from cellsdk.cpu import host_cpu
-    from cellsdk.distributed import ray_unavailable_reason
-    from cellsdk.engine import default_split
-    from cellsdk.jobs import iter_inputs
+    from cellsdk.platform.cpu import host_cpu
 
     classifier = Classifier.load(config.model)
     if classifier.backend_name != "onnxruntime":

@@ -12,7 +12,7 @@
 - batch-1 latency: ``predict(path)`` with and without TTA, interleaved over the first 200 originals, 3 rounds,
   medians and their ratio.
 
-Example:
+Examples:
     >>> report = run_tta(TtaConfig(crops="../shared/data/bloodmnist_128"))  # doctest: +SKIP
     >>> report["sets"]["crops"]["dihedral"]["accuracy"]  # doctest: +SKIP
     0.992
@@ -81,8 +81,8 @@ def _measure(classifier: Any, paths: list[Path], targets: np.ndarray) -> dict[st
 def run_tta(config: TtaConfig) -> dict[str, Any]:
     """Measure TTA as the module docstring says; a JSON-ready report."""
     from cellsdk import Classifier
-    from cellsdk.cpu import host_cpu
     from cellsdk.datasets import load_dataset
+    from cellsdk.platform.cpu import host_cpu
 
     if not config.crops and not config.originals:
         raise ConfigError("give --crops DATA and/or --originals FOLDER")

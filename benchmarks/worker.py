@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["run_spec"]
+__all__ = ["cpu_busy_seconds", "run_spec", "vm_hwm_mb"]
 
 
 class _Stopwatch:
@@ -74,8 +74,14 @@ def _timed(call: Callable[[], Any], warmup: int, iterations: int, duration: floa
     return times, inside
 
 
-def _cpu_busy_seconds() -> float | None:
-    """CPU seconds the whole machine has spent busy since boot (Linux /proc/stat), or None elsewhere."""
+def cpu_busy_seconds() -> float | None:
+    """CPU seconds the whole machine has spent busy since boot (Linux /proc/stat), or None elsewhere.
+
+    Examples:
+        >>> busy = cpu_busy_seconds()
+        >>> busy is None or busy > 0
+        True
+    """
     try:
         with open("/proc/stat") as stat:
             fields = [int(x) for x in stat.readline().split()[1:]]
@@ -89,12 +95,12 @@ class _LoadMeter:
     """How many cores *other* processes kept busy while this one measured (machine busy time minus ours)."""
 
     def __enter__(self) -> _LoadMeter:
-        self.wall, self.busy, self.own = time.perf_counter(), _cpu_busy_seconds(), _own_cpu_seconds()
+        self.wall, self.busy, self.own = time.perf_counter(), cpu_busy_seconds(), _own_cpu_seconds()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         wall = time.perf_counter() - self.wall
-        busy = _cpu_busy_seconds()
+        busy = cpu_busy_seconds()
         self.other_cores = None if busy is None or self.busy is None or wall <= 0 else max(
             0.0, ((busy - self.busy) - (_own_cpu_seconds() - self.own)) / wall)
 
@@ -105,7 +111,14 @@ def _own_cpu_seconds() -> float:
 
 
 def vm_hwm_mb(pid: int | str = "self") -> float | None:
-    """A process's peak resident memory from VmHWM of /proc/PID/status (Linux), or None where there is none."""
+    """A process's peak resident memory from VmHWM of /proc/PID/status (Linux), or None where there is none.
+
+    Examples:
+        >>> import os
+        >>> peak = vm_hwm_mb(os.getpid())
+        >>> peak is None or peak > 1
+        True
+    """
     try:
         with open(f"/proc/{pid}/status") as status:
             for line in status:
@@ -134,18 +147,18 @@ def _peak_memory_mb() -> float:
 def gpu_index(device: str) -> int | None:
     """The CUDA device index of ``cuda``, ``cuda:N``, ``tensorrt`` or ``tensorrt:N``, else None.
 
-    Example:
+    Examples:
         >>> gpu_index("cuda"), gpu_index("tensorrt:1"), gpu_index("cpu")
         (0, 1, None)
     """
-    from cellsdk.gpu import device_index, gpu_device_kind
+    from cellsdk.platform.gpu import device_index, gpu_device_kind
 
     return device_index(device) if gpu_device_kind(device) else None
 
 
 def _gpu_memory(out: dict[str, Any], index: int, baseline: float | None) -> None:
     """Record the GPU memory this row held: NVML's device memory now minus before the load, and torch's peak."""
-    from cellsdk.nvml import gpu_memory_used_mb
+    from cellsdk.platform.nvml import gpu_memory_used_mb
 
     now = gpu_memory_used_mb(index)
     if baseline is not None and now is not None:
@@ -172,7 +185,7 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     gpu = gpu_index(spec["device"])
     baseline: float | None = None
     if gpu is not None:
-        from cellsdk.nvml import gpu_memory_used_mb
+        from cellsdk.platform.nvml import gpu_memory_used_mb
 
         baseline = gpu_memory_used_mb(gpu)
     started = time.perf_counter()

@@ -4,7 +4,7 @@
 through :class:`Classifier`; training and evaluation live in
 :mod:`cellsdk.training`, imported on first use.
 
-Example:
+Examples:
     >>> import cellsdk
     >>> cellsdk.Preprocessing(input_size=128).input_size
     128
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cellsdk import _compat
 from cellsdk._version import __version__
 from cellsdk.errors import (
     BackendNotInstalledError,
@@ -66,6 +67,8 @@ __all__ = [
     "load_dataset",
     "preprocess",
 ]
+
+_compat.install()  # old module paths (cellsdk.cpu, cellsdk.jobs ...) keep working for one release, with a warning
 
 
 def __getattr__(name: str) -> Any:

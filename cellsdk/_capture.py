@@ -6,7 +6,7 @@ native code). :func:`capture_tool_output` points file descriptors 1 and 2 at a l
 while cellsdk's own progress bars and log messages keep going to the real terminal.
 ``CELLSDK_SHOW_TOOL_OUTPUT=1`` turns the capture off (for debugging a converter).
 
-Example:
+Examples:
     >>> import tempfile, pathlib
     >>> log = pathlib.Path(tempfile.mkdtemp()) / "tools.log"
     >>> with capture_tool_output(log) as captured:

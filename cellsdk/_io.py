@@ -1,6 +1,6 @@
 """Small file helpers: atomic writes and hashing.
 
-Example:
+Examples:
     >>> import tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "a.json")
     >>> write_json(path, {"x": 1}) and open(path).read().strip()
@@ -19,8 +19,18 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "MAX_JSON_DEPTH", "artefact_files", "atomic_path", "current_umask", "on_terminate", "parse_json", "remove_on_terminate",
-    "remove_registered", "sha256_file", "write_json", "write_text",
+    "MAX_JSON_DEPTH",
+    "artefact_files",
+    "atomic_path",
+    "current_umask",
+    "on_terminate",
+    "parse_json",
+    "pending_cleanups",
+    "remove_on_terminate",
+    "remove_registered",
+    "sha256_file",
+    "write_json",
+    "write_text",
 ]
 
 #: deeper JSON than this is refused (cellsdk writes at most ~6 levels; a hostile file could exhaust the stack)
@@ -60,6 +70,17 @@ def on_terminate(cleanup: Callable[[], object]) -> Iterator[None]:
     """Register ``cleanup`` (e.g. a child process's ``kill``) for :func:`remove_registered` while the block runs."""
     with _registered(cleanup):
         yield
+
+
+def pending_cleanups() -> int:
+    """How many cleanups (staging paths, child processes) are registered right now.
+
+    Examples:
+        >>> with on_terminate(lambda: None):
+        ...     pending_cleanups()
+        1
+    """
+    return len(_ON_TERMINATE)
 
 
 def remove_registered() -> int:
@@ -112,7 +133,7 @@ def artefact_files(path: str | os.PathLike) -> list[Path]:
     """Every file a model artefact consists of: a package folder's tree, an OpenVINO ``.xml`` with its ``.bin``,
     or the one file.
 
-    Example:
+    Examples:
         >>> [p.name for p in artefact_files("model.xml")]
         ['model.xml', 'model.bin']
     """
@@ -137,7 +158,7 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """The sha256 hex digest of a file.
 
-    Example:
+    Examples:
         >>> import tempfile, os
         >>> path = os.path.join(tempfile.mkdtemp(), "empty")
         >>> open(path, "wb").close()
@@ -155,7 +176,7 @@ def combined_sha256(named: Sequence[tuple[str, str]]) -> str:
     """One sha256 for an artefact: its file's own for one file; for several (an IR, a package), the sha256 of their
     names (relative to the artefact's folder) and sha256s, in order — what manifests record.
 
-    Example:
+    Examples:
         >>> combined_sha256([("model.onnx", "ab" * 32)]) == "ab" * 32
         True
     """
@@ -167,7 +188,7 @@ def combined_sha256(named: Sequence[tuple[str, str]]) -> str:
 def parse_json(text: str | bytes) -> Any:
     """``json.loads`` that refuses absurdly deep nesting with a ``ValueError`` instead of a ``RecursionError``.
 
-    Example:
+    Examples:
         >>> parse_json('{"a": [1, 2]}')
         {'a': [1, 2]}
         >>> parse_json("[" * 100 + "]" * 100)

@@ -1,6 +1,6 @@
 """Argument checks shared by the Python API and the CLI: one :class:`~cellsdk.errors.ConfigError` line each.
 
-Example:
+Examples:
     >>> require_int("batch_size", 8, minimum=1)
     8
     >>> require_int("batch_size", 0, minimum=1)

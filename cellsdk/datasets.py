@@ -13,7 +13,7 @@ or from the caller. Problems are found when the dataset is opened, not hours
 into training: missing keys, empty classes, unreadable files and labels out
 of range raise :class:`~cellsdk.errors.DatasetError` naming what to fix.
 
-Example:
+Examples:
     >>> import numpy as np, tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "tiny.npz")
     >>> arrays = {f"{s}_{k}": np.zeros((4, 8, 8, 3), np.uint8) if k == "images"
@@ -42,7 +42,14 @@ from cellsdk.labelmaps import KNOWN_LABEL_MAPS, resolve_label_map
 from cellsdk.preprocessing import load_image
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "SPLITS", "ImageDataset", "Split", "carve_validation", "load_dataset", "validation_carve",
+    "IMAGE_EXTENSIONS",
+    "SPLITS",
+    "ImageDataset",
+    "Split",
+    "carve_validation",
+    "is_image",
+    "load_dataset",
+    "validation_carve",
 ]
 
 SPLITS = ("train", "val", "test")
@@ -55,7 +62,7 @@ _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": 
 class Split:
     """One split of a dataset: images (paths or an array) and integer labels.
 
-    Example:
+    Examples:
         >>> s = Split("val", np.array([1, 0]), images=np.zeros((2, 4, 4), np.uint8))
         >>> s.load(0).size, s.class_counts(2).tolist()
         ((4, 4), [1, 1])
@@ -71,18 +78,33 @@ class Split:
         return int(self.targets.shape[0])
 
     def describe(self, index: int) -> str:
-        """The name of item ``index`` for messages: its path, or ``file[split][i]``."""
+        """The name of item ``index`` for messages: its path, or ``file[split][i]``.
+
+        Examples:
+            >>> load_dataset("samples/bloodmnist_128").split("test").describe(0).endswith(".jpg")
+            True
+        """
         if self.paths is not None:
             return str(self.paths[index])
         return f"{self.origin}[{self.name}][{index}]"
 
     def load(self, index: int):  # -> PIL.Image.Image
-        """Decode item ``index`` into an RGB PIL image (InvalidImageError names it)."""
+        """Decode item ``index`` into an RGB PIL image (InvalidImageError names it).
+
+        Examples:
+            >>> load_dataset("samples/bloodmnist_128").split("test").load(0).size
+            (128, 128)
+        """
         source = self.paths[index] if self.paths is not None else self.images[index]  # type: ignore[index]
         return load_image(source, name=self.describe(index))
 
     def class_counts(self, num_classes: int) -> np.ndarray:
-        """Images per class, as an array of length ``num_classes``."""
+        """Images per class, as an array of length ``num_classes``.
+
+        Examples:
+            >>> load_dataset("samples/bloodmnist_128").split("test").class_counts(8).tolist()
+            [4, 4, 4, 4, 4, 4, 4, 4]
+        """
         return np.bincount(self.targets, minlength=num_classes)
 
 
@@ -90,7 +112,7 @@ class Split:
 class ImageDataset:
     """A dataset: ordered class names and its splits.
 
-    Example:
+    Examples:
         >>> ds = ImageDataset("demo", ("a", "b"), {"train": Split("train", np.array([0, 1]),
         ...     images=np.zeros((2, 4, 4), np.uint8))})
         >>> ds.num_classes, ds.split_names
@@ -113,7 +135,13 @@ class ImageDataset:
         return tuple(name for name in SPLITS if name in self.splits)
 
     def split(self, name: str) -> Split:
-        """Return split ``name`` (``all`` joins every split); raise DatasetError listing the available ones."""
+        """Return split ``name`` (``all`` joins every split); raise DatasetError listing the available ones.
+
+        Examples:
+            >>> data = load_dataset("samples/bloodmnist_128")
+            >>> len(data.split("all")) > len(data.split("test"))
+            True
+        """
         key = _SPLIT_ALIASES.get(name.lower(), name)
         if key == "all":
             return self._all()
@@ -138,7 +166,7 @@ class ImageDataset:
         Raises:
             DatasetError: the dataset has classes the model does not know.
 
-        Example:
+        Examples:
             >>> ds = ImageDataset("d", ("b", "a"), {"val": Split("val", np.array([0, 1]),
             ...     images=np.zeros((2, 4, 4), np.uint8))})
             >>> ds.targets_for(ds.split("val"), ("a", "b", "c")).tolist()
@@ -154,7 +182,12 @@ class ImageDataset:
         return lookup[split.targets]
 
     def summary(self) -> str:
-        """A small text table of images per class and split."""
+        """A small text table of images per class and split.
+
+        Examples:
+            >>> print(load_dataset("samples/bloodmnist_128").summary().splitlines()[0])  # doctest: +NORMALIZE_WHITESPACE
+            class train val test
+        """
         rows = [f"{'class':<16}" + "".join(f"{s:>8}" for s in self.split_names)]
         counts = {s: self.splits[s].class_counts(self.num_classes) for s in self.split_names}
         for index, label in enumerate(self.labels):
@@ -195,7 +228,7 @@ def load_dataset(
     Raises:
         DatasetError: the dataset is missing, malformed or inconsistent.
 
-    Example:
+    Examples:
         >>> load_dataset("/no/such/data")
         Traceback (most recent call last):
         ...
@@ -227,7 +260,7 @@ def carve_validation(dataset: ImageDataset, fraction: float, seed: int = 0) -> I
     Raises:
         DatasetError: the dataset already has a val split, has no train split, or the fraction is out of range.
 
-    Example:
+    Examples:
         >>> ds = ImageDataset("d", ("a", "b"), {"train": Split("train", np.array([0] * 10 + [1] * 10),
         ...     images=np.zeros((20, 4, 4), np.uint8))})
         >>> carved = carve_validation(ds, 0.2)
@@ -262,7 +295,7 @@ def carve_validation(dataset: ImageDataset, fraction: float, seed: int = 0) -> I
 def validation_carve(metadata: Any) -> dict[str, Any]:
     """``load_dataset`` keywords that carve the same val split the model was trained with (empty if none).
 
-    Example:
+    Examples:
         >>> from types import SimpleNamespace
         >>> validation_carve(SimpleNamespace(training={"config": {"val_fraction": 0.1, "seed": 3}}))
         {'carve_val': 0.1, 'carve_seed': 3}
@@ -344,7 +377,7 @@ def _check_targets(source: str, names: tuple[str, ...], splits: Mapping[str, Spl
 # ------------------------------------------------------------------------ folders
 
 
-def _is_image(path: Path) -> bool:
+def is_image(path: Path) -> bool:
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
 
 
@@ -394,7 +427,7 @@ def _load_folder(
 def _scan_classes(folder: Path) -> dict[str, list[Path]]:
     classes: dict[str, list[Path]] = {}
     for class_dir in _subdirs(folder):
-        files = sorted(p for p in class_dir.iterdir() if _is_image(p))
+        files = sorted(p for p in class_dir.iterdir() if is_image(p))
         if not files:
             raise DatasetError(
                 f"{class_dir}: class folder has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "

@@ -4,7 +4,7 @@ Every error cellsdk raises on bad input derives from :class:`CellSDKError` and
 carries a one-line message that names the problem and, where there is one, the
 fix. The command-line tools print that line and exit non-zero.
 
-Example:
+Examples:
     >>> from cellsdk.errors import CellSDKError, InvalidImageError
     >>> try:
     ...     raise InvalidImageError("cell.png: not an image (cannot identify format)")
@@ -43,7 +43,7 @@ __all__ = [
 def describe_os_error(err: OSError) -> str:
     """An OS error as one line naming the file, e.g. ``model.onnx: Permission denied``.
 
-    Example:
+    Examples:
         >>> describe_os_error(FileNotFoundError(2, "No such file or directory", "m.onnx"))
         'm.onnx: No such file or directory'
     """

@@ -5,7 +5,7 @@ The images go through exactly the path a user's images take: file -> decode
 uses this for every model file that is not a training checkpoint, so the
 numbers on a model card are those of the artefact as deployed.
 
-Example:
+Examples:
     >>> from cellsdk.evaluation import evaluate_model
     >>> report = evaluate_model("converted/model.int8.onnx", "data/bloodmnist_128", split="test",
     ...                         data_cropped=True)  # doctest: +SKIP
@@ -29,12 +29,12 @@ import numpy as np
 from cellsdk._io import artefact_files, atomic_path, sha256_file, write_json, write_text
 from cellsdk._progress import progress_bar
 from cellsdk._validate import require_int
-from cellsdk.cpu import host_cpu
 from cellsdk.datasets import load_dataset, validation_carve
 from cellsdk.errors import ConfigError, DatasetError, InvalidImageError
 from cellsdk.metrics import classification_report
+from cellsdk.platform.cpu import host_cpu
 
-__all__ = ["REPORT_FILES", "confusion_matrix_csv", "evaluate_model", "evaluate_ood", "write_report"]
+__all__ = ["REPORT_FILES", "confusion_matrix_csv", "evaluate_model", "evaluate_ood", "format_report", "write_report"]
 
 REPORT, CONFUSION_CSV, CONFUSION_PNG, RELIABILITY_PNG, RISK_COVERAGE_PNG = (
     "report.json", "confusion_matrix.csv", "confusion_matrix.png", "reliability.png", "risk_coverage.png",
@@ -46,7 +46,7 @@ REPORT_FILES = (REPORT, CONFUSION_CSV, CONFUSION_PNG, RELIABILITY_PNG, RISK_COVE
 def confusion_matrix_csv(matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> str:
     """The confusion matrix as CSV: a header of predicted labels, one row per true label.
 
-    Example:
+    Examples:
         >>> print(confusion_matrix_csv([[1, 0], [2, 3]], ["a", "b"]), end="")
         true\\predicted,a,b
         a,1,0
@@ -94,9 +94,9 @@ def write_report(out: str | os.PathLike, report: dict[str, Any], *,
 
 
 def _image_files(folder: Path) -> list[Path]:
-    from cellsdk.datasets import _is_image
+    from cellsdk.datasets import is_image
 
-    return sorted(p for p in folder.rglob("*") if p.is_file() and _is_image(p))
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image(p))
 
 
 def _run(classifier: Any, images: Sequence[Any], batch_size: int, *, desc: str, progress: bool,
@@ -145,6 +145,10 @@ def evaluate_ood(classifier: Any, in_scores: np.ndarray, folders: Sequence[str |
 
     Raises:
         DatasetError: a folder is missing or holds no images, or an image in it cannot be read.
+
+    Examples:
+        >>> evaluate_ood(clf, in_scores, ["other_lab/"])["other_lab"]["auroc"]  # doctest: +SKIP
+        0.97
     """
     return _evaluate_ood_files(classifier, in_scores, _ood_folders(folders), batch_size=batch_size,
                                progress=progress)
@@ -201,10 +205,12 @@ def evaluate_model(
         out_dir: where to write the report files; None writes nothing.
         data_cropped: the images already have the model's crop (it is skipped).
         labels: the dataset's class names, if its folders do not give them.
-        backend, device, options: as for :meth:`cellsdk.Classifier.load`.
+        backend: as for :meth:`cellsdk.Classifier.load`.
+        device: as for :meth:`cellsdk.Classifier.load`.
+        options: backend options, as for :meth:`cellsdk.Classifier.load`.
         batch_size: images per runtime call (models with a fixed batch of 1 run one by one).
         progress: show a progress bar.
-        strict: refuse an int8 artefact not verified on this machine's CPU class (see :mod:`cellsdk.cpu`).
+        strict: refuse an int8 artefact not verified on this machine's CPU class (see :mod:`cellsdk.platform.cpu`).
         ood: folders of images that are not the training domain (raw images, the model's own preprocessing):
             the guard's AUROC, FPR at 95 % TPR and share flagged on each, against the split's images.
         explain: write ``explanations.png`` into ``out_dir``: the ``explain`` most confident errors and as many
@@ -281,3 +287,45 @@ def evaluate_model(
             report.setdefault("files", {})[target.name] = str(target)
             write_json(Path(out_dir) / "report.json", report)
     return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A terminal table of an evaluation report (what ``cellsdk-eval`` prints; a deployed model's first names it).
+
+    Examples:
+        >>> r = {"split": "test", "n": 2, "accuracy": 1.0, "macro_f1": 1.0, "min_recall": 1.0, "ece": 0.0,
+        ...      "per_class": {"a": {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 2}}}
+        >>> print(format_report(r).splitlines()[0])
+        test split, 2 images: accuracy 100.00 %, macro-F1 100.00 %, min recall 100.00 %, ECE 0.00 %
+    """
+    lines = [f"{report['model']} on {report['backend']} ({report['device']}), CPU class "
+             f"{report['cpu']['cpu_class']}: {report['cpu_check']}"] if "backend" in report else []
+    lines += [
+        f"{report['split']} split, {report['n']} images: accuracy {report['accuracy'] * 100:.2f} %, "
+        f"macro-F1 {report['macro_f1'] * 100:.2f} %, min recall {report['min_recall'] * 100:.2f} %, "
+        f"ECE {report['ece'] * 100:.2f} %",
+        f"{'class':<16}{'precision':>10}{'recall':>8}{'F1':>8}{'support':>9}",
+    ]
+    for label, row in report["per_class"].items():
+        lines.append(f"{label:<16}{row['precision'] * 100:>9.2f}%{row['recall'] * 100:>7.2f}%"
+                     f"{row['f1'] * 100:>7.2f}%{row['support']:>9}")
+    curve = report.get("risk_coverage") or {}
+    if curve.get("points"):
+        lines.append("risk-coverage (accuracy of the most confident answers): " + ", ".join(
+            f"{p['coverage'] * 100:.0f} % -> {p['accuracy'] * 100:.2f} %" for p in curve["points"]
+            if p["coverage"] in (0.8, 0.9, 0.95, 1.0)) + f"; AURC {curve['aurc']:.4f}")
+    guard = report.get("guard")
+    if guard:
+        lines.append(f"guard ({guard['score']}): kept {guard['kept'] * 100:.1f} % (out of distribution "
+                     f"{guard['flagged_out_of_distribution'] * 100:.1f} %, uncertain {guard['uncertain'] * 100:.1f} %); "
+                     f"accuracy of the kept answers {guard['accuracy_kept'] * 100:.2f} % (all: "
+                     f"{guard['accuracy_all'] * 100:.2f} %)")
+    elif "guard" in report:
+        lines.append("guard: none in this model (every answer has status ok)")
+    if report.get("ood"):
+        lines.append(f"{'OOD folder':<40}{'images':>7}{'AUROC':>8}{'FPR@95':>8}{'flagged':>9}")
+        for folder, row in report["ood"].items():
+            auc = f"{row['auroc']:.3f}" if "auroc" in row else "-"
+            fpr = f"{row['fpr_at_95_tpr']:.2f}" if "fpr_at_95_tpr" in row else "-"
+            lines.append(f"{folder[-39:]:<40}{row['images']:>7}{auc:>8}{fpr:>8}{row['flagged'] * 100:>8.1f}%")
+    return "\n".join(lines)

@@ -10,9 +10,9 @@ runtime (ONNX Runtime, OpenVINO, TorchScript; CoreML on macOS). The map of the t
 raw image's frame (0 outside the crop), so ``heatmap[y, x]`` belongs to the raw pixel ``(x, y)``.
 
 Other heads have no such output; the runtime says so in one line, and Grad-CAM from the checkpoint in
-PyTorch (:func:`cellsdk.training.explain.grad_cam`, the ``grad-cam`` package) explains them instead.
+PyTorch (:func:`cellsdk.training.gradcam.grad_cam`, the ``grad-cam`` package) explains them instead.
 
-Example:
+Examples:
     >>> cam = np.zeros((4, 4), dtype=np.float32); cam[0, 3] = 2.0  # evidence in the top-right cell
     >>> heat = align_map(cam, (40, 20), (10, 0, 30, 20))  # a 20 px crop in the middle of a 40 x 20 image
     >>> heat.shape, np.unravel_index(int(np.argmax(heat)), heat.shape), float(heat.max()), float(heat[:, :10].max())
@@ -24,7 +24,7 @@ from __future__ import annotations
 import io
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,16 +33,16 @@ import numpy as np
 from PIL import Image
 
 from cellsdk._io import atomic_path
-from cellsdk.errors import ConfigError, ExplanationUnavailableError
+from cellsdk.errors import CellSDKError, ConfigError, ExplanationUnavailableError
 from cellsdk.prediction import Prediction
-from cellsdk.tta import check_mode, unview
+from cellsdk.tta import tta_views
 
 if TYPE_CHECKING:
     from cellsdk.classifier import Classifier
     from cellsdk.preprocessing import ImageSource
 
-__all__ = ["CAMS_OUTPUT", "Explanation", "align_map", "cam_grids", "colorize", "evaluation_montage", "explain_images",
-           "heat_layer", "montage", "overlay", "require_cams", "resolve_target"]
+__all__ = ["CAMS_OUTPUT", "Explanation", "SavedExplanation", "align_map", "cam_grids", "colorize", "evaluation_montage",
+           "explain_images", "heat_layer", "montage", "overlay", "require_cams", "resolve_target", "save_explanations"]
 
 #: the name of the class-activation-map output in every artefact that has one
 CAMS_OUTPUT = "cams"
@@ -83,20 +83,38 @@ class Explanation:
     image: Image.Image | None = field(default=None, repr=False, compare=False)
 
     def overlay(self, alpha: float = 0.5) -> Image.Image:
-        """The raw image with the heat map blended over it (see :func:`overlay`)."""
+        """The raw image with the heat map blended over it (see :func:`overlay`).
+
+        Examples:
+            >>> from cellsdk import Classifier
+            >>> Classifier.load(self_check=False).explain("samples/pbc_raw/ig/MMY_163947.jpg").overlay().size
+            (360, 363)
+        """
         if self.image is None:
             raise ConfigError("this explanation holds no image: use cellsdk.explain.overlay(image, explanation.heatmap)")
         return overlay(self.image, self.heatmap, alpha=alpha)
 
     def save(self, path: str | os.PathLike, alpha: float = 0.5) -> Path:
-        """Write :meth:`overlay` as a PNG at ``path`` (atomically); returns the path."""
+        """Write :meth:`overlay` as a PNG at ``path`` (atomically); returns the path.
+
+        Examples:
+            >>> from cellsdk import Classifier
+            >>> Classifier.load().explain("cell.jpg").save("cell.heat.png")  # doctest: +SKIP
+            PosixPath('cell.heat.png')
+        """
         target = Path(path)
         with atomic_path(target) as staged:
             self.overlay(alpha).save(staged, format="PNG")
         return target
 
     def png(self, alpha: float = 0.5, max_side: int | None = None) -> bytes:
-        """:meth:`overlay` as PNG bytes, at most ``max_side`` pixels on its long side (e.g. for a web page)."""
+        """:meth:`overlay` as PNG bytes, at most ``max_side`` pixels on its long side (e.g. for a web page).
+
+        Examples:
+            >>> from cellsdk import Classifier
+            >>> Classifier.load(self_check=False).explain("samples/pbc_raw/ig/MMY_163947.jpg").png(max_side=64)[:4]
+            b'\x89PNG'
+        """
         image = self.overlay(alpha)
         if max_side is not None and max(image.size) > max_side:
             image.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
@@ -106,7 +124,14 @@ class Explanation:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (no arrays): target, its probability, method, crop box and the map's peak in
-        raw-image pixels."""
+        raw-image pixels.
+
+        Examples:
+            >>> from cellsdk import Classifier
+            >>> summary = Classifier.load(self_check=False).explain("samples/pbc_raw/ig/MMY_163947.jpg").to_dict()
+            >>> summary["target"], summary["box"], summary["grid"]
+            ('ig', [80, 81, 280, 281], [4, 4])
+        """
         y, x = np.unravel_index(int(np.argmax(self.heatmap)), self.heatmap.shape) if self.heatmap.size else (0, 0)
         return {"target": self.target, "index": self.index, "probability": self.probability, "method": self.method,
                 "box": list(self.box), "peak": [int(x), int(y)], "grid": list(self.cam.shape)}
@@ -118,6 +143,10 @@ def cam_grids(values: np.ndarray, classes: int) -> np.ndarray:
 
     Raises:
         ExplanationUnavailableError: an output of the wrong size.
+
+    Examples:
+        >>> cam_grids(np.zeros((2, 3 * 16)), classes=3).shape  # flattened by the runtime
+        (2, 3, 4, 4)
     """
     values = np.asarray(values, dtype=np.float32)
     if values.ndim == 4 and values.shape[1] == classes:
@@ -154,7 +183,12 @@ def align_map(cam: np.ndarray, image_size: tuple[int, int], box: tuple[int, int,
 
 
 def colorize(heatmap: np.ndarray) -> np.ndarray:
-    """``H x W`` values in [0, 1] as ``H x W x 3`` uint8 colours (dark blue = 0 ... red = 1)."""
+    """``H x W`` values in [0, 1] as ``H x W x 3`` uint8 colours (dark blue = 0 ... red = 1).
+
+    Examples:
+        >>> colorize(np.array([[0.0, 1.0]])).tolist()
+        [[[0, 0, 96], [224, 0, 0]]]
+    """
     index = np.clip(np.nan_to_num(np.asarray(heatmap, dtype=np.float32)) * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return _LUT[index]
 
@@ -165,6 +199,11 @@ def overlay(image: Image.Image | np.ndarray, heatmap: np.ndarray, alpha: float =
 
     Raises:
         ConfigError: ``alpha`` outside [0, 1] or a heat map of another size than the image.
+
+    Examples:
+        >>> image = Image.new("RGB", (4, 2), (200, 200, 200))
+        >>> overlay(image, np.zeros((2, 4))).getpixel((0, 0))  # no evidence: the original pixel
+        (200, 200, 200)
     """
     if not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"alpha={alpha!r}: use a value between 0 and 1")
@@ -180,7 +219,13 @@ def overlay(image: Image.Image | np.ndarray, heatmap: np.ndarray, alpha: float =
 
 def heat_layer(heatmap: np.ndarray, max_side: int | None = None, alpha: float = 0.7) -> Image.Image:
     """The heat map alone as an RGBA picture to lay over the image (a web page's overlay): the map's colour,
-    transparent where the map is 0 and ``alpha`` opaque at its peak; at most ``max_side`` pixels on its long side."""
+    transparent where the map is 0 and ``alpha`` opaque at its peak; at most ``max_side`` pixels on its long side.
+
+    Examples:
+        >>> layer = heat_layer(np.array([[0.0, 1.0]]))
+        >>> layer.mode, layer.getpixel((0, 0))[3], layer.getpixel((1, 0))[3]
+        ('RGBA', 0, 178)
+    """
     heat = np.clip(np.nan_to_num(np.asarray(heatmap, dtype=np.float32)), 0.0, 1.0)
     rgba = np.dstack([colorize(heat), np.round(heat * alpha * 255.0).astype(np.uint8)])
     picture = Image.fromarray(rgba, mode="RGBA")
@@ -194,6 +239,10 @@ def resolve_target(target: str | int | None, labels: Sequence[str]) -> int | Non
 
     Raises:
         ConfigError: an unknown label or an index out of range, listing the labels.
+
+    Examples:
+        >>> resolve_target("b", ["a", "b"]), resolve_target(0, ["a", "b"]), resolve_target(None, ["a", "b"])
+        (1, 0, None)
     """
     if target is None:
         return None
@@ -215,16 +264,22 @@ def explain_images(classifier: Classifier, images: Sequence[ImageSource], target
             or a model converted without it), naming what to do instead.
         ConfigError: an unknown ``target`` or ``tta`` mode.
         InvalidImageError: an image that cannot be read (nothing else is lost).
+
+    Examples:
+        >>> from cellsdk import Classifier
+        >>> [e.target for e in explain_images(Classifier.load(self_check=False), ["samples/pbc_raw/ig/MMY_163947.jpg"])]
+        ['ig']
     """
     from cellsdk.preprocessing import crop_box, load_image
 
     require_cams(classifier)
     wanted = resolve_target(target, classifier.labels)
-    mode = classifier.tta if tta is None else check_mode(tta)
+    views = tta_views(classifier.tta if tta is None else tta)
+    inference = classifier.inference
     raw = [load_image(image) for image in images]
-    prepared = [classifier._prepare(image, classifier._wants_stats) for image in raw]
-    predictions, outputs = classifier._infer_outputs(prepared, top_k, mode)
-    grids = unview(cam_grids(outputs[CAMS_OUTPUT], len(classifier.labels)), mode)
+    result = inference.run([inference.prepare(image) for image in raw], top_k=top_k, views=views)
+    predictions = result.predictions
+    grids = views.unview(cam_grids(result.outputs[CAMS_OUTPUT], len(classifier.labels)))
     spec = classifier.metadata.preprocessing
     explained = []
     for image, prediction, grid in zip(raw, predictions, grids, strict=True):
@@ -238,19 +293,32 @@ def explain_images(classifier: Classifier, images: Sequence[ImageSource], target
 
 
 def require_cams(classifier: Classifier) -> None:
-    """Raise :class:`ExplanationUnavailableError` (one line, with what to do) unless the model has ``cams``."""
+    """Raise :class:`ExplanationUnavailableError` (one line, with what to do) unless the model has ``cams``.
+
+    Examples:
+        >>> from cellsdk import Classifier
+        >>> require_cams(Classifier.load(self_check=False)) is None  # the shipped model has class activation maps
+        True
+    """
     if CAMS_OUTPUT in classifier.metadata.outputs:
         return
     raise ExplanationUnavailableError(
         f"{classifier.path.name} has no class-activation-map output, so it cannot explain its predictions in "
         f"{classifier.backend_name}: re-convert its checkpoint with cellsdk-convert (which adds one when the head "
         "is global pooling -> linear), or for other heads use Grad-CAM from the checkpoint in PyTorch "
-        "(cellsdk.training.explain.grad_cam)")
+        "(cellsdk.training.gradcam.grad_cam)")
 
 
 def montage(rows: Sequence[tuple[str, Sequence[tuple[Explanation, str]]]], tile: int = 176,
             columns: int | None = None) -> Image.Image:
-    """A labelled grid of overlays: one titled band per ``(title, [(explanation, caption), ...])``."""
+    """A labelled grid of overlays: one titled band per ``(title, [(explanation, caption), ...])``.
+
+    Examples:
+        >>> from cellsdk import Classifier
+        >>> explanation = Classifier.load(self_check=False).explain("samples/pbc_raw/ig/MMY_163947.jpg")
+        >>> montage([("errors", []), ("correct", [(explanation, "truth ig")])], tile=64).size
+        (76, 254)
+    """
     from PIL import ImageDraw, ImageFont, ImageOps
 
     font = ImageFont.load_default()
@@ -280,7 +348,14 @@ def montage(rows: Sequence[tuple[str, Sequence[tuple[Explanation, str]]]], tile:
 def evaluation_montage(classifier: Classifier, images: Sequence[ImageSource], targets: np.ndarray,
                        probabilities: np.ndarray, count: int, *, seed: int = 0) -> tuple[Image.Image, dict[str, Any]]:
     """The ``count`` most confident errors and ``count`` random correct images, explained and labelled with
-    truth and prediction (what ``cellsdk-eval --explain N`` writes), and which images they were."""
+    truth and prediction (what ``cellsdk-eval --explain N`` writes), and which images they were.
+
+    Examples:
+        >>> from cellsdk import Classifier
+        >>> sheet, record = evaluation_montage(Classifier.load(), images, targets, probabilities, 4)  # doctest: +SKIP
+        >>> record["errors"]  # doctest: +SKIP
+        [17, 203]
+    """
     require_cams(classifier)
     labels = classifier.labels
     predicted = probabilities.argmax(axis=1)
@@ -300,3 +375,56 @@ def evaluation_montage(classifier: Classifier, images: Sequence[ImageSource], ta
         bands.append((title, items))
     record = {"errors": [int(i) for i in wrong], "correct": [int(i) for i in right], "seed": seed}
     return montage(bands, columns=min(max(count, 1), 8)), record
+
+
+@dataclass(frozen=True)
+class SavedExplanation:
+    """One image of :func:`save_explanations`: its explanation and overlay file, or the error that replaced them.
+
+    Attributes:
+        source: the input as given.
+        explanation: where the model looked (None when the image failed).
+        file: the overlay PNG written (None when the image failed).
+        error: why the image could not be explained (None when it was).
+    """
+
+    source: Any
+    explanation: Explanation | None = None
+    file: Path | None = None
+    error: CellSDKError | None = None
+
+
+def save_explanations(classifier: Classifier, images: Iterable[ImageSource], out_dir: str | os.PathLike, *,
+                      target: str | int | None = None, tta: str | None = None) -> Iterator[SavedExplanation]:
+    """Explain each image and write its overlay PNG into ``out_dir`` (what ``cellsdk predict --explain`` does), one
+    image at a time: an image that fails is yielded with its error, and nothing else is lost.
+
+    Files are named ``<stem>.<class>.png`` after the image (``image-<n>`` for inputs that are not paths); a stem seen
+    before gets ``-2``, ``-3`` ... so no overlay replaces another.
+
+    Raises:
+        ExplanationUnavailableError: before anything is written, for a model that cannot explain.
+
+    Examples:
+        >>> from cellsdk import Classifier
+        >>> saved = list(save_explanations(Classifier.load(), ["samples/pbc_raw/ig/MMY_163947.jpg"], "overlays"))
+        ... # doctest: +SKIP
+        >>> saved[0].file.name  # doctest: +SKIP
+        'MMY_163947.ig.png'
+    """
+    require_cams(classifier)
+    folder = Path(out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    used: set[str] = set()
+    for index, source in enumerate(images):
+        try:
+            explanation = explain_images(classifier, [source], target, tta=tta)[0]
+        except CellSDKError as err:
+            yield SavedExplanation(source, error=err)
+            continue
+        stem = Path(source).stem if isinstance(source, (str, os.PathLike)) else f"image-{index}"
+        name, counter = f"{stem}.{explanation.target}.png", 2
+        while name in used:
+            name, counter = f"{stem}-{counter}.{explanation.target}.png", counter + 1
+        used.add(name)
+        yield SavedExplanation(source, explanation, explanation.save(folder / name))

@@ -1,6 +1,6 @@
 """Known label maps: class names in the output order of published datasets.
 
-Example:
+Examples:
     >>> resolve_label_map("bloodmnist")[3]
     'ig'
 """
@@ -34,7 +34,7 @@ def resolve_label_map(labels: str | Sequence[str]) -> tuple[str, ...]:
     Raises:
         DatasetError: an unknown map name, or fewer than two or repeated names.
 
-    Example:
+    Examples:
         >>> resolve_label_map("a,b,c")
         ('a', 'b', 'c')
     """

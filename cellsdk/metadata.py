@@ -7,7 +7,7 @@ says what the model predicts (ordered labels), how a raw image becomes the
 model input (:class:`Preprocessing`), and where the model came from
 (provenance).
 
-Example:
+Examples:
     >>> from cellsdk.metadata import ModelMetadata, Preprocessing
     >>> meta = ModelMetadata(labels=("a", "b"), arch="resnet18",
     ...                      preprocessing=Preprocessing(input_size=64))
@@ -74,7 +74,7 @@ class Preprocessing:
         std: per-channel standard deviation, in [0, 1] units, RGB order.
         color_order: channel order of the model input, ``"RGB"`` or ``"BGR"``.
 
-    Example:
+    Examples:
         >>> Preprocessing(input_size=128, crop_mode="pixels", crop_value=200).describe()
         'centre crop 200 px -> resize 128x128 (bilinear) -> RGB, mean (0.5, 0.5, 0.5), std (0.5, 0.5, 0.5)'
     """
@@ -93,7 +93,16 @@ class Preprocessing:
         self.validate()
 
     def validate(self) -> None:
-        """Raise :class:`MetadataError` if any field is out of range."""
+        """Raise :class:`MetadataError` if any field is out of range.
+
+        Examples:
+            >>> Preprocessing(input_size=128).validate() is None
+            True
+            >>> Preprocessing(input_size=0)  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            cellsdk.errors.MetadataError: preprocessing.input_size 0 is out of range: use 1...
+        """
         if not isinstance(self.input_size, int) or isinstance(self.input_size, bool):
             raise MetadataError(f"preprocessing.input_size must be an integer, got {self.input_size!r}")
         if not 1 <= self.input_size <= _MAX_INPUT_SIZE:
@@ -122,7 +131,12 @@ class Preprocessing:
             raise MetadataError(f"preprocessing.std must be positive, got {self.std!r}")
 
     def describe(self) -> str:
-        """A one-line human-readable summary of the recipe."""
+        """A one-line human-readable summary of the recipe.
+
+        Examples:
+            >>> Preprocessing(input_size=128, crop_mode="pixels", crop_value=200).describe()[:40]
+            'centre crop 200 px -> resize 128x128 (bi'
+        """
         if self.crop_mode == "pixels":
             crop = f"centre crop {int(self.crop_value)} px -> "
         elif self.crop_mode == "fraction" and self.crop_value < 1.0:
@@ -140,6 +154,10 @@ class Preprocessing:
 
         Used for data whose images were already cropped by this recipe (for
         example ``bloodmnist_128``, cut 200 px from the raw originals).
+
+        Examples:
+            >>> Preprocessing(input_size=128, crop_mode="pixels", crop_value=200).without_crop().crop_mode
+            'none'
         """
         return dataclasses.replace(self, crop_mode="none", crop_value=1.0)
 
@@ -152,7 +170,13 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
-        """Build from :meth:`to_dict` output, raising :class:`MetadataError` on bad input."""
+        """Build from :meth:`to_dict` output, raising :class:`MetadataError` on bad input.
+
+        Examples:
+            >>> spec = Preprocessing(input_size=64)
+            >>> Preprocessing.from_dict(spec.to_dict()) == spec
+            True
+        """
         return _build(cls, data, "preprocessing")
 
 
@@ -174,7 +198,7 @@ class ModelMetadata:
         training: the training recipe (a JSON-ready dictionary).
         cpu_verification: one record per CPU class the artefact was verified on (``target``,
             ``cpu_class``, ``features``, ``method``, ``images``, ``status``, the gate's figures); see
-            :mod:`cellsdk.cpu`. Empty for checkpoints and for artefacts written before schema 2.
+            :mod:`cellsdk.platform.cpu`. Empty for checkpoints and for artefacts written before schema 2.
         outputs: the model's outputs in order: ``logits`` first, then e.g. ``features`` (the pooled
             features the OOD guard reads). Before schema 3 always ``("logits",)``.
         guard: the out-of-distribution guard (score statistics, thresholds, input checks, validation
@@ -183,13 +207,13 @@ class ModelMetadata:
             ``cellsdk verify --device cuda|tensorrt`` (``target``, ``gpu``, ``driver``, ``runtime``, ``images``,
             ``status``, the gate's figures). Empty before schema 4 and until a GPU check ran.
         test_vectors: held-out images and the fp32 reference's outputs on them, with the gate's thresholds, so
-            the artefact can check itself on any machine (:mod:`cellsdk.testvectors`, :mod:`cellsdk.selfcheck`);
+            the artefact can check itself on any machine (:mod:`cellsdk.testvectors`, :mod:`cellsdk.artefacts.selfcheck`);
             None before schema 5, for checkpoints, and for artefacts not written by cellsdk-convert.
         created: ISO 8601 UTC time of creation.
         cellsdk_version: the cellsdk version that wrote the document.
         schema_version: version of this schema.
 
-    Example:
+    Examples:
         >>> meta = ModelMetadata(labels=("a", "b"), arch="resnet18",
         ...                      preprocessing=Preprocessing(input_size=64))
         >>> meta.num_classes
@@ -301,7 +325,7 @@ class ModelMetadata:
     def replace(self, **changes: Any) -> ModelMetadata:
         """A copy with some fields changed, validated again.
 
-        Example:
+        Examples:
             >>> meta = ModelMetadata(labels=("a", "b"), arch="x", preprocessing=Preprocessing(8))
             >>> meta.replace(precision="int8").precision
             'int8'
@@ -339,7 +363,7 @@ class ModelMetadata:
     def from_json(cls, text: str | bytes) -> ModelMetadata:
         """Parse the JSON document written by :meth:`to_json`.
 
-        Example:
+        Examples:
             >>> ModelMetadata.from_json("[]")
             Traceback (most recent call last):
             ...

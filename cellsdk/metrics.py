@@ -3,7 +3,7 @@
 Used by training (validation macro-F1), evaluation, the conversion gate and
 the benchmark's accuracy rows, so every tool computes the same numbers.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> report = classification_report(np.array([0, 1, 1]), np.array([[.9, .1], [.2, .8], [.6, .4]]), ("a", "b"))
     >>> round(report["accuracy"], 4), report["per_class"]["b"]["recall"]
@@ -35,7 +35,7 @@ __all__ = [
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax, numerically stable.
 
-    Example:
+    Examples:
         >>> softmax(np.array([[0.0, 0.0]])).tolist()
         [[0.5, 0.5]]
     """
@@ -47,7 +47,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """Counts with true classes as rows and predicted classes as columns.
 
-    Example:
+    Examples:
         >>> confusion_matrix(np.array([0, 1, 1]), np.array([0, 0, 1]), 2).tolist()
         [[1, 0], [1, 1]]
     """
@@ -68,7 +68,7 @@ def expected_calibration_error(
         The ECE and, per bin, its edges, count, mean confidence and accuracy
         (the data of a reliability diagram).
 
-    Example:
+    Examples:
         >>> ece, bins = expected_calibration_error(np.array([[0.75, 0.25]] * 4), np.array([0, 0, 0, 1]))
         >>> ece
         0.0
@@ -115,6 +115,11 @@ def classification_report(
         label), ``confusion_matrix`` (rows true, columns predicted),
         ``reliability`` (the ECE bins), ``labels``, ``risk_coverage`` (accuracy of the most confident
         answers at coverages 50 ... 100 %, and the area under the risk-coverage curve).
+
+    Examples:
+        >>> report = classification_report([0, 1, 1], np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]), ["a", "b"])
+        >>> round(report["accuracy"], 3), report["per_class"]["b"]["recall"]
+        (0.667, 0.5)
     """
     y_true = np.asarray(y_true, dtype=np.int64)
     probabilities = np.asarray(probabilities, dtype=np.float64)
@@ -157,7 +162,7 @@ def nll(logits: np.ndarray, y_true: np.ndarray, temperature: float = 1.0) -> flo
 
     Log-probabilities work as ``logits`` too: the softmax ignores a per-row shift.
 
-    Example:
+    Examples:
         >>> round(nll(np.array([[0.0, 0.0]]), np.array([0])), 4)
         0.6931
     """
@@ -176,7 +181,7 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray, *, low: float = 0.05
     ``[low, high]`` finds it; it never changes which class is predicted.
     Log-probabilities work as ``logits`` too.
 
-    Example:
+    Examples:
         >>> rng = np.random.default_rng(0)
         >>> y = rng.integers(0, 3, 2000)
         >>> true_logits = rng.normal(size=(2000, 3)); true_logits[np.arange(2000), y] += 2.0
@@ -206,7 +211,7 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray, *, low: float = 0.05
 def auroc(inlier_scores: np.ndarray, outlier_scores: np.ndarray) -> float:
     """Area under the ROC curve of telling outliers (higher scores) from inliers; ties count half.
 
-    Example:
+    Examples:
         >>> auroc(np.array([0.1, 0.2]), np.array([0.3, 0.2]))
         0.875
     """
@@ -231,7 +236,7 @@ def auroc(inlier_scores: np.ndarray, outlier_scores: np.ndarray) -> float:
 def fpr_at_tpr(inlier_scores: np.ndarray, outlier_scores: np.ndarray, tpr: float = 0.95) -> float:
     """Share of outliers accepted when the threshold keeps ``tpr`` of the inliers (FPR at 95 % TPR).
 
-    Example:
+    Examples:
         >>> fpr_at_tpr(np.arange(100.0), np.array([50.0, 200.0]))
         0.5
     """
@@ -249,7 +254,7 @@ def risk_coverage(correct: np.ndarray, confidence: np.ndarray) -> dict[str, Any]
     Returns ``coverage`` and ``accuracy`` arrays (one point per accepted image count) and the area under
     the risk-coverage curve (``aurc``, lower is better).
 
-    Example:
+    Examples:
         >>> curve = risk_coverage(np.array([1, 0, 1]), np.array([0.9, 0.5, 0.8]))
         >>> curve["accuracy"][:2].tolist(), round(curve["aurc"], 4)
         ([1.0, 1.0], 0.1111)
@@ -284,7 +289,7 @@ def _risk_coverage_summary(correct: np.ndarray, confidence: np.ndarray) -> dict[
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """The 95 % Wilson score interval of a proportion (sensible at 0, 1 and small ``n``).
 
-    Example:
+    Examples:
         >>> [round(x, 3) for x in wilson_interval(31, 32)]
         [0.843, 0.994]
     """
@@ -299,7 +304,7 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
     """The mean over rows of the cosine similarity of ``a`` and ``b`` (each row flattened); 1.0 for no rows.
 
-    Example:
+    Examples:
         >>> mean_cosine(np.array([[1.0, 0.0], [0.0, 2.0]]), np.array([[2.0, 0.0], [1.0, 0.0]]))
         0.5
     """

@@ -3,7 +3,7 @@
 matplotlib is imported lazily (it is part of the ``[train]`` extra), with the
 non-interactive Agg backend, and every plot is written atomically.
 
-Example:
+Examples:
     >>> import tempfile, os
     >>> out = os.path.join(tempfile.mkdtemp(), "cm.png")
     >>> plot_confusion_matrix([[3, 1], [0, 4]], ["a", "b"], out)  # doctest: +SKIP
@@ -21,10 +21,10 @@ import numpy as np
 from cellsdk._io import atomic_path
 from cellsdk.errors import BackendNotInstalledError
 
-__all__ = ["plot_confusion_matrix", "plot_reliability", "plot_risk_coverage", "plot_training_curves"]
+__all__ = ["plot_confusion_matrix", "plot_reliability", "plot_risk_coverage", "plot_training_curves", "pyplot"]
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     try:
         import matplotlib
 
@@ -38,7 +38,7 @@ def _pyplot() -> Any:
 
 
 def _save(fig: Any, path: str | os.PathLike) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     target = Path(path)
     with atomic_path(target) as tmp:
         fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
@@ -54,7 +54,7 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | os.Pa
             ``val_loss``, ``val_accuracy``, ``val_macro_f1``, ``lr``.
         path: where to write the PNG.
     """
-    plt = _pyplot()
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     axes[0].plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
@@ -77,8 +77,13 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | os.Pa
 def plot_confusion_matrix(
     matrix: Sequence[Sequence[int]], labels: Sequence[str], path: str | os.PathLike, *, title: str = ""
 ) -> Path:
-    """A confusion matrix (rows true, columns predicted), coloured by row share, with counts."""
-    plt = _pyplot()
+    """A confusion matrix (rows true, columns predicted), coloured by row share, with counts.
+
+    Examples:
+        >>> plot_confusion_matrix([[5, 1], [0, 6]], ["a", "b"], "confusion.png")  # doctest: +SKIP
+        PosixPath('confusion.png')
+    """
+    plt = pyplot()
     counts = np.asarray(matrix, dtype=np.int64)
     rows = counts.sum(axis=1, keepdims=True)
     share = np.divide(counts, rows, out=np.zeros(counts.shape, dtype=np.float64), where=rows > 0)
@@ -100,8 +105,12 @@ def plot_confusion_matrix(
 
 
 def plot_reliability(bins: Sequence[Mapping[str, float]], ece: float, path: str | os.PathLike) -> Path:
-    """A reliability diagram: accuracy against confidence per bin, with the ECE."""
-    plt = _pyplot()
+    """A reliability diagram: accuracy against confidence per bin, with the ECE.
+
+    Examples:
+        >>> plot_reliability(report["reliability"], "reliability.png")  # doctest: +SKIP
+    """
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     centres = [(b["low"] + b["high"]) / 2 for b in bins]
     width = bins[0]["high"] - bins[0]["low"] if bins else 0.1
@@ -125,7 +134,7 @@ def plot_risk_coverage(correct: Sequence[bool], confidence: Sequence[float], pat
 
     from cellsdk.metrics import risk_coverage
 
-    plt = _pyplot()
+    plt = pyplot()
     curve = risk_coverage(np.asarray(correct), np.asarray(confidence))
     fig, ax = plt.subplots(figsize=(5, 4))
     ax.plot(curve["coverage"], curve["accuracy"] * 100, label=f"by confidence (AURC {curve['aurc']:.4f})")

@@ -1,6 +1,6 @@
 """``Prediction``: what ``Classifier.predict`` returns for one image, with the OOD guard's verdict.
 
-Example:
+Examples:
     >>> p = Prediction("b", 1, 0.75, {"a": 0.25, "b": 0.75}, (("b", 0.75), ("a", 0.25)))
     >>> p.ok, p.to_dict()["status"]
     (True, 'ok')
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Prediction"]
+__all__ = ["RECORD_FIELDS", "Prediction", "format_prediction", "prediction_record"]
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Prediction:
         ood_score: the guard's OOD score (higher = less like the training data), None without a guard.
         reasons: why the status is not ``ok``: the score, and each input check that fired.
 
-    Example:
+    Examples:
         >>> p = Prediction("b", 1, 0.75, {"a": 0.25, "b": 0.75}, (("b", 0.75), ("a", 0.25)))
         >>> p.to_dict()["top_k"][0], p.status
         ({'label': 'b', 'probability': 0.75}, 'ok')
@@ -52,8 +52,45 @@ class Prediction:
         return self.status == "ok"
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dictionary."""
+        """A JSON-ready dictionary.
+
+        Examples:
+            >>> Prediction("b", 1, 0.75, {"a": 0.25, "b": 0.75}, (("b", 0.75),)).to_dict()["label"]
+            'b'
+        """
         return {"label": self.label, "index": self.index, "confidence": self.confidence, "status": self.status,
                 "ood_score": self.ood_score, "reasons": list(self.reasons),
                 "top_k": [{"label": label, "probability": p} for label, p in self.top_k],
                 "probabilities": dict(self.probabilities)}
+
+
+#: the fields of a prediction a JSON line of ``cellsdk predict --json`` carries
+RECORD_FIELDS = ("label", "index", "confidence", "top_k", "status", "ood_score", "reasons")
+
+
+def prediction_record(source: Any, prediction: Prediction) -> dict[str, Any]:
+    """One image's JSON record as ``cellsdk predict --json`` prints it: its path, then :data:`RECORD_FIELDS`.
+
+    Examples:
+        >>> p = Prediction("b", 1, 0.75, {"a": 0.25, "b": 0.75}, (("b", 0.75),))
+        >>> prediction_record("cell.png", p)["top_k"]
+        [{'label': 'b', 'probability': 0.75}]
+    """
+    record = prediction.to_dict()
+    return {"path": str(source), **{key: record[key] for key in RECORD_FIELDS}}
+
+
+def format_prediction(source: Any, prediction: Prediction) -> str:
+    """One image's line as ``cellsdk predict`` prints it: path, ranked classes, and the guard's status and first
+    reason when it is not ``ok``.
+
+    Examples:
+        >>> p = Prediction("b", 1, 0.75, {"a": 0.25, "b": 0.75}, (("b", 0.75), ("a", 0.25)))
+        >>> format_prediction("cell.png", p)
+        'cell.png\\tb 75.0%, a 25.0%'
+    """
+    ranked = ", ".join(f"{label} {p * 100:.1f}%" for label, p in prediction.top_k) or "(no answer)"
+    if prediction.ok:
+        return f"{source}\t{ranked}"
+    more = f" (+{len(prediction.reasons) - 1} more)" if len(prediction.reasons) > 1 else ""
+    return f"{source}\t{ranked}\t{prediction.status.upper()}: {prediction.reasons[0]}{more}"

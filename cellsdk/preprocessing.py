@@ -14,7 +14,7 @@ so all of them see identical tensors:
 
 :func:`preprocess` does all three.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> from cellsdk.metadata import Preprocessing
     >>> x = preprocess(np.zeros((40, 30, 3), np.uint8), Preprocessing(input_size=16))
@@ -72,7 +72,7 @@ _WIDE_MODES = {"I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 def describe_source(source: Any, name: str | None = None) -> str:
     """A short name for an image source, used in error messages.
 
-    Example:
+    Examples:
         >>> describe_source(b"abc")
         '<3 bytes>'
     """
@@ -111,7 +111,7 @@ def load_image(source: ImageSource, *, name: str | None = None) -> Image.Image:
             of an unsupported shape or mode, or larger than
             :data:`MAX_IMAGE_PIXELS`.
 
-    Example:
+    Examples:
         >>> load_image(np.full((4, 5), 7, np.uint8)).mode
         'RGB'
     """
@@ -284,7 +284,7 @@ def crop_box(size: tuple[int, int], spec: Preprocessing) -> tuple[int, int, int,
     """The region ``(left, top, right, bottom)`` of a ``(width, height)`` image that :func:`prepare_image` keeps
     (and resizes to the model input): the centre square of the crop, or the whole image without one.
 
-    Example:
+    Examples:
         >>> from cellsdk.metadata import Preprocessing
         >>> crop_box((363, 360), Preprocessing(input_size=128, crop_mode="pixels", crop_value=200))
         (81, 80, 281, 280)
@@ -309,7 +309,7 @@ def prepare_image(image: Image.Image, spec: Preprocessing) -> Image.Image:
     side) or ``round(crop_value * short side)`` (``"fraction"``). Without a
     crop the whole image is resized to a square.
 
-    Example:
+    Examples:
         >>> from cellsdk.metadata import Preprocessing
         >>> spec = Preprocessing(input_size=8, crop_mode="pixels", crop_value=20)
         >>> prepare_image(Image.new("RGB", (36, 30)), spec).size
@@ -327,7 +327,7 @@ def prepare_image(image: Image.Image, spec: Preprocessing) -> Image.Image:
 def to_input_array(image: Image.Image | np.ndarray, spec: Preprocessing) -> np.ndarray:
     """Scale to [0, 1], normalise and lay out a prepared RGB image (or its ``H x W x 3`` uint8 pixels) as float32 CHW.
 
-    Example:
+    Examples:
         >>> from cellsdk.metadata import Preprocessing
         >>> spec = Preprocessing(input_size=2, mean=(0, 0, 0), std=(1, 1, 1))
         >>> to_input_array(Image.new("RGB", (2, 2), (255, 0, 0)), spec)[:, 0, 0].tolist()
@@ -363,7 +363,7 @@ def preprocess(source: ImageSource, spec: Preprocessing, *, name: str | None = N
     Raises:
         InvalidImageError: the input cannot be turned into an image.
 
-    Example:
+    Examples:
         >>> from cellsdk.metadata import Preprocessing
         >>> preprocess(np.zeros((5, 5), np.uint8), Preprocessing(input_size=4)).shape
         (3, 4, 4)
@@ -374,7 +374,7 @@ def preprocess(source: ImageSource, spec: Preprocessing, *, name: str | None = N
 def preprocess_batch(sources: Iterable[ImageSource], spec: Preprocessing) -> np.ndarray:
     """Preprocess several images into one float32 NCHW batch.
 
-    Example:
+    Examples:
         >>> from cellsdk.metadata import Preprocessing
         >>> preprocess_batch([np.zeros((5, 5), np.uint8)] * 2, Preprocessing(input_size=4)).shape
         (2, 3, 4, 4)

@@ -4,12 +4,12 @@
 set of held-out images — the encoded bytes as the runtime reads them, so decoding and preprocessing are
 checked too — with the fp32 PyTorch model's logits, features (the OOD guard's input) and class activation maps
 on exactly those bytes, and the thresholds of the gate the artefact passed. On any machine the artefact can
-then check itself (:mod:`cellsdk.selfcheck`) without the checkpoint, the data or torch.
+then check itself (:mod:`cellsdk.artefacts.selfcheck`) without the checkpoint, the data or torch.
 
 Sizes: at most 10 % of the artefact or 400 KB of metadata, whichever is smaller (:data:`MAX_BYTES`,
 :data:`MAX_SHARE`); the converter keeps as many images as fit (:func:`cellsdk.converters.testvectors.fit`).
 
-Example:
+Examples:
     >>> import numpy as np
     >>> vectors = TestVectors(images=(b"\\x89PNG...",), media_types=("image/png",), ids=("a.png",), targets=(0,),
     ...                       logits=np.zeros((1, 2), np.float32))
@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from cellsdk.arrays import encode_array
 from cellsdk.errors import MetadataError
-from cellsdk.ood_scores import encode_array
 
 __all__ = ["FORMAT", "MAX_BYTES", "MAX_SHARE", "TestVectors", "size_budget"]
 
@@ -45,7 +45,7 @@ _DTYPES = {"logits": "float32", "features": "float16", "cams": "float16"}
 def size_budget(artefact_bytes: int) -> int:
     """The bytes the vectors may take in an artefact of ``artefact_bytes``: min(10 %, 400 KB).
 
-    Example:
+    Examples:
         >>> size_budget(4_400_000), size_budget(120_000)
         (400000, 12000)
     """
@@ -64,7 +64,7 @@ class TestVectors:
         logits: the fp32 reference's logits, ``N x C``.
         features: its pooled features (``N x D``), for artefacts with a ``features`` output; else None.
         cams: its class activation maps (``N x C x h x w``), for artefacts with a ``cams`` output; else None.
-        thresholds: the conversion gate's thresholds (:class:`cellsdk.converters.verify.VerifyConfig`).
+        thresholds: the conversion gate's thresholds (:class:`cellsdk.converters.gate.VerifyConfig`).
         preprocessing: the preprocessing the reference saw (the artefact's own, whatever a caller overrides).
         expected_scores: this artefact's own OOD scores on the vectors where its gate passed (int8 moves the
             scores away from fp32's by an amount that depends on the quantizer; on another machine a correct
@@ -101,7 +101,13 @@ class TestVectors:
         return len(self.images)
 
     def outputs(self) -> dict[str, np.ndarray]:
-        """The reference outputs by name (``logits``, and ``features`` / ``cams`` where present), float64."""
+        """The reference outputs by name (``logits``, and ``features`` / ``cams`` where present), float64.
+
+        Examples:
+            >>> vectors = TestVectors((b"a",), ("image/png",), ("a",), (0,), np.array([[2.0, 0.0]]))
+            >>> vectors.outputs()["logits"].dtype
+            dtype('float64')
+        """
         out = {"logits": np.asarray(self.logits, dtype=np.float64)}
         for name in ("features", "cams"):
             value = getattr(self, name)
@@ -110,7 +116,13 @@ class TestVectors:
         return out
 
     def subset(self, indices: list[int] | np.ndarray) -> TestVectors:
-        """The vectors of ``indices`` only (the converter's way to fit a size budget)."""
+        """The vectors of ``indices`` only (the converter's way to fit a size budget).
+
+        Examples:
+            >>> vectors = TestVectors((b"a", b"b"), ("image/png",) * 2, ("a", "b"), (0, 1), np.eye(2))
+            >>> vectors.subset([1]).ids
+            ('b',)
+        """
         idx = [int(i) for i in indices]
 
         def pick(value: Any) -> Any:
@@ -127,7 +139,13 @@ class TestVectors:
                                    expected_on=dict(on))
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-ready ``test_vectors`` record (bytes and arrays base64, like the guard's statistics)."""
+        """The JSON-ready ``test_vectors`` record (bytes and arrays base64, like the guard's statistics).
+
+        Examples:
+            >>> record = TestVectors((b"a",), ("image/png",), ("a",), (0,), np.array([[2.0, 0.0]])).to_dict()
+            >>> TestVectors.from_dict(record).targets
+            (0,)
+        """
         record: dict[str, Any] = {
             "format": FORMAT, "reference": self.reference, "thresholds": dict(self.thresholds),
             "preprocessing": dict(self.preprocessing),
@@ -144,13 +162,18 @@ class TestVectors:
         return record
 
     def nbytes(self) -> int:
-        """The size of this record in the metadata document, in bytes."""
+        """The size of this record in the metadata document, in bytes.
+
+        Examples:
+            >>> TestVectors((b"a",), ("image/png",), ("a",), (0,), np.array([[2.0, 0.0]])).nbytes() > 0
+            True
+        """
         return len(json.dumps(self.to_dict(), sort_keys=True))
 
     @classmethod
     def from_dict(cls, record: Any) -> TestVectors:
         """Read a ``test_vectors`` record; MetadataError naming the problem if it is malformed."""
-        from cellsdk.ood_scores import decode_array
+        from cellsdk.arrays import decode_array
 
         if not isinstance(record, dict):
             raise MetadataError("test_vectors must be a record: re-convert the model")

@@ -6,7 +6,7 @@ image in the same batched runtime call and averages their class probabilities. T
 preprocessed square input (after the crop and resize, which commute with them for a centred square crop), so
 an image is decoded once.
 
-Example:
+Examples:
     >>> batch = np.arange(2 * 3 * 4 * 4, dtype=np.float32).reshape(2, 3, 4, 4)
     >>> expand(batch, "dihedral").shape, views("dihedral"), views("none")
     ((16, 3, 4, 4), 8, 1)
@@ -16,25 +16,37 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from cellsdk.errors import ConfigError
 
-__all__ = ["TTA_MODES", "check_mode", "expand", "first_view", "merge", "unview", "views"]
+__all__ = ["TTA_MODES", "AugmentedViews", "check_mode", "expand", "first_view", "merge", "tta_views", "unview", "views"]
 
 #: ``none``: the image as it is; ``dihedral``: the mean over its 8 flips / right-angle rotations.
 TTA_MODES = ("none", "dihedral")
 
 
 def check_mode(mode: str) -> str:
-    """``mode`` if it is one of :data:`TTA_MODES`; else one :class:`ConfigError` line."""
+    """``mode`` if it is one of :data:`TTA_MODES`; else one :class:`ConfigError` line.
+
+    Examples:
+        >>> check_mode("dihedral")
+        'dihedral'
+    """
     if mode not in TTA_MODES:
         raise ConfigError(f"tta={mode!r}: use one of {', '.join(TTA_MODES)}")
     return mode
 
 
 def views(mode: str) -> int:
-    """How many views of each image ``mode`` runs."""
+    """How many views of each image ``mode`` runs.
+
+    Examples:
+        >>> views("none"), views("dihedral")
+        (1, 8)
+    """
     return 8 if check_mode(mode) == "dihedral" else 1
 
 
@@ -50,6 +62,10 @@ def expand(batch: np.ndarray, mode: str) -> np.ndarray:
 
     Raises:
         ConfigError: an unknown mode, or a non-square input under ``dihedral``.
+
+    Examples:
+        >>> expand(np.zeros((2, 3, 4, 4), np.float32), "dihedral").shape
+        (16, 3, 4, 4)
     """
     if views(mode) == 1:
         return batch
@@ -60,7 +76,12 @@ def expand(batch: np.ndarray, mode: str) -> np.ndarray:
 
 
 def merge(values: np.ndarray, mode: str) -> np.ndarray:
-    """The mean over each image's views of per-view ``values`` (e.g. probabilities), back to one row per image."""
+    """The mean over each image's views of per-view ``values`` (e.g. probabilities), back to one row per image.
+
+    Examples:
+        >>> merge(np.arange(16.0).reshape(16, 1), "dihedral").ravel().tolist()
+        [3.5, 11.5]
+    """
     count = views(mode)
     if count == 1:
         return values
@@ -68,7 +89,12 @@ def merge(values: np.ndarray, mode: str) -> np.ndarray:
 
 
 def first_view(values: np.ndarray, mode: str) -> np.ndarray:
-    """Each image's own (untransformed) row of per-view ``values``."""
+    """Each image's own (untransformed) row of per-view ``values``.
+
+    Examples:
+        >>> first_view(np.arange(16), "dihedral").tolist()
+        [0, 8]
+    """
     return values[::views(mode)]
 
 
@@ -76,7 +102,7 @@ def unview(maps: np.ndarray, mode: str) -> np.ndarray:
     """The mean over each image's views of per-view spatial ``maps`` (``(N * views) x C x h x w``, e.g. class
     activation maps), each first turned back to the image's own orientation: ``N x C x h x w``.
 
-    Example:
+    Examples:
         >>> x = np.arange(2 * 1 * 3 * 3, dtype=np.float32).reshape(2, 1, 3, 3)
         >>> bool(np.allclose(unview(expand(x, "dihedral"), "dihedral"), x))
         True
@@ -90,3 +116,46 @@ def unview(maps: np.ndarray, mode: str) -> np.ndarray:
         view = np.rot90(grouped[:, j], -(j % 4), axes=(2, 3))
         restored.append(view[..., ::-1] if j >= 4 else view)
     return np.mean(restored, axis=0)
+
+
+@dataclass(frozen=True)
+class AugmentedViews:
+    """A mode's views as :class:`cellsdk.inference.Views`: what a run expands each image into and merges back.
+
+    Examples:
+        >>> views = tta_views("dihedral")
+        >>> views.expand(np.zeros((2, 3, 4, 4), np.float32)).shape, views.merge(np.ones((16, 5))).shape
+        ((16, 3, 4, 4), (2, 5))
+    """
+
+    mode: str
+
+
+    def expand(self, batch: np.ndarray) -> np.ndarray:
+        """See :func:`expand`."""
+        return expand(batch, self.mode)
+
+    def merge(self, values: np.ndarray) -> np.ndarray:
+        """See :func:`merge`."""
+        return merge(values, self.mode)
+
+    def first(self, values: np.ndarray) -> np.ndarray:
+        """See :func:`first_view`."""
+        return first_view(values, self.mode)
+
+    def unview(self, maps: np.ndarray) -> np.ndarray:
+        """See :func:`unview`."""
+        return unview(maps, self.mode)
+
+
+def tta_views(mode: str) -> AugmentedViews:
+    """The views of ``mode`` for :meth:`cellsdk.inference.Inference.run`.
+
+    Raises:
+        ConfigError: an unknown mode.
+
+    Examples:
+        >>> tta_views("none").merge(np.ones((3, 2))).shape
+        (3, 2)
+    """
+    return AugmentedViews(check_mode(mode))

@@ -7,7 +7,7 @@ and checked class by class against the fp32 PyTorch model, with a
 ``manifest.json`` of what was verified. It depends on torch and the format
 libraries; the runtime (``cellsdk``) never imports it.
 
-Example:
+Examples:
     >>> from cellsdk.converters import ConvertConfig, convert, format_manifest_table
     >>> result = convert("runs/a/best.safetensors", "runs/a/converted",
     ...                  ConvertConfig(precisions=("fp16", "int8"), calib="data/bloodmnist_128"))  # doctest: +SKIP
@@ -25,8 +25,8 @@ from cellsdk.converters import openvino  # noqa: F401
 from cellsdk.converters import coreml  # noqa: F401
 # isort: on
 from cellsdk.converters.calibration import ImageSet, calibration_set, evaluation_set
+from cellsdk.converters.gate import VerifyConfig, verify_artefact
 from cellsdk.converters.pipeline import ConversionResult, ConvertConfig, convert, format_manifest_table
-from cellsdk.converters.verify import VerifyConfig, verify_artefact
 
 __all__ = [
     "ConversionResult",

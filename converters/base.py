@@ -6,7 +6,7 @@ one precision into a path it is given. The shared :class:`ExportJob` holds
 the fp32 PyTorch model, the metadata, the calibration set and a scratch
 folder for intermediates (the fp32 ONNX export is made once and reused).
 
-Example:
+Examples:
     >>> from cellsdk.converters import converter_names
     >>> converter_names()
     ('onnx', 'torchscript', 'openvino', 'coreml')
@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 from cellsdk.errors import BackendNotInstalledError, ConfigError
 from cellsdk.metadata import ModelMetadata
 
-__all__ = ["Converter", "ExportJob", "Refused", "converter_names", "get_converter", "register_converter"]
+__all__ = ["Converter", "ExportJob", "Refused", "converter_names", "first_line", "get_converter", "register_converter"]
 
 _CONVERTERS: dict[str, type[Converter]] = {}
 
@@ -59,10 +59,10 @@ class ExportJob:
     def exported(self) -> Any:
         """The module every format exports: the model, returning its metadata's ``outputs`` in order when there
         are more than logits (``features``: the OOD guard's input; ``cams``: class activation maps; see
-        :func:`cellsdk.training.models.with_outputs`)."""
+        :func:`cellsdk.converters.heads.with_outputs`)."""
         if tuple(self.metadata.outputs) == ("logits",):
             return self.model
-        from cellsdk.training.models import with_outputs
+        from cellsdk.converters.heads import with_outputs
 
         outputs = tuple(self.metadata.outputs)
         return self.cached(f"with-outputs-{'-'.join(outputs)}",
@@ -141,7 +141,12 @@ class Converter(abc.ABC):
             )
 
     def file_name(self, precision: str) -> str:
-        """The artefact's file name, e.g. ``model.int8.onnx``."""
+        """The artefact's file name, e.g. ``model.int8.onnx``.
+
+        Examples:
+            >>> get_converter("openvino").file_name("fp16")
+            'model.fp16.xml'
+        """
         return f"model.{precision}{self.suffix}"
 
     @abc.abstractmethod
@@ -167,7 +172,12 @@ class Converter(abc.ABC):
 
 def register_converter(name: str, *, suffix: str, precisions: tuple[str, ...], packages: tuple[str, ...],
                        install: str, baseline: str = "fp32") -> Callable[[type[Converter]], type[Converter]]:
-    """Class decorator registering a converter for format ``name``."""
+    """Class decorator registering a converter for format ``name``.
+
+    Examples:
+        >>> get_converter("onnx").file_name("int8")
+        'model.int8.onnx'
+    """
 
     def decorate(cls: type[Converter]) -> type[Converter]:
         cls.name, cls.suffix, cls.precisions, cls.packages, cls.install = name, suffix, precisions, packages, install
@@ -179,7 +189,12 @@ def register_converter(name: str, *, suffix: str, precisions: tuple[str, ...], p
 
 
 def converter_names() -> tuple[str, ...]:
-    """The registered formats, in registration order."""
+    """The registered formats, in registration order.
+
+    Examples:
+        >>> converter_names()
+        ('onnx', 'torchscript', 'openvino', 'coreml')
+    """
     return tuple(_CONVERTERS)
 
 
@@ -192,3 +207,14 @@ def get_converter(name: str) -> Converter:
     if name not in _CONVERTERS:
         raise ConfigError(f"unknown format {name!r}: use one of {', '.join(converter_names())} or all")
     return _CONVERTERS[name]()
+
+
+def first_line(err: BaseException) -> str:
+    """``Type: message``, first line only, at most 160 characters.
+
+    Examples:
+        >>> first_line(ValueError("bad shape\\nmore detail"))
+        'ValueError: bad shape'
+    """
+    text = f"{type(err).__name__}: {err}".strip().splitlines()[0]
+    return text if len(text) <= 160 else text[:157] + "..."

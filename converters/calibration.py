@@ -7,7 +7,7 @@ the quantizer calibrates on what the runtime will feed. The list of images
 used is hashed and recorded. Too few calibration images, or calibration
 images that are also evaluation images, is an error unless forced.
 
-Example:
+Examples:
     >>> calib = calibration_set("data/bloodmnist_128", metadata, samples=256, data_cropped=True)  # doctest: +SKIP
     >>> calib.arrays.shape, calib.sha256[:8]  # doctest: +SKIP
     ((256, 3, 128, 128), '3f1c...')

@@ -9,7 +9,7 @@ platform``. Activation quantization in coremltools calibrates by running the
 model, which needs macOS: it is not offered here, and the recipe says so.
 The metadata goes into ``user_defined_metadata`` under ``cellsdk``.
 
-Example:
+Examples:
     >>> from cellsdk.converters import get_converter
     >>> get_converter("coreml").precisions
     ('fp16', 'int8', 'int6', 'int4')
@@ -25,8 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cellsdk.converters.base import Converter, ExportJob, Refused, register_converter
-from cellsdk.converters.torchscript import _first_line, freeze_same_padding
+from cellsdk.converters.base import Converter, ExportJob, Refused, first_line, register_converter
+from cellsdk.converters.torchscript import freeze_same_padding
 from cellsdk.metadata import METADATA_KEY, ModelMetadata
 
 __all__ = ["CoreMLConverter"]
@@ -112,7 +112,7 @@ class CoreMLConverter(Converter):
                                        minimum_deployment_target=ct.target.macOS13)
             except (NotImplementedError, ValueError, TypeError, RuntimeError, AssertionError, KeyError) as err:
                 raise Refused(f"coremltools {ct.__version__} cannot convert {job.metadata.arch} "
-                              f"({_first_line(err)}); use its ONNX, OpenVINO or TorchScript artefacts") from err
+                              f"({first_line(err)}); use its ONNX, OpenVINO or TorchScript artefacts") from err
             recipe: dict[str, Any] = {}
             if precision == "int8":
                 config = cto.OptimizationConfig(global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric"))

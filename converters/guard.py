@@ -2,9 +2,9 @@
 
 :func:`fit_guard` runs the fp32 PyTorch model once over a class-balanced sample
 of the training split (the statistics), the validation split (the thresholds)
-and synthetic shifts of validation images (:data:`cellsdk.shifts.SELECTION_SHIFTS`:
+and synthetic shifts of validation images (:data:`cellsdk.converters.shifts.SELECTION_SHIFTS`:
 stain, fading, x2 magnification, blur, JPEG, exposure). Every candidate score
-(:data:`cellsdk.ood_scores.SCORES`) is fitted and measured on the shifts; the one
+(:data:`cellsdk.guard.scores.SCORES`) is fitted and measured on the shifts; the one
 with the highest mean AUROC is stored (``GuardConfig.score`` can name one
 instead), with its threshold for the stated retention, the confidence below
 which an answer is ``uncertain``, the input checks' ranges and every figure.
@@ -16,7 +16,7 @@ fp32 threshold keeps more than ``max_retention_drop`` fewer evaluation images th
 stated (int8 can shift the score distribution without changing its ranking), the
 artefact gets its own threshold at the stated retention, recorded in its metadata.
 
-Example:
+Examples:
     >>> GuardConfig().retention, GuardConfig.off().enabled
     (0.95, False)
 """
@@ -29,15 +29,15 @@ from typing import Any
 
 import numpy as np
 
+from cellsdk.converters.shifts import SELECTION_SHIFTS, apply_shift
 from cellsdk.datasets import load_dataset, validation_carve
 from cellsdk.errors import ConfigError, DatasetError
 from cellsdk.guard import Guard
-from cellsdk.input_checks import InputChecks, measure
+from cellsdk.guard.input_checks import InputChecks, measure
+from cellsdk.guard.scores import SCORES, fit_score
 from cellsdk.metadata import ModelMetadata
 from cellsdk.metrics import auroc, softmax
-from cellsdk.ood_scores import SCORES, fit_score
 from cellsdk.preprocessing import prepare_image, to_input_array
-from cellsdk.shifts import SELECTION_SHIFTS, apply_shift
 
 __all__ = ["GuardConfig", "GuardProbe", "auroc_standard_error", "check_guard", "fit_guard"]
 
@@ -85,7 +85,12 @@ class GuardConfig:
 
     @classmethod
     def off(cls) -> GuardConfig:
-        """No guard: artefacts export logits only (as before schema 3)."""
+        """No guard: artefacts export logits only (as before schema 3).
+
+        Examples:
+            >>> GuardConfig.off().enabled
+            False
+        """
         return cls(enabled=False)
 
 
@@ -108,7 +113,7 @@ def _balanced(targets: np.ndarray, count: int, seed: int) -> np.ndarray:
 def _forward(model: Any, arrays: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
-    from cellsdk.training.models import with_features
+    from cellsdk.converters.heads import with_features
 
     wrapped = with_features(model)
     logits, features = [], []
@@ -240,7 +245,7 @@ def fit_guard(model: Any, metadata: ModelMetadata, data: str, config: GuardConfi
 def auroc_standard_error(area: float, inliers: int, outliers: int) -> float:
     """The standard error of an AUROC measured on ``inliers`` and ``outliers`` images (Hanley & McNeil 1982).
 
-    Example:
+    Examples:
         >>> round(auroc_standard_error(0.95, 200, 200), 3)
         0.011
     """

@@ -17,7 +17,7 @@ there (onnxruntime issues 5849, 6004, 14642; pytorch issue 103646; OpenVINO's
 Each format maps the name to its quantizer's settings (``converters/onnx.py``
 …); :func:`recipe_record` is what the artefact's metadata records about it.
 
-Example:
+Examples:
     >>> recipe_record("vnni")["unsafe_cpu_classes"]
     ['x86-64-avx2', 'x86-64-avx512']
     >>> recipe_record("portable")["saturation_safe"]
@@ -32,8 +32,8 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from cellsdk.cpu import CPU_CLASSES
 from cellsdk.errors import ConfigError
+from cellsdk.platform.cpu import CPU_CLASSES
 
 __all__ = ["INT8_RECIPES", "capture_root_logging", "check_recipe", "recipe_record"]
 
@@ -48,7 +48,12 @@ _NOTES = {
 
 
 def check_recipe(name: str) -> str:
-    """``name`` if it is a known recipe, else ConfigError listing them."""
+    """``name`` if it is a known recipe, else ConfigError listing them.
+
+    Examples:
+        >>> check_recipe("portable")
+        'portable'
+    """
     if name not in INT8_RECIPES:
         raise ConfigError(f"unknown int8 recipe {name!r}: use {' or '.join(INT8_RECIPES)} "
                           "(portable is safe on every CPU class)")
@@ -56,7 +61,12 @@ def check_recipe(name: str) -> str:
 
 
 def recipe_record(name: str) -> dict[str, Any]:
-    """What the metadata records about a recipe's portability."""
+    """What the metadata records about a recipe's portability.
+
+    Examples:
+        >>> recipe_record("portable")["saturation_safe"]
+        True
+    """
     check_recipe(name)
     unsafe = sorted(c.name for c in CPU_CLASSES.values() if c.int8_saturates) if name == "vnni" else []
     return {"recipe": name, "saturation_safe": not unsafe, "unsafe_cpu_classes": unsafe, "portability": _NOTES[name]}

@@ -10,7 +10,7 @@ quantizes weights to 7 bits (``reduce_range``) so that no CPU class saturates
 quantizer's own messages are summarised in the recipe, not printed. The
 metadata goes into ``metadata_props`` under ``cellsdk``.
 
-Example:
+Examples:
     >>> from cellsdk.converters import get_converter
     >>> get_converter("onnx").precisions
     ('fp32', 'fp16', 'int8')
@@ -97,7 +97,13 @@ def unique_node_names(model: Any) -> Any:
 
 def only_feeding(path: Path, output: str) -> list[str]:
     """Names of the nodes of the ONNX file at ``path`` that compute graph output ``output`` and nothing else
-    (e.g. the class-activation-map convolution, which int8 quantization leaves in float); [] without it."""
+    (e.g. the class-activation-map convolution, which int8 quantization leaves in float); [] without it.
+
+    Examples:
+        >>> from cellsdk.artefacts.resolve import default_model_path
+        >>> len(only_feeding(default_model_path(), "cams")) >= 1
+        True
+    """
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph

@@ -14,7 +14,7 @@ stubs before either runs. Its sends also ran in a process forked from the
 multi-threaded converter, which once deadlocked in ``getaddrinfo`` and left a
 conversion waiting for it forever.
 
-Example:
+Examples:
     >>> from cellsdk.converters import get_converter
     >>> get_converter("openvino").precisions
     ('fp32', 'fp16', 'bf16', 'int8')

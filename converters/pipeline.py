@@ -4,7 +4,7 @@ Everything is built in a staging folder beside ``out`` and moved into place
 at the end, so an output folder is always complete: a failed or interrupted
 conversion leaves the old one (or none), and re-running replaces it cleanly.
 
-Example:
+Examples:
     >>> from cellsdk.converters import ConvertConfig, convert
     >>> result = convert("runs/a/best.safetensors", "runs/a/converted",
     ...                  ConvertConfig(precisions=("int8",), calib="data/bloodmnist_128", data_cropped=True))  # doctest: +SKIP
@@ -37,34 +37,34 @@ from cellsdk._io import (
     write_json,
     write_text,
 )
-from cellsdk._machine import machine_info, package_versions
 from cellsdk._progress import progress_bar
 from cellsdk._validate import require_int
+from cellsdk.arrays import without_arrays
+from cellsdk.artefacts.manifest import MANIFEST_NAME, STATUS_FAILED, STATUS_PASSED
 from cellsdk.converters.base import Refused, converter_names, get_converter
 from cellsdk.converters.calibration import ImageSet, calibration_set, evaluation_set
+from cellsdk.converters.gate import VerifyConfig, reference_logits, sample_warnings, verify_artefact
 from cellsdk.converters.guard import GuardConfig, GuardProbe, fit_guard
 from cellsdk.converters.int8 import check_recipe
 from cellsdk.converters.targets import CpuTargets, qemu_binary, verify_on_targets
 from cellsdk.converters.testvectors import build as build_test_vectors
 from cellsdk.converters.testvectors import fit as fit_test_vectors
-from cellsdk.converters.verify import VerifyConfig, reference_logits, sample_warnings, verify_artefact
-from cellsdk.cpu import host_cpu
 from cellsdk.errors import CellSDKError, ConfigError
 from cellsdk.explain import CAMS_OUTPUT
-from cellsdk.manifest import MANIFEST_NAME, STATUS_FAILED, STATUS_PASSED
 from cellsdk.metadata import PRECISIONS, SCHEMA_VERSION
 from cellsdk.metrics import classification_report, softmax
-from cellsdk.ood_scores import without_arrays
+from cellsdk.platform.cpu import host_cpu
+from cellsdk.platform.machine import machine_info, package_versions
 from cellsdk.testvectors import size_budget
 
-__all__ = ["ConversionResult", "ConvertConfig", "convert", "format_manifest_table"]
+__all__ = ["BACKEND_OF", "ConversionResult", "ConvertConfig", "convert", "describe_files", "format_manifest_table"]
 
 log = logging.getLogger("cellsdk.converters")
 
 #: the file in a conversion folder that keeps what third-party tools printed during the conversion
 TOOL_LOG = "conversion.log"
 
-_BACKEND_OF = {"onnx": "onnxruntime", "torchscript": "torchscript", "openvino": "openvino", "coreml": "coreml"}
+BACKEND_OF = {"onnx": "onnxruntime", "torchscript": "torchscript", "openvino": "openvino", "coreml": "coreml"}
 _TOOLS = ("torch", "timm", "onnx", "onnxruntime", "onnxscript", "openvino", "nncf", "coremltools", "numpy", "pillow")
 
 
@@ -98,7 +98,7 @@ class ConvertConfig:
         explain: give every artefact a ``cams`` output (class activation maps, for ``Classifier.explain``) when
             the model's head is global pooling -> linear; other heads are converted without it, with a note.
         test_vectors: held-out images every artefact carries for its self-check on other machines (at most this
-            many, within min(10 %, 400 KB) of the artefact; 0: none); see :mod:`cellsdk.selfcheck`.
+            many, within min(10 %, 400 KB) of the artefact; 0: none); see :mod:`cellsdk.artefacts.selfcheck`.
     """
 
     formats: tuple[str, ...] = ()
@@ -200,8 +200,15 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _describe_files(path: Path) -> tuple[int, str, list[dict[str, Any]]]:
-    """Total size, one sha256 for the artefact, and every file in it (an IR has .xml + .bin, a package a tree)."""
+def describe_files(path: Path) -> tuple[int, str, list[dict[str, Any]]]:
+    """Total size, one sha256 for the artefact, and every file in it (an IR has .xml + .bin, a package a tree).
+
+    Examples:
+        >>> from cellsdk.artefacts.resolve import default_model_path
+        >>> size, digest, files = describe_files(default_model_path())
+        >>> len(digest), [f["name"] for f in files]
+        (64, ['bloodmnist_effnet_lite0_128.int8.onnx'])
+    """
     files = artefact_files(path)
     entries: list[dict[str, Any]] = [
         {"name": str(f.relative_to(path.parent)), "bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in files]
@@ -216,7 +223,7 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
     Raises:
         CheckpointError, ConfigError, DatasetError, BackendNotInstalledError: before anything is written.
 
-    Example:
+    Examples:
         >>> convert("best.safetensors", "converted", ConvertConfig(eval="data"))  # doctest: +SKIP
     """
     from cellsdk.converters.base import ExportJob
@@ -253,7 +260,7 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
                                                                                        "min_recall", "ece")})
     probe: GuardProbe | None = None
     if config.guard.enabled:
-        from cellsdk.shifts import SELECTION_SHIFTS
+        from cellsdk.converters.shifts import SELECTION_SHIFTS
 
         guard_bar = progress_bar(2 + len(SELECTION_SHIFTS), "fit OOD guard", progress, unit="step")
         record, probe = fit_guard(model, metadata, str(config.calib or eval_source), config.guard,
@@ -265,14 +272,14 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
         metadata = metadata.replace(outputs=("logits",), guard=None)
     explain_note = None
     if config.explain:
-        from cellsdk.training.models import cam_support
+        from cellsdk.converters.heads import cam_support
 
         explain_note = cam_support(model, metadata.preprocessing.input_size)
         if explain_note is None:
             metadata = metadata.replace(outputs=(*metadata.outputs, CAMS_OUTPUT))
         else:
             log.info("cellsdk: no class activation maps in the artefacts (%s); Grad-CAM from the checkpoint "
-                     "works in PyTorch: cellsdk.training.explain.grad_cam", explain_note)
+                     "works in PyTorch: cellsdk.training.gradcam.grad_cam", explain_note)
     staging = _staging_dir(out_dir)
     with remove_on_terminate(staging):  # SIGTERM in the CLI: removed, then exit (no unwinding through exporters)
         try:
@@ -338,7 +345,7 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
 def _one(job: Any, fmt: str, precision: str, skipped: str, staging: Path, images: ImageSet, reference: Any,
          config: ConvertConfig, outputs: dict[str, Any], probe: GuardProbe | None) -> dict[str, Any]:
     converter = get_converter(fmt)
-    entry: dict[str, Any] = {"file": converter.file_name(precision), "format": fmt, "backend": _BACKEND_OF.get(fmt, fmt),
+    entry: dict[str, Any] = {"file": converter.file_name(precision), "format": fmt, "backend": BACKEND_OF.get(fmt, fmt),
                              "precision": precision}
     if skipped:
         return {**entry, "status": "skipped", "reasons": [skipped]}
@@ -358,7 +365,7 @@ def _one(job: Any, fmt: str, precision: str, skipped: str, staging: Path, images
                 "convert_seconds": time.perf_counter() - start}
     entry["convert_seconds"] = time.perf_counter() - start
     entry["quantization"] = recipe or None
-    entry["size_bytes"], entry["sha256"], entry["files"] = _describe_files(target)
+    entry["size_bytes"], entry["sha256"], entry["files"] = describe_files(target)
     options = converter.verify_options(precision)
     if options:
         entry["runtime_options"] = options
@@ -388,7 +395,7 @@ def _one(job: Any, fmt: str, precision: str, skipped: str, staging: Path, images
                                  "artefact_bytes_without": entry["size_bytes"]}
     if "guard_threshold" in entry or vectors is not None:
         converter.write_metadata(target, _artefact_metadata(job, entry))
-        entry["size_bytes"], entry["sha256"], entry["files"] = _describe_files(target)
+        entry["size_bytes"], entry["sha256"], entry["files"] = describe_files(target)
     return entry
 
 
@@ -402,9 +409,9 @@ def native_self_check(path: Path, options: dict[str, Any], vectors: Any, artefac
     import time
     import warnings
 
+    from cellsdk.artefacts.selfcheck import guard_scores, machine_key, run_vectors, verdict_for
     from cellsdk.classifier import Classifier
     from cellsdk.errors import CpuVerificationWarning
-    from cellsdk.selfcheck import guard_scores, machine_key, run_vectors, verdict_for
 
     with warnings.catch_warnings():  # a conversion writes its CPU records after every artefact is converted
         warnings.simplefilter("ignore", CpuVerificationWarning)
@@ -414,7 +421,7 @@ def native_self_check(path: Path, options: dict[str, Any], vectors: Any, artefac
     full = vectors.with_expected(guard_scores(classifier.guard, outputs), machine_key(classifier))
     fitted = fit_test_vectors(full, artefact_bytes)  # a balanced prefix: the first len(fitted) outputs are its own
     if fitted is None:  # with its own scores not even one image fits
-        from cellsdk.selfcheck import UNAVAILABLE, SelfCheck
+        from cellsdk.artefacts.selfcheck import UNAVAILABLE, SelfCheck
 
         return None, SelfCheck(UNAVAILABLE, machine_key(classifier))
     return fitted, verdict_for(classifier, fitted, {k: v[:len(fitted)] for k, v in outputs.items()}, started)
@@ -456,7 +463,7 @@ def _verify_cpu_classes(job: Any, artefacts: list[dict[str, Any]], staging: Path
                 entry["reasons"] = [*entry.get("reasons", []), f"failed on CPU class {record['cpu_class']} "
                                     f"({record['method']}): {'; '.join(record['reasons'][:2])}"]
         get_converter(entry["format"]).write_metadata(path, expected.replace(cpu_verification=tuple(found)))
-        entry["size_bytes"], entry["sha256"], entry["files"] = _describe_files(path)
+        entry["size_bytes"], entry["sha256"], entry["files"] = describe_files(path)
 
 
 def _remove(path: Path) -> None:
@@ -482,7 +489,7 @@ def _swap_into_place(staging: Path, out_dir: Path) -> None:
 def format_manifest_table(manifest: dict[str, Any]) -> str:
     """The manifest as a terminal table: size, agreement, accuracy change, worst class, status.
 
-    Example:
+    Examples:
         >>> print(format_manifest_table({"artefacts": [], "reference": {"accuracy": 0.9}}).splitlines()[0][:22])
         fp32 PyTorch reference
     """

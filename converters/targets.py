@@ -27,7 +27,7 @@ verified only by running natively on such a machine. Without ``qemu-x86_64``
 the emulated classes are recorded as ``not verified on this platform`` with
 the install command, never as passed.
 
-Example:
+Examples:
     >>> CpuTargets.parse("native,haswell").names
     ('native', 'haswell')
     >>> CpuTargets.parse("native,pentium4x")  # doctest: +ELLIPSIS
@@ -46,7 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,9 +56,10 @@ import numpy as np
 
 from cellsdk._io import on_terminate
 from cellsdk._progress import progress_bar
-from cellsdk.cpu import CLASS_SENSITIVE_PRECISIONS, host_cpu
+from cellsdk.artefacts.cpu_records import CLASS_SENSITIVE_PRECISIONS
+from cellsdk.artefacts.manifest import STATUS_FAILED, STATUS_NOT_VERIFIED, STATUS_PASSED
 from cellsdk.errors import ConfigError
-from cellsdk.manifest import STATUS_FAILED, STATUS_NOT_VERIFIED, STATUS_PASSED
+from cellsdk.platform.cpu import host_cpu
 
 __all__ = [
     "ARM64_TARGETS",
@@ -69,10 +70,13 @@ __all__ = [
     "arm64_environment",
     "balanced_sample",
     "emulator_name",
+    "format_self_checks",
     "native_record",
     "qemu_binary",
     "run_emulated",
     "self_check_emulated",
+    "self_check_everywhere",
+    "unverified_notes",
     "verify_on_targets",
 ]
 
@@ -138,7 +142,12 @@ class CpuTargets:
 
     @classmethod
     def parse(cls, spec: str | Sequence[str], **options: Any) -> CpuTargets:
-        """From ``"native,haswell"`` (or a list); ``"none"`` for no cross-class verification at all."""
+        """From ``"native,haswell"`` (or a list); ``"none"`` for no cross-class verification at all.
+
+        Examples:
+            >>> CpuTargets.parse("native,haswell").names
+            ('native', 'haswell')
+        """
         parts = spec.split(",") if isinstance(spec, str) else list(spec)
         names = tuple(dict.fromkeys(p.strip().lower() for p in parts if p.strip()))
         if names == ("none",):
@@ -152,7 +161,12 @@ class CpuTargets:
 
 
 def qemu_binary() -> str | None:
-    """The ``qemu-x86_64`` executable, or None."""
+    """The ``qemu-x86_64`` executable, or None.
+
+    Examples:
+        >>> qemu_binary() is None or qemu_binary().endswith("qemu-x86_64")
+        True
+    """
     return shutil.which("qemu-x86_64")
 
 
@@ -173,7 +187,7 @@ def _figures(record: dict[str, Any]) -> dict[str, Any]:
 def balanced_sample(targets: np.ndarray, per_class: int, seed: int = 0) -> np.ndarray:
     """Indices of at most ``per_class`` images of each class, seeded, sorted.
 
-    Example:
+    Examples:
         >>> balanced_sample(np.array([0, 0, 0, 1, 1, 2]), 2).tolist()
         [1, 2, 3, 4, 5]
     """
@@ -204,7 +218,7 @@ def verify_on_targets(jobs: list[tuple[dict[str, Any], Path, Any]], images: Any,
         jobs: ``(manifest entry, artefact path, expected metadata)`` for every artefact that was verified natively.
         images: the evaluation :class:`~cellsdk.converters.calibration.ImageSet`.
         reference: the fp32 logits on ``images``.
-        config: the gate's :class:`~cellsdk.converters.verify.VerifyConfig`.
+        config: the gate's :class:`~cellsdk.converters.gate.VerifyConfig`.
         targets: the classes to verify on.
         native_outputs: each artefact's outputs on ``images`` from its native gate, by file name (those
             missing are run here on the emulated sample, to report agreement with this machine).
@@ -237,7 +251,7 @@ def verify_on_targets(jobs: list[tuple[dict[str, Any], Path, Any]], images: Any,
             native.update(_native_outputs(missing, arrays))
         bar = progress_bar(len(emulated), "verify on CPU classes", progress, unit="check")
         workers = targets.workers or os.cpu_count() or 1
-        from cellsdk.converters.verify import judge
+        from cellsdk.converters.gate import judge
 
         def run(job: _Job) -> dict[str, Any]:
             started = time.perf_counter()
@@ -278,7 +292,7 @@ def _base(target: str) -> dict[str, Any]:
 def emulator_name(target: str) -> str:
     """The QEMU user-mode emulator that runs ``target``.
 
-    Example:
+    Examples:
         >>> emulator_name("haswell"), emulator_name("neoverse-n1")
         ('qemu-x86_64', 'qemu-aarch64')
     """
@@ -289,6 +303,11 @@ def arm64_environment() -> tuple[Path, Path] | None:
     """The aarch64 sysroot (Debian's arm64 Python) and site folder (aarch64 wheels) ``scripts/setup.sh`` built.
 
     ``$CELLSDK_ARM64_ENV`` names another folder; the default is ``opt/arm64`` under this Python's prefix (the venv).
+
+    Examples:
+        >>> environment = arm64_environment()
+        >>> environment is None or len(environment) == 2
+        True
     """
     root = Path(os.environ.get("CELLSDK_ARM64_ENV") or Path(sys.prefix) / "opt" / "arm64")
     sysroot, site = root / "sysroot", root / "site"
@@ -351,7 +370,7 @@ def self_check_emulated(model: Path, target: str, options: dict[str, Any] | None
     """``model``'s self-check (its own test vectors, decoding included) under the emulated CPU ``target``.
 
     Returns:
-        The verdict (:meth:`cellsdk.selfcheck.SelfCheck.to_dict`), with ``target`` and ``method``; when it could
+        The verdict (:meth:`cellsdk.artefacts.selfcheck.SelfCheck.to_dict`), with ``target`` and ``method``; when it could
         not run, ``status`` ``not verified on this platform`` (nothing to emulate with) or ``failed`` (the worker
         failed) and the reason.
     """
@@ -369,11 +388,11 @@ def self_check_emulated(model: Path, target: str, options: dict[str, Any] | None
 
 
 def _run_worker(target: str, arguments: list[str], out: Path, timeout: float) -> str | None:
-    """Run ``python -m cellsdk._worker ARGUMENTS`` under the emulated ``target``; None when ``out`` was written."""
+    """Run ``python -m cellsdk.batch.worker ARGUMENTS`` under the emulated ``target``; None when ``out`` was written."""
     problem = _cannot_emulate(target)
     if problem:
         return problem
-    worker = ["-m", "cellsdk._worker", *arguments]
+    worker = ["-m", "cellsdk.batch.worker", *arguments]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     if target in ARM64_TARGETS:
         command, env = _arm64_command(target, worker, env, out)
@@ -421,3 +440,82 @@ def _arm64_command(target: str, worker: list[str], env: dict[str, str], out: Pat
     command = ["unshare", "-m", "sh", "-c", script, "sh", str(cpuinfo), shutil.which("qemu-aarch64") or "qemu-aarch64",
                "-cpu", EMULATED[target][0], str(sysroot / "usr" / "bin" / "python3.11"), *worker]
     return command, env
+
+
+def unverified_notes(artefacts: Iterable[dict[str, Any]]) -> list[str]:
+    """One ``warning:`` line per reason a requested CPU class could not be verified (e.g. QEMU missing, with its
+    install), over manifest entries (or anything with ``cpu_verification`` records).
+
+    Examples:
+        >>> unverified_notes([{"cpu_verification": [{"status": "not verified on this platform",
+        ...                                          "reasons": ["qemu-x86_64 not found"]}]}])
+        ['warning: CPU classes not verified: qemu-x86_64 not found']
+    """
+    reasons = {reason for a in artefacts for r in a.get("cpu_verification") or []
+               if r.get("status") not in ("passed", "failed") for reason in r.get("reasons") or []}
+    return [f"warning: CPU classes not verified: {reason}" for reason in sorted(reasons)]
+
+
+def self_check_everywhere(model: str | os.PathLike, targets: Sequence[str] = ("native",), *,
+                          device: str = "cpu") -> list[dict[str, Any]]:
+    """``cellsdk verify MODEL --self``: the artefact's self-check run now, natively (the verdict is cached) and under
+    each emulated CPU class of ``targets`` (e.g. ``haswell``, ``cortex-a72``); one row each.
+
+    Raises:
+        ConfigError: an unknown target, or MODEL carries no test vectors (how to add them).
+    """
+    import warnings
+
+    from cellsdk.artefacts.selfcheck import self_check
+    from cellsdk.classifier import Classifier
+
+    names = [str(n).strip().lower() for n in targets if str(n).strip()]
+    emulated = [n for n in names if n != "native"]
+    if emulated:
+        CpuTargets.parse(emulated)  # unknown names: one line naming the known ones
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the verdict below says it all
+        classifier = Classifier.load(model, device=device, self_check=False)
+    if classifier.metadata.test_vectors is None:
+        raise ConfigError(f"{model} carries no test vectors (converted before metadata schema 5, or not by "
+                          "cellsdk-convert): re-convert it, or embed them with cellsdk verify MODEL "
+                          "--reference CHECKPOINT --data DATA")
+    about = {"precision": classifier.metadata.precision,
+             "vectors": len(classifier.metadata.test_vectors.get("images") or [])}
+    rows: list[dict[str, Any]] = []
+    if "native" in names or not names:
+        verdict = self_check(classifier, refresh=True)
+        rows.append({**verdict.to_dict(), "target": "native", "method": "native (verdict cached)", **about})
+    for name in emulated:
+        rows.append({**self_check_emulated(Path(model), name), **about})
+    return rows
+
+
+def format_self_checks(model: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> str:
+    """:func:`self_check_everywhere`'s rows as the table ``cellsdk verify --self`` prints.
+
+    Examples:
+        >>> row = {"target": "native", "status": "passed", "precision": "int8", "vectors": 32, "seconds": 0.08,
+        ...        "machine": {"cpu_class": "x86-64-avx2", "backend": "onnxruntime"}, "figures": {}}
+        >>> format_self_checks("model.int8.onnx", [row]).splitlines()[0][:44]
+        'model.int8.onnx: self-check, int8, 32 test v'
+    """
+    first = rows[0] if rows else {}
+    lines = [f"{model}: self-check, {first.get('precision', '?')}, {first.get('vectors', 0)} test vectors "
+             "(guard Δ: the OOD score's largest difference from fp32's, drift: from this artefact's own where its gate "
+             "passed; both as a share of "
+             "the spread of fp32's scores on the vectors)",
+             f"  {'target':<13}{'CPU class':<21}{'runtime (device)':<44}{'agree %':>8}{'logit cos':>10}"
+             f"{'max Δp':>8}{'guard Δ':>8}{'drift':>7}{'ms':>7}  status"]
+    for row in rows:
+        f, m = row.get("figures") or {}, row.get("machine") or {}
+        where = m.get("cpu_class") or m.get("gpu") or "-"
+        runtime = f"{m.get('backend', '-')} {m.get('runtime_version', '')} ({m.get('device', '-')})"
+        guard = f"{f['guard_score_error'] * 100:.1f}%" if "guard_score_error" in f else "-"
+        drift = f"{f['guard_drift'] * 100:.1f}%" if "guard_drift" in f else "-"
+        numbers = (f"{f['top1_agreement'] * 100:>8.1f}{f['logit_cosine']:>10.5f}{f['max_probability_error']:>8.4f}"
+                   if f else f"{'-':>8}{'-':>10}{'-':>8}")
+        reasons = "; ".join(row.get("reasons") or [])
+        lines.append(f"  {row['target']:<13}{where:<21}{runtime[:43]:<44}{numbers}{guard:>8}{drift:>7}"
+                     f"{row.get('seconds', 0) * 1e3:>7.0f}  {row['status']}" + (f" ({reasons})" if reasons else ""))
+    return "\n".join(lines)

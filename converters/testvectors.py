@@ -7,7 +7,7 @@ model's input size (JPEG, quality 90; PNG for data without files), and runs the 
 those bytes through the runtime's own decoding and preprocessing. :func:`fit` keeps as many of them as the
 artefact's budget allows (``min(10 %, 400 KB)``), classes in turn so that any prefix stays balanced.
 
-Example:
+Examples:
     >>> vectors = build(job, images, reference_logits, VerifyConfig().to_dict(), data_cropped=True)  # doctest: +SKIP
     >>> fit(vectors, artefact_bytes=4_400_000).nbytes() <= 400_000  # doctest: +SKIP
     True
@@ -79,7 +79,7 @@ def build(job: Any, images: Any, reference: np.ndarray, thresholds: dict[str, fl
 def fit(vectors: TestVectors | None, artefact_bytes: int) -> TestVectors | None:
     """The largest balanced prefix of ``vectors`` within an artefact's budget (None when not even one fits).
 
-    Example:
+    Examples:
         >>> fit(None, 10_000) is None
         True
     """

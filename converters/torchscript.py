@@ -6,7 +6,7 @@ size those pads are constants, so :func:`freeze_same_padding` replaces each
 such convolution by an explicit zero-pad and a plain convolution (identical
 arithmetic) before quantizing. The metadata goes into ``_extra_files``.
 
-Example:
+Examples:
     >>> from cellsdk.converters import get_converter
     >>> get_converter("torchscript").precisions
     ('fp32', 'int8')
@@ -20,18 +20,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from cellsdk.converters.base import Converter, ExportJob, Refused, register_converter
+from cellsdk.converters.base import Converter, ExportJob, Refused, first_line, register_converter
 from cellsdk.converters.int8 import recipe_record
 from cellsdk.errors import CellSDKError
 from cellsdk.metadata import METADATA_KEY, ModelMetadata
 
 __all__ = ["TorchScriptConverter", "freeze_same_padding"]
-
-
-def _first_line(err: BaseException) -> str:
-    """``Type: message``, first line only, at most 160 characters."""
-    text = f"{type(err).__name__}: {err}".strip().splitlines()[0]
-    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def freeze_same_padding(model: Any, input_size: int) -> int:
@@ -87,7 +81,7 @@ class TorchScriptConverter(Converter):
             except (CellSDKError, MemoryError):
                 raise
             except Exception as err:  # FX's failures on this architecture: refused, with why
-                raise Refused(f"torch FX cannot quantize {job.metadata.arch} ({_first_line(err)}); its int8 ONNX "
+                raise Refused(f"torch FX cannot quantize {job.metadata.arch} ({first_line(err)}); its int8 ONNX "
                               "and OpenVINO artefacts are the int8 choices for this architecture") from err
         with warnings.catch_warnings():  # torch 2.14 marks torch.jit deprecated; LibTorch still runs it
             warnings.simplefilter("ignore")

@@ -26,9 +26,9 @@ import logging
 from pathlib import Path
 
 from cellsdk import Classifier
+from cellsdk.batch.jobs import iter_inputs, path_key, run_job
 from cellsdk.classifier import DEFAULT_MODEL
 from cellsdk.datasets import load_dataset
-from cellsdk.jobs import iter_inputs, path_key, run_job
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
@@ -160,7 +160,7 @@ def show_guard(clf: Classifier, paths: list[Path]) -> dict:
     import numpy as np
     from PIL import Image
 
-    from cellsdk.shifts import apply_shift
+    from cellsdk.converters.shifts import apply_shift
 
     if clf.guard is None:
         print("\nthis model carries no OOD guard")
@@ -220,7 +220,7 @@ def failures(report: dict) -> list[str]:
     out = [f"{a['file']} failed verification: {'; '.join(a.get('reasons') or [])}"
            for a in report["conversion"]["artefacts"] if a["status"] == "failed"]
     if not report["job"]["same_labels"]:
-        out.append("the large-job run (cellsdk.jobs) gave other labels than predict() one image at a time")
+        out.append("the large-job run (cellsdk.batch.jobs) gave other labels than predict() one image at a time")
     service = report.get("service") or {}
     if service.get("checked") and not (service["same_labels"] and service.get("exit_code") == 0
                                        and service.get("refused", [None])[0] == 415):

@@ -20,7 +20,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from cellsdk.cli import format_report
+from cellsdk.evaluation import format_report
 from cellsdk.training import TrainConfig, evaluate, read_checkpoint_metadata, train
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cellsdk.shifts import DEV_SHIFTS, SHIFTS, apply_shift
+from cellsdk.converters.shifts import DEV_SHIFTS, SHIFTS, apply_shift
 
 # natural photographs and other (non-blood) microscopy shipped inside scikit-image (no download)
 _NATURAL = ("astronaut", "camera", "coins", "chelsea", "coffee", "horse", "rocket", "moon", "page", "text",

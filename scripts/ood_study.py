@@ -19,15 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
+from cellsdk.guard.scores import fit_score
 from cellsdk.metrics import auroc, fpr_at_tpr
-from cellsdk.ood_scores import fit_score
 from cellsdk.preprocessing import preprocess
 
 
 def _features(model, arrays: np.ndarray, batch: int = 128) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
-    from cellsdk.training.models import with_features
+    from cellsdk.converters.heads import with_features
 
     wrapped = with_features(model)
     logits, feats = [], []

@@ -106,7 +106,7 @@ def test_absent_devices_are_listed_as_skipped_with_reasons(report):
 
     if sys.platform != "darwin":
         assert "CoreML" in reasons["model.mlpackage on coreml"]
-    from cellsdk.gpu import driver_problem
+    from cellsdk.platform.gpu import driver_problem
 
     if driver_problem():  # no usable NVIDIA GPU: every cuda / tensorrt row says why, torch-free
         assert reasons["model.onnx on cuda"] == reasons["model.onnx on tensorrt"] == driver_problem()

@@ -41,7 +41,7 @@ def test_fold_temperature_divides_the_logits(tiny_run):
 
 
 def test_calibrated_checkpoint_keeps_predictions_and_records_the_fit(tiny_run, tmp_path):
-    from cellsdk.checkpoints import read_checkpoint_metadata
+    from cellsdk.artefacts.checkpoints import read_checkpoint_metadata
     from cellsdk.training import evaluate
     from cellsdk.training.calibrate import calibrate_checkpoint
 

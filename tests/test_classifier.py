@@ -134,7 +134,7 @@ def test_manifest_ranking_and_refusals(artefacts, tmp_path):
     import json
     import shutil
 
-    from cellsdk.manifest import choose_artefact
+    from cellsdk.artefacts.manifest import choose_artefact
 
     for name in ("model.onnx", "model.torchscript"):
         shutil.copy(artefacts["onnxruntime"].parent / name, tmp_path / name)

@@ -19,7 +19,7 @@ from cellsdk.converters import (
     get_converter,
 )
 from cellsdk.converters.calibration import ImageSet, calibration_set, evaluation_set
-from cellsdk.converters.verify import reference_logits, verify_artefact
+from cellsdk.converters.gate import reference_logits, verify_artefact
 from cellsdk.errors import BackendNotInstalledError, CheckpointError, ConfigError
 
 from .conftest import SAMPLES, TINY_GATE
@@ -279,7 +279,7 @@ def test_torchscript_int8_is_right_whatever_the_source_memory_format(tiny_run, t
 
 def test_a_drop_exactly_at_the_limit_passes():
     """One image of 50 is exactly 2 points of recall: at the limit, not over it (float rounding aside)."""
-    from cellsdk.converters.verify import judge
+    from cellsdk.converters.gate import judge
     from cellsdk.metadata import ModelMetadata, Preprocessing
 
     meta = ModelMetadata(labels=("a", "b"), arch="x", preprocessing=Preprocessing(8))

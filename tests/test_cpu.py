@@ -1,4 +1,4 @@
-"""cellsdk.cpu and what the runtime does with it: CPU classes, the int8 warning / strict refusal, folder choice, info.
+"""cellsdk.platform.cpu and what the runtime does with it: CPU classes, the int8 warning / strict refusal, folder choice, info.
 
 Nothing here depends on the class of the CPU the suite runs on: the host class is faked where it matters.
 """
@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import cellsdk.classifier
-import cellsdk.cpu
+import cellsdk.artefacts.cpu_records
+import cellsdk.platform.cpu
 from cellsdk import Classifier, CpuVerificationWarning, UnverifiedCpuError
+from cellsdk.artefacts.cpu_records import check_artefact
+from cellsdk.artefacts.manifest import choose_artefact
 from cellsdk.cli import cli
-from cellsdk.cpu import CPU_CLASSES, HostCpu, check_artefact, classify, host_cpu
-from cellsdk.manifest import choose_artefact
+from cellsdk.platform.cpu import CPU_CLASSES, HostCpu, classify, host_cpu
 
 AVX2 = HostCpu("Test CPU (AVX2)", ("sse4_1", "sse4_2", "avx", "fma", "avx2"), "x86-64-avx2", "test")
 VNNI = HostCpu("Test CPU (VNNI)", ("avx2", "avx512f", "avx512bw", "avx512_vnni"), "x86-64-avx512-vnni", "test")
@@ -60,7 +61,7 @@ def test_host_cpu_is_read_and_consistent():
 @pytest.mark.skipif(QEMU is None, reason="qemu-x86_64 not installed (apt-get install qemu-user)")
 @pytest.mark.parametrize(("model", "expected"), [("Haswell", "x86-64-avx2"), ("Nehalem", "x86-64-sse4")])
 def test_cpuid_sees_the_emulated_cpu(model, expected):
-    code = "from cellsdk.cpu import host_cpu; c = host_cpu(); print(c.cpu_class, c.source)"
+    code = "from cellsdk.platform.cpu import host_cpu; c = host_cpu(); print(c.cpu_class, c.source)"
     out = subprocess.run([QEMU, "-cpu", model, sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=300, check=True).stdout.split()
     assert out == [expected, "cpuid"]
@@ -87,11 +88,10 @@ def _record(cls: str, status: str = "passed", target: str = "native") -> dict:
 @pytest.fixture()
 def fake_host(monkeypatch):
     """Set the host CPU the runtime sees; the once-only warning memory is reset."""
-    monkeypatch.setattr(cellsdk.cpu, "_WARNED", set())
+    monkeypatch.setattr(cellsdk.artefacts.cpu_records, "_WARNED", set())
 
     def use(cpu: HostCpu) -> None:
-        monkeypatch.setattr(cellsdk.cpu, "host_cpu", lambda: cpu)
-        monkeypatch.setattr(cellsdk.classifier, "host_cpu", lambda: cpu)
+        monkeypatch.setattr(cellsdk.platform.cpu, "host_cpu", lambda: cpu)
 
     return use
 

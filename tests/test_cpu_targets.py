@@ -1,4 +1,4 @@
-"""Portable int8 and verification on CPU classes (converters/int8.py, targets.py, reverify.py).
+"""Portable int8 and verification on CPU classes (converters/int8.py, targets.py, verify_deployed.py).
 
 The recipe tests convert the shipped fp32 checkpoint (the real model: saturation needs real weights and
 activations) to int8 ONNX and verify it on emulated classes only, never on ``native``, so the outcome is
@@ -15,12 +15,12 @@ import pytest
 from click.testing import CliRunner
 
 from cellsdk import Classifier
+from cellsdk.artefacts.manifest import STATUS_NOT_VERIFIED
 from cellsdk.cli import cli
 from cellsdk.converters import ConvertConfig, VerifyConfig, convert
 from cellsdk.converters.int8 import INT8_RECIPES, capture_root_logging, recipe_record
-from cellsdk.converters.targets import CpuTargets, balanced_sample, verify_on_targets
+from cellsdk.converters.targets import CpuTargets, balanced_sample, unverified_notes, verify_on_targets
 from cellsdk.errors import ConfigError
-from cellsdk.manifest import STATUS_NOT_VERIFIED
 from cellsdk.metadata import SCHEMA_VERSION
 
 from .conftest import REPO, SAMPLES
@@ -131,8 +131,7 @@ def test_missing_qemu_means_not_verified_never_passed(monkeypatch, artefacts):
     for name in ("haswell", "nehalem"):
         assert by[name]["status"] == STATUS_NOT_VERIFIED
         assert "apt-get install qemu-user" in by[name]["reasons"][0]
-    notes = __import__("cellsdk.cli", fromlist=["_cpu_notes"])._cpu_notes(
-        {"artefacts": [{"cpu_verification": records["model.int8.onnx"]}]})
+    notes = unverified_notes([{"cpu_verification": records["model.int8.onnx"]}])
     assert notes == ["warning: CPU classes not verified: qemu-x86_64 is not installed: install QEMU user-mode "
                      "emulation: apt-get install qemu-user (Debian / Ubuntu) or dnf install qemu-user"]
 

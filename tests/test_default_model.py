@@ -72,18 +72,18 @@ def test_portable_and_verified_on_cpu_classes(shipped):
 def test_loads_without_warning_on_verified_classes(monkeypatch, cpu_class):
     import warnings
 
-    import cellsdk.cpu
-    from cellsdk.cpu import HostCpu
+    import cellsdk.platform.cpu
+    from cellsdk.platform.cpu import HostCpu
 
     fake = HostCpu("test CPU", (), cpu_class, "test")
-    monkeypatch.setattr(cellsdk.cpu, "host_cpu", lambda: fake)
+    monkeypatch.setattr(cellsdk.platform.cpu, "host_cpu", lambda: fake)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert Classifier.load(strict=True).cpu_check.status == "verified"
 
 
 def test_the_fp32_checkpoint_is_its_source():
-    from cellsdk.checkpoints import read_checkpoint_metadata
+    from cellsdk.artefacts.checkpoints import read_checkpoint_metadata
 
     meta = read_checkpoint_metadata(CHECKPOINT)
     assert meta.precision == "fp32" and meta.labels == BLOODMNIST
@@ -132,7 +132,7 @@ def test_default_load_is_torch_free():
 
 
 def test_missing_package_data_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr("cellsdk.classifier.DEFAULT_MODEL", "absent.onnx")
+    monkeypatch.setattr("cellsdk.artefacts.resolve.DEFAULT_MODEL", "absent.onnx")
     with pytest.raises(ModelNotFoundError, match="not installed with this cellsdk"):
         cellsdk.Classifier.load()
 
@@ -142,7 +142,7 @@ def test_shipped_model_carries_the_guard(shipped):
     import numpy as np
     from PIL import Image
 
-    from cellsdk.shifts import apply_shift
+    from cellsdk.converters.shifts import apply_shift
 
     guard = shipped.guard
     assert guard is not None and guard.score.name == "mahalanobis" and guard.retention == 0.95
@@ -159,7 +159,7 @@ def test_shipped_model_carries_the_guard(shipped):
 
 def test_carries_test_vectors_and_passes_its_self_check_here(shipped):
     """The shipped file checks itself wherever it lands: 32 held-out crops with the fp32 outputs, run here now."""
-    from cellsdk.selfcheck import self_check
+    from cellsdk.artefacts.selfcheck import self_check
     from cellsdk.testvectors import TestVectors, size_budget
 
     meta = shipped.metadata

@@ -14,10 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 from cellsdk import Classifier
+from cellsdk.batch.distributed import predict_files, ray_unavailable_reason
+from cellsdk.batch.jobs import iter_inputs, run_job
 from cellsdk.cli import predict_command
-from cellsdk.distributed import predict_files, ray_unavailable_reason
 from cellsdk.errors import BackendNotInstalledError, ConfigError
-from cellsdk.jobs import iter_inputs, run_job
 
 from .conftest import RAW_SAMPLES
 
@@ -95,7 +95,7 @@ def test_missing_files_are_named_before_the_cluster_is_used(tmp_path):
 
 
 def test_without_ray_the_error_names_the_extra(monkeypatch, tmp_path):
-    import cellsdk.distributed as distributed
+    import cellsdk.batch.distributed as distributed
 
     monkeypatch.setattr(distributed, "ray_unavailable_reason", lambda: "ray is not installed: pip install "
                                                                        "'cellsdk[ray]'")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cellsdk import Classifier
-from cellsdk.engine import run_pipeline
+from cellsdk.batch.engine import run_pipeline
 from cellsdk.errors import ConfigError, InvalidImageError
 
 from .conftest import RAW_SAMPLES, SAMPLES

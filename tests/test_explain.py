@@ -65,8 +65,8 @@ def _metadata(crop: int | None) -> ModelMetadata:
 def _export(tmp_path: Path, crop: int | None, outputs=("logits", CAMS_OUTPUT)) -> Path:
     import onnx
 
+    from cellsdk.converters.heads import with_outputs
     from cellsdk.metadata import METADATA_KEY
-    from cellsdk.training.models import with_outputs
 
     wrapped = with_outputs(BlobNet().eval(), outputs)
     path = tmp_path / f"blob-{crop}-{len(outputs)}.onnx"
@@ -125,7 +125,7 @@ def test_the_crop_is_undone_and_what_the_model_never_saw_is_zero(blob_models):
 def test_cams_are_the_logits_spatial_decomposition(blob_models):
     model = blob_models[None]
     image = _blob_image((64, 64), (20, 40))
-    outputs = model.run_outputs(model._prepare(image, False)[0][None])
+    outputs = model.run_outputs(model.inference.prepare(image).array[None])
     cams = cam_grids(outputs[CAMS_OUTPUT], 2)
     bias = np.array([0.0, 0.02])
     assert np.allclose(cams.mean(axis=(2, 3)) + bias, outputs["logits"], atol=1e-5)
@@ -193,7 +193,7 @@ def test_align_map_geometry():
 
 
 def test_head_checks_tell_cam_capable_models_from_others():
-    from cellsdk.training.models import cam_support, with_outputs
+    from cellsdk.converters.heads import cam_support, with_outputs
 
     assert cam_support(BlobNet()) is None
 
@@ -212,8 +212,8 @@ def test_every_converted_artefact_explains_like_pytorch(converted, tiny_checkpoi
     """cellsdk-convert gives every format a ``cams`` output, float even in int8 artefacts, equal to the PyTorch
     model's class activation maps (the tiny model's 32 px input makes a 1 x 1 grid: the per-class values)."""
     from cellsdk.backends import backend_for_path
+    from cellsdk.converters.heads import with_outputs
     from cellsdk.training.checkpoint import load_checkpoint
-    from cellsdk.training.models import with_outputs
 
     from .conftest import SAMPLES
 
@@ -228,7 +228,7 @@ def test_every_converted_artefact_explains_like_pytorch(converted, tiny_checkpoi
             continue
         classifier = Classifier.load(path, **entry.get("runtime_options", {}))
         assert classifier.metadata.outputs == ("logits", "features", CAMS_OUTPUT), entry["file"]
-        batch = classifier._prepare(image, False)[0][None]
+        batch = classifier.inference.prepare(image).array[None]
         with torch.no_grad():
             reference = torch_cams(torch.from_numpy(batch))[1].numpy()
         cams = cam_grids(classifier.run_outputs(batch)[CAMS_OUTPUT], len(classifier.labels))
@@ -246,7 +246,7 @@ def test_every_converted_artefact_explains_like_pytorch(converted, tiny_checkpoi
 
 def test_grad_cam_from_pytorch_finds_the_blob_and_explains_heads_cam_cannot(tmp_path):
     pytest.importorskip("pytorch_grad_cam", reason="the grad-cam package is not installed (cellsdk[explain])")
-    from cellsdk.training.explain import grad_cam
+    from cellsdk.training.gradcam import grad_cam
 
     image = _blob_image((160, 120), (120, 30))
     explanation = grad_cam(BlobNet().eval(), image, metadata=_metadata(None))
@@ -266,7 +266,7 @@ def test_grad_cam_from_pytorch_finds_the_blob_and_explains_heads_cam_cannot(tmp_
             pooled = torch.relu(self.head(x.mean(dim=(2, 3))))
             return pooled if pre_logits else self.fc(pooled)
 
-    from cellsdk.training.models import cam_support
+    from cellsdk.converters.heads import cam_support
 
     assert cam_support(ConvAfterPool()) is not None
     other = grad_cam(ConvAfterPool().eval(), image, metadata=_metadata(None))

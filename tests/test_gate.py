@@ -1,11 +1,11 @@
-"""The verification gate's int8 agreement criteria and its honesty about small samples (converters/verify.py)."""
+"""The verification gate's int8 agreement criteria and its honesty about small samples (converters/gate.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from cellsdk.converters.verify import VerifyConfig, judge, sample_warnings, wilson_interval
+from cellsdk.converters.gate import VerifyConfig, judge, sample_warnings, wilson_interval
 from cellsdk.metadata import ModelMetadata, Preprocessing
 
 LABELS = tuple(f"c{i}" for i in range(8))

@@ -1,4 +1,4 @@
-"""CUDA / TensorRT device selection and its errors (cellsdk.gpu, the backends, ``cellsdk devices``).
+"""CUDA / TensorRT device selection and its errors (cellsdk.platform.gpu, the backends, ``cellsdk devices``).
 
 Three layers of evidence, none of which needs a GPU:
 - the GPU stack faked at its seams (the ONNX Runtime module, the driver probe, the library loader, torch.cuda):
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-import cellsdk.gpu as gpu
+import cellsdk.platform.gpu as gpu
 from cellsdk import Classifier
 from cellsdk.backends.onnxruntime import OnnxRuntimeBackend
 from cellsdk.errors import ConfigError, DeviceUnavailableError
@@ -338,7 +338,7 @@ import json
 import onnxruntime
 from cellsdk import Classifier
 from cellsdk.errors import DeviceUnavailableError
-from cellsdk.gpu import onnxruntime_cuda_problem
+from cellsdk.platform.gpu import onnxruntime_cuda_problem
 out = {"build": onnxruntime.capi.build_and_package_info.package_name, "problem": onnxruntime_cuda_problem(onnxruntime)}
 auto = Classifier.load(device="auto")
 out["auto"] = auto.device
@@ -383,7 +383,8 @@ def test_both_onnxruntime_packages_installed_is_named(tmp_path):
         pytest.skip(f"onnxruntime-gpu is not unpacked in {GPU_ORT}")
     (shadow / info.name).mkdir(parents=True)
     (shadow / info.name / "METADATA").write_text((info / "METADATA").read_text())
-    code = "import onnxruntime; from cellsdk.gpu import onnxruntime_cuda_problem; print(onnxruntime_cuda_problem(onnxruntime))"
+    code = ("import onnxruntime; from cellsdk.platform.gpu import onnxruntime_cuda_problem; "
+            "print(onnxruntime_cuda_problem(onnxruntime))")
     result = _with_gpu_build(code, extra_path=shadow)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == ("onnxruntime and onnxruntime-gpu are both installed and the CPU build's files "
@@ -482,7 +483,7 @@ def test_bench_on_a_missing_gpu_measures_nothing_and_says_why():
 
 
 def test_a_conversion_folder_on_a_gpu_device_picks_an_artefact_that_runs_there(converted):
-    from cellsdk.manifest import choose_artefact
+    from cellsdk.artefacts.manifest import choose_artefact
 
     folder = converted.out_dir
     cpu_path, _, _ = choose_artefact(folder, "x86-64-avx2")

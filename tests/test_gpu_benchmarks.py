@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import cellsdk.nvml as nvml
+import cellsdk.platform.nvml as nvml
 from cellsdk.benchmarks import BenchConfig, format_table, harness, latency_summary, run_benchmark
 from cellsdk.benchmarks.reports import _COLUMNS, _cells, outside_share, write_reports
 from cellsdk.benchmarks.worker import gpu_index, run_spec
@@ -86,7 +86,7 @@ def test_the_memory_structure_matches_nvmls_layout():
 
 
 def test_without_a_driver_nvml_answers_none():
-    from cellsdk.gpu import nvidia_driver
+    from cellsdk.platform.gpu import nvidia_driver
 
     if nvidia_driver().problem is None:
         pytest.skip("this machine has an NVIDIA driver")
@@ -179,7 +179,7 @@ def test_a_cpu_report_has_no_gpu_section(monkeypatch, tmp_path):
 def test_gpu_bench_records_the_gpu_and_its_memory(artefacts, samples):
     import onnxruntime
 
-    from cellsdk.gpu import onnxruntime_cuda_problem
+    from cellsdk.platform.gpu import onnxruntime_cuda_problem
 
     problem = onnxruntime_cuda_problem(onnxruntime)
     if problem:

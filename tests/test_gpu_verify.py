@@ -1,4 +1,4 @@
-"""The verification gate on an NVIDIA GPU: ``cellsdk verify MODEL --device cuda|tensorrt`` (converters/reverify.py).
+"""The verification gate on an NVIDIA GPU: ``cellsdk verify MODEL --device cuda|tensorrt`` (converters/verify_deployed.py).
 
 Without a GPU: the refusals (one line, before any image is read) for real, and the bookkeeping with the GPU
 faked at its seams — the device checks, NVML's name for the GPU, and the gate's device (the artefact runs on
@@ -16,16 +16,16 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import cellsdk.gpu as gpu
+import cellsdk.platform.gpu as gpu
 from cellsdk._io import sha256_file
+from cellsdk.artefacts.info import describe, read_metadata
+from cellsdk.artefacts.manifest import choose_artefact
 from cellsdk.backends.onnxruntime import OnnxRuntimeBackend
 from cellsdk.backends.torchscript import TorchScriptBackend
 from cellsdk.cli import cli
-from cellsdk.converters import reverify
-from cellsdk.converters.verify import verify_artefact as real_verify_artefact
+from cellsdk.converters import verify_deployed
+from cellsdk.converters.gate import verify_artefact as real_verify_artefact
 from cellsdk.errors import ConfigError, DeviceUnavailableError, MetadataError
-from cellsdk.info import describe, read_metadata
-from cellsdk.manifest import choose_artefact
 from cellsdk.metadata import SCHEMA_VERSION, ModelMetadata, Preprocessing
 
 from .conftest import SAMPLES, TINY_GATE
@@ -55,14 +55,14 @@ def fake_gpu(monkeypatch):
     monkeypatch.setattr(TorchScriptBackend, "device_unavailable_reason", classmethod(lambda cls, device: None))
     monkeypatch.setattr(gpu, "onnxruntime_cuda_problem", lambda *a, **k: None)
     monkeypatch.setattr(gpu, "gpu_identity", lambda device="cuda": dict(state["gpu"]))
-    monkeypatch.setattr(reverify, "gpu_identity", lambda device="cuda": dict(state["gpu"]))
-    monkeypatch.setattr(reverify, "verify_artefact", gate_on_cpu)
+    monkeypatch.setattr(verify_deployed, "gpu_identity", lambda device="cuda": dict(state["gpu"]))
+    monkeypatch.setattr(verify_deployed, "verify_artefact", gate_on_cpu)
     state["devices"] = devices
     return state
 
 
 def _verify(model: Path, reference: Path, device: str, **kwargs):
-    return reverify.verify_deployed(model, SAMPLES, reference=reference, data_cropped=True, device=device,
+    return verify_deployed.verify_deployed(model, SAMPLES, reference=reference, data_cropped=True, device=device,
                                     verify=TINY_GATE, progress=False, **kwargs)
 
 
@@ -91,7 +91,7 @@ def test_a_missing_gpu_is_refused_in_one_line_before_any_image_is_read(folder, t
     model = folder / "model.fp32.onnx"
     before = model.read_bytes()
     with pytest.raises(DeviceUnavailableError, match=r"^device 'cuda': "):
-        reverify.verify_deployed(model, tmp_path / "no-such-data", reference=tiny_checkpoint, device="cuda")
+        verify_deployed.verify_deployed(model, tmp_path / "no-such-data", reference=tiny_checkpoint, device="cuda")
     result = CliRunner().invoke(cli, ["verify", str(model), "--reference", str(tiny_checkpoint), "--data",
                                       str(SAMPLES), "--data-cropped", "--device", "cuda", "--quiet"])
     assert result.exit_code == 1 and "Traceback" not in result.output

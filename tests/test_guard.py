@@ -14,13 +14,13 @@ from cellsdk import Classifier
 from cellsdk.backends import backend_for_path
 from cellsdk.cli import cli
 from cellsdk.converters.guard import GuardConfig, GuardProbe, check_guard
+from cellsdk.converters.shifts import SHIFTS, apply_shift
 from cellsdk.errors import ConfigError, MetadataError
 from cellsdk.guard import Guard
-from cellsdk.input_checks import InputChecks, measure
+from cellsdk.guard.input_checks import InputChecks, measure
+from cellsdk.guard.scores import SCORES, fit_score, score_from_dict
 from cellsdk.metadata import ModelMetadata, Preprocessing
 from cellsdk.metrics import auroc, fpr_at_tpr, risk_coverage
-from cellsdk.ood_scores import SCORES, fit_score, score_from_dict
-from cellsdk.shifts import SHIFTS, apply_shift
 
 from .conftest import RAW_SAMPLES, SAMPLES
 
@@ -186,7 +186,7 @@ def test_every_artefact_carries_the_guard_and_the_gate_checked_it(converted):
     for entry in converted.manifest["artefacts"]:
         if entry["status"] == "skipped":
             continue
-        from cellsdk.info import read_metadata
+        from cellsdk.artefacts.info import read_metadata
 
         meta = read_metadata(converted.out_dir / entry["file"])  # CoreML's too, off macOS
         own = entry.get("guard_threshold")
@@ -254,7 +254,7 @@ def test_models_without_a_guard_load_with_status_ok_and_one_note(artefacts, capl
 
 def test_the_gate_fails_an_artefact_whose_score_collapses(converted):
     clf = Classifier.load(converted.out_dir / "model.fp32.onnx")
-    arrays = np.stack([clf._prepare(p, False)[0] for p in RAW[:8]])
+    arrays = np.stack([clf.inference.prepare(p).array for p in RAW[:8]])
     outputs = clf.run_outputs(arrays)
     probe = GuardProbe({"_inliers": arrays, "same": arrays}, reference_auroc=0.99, retention=0.95)
     record, reasons = check_guard(clf, outputs, probe, GuardConfig())
@@ -263,7 +263,7 @@ def test_the_gate_fails_an_artefact_whose_score_collapses(converted):
 
 def test_an_artefact_whose_scores_shift_gets_its_own_threshold(converted):
     clf = Classifier.load(converted.out_dir / "model.fp32.onnx")
-    arrays = np.stack([clf._prepare(p, False)[0] for p in RAW])
+    arrays = np.stack([clf.inference.prepare(p).array for p in RAW])
     outputs = clf.run_outputs(arrays)
     own = clf.guard.scores(outputs["logits"], outputs["features"])
     clf.guard = clf.guard.with_thresholds(threshold=float(own.min()) - 1)  # as if int8 had shifted every score up
@@ -331,8 +331,8 @@ def test_data_without_a_val_split_names_the_guard_and_the_way_out(tiny_run, tmp_
 
 
 def test_metadata_listing_outputs_the_model_lacks_is_refused(artefacts, tmp_path):
+    from cellsdk.artefacts.info import read_metadata
     from cellsdk.converters.onnx import write_onnx_metadata
-    from cellsdk.info import read_metadata
 
     meta = read_metadata(artefacts["onnxruntime"])
     record = {"score": {"name": "energy", "temperature": 1.0}, "threshold": 0.0, "retention": 0.95}

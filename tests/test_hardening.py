@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from cellsdk import Classifier
+from cellsdk.artefacts.gate_status import artefact_verification
 from cellsdk.datasets import ImageDataset, Split, carve_validation, load_dataset, validation_carve
-from cellsdk.duplicates import find_cross_split_duplicates
 from cellsdk.errors import DatasetError, FailedVerificationError, FailedVerificationWarning
-from cellsdk.verification import artefact_verification
+from cellsdk.training.duplicates import find_cross_split_duplicates
 
 from .conftest import SAMPLES
 

@@ -13,7 +13,7 @@ def _fresh(code: str) -> str:
 def test_import_cellsdk_leaves_torch_unloaded():
     out = _fresh(
         "import sys, cellsdk, cellsdk.cli, cellsdk.datasets, cellsdk.metrics, cellsdk.preprocessing, cellsdk.serve\n"
-        "from cellsdk.checkpoints import read_checkpoint_metadata\n"
+        "from cellsdk.artefacts.checkpoints import read_checkpoint_metadata\n"
         "cellsdk.load_dataset; cellsdk.preprocess\n"
         "print(sorted(m for m in ('torch', 'timm', 'matplotlib', 'onnx') if m in sys.modules))"
     )

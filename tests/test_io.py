@@ -30,7 +30,7 @@ def test_remove_registered_kills_children_and_deletes_staging_paths_newest_first
     import subprocess
     import sys
 
-    from cellsdk._io import _ON_TERMINATE, on_terminate, remove_on_terminate, remove_registered
+    from cellsdk._io import on_terminate, pending_cleanups, remove_on_terminate, remove_registered
 
     staging = tmp_path / ".out.staging-1"
     (staging / ".work").mkdir(parents=True)
@@ -39,11 +39,11 @@ def test_remove_registered_kills_children_and_deletes_staging_paths_newest_first
     order = []
     try:
         with remove_on_terminate(staging), on_terminate(child.kill), on_terminate(lambda: order.append("last")):
-            assert len(_ON_TERMINATE) == 3
+            assert pending_cleanups() == 3
             assert remove_registered() == 3
             assert child.wait(timeout=30) != 0 and not staging.exists() and order == ["last"]
     finally:
         child.kill()
-    assert _ON_TERMINATE == []  # the blocks unregistered on their way out
+    assert pending_cleanups() == 0  # the blocks unregistered on their way out
     with remove_on_terminate(tmp_path / "never-made"):
         assert remove_registered() == 1  # a path that does not exist is no error

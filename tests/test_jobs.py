@@ -16,10 +16,10 @@ import pytest
 from click.testing import CliRunner
 
 from cellsdk import Classifier
+from cellsdk.batch.jobs import iter_inputs, job_file, run_job
+from cellsdk.batch.results import read_rows, result_columns
 from cellsdk.cli import predict_command
 from cellsdk.errors import ConfigError, MetadataError
-from cellsdk.jobs import iter_inputs, job_file, run_job
-from cellsdk.results import read_rows, result_columns
 
 from .conftest import RAW_SAMPLES
 

@@ -21,9 +21,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cellsdk._validate import require_float, require_int
+from cellsdk.artefacts.manifest import choose_artefact, read_manifest
 from cellsdk.backends import backend_names, get_backend
 from cellsdk.errors import CellSDKError, ConfigError, InvalidImageError, MetadataError
-from cellsdk.manifest import choose_artefact, read_manifest
 from cellsdk.metadata import ModelMetadata, Preprocessing
 from cellsdk.preprocessing import preprocess
 
@@ -206,10 +206,10 @@ def test_any_manifest_loads_inside_its_folder_or_fails_with_a_typed_error(tmp_pa
 def test_option_pairs_parse_or_fail_in_one_line(pairs):
     import click
 
-    from cellsdk.cli import _parse_options
+    from cellsdk.cli.options import parse_key_values
 
     try:
-        options = _parse_options(tuple(pairs))
+        options = parse_key_values(tuple(pairs))
     except click.ClickException as err:
         assert "\n" not in err.message and "KEY=VALUE" in err.message
         return

@@ -11,12 +11,12 @@ import pytest
 from click.testing import CliRunner
 
 from cellsdk import Classifier, SelfCheckError, SelfCheckWarning
+from cellsdk.artefacts.info import describe, read_metadata
+from cellsdk.artefacts.selfcheck import SelfCheckConfig, artefact_digest, cache_dir, judge, machine_key, self_check
 from cellsdk.backends import backend_for_path
 from cellsdk.converters import get_converter
-from cellsdk.cpu import host_cpu
 from cellsdk.errors import MetadataError
-from cellsdk.info import describe, read_metadata
-from cellsdk.selfcheck import SelfCheckConfig, artefact_digest, cache_dir, judge, machine_key, self_check
+from cellsdk.platform.cpu import host_cpu
 from cellsdk.testvectors import MAX_BYTES, TestVectors, size_budget
 
 

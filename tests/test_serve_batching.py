@@ -15,8 +15,8 @@ from PIL import Image
 from cellsdk.errors import ConfigError
 from cellsdk.serve.batching import BusyError, MicroBatcher, ShuttingDownError
 from cellsdk.serve.config import ServeConfig, is_loopback
-from cellsdk.serve.metrics import Metrics
 from cellsdk.serve.problems import ApiError
+from cellsdk.serve.prometheus import Metrics
 from cellsdk.serve.uploads import check_and_decode, display_name, sniff
 
 

@@ -5,7 +5,7 @@ Each module registers itself with :func:`register_backend` and imports its
 runtime (onnxruntime, openvino, torch, coremltools) only when a model is
 loaded, so importing this package stays light.
 
-Example:
+Examples:
     >>> from cellsdk.backends import backend_for_path, backend_names
     >>> backend_for_path("model.onnx").name
     'onnxruntime'
@@ -91,7 +91,14 @@ class Backend(abc.ABC):
         """
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Run a float32 NCHW batch; return the ``N x C`` first output (the logits)."""
+        """Run a float32 NCHW batch; return the ``N x C`` first output (the logits).
+
+        Examples:
+            >>> import numpy as np
+            >>> from cellsdk.artefacts.resolve import open_artefact
+            >>> open_artefact().backend.run(np.zeros((2, 3, 128, 128), np.float32)).shape
+            (2, 8)
+        """
         return self.run_all(batch)[0]
 
     @property
@@ -125,7 +132,7 @@ class Backend(abc.ABC):
     def option_types(cls) -> dict[str, Any]:
         """The options this backend's ``__init__`` takes (beyond ``device``), with their types.
 
-        Example:
+        Examples:
             >>> sorted(get_backend("onnxruntime").option_types())
             ['graph_optimization', 'providers', 'spinning', 'tensorrt_cache', 'tensorrt_fp16', 'tf32', 'threads']
         """
@@ -140,7 +147,7 @@ class Backend(abc.ABC):
         Raises:
             ConfigError: an unknown option, a value of the wrong type, or ``threads`` below 1.
 
-        Example:
+        Examples:
             >>> get_backend("onnxruntime").check_options({"threads": "abc"})
             Traceback (most recent call last):
             ...
@@ -165,7 +172,13 @@ class Backend(abc.ABC):
         return cls(path, device="cpu").metadata_json
 
     def describe(self) -> str:
-        """A short description, e.g. ``onnxruntime on CPUExecutionProvider``."""
+        """A short description, e.g. ``onnxruntime on CPUExecutionProvider``.
+
+        Examples:
+            >>> from cellsdk.artefacts.resolve import open_artefact
+            >>> open_artefact().backend.describe()
+            'onnxruntime on CPUExecutionProvider'
+        """
         return f"{self.name} on {self.device}"
 
 
@@ -201,7 +214,7 @@ def _describe_type(hint: Any) -> str:
 def register_backend(name: str, *suffixes: str, package: str, install: str) -> Callable[[type[Backend]], type[Backend]]:
     """Class decorator registering a backend under ``name`` for ``suffixes``.
 
-    Example:
+    Examples:
         >>> @register_backend("echo", ".echo", package="json", install="pip install json")  # doctest: +SKIP
         ... class EchoBackend(Backend): ...
     """
@@ -218,12 +231,22 @@ def register_backend(name: str, *suffixes: str, package: str, install: str) -> C
 
 
 def backend_names() -> tuple[str, ...]:
-    """The registered backends, in preference order."""
+    """The registered backends, in preference order.
+
+    Examples:
+        >>> backend_names()
+        ('onnxruntime', 'openvino', 'torchscript', 'coreml')
+    """
     return tuple(_BACKENDS)
 
 
 def supported_suffixes() -> tuple[str, ...]:
-    """Every suffix some backend loads."""
+    """Every suffix some backend loads.
+
+    Examples:
+        >>> ".onnx" in supported_suffixes() and ".xml" in supported_suffixes()
+        True
+    """
     return tuple(s for cls in _BACKENDS.values() for s in cls.suffixes)
 
 
@@ -232,6 +255,10 @@ def get_backend(name: str) -> type[Backend]:
 
     Raises:
         UnsupportedFormatError: no such backend.
+
+    Examples:
+        >>> get_backend("onnxruntime").name
+        'onnxruntime'
     """
     if not isinstance(name, str) or name not in _BACKENDS:
         raise UnsupportedFormatError(f"unknown backend {name!r}: use one of {', '.join(_BACKENDS)}")
@@ -243,6 +270,10 @@ def backend_for_path(path: str | os.PathLike) -> type[Backend]:
 
     Raises:
         UnsupportedFormatError: no backend knows the suffix.
+
+    Examples:
+        >>> backend_for_path("model.int8.onnx").name, backend_for_path("model.fp16.xml").name
+        ('onnxruntime', 'openvino')
     """
     suffix = Path(path).suffix.lower()
     for cls in _BACKENDS.values():

@@ -4,7 +4,7 @@ CoreML predictions need macOS. Elsewhere, loading raises
 :class:`~cellsdk.errors.PlatformNotSupportedError` naming the formats that do
 run here. Metadata is read from ``user_defined_metadata`` (key ``cellsdk``).
 
-Example:
+Examples:
     >>> from cellsdk import Classifier
     >>> clf = Classifier.load("model.mlpackage", compute_units="ALL")  # doctest: +SKIP
 """

@@ -3,7 +3,7 @@
 Metadata is read from the model's ``metadata_props`` (key ``cellsdk``). An
 ``InferenceSession`` is safe to call from several threads at once.
 
-Example:
+Examples:
     >>> from cellsdk import Classifier
     >>> clf = Classifier.load("model.onnx", device="cpu", threads=2)  # doctest: +SKIP
 """
@@ -39,7 +39,7 @@ class OnnxRuntimeBackend(Backend):
     Devices: ``cpu``; ``cuda`` / ``cuda:N`` (the CUDA provider); ``tensorrt`` / ``tensorrt:N`` (the TensorRT
     provider, then CUDA for what TensorRT does not take); ``auto`` (CUDA where onnxruntime-gpu, the driver, a GPU
     and the CUDA libraries are all there, else the CPU, without a word). Asking for a GPU that is not usable raises
-    :class:`~cellsdk.errors.DeviceUnavailableError` naming what to install (see :mod:`cellsdk.gpu`), never a
+    :class:`~cellsdk.errors.DeviceUnavailableError` naming what to install (see :mod:`cellsdk.platform.gpu`), never a
     silent CPU run. TensorRT is never chosen by ``auto``: its first load builds an engine (minutes).
 
     Options:
@@ -63,7 +63,7 @@ class OnnxRuntimeBackend(Backend):
         if device in ("cuda", "tensorrt"):
             import onnxruntime as ort
 
-            from cellsdk.gpu import onnxruntime_cuda_problem
+            from cellsdk.platform.gpu import onnxruntime_cuda_problem
 
             return onnxruntime_cuda_problem(ort, tensorrt=device == "tensorrt", load=False)
         return super().device_unavailable_reason(device)
@@ -117,7 +117,7 @@ class OnnxRuntimeBackend(Backend):
         CUDA runs without TF32 unless ``tf32``: ONNX Runtime's default computes fp32 matrix products in TF32 (10
         mantissa bits) on Ampere and later GPUs, a silent down-cast of an fp32 artefact.
         """
-        from cellsdk.gpu import onnxruntime_cuda_problem
+        from cellsdk.platform.gpu import onnxruntime_cuda_problem
 
         match = _DEVICE.fullmatch(str(device).strip().lower())
         if not match or (match.group(2) and match.group(1) in ("auto", "cpu")):

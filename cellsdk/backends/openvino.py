@@ -8,7 +8,7 @@ CPUs with AVX-512 BF16 or AMX, and the float parts of an int8 IR too, so an
 artefact verified in f32 would silently compute differently there. Each calling
 thread gets its own infer request, so one Classifier can serve several threads.
 
-Example:
+Examples:
     >>> from cellsdk import Classifier
     >>> clf = Classifier.load("model.xml", device="cpu", precision="f32")  # doctest: +SKIP
 """
@@ -38,7 +38,7 @@ def precision_hint(precision: str | None, device: str = "CPU") -> str | None:
     bf16 artefact in ``bf16`` (on a CPU without bf16 OpenVINO then computes in f32); on an Intel GPU or NPU
     an fp16 artefact in ``f16``. None leaves the device's default (an unknown precision).
 
-    Example:
+    Examples:
         >>> precision_hint("fp32"), precision_hint("int8"), precision_hint("bf16"), precision_hint("fp16", "GPU")
         ('f32', 'f32', 'bf16', 'f16')
     """

@@ -3,7 +3,7 @@
 Metadata is read from the archive's ``_extra_files`` (entry ``cellsdk``).
 Loading this backend imports torch; ``import cellsdk`` does not.
 
-Example:
+Examples:
     >>> from cellsdk import Classifier
     >>> clf = Classifier.load("model.torchscript", device="cuda")  # doctest: +SKIP
 """
@@ -31,7 +31,7 @@ def resolve_torch_device(name: str = "auto") -> str:
     Raises:
         ConfigError: an unknown device.
         DeviceUnavailableError: a device this machine, its driver or this PyTorch build cannot use (the message
-            names what to install; see :mod:`cellsdk.gpu`).
+            names what to install; see :mod:`cellsdk.platform.gpu`).
     """
     import torch
 
@@ -46,7 +46,7 @@ def resolve_torch_device(name: str = "auto") -> str:
     if kind not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
     if kind == "cuda":
-        from cellsdk.gpu import torch_cuda_problem
+        from cellsdk.platform.gpu import torch_cuda_problem
 
         problem = torch_cuda_problem(torch, torch.device(name).index or 0)
         if problem:
@@ -73,7 +73,7 @@ class TorchScriptBackend(Backend):
         if device == "cuda" and cls.unavailable_reason() is None:
             import torch
 
-            from cellsdk.gpu import torch_cuda_problem
+            from cellsdk.platform.gpu import torch_cuda_problem
 
             return torch_cuda_problem(torch)
         return super().device_unavailable_reason(device)

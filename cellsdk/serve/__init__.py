@@ -8,7 +8,7 @@ absence is one clear line (``pip install 'cellsdk[serve]'``).
 - :func:`serve` — run it under uvicorn until SIGTERM / Ctrl-C, draining requests in flight;
 - :class:`MicroBatcher` — the batching queue itself (no web framework needed).
 
-Example:
+Examples:
     >>> from cellsdk import Classifier
     >>> from cellsdk.serve import ServeConfig, serve
     >>> serve(Classifier.load(), ServeConfig(port=8000, max_batch=32, max_wait_ms=5))  # doctest: +SKIP

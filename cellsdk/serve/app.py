@@ -4,7 +4,7 @@ Routes: ``POST /v1/predict``, ``GET /v1/model``, ``GET /healthz``, ``GET /readyz
 (the web page; its files under ``/static``), and FastAPI's ``/openapi.json``, ``/docs`` and ``/redoc``.
 Every error answer is an RFC 9457 problem document (:mod:`cellsdk.serve.problems`).
 
-Example:
+Examples:
     >>> from cellsdk import Classifier
     >>> from starlette.testclient import TestClient
     >>> with TestClient(create_app(Classifier.load())) as client:  # doctest: +SKIP
@@ -40,17 +40,17 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from cellsdk._io import sha256_file
 from cellsdk._version import __version__
+from cellsdk.arrays import without_arrays
 from cellsdk.classifier import Classifier
-from cellsdk.cpu import host_cpu
 from cellsdk.explain import CAMS_OUTPUT, align_map, cam_grids, heat_layer
-from cellsdk.ood_scores import without_arrays
+from cellsdk.platform.cpu import host_cpu
 from cellsdk.preprocessing import crop_box
 from cellsdk.serve.batching import BusyError, MicroBatcher, ShuttingDownError
 from cellsdk.serve.config import ServeConfig
-from cellsdk.serve.metrics import Metrics
 from cellsdk.serve.problems import KINDS, PROBLEM_MEDIA_TYPE, ApiError
+from cellsdk.serve.prometheus import Metrics
 from cellsdk.serve.uploads import ACCEPTED_FORMATS, check_and_decode, display_name
-from cellsdk.tta import unview
+from cellsdk.tta import tta_views
 
 __all__ = ["ServiceState", "create_app"]
 
@@ -96,18 +96,19 @@ class ServiceState:
     def prepare(self, data: bytes, index: int, name: str | None) -> tuple[Any, tuple[int, int]]:
         """Decode, check and preprocess one upload (runs on a decoding thread); also its size in pixels."""
         image = check_and_decode(data, index=index, name=name, max_pixels=self.config.max_pixels)
-        return self.classifier._prepare(image, self.classifier._wants_stats), image.size
+        return self.classifier.inference.prepare(image), image.size
 
     def infer(self, prepared: list[Any]) -> list[tuple[Any, Any]]:
         """One runtime call for prepared images from any number of requests (runs on the batcher's thread):
         each image's prediction (every class; each request trims) and its class activation maps (or None)."""
         classifier = self.classifier
-        predictions, outputs = classifier._infer_outputs(prepared, len(classifier.labels))
-        cams = outputs.get(CAMS_OUTPUT)
+        views = tta_views(classifier.tta)
+        result = classifier.inference.run(prepared, top_k=len(classifier.labels), views=views)
+        cams = result.outputs.get(CAMS_OUTPUT)
         if cams is None:
-            return [(p, None) for p in predictions]
-        grids = unview(cam_grids(cams, len(classifier.labels)), classifier.tta)
-        return list(zip(predictions, grids, strict=True))
+            return [(p, None) for p in result.predictions]
+        grids = views.unview(cam_grids(cams, len(classifier.labels)))
+        return list(zip(result.predictions, grids, strict=True))
 
     def heatmap(self, prediction: Any, grid: Any, size: tuple[int, int]) -> dict[str, Any]:
         """The page's heat-map layer for the predicted class (a PNG data URL, at most 256 px) and its summary."""

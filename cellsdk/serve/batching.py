@@ -8,7 +8,7 @@ calls. It waits for more only while admitted images are still being prepared (th
 no longer than ``max_wait_ms`` after the oldest queued image arrived, or until ``max_batch`` are queued: under
 load batches fill up, and a lone request never waits.
 
-Example:
+Examples:
     >>> batcher = MicroBatcher(lambda items: [x * 2 for x in items], max_batch=8, max_wait_ms=1, max_queue=16)
     >>> with batcher.admit(3) as ticket:
     ...     ticket.submit([1, 2, 3]).result(timeout=5)

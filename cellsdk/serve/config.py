@@ -1,6 +1,6 @@
 """``ServeConfig``: how ``cellsdk serve`` listens, batches, limits and authenticates (framework-free).
 
-Example:
+Examples:
     >>> ServeConfig().host, ServeConfig().max_batch, ServeConfig.unbatched().max_batch
     ('127.0.0.1', 32, 1)
     >>> ServeConfig(host="0.0.0.0").check()  # doctest: +ELLIPSIS
@@ -31,7 +31,7 @@ MIN_API_KEY_LENGTH = 16
 def is_loopback(host: str) -> bool:
     """True when ``host`` is only reachable from this machine (``127.0.0.0/8``, ``::1``, ``localhost``).
 
-    Example:
+    Examples:
         >>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("0.0.0.0"), is_loopback("::")
         (True, True, False, False)
     """
@@ -85,15 +85,32 @@ class ServeConfig:
 
     @classmethod
     def unbatched(cls, **changes: Any) -> ServeConfig:
-        """A preset without micro-batching: every image runs alone, in arrival order (the load test's baseline)."""
+        """A preset without micro-batching: every image runs alone, in arrival order (the load test's baseline).
+
+        Examples:
+            >>> ServeConfig.unbatched().max_batch
+            1
+        """
         return cls(**{"max_batch": 1, "max_wait_ms": 0.0, **changes})
 
     def replace(self, **changes: Any) -> ServeConfig:
-        """A copy with ``changes``."""
+        """A copy with ``changes``.
+
+        Examples:
+            >>> ServeConfig().replace(port=0).port
+            0
+        """
         return dataclasses.replace(self, **changes)
 
     def check(self) -> ServeConfig:
-        """``self`` if every option is usable; otherwise one :class:`ConfigError` line naming the fix."""
+        """``self`` if every option is usable; otherwise one :class:`ConfigError` line naming the fix.
+
+        Examples:
+            >>> ServeConfig(host="0.0.0.0").check()  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            cellsdk.errors.ConfigError: ...
+        """
         if not isinstance(self.host, str) or not self.host:
             raise ConfigError(f"host must be an address such as 127.0.0.1, got {self.host!r}")
         require_int("port", self.port, minimum=0, maximum=65535)

@@ -1,6 +1,6 @@
 """Error answers as RFC 9457 problem documents: one kind per failure, the SDK's one-line message as ``detail``.
 
-Example:
+Examples:
     >>> err = ApiError("not-an-image", "upload 1 (a.txt): not an image")
     >>> err.status, err.document()["type"], err.document()["title"]
     (415, 'urn:cellsdk:problem:not-an-image', 'Not an image')
@@ -46,7 +46,12 @@ class ApiError(Exception):
         self.extra = extra
 
     def document(self, instance: str | None = None) -> dict[str, Any]:
-        """The problem document (``type``, ``title``, ``status``, ``detail``, ``instance`` and extensions)."""
+        """The problem document (``type``, ``title``, ``status``, ``detail``, ``instance`` and extensions).
+
+        Examples:
+            >>> ApiError("busy", "the queue is full").document("/v1/predict")["status"]
+            503
+        """
         doc: dict[str, Any] = {"type": f"urn:cellsdk:problem:{self.kind}", "title": self.title,
                                "status": self.status, "detail": self.detail}
         if instance:

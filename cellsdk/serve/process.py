@@ -2,7 +2,7 @@
 
 No web framework is imported here: the child process needs ``cellsdk[serve]``, the caller does not.
 
-Example:
+Examples:
     >>> service = start_service(["--max-batch", "32"])  # doctest: +SKIP
     >>> service.url, service.stop()  # doctest: +SKIP
     ('http://127.0.0.1:40123/', 0)

@@ -80,7 +80,7 @@ def serve(classifier: Classifier, config: ServeConfig | None = None, *, log_leve
     Raises:
         BackendNotInstalledError: FastAPI / uvicorn are missing. ConfigError: bad options or an unusable address.
 
-    Example:
+    Examples:
         >>> serve(Classifier.load(), ServeConfig(port=8000))  # doctest: +SKIP
         cellsdk serve: http://127.0.0.1:8000/ (blood_int8.onnx, 8 classes); Ctrl-C to stop
     """

@@ -3,7 +3,7 @@
 The server never trusts a file name, an extension or a ``Content-Type`` to say what an upload is: the first
 bytes do. A name is cleaned for the JSON answer and goes nowhere else (never a path).
 
-Example:
+Examples:
     >>> sniff(b"\\x89PNG\\r\\n\\x1a\\n...."), sniff(b"%PDF-1.7"), sniff(b"")
     ('PNG', None, None)
     >>> display_name("../../etc/passwd"), display_name(None)
@@ -40,7 +40,12 @@ _UNSAFE = re.compile(r"[^\w.\- ()+,]")
 
 
 def sniff(data: bytes) -> str | None:
-    """The image format ``data`` starts with (one of :data:`ACCEPTED_FORMATS`), or None."""
+    """The image format ``data`` starts with (one of :data:`ACCEPTED_FORMATS`), or None.
+
+    Examples:
+        >>> sniff(b"\\x89PNG\\r\\n\\x1a\\n...."), sniff(b"hello")
+        ('PNG', None)
+    """
     for signature, name in _SIGNATURES:
         if data.startswith(signature):
             return name
@@ -50,7 +55,12 @@ def sniff(data: bytes) -> str | None:
 
 
 def display_name(name: str | None) -> str | None:
-    """A client's file name reduced to a short, printable base name for the answer (never used as a path)."""
+    """A client's file name reduced to a short, printable base name for the answer (never used as a path).
+
+    Examples:
+        >>> display_name("../../etc/cell 1.png")
+        'cell 1.png'
+    """
     if not name:
         return None
     base = name.replace("\\", "/").rsplit("/", 1)[-1]

@@ -2,7 +2,7 @@
 
 ``import cellsdk`` does not import this package; importing it loads torch.
 
-Example:
+Examples:
     >>> from cellsdk.training import TrainConfig, train, evaluate  # doctest: +SKIP
     >>> result = train("samples/bloodmnist_128", "runs/demo", TrainConfig.quick())  # doctest: +SKIP
 """

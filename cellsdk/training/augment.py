@@ -4,7 +4,7 @@ Augmentation runs after :func:`~cellsdk.preprocessing.prepare_image` and
 before :func:`~cellsdk.preprocessing.to_input_array`, so training, evaluation
 and the runtime share every other step.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> from PIL import Image
     >>> from cellsdk.training.config import AugmentConfig

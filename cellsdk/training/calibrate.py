@@ -13,7 +13,7 @@ from it, on every runtime, gives the calibrated probabilities with no extra
 step at inference. The metadata records ``T``, the split it was fitted on and
 the calibration error before and after, under ``training.temperature_scaling``.
 
-Example:
+Examples:
     >>> from cellsdk.training.calibrate import calibrate_checkpoint
     >>> r = calibrate_checkpoint("runs/a/best.safetensors", "data/bloodmnist_128",
     ...                          out="runs/a/calibrated.safetensors", data_cropped=True)  # doctest: +SKIP
@@ -90,7 +90,10 @@ def calibrate_checkpoint(
         split: the held-out split to fit on (never the test split you report).
         data_cropped: the images already have the model's crop.
         labels: the dataset's class names, if its folders do not give them.
-        batch_size, device, workers, progress: as for evaluation.
+        batch_size: images per forward pass.
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        workers: data-loading processes.
+        progress: show a progress bar.
 
     Returns:
         ``temperature``, ``before`` / ``after`` (``nll``, ``ece``, ``mean_confidence``, ``accuracy``),

@@ -3,9 +3,9 @@
 A cellsdk checkpoint is a ``.safetensors`` file whose header metadata holds
 the :class:`~cellsdk.metadata.ModelMetadata` JSON under ``"cellsdk"``. Loading
 never unpickles anything. :func:`read_checkpoint_metadata` reads only the
-header (in :mod:`cellsdk.checkpoints`), so it works without torch.
+header (in :mod:`cellsdk.artefacts.checkpoints`), so it works without torch.
 
-Example:
+Examples:
     >>> meta = read_checkpoint_metadata("run/best.safetensors")  # doctest: +SKIP
     >>> meta.labels  # doctest: +SKIP
     ('basophil', 'eosinophil', ...)
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cellsdk._io import atomic_path
-from cellsdk.checkpoints import CHECKPOINT_FORMAT_TAG, CHECKPOINT_SUFFIX, read_checkpoint_metadata
+from cellsdk.artefacts.checkpoints import CHECKPOINT_FORMAT_TAG, CHECKPOINT_SUFFIX, read_checkpoint_metadata
 from cellsdk.errors import BackendNotInstalledError, CheckpointError
 from cellsdk.metadata import METADATA_KEY, ModelMetadata
 
@@ -28,7 +28,7 @@ __all__ = ["CHECKPOINT_SUFFIX", "load_checkpoint", "read_checkpoint_metadata", "
 def save_checkpoint(path: str | os.PathLike, model: Any, metadata: ModelMetadata) -> Path:
     """Write the model's weights and metadata to one safetensors file, atomically.
 
-    Example:
+    Examples:
         >>> save_checkpoint("run/best.safetensors", model, meta)  # doctest: +SKIP
     """
     from safetensors.torch import save_file
@@ -46,7 +46,7 @@ def load_checkpoint(path: str | os.PathLike, *, device: str = "cpu") -> tuple[An
     Raises:
         CheckpointError: not a checkpoint, corrupt, or weights that do not fit the architecture.
 
-    Example:
+    Examples:
         >>> model, meta = load_checkpoint("run/best.safetensors")  # doctest: +SKIP
     """
     metadata = read_checkpoint_metadata(path)

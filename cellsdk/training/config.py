@@ -1,6 +1,6 @@
 """Training configuration: frozen dataclasses with named presets.
 
-Example:
+Examples:
     >>> from cellsdk.training.config import TrainConfig
     >>> cfg = TrainConfig.quick(epochs=1)
     >>> cfg.epochs, cfg.augment.hflip
@@ -31,7 +31,7 @@ class AugmentConfig:
     Cells have no up or down, so flips and right-angle rotations are safe;
     the rest are kept mild because stain colour carries class information.
 
-    Example:
+    Examples:
         >>> AugmentConfig.none().enabled
         False
     """
@@ -64,7 +64,12 @@ class AugmentConfig:
 
     @classmethod
     def none(cls) -> AugmentConfig:
-        """No augmentation."""
+        """No augmentation.
+
+        Examples:
+            >>> AugmentConfig.none().hflip
+            False
+        """
         return cls(hflip=False, vflip=False, rotate90=False, rotation_degrees=0.0, scale=(1.0, 1.0),
                    translate=0.0, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)
 
@@ -81,7 +86,12 @@ class AugmentConfig:
 
     @classmethod
     def preset(cls, name: str) -> AugmentConfig:
-        """A preset by name: ``none``, ``light`` or ``microscopy``."""
+        """A preset by name: ``none``, ``light`` or ``microscopy``.
+
+        Examples:
+            >>> AugmentConfig.preset("light") == AugmentConfig.light()
+            True
+        """
         presets = {"none": cls.none, "light": cls.light, "microscopy": cls.microscopy}
         if name not in presets:
             raise ConfigError(f"unknown augmentation preset {name!r}: use one of {', '.join(presets)}")
@@ -91,7 +101,7 @@ class AugmentConfig:
 def parse_crop(text: str) -> tuple[str, float]:
     """Parse a crop option: ``none``, a fraction like ``0.875``, or pixels like ``200px``.
 
-    Example:
+    Examples:
         >>> parse_crop("200px"), parse_crop("0.875"), parse_crop("none")
         (('pixels', 200.0), ('fraction', 0.875), ('none', 1.0))
     """
@@ -148,7 +158,7 @@ class TrainConfig:
             validation (seeded by ``seed``; recorded in the checkpoint so conversion and evaluation carve
             the same images). None: the data must have its own val split.
         check_duplicates: before training, hash every image and warn about validation / test images that
-            copy a training image (exact, re-encoded, flipped or rotated; see :mod:`cellsdk.duplicates`).
+            copy a training image (exact, re-encoded, flipped or rotated; see :mod:`cellsdk.training.duplicates`).
     """
 
     arch: str = "efficientnet_lite0"
@@ -214,7 +224,12 @@ class TrainConfig:
 
     @classmethod
     def quick(cls, **overrides: Any) -> TrainConfig:
-        """A short run for demos and smoke tests: few epochs, light augmentation."""
+        """A short run for demos and smoke tests: few epochs, light augmentation.
+
+        Examples:
+            >>> TrainConfig.quick().epochs < TrainConfig.standard().epochs
+            True
+        """
         base = {"epochs": 3, "batch_size": 32, "warmup_epochs": 0.5, "augment": AugmentConfig.light()}
         return cls(**{**base, **overrides})
 
@@ -224,7 +239,12 @@ class TrainConfig:
         return cls(**overrides)
 
     def replace(self, **changes: Any) -> TrainConfig:
-        """A validated copy with some fields changed."""
+        """A validated copy with some fields changed.
+
+        Examples:
+            >>> TrainConfig().replace(epochs=5).epochs
+            5
+        """
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -235,7 +255,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
-        """Rebuild from :meth:`to_dict` output (e.g. a run folder's ``config.json``)."""
+        """Rebuild from :meth:`to_dict` output (e.g. a run folder's ``config.json``).
+
+        Examples:
+            >>> TrainConfig.from_dict(TrainConfig.quick().to_dict()) == TrainConfig.quick()
+            True
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

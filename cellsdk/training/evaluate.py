@@ -1,6 +1,6 @@
 """``cellsdk-eval``: accuracy, macro-F1, per-class scores, confusion matrix and calibration of a checkpoint.
 
-Example:
+Examples:
     >>> from cellsdk.training import evaluate
     >>> report = evaluate("runs/a/best.safetensors", "data.npz", split="test", out_dir="runs/a/eval")  # doctest: +SKIP
     >>> report["accuracy"]  # doctest: +SKIP

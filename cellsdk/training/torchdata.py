@@ -73,7 +73,7 @@ def make_loader(dataset: SplitDataset, batch_size: int, *, shuffle: bool, seed: 
 def pick_device(name: str = "auto") -> torch.device:
     """``auto`` picks cuda, then mps, then cpu; an explicit device must exist.
 
-    Example:
+    Examples:
         >>> pick_device("cpu").type
         'cpu'
     """

@@ -1,6 +1,6 @@
 """``cellsdk-train``: fine-tune a timm backbone and write checkpoints that carry their metadata.
 
-Example:
+Examples:
     >>> from cellsdk.training import TrainConfig, train
     >>> result = train("samples/bloodmnist_128", "runs/demo", TrainConfig.quick())  # doctest: +SKIP
     >>> result.best_checkpoint  # doctest: +SKIP
@@ -159,7 +159,7 @@ def train(
     Raises:
         DatasetError, ConfigError, CheckpointError, TrainingError: with what to fix.
 
-    Example:
+    Examples:
         >>> train("data.npz", "runs/a", TrainConfig.quick(arch="test_efficientnet", pretrained="none"))  # doctest: +SKIP
     """
     run_dir = Path(out_dir)
@@ -340,7 +340,7 @@ def resume_training(run_dir: str | os.PathLike, data: str | os.PathLike, *, epoc
                     progress: bool = True) -> TrainResult:
     """Continue an interrupted run from its last checkpoint, optionally to more epochs.
 
-    Example:
+    Examples:
         >>> resume_training("runs/a", "data.npz", epochs=20)  # doctest: +SKIP
     """
     override = TrainConfig(epochs=epochs) if epochs else None
@@ -353,7 +353,7 @@ _STATE_KEYS = {"optimizer", "scheduler", "scaler", "epoch", "best_score", "best_
 
 def _check_duplicates(dataset: Any, run_dir: Path) -> dict[str, int]:
     """Warn about held-out images that copy training images; write every pair to duplicates.json."""
-    from cellsdk.duplicates import find_cross_split_duplicates
+    from cellsdk.training.duplicates import find_cross_split_duplicates
 
     report = find_cross_split_duplicates(dataset)
     write_json(run_dir / DUPLICATES, report.to_dict())

@@ -1,0 +1,141 @@
+"""``cellsdk-train`` / ``cellsdk train`` and ``cellsdk-calibrate`` / ``cellsdk calibrate`` (need cellsdk[train])."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cellsdk.cli.options import (
+    NON_NEGATIVE,
+    NON_NEGATIVE_FLOAT,
+    POSITIVE,
+    POSITIVE_FLOAT,
+    SEED,
+    TORCH_DEVICES,
+    command,
+    dataset_options,
+    labels_option,
+    quiet_option,
+)
+from cellsdk.cli.process import friendly_errors, setup_logging
+
+__all__ = ["calibrate_command", "train_command"]
+
+
+@command("train")
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Run folder to write.")
+@click.option("--arch", default="efficientnet_lite0", show_default=True, help="timm model name.")
+@click.option("--pretrained", default="auto", show_default=True,
+              help="auto (hub if online, else local ImageNet weights), hub, none, or a weights file.")
+@click.option("--epochs", type=POSITIVE, default=None,
+              help="Epochs to train [default: 30]; with --resume, the new total (default: the run's own).")
+@click.option("--batch-size", type=POSITIVE, default=64, show_default=True)
+@click.option("--lr", type=POSITIVE_FLOAT, default=1e-3, show_default=True, help="Peak learning rate (AdamW).")
+@click.option("--weight-decay", type=NON_NEGATIVE_FLOAT, default=0.01, show_default=True)
+@click.option("--warmup-epochs", type=NON_NEGATIVE_FLOAT, default=1.0, show_default=True)
+@click.option("--input-size", type=click.IntRange(8, 4096), default=128, show_default=True,
+              help="Model input side in pixels.")
+@click.option("--crop", default="none", show_default=True,
+              help="Centre crop of raw images before resizing: none, a fraction (0.875) or pixels (200px).")
+@click.option("--data-cropped", is_flag=True,
+              help="The training images already have that crop (e.g. bloodmnist_128); skip it in training.")
+@click.option("--resize-filter", default="bilinear", show_default=True)
+@labels_option("Class names: a known map (bloodmnist) or comma-separated names.")
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True)
+@click.option("--accumulate", type=POSITIVE, default=1, show_default=True, help="Micro-batches per optimiser step.")
+@click.option("--clip-grad", type=NON_NEGATIVE_FLOAT, default=2.0, show_default=True,
+              help="Gradient-norm clip (0: off).")
+@click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto", show_default=True)
+@click.option("--channels-last/--no-channels-last", default=True, show_default=True)
+@click.option("--freeze-epochs", type=NON_NEGATIVE, default=0, show_default=True,
+              help="Epochs training the head alone.")
+@click.option("--class-weights", type=click.Choice(["none", "balanced"]), default="none", show_default=True)
+@click.option("--augment", type=click.Choice(["none", "light", "microscopy"]), default="microscopy",
+              show_default=True)
+@click.option("--patience", type=NON_NEGATIVE, default=0, show_default=True,
+              help="Early stopping: epochs without a better validation macro-F1 (0: off).")
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--workers", type=NON_NEGATIVE, default=0, show_default=True, help="Data-loading processes.")
+@click.option("--max-steps", type=POSITIVE, default=None, help="Cap optimiser steps per epoch (quick runs).")
+@click.option("--val-fraction", type=click.FloatRange(0, 0.9, min_open=True), default=None,
+              help="Data without a val split: set this share of each training class aside as validation (seeded; "
+                   "conversion and evaluation carve the same images).")
+@click.option("--check-duplicates/--no-check-duplicates", default=True, show_default=True,
+              help="Before training, warn about val / test images that copy training images (perceptual hash, "
+                   "flips and rotations included).")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out from its last checkpoint, with its stored recipe.")
+@quiet_option("No progress bars or per-epoch log.")
+@friendly_errors
+def train_command(data: Path, out_dir: Path, **options: Any) -> None:
+    """Fine-tune a timm backbone on DATA (a .npz file or an image folder).
+
+    \f
+    Examples:
+        >>> from click.testing import CliRunner
+        >>> CliRunner().invoke(train_command, ["--help"]).output.splitlines()[0]
+        'Usage: train [OPTIONS] DATA'
+    """
+    from cellsdk.training import AugmentConfig, TrainConfig, parse_crop, train
+    from cellsdk.training.reports import format_train_result
+
+    quiet = options.pop("quiet")
+    setup_logging(quiet)
+    crop_mode, crop_value = parse_crop(options.pop("crop"))
+    if options.pop("resume"):  # the run's stored recipe is used; only --epochs may extend it
+        epochs = options["epochs"]
+        result = train(data, out_dir, TrainConfig(epochs=epochs) if epochs else None, resume=True,
+                       progress=not quiet)
+        click.echo(format_train_result(result))
+        return
+    config = TrainConfig(
+        arch=options["arch"], pretrained=options["pretrained"], epochs=options["epochs"] or 30,
+        batch_size=options["batch_size"], lr=options["lr"], weight_decay=options["weight_decay"],
+        warmup_epochs=options["warmup_epochs"], input_size=options["input_size"], crop_mode=crop_mode,
+        crop_value=crop_value, data_cropped=options["data_cropped"], resize_filter=options["resize_filter"],
+        labels=options["labels"], label_smoothing=options["label_smoothing"], accumulate=options["accumulate"],
+        clip_grad_norm=options["clip_grad"], amp=options["amp"], channels_last=options["channels_last"],
+        freeze_epochs=options["freeze_epochs"], class_weights=options["class_weights"],
+        augment=AugmentConfig.preset(options["augment"]), patience=options["patience"], seed=options["seed"],
+        device=options["device"], workers=options["workers"], max_steps_per_epoch=options["max_steps"],
+        val_fraction=options["val_fraction"], check_duplicates=options["check_duplicates"],
+    )
+    click.echo(format_train_result(train(data, out_dir, config, progress=not quiet)))
+
+
+@command("calibrate")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@dataset_options(split="val", data_help="Dataset with a held-out split.",
+                 split_help="The held-out split to fit on (not test).")
+@click.option("--out", "out_path", type=click.Path(path_type=Path), default=None,
+              help="Calibrated checkpoint [default: <checkpoint>.calibrated.safetensors].")
+@click.option("--batch-size", type=POSITIVE, default=64, show_default=True)
+@click.option("--device", default="auto", show_default=True, help=TORCH_DEVICES)
+@click.option("--workers", type=NON_NEGATIVE, default=0, show_default=True)
+@quiet_option()
+@friendly_errors
+def calibrate_command(checkpoint: Path, data: Path, split: str, out_path: Path | None, data_cropped: bool,
+                      labels: str | None, batch_size: int, device: str, workers: int, quiet: bool) -> None:
+    """Temperature-scale CHECKPOINT on a held-out split and fold it into the weights (predictions unchanged).
+
+    \f
+    Examples:
+        >>> from click.testing import CliRunner
+        >>> CliRunner().invoke(calibrate_command, ["--help"]).output.splitlines()[0]
+        'Usage: calibrate [OPTIONS] CHECKPOINT'
+    """
+    from cellsdk.training.calibrate import calibrate_checkpoint
+    from cellsdk.training.reports import format_calibration
+
+    setup_logging(quiet)
+    result = calibrate_checkpoint(checkpoint, data, out=out_path, split=split, data_cropped=data_cropped,
+                                  labels=labels, batch_size=batch_size, device=device, workers=workers,
+                                  progress=not quiet)
+    click.echo(format_calibration(result))
+
+#: the commands' docstring examples, for doctest (click turns the functions into Command objects)
+__test__ = {"train_command": train_command.callback.__doc__, "calibrate_command": calibrate_command.callback.__doc__}
