@@ -108,6 +108,11 @@ def discover(models: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
 
     Raises:
         ModelNotFoundError: a path that does not exist.
+
+    Examples:
+        >>> from cellsdk.artefacts.resolve import default_model_path
+        >>> [entry["backend"] for entry in discover([default_model_path()])]
+        ['onnxruntime']
     """
     found = []
     for model in models:

@@ -6,12 +6,13 @@ the public names (``__all__``) of where they moved, and emits one :class:`Deprec
 Nothing here is imported unless an old path is.
 
 Examples:
-    >>> import warnings
+    >>> import sys, warnings
+    >>> _ = sys.modules.pop("cellsdk.jobs", None)  # as in a fresh process
     >>> with warnings.catch_warnings(record=True) as caught:
     ...     warnings.simplefilter("always")
     ...     from cellsdk.jobs import run_job
-    >>> run_job.__module__, caught[0].category.__name__
-    ('cellsdk.batch.jobs', 'DeprecationWarning')
+    >>> run_job.__module__, [w.category.__name__ for w in caught]
+    ('cellsdk.batch.jobs', ['DeprecationWarning'])
 """
 
 from __future__ import annotations

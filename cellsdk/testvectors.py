@@ -134,7 +134,13 @@ class TestVectors:
                            self.reference, pick(self.expected_scores), dict(self.expected_on))
 
     def with_expected(self, scores: np.ndarray | None, on: dict[str, Any]) -> TestVectors:
-        """The same vectors with the artefact's own OOD scores on them (see ``expected_scores``)."""
+        """The same vectors with the artefact's own OOD scores on them (see ``expected_scores``).
+
+        Examples:
+            >>> vectors = TestVectors((b"a",), ("image/png",), ("a",), (0,), np.array([[2.0, 0.0]]))
+            >>> vectors.with_expected(np.array([0.5]), {"cpu_class": "x86-64-avx2"}).expected_scores.tolist()
+            [0.5]
+        """
         return dataclasses.replace(self, expected_scores=None if scores is None else np.asarray(scores),
                                    expected_on=dict(on))
 
@@ -201,7 +207,14 @@ class TestVectors:
 
 
 def validate_record(record: Any) -> None:
-    """The cheap structural check ModelMetadata makes (the arrays are decoded only when a self-check runs)."""
+    """The cheap structural check ModelMetadata makes (the arrays are decoded only when a self-check runs).
+
+    Examples:
+        >>> validate_record({"images": "not a list"})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        cellsdk.errors.MetadataError: ...
+    """
     if record is None:
         return
     if not isinstance(record, dict) or not isinstance(record.get("format"), int) \

@@ -62,7 +62,13 @@ class ImageSet:
         return hashlib.sha256("\n".join(self.ids).encode("utf-8")).hexdigest()
 
     def batches(self, size: int) -> Iterator[np.ndarray]:
-        """The arrays in batches of ``size``."""
+        """The arrays in batches of ``size``.
+
+        Examples:
+            >>> images = ImageSet(np.zeros((5, 3, 8, 8), np.float32), np.zeros(5, int), tuple("abcde"), "samples", "test")
+            >>> [len(batch) for batch in images.batches(2)]
+            [2, 2, 1]
+        """
         for start in range(0, len(self.arrays), size):
             yield self.arrays[start:start + size]
 

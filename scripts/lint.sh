@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Lint and type-check: ruff on everything, mypy on the public packages (cellsdk, cellsdk.converters,
+# Lint and type-check: ruff on everything, mypy and import-linter on the public packages (cellsdk, cellsdk.converters,
 # cellsdk.benchmarks) as they are installed. Run by the test suite (tests/test_lint.py); also on its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,3 +14,5 @@ for entry in cellsdk/*; do ln -s "$PWD/$entry" "$tree/cellsdk/"; done
 ln -s "$PWD/converters" "$tree/cellsdk/converters"
 ln -s "$PWD/benchmarks" "$tree/cellsdk/benchmarks"
 cd "$tree" && "$py" -m mypy --config-file "$OLDPWD/pyproject.toml" --cache-dir "$OLDPWD/.venv/.mypy_cache" -p cellsdk
+# the layers of shared/DESIGN.md as import-linter contracts (pyproject.toml), on the installed layout too
+cd "$OLDPWD" && "$py" scripts/lint_imports.py

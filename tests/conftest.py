@@ -89,8 +89,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory):
 def artefacts(tiny_run, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny checkpoint exported to every format whose exporter is installed, by backend name."""
     from cellsdk.training import load_checkpoint
-
-    from .artefacts import export_all
+    from tests.export_helpers import export_all
 
     model, metadata = load_checkpoint(tiny_run.best_checkpoint)
     return export_all(model, metadata, tmp_path_factory.mktemp("artefacts"))
@@ -125,3 +124,24 @@ def converted(tiny_checkpoint, tmp_path_factory):
     config = ConvertConfig(precisions=("fp16", "bf16", "int8", "int6", "int4"), calib=str(SAMPLES), data_cropped=True,
                            calib_samples=64, verify=TINY_GATE, cpu_targets=CpuTargets.parse("native"))
     return convert(tiny_checkpoint, out, config, progress=False)
+
+
+#: fixtures that train, convert or start something heavy: every test that uses one (directly or through another
+#: fixture) is marked ``slow`` and left out of the fast lane (``scripts/test.sh --fast``)
+SLOW_FIXTURES = frozenset({
+    "tiny_run",     # trains a tiny model (~15 s)
+    "artefacts",    # exports it to every format
+    "converted",    # cellsdk-convert: every format and precision through the gate (~20-60 s)
+    "saturating",   # the shipped checkpoint quantized with the full-range recipe
+    "portable",     # ... and with the portable one
+    "cluster",      # a local Ray cluster
+    "browser",      # a headless Chromium
+})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark ``slow`` every test that needs a :data:`SLOW_FIXTURES` fixture."""
+    slow = pytest.mark.slow
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(slow)

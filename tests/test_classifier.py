@@ -24,8 +24,7 @@ from cellsdk.errors import (
 )
 from cellsdk.metadata import Preprocessing
 from cellsdk.preprocessing import preprocess
-
-from .conftest import SAMPLES
+from tests.conftest import SAMPLES
 
 IMAGES = sorted(SAMPLES.glob("test/*/*.jpg"))
 
@@ -162,8 +161,7 @@ def test_manifest_ranking_and_refusals(artefacts, tmp_path):
 
 def test_model_without_metadata(tiny_run, tmp_path):
     from cellsdk.training import load_checkpoint
-
-    from .artefacts import export_onnx
+    from tests.export_helpers import export_onnx
 
     model, metadata = load_checkpoint(tiny_run.best_checkpoint)
     bare = export_onnx(model.eval(), None, tmp_path / "bare.onnx")

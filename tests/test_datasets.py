@@ -6,8 +6,7 @@ import pytest
 from cellsdk.datasets import load_dataset
 from cellsdk.errors import DatasetError
 from cellsdk.labelmaps import BLOODMNIST, resolve_label_map
-
-from .conftest import make_folder, make_npz
+from tests.conftest import make_folder, make_npz
 
 
 def test_npz_any_resolution_and_grayscale(tmp_path):

@@ -16,8 +16,7 @@ from cellsdk.classifier import DEFAULT_MODEL, default_model_path
 from cellsdk.datasets import load_dataset
 from cellsdk.errors import ModelNotFoundError
 from cellsdk.labelmaps import BLOODMNIST
-
-from .conftest import RAW_SAMPLES, REPO, SAMPLES
+from tests.conftest import RAW_SAMPLES, REPO, SAMPLES
 
 CHECKPOINT = REPO / "models" / DEFAULT_MODEL.replace(".int8.onnx", ".safetensors")
 

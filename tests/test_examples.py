@@ -2,7 +2,11 @@ from __future__ import annotations
 
 import importlib.util
 
-from .conftest import REPO
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow  # runs the examples end to end (conversion, training)
 
 
 def _load(name: str):

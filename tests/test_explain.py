@@ -214,8 +214,7 @@ def test_every_converted_artefact_explains_like_pytorch(converted, tiny_checkpoi
     from cellsdk.backends import backend_for_path
     from cellsdk.converters.heads import with_outputs
     from cellsdk.training.checkpoint import load_checkpoint
-
-    from .conftest import SAMPLES
+    from tests.conftest import SAMPLES
 
     assert converted.manifest["explanations"]["output"] == CAMS_OUTPUT
     model, _ = load_checkpoint(tiny_checkpoint)
@@ -280,8 +279,7 @@ def test_cli_predict_explain_writes_one_overlay_per_image(converted, tmp_path):
     from click.testing import CliRunner
 
     from cellsdk.cli import cli
-
-    from .conftest import SAMPLES
+    from tests.conftest import SAMPLES
 
     model = converted.out_dir / "model.int8.onnx"
     folder = SAMPLES / "test" / "platelet"
@@ -327,8 +325,7 @@ def test_cli_eval_explain_writes_a_labelled_montage(converted, tmp_path):
     from click.testing import CliRunner
 
     from cellsdk.cli import eval_command
-
-    from .conftest import SAMPLES
+    from tests.conftest import SAMPLES
 
     out = tmp_path / "eval"
     result = CliRunner().invoke(eval_command, [str(converted.out_dir / "model.int8.onnx"), "--data", str(SAMPLES),

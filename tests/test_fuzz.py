@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # coverage-guided fuzzing for seconds per target
+
 FUZZ = Path(__file__).resolve().parents[1] / "fuzz"
 _spec = importlib.util.spec_from_file_location("cellsdk_fuzz_targets", FUZZ / "targets.py")
 assert _spec is not None and _spec.loader is not None

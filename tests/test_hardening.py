@@ -16,8 +16,7 @@ from cellsdk.artefacts.gate_status import artefact_verification
 from cellsdk.datasets import ImageDataset, Split, carve_validation, load_dataset, validation_carve
 from cellsdk.errors import DatasetError, FailedVerificationError, FailedVerificationWarning
 from cellsdk.training.duplicates import find_cross_split_duplicates
-
-from .conftest import SAMPLES
+from tests.conftest import SAMPLES
 
 
 def _cells(n: int, seed: int) -> np.ndarray:

@@ -10,8 +10,7 @@ from cellsdk import preprocessing
 from cellsdk.errors import InvalidImageError
 from cellsdk.metadata import Preprocessing
 from cellsdk.preprocessing import load_image, prepare_image, preprocess, preprocess_batch, to_input_array
-
-from .conftest import RAW_SAMPLES, SAMPLES
+from tests.conftest import RAW_SAMPLES, SAMPLES
 
 SPEC = Preprocessing(input_size=16)
 

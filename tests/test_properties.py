@@ -26,8 +26,7 @@ from cellsdk.backends import backend_names, get_backend
 from cellsdk.errors import CellSDKError, ConfigError, InvalidImageError, MetadataError
 from cellsdk.metadata import ModelMetadata, Preprocessing
 from cellsdk.preprocessing import preprocess
-
-from .conftest import SAMPLES
+from tests.conftest import SAMPLES
 
 hypothesis = pytest.importorskip("hypothesis", reason="hypothesis is not installed: pip install 'cellsdk[test]'")
 from hypothesis import HealthCheck, example, given, settings  # noqa: E402
@@ -243,6 +242,7 @@ _CLI_VALUES = st.one_of(st.integers(-(2**40), 2**40).map(str), st.floats().map(s
                         st.sampled_from(["0", "-1", "1e9", "nan", "inf", "", " ", "3.5"]))
 
 
+@pytest.mark.slow  # starts the CLI in processes for many examples
 @settings(max_examples=max(EXAMPLES // 3, 1), deadline=None)
 @given(st.sampled_from(["--top-k", "--threads"]), _CLI_VALUES)
 def test_the_cli_answers_any_option_value_in_one_line(option, value):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from .conftest import REPO, SAMPLES
+from tests.conftest import REPO, SAMPLES
 
 
 def test_onnx_runs_with_torch_blocked(artefacts):

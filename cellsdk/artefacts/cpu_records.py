@@ -153,6 +153,10 @@ def enforce(check: CpuCheck, *, strict: bool, key: str, stacklevel: int = 3) -> 
 
     Raises:
         UnverifiedCpuError: ``strict`` and the artefact failed, or was never verified, on this class.
+
+    Examples:
+        >>> enforce(CpuCheck(VERIFIED, "x86-64-avx2"), strict=True, key="m.onnx") is None
+        True
     """
     import warnings
 

@@ -96,6 +96,13 @@ def enforce_verification(verification: Verification, *, name: str, strict: bool,
 
     Raises:
         FailedVerificationError: ``strict`` and the artefact failed verification.
+
+    Examples:
+        >>> enforce_verification(Verification("failed", "manifest", ("accuracy -3 points",)), name="m.onnx", strict=True)
+        ... # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        cellsdk.errors.FailedVerificationError: m.onnx: verification FAILED (manifest): accuracy -3 points. ...
     """
     import warnings
 

@@ -149,6 +149,11 @@ def choose_artefact(folder: str | os.PathLike, cpu_class: str | None = None,
 
     Raises:
         UnsupportedFormatError: nothing in the folder passed and runs here (the reasons are listed).
+
+    Examples:
+        >>> path, why, options = choose_artefact("runs/converted", "x86-64-avx2")  # doctest: +SKIP
+        >>> path.name, why.split(":")[0]  # doctest: +SKIP
+        ('model.int8.onnx', 'model.int8.onnx (onnxruntime, int8)')
     """
     folder = Path(folder)
     manifest = read_manifest(folder)

@@ -210,6 +210,13 @@ def run_vectors(classifier: Any, vectors: TestVectors) -> dict[str, np.ndarray]:
 
     Raises:
         MetadataError: the vectors' images do not decode.
+
+    Examples:
+        >>> from cellsdk import Classifier
+        >>> from cellsdk.testvectors import TestVectors
+        >>> clf = Classifier.load(self_check=False)
+        >>> run_vectors(clf, TestVectors.from_dict(clf.metadata.test_vectors))["logits"].shape
+        (32, 8)
     """
     from cellsdk.errors import InvalidImageError, MetadataError
     from cellsdk.metadata import Preprocessing
@@ -246,6 +253,12 @@ def run_self_check(classifier: Any, vectors: TestVectors | None = None) -> SelfC
 
     Raises:
         MetadataError: the vectors are malformed.
+
+    Examples:
+        >>> from cellsdk import Classifier
+        >>> verdict = run_self_check(Classifier.load(self_check=False))
+        >>> verdict.status, verdict.images, verdict.cached
+        ('passed', 32, False)
     """
     record = classifier.metadata.test_vectors
     if vectors is None and record is None:
@@ -394,6 +407,10 @@ def enforce_self_check(verdict: SelfCheck, *, name: str, strict: bool, stackleve
 
     Raises:
         SelfCheckError: ``strict`` and the self-check failed here.
+
+    Examples:
+        >>> enforce_self_check(SelfCheck(PASSED), name="m.onnx", strict=True) is None
+        True
     """
     import warnings
 

@@ -71,6 +71,11 @@ def establish_trust(model: Any, *, strict: bool, self_check: bool = True,
 
     Raises:
         FailedVerificationError, SelfCheckError, UnverifiedCpuError: ``strict`` and the check said no.
+
+    Examples:
+        >>> from cellsdk import Classifier
+        >>> establish_trust(Classifier.load(self_check=False), strict=True).self_check.status
+        'passed'
     """
     name = str(model.path)
     verification = verification or gate_verification(model.path, model.metadata)

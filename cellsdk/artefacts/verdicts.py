@@ -75,7 +75,12 @@ def key_text(key: dict[str, Any]) -> str:
 
 
 def cache_dir() -> Path:
-    """Where verdicts are cached: ``$CELLSDK_CACHE/selfcheck`` (default ``~/.cache/cellsdk/selfcheck``)."""
+    """Where verdicts are cached: ``$CELLSDK_CACHE/selfcheck`` (default ``~/.cache/cellsdk/selfcheck``).
+
+    Examples:
+        >>> cache_dir().name
+        'selfcheck'
+    """
     root = os.environ.get("CELLSDK_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "cellsdk")
     return Path(root) / "selfcheck"
 
@@ -85,6 +90,11 @@ def artefact_digest(path: str | os.PathLike) -> str:
 
     Hashing a 4 MB model takes milliseconds and a 200 MB one a second: the digest of a file whose path, size and
     modification time are unchanged is read from the cache instead.
+
+    Examples:
+        >>> from cellsdk.artefacts.resolve import default_model_path
+        >>> len(artefact_digest(default_model_path()))
+        64
     """
     files = artefact_files(path)
     stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]

@@ -292,6 +292,12 @@ def run_job(classifier: Any, inputs: Iterable[str | os.PathLike], out: str | os.
     Raises:
         ConfigError: ``out`` holds another model's results, or a bad option.
         MetadataError: ``out`` is not a cellsdk result file.
+
+    Examples:
+        >>> from cellsdk import Classifier
+        >>> summary = run_job(Classifier.load(), iter_inputs(["samples/pbc_raw"]), "results.csv")  # doctest: +SKIP
+        >>> summary.rows, summary.errors  # doctest: +SKIP
+        (16, 0)
     """
     out = Path(out)
     result_format(out)

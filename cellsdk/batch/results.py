@@ -73,7 +73,14 @@ def result_format(path: str | os.PathLike) -> str:
 
 
 def prediction_row(path: str, prediction: Prediction, labels: Sequence[str]) -> dict[str, Any]:
-    """One result row for a classified image."""
+    """One result row for a classified image.
+
+    Examples:
+        >>> from cellsdk.prediction import Prediction
+        >>> row = prediction_row("a.jpg", Prediction("b", 1, 0.75, {"a": 0.25, "b": 0.75}, (("b", 0.75),)), ["a", "b"])
+        >>> row["label"], row["p_b"]
+        ('b', 0.75)
+    """
     row: dict[str, Any] = {"path": path, "label": prediction.label, "confidence": prediction.confidence,
                            "status": prediction.status, "ood_score": prediction.ood_score,
                            "reasons": "; ".join(prediction.reasons), "error": None}
@@ -224,6 +231,14 @@ def open_writer(path: str | os.PathLike, columns: Sequence[str]) -> ResultWriter
 
     Raises:
         ConfigError: an unknown suffix. BackendNotInstalledError: Parquet without pyarrow.
+
+    Examples:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "results.csv"
+        >>> writer = open_writer(path, result_columns(["a"]))
+        >>> writer.write([error_row("x.jpg", "not an image", ["a"])]); writer.close()
+        >>> [row["error"] for row in read_rows(path, result_columns(["a"]))]
+        ['not an image']
     """
     path = Path(path)
     kind = result_format(path)

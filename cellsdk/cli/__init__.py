@@ -15,14 +15,11 @@ Examples:
 
 from __future__ import annotations
 
-import click
-
-from cellsdk._version import __version__
 from cellsdk.cli.bench import bench_command
 from cellsdk.cli.convert import convert_command, verify_command
 from cellsdk.cli.evaluate import eval_command
 from cellsdk.cli.info import devices_command, info_command
-from cellsdk.cli.options import CONTEXT
+from cellsdk.cli.options import group
 from cellsdk.cli.predict import predict_command
 from cellsdk.cli.serve import serve_command
 from cellsdk.cli.train import calibrate_command, train_command
@@ -42,8 +39,7 @@ __all__ = [
 ]
 
 
-@click.group(context_settings=CONTEXT)
-@click.version_option(__version__, prog_name="cellsdk")
+@group()
 def cli() -> None:
     """cellsdk: train, convert, verify, run and benchmark microscopy cell classifiers.
 

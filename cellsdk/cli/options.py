@@ -13,6 +13,7 @@ Examples:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,7 +24,7 @@ from cellsdk._version import __version__
 
 __all__ = [
     "CONTEXT", "NON_NEGATIVE", "NON_NEGATIVE_FLOAT", "PERCENT", "POSITIVE", "POSITIVE_FLOAT", "RUN_DEVICES", "SEED",
-    "THREADS", "TORCH_DEVICES", "command", "data_cropped_option", "dataset_options", "gate_options",
+    "THREADS", "TORCH_DEVICES", "command", "data_cropped_option", "dataset_options", "gate_options", "group", "help_text",
     "labels_option", "model_option", "parse_key_values", "quiet_option", "run_options", "split_list",
     "strict_option",
 ]
@@ -67,10 +68,35 @@ def command(name: str) -> Callable[[F], click.Command]:
     """
 
     def make(function: F) -> click.Command:
-        return click.command(name, context_settings=CONTEXT)(
+        return click.command(name, context_settings=CONTEXT, help=help_text(function))(
             click.version_option(__version__, prog_name="cellsdk")(function))
 
     return make
+
+
+def group() -> Callable[[F], click.Group]:
+    """The ``cellsdk`` group: as :func:`command`, for a command with sub-commands."""
+
+    def make(function: F) -> click.Group:
+        return click.group(context_settings=CONTEXT, help=help_text(function))(
+            click.version_option(__version__, prog_name="cellsdk")(function))
+
+    return make
+
+
+def help_text(function: Callable[..., Any]) -> str:
+    """A command's help: its docstring up to the form feed (``\\f``) that keeps the examples for doctest only.
+
+    Examples:
+        >>> def command():
+        ...     \'\'\'Say hello.
+        ...
+        ...     \f
+        ...     Examples: ...\'\'\'
+        >>> help_text(command)
+        'Say hello.'
+    """
+    return (inspect.getdoc(function) or "").partition("\f")[0].rstrip()
 
 
 def quiet_option(help: str = "No progress bars or log.") -> Callable[[F], F]:

@@ -95,6 +95,10 @@ class Guard:
 
         Raises:
             MetadataError: the record is malformed.
+
+        Examples:
+            >>> Guard.from_record({"score": {"name": "msp"}, "threshold": -0.5}).threshold
+            -0.5
         """
         if not isinstance(record, Mapping):
             raise MetadataError("guard must be a JSON object: re-convert the model")
@@ -170,7 +174,14 @@ class Guard:
     def assess(self, logits: np.ndarray, features: np.ndarray | None,
                image_stats: Sequence[Mapping[str, float] | None] | None,
                probabilities: np.ndarray | None = None) -> list[Assessment]:
-        """One verdict per row of ``logits`` (``image_stats`` from :func:`cellsdk.guard.input_checks.measure`, or None)."""
+        """One verdict per row of ``logits`` (``image_stats`` from :func:`cellsdk.guard.input_checks.measure`, or None).
+
+        Examples:
+            >>> from cellsdk.guard.scores import MaxSoftmax
+            >>> guard = Guard(MaxSoftmax(), threshold=-0.9, retention=0.95, confidence_threshold=0.99)
+            >>> [a.status for a in guard.assess(np.array([[9.0, 0.0], [4.0, 0.0]]), None, None)]
+            ['ok', 'uncertain']
+        """
         logits = np.asarray(logits, dtype=np.float64)
         probabilities = softmax(logits) if probabilities is None else probabilities
         scores = self.scores(logits, features)

@@ -183,7 +183,13 @@ class InputChecks:
 
     @classmethod
     def from_dict(cls, record: Any) -> InputChecks:
-        """Rebuild from :meth:`to_dict`, raising MetadataError on a malformed record."""
+        """Rebuild from :meth:`to_dict`, raising MetadataError on a malformed record.
+
+        Examples:
+            >>> checks = InputChecks.from_dict({"ranges": {"brightness": [100.0, 200.0]}})
+            >>> InputChecks.from_dict(checks.to_dict()) == checks
+            True
+        """
         try:
             ranges = {str(k): (float(v[0]), float(v[1])) for k, v in dict(record["ranges"]).items()}
             return cls(ranges, float(record.get("quantile", 0.002)), float(record.get("margin", 0.1)),

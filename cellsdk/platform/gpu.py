@@ -94,7 +94,13 @@ def _kernel_module_version() -> str | None:
 
 @functools.lru_cache(maxsize=1)
 def nvidia_driver() -> Driver:
-    """Probe the NVIDIA driver through ``libcuda`` (``cuInit``, ``cuDriverGetVersion``, ``cuDeviceGetCount``)."""
+    """Probe the NVIDIA driver through ``libcuda`` (``cuInit``, ``cuDriverGetVersion``, ``cuDeviceGetCount``).
+
+    Examples:
+        >>> driver = nvidia_driver()
+        >>> driver.problem is None or "driver" in driver.problem or "GPU" in driver.problem
+        True
+    """
     if sys.platform == "darwin":
         return Driver(None, None, 0, "macOS has no CUDA: use device 'mps' (PyTorch) or a CoreML model")
     name = "nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"
@@ -210,7 +216,13 @@ def _tensorrt_major(ort: Any) -> int | None:
 
 
 def onnxruntime_build(ort: Any) -> OnnxRuntimeBuild:
-    """What the imported ``onnxruntime`` module is: CPU or GPU build, its CUDA version, the distributions behind it."""
+    """What the imported ``onnxruntime`` module is: CPU or GPU build, its CUDA version, the distributions behind it.
+
+    Examples:
+        >>> import onnxruntime
+        >>> onnxruntime_build(onnxruntime).version == onnxruntime.__version__
+        True
+    """
     try:
         from onnxruntime.capi import build_and_package_info as info
 

@@ -98,6 +98,11 @@ def gpu_info(index: int = 0) -> dict[str, Any] | None:
     """CUDA device ``index``: ``name``, ``memory_total_mb``, ``driver`` and ``cuda_driver`` (the newest CUDA it runs).
 
     None without NVML or that GPU.
+
+    Examples:
+        >>> info = gpu_info(99)  # no such GPU (or no NVIDIA driver at all)
+        >>> info is None
+        True
     """
     lib = _library()
     if lib is None:

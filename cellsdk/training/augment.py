@@ -26,7 +26,14 @@ __all__ = ["augment_image"]
 
 
 def augment_image(image: Image.Image, config: AugmentConfig, rng: np.random.Generator) -> Image.Image:
-    """Apply a random draw of ``config`` to an RGB image of any size; the size is kept."""
+    """Apply a random draw of ``config`` to an RGB image of any size; the size is kept.
+
+    Examples:
+        >>> from PIL import Image
+        >>> from cellsdk.training.config import AugmentConfig
+        >>> augment_image(Image.new("RGB", (32, 32)), AugmentConfig.light(), np.random.default_rng(0)).size
+        (32, 32)
+    """
     if config.hflip and rng.random() < 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     if config.vflip and rng.random() < 0.5:

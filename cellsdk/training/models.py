@@ -98,6 +98,10 @@ def resolve_arch(arch: str) -> str:
 
     Raises:
         ConfigError: an unknown name, with close matches.
+
+    Examples:
+        >>> resolve_arch("test_efficientnet")
+        'test_efficientnet'
     """
     timm = _timm()
     if timm.is_model(arch):

@@ -90,6 +90,11 @@ def pick_amp(mode: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``mode`` on ``device``, or None for full precision.
 
     ``auto`` means bf16 on CPUs with native bf16, fp16 on CUDA, off elsewhere.
+
+    Examples:
+        >>> import torch
+        >>> pick_amp("off", torch.device("cpu")) is None
+        True
     """
     if mode == "off":
         return None

@@ -1,0 +1,78 @@
+"""The architecture as CI enforces it: import-linter's contracts (the layers of shared/DESIGN.md), no module using
+another's private names, and Classifier staying a thin facade."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+SCRIPT = REPO / "scripts" / "lint_imports.py"
+PACKAGES = {"cellsdk": REPO / "cellsdk", "cellsdk.converters": REPO / "converters",
+            "cellsdk.benchmarks": REPO / "benchmarks"}
+
+
+def _lint(*args: str) -> subprocess.CompletedProcess[str]:
+    pytest.importorskip("importlinter", reason="import-linter is not installed: pip install 'cellsdk[test]'")
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600)
+
+
+def test_every_import_linter_contract_is_kept():
+    result = _lint()
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "3 kept, 0 broken" in result.stdout
+
+
+def test_the_contracts_catch_a_runtime_module_importing_torch_the_toolchain_or_a_higher_layer(tmp_path):
+    assert _lint("--layout-only", str(tmp_path)).returncode == 0
+    (tmp_path / "cellsdk" / "serve" / "uploads.py").open("a").write("\nfrom cellsdk.training import train\n")
+    (tmp_path / "cellsdk" / "inference.py").open("a").write("\nimport torch\n")
+    (tmp_path / "cellsdk" / "guard" / "scores.py").open("a").write("\nfrom cellsdk.classifier import Classifier\n")
+    result = _lint("--tree", str(tmp_path))
+    assert result.returncode != 0
+    assert "0 kept, 3 broken" in result.stdout, result.stdout[-3000:]
+    for chain in ("cellsdk.serve.uploads -> cellsdk.training", "cellsdk.inference -> torch",
+                  "cellsdk.guard.scores -> cellsdk.classifier"):
+        assert chain in result.stdout
+
+
+def _modules() -> dict[str, ast.Module]:
+    out = {}
+    for package, root in PACKAGES.items():
+        for path in root.rglob("*.py"):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join([package, *parts])] = ast.parse(path.read_text(encoding="utf-8"))
+    return out
+
+
+def test_no_module_uses_another_modules_private_names():
+    modules = _modules()
+    private = {name: {node.name for node in ast.walk(tree)
+                      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                      and node.name.startswith("_") and not node.name.startswith("__")}
+               | {t.id for node in ast.walk(tree) if isinstance(node, ast.Assign) for t in node.targets
+                  if isinstance(t, ast.Name) and t.id.startswith("_") and not t.id.startswith("__")}
+               for name, tree in modules.items()}
+    found = []
+    for name, tree in modules.items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("cellsdk") and node.module != name:
+                found += [f"{name}: from {node.module} import {a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+            elif isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__") \
+                    and node.attr not in private[name] and not (isinstance(node.value, ast.Name)
+                                                                and node.value.id in ("self", "cls", "sys", "os")):
+                owners = [other for other, names in private.items() if other != name and node.attr in names]
+                found += [f"{name}: .{node.attr} (private to {', '.join(owners)})"] if owners else []
+    assert found == []
+
+
+def test_classifier_is_a_thin_facade():
+    lines = (REPO / "cellsdk" / "classifier.py").read_text(encoding="utf-8").count("\n")
+    assert lines <= 250, f"cellsdk/classifier.py has {lines} lines: move the new piece into its own module"
