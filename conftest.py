@@ -1,7 +1,24 @@
-"""Repository-level pytest settings: modules whose optional packages are missing are not collected for doctests."""
+"""Repository-level pytest settings for the tests and the doctests: modules whose optional packages are missing are not
+collected for doctests, and self-check verdicts go to a cache of the session's own."""
 
 import importlib.util
+
+import pytest
 
 collect_ignore_glob = []
 if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
     collect_ignore_glob += ["cellsdk/serve/app.py", "cellsdk/serve/server.py"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_selfcheck_cache(tmp_path_factory: pytest.TempPathFactory):
+    """The suite's self-check verdicts go to a folder of its own, never the user's ~/.cache/cellsdk."""
+    import os
+
+    saved = os.environ.get("CELLSDK_CACHE")
+    os.environ["CELLSDK_CACHE"] = str(tmp_path_factory.mktemp("cellsdk-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("CELLSDK_CACHE", None)
+    else:
+        os.environ["CELLSDK_CACHE"] = saved

@@ -5,8 +5,7 @@
 :mod:`cellsdk.batch.engine`, explanations through :mod:`cellsdk.explain`, augmentation through :mod:`cellsdk.tta`.
 
 Examples:
-    >>> clf = Classifier.load()  # the shipped model; or a file, or a cellsdk-convert folder
-    >>> clf.predict("samples/pbc_raw/ig/MMY_163947.jpg").label
+    >>> Classifier.load().predict("samples/pbc_raw/ig/MMY_163947.jpg").label  # the shipped model; or a file or folder
     'ig'
 """
 
@@ -22,7 +21,7 @@ import numpy as np
 from cellsdk._validate import require_int
 from cellsdk.artefacts.cpu_records import CpuCheck, check_artefact
 from cellsdk.artefacts.gate_status import Verification
-from cellsdk.artefacts.resolve import DEFAULT_MODEL, default_model_path, open_artefact, provenance
+from cellsdk.artefacts.resolve import DEFAULT_MODEL, default_model_path, open_artefact
 from cellsdk.artefacts.selfcheck import OFF, SelfCheck
 from cellsdk.artefacts.trust import establish_trust, gate_verification
 from cellsdk.backends import Backend
@@ -128,10 +127,6 @@ class Classifier:
     def __repr__(self) -> str:
         return (f"Classifier({self.backend.describe()}, {len(self.labels)} classes, "
                 f"input {self.metadata.preprocessing.input_size} px, {self.path.name})")
-
-    def provenance(self) -> str:
-        """One line: which artefact runs and its verification (:func:`cellsdk.artefacts.resolve.provenance`)."""
-        return provenance(self.path, self.chosen, self.verification)
 
     def with_preprocessing(self, preprocessing: Preprocessing | Mapping[str, Any]) -> Classifier:
         """The same loaded model with other preprocessing (e.g. ``without_crop()`` for pre-cropped images).

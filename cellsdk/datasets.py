@@ -378,6 +378,12 @@ def _check_targets(source: str, names: tuple[str, ...], splits: Mapping[str, Spl
 
 
 def is_image(path: Path) -> bool:
+    """Whether ``path`` is an image file cellsdk reads: an existing, visible file with an image suffix (any case).
+
+    Examples:
+        >>> is_image(Path("samples/pbc_raw/ig/MMY_163947.jpg")), is_image(Path("samples/SOURCE.md"))
+        (True, False)
+    """
     return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
 
 

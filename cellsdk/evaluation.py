@@ -68,6 +68,10 @@ def write_report(out: str | os.PathLike, report: dict[str, Any], *,
 
     The PNGs need matplotlib (the ``[train]`` extra); without it they are left
     out and ``report["files"]`` lists only what was written.
+
+    Examples:
+        >>> write_report("runs/eval", report)  # doctest: +SKIP
+        {'report': PosixPath('runs/eval/report.json'), ...}
     """
     out = Path(out)
     labels = report["labels"]
@@ -220,6 +224,11 @@ def evaluate_model(
         :func:`cellsdk.metrics.classification_report` plus the model, backend, data, timing, the CPU it ran on,
         whether the artefact was verified on that CPU's class, ``guard`` (share kept, accuracy of the kept
         answers; None for a model without a guard) and ``ood`` (per folder).
+
+    Examples:
+        >>> report = evaluate_model(None, "samples/bloodmnist_128", data_cropped=True, progress=False)
+        >>> report["n"], report["accuracy"] > 0.9
+        (32, True)
     """
     from cellsdk.classifier import Classifier
 

@@ -165,6 +165,10 @@ def align_map(cam: np.ndarray, image_size: tuple[int, int], box: tuple[int, int,
     The map is rectified (negative evidence is 0), scaled so its peak is 1, resized bilinearly over ``box``
     (the crop the model saw, see :func:`cellsdk.preprocessing.crop_box`) and placed in a zero canvas. A map
     with no positive evidence is all zeros.
+
+    Examples:
+        >>> align_map(np.ones((2, 2)), (8, 4), (2, 0, 6, 4)).shape
+        (4, 8)
     """
     width, height = image_size
     left, top, right, bottom = box

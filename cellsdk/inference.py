@@ -70,13 +70,28 @@ class Views(Protocol):
     """How a run turns each image into views and back (test-time augmentation; see :mod:`cellsdk.tta`)."""
 
     def expand(self, batch: np.ndarray) -> np.ndarray:
-        """``N x C x H x W`` to ``(N * views) x C x H x W``, each image followed by its other views."""
+        """``N x C x H x W`` to ``(N * views) x C x H x W``, each image followed by its other views.
+
+        Examples:
+            >>> IDENTITY.expand(np.zeros((2, 3, 4, 4))).shape
+            (2, 3, 4, 4)
+        """
 
     def merge(self, values: np.ndarray) -> np.ndarray:
-        """Per-view rows back to one row per image (their mean)."""
+        """Per-view rows back to one row per image (their mean).
+
+        Examples:
+            >>> IDENTITY.merge(np.ones((2, 5))).shape
+            (2, 5)
+        """
 
     def first(self, values: np.ndarray) -> np.ndarray:
-        """Each image's own (untransformed) row of per-view rows."""
+        """Each image's own (untransformed) row of per-view rows.
+
+        Examples:
+            >>> IDENTITY.first(np.arange(3)).tolist()
+            [0, 1, 2]
+        """
 
 
 class _AsItIs:

@@ -162,7 +162,12 @@ class Preprocessing:
         return dataclasses.replace(self, crop_mode="none", crop_value=1.0)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dictionary."""
+        """A JSON-ready dictionary.
+
+        Examples:
+            >>> Preprocessing(input_size=64).to_dict()["mean"]
+            [0.5, 0.5, 0.5]
+        """
         out = dataclasses.asdict(self)
         out["mean"] = list(self.mean)
         out["std"] = list(self.std)
@@ -259,7 +264,14 @@ class ModelMetadata:
         return len(self.labels)
 
     def validate(self) -> None:
-        """Raise :class:`MetadataError` naming the first inconsistent field."""
+        """Raise :class:`MetadataError` naming the first inconsistent field.
+
+        Examples:
+            >>> ModelMetadata(labels=("a", "a"), arch="x", preprocessing=Preprocessing(8))  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            cellsdk.errors.MetadataError: labels must be unique, repeated: a
+        """
         if not isinstance(self.schema_version, int) or self.schema_version < 1:
             raise MetadataError(f"schema_version must be a positive integer, got {self.schema_version!r}")
         if self.schema_version > SCHEMA_VERSION:
@@ -333,7 +345,12 @@ class ModelMetadata:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dictionary."""
+        """A JSON-ready dictionary.
+
+        Examples:
+            >>> ModelMetadata(labels=("a", "b"), arch="x", preprocessing=Preprocessing(8)).to_dict()["labels"]
+            ['a', 'b']
+        """
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["labels"] = list(self.labels)
         out["preprocessing"] = self.preprocessing.to_dict()
@@ -343,12 +360,23 @@ class ModelMetadata:
         return out
 
     def to_json(self, indent: int | None = None) -> str:
-        """Serialise to the JSON document stored under :data:`METADATA_KEY`."""
+        """Serialise to the JSON document stored under :data:`METADATA_KEY`.
+
+        Examples:
+            >>> meta = ModelMetadata(labels=("a", "b"), arch="x", preprocessing=Preprocessing(8))
+            >>> ModelMetadata.from_json(meta.to_json()) == meta
+            True
+        """
         return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelMetadata:
-        """Build from :meth:`to_dict` output, raising :class:`MetadataError` on bad input."""
+        """Build from :meth:`to_dict` output, raising :class:`MetadataError` on bad input.
+
+        Examples:
+            >>> ModelMetadata.from_dict({"labels": ["a", "b"], "arch": "x", "preprocessing": {"input_size": 8}}).num_classes
+            2
+        """
         if not isinstance(data, Mapping):
             raise MetadataError(f"metadata must be a JSON object, got {type(data).__name__}")
         version = data.get("schema_version", SCHEMA_VERSION)

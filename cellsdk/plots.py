@@ -25,6 +25,12 @@ __all__ = ["plot_confusion_matrix", "plot_reliability", "plot_risk_coverage", "p
 
 
 def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (files only, no display), or BackendNotInstalledError naming the extra.
+
+    Examples:
+        >>> pyplot().__name__  # doctest: +SKIP
+        'matplotlib.pyplot'
+    """
     try:
         import matplotlib
 
@@ -53,6 +59,9 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | os.Pa
         history: one record per epoch with ``epoch``, ``train_loss``,
             ``val_loss``, ``val_accuracy``, ``val_macro_f1``, ``lr``.
         path: where to write the PNG.
+
+    Examples:
+        >>> plot_training_curves(result.history, "runs/demo/curves.png")  # doctest: +SKIP
     """
     plt = pyplot()
     epochs = [h["epoch"] for h in history]
@@ -129,7 +138,11 @@ def plot_reliability(bins: Sequence[Mapping[str, float]], ece: float, path: str 
 
 def plot_risk_coverage(correct: Sequence[bool], confidence: Sequence[float], path: str | os.PathLike, *,
                        operating_point: tuple[float, float] | None = None, title: str | None = None) -> Path:
-    """Accuracy of the accepted predictions against coverage (most confident first), with the guard's operating point."""
+    """Accuracy of the accepted predictions against coverage (most confident first), with the guard's operating point.
+
+    Examples:
+        >>> plot_risk_coverage(report["risk_coverage"], "runs/eval/risk_coverage.png")  # doctest: +SKIP
+    """
     import numpy as np
 
     from cellsdk.metrics import risk_coverage

@@ -178,7 +178,14 @@ class TestVectors:
 
     @classmethod
     def from_dict(cls, record: Any) -> TestVectors:
-        """Read a ``test_vectors`` record; MetadataError naming the problem if it is malformed."""
+        """Read a ``test_vectors`` record; MetadataError naming the problem if it is malformed.
+
+        Examples:
+            >>> TestVectors.from_dict({"images": []})  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            cellsdk.errors.MetadataError: ...
+        """
         from cellsdk.arrays import decode_array
 
         if not isinstance(record, dict):

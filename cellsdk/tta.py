@@ -132,19 +132,40 @@ class AugmentedViews:
 
 
     def expand(self, batch: np.ndarray) -> np.ndarray:
-        """See :func:`expand`."""
+        """See :func:`expand`.
+
+        Examples:
+            >>> tta_views("dihedral").expand(np.zeros((1, 3, 2, 2))).shape
+            (8, 3, 2, 2)
+        """
         return expand(batch, self.mode)
 
     def merge(self, values: np.ndarray) -> np.ndarray:
-        """See :func:`merge`."""
+        """See :func:`merge`.
+
+        Examples:
+            >>> tta_views("dihedral").merge(np.ones((8, 3))).shape
+            (1, 3)
+        """
         return merge(values, self.mode)
 
     def first(self, values: np.ndarray) -> np.ndarray:
-        """See :func:`first_view`."""
+        """See :func:`first_view`.
+
+        Examples:
+            >>> tta_views("dihedral").first(np.arange(16)).tolist()
+            [0, 8]
+        """
         return first_view(values, self.mode)
 
     def unview(self, maps: np.ndarray) -> np.ndarray:
-        """See :func:`unview`."""
+        """See :func:`unview`.
+
+        Examples:
+            >>> x = np.arange(4.0).reshape(1, 1, 2, 2)
+            >>> bool(np.allclose(tta_views("dihedral").unview(expand(x, "dihedral")), x))
+            True
+        """
         return unview(maps, self.mode)
 
 

@@ -43,10 +43,11 @@ from cellsdk.arrays import without_arrays
 from cellsdk.artefacts.manifest import MANIFEST_NAME, STATUS_FAILED, STATUS_PASSED
 from cellsdk.converters.base import Refused, converter_names, get_converter
 from cellsdk.converters.calibration import ImageSet, calibration_set, evaluation_set
+from cellsdk.converters.emulation import qemu_binary
 from cellsdk.converters.gate import VerifyConfig, reference_logits, sample_warnings, verify_artefact
 from cellsdk.converters.guard import GuardConfig, GuardProbe, fit_guard
 from cellsdk.converters.int8 import check_recipe
-from cellsdk.converters.targets import CpuTargets, qemu_binary, verify_on_targets
+from cellsdk.converters.targets import CpuTargets, verify_on_targets
 from cellsdk.converters.testvectors import build as build_test_vectors
 from cellsdk.converters.testvectors import fit as fit_test_vectors
 from cellsdk.errors import CellSDKError, ConfigError

@@ -26,8 +26,8 @@ import numpy as np
 
 from cellsdk.classifier import Classifier
 from cellsdk.converters.calibration import _stratified, evaluation_set
+from cellsdk.converters.emulation import EMULATED, emulator_name, run_emulated
 from cellsdk.converters.gate import reference_logits
-from cellsdk.converters.targets import EMULATED, emulator_name, run_emulated
 from cellsdk.metrics import classification_report, softmax
 from cellsdk.platform.cpu import host_cpu
 

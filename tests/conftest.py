@@ -21,20 +21,6 @@ TINY_ARCH = "test_efficientnet"
 TINY_CHECKPOINT = REPO / "tests" / "data" / "tiny_test_efficientnet.safetensors"
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _private_selfcheck_cache(tmp_path_factory: pytest.TempPathFactory):
-    """The suite's self-check verdicts go to a folder of its own, never the user's ~/.cache/cellsdk."""
-    import os
-
-    saved = os.environ.get("CELLSDK_CACHE")
-    os.environ["CELLSDK_CACHE"] = str(tmp_path_factory.mktemp("cellsdk-cache"))
-    yield
-    if saved is None:
-        os.environ.pop("CELLSDK_CACHE", None)
-    else:
-        os.environ["CELLSDK_CACHE"] = saved
-
-
 @pytest.fixture(scope="session")
 def samples() -> Path:
     """The shipped 128 px BloodMNIST sample folder (split/class/*.jpg)."""

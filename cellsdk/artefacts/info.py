@@ -93,7 +93,12 @@ def format_cpu_records(records: Any) -> list[str]:
 
 
 def format_gpu_records(records: Any) -> list[str]:
-    """The GPU verification records (``cellsdk verify --device cuda``) as table lines (empty list when there are none)."""
+    """The GPU verification records (``cellsdk verify --device cuda``) as table lines (empty list when there are none).
+
+    Examples:
+        >>> format_gpu_records([{"target": "cuda", "gpu": "NVIDIA H100", "status": "passed"}])[1].split()[:3]
+        ['cuda', 'NVIDIA', 'H100']
+    """
     records = list(records or [])
     if not records:
         return []

@@ -179,7 +179,7 @@ def is_default_model(path: str | os.PathLike) -> bool:
 
 def provenance(path: str | os.PathLike, chosen: str | None, verification: Any) -> str:
     """One line: which artefact runs (and why, for a folder's choice) and its gate status (what ``cellsdk predict``
-    and ``cellsdk serve`` print; :meth:`cellsdk.Classifier.provenance`).
+    and ``cellsdk serve`` print).
 
     Examples:
         >>> from cellsdk.artefacts.gate_status import Verification

@@ -185,7 +185,12 @@ class SelfCheck:
 
     @classmethod
     def from_dict(cls, record: dict[str, Any], *, cached: bool = True) -> SelfCheck:
-        """From :meth:`to_dict` (a cache entry)."""
+        """From :meth:`to_dict` (a cache entry).
+
+        Examples:
+            >>> SelfCheck.from_dict({"status": "passed", "images": 32}).cached
+            True
+        """
         return cls(str(record["status"]), dict(record.get("machine") or {}), int(record.get("images") or 0),
                    {str(k): float(v) for k, v in (record.get("figures") or {}).items()},
                    tuple(str(r) for r in record.get("reasons") or ()), float(record.get("seconds") or 0.0), cached,
@@ -269,7 +274,17 @@ def run_self_check(classifier: Any, vectors: TestVectors | None = None) -> SelfC
 
 
 def verdict_for(classifier: Any, vectors: TestVectors, outputs: dict[str, np.ndarray], started: float) -> SelfCheck:
-    """Judge outputs :func:`run_vectors` gave (``started``: its ``time.perf_counter()`` at the start)."""
+    """Judge outputs :func:`run_vectors` gave (``started``: its ``time.perf_counter()`` at the start).
+
+    Examples:
+        >>> import time
+        >>> from cellsdk import Classifier
+        >>> from cellsdk.testvectors import TestVectors
+        >>> clf = Classifier.load(self_check=False)
+        >>> vectors = TestVectors.from_dict(clf.metadata.test_vectors)
+        >>> verdict_for(clf, vectors, run_vectors(clf, vectors), time.perf_counter()).status
+        'passed'
+    """
     key = machine_key(classifier)
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if outputs["logits"].shape != vectors.logits.shape:

@@ -129,7 +129,16 @@ def read_cache(digest: str) -> dict[str, Any]:
 
 
 def write_cache(digest: str, name: str, key: str, verdict: dict[str, Any]) -> None:
-    """Add one verdict (a ``SelfCheck.to_dict()``) to the artefact's cache file, atomically."""
+    """Add one verdict (a ``SelfCheck.to_dict()``) to the artefact's cache file, atomically.
+
+    Examples:
+        >>> import tempfile
+        >>> from unittest import mock
+        >>> with mock.patch.dict("os.environ", {"CELLSDK_CACHE": tempfile.mkdtemp()}):
+        ...     write_cache("1" * 64, "model.onnx", '{"runtime": "x"}', {"status": "passed"})
+        ...     read_cache("1" * 64)["verdicts"]['{"runtime": "x"}']["status"]
+        'passed'
+    """
     record = read_cache(digest)
     verdicts = record.get("verdicts", {})
     verdicts[key] = {**verdict, "cached": False}

@@ -172,6 +172,11 @@ def predict_files(paths: Sequence[str | os.PathLike], out: str | os.PathLike, mo
 
     Raises:
         BackendNotInstalledError: Ray Data is not installed. ConfigError: bad options, ``out`` exists.
+
+    Examples:
+        >>> summary = predict_files(["cells/"], "results.parquet", actors=2)  # doctest: +SKIP
+        >>> summary.rows, summary.errors  # doctest: +SKIP
+        (1600, 0)
     """
     from cellsdk.classifier import Classifier
 
@@ -250,6 +255,12 @@ def run_ray_job(images: Sequence[str | os.PathLike], out: str | os.PathLike, mod
 
     Raises:
         ConfigError: ``out`` is not a ``.parquet`` folder name; as :func:`predict_files`.
+
+    Examples:
+        >>> run_ray_job(["cells/"], "results.csv")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        cellsdk.errors.ConfigError: --engine ray writes a Parquet folder, not .csv: use --out results.parquet
     """
     from cellsdk.batch.jobs import iter_inputs
 

@@ -177,7 +177,12 @@ class JobSummary:
         return self.rows - self.resumed
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dictionary."""
+        """A JSON-ready dictionary.
+
+        Examples:
+            >>> JobSummary(Path("r.csv"), rows=3, resumed=1).to_dict()["new"]
+            2
+        """
         return {"out": str(self.out), "rows": self.rows, "resumed": self.resumed, "new": self.new,
                 "per_class": self.per_class, "flagged": self.flagged, "errors": self.errors,
                 "seconds": round(self.seconds, 3), "complete": self.complete}

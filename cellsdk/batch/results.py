@@ -287,6 +287,10 @@ def read_rows(path: str | os.PathLike, columns: Sequence[str], *, repair: bool =
 
     Raises:
         MetadataError: the file is not a result file with these columns.
+
+    Examples:
+        >>> list(read_rows("no-such-results.csv", result_columns(["a"])))
+        []
     """
     path = Path(path)
     kind = result_format(path)

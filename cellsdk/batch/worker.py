@@ -23,7 +23,12 @@ __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the worker; 0 on success (errors end the process with the runtime's message on stderr)."""
+    """Run the worker; 0 on success (errors end the process with the runtime's message on stderr).
+
+    Examples:
+        >>> main(["--self-check", "model.int8.onnx", "verdict.json"])  # doctest: +SKIP
+        0
+    """
     parser = argparse.ArgumentParser(prog="python -m cellsdk.batch.worker")
     parser.add_argument("--self-check", action="store_true")
     parser.add_argument("model", type=Path)

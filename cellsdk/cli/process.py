@@ -44,7 +44,18 @@ __all__ = ["exit_terminated", "friendly_errors", "setup_logging", "show_warnings
 
 
 def friendly_errors(function: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn cellsdk errors and OS errors into a one-line message and exit status 1 (see the module's doc)."""
+    """Turn cellsdk errors and OS errors into a one-line message and exit status 1 (see the module's doc).
+
+    Examples:
+        >>> @friendly_errors
+        ... def command():
+        ...     raise OSError(2, "No such file or directory", "cells.txt")
+        >>> try:
+        ...     command()
+        ... except click.ClickException as err:
+        ...     print(err.message[:9])
+        cells.txt
+    """
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -67,7 +78,11 @@ def friendly_errors(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def exit_terminated(signum: int = signal.SIGTERM) -> None:
-    """Remove registered staging paths, say so on the real terminal, and exit 128 + signum without teardown."""
+    """Remove registered staging paths, say so on the real terminal, and exit 128 + signum without teardown.
+
+    Examples:
+        >>> exit_terminated()  # doctest: +SKIP
+    """
     remove_registered()
     stream = console_stream()  # the terminal even while a conversion sends fds 1 and 2 to its tool log
     what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted"
@@ -90,6 +105,12 @@ def terminate_as_interrupt() -> Iterator[None]:
     :func:`cellsdk._io.remove_on_terminate`), SIGTERM and Ctrl-C instead remove what is registered and exit at
     once: an interrupt unwound through torch's exporter can crash the process (SIGSEGV), and OpenVINO can turn
     it into an ordinary error that fails an artefact instead of stopping the conversion.
+
+    Examples:
+        >>> import signal
+        >>> with terminate_as_interrupt():
+        ...     signal.getsignal(signal.SIGTERM).__name__
+        'on_term'
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -141,7 +162,14 @@ def setup_logging(quiet: bool) -> None:
 
 
 def show_warnings_in_one_line() -> None:
-    """cellsdk's warnings (e.g. an int8 model on an unverified CPU class) as ``warning: ...`` lines, no source line."""
+    """cellsdk's warnings (e.g. an int8 model on an unverified CPU class) as ``warning: ...`` lines, no source line.
+
+    Examples:
+        >>> import warnings
+        >>> show_warnings_in_one_line()
+        >>> getattr(warnings.showwarning, "_cellsdk", False)
+        True
+    """
     original = warnings.showwarning
     if getattr(original, "_cellsdk", False):
         return

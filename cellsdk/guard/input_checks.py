@@ -73,6 +73,11 @@ def measure(image: np.ndarray) -> dict[str, float]:
 
     Runs on the engine's decoding threads for every image, so it avoids BLAS (a matrix product here woke
     OpenBLAS's threads, which then competed with the runtime's) and whole-image temporaries it does not need.
+
+    Examples:
+        >>> stats = measure(np.full((32, 32, 3), 230, np.uint8))
+        >>> stats["stained_area"], round(stats["brightness"])
+        (0.0, 230)
     """
     rgb = np.asarray(image, dtype=np.float32)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]  # per-channel views: reductions over the last axis are slow
@@ -177,7 +182,12 @@ class InputChecks:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dictionary."""
+        """A JSON-ready dictionary.
+
+        Examples:
+            >>> InputChecks.from_dict({"ranges": {"brightness": [100.0, 200.0]}}).to_dict()["ranges"]
+            {'brightness': [100.0, 200.0]}
+        """
         return {"ranges": {k: list(v) for k, v in self.ranges.items()}, "quantile": self.quantile,
                 "margin": self.margin, "images": self.images}
 

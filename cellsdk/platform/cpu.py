@@ -114,7 +114,12 @@ class HostCpu:
         return f"{self.model}, class {self.cpu_class} ({' '.join(self.features) or 'no listed features'})"
 
     def to_dict(self) -> dict[str, object]:
-        """A JSON-ready dictionary."""
+        """A JSON-ready dictionary.
+
+        Examples:
+            >>> HostCpu("AMD EPYC", ("avx2",), "x86-64-avx2", "cpuid").to_dict()["cpu_class"]
+            'x86-64-avx2'
+        """
         return {"model": self.model, "cpu_class": self.cpu_class, "features": list(self.features),
                 "source": self.source}
 

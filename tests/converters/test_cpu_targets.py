@@ -117,9 +117,9 @@ def test_cellsdk_verify_records_this_machine(portable, tmp_path):
 
 
 def test_missing_qemu_means_not_verified_never_passed(monkeypatch, artefacts):
-    import cellsdk.converters.targets as targets
+    import cellsdk.converters.emulation as emulation
 
-    monkeypatch.setattr(targets, "qemu_binary", lambda: None)
+    monkeypatch.setattr(emulation, "qemu_binary", lambda: None)
     entry = {"file": "model.int8.onnx", "precision": "int8", "status": "passed", "reasons": [],
              "verification": {"images": 4, "accuracy": 1.0}}
     images = type("Images", (), {"targets": np.array([0, 1, 0, 1]), "arrays": np.zeros((4, 3, 8, 8), np.float32)})
@@ -183,9 +183,9 @@ def test_quantizer_messages_are_captured_not_printed(capsys):
 
 
 def _arm64_or_skip(target: str = "cortex-a72") -> None:
-    from cellsdk.converters.targets import _cannot_emulate
+    from cellsdk.converters.emulation import cannot_emulate
 
-    problem = _cannot_emulate(target)
+    problem = cannot_emulate(target)
     if problem:
         pytest.skip(problem)
 
@@ -195,7 +195,7 @@ def _arm64_or_skip(target: str = "cortex-a72") -> None:
 def test_the_saturating_recipe_fails_its_self_check_under_emulated_haswell(saturating, portable):
     """The artefact checks itself where it lands: full 8-bit weights saturate on AVX2, and its own test vectors
     (decoded and run under the emulated CPU) catch it; the portable recipe passes there."""
-    from cellsdk.converters.targets import self_check_emulated
+    from cellsdk.converters.emulation import self_check_emulated
 
     broken = self_check_emulated(saturating.out_dir / "model.int8.onnx", "haswell")
     assert broken["machine"]["cpu_class"] == "x86-64-avx2" and broken["status"] == "failed", broken
@@ -208,7 +208,7 @@ def test_the_saturating_recipe_fails_its_self_check_under_emulated_haswell(satur
 @pytest.mark.slow
 @pytest.mark.parametrize("target", ["cortex-a72", "neoverse-n1"])
 def test_the_portable_model_passes_its_self_check_on_arm64(portable, target):
-    from cellsdk.converters.targets import EMULATED, self_check_emulated
+    from cellsdk.converters.emulation import EMULATED, self_check_emulated
 
     _arm64_or_skip(target)
     verdict = self_check_emulated(portable.out_dir / "model.int8.onnx", target)
@@ -234,10 +234,10 @@ def test_cellsdk_verify_records_arm64_classes_from_qemu_aarch64(portable, tmp_pa
 
 
 def test_arm64_targets_without_their_environment_are_not_verified(monkeypatch, tmp_path):
-    from cellsdk.converters import targets
+    from cellsdk.converters import emulation
 
     monkeypatch.setenv("CELLSDK_ARM64_ENV", str(tmp_path / "nothing-here"))
-    problem = targets._cannot_emulate("neoverse-n1")
+    problem = emulation.cannot_emulate("neoverse-n1")
     assert problem and ("aarch64" in problem or "qemu-aarch64" in problem or "Linux" in problem)
-    verdict = targets.self_check_emulated(tmp_path / "model.int8.onnx", "neoverse-n1")
+    verdict = emulation.self_check_emulated(tmp_path / "model.int8.onnx", "neoverse-n1")
     assert verdict["status"] == STATUS_NOT_VERIFIED and verdict["reasons"] == [problem]
