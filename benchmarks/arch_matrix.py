@@ -104,7 +104,11 @@ def _one(arch: str, config: MatrixConfig, work: Path) -> dict[str, Any]:
 
 
 def run_matrix(config: MatrixConfig, progress: Any = None) -> dict[str, Any]:
-    """Run every architecture; a JSON-ready report."""
+    """Run every architecture; a JSON-ready report.
+
+    Examples:
+        >>> report = run_matrix(MatrixConfig(data="samples/bloodmnist_128", archs=("test_efficientnet",)))  # doctest: +SKIP
+    """
     from cellsdk.platform.cpu import host_cpu
 
     work = Path(config.work) if config.work else Path(tempfile.mkdtemp(prefix="cellsdk-matrix-"))
@@ -128,7 +132,11 @@ _SHORT = {"passed": "pass", "failed": "FAIL", "skipped": "skip", "not verified o
 
 
 def format_matrix(report: dict[str, Any]) -> str:
-    """The matrix as Markdown: architecture x artefact, then every reason once."""
+    """The matrix as Markdown: architecture x artefact, then every reason once.
+
+    Examples:
+        >>> print(format_matrix(report).splitlines()[0])  # doctest: +SKIP
+    """
     header = "| architecture | train | s (train + convert) | " + " | ".join(
         a.replace("model.", "").replace(".mlpackage", ".mlp").replace(".torchscript", ".ts") for a in ARTEFACTS) + " |"
     lines = [f"{report['machine']['model']}, class {report['machine']['cpu_class']}; {report['input_size']} px; "

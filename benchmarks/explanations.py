@@ -59,7 +59,14 @@ class ExplainBenchConfig:
 
 def nucleus_mask(pixels: np.ndarray, dilate: int = 3) -> np.ndarray:
     """The centred cell's nucleus in an ``H x W x 3`` uint8 stained-smear crop: dark, blue-violet pixels (green
-    below its Otsu threshold, blue above green), the connected component nearest the centre, dilated."""
+    below its Otsu threshold, blue above green), the connected component nearest the centre, dilated.
+
+    Examples:
+        >>> image = np.full((64, 64, 3), 230, np.uint8); image[24:40, 24:40] = (90, 40, 160)  # a violet nucleus
+        >>> mask = nucleus_mask(image)
+        >>> bool(mask[32, 32]), bool(mask[2, 2])
+        (True, False)
+    """
     from scipy import ndimage
 
     rgb = pixels.astype(np.int32)
@@ -126,7 +133,12 @@ def _sample(dataset: Any, split: Any, labels: tuple[str, ...], count: int, seed:
 
 
 def run_explain(config: ExplainBenchConfig) -> dict[str, Any]:
-    """Measure as the module docstring says; a JSON-ready report."""
+    """Measure as the module docstring says; a JSON-ready report.
+
+    Examples:
+        >>> report = run_explain(ExplainBenchConfig(crops="samples/bloodmnist_128", checkpoint="c.safetensors",
+        ...                                         fp32="fp32.onnx"))  # doctest: +SKIP
+    """
     from cellsdk import Classifier
     from cellsdk.datasets import load_dataset
     from cellsdk.explain import explain_images
@@ -242,7 +254,11 @@ def run_explain(config: ExplainBenchConfig) -> dict[str, Any]:
 
 
 def format_explain(report: dict[str, Any]) -> str:
-    """The report as Markdown."""
+    """The report as Markdown.
+
+    Examples:
+        >>> print(format_explain(report))  # doctest: +SKIP
+    """
     g, q = report["grad_cam_spearman"], report["int8_vs_fp32"]
     lines = [f"{report['model']} (fp32: {report['fp32']}, Grad-CAM from {report['checkpoint']}) on "
              f"{report['machine']['model']}, class {report['machine']['cpu_class']}; {report['images']} images of "

@@ -298,6 +298,11 @@ def run_benchmark(models: Sequence[str | os.PathLike], config: BenchConfig | Non
 
     Raises:
         ModelNotFoundError, ConfigError: before anything is measured.
+
+    Examples:
+        >>> report = run_benchmark(["runs/a/converted"], BenchConfig(batches=(1,), iterations=20))  # doctest: +SKIP
+        >>> report["failed"]  # doctest: +SKIP
+        0
     """
     config = config or BenchConfig()
     targets = load_targets(config.targets)

@@ -61,7 +61,11 @@ def _hand_preprocess(spec: Preprocessing) -> Callable[[Image.Image], np.ndarray]
 def hand_written_parts(path: str | os.PathLike, spec: Preprocessing, backend: str,
                        options: dict[str, Any] | None = None
                        ) -> tuple[Callable[[Image.Image], np.ndarray], Callable[[np.ndarray], np.ndarray]]:
-    """The two halves of a minimal direct runtime call: ``prepare(image) -> 1xCxHxW`` and ``infer(batch)``."""
+    """The two halves of a minimal direct runtime call: ``prepare(image) -> 1xCxHxW`` and ``infer(batch)``.
+
+    Examples:
+        >>> prepare, infer = hand_written_parts("model.int8.onnx", "onnxruntime")  # doctest: +SKIP
+    """
     options = options or {}
     prepare = _hand_preprocess(spec)
     if backend == "onnxruntime":
@@ -96,7 +100,11 @@ def hand_written_parts(path: str | os.PathLike, spec: Preprocessing, backend: st
 
 def hand_written_call(path: str | os.PathLike, spec: Preprocessing, backend: str,
                       options: dict[str, Any] | None = None) -> Callable[[Image.Image], np.ndarray]:
-    """A minimal direct call of the runtime behind ``backend`` for the model at ``path``, on one PIL image."""
+    """A minimal direct call of the runtime behind ``backend`` for the model at ``path``, on one PIL image.
+
+    Examples:
+        >>> call = hand_written_call("model.int8.onnx", "onnxruntime")  # doctest: +SKIP
+    """
     prepare, infer = hand_written_parts(path, spec, backend, options)
     return lambda image: infer(prepare(image))
 
@@ -107,6 +115,9 @@ def measure_overhead(models: list[str | os.PathLike], image: str | os.PathLike, 
 
     ``options`` maps a backend name to its load options (e.g. ``{"openvino": {"precision": "f32"}}``);
     the hand-written call gets the same ones.
+
+    Examples:
+        >>> rows = measure_overhead(["model.int8.onnx"], "cell.jpg", iterations=50)  # doctest: +SKIP
     """
     options = options or {}
     picture = Image.open(image)

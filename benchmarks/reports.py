@@ -90,7 +90,11 @@ def _table_rows(report: dict[str, Any]) -> list[list[str]]:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """Rows as an aligned text table (latencies in ms), then the skipped rows with their reasons."""
+    """Rows as an aligned text table (latencies in ms), then the skipped rows with their reasons.
+
+    Examples:
+        >>> print(format_table(run_benchmark(["model.int8.onnx"], BenchConfig(batches=(1,)))))  # doctest: +SKIP
+    """
     rows = [list(_COLUMNS), *_table_rows(report)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(_COLUMNS))]
     lines = ["  ".join(cell.ljust(widths[i]) if i < 5 else cell.rjust(widths[i]) for i, cell in enumerate(r)).rstrip()
@@ -192,7 +196,12 @@ def _chart(report: dict[str, Any], path: Path) -> None:
 
 
 def write_reports(report: dict[str, Any], out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write ``results.json``, ``results.md``, ``results.csv`` and ``latency.png`` into ``out_dir``."""
+    """Write ``results.json``, ``results.md``, ``results.csv`` and ``latency.png`` into ``out_dir``.
+
+    Examples:
+        >>> sorted(write_reports(report, "runs/bench"))  # doctest: +SKIP
+        ['csv', 'json', 'md', 'png']
+    """
     out = Path(out_dir)
     files = {"json": write_json(out / "results.json", report), "markdown": write_text(out / "results.md", _markdown(report)),
              "csv": write_text(out / "results.csv", _csv(report))}

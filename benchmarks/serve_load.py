@@ -253,6 +253,9 @@ def run_serve_load(config: ServeLoadConfig, *, progress: Callable[[str], None] |
 
     Raises:
         ConfigError: no images in the folder, or the service would not start.
+
+    Examples:
+        >>> report = run_serve_load(ServeLoadConfig(folder="samples/pbc_raw", duration=5))  # doctest: +SKIP
     """
     from cellsdk.batch.jobs import iter_inputs
     from cellsdk.platform.cpu import host_cpu
@@ -285,7 +288,11 @@ def run_serve_load(config: ServeLoadConfig, *, progress: Callable[[str], None] |
 
 
 def format_serve_load(report: dict[str, Any]) -> str:
-    """The report as a Markdown table with the machine and the in-process figure above it."""
+    """The report as a Markdown table with the machine and the in-process figure above it.
+
+    Examples:
+        >>> print(format_serve_load(report))  # doctest: +SKIP
+    """
     machine = report["machine"]
     ip = report["in_process_images_per_s"]
     lines = [f"{machine['model']}, class {machine['cpu_class']}, {machine['cores']} cores; {report['images']} images "
@@ -304,7 +311,12 @@ def format_serve_load(report: dict[str, Any]) -> str:
 
 
 def write_serve_load(report: dict[str, Any], out_dir: str | os.PathLike) -> list[Path]:
-    """``serve_load.json`` and ``serve_load.md`` in ``out_dir``."""
+    """``serve_load.json`` and ``serve_load.md`` in ``out_dir``.
+
+    Examples:
+        >>> [p.name for p in write_serve_load(report, "runs/load")]  # doctest: +SKIP
+        ['serve_load.json', 'serve_load.md']
+    """
     from cellsdk._io import write_json, write_text
 
     out = Path(out_dir)

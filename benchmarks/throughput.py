@@ -185,6 +185,9 @@ def run_throughput(config: ThroughputConfig, *, progress: Callable[[str], None] 
 
     Raises:
         ConfigError: a bad option, a folder with no images, a model the reference cannot run, a run that failed.
+
+    Examples:
+        >>> report = run_throughput(ThroughputConfig(folder="samples/pbc_raw", ray_actors=()))  # doctest: +SKIP
     """
     from cellsdk.batch.distributed import ray_unavailable_reason
     from cellsdk.batch.engine import default_split
@@ -285,7 +288,11 @@ def _ratios(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
 
 
 def format_throughput(report: dict[str, Any]) -> str:
-    """The report as a text table with the ratios under it."""
+    """The report as a text table with the ratios under it.
+
+    Examples:
+        >>> print(format_throughput(report))  # doctest: +SKIP
+    """
     header = f"{'engine':<10} {'split':<34} {'images':>6} {'s':>7} {'img/s':>7} {'cpu %':>6} {'peak MB':>8}  labels"
     lines = [f"{report['machine']['model']}, class {report['machine']['cpu_class']}, {report['cores']} cores; "
              f"{report['images']} images of {report['folder']}, batch {report['batch_size']}; whole-process times, "

@@ -79,7 +79,11 @@ def _measure(classifier: Any, paths: list[Path], targets: np.ndarray) -> dict[st
 
 
 def run_tta(config: TtaConfig) -> dict[str, Any]:
-    """Measure TTA as the module docstring says; a JSON-ready report."""
+    """Measure TTA as the module docstring says; a JSON-ready report.
+
+    Examples:
+        >>> report = run_tta(TtaConfig(crops="samples/bloodmnist_128", raw="samples/pbc_raw"))  # doctest: +SKIP
+    """
     from cellsdk import Classifier
     from cellsdk.datasets import load_dataset
     from cellsdk.platform.cpu import host_cpu
@@ -121,7 +125,11 @@ def run_tta(config: TtaConfig) -> dict[str, Any]:
 
 
 def format_tta(report: dict[str, Any]) -> str:
-    """The report as a Markdown table."""
+    """The report as a Markdown table.
+
+    Examples:
+        >>> print(format_tta(report))  # doctest: +SKIP
+    """
     lines = [f"{report['model']} on {report['machine']['model']}, class {report['machine']['cpu_class']}", "",
              "| images | TTA | accuracy | errors | macro-F1 | worst class recall | ECE | img/s (batch 32) |",
              "|---|---|---|---|---|---|---|---|"]

@@ -169,7 +169,15 @@ def _gpu_memory(out: dict[str, Any], index: int, baseline: float | None) -> None
 
 
 def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """Measure one (model, backend, device, batch) as ``spec`` says; see the harness for the fields."""
+    """Measure one (model, backend, device, batch) as ``spec`` says; see the harness for the fields.
+
+    Examples:
+        >>> from cellsdk.artefacts.resolve import default_model_path
+        >>> row = run_spec({"path": str(default_model_path()), "backend": "onnxruntime", "device": "cpu", "batch": 1,
+        ...                 "warmup": 1, "iterations": 3})  # doctest: +SKIP
+        >>> row["p50_ms"] > 0  # doctest: +SKIP
+        True
+    """
     import numpy as np
     from PIL import Image
 

@@ -79,25 +79,46 @@ class ExportJob:
         return self.metadata.preprocessing.input_size
 
     def example(self, batch: int = 1) -> Any:
-        """A deterministic example input for tracing (values do not matter, shapes do)."""
+        """A deterministic example input for tracing (values do not matter, shapes do).
+
+        Examples:
+            >>> job.example().shape  # doctest: +SKIP
+            torch.Size([2, 3, 128, 128])
+        """
         import torch
 
         size = self.input_size
         return torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
 
     def cached(self, key: str, make: Callable[[], Any]) -> Any:
-        """``make()`` once per job, e.g. the fp32 ONNX file several formats start from."""
+        """``make()`` once per job, e.g. the fp32 ONNX file several formats start from.
+
+        Examples:
+            >>> fp32 = job.cached("fp32-onnx", lambda: export_fp32_onnx(job))  # doctest: +SKIP
+        """
         if key not in self._cache:
             self._cache[key] = make()
         return self._cache[key]
 
     def metadata_for(self, precision: str, quantization: dict[str, Any] | None = None) -> ModelMetadata:
-        """The artefact's metadata: the checkpoint's, with its precision and recipe."""
+        """The artefact's metadata: the checkpoint's, with its precision and recipe.
+
+        Examples:
+            >>> job.metadata_for("int8", {"recipe": "portable"}).precision  # doctest: +SKIP
+            'int8'
+        """
         calibration = self.calibration.sha256 if self.calibration is not None and quantization else None
         return self.metadata.replace(precision=precision, quantization=quantization, calibration_sha256=calibration)
 
     def require_calibration(self, fmt: str) -> Any:
-        """The calibration set, or a clear error for int8 without one."""
+        """The calibration set, or a clear error for int8 without one.
+
+        Examples:
+            >>> job.require_calibration()  # doctest: +SKIP
+            Traceback (most recent call last):
+            ...
+            cellsdk.errors.ConfigError: int8 needs calibration images: pass --calib DATA
+        """
         if self.calibration is None:
             raise ConfigError(f"{fmt} int8 needs calibration images: pass --calib DATA (real images, train split)")
         return self.calibration
@@ -128,12 +149,22 @@ class Converter(abc.ABC):
 
     @classmethod
     def missing_packages(cls) -> list[str]:
-        """The packages this converter needs that are not installed."""
+        """The packages this converter needs that are not installed.
+
+        Examples:
+            >>> get_converter("onnx").missing_packages()
+            []
+        """
         return [p for p in cls.packages if importlib.util.find_spec(p) is None]
 
     @classmethod
     def check_installed(cls) -> None:
-        """Raise BackendNotInstalledError naming the extra if a package is missing."""
+        """Raise BackendNotInstalledError naming the extra if a package is missing.
+
+        Examples:
+            >>> get_converter("onnx").check_installed() is None
+            True
+        """
         missing = cls.missing_packages()
         if missing:
             raise BackendNotInstalledError(
@@ -156,6 +187,9 @@ class Converter(abc.ABC):
         Returns:
             The quantization recipe actually used (empty for float precisions), and any
             ``runtime_options`` the artefact was verified with, under that key.
+
+        Examples:
+            >>> get_converter("onnx").convert(job, "int8", Path("out/model.int8.onnx"))  # doctest: +SKIP
         """
 
     @abc.abstractmethod
@@ -163,10 +197,18 @@ class Converter(abc.ABC):
         """Replace the cellsdk metadata in the artefact at ``path`` (the model itself unchanged, written atomically).
 
         Used after verification, to record the CPU classes the artefact was verified on.
+
+        Examples:
+            >>> get_converter("onnx").write_metadata(Path("out/model.int8.onnx"), metadata)  # doctest: +SKIP
         """
 
     def verify_options(self, precision: str) -> dict[str, Any]:
-        """Options for ``Classifier.load`` when verifying (and running) this artefact."""
+        """Options for ``Classifier.load`` when verifying (and running) this artefact.
+
+        Examples:
+            >>> get_converter("openvino").verify_options("fp32")
+            {'precision': 'f32'}
+        """
         return {}
 
 
@@ -203,6 +245,10 @@ def get_converter(name: str) -> Converter:
 
     Raises:
         ConfigError: an unknown format, listing the known ones.
+
+    Examples:
+        >>> type(get_converter("torchscript")).__name__
+        'TorchScriptConverter'
     """
     if name not in _CONVERTERS:
         raise ConfigError(f"unknown format {name!r}: use one of {', '.join(converter_names())} or all")

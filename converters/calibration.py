@@ -73,7 +73,12 @@ class ImageSet:
             yield self.arrays[start:start + size]
 
     def record(self) -> dict[str, object]:
-        """What the manifest records about this set."""
+        """What the manifest records about this set.
+
+        Examples:
+            >>> ImageSet(np.zeros((2, 3, 8, 8), np.float32), np.zeros(2, int), ("a", "b"), "samples", "val").record()["images"]
+            2
+        """
         return {"source": self.source, "split": self.split, "images": len(self), "seed": self.seed,
                 "sha256": self.sha256}
 
@@ -104,6 +109,11 @@ def calibration_set(data: str | os.PathLike, metadata: ModelMetadata, *, samples
 
     Raises:
         ConfigError: too few images, or an overlap with ``exclude``, unless forced.
+
+    Examples:
+        >>> images = calibration_set("samples/bloodmnist_128", metadata, samples=64, data_cropped=True)  # doctest: +SKIP
+        >>> len(images)  # doctest: +SKIP
+        64
     """
     dataset = load_dataset(data, labels=labels, seed=seed, **validation_carve(metadata))
     chosen = dataset.split(split)
@@ -130,7 +140,13 @@ def calibration_set(data: str | os.PathLike, metadata: ModelMetadata, *, samples
 def evaluation_set(data: str | os.PathLike, metadata: ModelMetadata, *, split: str = "val",
                    data_cropped: bool = False, labels: str | None = None, limit: int | None = None,
                    seed: int = 0) -> ImageSet:
-    """Held-out images for the verification gate: the whole split, or a stratified ``limit`` of it."""
+    """Held-out images for the verification gate: the whole split, or a stratified ``limit`` of it.
+
+    Examples:
+        >>> images = evaluation_set("samples/bloodmnist_128", metadata, split="test", data_cropped=True)  # doctest: +SKIP
+        >>> images.arrays.shape  # doctest: +SKIP
+        (32, 3, 128, 128)
+    """
     dataset = load_dataset(data, labels=labels, seed=seed, **validation_carve(metadata))
     if split not in dataset.split_names and split != "all":
         raise DatasetError(

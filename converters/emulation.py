@@ -100,7 +100,13 @@ def arm64_environment() -> tuple[Path, Path] | None:
 
 
 def cannot_emulate(target: str) -> str | None:
-    """Why ``target`` cannot be emulated here (None when it can)."""
+    """Why ``target`` cannot be emulated here (None when it can).
+
+    Examples:
+        >>> problem = cannot_emulate("cortex-a72")
+        >>> problem is None or "aarch64" in problem or "ARM64" in problem
+        True
+    """
     if target in ARM64_TARGETS:
         if not sys.platform.startswith("linux"):
             return f"emulating ARM64 CPU classes needs Linux (this is {sys.platform})"
@@ -125,6 +131,9 @@ def run_emulated(model: Path, options: dict[str, Any], target: str, arrays: Path
 
     Writes ``out`` (``.npz``: ``logits`` and ``info``, the CPU class and features the worker saw).
     Returns None on success, else a one-line reason.
+
+    Examples:
+        >>> run_emulated(Path("model.int8.onnx"), {}, "haswell", Path("images.npy"), Path("out.npz"))  # doctest: +SKIP
     """
     return _run_worker(target, [str(model), str(arrays), str(out), "--options", json.dumps(options)], out, timeout)
 
@@ -137,6 +146,10 @@ def self_check_emulated(model: Path, target: str, options: dict[str, Any] | None
         The verdict (:meth:`cellsdk.artefacts.selfcheck.SelfCheck.to_dict`), with ``target`` and ``method``; when it could
         not run, ``status`` ``not verified on this platform`` (nothing to emulate with) or ``failed`` (the worker
         failed) and the reason.
+
+    Examples:
+        >>> self_check_emulated(Path("model.int8.onnx"), "haswell")["status"]  # doctest: +SKIP
+        'passed'
     """
     base = {"target": target, "method": f"{emulator_name(target)} -cpu {EMULATED[target][0]}"}
     problem = cannot_emulate(target)

@@ -140,7 +140,12 @@ def sample_warnings(targets: np.ndarray, labels: tuple[str, ...], config: Verify
 
 
 def reference_logits(model: Any, images: ImageSet, batch_size: int = 64) -> np.ndarray:
-    """The fp32 PyTorch model's logits on the evaluation images (the model itself is left untouched)."""
+    """The fp32 PyTorch model's logits on the evaluation images (the model itself is left untouched).
+
+    Examples:
+        >>> reference_logits(model, images).shape  # doctest: +SKIP
+        (400, 8)
+    """
     import copy
 
     import torch
@@ -170,6 +175,11 @@ def verify_artefact(path: Path, precision: str, expected: ModelMetadata, images:
     artefact's OOD guard is checked too (:func:`cellsdk.converters.guard.check_guard`), under ``guard``.
     On a GPU ``device`` (``cuda``, ``cuda:N``, ``tensorrt``) the artefact runs there (the reference stays the
     fp32 PyTorch model's outputs); a device this machine cannot use raises instead of failing the artefact.
+
+    Examples:
+        >>> record = verify_artefact("out/model.int8.onnx", images, reference, VerifyConfig.default())  # doctest: +SKIP
+        >>> record["status"]  # doctest: +SKIP
+        'passed'
     """
     try:
         with warnings.catch_warnings():  # this is the verification the CPU-class warning asks for
@@ -210,6 +220,11 @@ def judge(logits: np.ndarray, precision: str, expected: ModelMetadata, targets: 
 
     Used for the native check and for the checks on other CPU classes (:mod:`cellsdk.converters.targets`),
     whose outputs come back from another process.
+
+    Examples:
+        >>> figures, reasons = judge(outputs, reference, images.targets, "int8", VerifyConfig.default())  # doctest: +SKIP
+        >>> reasons  # doctest: +SKIP
+        []
     """
     labels = expected.labels
     logits = np.asarray(logits, dtype=np.float64)

@@ -164,6 +164,12 @@ def fit_guard(model: Any, metadata: ModelMetadata, data: str, config: GuardConfi
 
     Raises:
         DatasetError: ``data`` lacks a train or val split.
+
+    Examples:
+        >>> data = "samples/bloodmnist_128"
+        >>> record, probe = fit_guard(model, metadata, data, GuardConfig(), data_cropped=True)  # doctest: +SKIP
+        >>> record["score"]["name"]  # doctest: +SKIP
+        'mahalanobis'
     """
     dataset = load_dataset(data, labels=labels, seed=seed, **validation_carve(metadata))
     spec = metadata.preprocessing.without_crop() if data_cropped else metadata.preprocessing
@@ -261,6 +267,10 @@ def check_guard(classifier: Any, eval_outputs: dict[str, np.ndarray], probe: Gua
     """The gate on an artefact's guard: its own AUROC on the probe's shifts and its retention on the evaluation images.
 
     Returns the figures and the reasons it fails (empty when it passes).
+
+    Examples:
+        >>> check_guard(record, outputs, probe, GuardConfig())  # doctest: +SKIP
+        []
     """
     guard: Guard | None = classifier.guard
     if guard is None:

@@ -25,6 +25,13 @@ def with_features(model: Any) -> Any:
     """A module returning ``(logits, features)``: the model's logits and the pooled features they come from.
 
     This is what every artefact with an OOD guard exports (see :mod:`cellsdk.guard`).
+
+    Examples:
+        >>> import timm, torch
+        >>> model = timm.create_model("test_efficientnet", num_classes=3, pretrained=False).eval()
+        >>> logits, features = with_features(model)(torch.zeros(1, 3, 64, 64))
+        >>> tuple(logits.shape), features.shape[0]
+        ((1, 3), 1)
     """
     return with_outputs(model, ("logits", "features"))
 
@@ -37,6 +44,11 @@ def cam_support(model: Any, input_size: int | None = None) -> str | None:
     Checked on the model itself, not on its name: timm's ``forward_head(A, pre_logits=True)`` must equal the
     spatial mean of ``A`` on a test input (MobileNetV3's conv head after pooling, ConvNeXt's norm after pooling
     or a transformer's tokens fail this) and the classifier must be one ``Linear``.
+
+    Examples:
+        >>> import timm
+        >>> cam_support(timm.create_model("test_efficientnet", num_classes=3, pretrained=False)) is None
+        True
     """
     import torch
 
@@ -73,6 +85,13 @@ def with_outputs(model: Any, outputs: tuple[str, ...], input_size: int | None = 
 
     Raises:
         ConfigError: an output the model cannot give (``cams`` from a head that is not pooling -> linear).
+
+    Examples:
+        >>> import timm, torch
+        >>> model = timm.create_model("test_efficientnet", num_classes=3, pretrained=False).eval()
+        >>> logits, cams = with_outputs(model, ("logits", "cams"))(torch.zeros(1, 3, 64, 64))
+        >>> tuple(cams.shape[:2])
+        (1, 3)
     """
     import torch
 

@@ -77,6 +77,13 @@ def capture_root_logging() -> Iterator[list[logging.LogRecord]]:
     """Keep third-party messages sent through the root logger (ONNX Runtime's quantizer) off the terminal.
 
     Yields the list the records are collected into, for a one-line summary.
+
+    Examples:
+        >>> import logging
+        >>> with capture_root_logging() as messages:
+        ...     logging.getLogger().warning("Please consider to run pre-processing before quantization")
+        >>> len(messages)
+        1
     """
     records: list[logging.LogRecord] = []
 

@@ -38,7 +38,12 @@ log = logging.getLogger("cellsdk")
 
 
 def export_fp32_onnx(job: ExportJob) -> Path:
-    """The fp32 ONNX export of ``job.model`` (made once per job, in its workdir)."""
+    """The fp32 ONNX export of ``job.model`` (made once per job, in its workdir).
+
+    Examples:
+        >>> export_fp32_onnx(job).name  # doctest: +SKIP
+        'model.fp32.onnx'
+    """
 
     def make() -> Path:
         import torch
@@ -66,6 +71,9 @@ def unique_node_names(model: Any) -> Any:
 
     Raises:
         Refused: two different nodes define the same value (not repairable here).
+
+    Examples:
+        >>> model = unique_node_names(onnx.load("model.fp16.onnx"))  # doctest: +SKIP
     """
     from cellsdk.converters.base import Refused
 
@@ -126,7 +134,11 @@ def only_feeding(path: Path, output: str) -> list[str]:
 
 
 def write_onnx_metadata(source: Path, target: Path, metadata: ModelMetadata) -> None:
-    """Copy an ONNX model to ``target`` with the cellsdk metadata in ``metadata_props``."""
+    """Copy an ONNX model to ``target`` with the cellsdk metadata in ``metadata_props``.
+
+    Examples:
+        >>> write_onnx_metadata("model.onnx", "model.with-metadata.onnx", metadata)  # doctest: +SKIP
+    """
     import onnx
 
     proto = onnx.load(str(source))

@@ -43,6 +43,10 @@ def without_telemetry() -> None:
 
     ``openvino_telemetry`` is made unimportable, so both fall back to the stubs they ship for when it is not
     installed; where they were imported already, their stubs are put in place of the real thing.
+
+    Examples:
+        >>> without_telemetry() is None
+        True
     """
     sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # `import openvino_telemetry` now raises
     if any(name in sys.modules for name in _OVC_MODULES):

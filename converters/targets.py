@@ -141,7 +141,13 @@ class CpuTargets:
 
 
 def native_record(verification: dict[str, Any], status: str, reasons: list[str]) -> dict[str, Any]:
-    """The ``native`` CPU record of an artefact, from its ordinary gate on this machine."""
+    """The ``native`` CPU record of an artefact, from its ordinary gate on this machine.
+
+    Examples:
+        >>> record = native_record({"images": 400, "accuracy": 0.99, "accuracy_change": 0.0}, "passed", [])
+        >>> record["target"], record["status"]
+        ('native', 'passed')
+    """
     host = host_cpu()
     return {"target": "native", "cpu_class": host.cpu_class, "cpu": host.model, "features": list(host.features),
             "method": "native", "images": verification.get("images"), "sample": "the whole evaluation set",
@@ -192,6 +198,12 @@ def verify_on_targets(jobs: list[tuple[dict[str, Any], Path, Any]], images: Any,
         targets: the classes to verify on.
         native_outputs: each artefact's outputs on ``images`` from its native gate, by file name (those
             missing are run here on the emulated sample, to report agreement with this machine).
+
+    Examples:
+        >>> targets = CpuTargets.parse("native,haswell")
+        >>> records = verify_on_targets(jobs, images, reference, VerifyConfig(), targets)  # doctest: +SKIP
+        >>> [r["status"] for r in records["model.int8.onnx"]]  # doctest: +SKIP
+        ['passed', 'passed']
     """
     records: dict[str, list[dict[str, Any]]] = {entry["file"]: [] for entry, _, _ in jobs}
     for entry, _, _ in jobs:
@@ -299,6 +311,10 @@ def self_check_everywhere(model: str | os.PathLike, targets: Sequence[str] = ("n
 
     Raises:
         ConfigError: an unknown target, or MODEL carries no test vectors (how to add them).
+
+    Examples:
+        >>> [row["status"] for row in self_check_everywhere("model.int8.onnx", ["native", "haswell"])]  # doctest: +SKIP
+        ['passed', 'passed']
     """
     import warnings
 

@@ -51,6 +51,11 @@ def build(job: Any, images: Any, reference: np.ndarray, thresholds: dict[str, fl
 
     Returns:
         The vectors, or None when there are no images.
+
+    Examples:
+        >>> vectors = build(model, metadata, images)  # doctest: +SKIP
+        >>> len(vectors)  # doctest: +SKIP
+        32
     """
     spec = job.metadata.preprocessing.without_crop() if data_cropped else job.metadata.preprocessing
     order = _choose(images.targets, reference, count, seed)

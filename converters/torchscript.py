@@ -32,6 +32,10 @@ def freeze_same_padding(model: Any, input_size: int) -> int:
     """Replace timm's dynamic "same"-padding convolutions by static pad + conv for one input size.
 
     Returns the number of layers replaced. The outputs are unchanged at ``input_size``.
+
+    Examples:
+        >>> freeze_same_padding(model, 128)  # doctest: +SKIP
+        21
     """
     import torch
 

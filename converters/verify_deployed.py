@@ -80,6 +80,11 @@ def verify_deployed(artefact: str | os.PathLike, data: str | os.PathLike, *, ref
         ConfigError: the reference is not a float model of the same source checkpoint, or no target.
         DeviceUnavailableError: a GPU device this machine, its driver or the artefact's runtime cannot use
             (raised before any image is read).
+
+    Examples:
+        >>> result = verify_deployed("model.int8.onnx", "data/bloodmnist_128", reference="best.safetensors")  # doctest: +SKIP
+        >>> result["status"]  # doctest: +SKIP
+        'passed'
     """
     path = Path(artefact)
     kind = gpu_device_kind(device)
@@ -243,7 +248,14 @@ def _update_manifest(manifest: Path, path: Path, records: list[dict[str, Any]], 
 
 def format_verification(model: str | os.PathLike, result: dict[str, Any]) -> tuple[str, list[str]]:
     """:func:`verify_deployed`'s result as ``cellsdk verify`` prints it: the report, and notes for stderr (CPU classes
-    that could not be verified, with why)."""
+    that could not be verified, with why).
+
+    Examples:
+        >>> report, notes = format_verification("m.onnx", {"images": 400, "records": [], "written": False,
+        ...                                                 "cpu_verification": []})
+        >>> report, notes
+        ('m.onnx: 400 held-out images', [])
+    """
     from cellsdk.artefacts.info import format_cpu_records, format_gpu_records
     from cellsdk.converters.targets import unverified_notes
 

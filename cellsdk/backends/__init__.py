@@ -88,6 +88,12 @@ class Backend(abc.ABC):
         """Run a float32 NCHW batch; return every output in the model's order (``N x C`` logits first).
 
         Must be safe to call from several threads.
+
+        Examples:
+            >>> import numpy as np
+            >>> from cellsdk.artefacts.resolve import open_artefact
+            >>> [output.shape for output in open_artefact().backend.run_all(np.zeros((1, 3, 128, 128), np.float32))]
+            [(1, 8), (1, 1280), (1, 8, 4, 4)]
         """
 
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -108,19 +114,34 @@ class Backend(abc.ABC):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        """Why this backend cannot run here (package missing, wrong platform), or None if it can."""
+        """Why this backend cannot run here (package missing, wrong platform), or None if it can.
+
+        Examples:
+            >>> get_backend("onnxruntime").unavailable_reason() is None
+            True
+        """
         if importlib.util.find_spec(cls.package) is None:
             return f"{cls.package} is not installed: {cls.install}"
         return None
 
     @classmethod
     def device_unavailable_reason(cls, device: str) -> str | None:
-        """Why this backend cannot use ``device`` even where the machine has it (e.g. a CPU-only build), or None."""
+        """Why this backend cannot use ``device`` even where the machine has it (e.g. a CPU-only build), or None.
+
+        Examples:
+            >>> get_backend("onnxruntime").device_unavailable_reason("cpu") is None
+            True
+        """
         return None if device in cls.devices else f"{cls.name} does not run on {device}"
 
     @classmethod
     def require(cls) -> Any:
-        """Import and return the runtime package, or raise BackendNotInstalledError naming the extra."""
+        """Import and return the runtime package, or raise BackendNotInstalledError naming the extra.
+
+        Examples:
+            >>> get_backend("onnxruntime").require().__name__
+            'onnxruntime'
+        """
         if importlib.util.find_spec(cls.package) is None:
             raise BackendNotInstalledError(f"the {cls.name} backend needs {cls.package}, which is not installed: {cls.install}")
         try:
@@ -168,7 +189,13 @@ class Backend(abc.ABC):
 
     @classmethod
     def read_metadata_json(cls, path: Path) -> str | None:
-        """The cellsdk JSON document stored in the model at ``path`` (default: load it on the CPU and ask)."""
+        """The cellsdk JSON document stored in the model at ``path`` (default: load it on the CPU and ask).
+
+        Examples:
+            >>> from cellsdk.artefacts.resolve import default_model_path
+            >>> get_backend("onnxruntime").read_metadata_json(default_model_path())[:11]
+            '{"arch": "t'
+        """
         return cls(path, device="cpu").metadata_json
 
     def describe(self) -> str:

@@ -28,7 +28,12 @@ _UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
 
 
 def not_on_macos_message() -> str:
-    """The one-line explanation given off macOS."""
+    """The one-line explanation given off macOS.
+
+    Examples:
+        >>> "macOS" in not_on_macos_message()
+        True
+    """
     return (f"CoreML models run only on macOS (this is {sys.platform}); here use the .onnx (ONNX Runtime), "
             ".xml (OpenVINO) or .torchscript artefact of the same conversion")
 
@@ -51,7 +56,12 @@ class CoreMLBackend(Backend):
 
     @classmethod
     def read_metadata_json(cls, path: Path) -> str | None:
-        """The metadata from the model's spec, without loading it for prediction (works off macOS too)."""
+        """The metadata from the model's spec, without loading it for prediction (works off macOS too).
+
+        Examples:
+            >>> CoreMLBackend.read_metadata_json("converted/model.fp16.mlpackage")[:11]  # doctest: +SKIP
+            '{"arch": "t'
+        """
         ct = cls.require()
         try:
             model = ct.models.MLModel(str(path), skip_model_load=True)

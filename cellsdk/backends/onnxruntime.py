@@ -27,7 +27,12 @@ _DEVICE = re.compile(r"(auto|cpu|cuda|gpu|tensorrt)(?::(\d+))?")
 
 
 def default_tensorrt_cache() -> Path:
-    """Where TensorRT engines are cached by default: ``$CELLSDK_CACHE`` or ``~/.cache/cellsdk``, then ``tensorrt``."""
+    """Where TensorRT engines are cached by default: ``$CELLSDK_CACHE`` or ``~/.cache/cellsdk``, then ``tensorrt``.
+
+    Examples:
+        >>> default_tensorrt_cache().name
+        'tensorrt'
+    """
     root = os.environ.get("CELLSDK_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "cellsdk")
     return Path(root) / "tensorrt"
 

@@ -32,6 +32,10 @@ def resolve_torch_device(name: str = "auto") -> str:
         ConfigError: an unknown device.
         DeviceUnavailableError: a device this machine, its driver or this PyTorch build cannot use (the message
             names what to install; see :mod:`cellsdk.platform.gpu`).
+
+    Examples:
+        >>> str(resolve_torch_device("cpu"))  # doctest: +SKIP
+        'cpu'
     """
     import torch
 

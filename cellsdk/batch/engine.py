@@ -119,6 +119,11 @@ def run_pipeline(
     Raises:
         InvalidImageError: ``errors="raise"`` and an input is unusable (message prefixed with its name).
         ConfigError: a bad option.
+
+    Examples:
+        >>> items = list(run_pipeline(["ok", "bad"], prepare=lambda s: s.upper(), infer=lambda batch: batch))
+        >>> [item.value for item in items]
+        ['OK', 'BAD']
     """
     require_int("batch_size", batch_size, minimum=1)
     require_int("prefetch", prefetch, minimum=0)

@@ -109,14 +109,42 @@ class ResultWriter(abc.ABC):
 
     @abc.abstractmethod
     def write(self, rows: Sequence[dict[str, Any]]) -> None:
-        """Append complete rows and flush them to the OS (a killed run keeps them)."""
+        """Append complete rows and flush them to the OS (a killed run keeps them).
+
+        Examples:
+            >>> import tempfile
+            >>> path = Path(tempfile.mkdtemp()) / "results.csv"
+            >>> writer = open_writer(path, result_columns(["a"]))
+            >>> writer.write([error_row("x.jpg", "not an image", ["a"])])
+            >>> writer.close()
+            >>> path.read_text().splitlines()[0][:22]
+            'path,label,confidence,'
+        """
 
     @abc.abstractmethod
     def close(self) -> None:
-        """Finish the file."""
+        """Finish the file.
+
+        Examples:
+            >>> import tempfile
+            >>> path = Path(tempfile.mkdtemp()) / "results.jsonl"
+            >>> writer = open_writer(path, result_columns(["a"]))
+            >>> writer.close()
+            >>> path.exists()
+            True
+        """
 
     def abandon(self) -> None:
-        """Stop writing without finishing (an interrupted run): what was written stays for a resume."""
+        """Stop writing without finishing (an interrupted run): what was written stays for a resume.
+
+        Examples:
+            >>> import tempfile
+            >>> path = Path(tempfile.mkdtemp()) / "results.jsonl"
+            >>> writer = open_writer(path, result_columns(["a"]))
+            >>> writer.write([error_row("x.jpg", "not an image", ["a"])]); writer.abandon()
+            >>> len(list(read_rows(path, result_columns(["a"]))))  # kept for the next run to continue
+            1
+        """
         self.close()
 
 

@@ -75,7 +75,16 @@ def command(name: str) -> Callable[[F], click.Command]:
 
 
 def group() -> Callable[[F], click.Group]:
-    """The ``cellsdk`` group: as :func:`command`, for a command with sub-commands."""
+    """The ``cellsdk`` group: as :func:`command`, for a command with sub-commands.
+
+    Examples:
+        >>> from click.testing import CliRunner
+        >>> @group()
+        ... def tools():
+        ...     '''Some tools.'''
+        >>> CliRunner().invoke(tools, ["--help"]).output.splitlines()[2]
+        '  Some tools.'
+    """
 
     def make(function: F) -> click.Group:
         return click.group(context_settings=CONTEXT, help=help_text(function))(
@@ -100,39 +109,70 @@ def help_text(function: Callable[..., Any]) -> str:
 
 
 def quiet_option(help: str = "No progress bars or log.") -> Callable[[F], F]:
-    """``--quiet``."""
+    """``--quiet``.
+
+    Examples:
+        >>> [p.name for p in quiet_option()(click.command()(lambda quiet: None)).params]
+        ['quiet']
+    """
     return click.option("--quiet", is_flag=True, help=help)
 
 
 def labels_option(help: str = "Class names of the data, if its folders do not give them.") -> Callable[[F], F]:
-    """``--labels``: a known label map (bloodmnist) or comma-separated names."""
+    """``--labels``: a known label map (bloodmnist) or comma-separated names.
+
+    Examples:
+        >>> [p.name for p in labels_option()(click.command()(lambda labels: None)).params]
+        ['labels']
+    """
     return click.option("--labels", default=None, help=help)
 
 
 def data_cropped_option(help: str = "The data's images already have the model's crop.") -> Callable[[F], F]:
-    """``--data-cropped``: the images were cropped as the model's preprocessing would crop them."""
+    """``--data-cropped``: the images were cropped as the model's preprocessing would crop them.
+
+    Examples:
+        >>> [p.name for p in data_cropped_option()(click.command()(lambda data_cropped: None)).params]
+        ['data_cropped']
+    """
     return click.option("--data-cropped", is_flag=True, help=help)
 
 
 def strict_option(help: str = "Refuse a model that failed verification, or an int8 model not verified on this "
                               "machine's CPU class.") -> Callable[[F], F]:
-    """``--strict``."""
+    """``--strict``.
+
+    Examples:
+        >>> [p.name for p in strict_option()(click.command()(lambda strict: None)).params]
+        ['strict']
+    """
     return click.option("--strict", is_flag=True, help=help)
 
 
 def dataset_options(*, split: str | None = "test", required: bool = True,
                     data_help: str = "Dataset (.npz or image folder).", split_help: str | None = None
                     ) -> Callable[[F], F]:
-    """``--data`` (and ``--split`` unless ``split`` is None), ``--data-cropped``, ``--labels``."""
-    options = [click.option("--data", type=click.Path(path_type=Path), required=required, default=None,
-                            help=data_help)]
+    """``--data`` (and ``--split`` unless ``split`` is None), ``--data-cropped``, ``--labels``.
+
+    Examples:
+        >>> command = click.command()(dataset_options(split=None, required=False)(lambda **o: None))
+        >>> [p.name for p in command.params]
+        ['data', 'data_cropped', 'labels']
+    """
+    options = [click.option("--data", type=click.Path(path_type=Path), required=required, help=data_help,
+                            **({} if required else {"default": None}))]
     if split is not None:
         options.append(click.option("--split", default=split, show_default=True, help=split_help))
     return _stack(*options, data_cropped_option(), labels_option())
 
 
 def model_option() -> Callable[[F], F]:
-    """``--model``: a file or a conversion folder, the shipped model by default."""
+    """``--model``: a file or a conversion folder, the shipped model by default.
+
+    Examples:
+        >>> [p.opts for p in model_option()(click.command()(lambda model_path: None)).params]
+        [['--model']]
+    """
     return click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
                         help="A model file or a cellsdk-convert output folder [default: the shipped blood-cell "
                              "model].")

@@ -130,7 +130,13 @@ def nvidia_driver() -> Driver:
 
 
 def driver_problem(needs_cuda: tuple[int, int] | None = None, index: int = 0, runtime: str = "the runtime") -> str | None:
-    """Why the driver cannot run a build for CUDA ``needs_cuda`` on GPU ``index``, or None when it can."""
+    """Why the driver cannot run a build for CUDA ``needs_cuda`` on GPU ``index``, or None when it can.
+
+    Examples:
+        >>> problem = driver_problem(13)
+        >>> problem is None or "driver" in problem or "GPU" in problem
+        True
+    """
     driver = nvidia_driver()
     if driver.problem:
         return driver.problem
@@ -156,7 +162,12 @@ def _nvidia_library_dirs() -> list[Path]:
 
 
 def find_library(soname: str) -> str | None:
-    """Where ``soname`` loads from: the name itself (the system's search path) or a file of NVIDIA's pip packages."""
+    """Where ``soname`` loads from: the name itself (the system's search path) or a file of NVIDIA's pip packages.
+
+    Examples:
+        >>> find_library("libno-such-library.so.1") is None
+        True
+    """
     try:
         ctypes.CDLL(soname)
         return soname
@@ -173,6 +184,10 @@ def load_libraries(sonames: tuple[str, ...] | list[str]) -> list[str]:
 
     A library found only in NVIDIA's pip packages is loaded from there, so a runtime that asks the system loader
     for it by name finds it already loaded (what ``import torch`` does for its own CUDA libraries).
+
+    Examples:
+        >>> load_libraries(["libno-such-library.so.1"])
+        ['libno-such-library.so.1']
     """
     missing = []
     for soname in sonames:
@@ -243,6 +258,12 @@ def onnxruntime_cuda_problem(ort: Any, *, tensorrt: bool = False, index: int = 0
 
     With ``load`` (the default) the CUDA, cuDNN and TensorRT libraries are also loaded, from NVIDIA's pip packages
     where the system has none, so that the session that follows finds them.
+
+    Examples:
+        >>> import onnxruntime
+        >>> problem = onnxruntime_cuda_problem(onnxruntime)
+        >>> problem is None or "cuda" in problem.lower() or "gpu" in problem.lower()
+        True
     """
     build = onnxruntime_build(ort)
     place = f"pip install --force-reinstall --no-deps 'onnxruntime-gpu=={_installed_version('onnxruntime-gpu')}'"
@@ -323,6 +344,10 @@ def device_index(device: str) -> int:
 def gpu_identity(device: str = "cuda") -> dict[str, Any] | None:
     """The GPU behind an NVIDIA device name, as verification records name it: ``gpu`` (NVML's name), ``driver``,
     ``cuda_driver``, ``memory_total_mb``; None where NVML (part of the driver) cannot say.
+
+    Examples:
+        >>> gpu_identity("cpu") is None
+        True
     """
     from cellsdk.platform.nvml import gpu_info
 

@@ -33,6 +33,10 @@ def require_serve_packages() -> None:
 
     Raises:
         BackendNotInstalledError: naming the missing package and the install command.
+
+    Examples:
+        >>> require_serve_packages() is None  # FastAPI, uvicorn and python-multipart are installed here
+        True
     """
     import importlib.util
 
@@ -42,7 +46,13 @@ def require_serve_packages() -> None:
 
 
 def create_app(*args: Any, **kwargs: Any) -> Any:
-    """The FastAPI app over a loaded classifier (see :func:`cellsdk.serve.app.create_app`)."""
+    """The FastAPI app over a loaded classifier (see :func:`cellsdk.serve.app.create_app`).
+
+    Examples:
+        >>> from cellsdk import Classifier
+        >>> create_app(Classifier.load()).title
+        'cellsdk'
+    """
     require_serve_packages()
     from cellsdk.serve.app import create_app as make
 
@@ -50,7 +60,12 @@ def create_app(*args: Any, **kwargs: Any) -> Any:
 
 
 def serve(*args: Any, **kwargs: Any) -> None:
-    """Run the service under uvicorn (see :func:`cellsdk.serve.server.serve`)."""
+    """Run the service under uvicorn (see :func:`cellsdk.serve.server.serve`).
+
+    Examples:
+        >>> from cellsdk import Classifier
+        >>> serve(Classifier.load(), ServeConfig(port=8080))  # doctest: +SKIP
+    """
     require_serve_packages()
     from cellsdk.serve.server import serve as run
 

@@ -94,13 +94,30 @@ class ServiceState:
         return self.batcher is not None and not self.draining
 
     def prepare(self, data: bytes, index: int, name: str | None) -> tuple[Any, tuple[int, int]]:
-        """Decode, check and preprocess one upload (runs on a decoding thread); also its size in pixels."""
+        """Decode, check and preprocess one upload (runs on a decoding thread); also its size in pixels.
+
+        Examples:
+            >>> from cellsdk import Classifier
+            >>> state = ServiceState(Classifier.load(), ServeConfig(), Metrics(), {})
+            >>> prepared, size = state.prepare(open("samples/pbc_raw/ig/MMY_163947.jpg", "rb").read(), 0, "cell.jpg")
+            >>> prepared.array.shape, size
+            ((3, 128, 128), (360, 363))
+        """
         image = check_and_decode(data, index=index, name=name, max_pixels=self.config.max_pixels)
         return self.classifier.inference.prepare(image), image.size
 
     def infer(self, prepared: list[Any]) -> list[tuple[Any, Any]]:
         """One runtime call for prepared images from any number of requests (runs on the batcher's thread):
-        each image's prediction (every class; each request trims) and its class activation maps (or None)."""
+        each image's prediction (every class; each request trims) and its class activation maps (or None).
+
+        Examples:
+            >>> from cellsdk import Classifier
+            >>> state = ServiceState(Classifier.load(), ServeConfig(), Metrics(), {})
+            >>> prepared, _ = state.prepare(open("samples/pbc_raw/ig/MMY_163947.jpg", "rb").read(), 0, None)
+            >>> prediction, grid = state.infer([prepared])[0]
+            >>> prediction.label, grid.shape
+            ('ig', (8, 4, 4))
+        """
         classifier = self.classifier
         views = tta_views(classifier.tta)
         result = classifier.inference.run(prepared, top_k=len(classifier.labels), views=views)
@@ -111,7 +128,16 @@ class ServiceState:
         return list(zip(result.predictions, grids, strict=True))
 
     def heatmap(self, prediction: Any, grid: Any, size: tuple[int, int]) -> dict[str, Any]:
-        """The page's heat-map layer for the predicted class (a PNG data URL, at most 256 px) and its summary."""
+        """The page's heat-map layer for the predicted class (a PNG data URL, at most 256 px) and its summary.
+
+        Examples:
+            >>> from cellsdk import Classifier
+            >>> state = ServiceState(Classifier.load(), ServeConfig(), Metrics(), {})
+            >>> prepared, size = state.prepare(open("samples/pbc_raw/ig/MMY_163947.jpg", "rb").read(), 0, None)
+            >>> layer = state.heatmap(*state.infer([prepared])[0], size)
+            >>> layer["heatmap"][:22], layer["explanation"]["target"]
+            ('data:image/png;base64,', 'ig')
+        """
         probabilities = list(prediction.probabilities.values())
         index = max(range(len(probabilities)), key=probabilities.__getitem__)
         box = crop_box(size, self.classifier.metadata.preprocessing)
@@ -162,6 +188,11 @@ def create_app(classifier: Classifier, config: ServeConfig | None = None) -> Fas
 
     Raises:
         ConfigError: an unusable ``config``.
+
+    Examples:
+        >>> from cellsdk import Classifier
+        >>> sorted(route.path for route in create_app(Classifier.load()).routes if route.path.startswith("/v1"))
+        ['/v1/model', '/v1/predict']
     """
     config = (config or ServeConfig()).check()
     metrics = Metrics()

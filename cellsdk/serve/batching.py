@@ -58,7 +58,15 @@ class Ticket(Generic[P, R]):
         self.unsubmitted = count  # admitted, still being prepared: the batcher may wait for these
 
     def submit(self, items: list[P]) -> Future[list[R]]:
-        """Queue prepared inputs; the future gets their results, in order (see :meth:`MicroBatcher.submit`)."""
+        """Queue prepared inputs; the future gets their results, in order (see :meth:`MicroBatcher.submit`).
+
+        Examples:
+            >>> batcher = MicroBatcher(lambda items: [x * 2 for x in items], max_batch=4, max_wait_ms=0)
+            >>> with batcher.admit(2) as ticket:
+            ...     ticket.submit([1, 2]).result()
+            [2, 4]
+            >>> batcher.close()
+        """
         return self._batcher.submit(items, ticket=self)
 
 
@@ -129,6 +137,15 @@ class MicroBatcher(Generic[P, R]):
         Raises:
             BusyError: admitting them would exceed ``max_queue`` (its ``retry_after`` estimates when to retry).
             ShuttingDownError: the batcher is closing.
+
+        Examples:
+            >>> batcher = MicroBatcher(lambda items: items, max_batch=2, max_wait_ms=0, max_queue=2)
+            >>> with batcher.admit(2):
+            ...     batcher.admit(1).__enter__()  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            cellsdk.serve.batching.BusyError: ...
+            >>> batcher.close()
         """
         with self._cond:
             if self._closing:
@@ -158,6 +175,12 @@ class MicroBatcher(Generic[P, R]):
 
         Raises:
             ShuttingDownError: the batcher has stopped.
+
+        Examples:
+            >>> batcher = MicroBatcher(lambda items: [x + 1 for x in items], max_batch=8, max_wait_ms=0)
+            >>> batcher.submit([1, 2, 3]).result()
+            [2, 3, 4]
+            >>> batcher.close()
         """
         future: Future[list[R]] = Future()
         with self._cond:
@@ -177,7 +200,16 @@ class MicroBatcher(Generic[P, R]):
         return future
 
     def close(self, timeout: float | None = None) -> None:
-        """Stop admitting; finish every queued input, then stop the thread (waiting up to ``timeout`` seconds)."""
+        """Stop admitting; finish every queued input, then stop the thread (waiting up to ``timeout`` seconds).
+
+        Examples:
+            >>> batcher = MicroBatcher(lambda items: items, max_batch=8, max_wait_ms=0)
+            >>> batcher.close()
+            >>> batcher.submit([1])  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            cellsdk.serve.batching.ShuttingDownError: ...
+        """
         with self._cond:
             self._closing = True
             self._cond.notify_all()

@@ -36,7 +36,13 @@ class ServiceProcess:
     lines: list[str] = field(default_factory=list)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
-        """Send ``sig`` (SIGTERM: drain, then exit) and return the exit status; killed after ``timeout`` seconds."""
+        """Send ``sig`` (SIGTERM: drain, then exit) and return the exit status; killed after ``timeout`` seconds.
+
+        Examples:
+            >>> service = start_service(["--model", "model.onnx"])  # doctest: +SKIP
+            >>> service.stop()  # doctest: +SKIP
+            0
+        """
         if self.process.poll() is None:
             self.process.send_signal(sig)
         try:
@@ -52,6 +58,11 @@ def start_service(args: Sequence[str] = (), *, env: Mapping[str, str] | None = N
 
     Raises:
         ConfigError: it exited or did not announce its address within ``timeout`` seconds (its last lines quoted).
+
+    Examples:
+        >>> service = start_service([])  # doctest: +SKIP
+        >>> service.url  # doctest: +SKIP
+        'http://127.0.0.1:41237'
     """
     command = [sys.executable, "-c", "import sys; from cellsdk.cli import cli; sys.argv[0] = 'cellsdk'; cli()",
                "serve", "--port", "0", *args]

@@ -78,7 +78,14 @@ class Metrics:
         self.gauges = dict(gauges or {})
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
-        """Count one answered request and its latency (``route``: the route template, or ``other``)."""
+        """Count one answered request and its latency (``route``: the route template, or ``other``).
+
+        Examples:
+            >>> metrics = Metrics()
+            >>> metrics.observe_request("/healthz", 200, 0.001)
+            >>> 'route="/healthz"' in metrics.render()
+            True
+        """
         with self._lock:
             self._requests[(route, status)] += 1
             histogram = self._latency.get(route)
@@ -87,12 +94,26 @@ class Metrics:
             histogram.observe(seconds)
 
     def observe_error(self, kind: str) -> None:
-        """Count one error answer by its problem kind (``bad-image``, ``busy`` …)."""
+        """Count one error answer by its problem kind (``bad-image``, ``busy`` …).
+
+        Examples:
+            >>> metrics = Metrics()
+            >>> metrics.observe_error("busy")
+            >>> 'kind="busy"' in metrics.render()
+            True
+        """
         with self._lock:
             self._errors[kind] += 1
 
     def observe_batch(self, size: int, seconds: float) -> None:
-        """Count one runtime call of ``size`` images that took ``seconds``."""
+        """Count one runtime call of ``size`` images that took ``seconds``.
+
+        Examples:
+            >>> metrics = Metrics()
+            >>> metrics.observe_batch(8, 0.02)
+            >>> "cellsdk_batch_size" in metrics.render()
+            True
+        """
         with self._lock:
             self._batches.observe(size)
             self._batch_seconds += seconds

@@ -44,6 +44,12 @@ def bind(host: str, port: int) -> socket.socket:
 
     Raises:
         ConfigError: the address is in use, not allowed, or not an address of this machine.
+
+    Examples:
+        >>> sock = bind("127.0.0.1", 0)
+        >>> sock.getsockname()[1] > 0
+        True
+        >>> sock.close()
     """
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)

@@ -84,6 +84,15 @@ def check_and_decode(data: bytes, *, index: int, name: str | None, max_pixels: i
     Raises:
         ApiError: ``bad-image`` (empty, corrupt, truncated), ``not-an-image`` (not an accepted format, whatever
             its name or content type says), ``image-too-large`` (more than ``max_pixels``).
+
+    Examples:
+        >>> data = open("samples/pbc_raw/ig/MMY_163947.jpg", "rb").read()
+        >>> check_and_decode(data, index=0, name="cell.jpg", max_pixels=10**6).size
+        (360, 363)
+        >>> check_and_decode(b"hello", index=0, name="notes.txt", max_pixels=10**6)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        cellsdk.serve.problems.ApiError: ...
     """
     label = _label(index, name)
     where: dict[str, Any] = {"index": index, **({"name": name} if name else {})}

@@ -75,13 +75,23 @@ class AugmentConfig:
 
     @classmethod
     def light(cls) -> AugmentConfig:
-        """Flips and right-angle rotations only: geometry, no colour change."""
+        """Flips and right-angle rotations only: geometry, no colour change.
+
+        Examples:
+            >>> AugmentConfig.light().rotate90, AugmentConfig.light().brightness
+            (True, 0.0)
+        """
         return cls(rotation_degrees=0.0, scale=(1.0, 1.0), translate=0.0, brightness=0.0,
                    contrast=0.0, saturation=0.0, hue=0.0)
 
     @classmethod
     def microscopy(cls) -> AugmentConfig:
-        """The default: flips, rotations, mild affine and mild colour jitter."""
+        """The default: flips, rotations, mild affine and mild colour jitter.
+
+        Examples:
+            >>> AugmentConfig.microscopy() == AugmentConfig()
+            True
+        """
         return cls()
 
     @classmethod
@@ -235,7 +245,12 @@ class TrainConfig:
 
     @classmethod
     def standard(cls, **overrides: Any) -> TrainConfig:
-        """The reference fine-tuning recipe (the defaults)."""
+        """The reference fine-tuning recipe (the defaults).
+
+        Examples:
+            >>> TrainConfig.standard() == TrainConfig()
+            True
+        """
         return cls(**overrides)
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -248,7 +263,12 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dictionary."""
+        """A JSON-ready dictionary.
+
+        Examples:
+            >>> TrainConfig().to_dict()["arch"]
+            'efficientnet_lite0'
+        """
         out = dataclasses.asdict(self)
         out["augment"]["scale"] = list(self.augment.scale)
         return out

@@ -112,7 +112,12 @@ class DuplicateReport:
                 "remove them from one split")
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready record (every pair)."""
+        """A JSON-ready record (every pair).
+
+        Examples:
+            >>> DuplicateReport(pairs=[], images={"train": 4}, seconds=0.1).to_dict()["pairs"]
+            []
+        """
         return {"images": self.images, "seconds": self.seconds, "threshold_bits": self.threshold,
                 "hash_bits": HASH_BITS, "counts": self.counts(),
                 "pairs": [pair.__dict__ for pair in self.pairs]}
@@ -141,6 +146,11 @@ def find_cross_split_duplicates(dataset: Any, *, threshold: int = NEAR_DUPLICATE
         dataset: a :class:`cellsdk.datasets.ImageDataset`.
         threshold: the most differing bits (of 256) that still count as a copy.
         progress: called with the number of images hashed since the last call.
+
+    Examples:
+        >>> from cellsdk.datasets import load_dataset
+        >>> find_cross_split_duplicates(load_dataset("samples/bloodmnist_128")).pairs
+        []
     """
     started = time.perf_counter()
     splits = [name for name in ("train", "val", "test") if name in dataset.splits]

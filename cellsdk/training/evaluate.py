@@ -59,6 +59,11 @@ def evaluate(
     Returns:
         The report: :func:`cellsdk.metrics.classification_report` plus the
         model, data and timing it was computed from.
+
+    Examples:
+        >>> report = evaluate("runs/a/best.safetensors", "samples/bloodmnist_128", data_cropped=True)  # doctest: +SKIP
+        >>> report["accuracy"]  # doctest: +SKIP
+        0.96875
     """
     require_int("batch_size", batch_size, minimum=1)
     require_int("workers", workers, minimum=0)
@@ -93,6 +98,11 @@ def fp32_probabilities(model: Any, split: Split, spec: Preprocessing, *, batch_s
     """Run ``model`` in full fp32 over ``split`` with ``spec``: probabilities ``N x C`` and the mean loss.
 
     ``task`` labels the progress bar (``"<task> <split>"``); ``task_noun`` names a bad image's role in the error.
+
+    Examples:
+        >>> probabilities, loss = fp32_probabilities(model, split, metadata.preprocessing)  # doctest: +SKIP
+        >>> probabilities.shape  # doctest: +SKIP
+        (32, 8)
     """
     import torch
 

@@ -49,6 +49,11 @@ def feature_layer(model: Any, input_size: int | None = None) -> tuple[Any, Any, 
 
     Raises:
         ConfigError: a model without ``forward_features`` / ``forward_head``, or tokens that are no square grid.
+
+    Examples:
+        >>> tapped = feature_layer(model)  # doctest: +SKIP
+        >>> hasattr(tapped, "tap")  # doctest: +SKIP
+        True
     """
     import torch
 
@@ -107,7 +112,13 @@ class GradCamExplainer:
         self._cam = package.GradCAM(model=self.model, target_layers=[layer], reshape_transform=reshape)
 
     def explain(self, images: Sequence[ImageSource], target: str | int | None = None) -> list[Explanation]:
-        """Grad-CAM explanations of ``images`` for ``target`` (default: each image's predicted class)."""
+        """Grad-CAM explanations of ``images`` for ``target`` (default: each image's predicted class).
+
+        Examples:
+            >>> explainer = GradCamExplainer(model, metadata)  # doctest: +SKIP
+            >>> [e.method for e in explainer.explain(["cell.jpg"])]  # doctest: +SKIP
+            ['grad-cam']
+        """
         import torch
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -141,5 +152,9 @@ def grad_cam(model: Any, image: ImageSource, target: str | int | None = None, *,
 
     ``cam`` is the package's map at the model's input size (rectified, scaled to [0, 1]); ``heatmap`` is
     aligned with the raw image like :meth:`cellsdk.Classifier.explain`'s.
+
+    Examples:
+        >>> grad_cam("runs/a/best.safetensors", "cell.jpg").target  # doctest: +SKIP
+        'neutrophil'
     """
     return GradCamExplainer(model, metadata).explain([image], target)[0]

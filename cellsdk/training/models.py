@@ -80,7 +80,12 @@ class PretrainedSource:
     tensors_loaded: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dictionary."""
+        """A JSON-ready dictionary.
+
+        Examples:
+            >>> PretrainedSource("none", "random", "resnet18", (0.5,) * 3, (0.5,) * 3).to_dict()["kind"]
+            'none'
+        """
         return {"kind": self.kind, "detail": self.detail, "arch": self.arch, "mean": list(self.mean),
                 "std": list(self.std), "tensors_loaded": self.tensors_loaded}
 
@@ -192,6 +197,11 @@ def preflight(model: Any, arch: str, input_size: int, *, channels_last: bool, de
 
     Raises:
         ConfigError: the model fails at this input size (the error's first line and a suggestion).
+
+    Examples:
+        >>> model, _ = create_model("test_efficientnet", num_classes=3, pretrained="none", input_size=32)
+        >>> preflight(model, "test_efficientnet", 32, channels_last=False) is None
+        True
     """
     import torch
 
@@ -221,7 +231,13 @@ def preflight(model: Any, arch: str, input_size: int, *, channels_last: bool, de
 
 
 def model_input_size(model: Any, default: int = 64) -> int:
-    """The input side a built timm model declares (``pretrained_cfg``), or ``default`` when it declares none."""
+    """The input side a built timm model declares (``pretrained_cfg``), or ``default`` when it declares none.
+
+    Examples:
+        >>> model, _ = create_model("test_efficientnet", num_classes=3, pretrained="none")
+        >>> model_input_size(model)
+        160
+    """
     return int((getattr(model, "pretrained_cfg", {}) or {}).get("input_size", (3, default, default))[-1] or default)
 
 
@@ -252,6 +268,11 @@ def create_model(arch: str, num_classes: int, pretrained: str = "auto", input_si
     Raises:
         ConfigError: unknown architecture, or no pretrained weights to be had.
         CheckpointError: a weights file that cannot be read or does not fit.
+
+    Examples:
+        >>> model, source = create_model("test_efficientnet", num_classes=3, pretrained="none")
+        >>> model.get_classifier().out_features, source.kind
+        (3, 'none')
     """
     timm = _timm()
     arch = resolve_arch(arch)
@@ -349,6 +370,10 @@ def load_weights_file(model: Any, path: str | os.PathLike) -> int:
 
     Raises:
         CheckpointError: unreadable file, or weights that do not fit ``model``.
+
+    Examples:
+        >>> load_weights_file(model, "imagenet_lite0.safetensors")  # doctest: +SKIP
+        146
     """
     path = Path(path)
     source = _read_state_dict(path)

@@ -15,7 +15,12 @@ __all__ = ["format_calibration", "format_history", "format_train_result"]
 
 
 def format_history(history: list[dict[str, Any]], best_epoch: int) -> str:
-    """One line per epoch (losses, validation accuracy and macro-F1, learning rate, seconds); ``*`` marks the best."""
+    """One line per epoch (losses, validation accuracy and macro-F1, learning rate, seconds); ``*`` marks the best.
+
+    Examples:
+        >>> format_history([], best_epoch=1).split()[:3]
+        ['epoch', 'train', 'loss']
+    """
     rows = [f"{'epoch':>5} {'train loss':>10} {'val loss':>9} {'val acc':>8} {'val F1':>7} {'lr':>9} {'sec':>7}"]
     for h in history:
         mark = " *" if h["epoch"] == best_epoch else ""
