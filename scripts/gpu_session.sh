@@ -12,7 +12,7 @@
 #              scripts/gpu_session.sh open a|b           # checks a whole bundle, unpacks and installs it
 #              source /tmp/gpu_carry/env.sh              # PYTHONPATH, CELLSDK_DATA for the commands that follow
 # The machine goes back 30 s after a call ends, and everything under /tmp with it: the calls that carry the parts of
-# one bundle must follow each other at once (README, "On an NVIDIA GPU", has the plan of calls).
+# one bundle must follow each other at once (docs/gpu_session.md has the plan of calls).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -272,7 +272,7 @@ def onnxruntime_cuda_problem(ort: Any, *, tensorrt: bool = False, index: int = 0
             return (f"onnxruntime and onnxruntime-gpu are both installed and the CPU build's files are the ones in "
                     f"place (they share one folder): {place}")
         return (f"the onnxruntime installed ({build.version}) is the CPU build: pip install 'cellsdk[cuda]' && "
-                f"pip install --force-reinstall --no-deps 'onnxruntime-gpu=={ONNXRUNTIME_GPU_VERSION}' (README, "
+                f"pip install --force-reinstall --no-deps 'onnxruntime-gpu=={ONNXRUNTIME_GPU_VERSION}' (docs/gpu.md, "
                 f"'On an NVIDIA GPU'), {_FALLBACK}")
     where = f"{build.package} {build.version}"
     if tensorrt and "TensorrtExecutionProvider" not in build.providers:

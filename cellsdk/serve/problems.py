@@ -14,7 +14,7 @@ __all__ = ["KINDS", "PROBLEM_MEDIA_TYPE", "ApiError"]
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 
-#: kind -> (HTTP status, title). The README's table of error answers lists the same.
+#: kind -> (HTTP status, title). The table of error answers in docs/guide/serve.md lists the same.
 KINDS: dict[str, tuple[int, str]] = {
     "bad-request": (400, "Bad request"),
     "bad-image": (400, "Unusable image"),

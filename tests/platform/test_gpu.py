@@ -162,7 +162,7 @@ def test_auto_never_picks_tensorrt(stack, tmp_path):
     ("cuda", lambda s: setattr(s, "providers", ("CPUExecutionProvider",)) or setattr(s, "package", "onnxruntime")
      or setattr(s, "distributions", ("onnxruntime",)),
      r"device 'cuda': the onnxruntime installed \(1\.31\.1\) is the CPU build: pip install 'cellsdk\[cuda\]' && "
-     r"pip install --force-reinstall --no-deps 'onnxruntime-gpu==1\.31\.1' \(README, 'On an NVIDIA GPU'\), "
+     r"pip install --force-reinstall --no-deps 'onnxruntime-gpu==1\.31\.1' \(docs/gpu\.md, 'On an NVIDIA GPU'\), "
      r"or use device 'cpu'"),
     ("cuda", lambda s: setattr(s, "providers", ("CPUExecutionProvider",))
      or setattr(s, "distributions", ("onnxruntime", "onnxruntime-gpu")),
