@@ -70,6 +70,9 @@ def predict_command(images: tuple[Path, ...], from_list: Path | None, model_path
 
         if out_path is None:
             raise click.UsageError("--engine ray writes Parquet: add --out DIR.parquet")
+        if out_path.suffix.lower() != ".parquet":  # a usage error here (exit 2); run_ray_job says the same to Python
+            raise click.UsageError(f"--engine ray writes a Parquet folder, not {out_path.suffix or 'no suffix'}: use "
+                                   f"--out {out_path.with_suffix('.parquet')}")
         summary = run_ray_job(images, out_path, model_path, from_list=from_list, overwrite=overwrite,
                               address=address, actors=actors or 1, batch_size=batch_size, threads=threads,
                               workers=workers, ood=ood_mode, strict=strict, backend=backend, device=device)
