@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Set up and run the test suite (unit tests, doctests, examples, the docs build, the layer contracts).
+# Set up and run the test suite (unit tests, doctests, examples, the docs build, the layer contracts), on every core
+# (pytest-xdist, a test file per worker at a time: a file's fixtures are built once).
 # Usage: scripts/test.sh [--fast] [PYTEST ARGS]   --fast: the fast lane, without the tests marked slow
+#        CELLSDK_TEST_WORKERS=1 scripts/test.sh   one process, in collection order
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+lane=()
 if [ "${1:-}" = "--fast" ]; then
   shift
-  exec .venv/bin/python -m pytest -m "not slow and not gpu" "$@"
+  lane=(-m "not slow and not gpu")
 fi
-exec .venv/bin/python -m pytest "$@"
+workers=()
+if [ "${CELLSDK_TEST_WORKERS:-auto}" != 1 ] && .venv/bin/python -c "import xdist" 2>/dev/null; then
+  workers=(-n "${CELLSDK_TEST_WORKERS:-auto}" --dist loadfile)
+fi
+exec .venv/bin/python -m pytest "${lane[@]}" "${workers[@]}" "$@"

@@ -23,9 +23,9 @@ def test_an_old_path_imports_with_a_warning_naming_the_new_one(old):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         module = importlib.import_module(old)
-    messages = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning) and old in str(w.message)]
-    assert messages and all(new in messages[0] for new in MOVED[old])
-    assert caught[0].filename == __file__  # the warning names the importing line, not the import machinery
+    ours = [w for w in caught if issubclass(w.category, DeprecationWarning) and old in str(w.message)]
+    assert ours and all(new in str(ours[0].message) for new in MOVED[old])
+    assert ours[0].filename == __file__  # the warning names the importing line, not the import machinery
     for new in MOVED[old]:
         moved = importlib.import_module(new)
         for name in moved.__all__:

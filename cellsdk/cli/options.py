@@ -232,5 +232,6 @@ def parse_key_values(pairs: tuple[str, ...], option: str = "--option") -> dict[s
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise click.ClickException(f"{option} {pair!r}: write KEY=VALUE, e.g. precision=f32")
-        options[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else value.strip()
+        number = value.strip().removeprefix("-")
+        options[key.strip()] = int(value) if number.isdecimal() else value.strip()  # isdigit() takes '¹', int() not
     return options

@@ -29,7 +29,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: built once even where xdist interleaves modules
 def cluster():
     """A one-node Ray cluster started with `ray start --head` on 127.0.0.1 (token authentication on, as Ray 2.59+
     does by default), stopped with `ray stop` afterwards."""

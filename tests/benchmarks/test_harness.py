@@ -45,7 +45,7 @@ def test_targets_and_judging(tmp_path):
         load_targets(tmp_path / "broken.toml")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: built once even where xdist interleaves modules
 def bench_folder(artefacts, tiny_run, tmp_path_factory):
     """ONNX + OpenVINO + CoreML artefacts with a manifest that names the source checkpoint."""
     folder = tmp_path_factory.mktemp("bench")
@@ -65,7 +65,7 @@ def bench_folder(artefacts, tiny_run, tmp_path_factory):
     return folder
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: built once even where xdist interleaves modules
 def report(bench_folder):
     config = BenchConfig(batches=(1, 3), warmup=1, iterations=3, data=str(SAMPLES), data_split="val",
                          data_cropped=True)

@@ -39,12 +39,12 @@ def _convert(tmp_path_factory, recipe: str):
     return convert(CHECKPOINT, out, config, progress=False)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: built once even where xdist interleaves modules
 def saturating(tmp_path_factory):
     return _convert(tmp_path_factory, "vnni")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: built once even where xdist interleaves modules
 def portable(tmp_path_factory):
     return _convert(tmp_path_factory, "portable")
 

@@ -164,7 +164,7 @@ def chromium() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: built once even where xdist interleaves modules
 def browser():
     sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright (cellsdk[test])")
     executable = chromium()
