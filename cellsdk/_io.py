@@ -29,6 +29,7 @@ __all__ = [
     "remove_on_terminate",
     "remove_registered",
     "sha256_file",
+    "user_cache_dir",
     "write_json",
     "write_text",
 ]
@@ -70,6 +71,19 @@ def on_terminate(cleanup: Callable[[], object]) -> Iterator[None]:
     """Register ``cleanup`` (e.g. a child process's ``kill``) for :func:`remove_registered` while the block runs."""
     with _registered(cleanup):
         yield
+
+
+def user_cache_dir() -> Path:
+    """cellsdk's per-user cache: ``$CELLSDK_CACHE``, default ``~/.cache/cellsdk`` (self-check verdicts, TensorRT
+    engines).
+
+    Examples:
+        >>> from unittest import mock
+        >>> with mock.patch.dict("os.environ", {"CELLSDK_CACHE": "/tmp/cache"}):
+        ...     user_cache_dir().as_posix()
+        '/tmp/cache'
+    """
+    return Path(os.environ.get("CELLSDK_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "cellsdk"))
 
 
 def pending_cleanups() -> int:

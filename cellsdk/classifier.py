@@ -54,8 +54,6 @@ class Classifier:
                  chosen: str | None = None, cpu_check: CpuCheck | None = None, ood: str = "flag",
                  guard: Guard | None = None, verification: Verification | None = None, tta: str = "none",
                  self_check: SelfCheck | None = None) -> None:
-        if ood not in GUARD_MODES:
-            raise ConfigError(f"ood={ood!r}: use one of {', '.join(GUARD_MODES)}")
         guard = None if ood == "off" else (guard if guard is not None else Guard.for_model(metadata, path.name))
         self.inference = Inference(backend, metadata, path=path, guard=guard, ood=ood, top_k=top_k)
         self.backend, self.metadata, self.path, self.ood = backend, metadata, path, ood

@@ -3,6 +3,7 @@ environment (an editable install hides a package missing from setup.cfg)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -16,8 +17,17 @@ from tests.conftest import RAW_SAMPLES, REPO
 
 pytestmark = pytest.mark.slow
 
-#: repository folder -> where its files land in the wheel
-LAYOUT = {"cellsdk": "cellsdk", "converters": "cellsdk/converters", "benchmarks": "cellsdk/benchmarks"}
+
+def _layout() -> dict[str, str]:
+    """Repository folder -> where its files land in the wheel: the layout scripts/lint_imports.py lays out."""
+    spec = importlib.util.spec_from_file_location("lint_imports", REPO / "scripts" / "lint_imports.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return dict(module.LAYOUT)
+
+
+LAYOUT = _layout()
 #: the package data setup.cfg declares, as (repository folder, pattern)
 DATA = (("cellsdk/data", "*.onnx"), ("cellsdk/data", "README.md"), ("cellsdk/serve/static", "*"),
         ("benchmarks", "*.toml"))

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cellsdk._io import artefact_files, combined_sha256, parse_json, sha256_file, write_json
+from cellsdk._io import artefact_files, combined_sha256, parse_json, sha256_file, user_cache_dir, write_json
 
 __all__ = ["artefact_digest", "cache_dir", "key_text", "machine_key", "read_cache", "runtime_version", "write_cache"]
 
@@ -81,8 +81,7 @@ def cache_dir() -> Path:
         >>> cache_dir().name
         'selfcheck'
     """
-    root = os.environ.get("CELLSDK_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "cellsdk")
-    return Path(root) / "selfcheck"
+    return user_cache_dir() / "selfcheck"
 
 
 def artefact_digest(path: str | os.PathLike) -> str:

@@ -10,13 +10,13 @@ Examples:
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from cellsdk._io import user_cache_dir
 from cellsdk.backends import Backend, register_backend
 from cellsdk.errors import ConfigError, DeviceUnavailableError, UnsupportedFormatError, describe_os_error
 from cellsdk.metadata import METADATA_KEY
@@ -33,8 +33,7 @@ def default_tensorrt_cache() -> Path:
         >>> default_tensorrt_cache().name
         'tensorrt'
     """
-    root = os.environ.get("CELLSDK_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "cellsdk")
-    return Path(root) / "tensorrt"
+    return user_cache_dir() / "tensorrt"
 
 
 @register_backend("onnxruntime", ".onnx", package="onnxruntime", install="pip install onnxruntime")

@@ -37,7 +37,7 @@ from cellsdk.batch.jobs import JobSummary, iter_inputs, path_key
 from cellsdk.datasets import IMAGE_EXTENSIONS
 from cellsdk.errors import BackendNotInstalledError, ConfigError
 
-__all__ = ["RAY_INSTALL", "predict_files", "ray_unavailable_reason", "run_ray_job"]
+__all__ = ["RAY_INSTALL", "parquet_name_problem", "predict_files", "ray_unavailable_reason", "run_ray_job"]
 
 RAY_INSTALL = "pip install 'cellsdk[ray]'"
 
@@ -247,6 +247,20 @@ def _summarise(target: str, seconds: float) -> JobSummary:
                       errors=tally.errors, seconds=seconds)
 
 
+def parquet_name_problem(out: str | os.PathLike) -> str | None:
+    """Why ``out`` is no name for the Parquet folder the Ray engine writes (one line with the fix), or None.
+
+    Examples:
+        >>> parquet_name_problem("results.parquet") is None, parquet_name_problem("results.csv")
+        (True, '--engine ray writes a Parquet folder, not .csv: use --out results.parquet')
+    """
+    target = Path(out)
+    if target.suffix.lower() == ".parquet":
+        return None
+    return (f"--engine ray writes a Parquet folder, not {target.suffix or 'no suffix'}: use "
+            f"--out {target.with_suffix('.parquet')}")
+
+
 def run_ray_job(images: Sequence[str | os.PathLike], out: str | os.PathLike, model: str | os.PathLike | None = None,
                 *, from_list: str | os.PathLike | None = None, threads: int | None = None, workers: int | None = None,
                 backend: str | None = None, device: str | None = None, **options: Any) -> JobSummary:
@@ -265,9 +279,9 @@ def run_ray_job(images: Sequence[str | os.PathLike], out: str | os.PathLike, mod
     from cellsdk.batch.jobs import iter_inputs
 
     target = Path(out)
-    if target.suffix.lower() != ".parquet":
-        raise ConfigError(f"--engine ray writes a Parquet folder, not {target.suffix or 'no suffix'}: use "
-                          f"--out {target.with_suffix('.parquet')}")
+    problem = parquet_name_problem(target)
+    if problem:
+        raise ConfigError(problem)
     if threads is not None:
         options["threads_per_actor"] = threads
     if workers is not None:

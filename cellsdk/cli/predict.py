@@ -66,13 +66,13 @@ def predict_command(images: tuple[Path, ...], from_list: Path | None, model_path
         raise click.UsageError("--explain writes overlays beside the printed predictions: leave out --out and "
                                "--engine ray")
     if engine == "ray":
-        from cellsdk.batch.distributed import run_ray_job
+        from cellsdk.batch.distributed import parquet_name_problem, run_ray_job
 
         if out_path is None:
             raise click.UsageError("--engine ray writes Parquet: add --out DIR.parquet")
-        if out_path.suffix.lower() != ".parquet":  # a usage error here (exit 2); run_ray_job says the same to Python
-            raise click.UsageError(f"--engine ray writes a Parquet folder, not {out_path.suffix or 'no suffix'}: use "
-                                   f"--out {out_path.with_suffix('.parquet')}")
+        problem = parquet_name_problem(out_path)
+        if problem:  # a usage error (exit 2); run_ray_job raises the same line as a ConfigError
+            raise click.UsageError(problem)
         summary = run_ray_job(images, out_path, model_path, from_list=from_list, overwrite=overwrite,
                               address=address, actors=actors or 1, batch_size=batch_size, threads=threads,
                               workers=workers, ood=ood_mode, strict=strict, backend=backend, device=device)
