@@ -73,6 +73,12 @@ class Preprocessing:
         mean: per-channel mean, in [0, 1] units, RGB order.
         std: per-channel standard deviation, in [0, 1] units, RGB order.
         color_order: channel order of the model input, ``"RGB"`` or ``"BGR"``.
+        scale_range: the training images' typical object size in raw pixels ``(low, high)``; an image outside
+            it is rescaled into it before the crop (see :mod:`cellsdk.normalise`). None: no scale step.
+        pixel_size_um: the training images' pixel size in micrometres, where known: an input whose pixel size
+            is given is rescaled to it.
+        stain: Reinhard stain normalisation of the prepared image to the training lab's colours
+            (``{"method": "reinhard", "mean": [L, a, b], "std": [...]}``), or None.
 
     Examples:
         >>> Preprocessing(input_size=128, crop_mode="pixels", crop_value=200).describe()
@@ -86,10 +92,17 @@ class Preprocessing:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     color_order: str = "RGB"
+    scale_range: tuple[float, float] | None = None
+    pixel_size_um: float | None = None
+    stain: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if self.scale_range is not None:
+            object.__setattr__(self, "scale_range", tuple(self.scale_range))
+        if self.stain is not None:
+            object.__setattr__(self, "stain", _FrozenDict(self.stain))
         self.validate()
 
     def validate(self) -> None:
@@ -129,6 +142,24 @@ class Preprocessing:
                 raise MetadataError(f"preprocessing.{name} must be three finite numbers, got {values!r}")
         if any(v <= 0 for v in self.std):
             raise MetadataError(f"preprocessing.std must be positive, got {self.std!r}")
+        if self.scale_range is not None and not (
+                len(self.scale_range) == 2 and all(isinstance(v, (int, float)) and math.isfinite(v)
+                                                   for v in self.scale_range)
+                and 0 < self.scale_range[0] <= self.scale_range[1]):
+            raise MetadataError(f"preprocessing.scale_range must be (low, high) with 0 < low <= high, "
+                                f"got {self.scale_range!r}")
+        if self.pixel_size_um is not None and not (
+                isinstance(self.pixel_size_um, (int, float)) and math.isfinite(self.pixel_size_um)
+                and self.pixel_size_um > 0):
+            raise MetadataError(f"preprocessing.pixel_size_um must be a positive number, got {self.pixel_size_um!r}")
+        if self.stain is not None:
+            stain = self.stain
+            if stain.get("method") != "reinhard" or not all(
+                    isinstance(stain.get(k), (list, tuple)) and len(stain[k]) == 3
+                    and all(isinstance(v, (int, float)) and math.isfinite(v) for v in stain[k]) for k in ("mean", "std")
+            ) or min(stain["std"]) <= 0:
+                raise MetadataError("preprocessing.stain must be {method: reinhard, mean: [3 numbers], "
+                                    "std: [3 positive numbers]}")
 
     def describe(self) -> str:
         """A one-line human-readable summary of the recipe.
@@ -144,8 +175,12 @@ class Preprocessing:
         else:
             crop = ""
         size = self.input_size
+        scale = ""
+        if self.scale_range is not None:
+            scale = f"scale cells into object size {self.scale_range[0]:g}..{self.scale_range[1]:g} px -> "
+        stain = " -> Reinhard stain normalisation" if self.stain is not None else ""
         return (
-            f"{crop}resize {size}x{size} ({self.resize_filter}) -> {self.color_order}, "
+            f"{scale}{crop}resize {size}x{size} ({self.resize_filter}){stain} -> {self.color_order}, "
             f"mean {self.mean}, std {self.std}"
         )
 
@@ -153,13 +188,14 @@ class Preprocessing:
         """The same recipe with the crop step removed.
 
         Used for data whose images were already cropped by this recipe (for
-        example ``bloodmnist_128``, cut 200 px from the raw originals).
+        example ``bloodmnist_128``, cut 200 px from the raw originals): they are
+        at the training scale, so the scale step goes too; stain normalisation stays.
 
         Examples:
             >>> Preprocessing(input_size=128, crop_mode="pixels", crop_value=200).without_crop().crop_mode
             'none'
         """
-        return dataclasses.replace(self, crop_mode="none", crop_value=1.0)
+        return dataclasses.replace(self, crop_mode="none", crop_value=1.0, scale_range=None)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary.
@@ -171,6 +207,13 @@ class Preprocessing:
         out = dataclasses.asdict(self)
         out["mean"] = list(self.mean)
         out["std"] = list(self.std)
+        for name in ("scale_range", "pixel_size_um", "stain"):  # optional steps: absent, not null, when unused
+            if out[name] is None:
+                del out[name]
+        if self.scale_range is not None:
+            out["scale_range"] = list(self.scale_range)
+        if self.stain is not None:
+            out["stain"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.stain.items()}
         return out
 
     @classmethod
@@ -402,6 +445,18 @@ class ModelMetadata:
         except ValueError as err:  # also invalid UTF-8 and absurd nesting
             raise MetadataError(f"metadata is not valid JSON ({err})") from None
         return cls.from_dict(data)
+
+
+class _FrozenDict(dict):
+    """A read-only, hashable dict (a frozen dataclass field that holds a small JSON object)."""
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(json.dumps(self, sort_keys=True, default=list))
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("metadata records are read-only")
+
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = _refuse  # type: ignore[assignment]
 
 
 def _build(cls: type, data: Mapping[str, Any], what: str) -> Any:

@@ -8,7 +8,8 @@ so all of them see identical tensors:
    8-bit RGB PIL image (EXIF orientation applied, any mode converted, alpha
    composited on white, 16-bit scaled to 8-bit). Bad input raises
    :class:`~cellsdk.errors.InvalidImageError` naming the input.
-2. :func:`prepare_image` applies the centre crop and the resize.
+2. :func:`prepare_image` applies the model's scale step (if any), the centre crop, the resize and its
+   stain normalisation (if any).
 3. :func:`to_input_array` scales, normalises and lays the pixels out as
    float32 CHW.
 
@@ -37,6 +38,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from cellsdk.errors import InvalidImageError
 from cellsdk.metadata import Preprocessing
+from cellsdk.normalise import normalise_stain, rescale_for, scale_factor
 
 __all__ = [
     "MAX_IMAGE_PIXELS",
@@ -301,8 +303,16 @@ def crop_box(size: tuple[int, int], spec: Preprocessing) -> tuple[int, int, int,
     return left, top, left + side, top + side
 
 
-def prepare_image(image: Image.Image, spec: Preprocessing) -> Image.Image:
-    """Centre-crop and resize an RGB image to the model's input size.
+def _pixel_crop(spec: Preprocessing) -> float | None:
+    return spec.crop_value if spec.crop_mode == "pixels" else None
+
+
+def prepare_image(image: Image.Image, spec: Preprocessing, *, pixel_size: float | None = None) -> Image.Image:
+    """Rescale (where the model says so), centre-crop, resize and stain-normalise an RGB image for the model.
+
+    With ``spec.scale_range`` (or a ``pixel_size`` in µm per pixel), the image is first rescaled so its cells
+    have the training images' size (:func:`cellsdk.normalise.scale_factor`); with ``spec.stain`` the prepared
+    image's colours are moved to the training lab's (:func:`cellsdk.normalise.normalise_stain`).
 
     The crop is a centre square: ``left = (w - c) // 2``, ``top = (h - c) // 2``
     where ``c`` is ``crop_value`` pixels (``"pixels"``, clipped to the short
@@ -315,12 +325,18 @@ def prepare_image(image: Image.Image, spec: Preprocessing) -> Image.Image:
         >>> prepare_image(Image.new("RGB", (36, 30)), spec).size
         (8, 8)
     """
+    if spec.scale_range is not None or pixel_size is not None:
+        factor = scale_factor(image, spec.scale_range, crop=_pixel_crop(spec), pixel_size=pixel_size,
+                              training_pixel_size=spec.pixel_size_um)
+        image = rescale_for(image, factor, crop=_pixel_crop(spec))
     box = crop_box(image.size, spec)
     if box != (0, 0, *image.size):
         image = image.crop(box)
     size = (spec.input_size, spec.input_size)
     if image.size != size:
         image = image.resize(size, resample=_FILTERS[spec.resize_filter])
+    if spec.stain is not None:
+        image = Image.fromarray(normalise_stain(np.asarray(image), spec.stain))
     return image
 
 

@@ -24,6 +24,7 @@ Examples:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -154,10 +155,15 @@ def _confidence_threshold(probabilities: np.ndarray, targets: np.ndarray, target
 
 
 def fit_guard(model: Any, metadata: ModelMetadata, data: str, config: GuardConfig, *, data_cropped: bool = False,
-              labels: str | None = None, seed: int = 0, progress: Any = None) -> tuple[dict[str, Any], GuardProbe]:
+              labels: str | None = None, seed: int = 0, progress: Any = None,
+              labs: Sequence[Any] = ()) -> tuple[dict[str, Any], GuardProbe]:
     """Fit the guard on ``data`` (train split: statistics; val split: thresholds and shifts).
 
     ``progress``, if given, is called with the name of each finished step (train, val, then each shift).
+    ``labs`` (:class:`cellsdk.converters.labs.LabSource`): more labs the model answers. Their train cells join
+    the statistics as classes of their own (a lab's neutrophils are not the training lab's), their held-out cells
+    the input-check ranges and the thresholds: the score threshold is the highest of each lab's ``retention``
+    quantile, so a lab with a few cells is not outvoted by one with thousands.
 
     Returns:
         The metadata ``guard`` record and the probe the gate checks each artefact with.
@@ -196,11 +202,31 @@ def fit_guard(model: Any, metadata: ModelMetadata, data: str, config: GuardConfi
         shifted[shift] = (arrays, *_forward(model, arrays), stats)
         if progress is not None:
             progress(shift)
+    if labs:
+        from cellsdk.converters.labs import lab_images
+
+        lab_train_features, lab_train_targets, lab_val = [], [], []
+        for number, lab in enumerate(labs, start=1):
+            images = lab_images(lab, metadata, train_limit=config.train_images)
+            lab_train_features.append(_forward(model, images.train_arrays)[1] if len(images.train_arrays) else
+                                      np.zeros((0, train_features.shape[1])))
+            lab_train_targets.append(images.train_targets + number * len(metadata.labels))
+            train_stats = [*train_stats, *images.train_stats]
+            if len(images.held_out_arrays):
+                lab_val.append((lab.name or lab.path, *_forward(model, images.held_out_arrays), images.held_out_targets,
+                                images.held_out_stats))
+        train_features = np.concatenate([train_features[:len(train_rows)], *lab_train_features])
+        score_targets = np.concatenate([train_targets[train_rows], *lab_train_targets])
+        if progress is not None:
+            progress("labs")
+    else:
+        score_targets = train_targets[train_rows]
+        lab_val = []
     inliers = (val_logits[shift_rows], val_features[shift_rows])
     candidates: dict[str, dict[str, Any]] = {}
     fitted = {}
     for name in SCORES:
-        score = fit_score(name, train_features, train_targets[train_rows], dims=config.dims, seed=seed)
+        score = fit_score(name, train_features, score_targets, dims=config.dims, seed=seed)
         base = score.score(*inliers)
         per_shift = {s: auroc(base, score.score(logits, features)) for s, (_, logits, features, _) in shifted.items()}
         candidates[name] = {"mean_auroc": float(np.mean(list(per_shift.values()))), "auroc": per_shift}
@@ -209,6 +235,14 @@ def fit_guard(model: Any, metadata: ModelMetadata, data: str, config: GuardConfi
     score = fitted[chosen]
     val_scores = score.score(val_logits, val_features)
     threshold = float(np.quantile(val_scores, config.retention))
+    per_lab_threshold = {str(data): threshold}
+    for name, logits, features, targets, stats in lab_val:
+        lab_scores = score.score(logits, features)
+        per_lab_threshold[name] = float(np.quantile(lab_scores, config.retention))
+        val_logits, val_features = np.concatenate([val_logits, logits]), np.concatenate([val_features, features])
+        val_targets, val_stats = np.concatenate([val_targets, targets]), [*val_stats, *stats]
+        val_scores = np.concatenate([val_scores, lab_scores])
+    threshold = max(per_lab_threshold.values())
     kept = val_scores <= threshold
     val_probabilities = softmax(val_logits) if metadata.output == "logits" else val_logits
     confidence = _confidence_threshold(val_probabilities[kept], val_targets[kept], config.target_accuracy)
@@ -225,7 +259,9 @@ def fit_guard(model: Any, metadata: ModelMetadata, data: str, config: GuardConfi
         "confidence_threshold": confidence,
         "input_checks": checks.to_dict(),
         "fitted_on": {"data": str(data), "train_images": len(train_rows), "val_images": len(val),
-                      "shift_images": len(shift_rows), "seed": seed, "preprocessing": spec.describe()},
+                      "shift_images": len(shift_rows), "seed": seed, "preprocessing": spec.describe(),
+                      **({"labs": [lab.to_dict() for lab in labs], "threshold_per_lab": per_lab_threshold}
+                         if labs else {})},
         "validation": {
             "chosen_by": "highest mean AUROC over synthetic shifts of validation images"
                          if config.score == "auto" else "named in the conversion config",

@@ -47,6 +47,7 @@ from cellsdk.converters.emulation import qemu_binary
 from cellsdk.converters.gate import VerifyConfig, reference_logits, sample_warnings, verify_artefact
 from cellsdk.converters.guard import GuardConfig, GuardProbe, fit_guard
 from cellsdk.converters.int8 import check_recipe
+from cellsdk.converters.labs import LabSource, check_labs
 from cellsdk.converters.targets import CpuTargets, verify_on_targets
 from cellsdk.converters.testvectors import build as build_test_vectors
 from cellsdk.converters.testvectors import fit as fit_test_vectors
@@ -100,6 +101,8 @@ class ConvertConfig:
             the model's head is global pooling -> linear; other heads are converted without it, with a note.
         test_vectors: held-out images every artefact carries for its self-check on other machines (at most this
             many, within min(10 %, 400 KB) of the artefact; 0: none); see :mod:`cellsdk.artefacts.selfcheck`.
+        labs: more sources (other labs, :class:`cellsdk.converters.labs.LabSource`) the guard is fitted over
+            beside ``calib``, and every artefact is checked on, lab by lab, on their held-out cells.
     """
 
     formats: tuple[str, ...] = ()
@@ -121,6 +124,7 @@ class ConvertConfig:
     guard: GuardConfig = field(default_factory=GuardConfig)
     explain: bool = True
     test_vectors: int = 32
+    labs: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         check_recipe(self.int8_recipe)
@@ -266,7 +270,8 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
         guard_bar = progress_bar(2 + len(SELECTION_SHIFTS), "fit OOD guard", progress, unit="step")
         record, probe = fit_guard(model, metadata, str(config.calib or eval_source), config.guard,
                                   data_cropped=config.data_cropped, labels=config.labels, seed=config.seed,
-                                  progress=lambda step: (guard_bar.set_postfix_str(step), guard_bar.update(1)))
+                                  progress=lambda step: (guard_bar.set_postfix_str(step), guard_bar.update(1)),
+                                  labs=config.labs)
         guard_bar.close()
         metadata = metadata.replace(outputs=("logits", "features"), guard=record)
     else:
@@ -303,6 +308,11 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
                     bar.update(1)
                 bar.close()
                 _verify_cpu_classes(job, artefacts, staging, images, reference, config, progress, outputs)
+                lab_records = None
+                if config.labs:  # each lab on its own held-out cells: the training lab's first
+                    main = LabSource(str(config.calib or eval_source), config.data_cropped, config.labels,
+                                     name=Path(str(config.calib or eval_source)).name)
+                    lab_records = check_labs(model, metadata, artefacts, staging, [main, *config.labs], config.verify)
             if captured.lines:
                 log.info("cellsdk: %s", captured.summary().replace(str(staging), str(out_dir)))
             shutil.rmtree(workdir)
@@ -332,6 +342,8 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
                 "tool_output": {"file": TOOL_LOG, "lines": captured.lines},
                 "artefacts": artefacts,
             }
+            if lab_records is not None:
+                manifest["labs"] = lab_records
             if calibration is not None:
                 write_text(staging / "calibration_images.txt", "\n".join(calibration.ids) + "\n")
             manifest["seconds"] = time.perf_counter() - started

@@ -15,6 +15,7 @@ Examples:
 
 from __future__ import annotations
 
+from cellsdk.cli.adapt import adapt_command
 from cellsdk.cli.bench import bench_command
 from cellsdk.cli.convert import convert_command, verify_command
 from cellsdk.cli.evaluate import eval_command
@@ -25,6 +26,7 @@ from cellsdk.cli.serve import serve_command
 from cellsdk.cli.train import calibrate_command, train_command
 
 __all__ = [
+    "adapt_command",
     "bench_command",
     "calibrate_command",
     "cli",
@@ -51,7 +53,7 @@ def cli() -> None:
     """
 
 
-for _command in (train_command, eval_command, calibrate_command, predict_command, info_command, convert_command,
+for _command in (train_command, adapt_command, eval_command, calibrate_command, predict_command, info_command, convert_command,
                  verify_command, bench_command, serve_command, devices_command):
     cli.add_command(_command)
 

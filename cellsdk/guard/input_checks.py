@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from cellsdk.errors import MetadataError
+from cellsdk.normalise import object_size
 
 __all__ = ["CHECKS", "InputChecks", "measure"]
 
@@ -115,10 +116,7 @@ def measure(image: np.ndarray) -> dict[str, float]:
     saturation = (brightest - darkest) / (brightest + 1.0)
     stats["saturation"] = float(saturation.mean())
     # typical object size: foreground (cells, any stain) area over its boundary length, in input pixels
-    foreground = luminance < 0.9 * background_level
-    edges = np.count_nonzero(foreground[1:, :] != foreground[:-1, :]) + np.count_nonzero(
-        foreground[:, 1:] != foreground[:, :-1])
-    stats["object_size"] = float(np.count_nonzero(foreground) / max(int(edges), 1))
+    stats["object_size"] = object_size(luminance, background_level)
     return stats
 
 

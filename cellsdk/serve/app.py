@@ -59,7 +59,8 @@ log = logging.getLogger("cellsdk.serve")
 #: The multipart field(s) that carry images.
 IMAGE_FIELDS = ("files", "file")
 #: Routes the metrics name as they are; any other path counts as ``other`` (bounded label values).
-ROUTES = ("/", "/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc")
+ROUTES = ("/", "/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc",
+          "/review", "/v1/review")
 #: The web page may load only what the app serves itself (no CDN), and nothing may frame it.
 PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
                "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
@@ -295,6 +296,12 @@ def create_app(classifier: Classifier, config: ServeConfig | None = None) -> Fas
         return FileResponse(static / "index.html", headers={"Content-Security-Policy": PAGE_POLICY,
                                                             "Cache-Control": "no-cache"})
 
+    if config.collect_dir is not None:
+        from cellsdk.serve.collect import Collection, add_review_routes
+
+        add_review_routes(app, Collection(config.collect_dir, classifier.labels), protected,
+                          {"Content-Security-Policy": PAGE_POLICY, "Cache-Control": "no-cache"}, static,
+                          config.max_upload_bytes)
     app.mount("/static", StaticFiles(directory=static), name="static")
     app.add_middleware(_BodyLimit, max_bytes=config.max_upload_bytes, metrics=metrics)
     if config.cors_origins:

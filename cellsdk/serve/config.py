@@ -66,6 +66,8 @@ class ServeConfig:
         decode_workers: threads decoding and preprocessing uploads (overlapped with inference).
         drain_seconds: on SIGTERM, how long in-flight requests may take to finish.
         max_connections: open connections at once (beyond it the server answers 503).
+        collect_dir: with it, the review page (``/review``) saves each confirmed or corrected image to
+            ``collect_dir/<label>/`` (see :mod:`cellsdk.serve.collect`); needs ``api_key``.
     """
 
     host: str = "127.0.0.1"
@@ -82,6 +84,7 @@ class ServeConfig:
     decode_workers: int = 1
     drain_seconds: float = 30.0
     max_connections: int = 512
+    collect_dir: str | None = None
 
     @classmethod
     def unbatched(cls, **changes: Any) -> ServeConfig:
@@ -131,6 +134,9 @@ class ServeConfig:
                                          or self.api_key != self.api_key.strip()):
             raise ConfigError(f"the API key must be at least {MIN_API_KEY_LENGTH} printable characters without "
                               "surrounding spaces (e.g. python -c 'import secrets; print(secrets.token_urlsafe())')")
+        if self.collect_dir is not None and not self.api_key:
+            raise ConfigError("--collect saves images as training data: set an API key too (--api-key or "
+                              "CELLSDK_API_KEY), so only the lab's own staff can add to it")
         if not is_loopback(self.host) and not self.api_key:
             raise ConfigError(f"binding {self.host} opens the service to the network: set an API key (--api-key or "
                               f"the {API_KEY_ENV} environment variable), or bind 127.0.0.1")

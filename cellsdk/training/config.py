@@ -46,16 +46,17 @@ class AugmentConfig:
     contrast: float = 0.1
     saturation: float = 0.1
     hue: float = 0.02
+    stain: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scale", tuple(float(v) for v in self.scale))
         if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1]:
             raise ConfigError(f"augment.scale {self.scale} must be (low, high) with 0 < low <= high")
-        for name in ("rotation_degrees", "translate", "brightness", "contrast", "saturation", "hue"):
+        for name in ("rotation_degrees", "translate", "brightness", "contrast", "saturation", "hue", "stain"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
-        if self.hue > 0.5 or self.translate > 0.5:
-            raise ConfigError("augment.hue and augment.translate must be <= 0.5")
+        if self.hue > 0.5 or self.translate > 0.5 or self.stain > 0.5:
+            raise ConfigError("augment.hue, augment.translate and augment.stain must be <= 0.5")
 
     @property
     def enabled(self) -> bool:
@@ -95,14 +96,24 @@ class AugmentConfig:
         return cls()
 
     @classmethod
+    def stain_robust(cls) -> AugmentConfig:
+        """For data from several labs: the default plus stain jitter in HED space and a wider scale range.
+
+        Examples:
+            >>> AugmentConfig.stain_robust().stain > 0
+            True
+        """
+        return cls(scale=(0.8, 1.25), stain=0.05)
+
+    @classmethod
     def preset(cls, name: str) -> AugmentConfig:
-        """A preset by name: ``none``, ``light`` or ``microscopy``.
+        """A preset by name: ``none``, ``light``, ``microscopy`` or ``stain``.
 
         Examples:
             >>> AugmentConfig.preset("light") == AugmentConfig.light()
             True
         """
-        presets = {"none": cls.none, "light": cls.light, "microscopy": cls.microscopy}
+        presets = {"none": cls.none, "light": cls.light, "microscopy": cls.microscopy, "stain": cls.stain_robust}
         if name not in presets:
             raise ConfigError(f"unknown augmentation preset {name!r}: use one of {', '.join(presets)}")
         return presets[name]()

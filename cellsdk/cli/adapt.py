@@ -1,0 +1,124 @@
+"""``cellsdk adapt`` / ``cellsdk-adapt``: fine-tune a checkpoint on another lab's labelled cells (needs cellsdk[train])."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cellsdk.cli.options import POSITIVE, POSITIVE_FLOAT, SEED, TORCH_DEVICES, command, labels_option, quiet_option
+from cellsdk.cli.process import friendly_errors, setup_logging
+
+__all__ = ["adapt_command", "format_lab_checks"]
+
+
+def format_lab_checks(manifest: dict[str, Any], artefact: str = "model.int8.onnx") -> str:
+    """Per lab, the fp32 checkpoint and one artefact on the lab's held-out cells (from the conversion manifest).
+
+    Examples:
+        >>> manifest = {"labs": [{"name": "labB", "images": 12, "fp32": {"accuracy": 0.9, "balanced_accuracy": 0.9}}],
+        ...             "artefacts": [{"file": "model.int8.onnx", "status": "passed", "labs": {"labB": {
+        ...                 "accuracy": 0.9, "balanced_accuracy": 0.875, "flagged": 0.0, "top1_agreement": 1.0}}}]}
+        >>> print(format_lab_checks(manifest))
+        model.int8.onnx (passed) on each lab's held-out cells:
+          labB: 12 cells, accuracy 90.0 % (fp32 90.0 %), balanced 87.5 %, flagged 0.0 %, agreement with fp32 100.0 %
+    """
+    entry = next((a for a in manifest.get("artefacts", []) if a.get("file") == artefact), None)
+    if entry is None or not manifest.get("labs"):
+        return f"{artefact}: not written"
+    lines = [f"{artefact} ({entry.get('status')}) on each lab's held-out cells:"]
+    for lab in manifest["labs"]:
+        measured = (entry.get("labs") or {}).get(lab["name"])
+        if not measured or "accuracy" not in measured:
+            lines.append(f"  {lab['name']}: not checked ({(measured or {}).get('error', lab.get('note', 'n/a'))})")
+            continue
+        lines.append(f"  {lab['name']}: {lab['images']} cells, accuracy {100 * measured['accuracy']:.1f} % (fp32 "
+                     f"{100 * lab['fp32']['accuracy']:.1f} %), balanced {100 * measured['balanced_accuracy']:.1f} %, "
+                     f"flagged {100 * measured['flagged']:.1f} %, agreement with fp32 "
+                     f"{100 * measured['top1_agreement']:.1f} %")
+    return "\n".join(lines)
+
+
+@command("adapt")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="Folder for best.safetensors, adapt.json and converted/.")
+@click.option("--data-cropped", is_flag=True, help="DATA holds single-cell crops already cut by the model's crop.")
+@click.option("--replay", type=click.Path(path_type=Path), default=None,
+              help="The original training data, mixed in so the original lab keeps its accuracy (needed to convert).")
+@click.option("--replay-cropped", is_flag=True, help="The --replay images already have the model's crop.")
+@labels_option("Class names of DATA, if its folders do not give them.")
+@click.option("--add-labels", is_flag=True, help="Grow the model's head for DATA classes it does not know.")
+@click.option("--convert/--no-convert", default=True, show_default=True,
+              help="Convert as cellsdk-convert --quantize int8 does, each artefact checked on each lab.")
+@click.option("--formats", default="all", show_default=True, help="Formats to convert to (comma-separated, or all).")
+@click.option("--epochs", type=POSITIVE, default=None, help="Override the preset's epochs.")
+@click.option("--steps", type=POSITIVE, default=None, help="Override the preset's optimiser steps per epoch.")
+@click.option("--lr", type=POSITIVE_FLOAT, default=None, help="Override the preset's peak learning rate.")
+@click.option("--layers", type=click.Choice(["all", "top", "head"]), default=None,
+              help="Which layers train [preset: all].")
+@click.option("--batchnorm", type=click.Choice(["frozen", "train"]), default=None,
+              help="Keep the original BatchNorm statistics or update them [preset: frozen].")
+@click.option("--augment", type=click.Choice(["none", "light", "microscopy", "stain"]), default=None,
+              help="Augmentation preset [preset: stain].")
+@click.option("--stain-normalise/--no-stain-normalise", default=None,
+              help="Reinhard stain normalisation to the replay data's colours, in every runtime [preset: off].")
+@click.option("--scale/--no-scale", default=None,
+              help="Rescale inputs whose cells are outside the training images' size range [preset: on].")
+@click.option("--val-fraction", type=click.FloatRange(0, 0.9, min_open=True), default=None,
+              help="Without a val split in DATA: the share of each class held out [preset: 0.3].")
+@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help=TORCH_DEVICES)
+@quiet_option("No progress bars.")
+@friendly_errors
+def adapt_command(checkpoint: Path, data: Path, out_dir: Path, **options: Any) -> None:
+    """Fine-tune CHECKPOINT on DATA, a few labelled cells from another lab (one subfolder per class).
+
+    \f
+    Examples:
+        >>> from click.testing import CliRunner
+        >>> CliRunner().invoke(adapt_command, ["--help"]).output.splitlines()[0]
+        'Usage: adapt [OPTIONS] CHECKPOINT DATA'
+    """
+    from cellsdk.cli.options import split_list
+    from cellsdk.training.adapt import adapt, format_before_after
+    from cellsdk.training.config import AugmentConfig
+
+    quiet = options.pop("quiet")
+    setup_logging(quiet)
+    overrides: dict[str, Any] = {"seed": options["seed"], "device": options["device"]}
+    for option, field in (("epochs", "epochs"), ("steps", "steps_per_epoch"), ("lr", "lr"), ("layers", "layers"),
+                          ("batchnorm", "batchnorm"), ("stain_normalise", "stain_normalise"), ("scale", "scale"),
+                          ("val_fraction", "val_fraction")):
+        if options[option] is not None:
+            overrides[field] = options[option]
+    if options["augment"] is not None:
+        overrides["augment"] = AugmentConfig.preset(options["augment"])
+    formats = options["formats"].strip()
+    result = adapt(checkpoint, data, out_dir, replay=options["replay"], data_cropped=options["data_cropped"],
+                   replay_cropped=options["replay_cropped"], labels=options["labels"],
+                   add_labels=options["add_labels"], overrides=overrides, convert=options["convert"],
+                   convert_options={} if formats == "all" else {"formats": tuple(split_list(formats))},
+                   progress=not quiet)
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo("fp32 checkpoint on each source's held-out cells (before: the original model):")
+    click.echo(format_before_after(result.before, result.after))
+    click.echo(f"wrote {result.checkpoint} ({result.seconds:.0f} s)")
+    if result.conversion is None:
+        return
+    from cellsdk.converters import format_manifest_table
+
+    click.echo(format_manifest_table(result.conversion))
+    click.echo(format_lab_checks(result.conversion))
+    click.echo(f"wrote {out_dir / 'converted' / 'manifest.json'}")
+    failed = [a["file"] for a in result.conversion["artefacts"] if a["status"] == "failed"]
+    if failed:
+        raise click.ClickException(f"{len(failed)} artefact(s) failed verification: {', '.join(failed)} (see the "
+                                   "reasons above); the checkpoint is kept")
+
+
+#: the commands' docstring examples, for doctest (click turns the functions into Command objects)
+__test__ = {"adapt_command": adapt_command.callback.__doc__}

@@ -1,0 +1,158 @@
+"""Review and collect: a technician confirms or corrects each answer; the cells land in a folder adapt takes.
+
+With ``cellsdk serve --collect DIR`` (an API key is required: the folder becomes training data) the service
+adds a review page (``/review``) and two routes:
+
+* ``POST /v1/review?label=L&predicted=P&name=N`` with the image as the raw body: the image (its bytes, unchanged)
+  is saved as ``DIR/L/<sha256[:16]><ext>``; one JSON line per decision goes to ``DIR/review.jsonl``. Reviewing the
+  same image again moves it to its new label (the last decision counts).
+* ``GET /v1/review``: the labels and how many cells each holds.
+
+``DIR`` is then a class-folder dataset: ``cellsdk adapt CHECKPOINT DIR --out RUN``.
+
+Examples:
+    >>> import tempfile
+    >>> box = Collection(tempfile.mkdtemp(), ("lymphocyte", "monocyte"))
+    >>> import io, numpy as np
+    >>> from PIL import Image
+    >>> data = io.BytesIO(); Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(data, "PNG")
+    >>> box.save(data.getvalue(), "monocyte", predicted="lymphocyte", name="a.png")["saved"]
+    'monocyte/8cec428eef787fc5.png'
+    >>> box.counts()
+    {'lymphocyte': 0, 'monocyte': 1}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fastapi import Query, Request
+from fastapi.responses import FileResponse, JSONResponse
+from PIL import Image
+
+from cellsdk.errors import ConfigError, InvalidImageError
+from cellsdk.preprocessing import load_image
+from cellsdk.serve.problems import ApiError
+
+__all__ = ["REVIEW_LOG", "Collection", "add_review_routes"]
+
+REVIEW_LOG = "review.jsonl"
+_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "TIFF": ".tif", "BMP": ".bmp", "GIF": ".gif", "WEBP": ".webp"}
+
+
+class Collection:
+    """The folder reviewed cells are saved to, one subfolder per label.
+
+    Raises:
+        ConfigError: the folder cannot be created or written.
+    """
+
+    def __init__(self, root: str | os.PathLike, labels: Sequence[str]):
+        self.root = Path(root)
+        self.labels = tuple(labels)
+        self._lock = threading.Lock()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as err:
+            raise ConfigError(f"{self.root}: the collect folder is not writable ({err.strerror or err}); choose "
+                              "another --collect") from None
+
+    def save(self, data: bytes, label: str, *, predicted: str | None = None, name: str | None = None,
+             confidence: float | None = None) -> dict[str, Any]:
+        """Save one reviewed image under ``label`` (moving an earlier decision on the same image).
+
+        Raises:
+            InvalidImageError: the bytes are not an image cellsdk can read.
+            ConfigError: ``label`` is not one of the model's labels.
+        """
+        if label not in self.labels:
+            raise ConfigError(f"label {label!r} is not one of the model's labels ({', '.join(self.labels)})")
+        load_image(data, name=name or "the reviewed image")  # refuse what the model could not read
+        kind = Image.open(io.BytesIO(data)).format or "PNG"
+        digest = hashlib.sha256(data).hexdigest()[:16]
+        file_name = digest + _EXTENSIONS.get(kind, ".png")
+        target = self.root / label / file_name
+        with self._lock:
+            moved_from = None
+            for other in self.labels:
+                earlier = self.root / other / file_name
+                if other != label and earlier.exists():
+                    earlier.unlink()
+                    moved_from = other
+                    try:
+                        earlier.parent.rmdir()  # an empty class folder would stop cellsdk adapt
+                    except OSError:
+                        pass
+            target.parent.mkdir(exist_ok=True)
+            if not target.exists():
+                tmp = target.with_name(f".{file_name}.tmp")
+                tmp.write_bytes(data)
+                os.replace(tmp, target)
+            record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "file": f"{label}/{file_name}", "name": name,
+                      "label": label, "predicted": predicted, "confidence": confidence,
+                      "decision": "confirmed" if predicted == label else "corrected", "moved_from": moved_from}
+            with open(self.root / REVIEW_LOG, "a", encoding="utf-8") as log:
+                log.write(json.dumps(record) + "\n")
+        return {"saved": record["file"], "decision": record["decision"], "counts": self.counts()}
+
+    def counts(self) -> dict[str, int]:
+        """Cells per label so far.
+
+        Examples:
+            >>> import tempfile
+            >>> Collection(tempfile.mkdtemp(), ("a", "b")).counts()
+            {'a': 0, 'b': 0}
+        """
+        return {label: sum(1 for p in (self.root / label).glob("*") if not p.name.startswith("."))
+                if (self.root / label).is_dir() else 0 for label in self.labels}
+
+
+
+def add_review_routes(app: Any, collection: Collection, protected: list[Any], page_headers: dict[str, str],
+                      static: Path, max_bytes: int) -> None:
+    """``GET /review`` (the page), ``POST /v1/review`` (save a decision) and ``GET /v1/review`` (the counts).
+
+    Examples:
+        >>> add_review_routes(app, Collection("collected", labels), protected, {}, static, 32 << 20)  # doctest: +SKIP
+    """
+    @app.get("/review", include_in_schema=False)
+    async def review_page() -> Any:
+        return FileResponse(static / "review.html", headers=page_headers)
+
+    @app.get("/v1/review", tags=["review"], summary="The collect folder: labels and cells per label",
+             dependencies=protected)
+    async def review_counts() -> dict[str, Any]:
+        return {"folder": collection.root.name, "labels": list(collection.labels), "counts": collection.counts()}
+
+    @app.post("/v1/review", tags=["review"], summary="Save a reviewed image under its confirmed or corrected label",
+              dependencies=protected)
+    async def review(request: Request,
+                     label: str = Query(description="the label the technician chose"),
+                     predicted: str | None = Query(None, description="what the model said"),
+                     confidence: float | None = Query(None, ge=0, le=1),
+                     name: str | None = Query(None, max_length=255, description="the file's name, for the log")
+                     ) -> Any:
+        data = await request.body()
+        if not data:
+            raise ApiError("bad-request", "no image: send the image's bytes as the request body")
+        if len(data) > max_bytes:
+            raise ApiError("too-large", f"the image is larger than {max_bytes} bytes")
+        if label not in collection.labels:
+            raise ApiError("bad-request", f"label {label!r} is not one of the model's labels: "
+                                          f"{', '.join(collection.labels)}")
+        try:
+            saved = collection.save(data, label, predicted=predicted, name=name, confidence=confidence)
+        except InvalidImageError as err:
+            raise ApiError("bad-image", str(err)) from None
+        return JSONResponse(saved)
