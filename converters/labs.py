@@ -105,7 +105,7 @@ def lab_images(lab: LabSource, metadata: ModelMetadata, *, train_limit: int | No
     item = sources.loaded[0]
     spec = source.spec(metadata.preprocessing)
 
-    def load(split: Any, rows: Sequence[int]) -> tuple[np.ndarray, list[dict[str, float]]]:
+    def load(split: Any, rows: np.ndarray) -> tuple[np.ndarray, list[dict[str, float]]]:
         arrays, stats = [], []
         for row in rows:
             prepared = prepare_image(split.load(int(row)), spec)

@@ -75,6 +75,13 @@ class Collection:
         Raises:
             InvalidImageError: the bytes are not an image cellsdk can read.
             ConfigError: ``label`` is not one of the model's labels.
+
+        Examples:
+            >>> import tempfile
+            >>> Collection(tempfile.mkdtemp(), ("a",)).save(b"not an image", "a")  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            cellsdk.errors.InvalidImageError: the reviewed image: ...
         """
         if label not in self.labels:
             raise ConfigError(f"label {label!r} is not one of the model's labels ({', '.join(self.labels)})")

@@ -500,7 +500,8 @@ def adapt(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir: str |
     after = evaluate_sources(model, sources, specs, device, seed=config.seed)
     records = [sources.record(i, preprocessing) for i in range(len(sources.loaded))]
     for record in records:
-        record["before"], record["after"] = before.get(record["name"]), after.get(record["name"])
+        name = str(record["name"])
+        record["before"], record["after"] = before.get(name), after.get(name)
     training = {**metadata.training, "adaptation": {
         "from_checkpoint": str(checkpoint), "from_labels": list(metadata.labels), "config": config.to_dict(),
         "epoch": best_epoch, "sources": records, "notes": notes}}
@@ -539,12 +540,12 @@ def format_before_after(before: dict[str, dict[str, Any]], after: dict[str, dict
     def pct(value: Any) -> str:
         return "n/a" if value is None else f"{100 * value:.1f} %"
 
-    rows = [("lab", "cells", "accuracy before -> after", "balanced before -> after")]
+    rows: list[tuple[str, ...]] = [("lab", "cells", "accuracy before -> after", "balanced before -> after")]
     if flagged:
         rows[0] += ("flagged before -> after",)
     for name, metrics in after.items():
         old = before.get(name) or {}
-        row = (name, str(metrics.get("images", 0)),
+        row: tuple[str, ...] = (name, str(metrics.get("images", 0)),
                f"{pct(old.get('accuracy'))} -> {pct(metrics.get('accuracy'))}",
                f"{pct(old.get('balanced_accuracy'))} -> {pct(metrics.get('balanced_accuracy'))}")
         if flagged:

@@ -29,7 +29,7 @@ def make_other_lab(root: Path, classes=("eosinophil", "lymphocyte", "monocyte", 
         files = sorted((SAMPLES / "train" / name).glob("*"))[:per_class] + sorted((SAMPLES / "val" / name).glob("*"))
         for i, path in enumerate(files[:per_class]):
             image = Image.open(path).convert("RGB").resize((205, 205), Image.Resampling.BICUBIC)
-            pixels = np.clip(np.asarray(image).astype(int) + (12, 8, -35), 0, 255).astype(np.uint8)
+            pixels = np.clip(np.asarray(image).astype(int) + np.array([12, 8, -35]), 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(target / f"cell_{i:02d}.png")
     return root
 
