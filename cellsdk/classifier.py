@@ -143,8 +143,10 @@ class Classifier:
                           top_k=self.default_top_k, chosen=self.chosen, cpu_check=self.cpu_check, ood=self.ood,
                           guard=self.guard, verification=self.verification, tta=self.tta, self_check=self.self_check)
 
-    def predict(self, image: ImageSource, *, top_k: int | None = None, tta: str | None = None) -> Prediction:
-        """Classify one image (a path, encoded bytes, a PIL image or a numpy array); ``tta`` as in :meth:`load`.
+    def predict(self, image: ImageSource, *, top_k: int | None = None, tta: str | None = None,
+                pixel_size: float | None = None) -> Prediction:
+        """Classify one image (a path, encoded bytes, a PIL image or a numpy array); ``tta`` as in :meth:`load`;
+        ``pixel_size`` (µm per pixel) rescales it to the training images' (:meth:`Inference.prepare`).
 
         Raises:
             InvalidImageError: naming the input, if it is not a usable image.
@@ -155,11 +157,12 @@ class Classifier:
         """
         require_int("top_k", top_k, minimum=1, optional=True)
         views = tta_views(self.tta if tta is None else tta)
-        return self.inference.run([self.inference.prepare(image)], top_k=top_k, views=views).predictions[0]
+        prepared = self.inference.prepare(image, pixel_size=pixel_size)
+        return self.inference.run([prepared], top_k=top_k, views=views).predictions[0]
 
     def predict_iter(self, images: Iterable[ImageSource], *, batch_size: int = 32, top_k: int | None = None,
-                     errors: str = "raise", workers: int | None = None, tta: str | None = None
-                     ) -> Iterator[Item[Prediction]]:
+                     errors: str = "raise", workers: int | None = None, tta: str | None = None,
+                     pixel_size: float | None = None) -> Iterator[Item[Prediction]]:
         """Classify a stream of images through the pipelined engine (:mod:`cellsdk.batch.engine`), in input order:
         decoding on ``workers`` threads overlapped with batched inference, a few batches in memory at most.
 
@@ -172,7 +175,7 @@ class Classifier:
         require_int("top_k", top_k, minimum=1, optional=True)
         views = tta_views(self.tta if tta is None else tta)
         inference = self.inference
-        return run_pipeline(images, prepare=inference.prepare,
+        return run_pipeline(images, prepare=lambda image: inference.prepare(image, pixel_size=pixel_size),
                             infer=lambda batch: inference.run(batch, top_k=top_k, views=views).predictions,
                             batch_size=batch_size, workers=workers, errors=errors, describe=describe_source)
 

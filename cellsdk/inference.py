@@ -139,8 +139,11 @@ class Inference:
         self.labels: tuple[str, ...] = metadata.labels
         self._spec = metadata.preprocessing
 
-    def prepare(self, image: ImageSource) -> PreparedImage:
+    def prepare(self, image: ImageSource, *, pixel_size: float | None = None) -> PreparedImage:
         """Decode, check and preprocess one image (a path, bytes, a PIL image or an array).
+
+        ``pixel_size`` (µm per pixel) rescales an image taken at another magnification to the training images'
+        (for models that record theirs: ``Preprocessing.pixel_size_um``).
 
         Raises:
             InvalidImageError: the image cannot be read or used, naming it.
@@ -150,7 +153,7 @@ class Inference:
             >>> Classifier.load(self_check=False).inference.prepare(np.zeros((64, 64, 3), np.uint8)).array.shape
             (3, 128, 128)
         """
-        pixels = np.asarray(prepare_image(load_image(image), self._spec))  # one copy out of Pillow, used twice
+        pixels = np.asarray(prepare_image(load_image(image), self._spec, pixel_size=pixel_size))  # used twice
         stats = self.guard is not None and self.guard.input_checks is not None
         return PreparedImage(to_input_array(pixels, self._spec), measure(pixels) if stats else None)
 

@@ -9,6 +9,7 @@ import click
 from cellsdk.cli.common import load_classifier
 from cellsdk.cli.options import POSITIVE, THREADS, command, quiet_option, run_options, strict_option
 from cellsdk.cli.process import friendly_errors
+from cellsdk.errors import ConfigError
 
 __all__ = ["predict_command"]
 
@@ -41,12 +42,16 @@ __all__ = ["predict_command"]
                    "(no label for images it flags) or off.")
 @click.option("--explain", "explain_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Also write a heat-map overlay PNG per image (where the model looked) into this folder.")
+@click.option("--pixel-size", type=click.FloatRange(0, min_open=True), default=None,
+              help="Micrometres per pixel of IMAGES: rescale them to the training images' pixel size (models that "
+                   "record it; see cellsdk info).")
 @quiet_option("No progress bar.")
 @friendly_errors
 def predict_command(images: tuple[Path, ...], from_list: Path | None, model_path: Path | None, backend: str | None,
                     device: str, threads: int | None, top_k: int, batch_size: int, workers: int | None,
                     out_path: Path | None, overwrite: bool, engine: str, address: str | None, actors: int | None,
-                    as_json: bool, strict: bool, ood_mode: str, explain_dir: Path | None, quiet: bool) -> None:
+                    as_json: bool, strict: bool, ood_mode: str, explain_dir: Path | None, pixel_size: float | None,
+                    quiet: bool) -> None:
     """Classify IMAGES (files or folders) and/or the paths in --from-list: one line per image, or a result file
     (--out). Exit status 1 if any image failed.
 
@@ -65,6 +70,9 @@ def predict_command(images: tuple[Path, ...], from_list: Path | None, model_path
     if explain_dir is not None and (out_path is not None or engine == "ray"):
         raise click.UsageError("--explain writes overlays beside the printed predictions: leave out --out and "
                                "--engine ray")
+    if pixel_size is not None and (out_path is not None or engine == "ray" or explain_dir is not None):
+        raise click.UsageError("--pixel-size applies to the printed predictions: leave out --out, --engine ray "
+                               "and --explain")
     if engine == "ray":
         from cellsdk.batch.distributed import parquet_name_problem, run_ray_job
 
@@ -97,8 +105,13 @@ def predict_command(images: tuple[Path, ...], from_list: Path | None, model_path
     if explain_dir is not None:
         _print_explanations(classifier, inputs, explain_dir, as_json=as_json)
         return
+    if pixel_size is not None and classifier.metadata.preprocessing.pixel_size_um is None:
+        raise ConfigError(f"{classifier.path.name} does not record its training images' pixel size, so "
+                          "--pixel-size cannot rescale: leave it out (a model adapted with cellsdk adapt estimates "
+                          "the scale from the cells)")
     failed = 0
-    for item in classifier.predict_iter(inputs, batch_size=batch_size, workers=workers, errors="skip"):
+    for item in classifier.predict_iter(inputs, batch_size=batch_size, workers=workers, errors="skip",
+                                        pixel_size=pixel_size):
         failed += _echo(item.source, item.value, item.error, as_json)
     _finish(None, failed=failed)
 

@@ -25,7 +25,7 @@ __all__ = ["calibrate_command", "train_command"]
 
 
 @command("train")
-@click.argument("data", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path), nargs=-1, required=True)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Run folder to write.")
 @click.option("--arch", default="efficientnet_lite0", show_default=True, help="timm model name.")
 @click.option("--pretrained", default="auto", show_default=True,
@@ -53,7 +53,7 @@ __all__ = ["calibrate_command", "train_command"]
 @click.option("--freeze-epochs", type=NON_NEGATIVE, default=0, show_default=True,
               help="Epochs training the head alone.")
 @click.option("--class-weights", type=click.Choice(["none", "balanced"]), default="none", show_default=True)
-@click.option("--augment", type=click.Choice(["none", "light", "microscopy"]), default="microscopy",
+@click.option("--augment", type=click.Choice(["none", "light", "microscopy", "stain"]), default="microscopy",
               show_default=True)
 @click.option("--patience", type=NON_NEGATIVE, default=0, show_default=True,
               help="Early stopping: epochs without a better validation macro-F1 (0: off).")
@@ -67,12 +67,17 @@ __all__ = ["calibrate_command", "train_command"]
 @click.option("--check-duplicates/--no-check-duplicates", default=True, show_default=True,
               help="Before training, warn about val / test images that copy training images (perceptual hash, "
                    "flips and rotations included).")
+@click.option("--cropped", "cropped_sources", multiple=True, type=click.Path(path_type=Path),
+              help="With several DATA: this one already has the crop (repeat per source; --data-cropped: all).")
+@click.option("--source-labels", multiple=True, metavar="DATA=NAMES",
+              help="With several DATA: class names of one source (a known map or comma-separated), repeatable.")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out from its last checkpoint, with its stored recipe.")
 @quiet_option("No progress bars or per-epoch log.")
 @friendly_errors
-def train_command(data: Path, out_dir: Path, **options: Any) -> None:
-    """Fine-tune a timm backbone on DATA (a .npz file or an image folder).
+def train_command(data: tuple[Path, ...], out_dir: Path, **options: Any) -> None:
+    """Fine-tune a timm backbone on DATA (a .npz file or an image folder); several DATA train one model on all of
+    them (combined training: each source's loss counts only the classes it labels; per-source report).
 
     \f
     Examples:
@@ -86,6 +91,16 @@ def train_command(data: Path, out_dir: Path, **options: Any) -> None:
     quiet = options.pop("quiet")
     setup_logging(quiet)
     crop_mode, crop_value = parse_crop(options.pop("crop"))
+    cropped_sources, source_labels = options.pop("cropped_sources"), options.pop("source_labels")
+    if len(data) > 1:
+        if options["resume"]:
+            raise click.UsageError("--resume continues a single-source run; combined runs start afresh")
+        _train_combined(data, out_dir, crop_mode, crop_value, cropped_sources, source_labels, quiet, options)
+        return
+    if cropped_sources or source_labels:
+        raise click.UsageError("--cropped and --source-labels go with several DATA; for one, use --data-cropped "
+                               "and --labels")
+    data = data[0]
     if options.pop("resume"):  # the run's stored recipe is used; only --epochs may extend it
         epochs = options["epochs"]
         result = train(data, out_dir, TrainConfig(epochs=epochs) if epochs else None, resume=True,
@@ -105,6 +120,45 @@ def train_command(data: Path, out_dir: Path, **options: Any) -> None:
         val_fraction=options["val_fraction"], check_duplicates=options["check_duplicates"],
     )
     click.echo(format_train_result(train(data, out_dir, config, progress=not quiet)))
+
+
+def _train_combined(data: tuple[Path, ...], out_dir: Path, crop_mode: str, crop_value: float,
+                    cropped_sources: tuple[Path, ...], source_labels: tuple[str, ...], quiet: bool,
+                    options: dict[str, Any]) -> None:
+    from cellsdk.training import AugmentConfig, TrainConfig
+    from cellsdk.training.combined import format_per_source, train_combined
+    from cellsdk.training.sources import Source
+
+    given = {str(p): p for p in data}
+    unknown = [str(p) for p in cropped_sources if str(p) not in given]
+    named: dict[str, str] = {}
+    for item in source_labels:
+        path, sep, names = item.partition("=")
+        if not sep or not names:
+            raise click.UsageError(f"--source-labels {item!r}: use DATA=NAMES, e.g. labB=neutrophil,lymphocyte")
+        if path not in given:
+            unknown.append(path)
+        named[path] = names
+    if unknown:
+        raise click.UsageError(f"{unknown[0]} is not one of the DATA arguments ({', '.join(given)})")
+    cropped = {str(p) for p in cropped_sources}
+    sources = [Source.parse(p, cropped=options["data_cropped"] or str(p) in cropped, labels=named.get(str(p)))
+               for p in data]
+    config = TrainConfig(
+        arch=options["arch"], pretrained=options["pretrained"], epochs=options["epochs"] or 30,
+        batch_size=options["batch_size"], lr=options["lr"], weight_decay=options["weight_decay"],
+        warmup_epochs=options["warmup_epochs"], input_size=options["input_size"], crop_mode=crop_mode,
+        crop_value=crop_value, resize_filter=options["resize_filter"], labels=options["labels"],
+        label_smoothing=options["label_smoothing"], clip_grad_norm=options["clip_grad"],
+        augment=AugmentConfig.preset(options["augment"]), seed=options["seed"], device=options["device"],
+        workers=options["workers"], max_steps_per_epoch=options["max_steps"], val_fraction=options["val_fraction"],
+        check_duplicates=False)
+    result = train_combined(sources, out_dir, config, progress=not quiet)
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"best epoch {result.best_epoch} of {config.epochs}; per source, on its held-out cells:")
+    click.echo(format_per_source(result.per_source))
+    click.echo(f"wrote {result.best_checkpoint} ({result.seconds:.0f} s)")
 
 
 @command("calibrate")

@@ -120,6 +120,23 @@ def measure(image: np.ndarray) -> dict[str, float]:
     return stats
 
 
+def _direction(check: str, stats: Mapping[str, float], ranges: Mapping[str, tuple[float, float]]) -> str | None:
+    """For the magnification check, which way the scale is off (from the object size, else the stained area)."""
+    if check != "magnification":
+        return None
+    for name in ("object_size", "stained_area"):
+        value = stats.get(name, float("nan"))
+        if name in ranges and np.isfinite(value):
+            low, high = ranges[name]
+            if value < low:
+                return ("cells smaller than in the training images (a lower magnification?): give the pixel size "
+                        "(--pixel-size), or adapt the model to this microscope")
+            if value > high:
+                return ("cells larger than in the training images (a higher magnification?): give the pixel size "
+                        "(--pixel-size), or adapt the model to this microscope")
+    return None
+
+
 @dataclass(frozen=True)
 class InputChecks:
     """The accepted range of every statistic, from the training images.
@@ -176,7 +193,7 @@ class InputChecks:
                 if not low <= value <= high:
                     details.append(f"{name} {value:.3g}, training {low:.3g}..{high:.3g}")
             if details:
-                out.append(f"{check}: {what} ({'; '.join(details)})")
+                out.append(f"{check}: {_direction(check, stats, self.ranges) or what} ({'; '.join(details)})")
         return out
 
     def to_dict(self) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,7 +49,8 @@ from cellsdk.training.config import AugmentConfig
 from cellsdk.training.sources import Source, SourceSet, balanced_draw
 from cellsdk.training.torchdata import pick_device
 
-__all__ = ["AdaptConfig", "AdaptResult", "adapt", "evaluate_sources", "format_before_after", "partial_label_loss"]
+__all__ = ["AdaptConfig", "AdaptResult", "MixedDraws", "adapt", "draw_epoch", "evaluate_sources", "format_before_after",
+           "partial_label_loss"]
 
 log = logging.getLogger("cellsdk.training")
 
@@ -183,8 +185,11 @@ class AdaptResult:
     conversion: dict[str, Any] | None = None
 
 
-class _Mixed(torch.utils.data.Dataset):
-    """The drawn (source, row) pairs of one epoch, prepared and augmented."""
+class MixedDraws(torch.utils.data.Dataset):
+    """The drawn ``(source, row)`` pairs of one epoch, each prepared with its source's preprocessing and augmented.
+
+    Items are ``(input, target, source index)``.
+    """
 
     def __init__(self, sources: SourceSet, specs: list[Preprocessing], draws: list[tuple[int, int]],
                  augment: AugmentConfig, seed: int, epoch: int):
@@ -355,16 +360,21 @@ def partial_label_loss(logits: torch.Tensor, targets: torch.Tensor, allowed: tor
     return nll.mean()
 
 
-def _draws(sources: SourceSet, count: int, replay_share: float, rng: np.random.Generator) -> list[tuple[int, int]]:
-    """One epoch's (source, row) draws: the new lab's share balanced by class, the replay sources' likewise."""
-    new = [0]
-    replay = list(range(1, len(sources.loaded)))
-    replay_count = round(count * replay_share) if replay else 0
+def draw_epoch(sources: SourceSet, count: int, shares: Sequence[float], rng: np.random.Generator) -> list[tuple[int, int]]:
+    """One epoch's ``(source, row)`` draws: ``shares[i]`` of ``count`` from source ``i``, balanced by class, shuffled.
+
+    Examples:
+        >>> draws = draw_epoch(sources, 64, [0.5, 0.5], np.random.default_rng(0))  # doctest: +SKIP
+        >>> sum(1 for source, _ in draws if source == 0)  # doctest: +SKIP
+        32
+    """
+    total = float(sum(shares))
+    quotas = [round(count * share / total) for share in shares]
+    quotas[0] += count - sum(quotas)
     draws: list[tuple[int, int]] = []
-    for group, total in ((new, count - replay_count), (replay, replay_count)):
-        for position, source in enumerate(group):
-            share = total // len(group) + (1 if position < total % len(group) else 0)
-            rows = balanced_draw(sources.loaded[source].train_targets, share, rng)
+    for source, quota in enumerate(quotas):
+        if quota > 0:
+            rows = balanced_draw(sources.loaded[source].train_targets, quota, rng)
             draws.extend((source, int(r)) for r in rows)
     order = rng.permutation(len(draws))
     return [draws[i] for i in order]
@@ -458,8 +468,10 @@ def adapt(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir: str |
     best_score, best_state, best_epoch = -1.0, None, 0
     for epoch in range(1, config.epochs + 1):
         epoch_start = time.perf_counter()
-        draws = _draws(sources, config.steps_per_epoch * config.batch_size, config.replay_share, rng)
-        loader = torch.utils.data.DataLoader(_Mixed(sources, specs, draws, config.augment, config.seed, epoch),
+        replays = len(sources.loaded) - 1
+        shares = [1.0] if not replays else [1 - config.replay_share] + [config.replay_share / replays] * replays
+        draws = draw_epoch(sources, config.steps_per_epoch * config.batch_size, shares, rng)
+        loader = torch.utils.data.DataLoader(MixedDraws(sources, specs, draws, config.augment, config.seed, epoch),
                                              batch_size=config.batch_size, shuffle=False)
         model.train()
         _set_batchnorm(model, config.batchnorm)
