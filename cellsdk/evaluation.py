@@ -34,7 +34,8 @@ from cellsdk.errors import ConfigError, DatasetError, InvalidImageError
 from cellsdk.metrics import classification_report
 from cellsdk.platform.cpu import host_cpu
 
-__all__ = ["REPORT_FILES", "confusion_matrix_csv", "evaluate_model", "evaluate_ood", "format_report", "write_report"]
+__all__ = ["REPORT_FILES", "confusion_matrix_csv", "evaluate_model", "evaluate_ood", "format_report", "format_sources",
+           "write_report"]
 
 REPORT, CONFUSION_CSV, CONFUSION_PNG, RELIABILITY_PNG, RISK_COVERAGE_PNG = (
     "report.json", "confusion_matrix.csv", "confusion_matrix.png", "reliability.png", "risk_coverage.png",
@@ -337,4 +338,27 @@ def format_report(report: dict[str, Any]) -> str:
             auc = f"{row['auroc']:.3f}" if "auroc" in row else "-"
             fpr = f"{row['fpr_at_95_tpr']:.2f}" if "fpr_at_95_tpr" in row else "-"
             lines.append(f"{folder[-39:]:<40}{row['images']:>7}{auc:>8}{fpr:>8}{row['flagged'] * 100:>8.1f}%")
+    return "\n".join(lines)
+
+
+def format_sources(reports: Mapping[str, Mapping[str, Any]]) -> str:
+    """One row per source (lab): images, accuracy, balanced accuracy (mean recall over its classes), the weakest
+    class and, for deployed models with a guard, the share kept.
+
+    Examples:
+        >>> row = {"n": 4, "accuracy": 0.75, "per_class": {"a": {"recall": 1.0, "support": 2},
+        ...                                                 "b": {"recall": 0.5, "support": 2}}}
+        >>> print(format_sources({"labB": row}))
+        source                                images  accuracy  balanced  weakest class        kept
+        labB                                       4    75.0 %    75.0 %  b 50.0 %              n/a
+    """
+    lines = [f"{'source':<36}{'images':>8}{'accuracy':>10}{'balanced':>10}  {'weakest class':<18} {'kept':>6}"]
+    for name, report in reports.items():
+        present = {k: v for k, v in report["per_class"].items() if v.get("support", 0) > 0}
+        balanced = sum(v["recall"] for v in present.values()) / max(1, len(present))
+        weakest = min(present.items(), key=lambda item: item[1]["recall"]) if present else ("-", {"recall": 0.0})
+        guard = report.get("guard")
+        kept = f"{guard['kept'] * 100:.1f} %" if guard else "n/a"
+        lines.append(f"{name[-36:]:<36}{report['n']:>8}{report['accuracy'] * 100:>8.1f} %{balanced * 100:>8.1f} %  "
+                     f"{(weakest[0] + ' ' + format(weakest[1]['recall'] * 100, '.1f') + ' %'):<18} {kept:>6}")
     return "\n".join(lines)

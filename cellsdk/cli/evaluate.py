@@ -39,13 +39,18 @@ __all__ = ["eval_command"]
 @click.option("--explain", type=click.IntRange(0, 64), default=0, show_default=True, metavar="N",
               help="Deployed models: write explanations.png into --out, the N most confident errors and N random "
                    "correct images with heat-map overlays, truth and prediction.")
+@click.option("--source", "sources", multiple=True, type=click.Path(path_type=Path),
+              help="Another lab's data, evaluated on its own (all its images; per-source table). Repeatable.")
+@click.option("--source-cropped", "cropped_sources", multiple=True, type=click.Path(path_type=Path),
+              help="As --source, for data that already has the model's crop. Repeatable.")
 @quiet_option()
 @friendly_errors
 def eval_command(model: Path, data: Path, split: str, out_dir: Path | None, data_cropped: bool,
                  labels: str | None, batch_size: int, backend: str | None, runtime_options: tuple[str, ...],
                  device: str, workers: int, strict: bool, ood_folders: tuple[Path, ...], explain: int,
-                 quiet: bool) -> None:
-    """Evaluate MODEL on a split of --data: accuracy, macro-F1, per class, confusion, calibration.
+                 sources: tuple[Path, ...], cropped_sources: tuple[Path, ...], quiet: bool) -> None:
+    """Evaluate MODEL on a split of --data: accuracy, macro-F1, per class, confusion, calibration; with --source,
+    also on other labs' data, one row per source.
 
     MODEL is a training checkpoint (.safetensors, run in PyTorch fp32) or a deployed model: any file or
     conversion folder Classifier.load reads, run through its runtime exactly as deployed.
@@ -79,6 +84,22 @@ def eval_command(model: Path, data: Path, split: str, out_dir: Path | None, data
     click.echo(format_report(report))
     for path in report.get("files", {}).values():
         click.echo(f"wrote {path}")
+    if sources or cropped_sources:
+        from cellsdk.evaluation import format_sources
+
+        rows = {f"{data.name} ({split})": report}
+        for source, cropped in [(p, False) for p in sources] + [(p, True) for p in cropped_sources]:
+            name = source.name if source.name not in ("test", "val", "train", "adapt") else \
+                f"{source.parent.name}/{source.name}"
+            if is_checkpoint(model):
+                rows[name] = evaluate(model, source, split="all", data_cropped=cropped, labels=None,
+                                             batch_size=batch_size, device=device, workers=workers, progress=False)
+            else:
+                rows[name] = evaluate_model(model, source, split="all", data_cropped=cropped, backend=backend,
+                                                   device=device, batch_size=min(batch_size, 32),
+                                                   options=parse_key_values(runtime_options), progress=False,
+                                                   strict=strict)
+        click.echo(format_sources(rows))
 
 #: the commands' docstring examples, for doctest (click turns the functions into Command objects)
 __test__ = {"eval_command": eval_command.callback.__doc__}
