@@ -69,6 +69,9 @@ def format_lab_checks(manifest: dict[str, Any], artefact: str = "model.int8.onnx
               help="Rescale inputs whose cells are outside the training images' size range [preset: on].")
 @click.option("--val-fraction", type=click.FloatRange(0, 0.9, min_open=True), default=None,
               help="Without a val split in DATA: the share of each class held out [preset: 0.3].")
+@click.option("--training-pixel-size", type=POSITIVE_FLOAT, default=None, metavar="UM",
+              help="The replay images' pixel size in µm, where known: recorded so cellsdk predict --pixel-size can "
+                   "rescale inputs exactly.")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help=TORCH_DEVICES)
 @quiet_option("No progress bars.")
@@ -83,7 +86,7 @@ def adapt_command(checkpoint: Path, data: Path, out_dir: Path, **options: Any) -
         'Usage: adapt [OPTIONS] CHECKPOINT DATA'
     """
     from cellsdk.cli.options import split_list
-    from cellsdk.training.adapt import adapt, format_before_after
+    from cellsdk.training.adaptation import adapt, format_before_after
     from cellsdk.training.config import AugmentConfig
 
     quiet = options.pop("quiet")
@@ -99,7 +102,8 @@ def adapt_command(checkpoint: Path, data: Path, out_dir: Path, **options: Any) -
     formats = options["formats"].strip()
     result = adapt(checkpoint, data, out_dir, replay=options["replay"], data_cropped=options["data_cropped"],
                    replay_cropped=options["replay_cropped"], labels=options["labels"],
-                   add_labels=options["add_labels"], overrides=overrides, convert=options["convert"],
+                   add_labels=options["add_labels"], overrides=overrides,
+                   training_pixel_size=options["training_pixel_size"], convert=options["convert"],
                    convert_options={} if formats == "all" else {"formats": tuple(split_list(formats))},
                    progress=not quiet)
     for note in result.notes:

@@ -20,17 +20,22 @@ except ImportError as _err:  # pragma: no cover - exercised only without the ext
         f"training needs torch, timm and safetensors ({_err.name} is missing): pip install 'cellsdk[train]'"
     ) from None
 
+from cellsdk.training.adaptation import AdaptConfig, AdaptResult, adapt
 from cellsdk.training.checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint
+from cellsdk.training.combined import train_combined
 from cellsdk.training.config import AugmentConfig, TrainConfig, parse_crop
 from cellsdk.training.evaluate import evaluate
 from cellsdk.training.models import PretrainedSource, create_model, load_weights_file
 from cellsdk.training.trainer import TrainResult, resume_training, train
 
 __all__ = [
+    "AdaptConfig",
+    "AdaptResult",
     "AugmentConfig",
     "PretrainedSource",
     "TrainConfig",
     "TrainResult",
+    "adapt",
     "create_model",
     "evaluate",
     "load_checkpoint",
@@ -40,4 +45,5 @@ __all__ = [
     "resume_training",
     "save_checkpoint",
     "train",
+    "train_combined",
 ]

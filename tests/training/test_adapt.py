@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cellsdk.errors import ConfigError
-from cellsdk.training.adapt import AdaptConfig, adapt, partial_label_loss
+from cellsdk.training.adaptation import AdaptConfig, adapt, partial_label_loss
 from cellsdk.training.checkpoint import read_checkpoint_metadata
 from cellsdk.training.sources import Source, SourceSet, balanced_draw
 from tests.conftest import SAMPLES, TINY_CHECKPOINT, TINY_GATE

@@ -14,7 +14,7 @@ at cells rescaled to the training lab's size (``Preprocessing.scale_range``) whe
 magnification is off. :meth:`AdaptConfig.for_cells` picks the preset for the number of labelled cells.
 
 Examples:
-    >>> from cellsdk.training.adapt import AdaptConfig, adapt
+    >>> from cellsdk.training.adaptation import AdaptConfig, adapt
     >>> AdaptConfig.for_cells(10).epochs
     10
     >>> result = adapt("models/bloodmnist_effnet_lite0_128.safetensors", "labB/adapt", "runs/labB",
@@ -383,8 +383,8 @@ def draw_epoch(sources: SourceSet, count: int, shares: Sequence[float], rng: np.
 def adapt(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir: str | os.PathLike, *,
           replay: str | os.PathLike | None = None, data_cropped: bool = False, replay_cropped: bool = False,
           labels: str | None = None, add_labels: bool = False, config: AdaptConfig | None = None,
-          overrides: dict[str, Any] | None = None, convert: bool = True, convert_options: dict[str, Any] | None = None,
-          progress: bool = True) -> AdaptResult:
+          overrides: dict[str, Any] | None = None, training_pixel_size: float | None = None, convert: bool = True,
+          convert_options: dict[str, Any] | None = None, progress: bool = True) -> AdaptResult:
     """Fine-tune ``checkpoint`` on a new lab's labelled cells; write ``out_dir/best.safetensors`` (and convert).
 
     Args:
@@ -397,6 +397,8 @@ def adapt(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir: str |
         add_labels: grow the head for classes the model does not know.
         config: the recipe; default :meth:`AdaptConfig.for_cells` for the new lab's cells per class.
         overrides: fields to change in that preset (ignored with ``config``).
+        training_pixel_size: the replay (training) images' pixel size in µm, where known: recorded, so an input
+            whose pixel size is given (``predict --pixel-size``) is rescaled to it exactly.
         convert: convert as ``cellsdk-convert --quantize int8`` does (needs ``replay`` for calibration).
         convert_options: :class:`~cellsdk.converters.ConvertConfig` fields to override.
         progress: progress bars.
@@ -441,6 +443,10 @@ def adapt(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir: str |
             sources, 1, original, 400, config.seed))
     if config.stain_normalise and replay is not None and original.stain is None:
         preprocessing = dataclasses.replace(preprocessing, stain=_fit_stain(sources, 1, original, 200, config.seed))
+    if training_pixel_size is not None:
+        if not training_pixel_size > 0:
+            raise ConfigError(f"training pixel size {training_pixel_size} must be a positive number of µm")
+        preprocessing = dataclasses.replace(preprocessing, pixel_size_um=float(training_pixel_size))
     specs = [s.source.spec(preprocessing) for s in sources.loaded]
     before_specs = [s.source.spec(original) for s in sources.loaded]
 
