@@ -86,7 +86,7 @@ def adapt_command(checkpoint: Path, data: Path, out_dir: Path, **options: Any) -
         'Usage: adapt [OPTIONS] CHECKPOINT DATA'
     """
     from cellsdk.cli.options import split_list
-    from cellsdk.training.adaptation import adapt, format_before_after
+    from cellsdk.training.adaptation import adapt, flagged_shares, format_before_after
     from cellsdk.training.config import AugmentConfig
 
     quiet = options.pop("quiet")
@@ -108,9 +108,10 @@ def adapt_command(checkpoint: Path, data: Path, out_dir: Path, **options: Any) -
                    progress=not quiet)
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
-    click.echo("fp32 checkpoint on each source's held-out cells (before: the original model):")
-    click.echo(format_before_after(result.before, result.after))
-    click.echo(f"wrote {result.checkpoint} ({result.seconds:.0f} s)")
+    click.echo("on each source's held-out cells (before: the original model; accuracy of the fp32 checkpoints; "
+               "flagged: the shipped model, then the adapted INT8 ONNX model):")
+    click.echo(format_before_after(result.before, result.after, flagged_shares(result)))
+    click.echo(f"wrote {result.checkpoint} and {out_dir / 'before_after.txt'} ({result.seconds:.0f} s fine-tuning)")
     if result.conversion is None:
         return
     from cellsdk.converters import format_manifest_table

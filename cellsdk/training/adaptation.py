@@ -49,8 +49,8 @@ from cellsdk.training.config import AugmentConfig
 from cellsdk.training.sources import Source, SourceSet, balanced_draw
 from cellsdk.training.torchdata import pick_device
 
-__all__ = ["AdaptConfig", "AdaptResult", "MixedDraws", "adapt", "draw_epoch", "evaluate_sources", "format_before_after",
-           "partial_label_loss"]
+__all__ = ["AdaptConfig", "AdaptResult", "MixedDraws", "adapt", "draw_epoch", "evaluate_sources", "flagged_shares",
+           "format_before_after", "partial_label_loss"]
 
 log = logging.getLogger("cellsdk.training")
 
@@ -75,6 +75,9 @@ class AdaptConfig:
         batchnorm: ``frozen`` keeps the original BatchNorm statistics; ``train`` updates them on the mixed batches.
         augment: training augmentation (default: the stain-robust preset).
         label_smoothing: cross-entropy label smoothing.
+        distill: weight of a distillation term on the replay images (KL divergence from the original model's
+            answers at temperature 2, "learning without forgetting"): keeps the original lab's answers, not only
+            its labels. 0 turns it off.
         scale: fit a scale range from the replay data so inputs at another magnification are rescaled.
         stain_normalise: add Reinhard stain normalisation to the training lab's colours (fitted on the replay data).
         val_fraction: share of each new-lab class held out for validation when DATA has no val split.
@@ -94,6 +97,7 @@ class AdaptConfig:
     batchnorm: str = "frozen"
     augment: AugmentConfig = field(default_factory=AugmentConfig.stain_robust)
     label_smoothing: float = 0.1
+    distill: float = 0.0
     scale: bool = True
     stain_normalise: bool = False
     val_fraction: float = 0.3
@@ -173,6 +177,8 @@ class AdaptResult:
         seconds: wall time of the fine-tuning (conversion excluded).
         notes: what adapt decided on the user's behalf (carved validation, tiny classes, grown labels).
         conversion: the conversion folder's manifest, when converted.
+        deployed_before: when the checkpoint is the one the shipped model was converted from, that deployed model
+            (with its guard) on each source's held-out cells: accuracy and share flagged before adapting.
     """
 
     out_dir: Path
@@ -183,6 +189,7 @@ class AdaptResult:
     seconds: float
     notes: list[str]
     conversion: dict[str, Any] | None = None
+    deployed_before: dict[str, dict[str, Any]] | None = None
 
 
 class MixedDraws(torch.utils.data.Dataset):
@@ -453,6 +460,13 @@ def adapt(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir: str |
     log.info("adapting %s on %s (%s)", checkpoint, data, "; ".join(notes) if notes else "")
     before = evaluate_sources(model, sources, before_specs, device, limit=config.val_limit, seed=config.seed) \
         if not sources.added else {}
+    teacher = None
+    if config.distill > 0 and replay is not None:
+        import copy
+
+        teacher = copy.deepcopy(model).eval()
+        for param in teacher.parameters():
+            param.requires_grad_(False)
     body, head = _trainable(model, config.layers)
     optimizer = torch.optim.AdamW([{"params": body, "lr": config.lr},
                                    {"params": head, "lr": config.lr * config.head_lr_scale}],
@@ -486,8 +500,16 @@ def adapt(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir: str |
         try:
             for inputs, targets, source in loader:
                 inputs, targets = inputs.to(device), targets.to(device)
-                loss = partial_label_loss(model(inputs).float(), targets, allowed[source.to(device)],
-                                          config.label_smoothing)
+                logits = model(inputs).float()
+                loss = partial_label_loss(logits, targets, allowed[source.to(device)], config.label_smoothing)
+                replayed = source.to(device) > 0
+                if teacher is not None and bool(replayed.any()):
+                    with torch.no_grad():
+                        reference = teacher(inputs[replayed]).float()
+                    width = len(metadata.labels)  # grown labels: the teacher knows the old ones only
+                    loss = loss + config.distill * 4.0 * torch.nn.functional.kl_div(
+                        torch.log_softmax(logits[replayed][:, :width] / 2.0, dim=1),
+                        torch.log_softmax(reference[:, :width] / 2.0, dim=1), log_target=True, reduction="batchmean")
                 if not torch.isfinite(loss):
                     raise TrainingError(f"loss became {loss.item()} at epoch {epoch}: lower the learning rate")
                 optimizer.zero_grad(set_to_none=True)
@@ -531,9 +553,11 @@ def adapt(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir: str |
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     best = save_checkpoint(out / "best.safetensors", model.cpu(), adapted)
     seconds = time.perf_counter() - started
+    deployed_before = _deployed_before(checkpoint, sources)
     write_json(out / "adapt.json", {"checkpoint": str(best), "before": before, "after": after, "history": history,
-                                    "notes": notes, "seconds": seconds, "sources": records})
-    result = AdaptResult(out, best, before, after, history, seconds, notes)
+                                    "notes": notes, "seconds": seconds, "sources": records,
+                                    "deployed_before": deployed_before})
+    result = AdaptResult(out, best, before, after, history, seconds, notes, deployed_before=deployed_before)
     if convert:
         # the last step is the toolchain's (an explicit exception to the layers: pyproject.toml)
         from cellsdk.converters.labs import LabSource, convert_adapted
@@ -542,7 +566,54 @@ def adapt(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir: str |
                           config.seed, item.source.name) for item in sources.loaded]
         result.conversion = convert_adapted(best, out / "converted", replay=labs[-1], labs=labs[:-1],
                                             options=convert_options, progress=progress)
+    from cellsdk._io import write_text
+
+    write_text(out / "before_after.txt", format_before_after(before, after, flagged_shares(result)) + "\n")
     return result
+
+
+def flagged_shares(result: AdaptResult, artefact: str = "model.int8.onnx") -> dict[str, tuple[Any, Any]] | None:
+    """Per source, the share of its held-out cells flagged before (the shipped model, when it is the checkpoint's)
+    and after (``artefact`` of the conversion); None when neither is known.
+
+    Examples:
+        >>> flagged_shares(AdaptResult(Path("."), Path("x"), {}, {}, [], 0.0, []))
+    """
+    before = result.deployed_before or {}
+    after: dict[str, Any] = {}
+    if result.conversion is not None:
+        entry = next((a for a in result.conversion["artefacts"] if a.get("file") == artefact), None)
+        after = {name: lab.get("flagged") for name, lab in ((entry or {}).get("labs") or {}).items()}
+    if not before and not after:
+        return None
+    names = list(result.after) or list(before)
+    return {name: ((before.get(name) or {}).get("flagged"), after.get(name)) for name in names}
+
+
+def _deployed_before(checkpoint: str | os.PathLike, sources: SourceSet) -> dict[str, dict[str, Any]] | None:
+    """The shipped model (if ``checkpoint`` is its source) on each source's held-out cells, guard included."""
+    from cellsdk import Classifier
+    from cellsdk._io import sha256_file
+    from cellsdk.artefacts.resolve import default_model_path
+    from cellsdk.errors import CellSDKError
+
+    try:
+        shipped = Classifier.load(default_model_path(), self_check=False)
+    except CellSDKError:
+        return None
+    if shipped.metadata.source_checkpoint_sha256 != sha256_file(checkpoint):
+        return None
+    out = {}
+    for item in sources.loaded:
+        if not len(item.val):
+            continue
+        predictions = shipped.predict_batch([item.val.load(i) for i in range(len(item.val))])
+        labels = [sources.labels[t] for t in item.val_targets]
+        right = [p is not None and p.label == truth for p, truth in zip(predictions, labels, strict=True)]
+        flagged = [p is None or not p.ok for p in predictions]
+        out[item.source.name] = {"model": shipped.path.name, "images": len(labels),
+                                 "accuracy": float(np.mean(right)), "flagged": float(np.mean(flagged))}
+    return out
 
 
 def format_before_after(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]],
