@@ -399,7 +399,8 @@ def adapt(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir: str |
         data: the new lab's cells: class subfolders (or train/val split folders) named after the model's labels.
         out_dir: where ``best.safetensors``, ``adapt.json`` and (with ``convert``) ``converted/`` go.
         replay: the original training data, mixed in so the original lab keeps its accuracy.
-        data_cropped, replay_cropped: the images already have the model's crop.
+        data_cropped: ``data``'s images already have the model's crop.
+        replay_cropped: ``replay``'s images already have the model's crop.
         labels: class names for ``data`` if its folders do not give them.
         add_labels: grow the head for classes the model does not know.
         config: the recipe; default :meth:`AdaptConfig.for_cells` for the new lab's cells per class.
