@@ -141,3 +141,23 @@ def test_cellsdk_adapt_prints_the_tables_and_needs_replay_to_convert(other_lab, 
     assert result.exit_code == 0, result.output
     assert "before -> after" in result.output and "labB" in result.output
     assert (tmp_path / "run" / "best.safetensors").is_file() and not (tmp_path / "run" / "converted").exists()
+
+
+@pytest.mark.slow
+def test_add_labels_grows_the_head_and_keeps_the_old_answers(tmp_path, other_lab):
+    import shutil
+
+    lab = tmp_path / "labD"
+    shutil.copytree(other_lab, lab)
+    (lab / "monocyte").rename(lab / "smudge")  # a class the model does not know
+    with pytest.raises(ConfigError, match="--add-labels"):
+        adapt(TINY_CHECKPOINT, lab, tmp_path / "refused", config=QUICK, convert=False, progress=False)
+    result = adapt(TINY_CHECKPOINT, lab, tmp_path / "run", replay=SAMPLES, replay_cropped=True, add_labels=True,
+                   config=QUICK.replace(epochs=1, steps_per_epoch=1), convert=False, progress=False)
+    meta = read_checkpoint_metadata(result.checkpoint)
+    assert meta.labels == (*LABELS, "smudge")
+    assert any("added 1 class" in note for note in result.notes)
+    from cellsdk.training.checkpoint import load_checkpoint
+
+    model, _ = load_checkpoint(result.checkpoint)
+    assert model.get_classifier().out_features == 9

@@ -1,0 +1,167 @@
+"""What ``cellsdk adapt`` buys a new lab: accuracy before and after, with k labelled cells per class.
+
+    python -m cellsdk.benchmarks.adaptation CHECKPOINT --lab NAME=ADAPT_DIR:TEST_DIR [--lab ...]
+        --replay DATA [--replay-cropped] [--pbc-test LABELS_CSV] [--k 5,10,20] [--set key=value ...]
+        [--convert] [--out DIR]
+
+For each lab and each k, the first k cells of each class of ``ADAPT_DIR`` (seeded shuffle) are linked into a
+temporary folder and adapted with the preset recipe (``--set`` overrides its fields, e.g. ``--set
+stain_normalise=true``); the adapted model is then scored on the lab's ``TEST_DIR`` (never used to adapt) and
+on the PBC test originals (``--pbc-test``: the ``labels.csv`` of ``pbc_subset``, rows of its test split).
+Without ``--convert`` the fp32 checkpoint is scored (PyTorch); with it, the INT8 ONNX artefact through
+``Classifier.load`` (accuracy, balanced accuracy and share flagged by the guard, also on every other lab's test
+cells: an unrelated lab should stay flagged). Wall times are reported with the CPU class. Results go to
+``OUT/adaptation.json`` and a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellsdk.datasets import is_image
+from cellsdk.platform.cpu import host_cpu
+
+__all__ = ["link_subset", "score_artefact", "score_checkpoint"]
+
+
+def link_subset(adapt_dir: Path, k: int, into: Path, seed: int = 0) -> Path:
+    """``into/<class>/``: symlinks to the first ``k`` images of each class of ``adapt_dir`` (seeded shuffle).
+
+    Examples:
+        >>> link_subset(Path("labB/adapt"), 10, Path("/tmp/labB_k10"))  # doctest: +SKIP
+        PosixPath('/tmp/labB_k10')
+    """
+    for folder in sorted(p for p in adapt_dir.iterdir() if p.is_dir()):
+        files = sorted(p for p in folder.iterdir() if is_image(p))
+        random.Random(seed).shuffle(files)
+        target = into / folder.name
+        target.mkdir(parents=True, exist_ok=True)
+        for path in files[:k]:
+            (target / path.name).symlink_to(path.resolve())
+    return into
+
+
+def _test_items(test_dir: Path) -> list[tuple[Path, str]]:
+    return [(p, p.parent.name) for p in sorted(test_dir.glob("*/*")) if is_image(p)]
+
+
+def _pbc_items(labels_csv: Path | None) -> list[tuple[Path, str]]:
+    if labels_csv is None:
+        return []
+    with open(labels_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [(labels_csv.parent / r["path"], r["class"]) for r in rows if r["bloodmnist_split"] == "test"]
+
+
+def _summary(predicted: list[str], truth: list[str], flagged: list[bool] | None = None) -> dict[str, Any]:
+    right = np.array([p == t for p, t in zip(predicted, truth, strict=True)])
+    classes = sorted(set(truth))
+    out: dict[str, Any] = {"images": len(truth), "accuracy": float(right.mean()),
+                           "balanced_accuracy": float(np.mean([right[[t == c for t in truth]].mean()
+                                                               for c in classes]))}
+    if flagged is not None:
+        kept = ~np.asarray(flagged)
+        out["flagged"] = float(np.mean(flagged))
+        out["accuracy_kept"] = float(right[kept].mean()) if kept.any() else None
+    return out
+
+
+def score_checkpoint(checkpoint: Path, items: list[tuple[Path, str]]) -> dict[str, Any]:
+    """The fp32 checkpoint (PyTorch) on ``items``, with its own preprocessing.
+
+    Examples:
+        >>> score_checkpoint(Path("runs/labB/best.safetensors"), [(Path("cell.png"), "monocyte")])  # doctest: +SKIP
+        {'images': 1, 'accuracy': 1.0, 'balanced_accuracy': 1.0}
+    """
+    import torch
+
+    from cellsdk.preprocessing import preprocess
+    from cellsdk.training.checkpoint import load_checkpoint
+
+    model, meta = load_checkpoint(checkpoint)
+    arrays = np.stack([preprocess(p, meta.preprocessing) for p, _ in items])
+    with torch.inference_mode():
+        indices = torch.cat([model(torch.from_numpy(arrays[i:i + 64])) for i in range(0, len(arrays), 64)]).argmax(1)
+    return _summary([meta.labels[i] for i in indices.tolist()], [label for _, label in items])
+
+
+def score_artefact(model: Path, items: list[tuple[Path, str]]) -> dict[str, Any]:
+    """A deployed model (``Classifier.load``, guard on) on ``items``: accuracy, balanced accuracy, share flagged.
+
+    Examples:
+        >>> score_artefact(Path("runs/labB/converted/model.int8.onnx"), items)["flagged"]  # doctest: +SKIP
+        0.02
+    """
+    from cellsdk import Classifier
+
+    classifier = Classifier.load(model)
+    predictions = classifier.predict_batch([p for p, _ in items])
+    return _summary([p.label for p in predictions], [label for _, label in items], [not p.ok for p in predictions])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--lab", action="append", required=True, metavar="NAME=ADAPT_DIR:TEST_DIR")
+    parser.add_argument("--replay", type=Path, required=True)
+    parser.add_argument("--replay-cropped", action="store_true")
+    parser.add_argument("--pbc-test", type=Path, default=None, help="pbc_subset's labels.csv")
+    parser.add_argument("--k", default="5,10,20")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=JSON")
+    parser.add_argument("--convert", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("runs/adaptation"))
+    args = parser.parse_args()
+    from cellsdk.training.adaptation import adapt
+
+    labs = {}
+    for text in args.lab:
+        name, _, dirs = text.partition("=")
+        adapt_dir, _, test_dir = dirs.partition(":")
+        labs[name] = (Path(adapt_dir), Path(test_dir))
+    overrides = {key: json.loads(value) for key, _, value in (o.partition("=") for o in args.overrides)}
+    pbc = _pbc_items(args.pbc_test)
+    cpu = host_cpu()
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, (adapt_dir, test_dir) in labs.items():
+            for k in (int(v) for v in args.k.split(",")):
+                data = link_subset(adapt_dir, k, Path(scratch) / f"{name}_k{k}")
+                out = args.out / f"{name}_k{k}"
+                started = time.perf_counter()
+                result = adapt(args.checkpoint, data, out, replay=args.replay, replay_cropped=args.replay_cropped,
+                               overrides=overrides, convert=args.convert, progress=False)
+                seconds = time.perf_counter() - started
+                row: dict[str, Any] = {"lab": name, "k": k, "overrides": overrides, "seconds": round(seconds, 1),
+                                       "fine_tune_seconds": round(result.seconds, 1), "epoch": max(
+                                           result.history, key=lambda h: h["score"])["epoch"]}
+                if args.convert:
+                    model = out / "converted" / "model.int8.onnx"
+                    row["lab_test"] = score_artefact(model, _test_items(test_dir))
+                    row["pbc_test"] = score_artefact(model, pbc) if pbc else None
+                    row["other_labs"] = {other: score_artefact(model, _test_items(dirs[1]))
+                                         for other, dirs in labs.items() if other != name}
+                else:
+                    row["lab_test"] = score_checkpoint(result.checkpoint, _test_items(test_dir))
+                    row["pbc_test"] = score_checkpoint(result.checkpoint, pbc) if pbc else None
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {"cpu": cpu.to_dict(), "checkpoint": str(args.checkpoint), "rows": rows}
+    (args.out / "adaptation.json").write_text(json.dumps(report, indent=1))
+    print(f"on {cpu.model} ({cpu.cpu_class}); wrote {args.out / 'adaptation.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    from cellsdk.benchmarks._script import run_script
+
+    run_script(main, prog="adaptation")
