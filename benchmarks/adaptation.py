@@ -2,7 +2,7 @@
 
     python -m cellsdk.benchmarks.adaptation CHECKPOINT --lab NAME=ADAPT_DIR:TEST_DIR [--lab ...]
         --replay DATA [--replay-cropped] [--pbc-test LABELS_CSV] [--k 5,10,20] [--set key=value ...]
-        [--convert] [--out DIR]
+        [--convert [--formats onnx] [--verify-cpus native]] [--out DIR]
 
 For each lab and each k, the first k cells of each class of ``ADAPT_DIR`` (seeded shuffle) are linked into a
 temporary folder and adapted with the preset recipe (``--set`` overrides its fields, e.g. ``--set
@@ -118,6 +118,9 @@ def main() -> int:
     parser.add_argument("--k", default="5,10,20")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=JSON")
     parser.add_argument("--convert", action="store_true")
+    parser.add_argument("--formats", default="all", help="with --convert: formats to write (default every one)")
+    parser.add_argument("--verify-cpus", default=None, help="with --convert: CPU classes to verify on (default: "
+                        "cellsdk-convert's)")
     parser.add_argument("--out", type=Path, default=Path("runs/adaptation"))
     args = parser.parse_args()
     from cellsdk.training.adaptation import adapt
@@ -129,6 +132,13 @@ def main() -> int:
         labs[name] = (Path(adapt_dir), Path(test_dir))
     overrides = {key: json.loads(value) for key, _, value in (o.partition("=") for o in args.overrides)}
     pbc = _pbc_items(args.pbc_test)
+    convert_options: dict[str, Any] = {}
+    if args.formats != "all":
+        convert_options["formats"] = tuple(args.formats.split(","))
+    if args.verify_cpus:
+        from cellsdk.converters.targets import CpuTargets
+
+        convert_options["cpu_targets"] = CpuTargets.parse(args.verify_cpus)
     cpu = host_cpu()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -138,7 +148,8 @@ def main() -> int:
                 out = args.out / f"{name}_k{k}"
                 started = time.perf_counter()
                 result = adapt(args.checkpoint, data, out, replay=args.replay, replay_cropped=args.replay_cropped,
-                               overrides=overrides, convert=args.convert, progress=False)
+                               overrides=overrides, convert=args.convert, convert_options=convert_options,
+                               progress=False)
                 seconds = time.perf_counter() - started
                 row: dict[str, Any] = {"lab": name, "k": k, "overrides": overrides, "seconds": round(seconds, 1),
                                        "fine_tune_seconds": round(result.seconds, 1), "epoch": max(
