@@ -86,8 +86,9 @@ def adapt_command(checkpoint: Path, data: Path, out_dir: Path, **options: Any) -
         'Usage: adapt [OPTIONS] CHECKPOINT DATA'
     """
     from cellsdk.cli.options import split_list
-    from cellsdk.training.adaptation import adapt, flagged_shares, format_before_after
+    from cellsdk.training.adaptation import adapt
     from cellsdk.training.config import AugmentConfig
+    from cellsdk.training.reports import flagged_shares, format_before_after
 
     quiet = options.pop("quiet")
     setup_logging(quiet)

@@ -100,10 +100,10 @@ def train_command(data: tuple[Path, ...], out_dir: Path, **options: Any) -> None
     if cropped_sources or source_labels:
         raise click.UsageError("--cropped and --source-labels go with several DATA; for one, use --data-cropped "
                                "and --labels")
-    data = data[0]
+    single = data[0]
     if options.pop("resume"):  # the run's stored recipe is used; only --epochs may extend it
         epochs = options["epochs"]
-        result = train(data, out_dir, TrainConfig(epochs=epochs) if epochs else None, resume=True,
+        result = train(single, out_dir, TrainConfig(epochs=epochs) if epochs else None, resume=True,
                        progress=not quiet)
         click.echo(format_train_result(result))
         return
@@ -119,7 +119,7 @@ def train_command(data: tuple[Path, ...], out_dir: Path, **options: Any) -> None
         device=options["device"], workers=options["workers"], max_steps_per_epoch=options["max_steps"],
         val_fraction=options["val_fraction"], check_duplicates=options["check_duplicates"],
     )
-    click.echo(format_train_result(train(data, out_dir, config, progress=not quiet)))
+    click.echo(format_train_result(train(single, out_dir, config, progress=not quiet)))
 
 
 def _train_combined(data: tuple[Path, ...], out_dir: Path, crop_mode: str, crop_value: float,

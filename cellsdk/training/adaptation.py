@@ -28,7 +28,6 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,17 +39,14 @@ import torch
 from cellsdk._io import write_json
 from cellsdk._progress import progress_bar
 from cellsdk.errors import ConfigError, InvalidImageError, TrainingError
-from cellsdk.metadata import Preprocessing
-from cellsdk.normalise import cell_size, stain_reference
-from cellsdk.preprocessing import prepare_image, to_input_array
-from cellsdk.training.augment import augment_image
 from cellsdk.training.checkpoint import load_checkpoint, save_checkpoint
 from cellsdk.training.config import AugmentConfig
-from cellsdk.training.sources import Source, SourceSet, balanced_draw
+from cellsdk.training.finetune import fit_scale_range, fit_stain, grow_head, set_batchnorm, trainable
+from cellsdk.training.mixing import MixedDraws, draw_epoch, evaluate_sources, partial_label_loss
+from cellsdk.training.sources import Source, SourceSet
 from cellsdk.training.torchdata import pick_device
 
-__all__ = ["AdaptConfig", "AdaptResult", "MixedDraws", "adapt", "draw_epoch", "evaluate_sources", "flagged_shares",
-           "format_before_after", "partial_label_loss"]
+__all__ = ["AdaptConfig", "AdaptResult", "adapt"]
 
 log = logging.getLogger("cellsdk.training")
 
@@ -192,201 +188,6 @@ class AdaptResult:
     deployed_before: dict[str, dict[str, Any]] | None = None
 
 
-class MixedDraws(torch.utils.data.Dataset):
-    """The drawn ``(source, row)`` pairs of one epoch, each prepared with its source's preprocessing and augmented.
-
-    Items are ``(input, target, source index)``.
-    """
-
-    def __init__(self, sources: SourceSet, specs: list[Preprocessing], draws: list[tuple[int, int]],
-                 augment: AugmentConfig, seed: int, epoch: int):
-        self.sources, self.specs, self.draws, self.augment = sources, specs, draws, augment
-        self.seed, self.epoch = seed, epoch
-
-    def __len__(self) -> int:
-        return len(self.draws)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
-        source, row = self.draws[index]
-        item = self.sources.loaded[source]
-        spec = self.specs[source]
-        image = prepare_image(item.train.load(row), spec)
-        if self.augment.enabled:
-            image = augment_image(image, self.augment, np.random.default_rng([self.seed, self.epoch, index]))
-        return torch.from_numpy(to_input_array(image, spec)), int(item.train_targets[row]), source
-
-
-def _grow_head(model: Any, added: int) -> Any:
-    """Append ``added`` outputs to the classifier head (new rows start at the mean of the old ones)."""
-    head_name = getattr(model, "pretrained_cfg", {}).get("classifier", "classifier")
-    head = model.get_submodule(head_name)
-    if not isinstance(head, torch.nn.Linear):
-        raise ConfigError(f"--add-labels needs a linear classifier head; {type(head).__name__} cannot grow")
-    grown = torch.nn.Linear(head.in_features, head.out_features + added)
-    with torch.no_grad():
-        grown.weight[:head.out_features] = head.weight
-        grown.bias[:head.out_features] = head.bias
-        grown.weight[head.out_features:] = head.weight.mean(0, keepdim=True)
-        grown.bias[head.out_features:] = head.bias.mean()
-    parent_name, _, attr = head_name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, attr, grown)
-    if hasattr(model, "num_classes"):
-        model.num_classes = head.out_features + added
-    return model
-
-
-def _trainable(model: Any, layers: str) -> tuple[list[Any], list[Any]]:
-    """(backbone parameters, head parameters) that train; the rest are frozen."""
-    head_name = getattr(model, "pretrained_cfg", {}).get("classifier", "classifier")
-    named = list(model.named_parameters())
-    head = [p for n, p in named if n.startswith(f"{head_name}.")]
-    body_names = [n for n, _ in named if not n.startswith(f"{head_name}.")]
-    if layers == "all":
-        chosen = set(body_names)
-    elif layers == "head":
-        chosen = set()
-    else:  # top: the last third of the backbone's parameter tensors (the last blocks and the final conv)
-        chosen = set(body_names[int(len(body_names) * 2 / 3):])
-    body = []
-    for name, param in named:
-        if name in chosen:
-            body.append(param)
-        elif not name.startswith(f"{head_name}."):
-            param.requires_grad_(False)
-    return body, head
-
-
-def _set_batchnorm(model: Any, mode: str) -> None:
-    if mode == "frozen":
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.eval()
-
-
-def _fit_scale_range(sources: SourceSet, replay: int, spec: Preprocessing, samples: int, seed: int) -> tuple[float, float]:
-    """The replay (training-lab) images' object size range in raw pixels (1st..99th percentile of a sample)."""
-    item = sources.loaded[replay]
-    rows = balanced_draw(item.train_targets, samples, np.random.default_rng(seed))
-    crop = spec.crop_value if spec.crop_mode == "pixels" else None
-    sizes = []
-    for row in np.unique(rows):
-        image = item.train.load(int(row))
-        if item.source.cropped:  # cut by the model's crop, then resized: back to raw pixels
-            raw_side = crop if crop is not None else min(image.size)
-            sizes.append(cell_size(image) * raw_side / min(image.size))
-        else:
-            sizes.append(cell_size(image, crop=crop))
-    sizes_array = np.asarray([s for s in sizes if s > 0])
-    if len(sizes_array) < 20:
-        raise ConfigError("too few replay images with cells to measure the training scale; pass --no-scale")
-    low, high = np.percentile(sizes_array, [1, 99])
-    return round(float(low), 3), round(float(high), 3)
-
-
-def _fit_stain(sources: SourceSet, replay: int, spec: Preprocessing, samples: int, seed: int) -> dict[str, Any]:
-    item = sources.loaded[replay]
-    rows = np.unique(balanced_draw(item.train_targets, samples, np.random.default_rng(seed + 1)))
-    plain = dataclasses.replace(item.source.spec(spec), stain=None)
-    return stain_reference(np.asarray(prepare_image(item.train.load(int(r)), plain)) for r in rows)
-
-
-def _stratified_rows(targets: np.ndarray, limit: int, seed: int) -> np.ndarray:
-    if len(targets) <= limit:
-        return np.arange(len(targets))
-    rng = np.random.default_rng(seed)
-    classes = np.unique(targets)
-    per = max(1, limit // len(classes))
-    return np.sort(np.concatenate([rng.permutation(np.flatnonzero(targets == c))[:per] for c in classes]))
-
-
-@torch.no_grad()
-def _probabilities(model: Any, arrays: np.ndarray, device: torch.device, batch: int = 64) -> np.ndarray:
-    model.eval()
-    out = []
-    for start in range(0, len(arrays), batch):
-        logits = model(torch.from_numpy(arrays[start:start + batch]).to(device)).float()
-        out.append(torch.softmax(logits, dim=1).double().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0))
-
-
-def _arrays(split: Any, rows: np.ndarray, spec: Preprocessing) -> np.ndarray:
-    return np.stack([to_input_array(prepare_image(split.load(int(r)), spec), spec) for r in rows])
-
-
-def _metrics(probabilities: np.ndarray, targets: np.ndarray, labels: list[str], classes: list[int]) -> dict[str, Any]:
-    if not len(targets):
-        return {"images": 0}
-    predicted = probabilities.argmax(axis=1)
-    right = predicted == targets
-    present = [c for c in classes if np.any(targets == c)]
-    recall = {labels[c]: float(right[targets == c].mean()) for c in present}
-    return {"images": len(targets), "accuracy": float(right.mean()),
-            "balanced_accuracy": float(np.mean(list(recall.values()))), "recall": recall}
-
-
-def evaluate_sources(model: Any, sources: SourceSet, specs: list[Preprocessing], device: torch.device, *,
-                     limit: int | None = None, seed: int = 0) -> dict[str, dict[str, Any]]:
-    """Accuracy and balanced accuracy of a torch model on each source's validation cells.
-
-    Examples:
-        >>> evaluate_sources(model, sources, specs, torch.device("cpu"))  # doctest: +SKIP
-        {'labB/adapt': {'images': 12, 'accuracy': 0.92, ...}, 'bloodmnist_128': {...}}
-    """
-    out = {}
-    for index, item in enumerate(sources.loaded):
-        rows = _stratified_rows(item.val_targets, limit, seed) if limit else np.arange(len(item.val))
-        if not len(rows):
-            out[item.source.name] = {"images": 0}
-            continue
-        probabilities = _probabilities(model, _arrays(item.val, rows, specs[index]), device)
-        out[item.source.name] = _metrics(probabilities, item.val_targets[rows], sources.labels,
-                                         sources.classes_of(index))
-    return out
-
-
-def partial_label_loss(logits: torch.Tensor, targets: torch.Tensor, allowed: torch.Tensor,
-                       smoothing: float = 0.0) -> torch.Tensor:
-    """Cross-entropy over the classes each sample's source can label (``allowed``: 1 for those, 0 elsewhere).
-
-    The softmax runs over the allowed classes only, and label smoothing spreads over them only: a source that
-    holds five white-cell types says nothing about platelets, so its images neither push platelets down nor up.
-
-    Examples:
-        >>> logits = torch.tensor([[2.0, 0.0, 5.0]])
-        >>> full = partial_label_loss(logits, torch.tensor([0]), torch.ones(1, 3))
-        >>> part = partial_label_loss(logits, torch.tensor([0]), torch.tensor([[1.0, 1.0, 0.0]]))
-        >>> round(float(full), 3), round(float(part), 3)
-        (3.055, 0.127)
-    """
-    masked = logits.masked_fill(allowed == 0, -1e9)
-    log_probabilities = torch.log_softmax(masked, dim=1)
-    nll = -log_probabilities.gather(1, targets[:, None]).squeeze(1)
-    if smoothing:
-        uniform = -(log_probabilities * allowed).sum(1) / allowed.sum(1)
-        nll = (1 - smoothing) * nll + smoothing * uniform
-    return nll.mean()
-
-
-def draw_epoch(sources: SourceSet, count: int, shares: Sequence[float], rng: np.random.Generator) -> list[tuple[int, int]]:
-    """One epoch's ``(source, row)`` draws: ``shares[i]`` of ``count`` from source ``i``, balanced by class, shuffled.
-
-    Examples:
-        >>> draws = draw_epoch(sources, 64, [0.5, 0.5], np.random.default_rng(0))  # doctest: +SKIP
-        >>> sum(1 for source, _ in draws if source == 0)  # doctest: +SKIP
-        32
-    """
-    total = float(sum(shares))
-    quotas = [round(count * share / total) for share in shares]
-    quotas[0] += count - sum(quotas)
-    draws: list[tuple[int, int]] = []
-    for source, quota in enumerate(quotas):
-        if quota > 0:
-            rows = balanced_draw(sources.loaded[source].train_targets, quota, rng)
-            draws.extend((source, int(r)) for r in rows)
-    order = rng.permutation(len(draws))
-    return [draws[i] for i in order]
-
-
 def adapt(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir: str | os.PathLike, *,
           replay: str | os.PathLike | None = None, data_cropped: bool = False, replay_cropped: bool = False,
           labels: str | None = None, add_labels: bool = False, config: AdaptConfig | None = None,
@@ -440,17 +241,17 @@ def adapt(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir: str |
     device = pick_device(config.device)
     notes = list(sources.notes)
     if sources.added:
-        model = _grow_head(model, len(sources.added))
+        model = grow_head(model, len(sources.added))
         notes.append(f"added {len(sources.added)} class(es) to the model's head: {', '.join(sources.added)}")
     model = model.to(device)
 
     original = metadata.preprocessing
     preprocessing = original
     if config.scale and replay is not None and original.scale_range is None:
-        preprocessing = dataclasses.replace(preprocessing, scale_range=_fit_scale_range(
+        preprocessing = dataclasses.replace(preprocessing, scale_range=fit_scale_range(
             sources, 1, original, 400, config.seed))
     if config.stain_normalise and replay is not None and original.stain is None:
-        preprocessing = dataclasses.replace(preprocessing, stain=_fit_stain(sources, 1, original, 200, config.seed))
+        preprocessing = dataclasses.replace(preprocessing, stain=fit_stain(sources, 1, original, 200, config.seed))
     if training_pixel_size is not None:
         if not training_pixel_size > 0:
             raise ConfigError(f"training pixel size {training_pixel_size} must be a positive number of µm")
@@ -468,7 +269,7 @@ def adapt(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir: str |
         teacher = copy.deepcopy(model).eval()
         for param in teacher.parameters():
             param.requires_grad_(False)
-    body, head = _trainable(model, config.layers)
+    body, head = trainable(model, config.layers)
     optimizer = torch.optim.AdamW([{"params": body, "lr": config.lr},
                                    {"params": head, "lr": config.lr * config.head_lr_scale}],
                                   weight_decay=config.weight_decay)
@@ -495,7 +296,7 @@ def adapt(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir: str |
         loader = torch.utils.data.DataLoader(MixedDraws(sources, specs, draws, config.augment, config.seed, epoch),
                                              batch_size=config.batch_size, shuffle=False)
         model.train()
-        _set_batchnorm(model, config.batchnorm)
+        set_batchnorm(model, config.batchnorm)
         bar = progress_bar(len(draws), f"adapt epoch {epoch}/{config.epochs}", progress)
         loss_sum = 0.0
         try:
@@ -568,27 +369,10 @@ def adapt(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir: str |
         result.conversion = convert_adapted(best, out / "converted", replay=labs[-1], labs=labs[:-1],
                                             options=convert_options, progress=progress)
     from cellsdk._io import write_text
+    from cellsdk.training.reports import flagged_shares, format_before_after
 
     write_text(out / "before_after.txt", format_before_after(before, after, flagged_shares(result)) + "\n")
     return result
-
-
-def flagged_shares(result: AdaptResult, artefact: str = "model.int8.onnx") -> dict[str, tuple[Any, Any]] | None:
-    """Per source, the share of its held-out cells flagged before (the shipped model, when it is the checkpoint's)
-    and after (``artefact`` of the conversion); None when neither is known.
-
-    Examples:
-        >>> flagged_shares(AdaptResult(Path("."), Path("x"), {}, {}, [], 0.0, []))
-    """
-    before = result.deployed_before or {}
-    after: dict[str, Any] = {}
-    if result.conversion is not None:
-        entry = next((a for a in result.conversion["artefacts"] if a.get("file") == artefact), None)
-        after = {name: lab.get("flagged") for name, lab in ((entry or {}).get("labs") or {}).items()}
-    if not before and not after:
-        return None
-    names = list(result.after) or list(before)
-    return {name: ((before.get(name) or {}).get("flagged"), after.get(name)) for name in names}
 
 
 def _deployed_before(checkpoint: str | os.PathLike, sources: SourceSet) -> dict[str, dict[str, Any]] | None:
@@ -615,33 +399,3 @@ def _deployed_before(checkpoint: str | os.PathLike, sources: SourceSet) -> dict[
         out[item.source.name] = {"model": shipped.path.name, "images": len(labels),
                                  "accuracy": float(np.mean(right)), "flagged": float(np.mean(flagged))}
     return out
-
-
-def format_before_after(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]],
-                        flagged: dict[str, tuple[float | None, float | None]] | None = None) -> str:
-    """A per-lab table: cells, accuracy and balanced accuracy before and after (and flagged shares, if known).
-
-    Examples:
-        >>> print(format_before_after({"labB": {"images": 10, "accuracy": 0.1, "balanced_accuracy": 0.2}},
-        ...                           {"labB": {"images": 10, "accuracy": 0.9, "balanced_accuracy": 0.85}}))
-        lab   cells  accuracy before -> after  balanced before -> after
-        labB     10          10.0 % -> 90.0 %          20.0 % -> 85.0 %
-    """
-    def pct(value: Any) -> str:
-        return "n/a" if value is None else f"{100 * value:.1f} %"
-
-    rows: list[tuple[str, ...]] = [("lab", "cells", "accuracy before -> after", "balanced before -> after")]
-    if flagged:
-        rows[0] += ("flagged before -> after",)
-    for name, metrics in after.items():
-        old = before.get(name) or {}
-        row: tuple[str, ...] = (name, str(metrics.get("images", 0)),
-               f"{pct(old.get('accuracy'))} -> {pct(metrics.get('accuracy'))}",
-               f"{pct(old.get('balanced_accuracy'))} -> {pct(metrics.get('balanced_accuracy'))}")
-        if flagged:
-            shares = flagged.get(name, (None, None))
-            row += (f"{pct(shares[0])} -> {pct(shares[1])}",)
-        rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False)))
-                     for r in rows)

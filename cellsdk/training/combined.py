@@ -2,7 +2,7 @@
 
 Each source keeps its own crop state and label map and may hold only some of the classes (one lab labels five
 white-cell types, another eight classes): the label list is their union, and each image's loss counts only the
-classes its source can label (:func:`cellsdk.training.adaptation.partial_label_loss`). Batches draw every source in
+classes its source can label (:func:`cellsdk.training.mixing.partial_label_loss`). Batches draw every source in
 equal share, balanced by class, so a small lab is not drowned by a large one. Validation, the best epoch and the
 report are per source.
 
@@ -34,9 +34,9 @@ from cellsdk._io import write_json
 from cellsdk._progress import progress_bar
 from cellsdk.errors import ConfigError, InvalidImageError, TrainingError
 from cellsdk.metadata import ModelMetadata, Preprocessing
-from cellsdk.training.adaptation import MixedDraws, draw_epoch, evaluate_sources, partial_label_loss
 from cellsdk.training.checkpoint import save_checkpoint
 from cellsdk.training.config import TrainConfig
+from cellsdk.training.mixing import MixedDraws, draw_epoch, evaluate_sources, partial_label_loss
 from cellsdk.training.models import create_model
 from cellsdk.training.sources import Source, SourceSet
 from cellsdk.training.torchdata import pick_device

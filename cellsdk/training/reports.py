@@ -1,4 +1,5 @@
-"""Training and calibration results as the terminal shows them (what ``cellsdk-train`` / ``-calibrate`` print).
+"""Training, adaptation and calibration results as the terminal shows them (what ``cellsdk-train``, ``cellsdk adapt``
+and ``cellsdk-calibrate`` print).
 
 Examples:
     >>> history = [{"epoch": 1, "train_loss": 1.2, "val_loss": 1.0, "val_accuracy": 0.6, "val_macro_f1": 0.5,
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["format_calibration", "format_history", "format_train_result"]
+__all__ = ["flagged_shares", "format_before_after", "format_calibration", "format_history", "format_train_result"]
 
 
 def format_history(history: list[dict[str, Any]], best_epoch: int) -> str:
@@ -64,3 +65,52 @@ def format_calibration(result: dict[str, Any]) -> str:
                      f"mean confidence {side['mean_confidence'] * 100:.2f} %, accuracy {side['accuracy'] * 100:.2f} %")
     lines.append(f"wrote {result['out']} ({result['seconds']:.1f} s)")
     return "\n".join(lines)
+
+
+def flagged_shares(result: Any, artefact: str = "model.int8.onnx") -> dict[str, tuple[Any, Any]] | None:
+    """Per source, the share of its held-out cells flagged before (the shipped model, when it is the checkpoint's)
+    and after (``artefact`` of the conversion); None when neither is known.
+
+    Examples:
+        >>> from types import SimpleNamespace
+        >>> flagged_shares(SimpleNamespace(deployed_before=None, conversion=None, after={}))
+    """
+    before = result.deployed_before or {}
+    after: dict[str, Any] = {}
+    if result.conversion is not None:
+        entry = next((a for a in result.conversion["artefacts"] if a.get("file") == artefact), None)
+        after = {name: lab.get("flagged") for name, lab in ((entry or {}).get("labs") or {}).items()}
+    if not before and not after:
+        return None
+    names = list(result.after) or list(before)
+    return {name: ((before.get(name) or {}).get("flagged"), after.get(name)) for name in names}
+
+
+def format_before_after(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]],
+                        flagged: dict[str, tuple[float | None, float | None]] | None = None) -> str:
+    """A per-lab table: cells, accuracy and balanced accuracy before and after (and flagged shares, if known).
+
+    Examples:
+        >>> print(format_before_after({"labB": {"images": 10, "accuracy": 0.1, "balanced_accuracy": 0.2}},
+        ...                           {"labB": {"images": 10, "accuracy": 0.9, "balanced_accuracy": 0.85}}))
+        lab   cells  accuracy before -> after  balanced before -> after
+        labB     10          10.0 % -> 90.0 %          20.0 % -> 85.0 %
+    """
+    def pct(value: Any) -> str:
+        return "n/a" if value is None else f"{100 * value:.1f} %"
+
+    rows: list[tuple[str, ...]] = [("lab", "cells", "accuracy before -> after", "balanced before -> after")]
+    if flagged:
+        rows[0] += ("flagged before -> after",)
+    for name, metrics in after.items():
+        old = before.get(name) or {}
+        row: tuple[str, ...] = (name, str(metrics.get("images", 0)),
+               f"{pct(old.get('accuracy'))} -> {pct(metrics.get('accuracy'))}",
+               f"{pct(old.get('balanced_accuracy'))} -> {pct(metrics.get('balanced_accuracy'))}")
+        if flagged:
+            shares = flagged.get(name, (None, None))
+            row += (f"{pct(shares[0])} -> {pct(shares[1])}",)
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False)))
+                     for r in rows)

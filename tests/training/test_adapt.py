@@ -12,8 +12,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cellsdk.errors import ConfigError
-from cellsdk.training.adaptation import AdaptConfig, adapt, partial_label_loss
+from cellsdk.training.adaptation import AdaptConfig, adapt
 from cellsdk.training.checkpoint import read_checkpoint_metadata
+from cellsdk.training.mixing import partial_label_loss
 from cellsdk.training.sources import Source, SourceSet, balanced_draw
 from tests.conftest import SAMPLES, TINY_CHECKPOINT, TINY_GATE
 
