@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,8 +137,10 @@ def _lab_metrics(probabilities: np.ndarray, targets: np.ndarray, flagged: np.nda
 
 
 def check_labs(model: Any, metadata: ModelMetadata, artefacts: list[dict[str, Any]], folder: Path,
-               labs: Sequence[LabSource], verify: Any) -> list[dict[str, Any]]:
-    """Run every passed artefact on each lab's held-out cells; add ``labs`` to its manifest entry.
+               labs: Sequence[LabSource], verify: Any,
+               metadata_for: Callable[[dict[str, Any]], ModelMetadata] | None = None) -> list[dict[str, Any]]:
+    """Run every passed artefact on each lab's held-out cells; add ``labs`` to its manifest entry and (given
+    ``metadata_for``, the metadata each artefact carries) ``training.labs_checked`` to the artefact itself.
 
     An artefact fails when, on some lab, the upper end of the 95 % interval of its top-1 agreement with the fp32
     checkpoint is below the gate's threshold (``min_quantized_agreement`` for quantized artefacts,
@@ -154,6 +156,7 @@ def check_labs(model: Any, metadata: ModelMetadata, artefacts: list[dict[str, An
     import torch
 
     records = []
+    per_artefact: dict[str, dict[str, Any]] = {}
     for lab in labs:
         images = lab_images(lab, metadata)
         name = lab.name or lab.path
@@ -186,6 +189,8 @@ def check_labs(model: Any, metadata: ModelMetadata, artefacts: list[dict[str, An
             metrics["top1_agreement"] = agreeing / len(reference)
             metrics["agreement_interval"] = [low, high]
             entry.setdefault("labs", {})[name] = metrics
+            per_artefact.setdefault(entry["file"], {})[name] = {
+                k: metrics[k] for k in ("images", "accuracy", "balanced_accuracy", "flagged", "top1_agreement")}
             quantized = entry.get("precision") not in ("fp32", "fp16")
             threshold = verify.min_quantized_agreement if quantized else verify.min_agreement
             if high < threshold - 1e-9:
@@ -193,7 +198,28 @@ def check_labs(model: Any, metadata: ModelMetadata, artefacts: list[dict[str, An
                 entry["reasons"] = [*entry["reasons"], f"{name}: top-1 agreement with fp32 on its held-out cells "
                                     f"{100 * metrics['top1_agreement']:.1f} % (95 % interval up to {100 * high:.1f} %)"
                                     f" is below {100 * threshold:.1f} %"]
+    _record_in_artefacts(artefacts, folder, per_artefact, metadata_for)
     return records
+
+
+def _record_in_artefacts(artefacts: list[dict[str, Any]], folder: Path, per_artefact: dict[str, dict[str, Any]],
+                         metadata_for: Callable[[dict[str, Any]], ModelMetadata] | None) -> None:
+    """Write each artefact's per-lab figures into its own metadata (``training.labs_checked``), so the record
+    travels with the file; the manifest entry's size and hashes follow."""
+    from cellsdk.converters.base import get_converter
+    from cellsdk.converters.pipeline import describe_files
+
+    if metadata_for is None:
+        return
+    for entry in artefacts:
+        found = per_artefact.get(entry["file"])
+        if not found:
+            continue
+        path = folder / entry["file"]
+        metadata = metadata_for(entry)
+        get_converter(entry["format"]).write_metadata(path, metadata.replace(
+            training={**metadata.training, "labs_checked": found}))
+        entry["size_bytes"], entry["sha256"], entry["files"] = describe_files(path)
 
 
 def _run(classifier: Classifier, images: LabImages) -> tuple[np.ndarray, np.ndarray]:

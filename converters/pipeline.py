@@ -312,7 +312,10 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
                 if config.labs:  # each lab on its own held-out cells: the training lab's first
                     main = LabSource(str(config.calib or eval_source), config.data_cropped, config.labels,
                                      name=Path(str(config.calib or eval_source)).name)
-                    lab_records = check_labs(model, metadata, artefacts, staging, [main, *config.labs], config.verify)
+                    lab_records = check_labs(
+                        model, metadata, artefacts, staging, [main, *config.labs], config.verify,
+                        metadata_for=lambda entry: _artefact_metadata(job, entry).replace(
+                            cpu_verification=tuple(entry.get("cpu_verification") or ())))
             if captured.lines:
                 log.info("cellsdk: %s", captured.summary().replace(str(staging), str(out_dir)))
             shutil.rmtree(workdir)

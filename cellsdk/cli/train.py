@@ -83,7 +83,7 @@ def train_command(data: tuple[Path, ...], out_dir: Path, **options: Any) -> None
     Examples:
         >>> from click.testing import CliRunner
         >>> CliRunner().invoke(train_command, ["--help"]).output.splitlines()[0]
-        'Usage: train [OPTIONS] DATA'
+        'Usage: train [OPTIONS] DATA...'
     """
     from cellsdk.training import AugmentConfig, TrainConfig, parse_crop, train
     from cellsdk.training.reports import format_train_result

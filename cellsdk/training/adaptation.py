@@ -86,7 +86,7 @@ class AdaptConfig:
     steps_per_epoch: int = 12
     batch_size: int = 32
     replay_share: float = 0.5
-    lr: float = 2e-4
+    lr: float = 1e-3
     head_lr_scale: float = 5.0
     weight_decay: float = 0.01
     layers: str = "all"
@@ -136,7 +136,7 @@ class AdaptConfig:
         elif per_class <= 50:
             base = {"epochs": 12, "steps_per_epoch": 20}
         else:
-            base = {"epochs": 15, "steps_per_epoch": 40, "lr": 3e-4}
+            base = {"epochs": 15, "steps_per_epoch": 40}
         return cls(**{**base, **overrides})
 
     def replace(self, **changes: Any) -> AdaptConfig:

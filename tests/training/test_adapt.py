@@ -126,6 +126,8 @@ def test_adapt_converts_with_the_guard_fitted_over_both_labs_and_each_artefact_c
     from cellsdk import Classifier
 
     classifier = Classifier.load(adapted.out_dir / "converted" / "model.fp32.onnx", self_check=False)
+    if files["model.fp32.onnx"]["status"] == "passed":  # the per-lab record travels in the artefact too
+        assert set(classifier.metadata.training["labs_checked"]) == {"bloodmnist_128", "labB"}
     assert classifier.metadata.preprocessing.scale_range == read_checkpoint_metadata(adapted.checkpoint).preprocessing.scale_range
 
 
