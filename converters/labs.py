@@ -5,7 +5,8 @@ the new one: :class:`LabSource` names a lab's data (how its images relate to the
 held-out cells were set aside), :func:`lab_images` loads its train and held-out cells with its own
 preprocessing, and :func:`check_labs` runs each verified artefact on each lab's held-out cells (accuracy,
 balanced accuracy, share flagged by the guard, top-1 agreement with the fp32 checkpoint), failing an artefact
-whose agreement on a lab is clearly below the gate's threshold (the upper end of its 95 % interval).
+whose agreement on a lab is clearly below the gate's threshold (the upper end of its 95 % interval, on a lab with
+at least :data:`MIN_LAB_CELLS` held-out cells).
 
 Examples:
     >>> LabSource("labB/adapt", name="labB").describe()
@@ -30,9 +31,12 @@ from cellsdk.metadata import ModelMetadata
 from cellsdk.metrics import softmax, wilson_interval
 from cellsdk.preprocessing import prepare_image, to_input_array
 
-__all__ = ["LabImages", "LabSource", "check_labs", "convert_adapted", "lab_images"]
+__all__ = ["MIN_LAB_CELLS", "LabImages", "LabSource", "check_labs", "convert_adapted", "lab_images"]
 
 _STATUS_PASSED, _STATUS_FAILED = "passed", "failed"
+#: a lab's held-out cells fail an artefact only from this many on: below it the agreement's 95 % interval is too
+#: wide to tell a 98 % artefact from a broken one (the gate on the replay data's validation split still applies)
+MIN_LAB_CELLS = 50
 
 
 @dataclass(frozen=True)
@@ -142,9 +146,9 @@ def check_labs(model: Any, metadata: ModelMetadata, artefacts: list[dict[str, An
     """Run every passed artefact on each lab's held-out cells; add ``labs`` to its manifest entry and (given
     ``metadata_for``, the metadata each artefact carries) ``training.labs_checked`` to the artefact itself.
 
-    An artefact fails when, on some lab, the upper end of the 95 % interval of its top-1 agreement with the fp32
-    checkpoint is below the gate's threshold (``min_quantized_agreement`` for quantized artefacts,
-    ``min_agreement`` otherwise).
+    An artefact fails when, on some lab with at least :data:`MIN_LAB_CELLS` held-out cells, the upper end of the
+    95 % interval of its top-1 agreement with the fp32 checkpoint is below the gate's threshold
+    (``min_quantized_agreement`` for quantized artefacts, ``min_agreement`` otherwise).
 
     Returns:
         One record per lab for the manifest: the lab, its held-out cells and the fp32 checkpoint's figures.
@@ -193,7 +197,10 @@ def check_labs(model: Any, metadata: ModelMetadata, artefacts: list[dict[str, An
                 k: metrics[k] for k in ("images", "accuracy", "balanced_accuracy", "flagged", "top1_agreement")}
             quantized = entry.get("precision") not in ("fp32", "fp16")
             threshold = verify.min_quantized_agreement if quantized else verify.min_agreement
-            if high < threshold - 1e-9:
+            if len(reference) < MIN_LAB_CELLS:  # one disagreement in 12 cells says nothing about a 98 % rate
+                metrics["note"] = (f"{len(reference)} held-out cells: recorded, too few to fail an artefact on "
+                                   f"(at least {MIN_LAB_CELLS})")
+            elif high < threshold - 1e-9:
                 entry["status"] = _STATUS_FAILED
                 entry["reasons"] = [*entry["reasons"], f"{name}: top-1 agreement with fp32 on its held-out cells "
                                     f"{100 * metrics['top1_agreement']:.1f} % (95 % interval up to {100 * high:.1f} %)"
