@@ -39,10 +39,11 @@ import torch
 from cellsdk._io import write_json
 from cellsdk._progress import progress_bar
 from cellsdk.errors import ConfigError, InvalidImageError, TrainingError
+from cellsdk.metadata import Preprocessing
 from cellsdk.training.checkpoint import load_checkpoint, save_checkpoint
 from cellsdk.training.config import AugmentConfig
 from cellsdk.training.finetune import fit_scale_range, fit_stain, grow_head, set_batchnorm, trainable
-from cellsdk.training.mixing import MixedDraws, draw_epoch, evaluate_sources, partial_label_loss
+from cellsdk.training.mixing import MixedDraws, draw_epoch, evaluate_sources, partial_label_loss, source_logits
 from cellsdk.training.sources import Source, SourceSet
 from cellsdk.training.torchdata import pick_device
 
@@ -186,6 +187,20 @@ class AdaptResult:
     notes: list[str]
     conversion: dict[str, Any] | None = None
     deployed_before: dict[str, dict[str, Any]] | None = None
+
+
+def _calibrate(model: Any, sources: SourceSet, specs: list[Preprocessing], device: torch.device,
+               config: AdaptConfig) -> float | None:
+    """Fit a temperature on the held-out cells of every source and fold it into the head (None: too few cells)."""
+    from cellsdk.metrics import fit_temperature
+    from cellsdk.training.calibrate import MIN_IMAGES, fold_temperature
+
+    logits, targets = source_logits(model, sources, specs, device, limit=config.val_limit, seed=config.seed)
+    if len(targets) < MIN_IMAGES:
+        return None
+    temperature = float(fit_temperature(logits, targets))
+    fold_temperature(model, temperature)
+    return temperature
 
 
 def adapt(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir: str | os.PathLike, *,
@@ -339,6 +354,10 @@ def adapt(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir: str |
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     assert best_state is not None
     model.load_state_dict(best_state)
+    temperature = _calibrate(model, sources, specs, device, config)
+    if temperature is not None:
+        notes.append(f"temperature {temperature:.3f} fitted on the sources' held-out cells and folded into the "
+                     "last layer (label smoothing makes fine-tuned answers under-confident)")
     after = evaluate_sources(model, sources, specs, device, seed=config.seed)
     records = [sources.record(i, preprocessing) for i in range(len(sources.loaded))]
     for record in records:
@@ -346,7 +365,7 @@ def adapt(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir: str |
         record["before"], record["after"] = before.get(name), after.get(name)
     training = {**metadata.training, "adaptation": {
         "from_checkpoint": str(checkpoint), "from_labels": list(metadata.labels), "config": config.to_dict(),
-        "epoch": best_epoch, "sources": records, "notes": notes}}
+        "epoch": best_epoch, "sources": records, "notes": notes, "temperature": temperature}}
     adapted = metadata.replace(
         labels=tuple(sources.labels), preprocessing=preprocessing, training=training,
         dataset=" + ".join(f"{r['name']} ({r['images']['train']} train, {r['images']['val']} val)" for r in records),

@@ -23,7 +23,7 @@ from cellsdk.training.augment import augment_image
 from cellsdk.training.config import AugmentConfig
 from cellsdk.training.sources import SourceSet, balanced_draw
 
-__all__ = ["MixedDraws", "draw_epoch", "evaluate_sources", "partial_label_loss"]
+__all__ = ["MixedDraws", "draw_epoch", "evaluate_sources", "partial_label_loss", "source_logits"]
 
 
 class MixedDraws(torch.utils.data.Dataset):
@@ -145,3 +145,26 @@ def draw_epoch(sources: SourceSet, count: int, shares: Sequence[float], rng: np.
             draws.extend((source, int(r)) for r in rows)
     order = rng.permutation(len(draws))
     return [draws[i] for i in order]
+
+
+@torch.no_grad()
+def source_logits(model: Any, sources: SourceSet, specs: list[Preprocessing], device: torch.device, *,
+                  limit: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The model's logits and the targets on every source's validation cells (each capped at ``limit``).
+
+    Examples:
+        >>> logits, targets = source_logits(model, sources, specs, torch.device("cpu"), limit=240)  # doctest: +SKIP
+    """
+    model.eval()
+    logits, targets = [], []
+    for index, item in enumerate(sources.loaded):
+        rows = _stratified_rows(item.val_targets, limit, seed) if limit else np.arange(len(item.val))
+        if not len(rows):
+            continue
+        arrays = _arrays(item.val, rows, specs[index])
+        for start in range(0, len(arrays), 64):
+            logits.append(model(torch.from_numpy(arrays[start:start + 64]).to(device)).float().cpu().numpy())
+        targets.append(item.val_targets[rows])
+    if not logits:
+        return np.zeros((0, len(sources.labels))), np.zeros(0, dtype=np.int64)
+    return np.concatenate(logits).astype(np.float64), np.concatenate(targets)
