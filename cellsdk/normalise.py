@@ -37,8 +37,18 @@ from PIL import Image
 
 from cellsdk.errors import ConfigError
 
-__all__ = ["STAIN_METHODS", "cell_size", "lab_to_rgb", "normalise_stain", "object_size", "rescale_for", "rgb_to_lab",
-           "scale_factor", "stain_reference"]
+__all__ = [
+    "STAIN_METHODS",
+    "border_colour",
+    "cell_size",
+    "lab_to_rgb",
+    "normalise_stain",
+    "object_size",
+    "rescale_for",
+    "rgb_to_lab",
+    "scale_factor",
+    "stain_reference",
+]
 
 STAIN_METHODS = ("reinhard",)
 
@@ -147,8 +157,13 @@ def scale_factor(image: Image.Image, scale_range: tuple[float, float] | None, *,
     return float(min(max(factor, _FACTOR_LIMITS[0]), _FACTOR_LIMITS[1]))
 
 
-def _background(image: Image.Image) -> tuple[int, int, int]:
-    """The image's background colour: the median of its one-pixel border."""
+def border_colour(image: Image.Image) -> tuple[int, int, int]:
+    """The image's background colour: the median of its one-pixel border (the fill for padding and corners).
+
+    Examples:
+        >>> border_colour(Image.new("RGB", (4, 4), (200, 190, 180)))
+        (200, 190, 180)
+    """
     pixels = np.asarray(image)
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     return tuple(int(v) for v in np.median(border, axis=0))  # type: ignore[return-value]
@@ -168,7 +183,7 @@ def rescale_for(image: Image.Image, factor: float, *, crop: float | None = None)
         image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=None if factor > 0.5 else 2.0)
     if crop is not None and factor < 1.0 and min(image.size) < crop:
         side = int(crop)
-        canvas = Image.new("RGB", (max(side, image.width), max(side, image.height)), _background(image))
+        canvas = Image.new("RGB", (max(side, image.width), max(side, image.height)), border_colour(image))
         canvas.paste(image, ((canvas.width - image.width) // 2, (canvas.height - image.height) // 2))
         image = canvas
     return image

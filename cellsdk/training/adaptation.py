@@ -43,7 +43,15 @@ from cellsdk.metadata import Preprocessing
 from cellsdk.training.checkpoint import load_checkpoint, save_checkpoint
 from cellsdk.training.config import AugmentConfig
 from cellsdk.training.finetune import fit_scale_range, fit_stain, grow_head, set_batchnorm, trainable
-from cellsdk.training.mixing import MixedDraws, draw_epoch, evaluate_sources, partial_label_loss, source_logits
+from cellsdk.training.mixing import (
+    MixedDraws,
+    draw_epoch,
+    evaluate_sources,
+    optimizer_step,
+    partial_label_loss,
+    selection_score,
+    source_logits,
+)
 from cellsdk.training.sources import Source, SourceSet
 from cellsdk.training.torchdata import pick_device
 
@@ -327,13 +335,8 @@ def adapt(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir: str |
                     loss = loss + config.distill * 4.0 * torch.nn.functional.kl_div(
                         torch.log_softmax(logits[replayed][:, :width] / 2.0, dim=1),
                         torch.log_softmax(reference[:, :width] / 2.0, dim=1), log_target=True, reduction="batchmean")
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"loss became {loss.item()} at epoch {epoch}: lower the learning rate")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 2.0)
-                optimizer.step()
-                scheduler.step()
+                optimizer_step(loss, model, optimizer, scheduler, clip=2.0,
+                               what=f"at epoch {epoch}: lower the learning rate")
                 loss_sum += float(loss.detach()) * len(targets)
                 bar.update(len(targets))
         except InvalidImageError as err:
@@ -341,8 +344,7 @@ def adapt(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir: str |
         finally:
             bar.close()
         scores = evaluate_sources(model, sources, specs, device, limit=config.val_limit, seed=config.seed)
-        measured = [m["balanced_accuracy"] for m in scores.values() if m.get("images")]
-        score = float(np.mean(measured)) if measured else float(epoch)
+        score = selection_score(scores, float(epoch))
         record = {"epoch": epoch, "train_loss": loss_sum / len(draws), "val": scores, "score": score,
                   "seconds": time.perf_counter() - epoch_start}
         history.append(record)

@@ -20,6 +20,7 @@ import math
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from cellsdk.normalise import border_colour
 from cellsdk.training.config import AugmentConfig
 
 __all__ = ["augment_image", "hed_jitter"]
@@ -79,13 +80,6 @@ def hed_jitter(pixels: np.ndarray, amount: float, rng: np.random.Generator) -> n
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def _border_colour(image: Image.Image) -> tuple[int, int, int]:
-    """The median colour of the image border: the fill for uncovered corners."""
-    pixels = np.asarray(image)
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    return tuple(int(v) for v in np.median(border, axis=0))  # type: ignore[return-value]
-
-
 def _affine(image: Image.Image, config: AugmentConfig, rng: np.random.Generator) -> Image.Image:
     width, height = image.size
     angle = math.radians(rng.uniform(-config.rotation_degrees, config.rotation_degrees))
@@ -100,7 +94,7 @@ def _affine(image: Image.Image, config: AugmentConfig, rng: np.random.Generator)
         -sin, cos, cy + sin * (cx + shift_x) - cos * (cy + shift_y),
     )
     return image.transform(image.size, Image.Transform.AFFINE, matrix, resample=Image.Resampling.BILINEAR,
-                           fillcolor=_border_colour(image))
+                           fillcolor=border_colour(image))
 
 
 def _color_jitter(image: Image.Image, config: AugmentConfig, rng: np.random.Generator) -> Image.Image:

@@ -36,7 +36,14 @@ from cellsdk.errors import ConfigError, InvalidImageError, TrainingError
 from cellsdk.metadata import ModelMetadata, Preprocessing
 from cellsdk.training.checkpoint import save_checkpoint
 from cellsdk.training.config import TrainConfig
-from cellsdk.training.mixing import MixedDraws, draw_epoch, evaluate_sources, partial_label_loss
+from cellsdk.training.mixing import (
+    MixedDraws,
+    draw_epoch,
+    evaluate_sources,
+    optimizer_step,
+    partial_label_loss,
+    selection_score,
+)
 from cellsdk.training.models import create_model
 from cellsdk.training.sources import Source, SourceSet
 from cellsdk.training.torchdata import pick_device
@@ -140,14 +147,8 @@ def train_combined(sources: Sequence[Source], out_dir: str | os.PathLike, config
                 inputs, targets = inputs.to(device), targets.to(device)
                 loss = partial_label_loss(model(inputs).float(), targets, allowed[source.to(device)],
                                           config.label_smoothing)
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"loss became {loss.item()} at epoch {epoch}: lower --lr")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if config.clip_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad_norm)
-                optimizer.step()
-                scheduler.step()
+                optimizer_step(loss, model, optimizer, scheduler, clip=config.clip_grad_norm,
+                               what=f"at epoch {epoch}: lower --lr")
                 loss_sum += float(loss.detach()) * len(targets)
                 bar.update(len(targets))
         except InvalidImageError as err:
@@ -155,8 +156,7 @@ def train_combined(sources: Sequence[Source], out_dir: str | os.PathLike, config
         finally:
             bar.close()
         scores = evaluate_sources(model, sources_set, specs, device, seed=config.seed)
-        measured = [m["balanced_accuracy"] for m in scores.values() if m.get("images")]
-        score = float(np.mean(measured)) if measured else float(epoch)
+        score = selection_score(scores, float(epoch))
         history.append({"epoch": epoch, "train_loss": loss_sum / max(1, len(draws)), "val": scores, "score": score,
                         "seconds": time.perf_counter() - epoch_start})
         log.info("epoch %d: loss %.4f, %s", epoch, history[-1]["train_loss"],

@@ -23,7 +23,8 @@ from cellsdk.training.augment import augment_image
 from cellsdk.training.config import AugmentConfig
 from cellsdk.training.sources import SourceSet, balanced_draw
 
-__all__ = ["MixedDraws", "draw_epoch", "evaluate_sources", "partial_label_loss", "source_logits"]
+__all__ = ["MixedDraws", "draw_epoch", "evaluate_sources", "optimizer_step", "partial_label_loss", "selection_score",
+           "source_logits"]
 
 
 class MixedDraws(torch.utils.data.Dataset):
@@ -168,3 +169,37 @@ def source_logits(model: Any, sources: SourceSet, specs: list[Preprocessing], de
     if not logits:
         return np.zeros((0, len(sources.labels))), np.zeros(0, dtype=np.int64)
     return np.concatenate(logits).astype(np.float64), np.concatenate(targets)
+
+
+def optimizer_step(loss: torch.Tensor, model: Any, optimizer: Any, scheduler: Any, *, clip: float,
+                   what: str) -> None:
+    """One step on ``loss``: refuse a non-finite loss (``what`` says where and what to do), back-propagate, clip the
+    gradient norm to ``clip`` (0: no clipping), step the optimiser and the schedule.
+
+    Examples:
+        >>> model = torch.nn.Linear(2, 2)
+        >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        >>> optimizer_step(model(torch.ones(1, 2)).sum(), model, optimizer, scheduler, clip=1.0, what="at step 1")
+    """
+    from cellsdk.errors import TrainingError
+
+    if not torch.isfinite(loss):
+        raise TrainingError(f"loss became {loss.item()} {what}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], clip)
+    optimizer.step()
+    scheduler.step()
+
+
+def selection_score(scores: dict[str, dict[str, Any]], fallback: float) -> float:
+    """The mean balanced accuracy over the sources that had held-out cells (``fallback`` when none had).
+
+    Examples:
+        >>> selection_score({"a": {"images": 4, "balanced_accuracy": 0.5}, "b": {"images": 0}}, 1.0)
+        0.5
+    """
+    measured = [m["balanced_accuracy"] for m in scores.values() if m.get("images")]
+    return float(np.mean(measured)) if measured else fallback
