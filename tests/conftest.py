@@ -122,7 +122,6 @@ SLOW_FIXTURES = frozenset({
     "portable",     # ... and with the portable one
     "cluster",      # a local Ray cluster
     "browser",      # a headless Chromium
-    "review_browser",  # ... for the review page's module
     "adapted",      # cellsdk adapt on the tiny model, converted
 })
 

@@ -164,8 +164,8 @@ def chromium() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")  # session: built once even where xdist interleaves modules
-def browser():
+def launch_chromium():
+    """A headless Chromium under Playwright, closed when the generator ends; skips without Playwright or Chromium."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright (cellsdk[test])")
     executable = chromium()
     if executable is None:
@@ -174,6 +174,13 @@ def browser():
         instance = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
         yield instance
         instance.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Chromium for one module: a Playwright kept for the session keeps an event loop running in the process, and a
+    later module's asyncio.run() there fails (tests/benchmarks/test_serve_load.py did, in CI)."""
+    yield from launch_chromium()
 
 
 def test_the_page_classifies_dropped_images_like_the_sdk(service: ServiceProcess, classifier: Classifier, browser,

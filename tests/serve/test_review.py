@@ -18,7 +18,7 @@ from cellsdk import Classifier  # noqa: E402
 from cellsdk.errors import ConfigError  # noqa: E402
 from cellsdk.serve import ServeConfig  # noqa: E402
 from cellsdk.serve.process import ServiceProcess  # noqa: E402
-from tests.serve.test_process import IMAGES, chromium, start  # noqa: E402
+from tests.serve.test_process import IMAGES, browser, start  # noqa: E402, F401 - browser: one Chromium per module
 
 KEY = "review-key-0123456789abcdef"
 
@@ -26,20 +26,6 @@ KEY = "review-key-0123456789abcdef"
 def test_collect_needs_an_api_key(tmp_path):
     with pytest.raises(ConfigError, match="set an API key"):
         ServeConfig(collect_dir=str(tmp_path)).check()
-
-
-@pytest.fixture(scope="module")
-def review_browser():
-    """Chromium for this module only: a session-wide Playwright keeps an event loop running in the worker's thread,
-    and a later test's asyncio.run() in the same worker then fails."""
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright (cellsdk[test])")
-    executable = chromium()
-    if executable is None:
-        pytest.skip("no Chromium installed (apt-get install chromium; scripts/setup.sh does it where it can)")
-    with sync_api.sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
-        yield instance
-        instance.close()
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +61,7 @@ def test_the_review_api_saves_by_label_and_refuses_what_it_cannot_use(collecting
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
-def test_a_technician_reviews_by_keyboard_and_click_and_the_folder_adapts(collecting, review_browser, tmp_path):
+def test_a_technician_reviews_by_keyboard_and_click_and_the_folder_adapts(collecting, browser, tmp_path):  # noqa: F811
     from playwright.sync_api import expect
 
     service, folder = collecting
@@ -83,7 +69,7 @@ def test_a_technician_reviews_by_keyboard_and_click_and_the_folder_adapts(collec
     cells = IMAGES[:4]
     predicted = [classifier.predict(p).label for p in cells]
     labels = list(classifier.labels)
-    page = review_browser.new_page(viewport={"width": 1100, "height": 760})
+    page = browser.new_page(viewport={"width": 1100, "height": 760})
     errors: list[str] = []
     page.on("pageerror", lambda err: errors.append(str(err)))
     page.goto(service.url + "review")
