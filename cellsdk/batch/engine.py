@@ -133,37 +133,42 @@ def run_pipeline(
     window = batch_size * (prefetch + 1)
     iterator = iter(enumerate(sources))
     pending: deque[tuple[int, T, Future[P]]] = deque()
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cellsdk-decode") as pool:
-        def fill() -> None:
-            while len(pending) < window:
-                try:
-                    index, source = next(iterator)
-                except StopIteration:
-                    return
-                pending.append((index, source, pool.submit(prepare, source)))
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cellsdk-decode")
 
-        try:
-            fill()
-            while pending:
-                batch: list[tuple[int, T, P]] = []
-                failed: list[Item[R]] = []
-                while pending and len(batch) < batch_size:
-                    index, source, future = pending.popleft()
-                    try:
-                        batch.append((index, source, future.result()))
-                    except InvalidImageError as err:
-                        name = describe(index, source) if describe else f"input {index}"
-                        error = InvalidImageError(str(err) if str(err).startswith(name) else f"{name}: {err}")
-                        if errors == "raise":
-                            raise error from None
-                        failed.append(Item(index, source, error=error))
-                    fill()  # keep the pool busy while this batch is inferred
-                results = infer([prepared for _, _, prepared in batch]) if batch else []
-                if len(results) != len(batch):
-                    raise RuntimeError(f"infer returned {len(results)} results for {len(batch)} inputs")
-                done = [Item(index, source, value=result) for (index, source, _), result in
-                        zip(batch, results, strict=True)]
-                yield from sorted(done + failed, key=lambda item: item.index)
-        finally:
-            for _, _, future in pending:  # a consumer that stops early (or an error) leaves nothing running
-                future.cancel()
+    def fill() -> None:
+        while len(pending) < window:
+            try:
+                index, source = next(iterator)
+            except StopIteration:
+                return
+            pending.append((index, source, pool.submit(prepare, source)))
+
+    finished = False
+    try:
+        fill()
+        while pending:
+            batch: list[tuple[int, T, P]] = []
+            failed: list[Item[R]] = []
+            while pending and len(batch) < batch_size:
+                index, source, future = pending.popleft()
+                try:
+                    batch.append((index, source, future.result()))
+                except InvalidImageError as err:
+                    name = describe(index, source) if describe else f"input {index}"
+                    error = InvalidImageError(str(err) if str(err).startswith(name) else f"{name}: {err}")
+                    if errors == "raise":
+                        raise error from None
+                    failed.append(Item(index, source, error=error))
+                fill()  # keep the pool busy while this batch is inferred
+            results = infer([prepared for _, _, prepared in batch]) if batch else []
+            if len(results) != len(batch):
+                raise RuntimeError(f"infer returned {len(results)} results for {len(batch)} inputs")
+            done = [Item(index, source, value=result) for (index, source, _), result in
+                    zip(batch, results, strict=True)]
+            yield from sorted(done + failed, key=lambda item: item.index)
+        finished = True
+    finally:
+        # A consumer that stops early, an error or an interrupt (Ctrl-C, SIGTERM) cancels what has not started
+        # and does not wait for the decoding threads (one stuck in a decoder would hold the process; each
+        # finishes its current image on its own).
+        pool.shutdown(wait=finished, cancel_futures=True)

@@ -93,6 +93,10 @@ def exit_terminated(signum: int = signal.SIGTERM) -> None:
     os._exit(128 + signum)
 
 
+UNWIND_SECONDS = 10.0
+"""After SIGTERM, how long the stack may take to unwind (cleanups) before the process exits 143 regardless."""
+
+
 class _Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so that every cleanup (staging folders, temporary files) runs."""
 
@@ -119,6 +123,9 @@ def terminate_as_interrupt() -> Iterator[None]:
     def on_term(signum: int, frame: Any) -> None:
         if pending_cleanups():
             exit_terminated(signum)
+        watchdog = threading.Timer(UNWIND_SECONDS, exit_terminated, args=(signum,))
+        watchdog.daemon = True  # a stack that does not unwind in time (a thread it waits for is stuck) still exits
+        watchdog.start()
         raise _Terminated()
 
     def on_int(signum: int, frame: Any) -> None:

@@ -74,6 +74,27 @@ def test_memory_is_bounded_and_sources_are_read_lazily():
     assert pulled <= 100 + 8 * 4 and most_held <= 8 * 4
 
 
+def test_an_error_does_not_wait_for_a_stuck_decoder_and_cancels_the_rest():
+    release = threading.Event()
+    started: list[int] = []
+
+    def prepare(value):
+        started.append(value)
+        if value == 1:
+            release.wait(30)  # a decoder that hangs
+        return value
+
+    def infer(batch):
+        raise RuntimeError("the runtime failed")
+
+    begun = time.monotonic()
+    with pytest.raises(RuntimeError, match="the runtime failed"):
+        list(run_pipeline(range(1000), prepare=prepare, infer=infer, batch_size=1, workers=2, prefetch=8))
+    assert time.monotonic() - begun < 10  # not the stuck decoder's 30 s
+    release.set()
+    assert len(started) < 20  # the queued inputs were cancelled, not decoded after the error
+
+
 @pytest.mark.parametrize("options", [{"batch_size": 0}, {"workers": 0}, {"prefetch": -1}, {"errors": "ignore"}])
 def test_bad_engine_options_are_config_errors(options):
     with pytest.raises(ConfigError):

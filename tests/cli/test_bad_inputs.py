@@ -102,6 +102,30 @@ def test_sigterm_during_conversion_leaves_no_staging_folder_and_stale_ones_are_r
     assert (out / "conversion.log").is_file()
 
 
+def test_sigterm_exits_143_even_when_a_cleanup_hangs():
+    """A stack that does not unwind (a thread it waits for is stuck) still ends the process, 143, one line."""
+    script = """
+import sys, threading, time
+from cellsdk.cli import process
+process.UNWIND_SECONDS = 1.0
+@process.friendly_errors
+def command():
+    try:
+        print("ready", flush=True)
+        time.sleep(60)
+    finally:
+        threading.Event().wait()  # a cleanup that never returns
+command()
+"""
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "ready\n"
+    started = time.monotonic()
+    child.send_signal(signal.SIGTERM)
+    _, stderr = child.communicate(timeout=30)
+    assert child.returncode == 143 and time.monotonic() - started < 20
+    assert stderr.strip() == "Error: terminated (SIGTERM); nothing half-written was left behind"
+
+
 def test_a_closed_pipe_ends_predict_quietly(tmp_path):
     images = Path(__file__).resolve().parents[2] / "samples" / "bloodmnist_128" / "test"
     done = subprocess.run(f"'{_bin('cellsdk')}' predict '{images}' | head -n 1", shell=True, capture_output=True,
