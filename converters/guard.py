@@ -40,7 +40,8 @@ from cellsdk.metadata import ModelMetadata
 from cellsdk.metrics import auroc, softmax
 from cellsdk.preprocessing import prepare_image, to_input_array
 
-__all__ = ["GuardConfig", "GuardProbe", "auroc_standard_error", "check_guard", "fit_guard"]
+__all__ = ["GuardConfig", "GuardProbe", "auroc_standard_error", "check_guard", "deployed_threshold", "fit_guard",
+           "retention_quantile"]
 
 log = logging.getLogger("cellsdk")
 
@@ -59,6 +60,9 @@ class GuardConfig:
         shift_images: validation images each synthetic shift is applied to.
         dims: principal directions kept by the feature scores.
         max_auroc_drop: the gate: largest accepted fall of an artefact's mean shift AUROC below fp32's.
+        originals: the training lab's images as its microscope delivers them (full resolution, not yet cropped),
+            in a folder with a ``val`` split: every artefact's threshold is raised where needed to keep
+            ``retention`` of them too (:func:`deployed_threshold`), not only of the calibration images.
         max_retention_drop: largest accepted fall of the evaluation images kept below ``retention`` at fp32's
             threshold (at least two binomial standard errors on that many images); beyond it the artefact's own
             threshold is set (at ``retention`` of its own scores).
@@ -73,6 +77,7 @@ class GuardConfig:
     dims: int = 128
     max_auroc_drop: float = 0.02
     max_retention_drop: float = 0.01
+    originals: str | None = None
 
     def __post_init__(self) -> None:
         if self.score != "auto" and self.score not in SCORES:
@@ -344,3 +349,59 @@ def check_guard(classifier: Any, eval_outputs: dict[str, np.ndarray], probe: Gua
                                     f"limit -{retention_tolerance * 100:.1f} points): re-set on this artefact's "
                                     f"scores of the {len(own)} evaluation images")
     return record, reasons
+
+
+#: one-sided 90 % normal quantile: a threshold set on a few hundred images keeps the stated share with 90 % confidence
+_CONFIDENCE_Z = 1.2816
+
+
+def retention_quantile(retention: float, images: int) -> float:
+    """The quantile of ``images`` scores whose threshold keeps ``retention`` of new images with 90 % confidence.
+
+    The plain ``retention`` quantile of a small set keeps less than stated about half the time; this adds the
+    binomial standard error times the one-sided 90 % normal quantile (at most 1).
+
+    Examples:
+        >>> round(retention_quantile(0.95, 161), 3), round(retention_quantile(0.95, 100_000), 3)
+        (0.972, 0.951)
+    """
+    return min(1.0, retention + _CONFIDENCE_Z * float(np.sqrt(retention * (1 - retention) / max(images, 1))))
+
+
+def deployed_threshold(classifier: Any, data: str, retention: float, *, base: float | None = None,
+                       labels: str | None = None) -> dict[str, Any]:
+    """The OOD threshold that also keeps ``retention`` of the training lab's images as its microscope delivers
+    them: the ``val`` split of ``data`` (full-resolution originals) through the artefact's whole runtime path
+    (decode, the model's crop, resize), scored by ``classifier``'s guard.
+
+    A guard fitted on the training crops scores the same cells higher when they arrive as originals (another
+    crop-and-resize path): the shipped model's threshold kept 90.7 % of the PBC validation originals instead of
+    95 %. The threshold returned is the higher of ``base`` (default: the guard's own) and the
+    :func:`retention_quantile` of the originals' scores, so it never flags more calibration images than before.
+
+    Returns:
+        A record: ``threshold`` and what it keeps of the originals before / after, with their count and source.
+
+    Raises:
+        DatasetError: ``data`` has no usable ``val`` split.
+
+    Examples:
+        >>> record = deployed_threshold(classifier, "runs/pbc_originals", 0.95)  # doctest: +SKIP
+        >>> record["kept_after"] >= 0.95  # doctest: +SKIP
+        True
+    """
+    guard = classifier.guard
+    base = float(guard.threshold if base is None else base)
+    split = load_dataset(data, labels=labels).split("val")
+    sources = split.paths if split.paths is not None else (split.load(i) for i in range(len(split)))
+    scores = [item.value.ood_score for item in classifier.predict_iter(sources, batch_size=32, errors="skip")
+              if item.ok]
+    if len(scores) < 20:
+        raise DatasetError(f"{data}: {len(scores)} usable images in its val split; the originals' threshold "
+                           "needs at least 20 (more is better: 150 set it within about 2 points)")
+    values = np.asarray(scores, dtype=np.float64)
+    quantile = retention_quantile(retention, len(values))
+    threshold = max(base, float(np.quantile(values, quantile)))
+    return {"data": str(data), "split": "val", "images": len(values), "retention": retention,
+            "quantile": quantile, "threshold": threshold, "base_threshold": base,
+            "kept_before": float((values <= base).mean()), "kept_after": float((values <= threshold).mean())}

@@ -396,6 +396,8 @@ def _one(job: Any, fmt: str, precision: str, skipped: str, staging: Path, images
     threshold = (record.get("guard") or {}).get("threshold")
     if threshold is not None and entry["status"] == STATUS_PASSED:  # the artefact's own OOD threshold
         entry["guard_threshold"] = threshold
+    if config.guard.enabled and config.guard.originals and entry["status"] == STATUS_PASSED:
+        _originals_threshold(target, options, config, entry)
     vectors = fit_test_vectors(job.test_vectors, entry["size_bytes"])
     budget = size_budget(entry["size_bytes"])
     if vectors is not None and entry["status"] == STATUS_PASSED:  # its own OOD scores on them, and its self-check
@@ -413,6 +415,26 @@ def _one(job: Any, fmt: str, precision: str, skipped: str, staging: Path, images
         converter.write_metadata(target, _artefact_metadata(job, entry))
         entry["size_bytes"], entry["sha256"], entry["files"] = describe_files(target)
     return entry
+
+
+def _originals_threshold(target: Path, options: dict[str, Any], config: ConvertConfig, entry: dict[str, Any]) -> None:
+    """Raise the artefact's OOD threshold where needed to keep the stated share of the training lab's originals
+    (``GuardConfig.originals``) through its own runtime path; recorded in its verification and metadata."""
+    import warnings
+
+    from cellsdk.classifier import Classifier
+    from cellsdk.converters.guard import deployed_threshold
+    from cellsdk.errors import CpuVerificationWarning
+
+    with warnings.catch_warnings():  # a conversion writes its CPU records after every artefact is converted
+        warnings.simplefilter("ignore", CpuVerificationWarning)
+        classifier = Classifier.load(target, device="cpu", self_check=False, **options)
+    if classifier.guard is None:
+        return
+    record = deployed_threshold(classifier, str(config.guard.originals), config.guard.retention,
+                                base=entry.get("guard_threshold"), labels=config.labels)
+    entry.setdefault("verification", {}).setdefault("guard", {})["originals"] = record
+    entry["guard_threshold"] = record["threshold"]
 
 
 def native_self_check(path: Path, options: dict[str, Any], vectors: Any, artefact_bytes: int) -> tuple[Any, Any]:
@@ -450,9 +472,16 @@ def _artefact_metadata(job: Any, entry: dict[str, Any]) -> Any:
     if vectors is not None:
         metadata = metadata.replace(test_vectors=vectors.to_dict())
     if entry.get("guard_threshold") is not None and metadata.guard is not None:
-        note = entry["verification"]["guard"].get("threshold_note", "")
+        checked = entry["verification"]["guard"]
+        note = checked.get("threshold_note", "")
+        originals = checked.get("originals")
+        if originals and originals["threshold"] > originals["base_threshold"]:
+            note = (f"{note}; " if note else "") + (
+                f"raised to keep {originals['retention'] * 100:.0f} % of {originals['images']} full-resolution "
+                f"originals (kept {originals['kept_before'] * 100:.1f} % before)")
         metadata = metadata.replace(guard={**metadata.guard, "threshold": entry["guard_threshold"],
-                                           "fp32_threshold": metadata.guard["threshold"], "threshold_note": note})
+                                           "fp32_threshold": metadata.guard["threshold"], "threshold_note": note,
+                                           **({"originals": originals} if originals else {})})
     return metadata
 
 

@@ -70,6 +70,9 @@ __all__ = ["convert_command", "verify_command"]
               show_default=True, help="auto: the score with the best AUROC on synthetic shifts of the val images.")
 @click.option("--guard-retention", type=click.FloatRange(50, 100), default=95.0, show_default=True,
               help="Percent of in-distribution (val) images the OOD threshold keeps.")
+@click.option("--guard-originals", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+              help="The training lab's images as its microscope delivers them (full resolution; a folder with a val "
+                   "split): each artefact's OOD threshold also keeps --guard-retention of them.")
 @click.option("--explain/--no-explain", default=True, show_default=True,
               help="Add a class-activation-map output for Classifier.explain (pooling -> linear heads).")
 @click.option("--test-vectors", type=click.IntRange(0, 1000), default=32, show_default=True,
@@ -102,7 +105,8 @@ def convert_command(checkpoint: Path, out_dir: Path, formats: str, quantize: tup
         int8_recipe=options["int8_recipe"],
         cpu_targets=CpuTargets.parse(options["verify_cpus"], images_per_class=options["verify_cpus_images"],
                                      float_artefacts=options["verify_cpus_float"]),
-        guard=GuardConfig(score=options["guard_score"], retention=options["guard_retention"] / 100)
+        guard=GuardConfig(score=options["guard_score"], retention=options["guard_retention"] / 100,
+                          originals=str(options["guard_originals"]) if options["guard_originals"] else None)
         if options["guard"] else GuardConfig.off(),
         explain=options["explain"], test_vectors=options["test_vectors"],
         verify=VerifyConfig(max_accuracy_drop=options["max_accuracy_drop"] / 100,

@@ -219,7 +219,11 @@ def guard_summary(record: Mapping[str, Any] | None) -> str:
     figures = record.get("validation", {}) or {}
     parts = [f"{score.get('name', '?')}" + (f" ({score['dims']} d)" if "dims" in score else ""),
              f"threshold {record.get('threshold', float('nan')):.4g} keeps {record.get('retention', 0) * 100:.0f} % of val"]
-    if record.get("threshold_note"):
+    originals = record.get("originals")
+    if originals:
+        parts[-1] += (f" and {originals.get('kept_after', 0) * 100:.0f} % of {originals.get('images', '?')} "
+                      "full-resolution originals")
+    elif record.get("threshold_note"):
         parts[-1] += " (this artefact's own threshold: fp32's kept too few)"
     if "mean_auroc" in figures:
         parts.append(f"synthetic-shift AUROC {figures['mean_auroc']:.3f}")

