@@ -39,7 +39,7 @@ from PIL import Image
 
 from cellsdk.errors import DatasetError
 from cellsdk.labelmaps import KNOWN_LABEL_MAPS, resolve_label_map
-from cellsdk.preprocessing import load_image
+from cellsdk.preprocessing import IMAGE_EXTENSIONS, load_image
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -53,7 +53,6 @@ __all__ = [
 ]
 
 SPLITS = ("train", "val", "test")
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                   "validation": "val", "test": "test", "testing": "test"}
 

@@ -41,6 +41,7 @@ from cellsdk.metadata import Preprocessing
 from cellsdk.normalise import normalise_stain, rescale_for, scale_factor
 
 __all__ = [
+    "IMAGE_EXTENSIONS",
     "MAX_IMAGE_PIXELS",
     "ImageSource",
     "crop_box",
@@ -51,6 +52,9 @@ __all__ = [
     "preprocess_batch",
     "to_input_array",
 ]
+
+#: the image files a folder is read for (datasets, batch jobs)
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"})
 
 #: Images with more pixels than this are refused as decompression bombs.
 MAX_IMAGE_PIXELS = 64_000_000

@@ -121,8 +121,6 @@ class OnnxRuntimeBackend(Backend):
         CUDA runs without TF32 unless ``tf32``: ONNX Runtime's default computes fp32 matrix products in TF32 (10
         mantissa bits) on Ampere and later GPUs, a silent down-cast of an fp32 artefact.
         """
-        from cellsdk.platform.gpu import onnxruntime_cuda_problem
-
         match = _DEVICE.fullmatch(str(device).strip().lower())
         if not match or (match.group(2) and match.group(1) in ("auto", "cpu")):
             raise ConfigError(f"device {device!r} is not an onnxruntime device: use auto, cpu, cuda, cuda:N, "
@@ -130,12 +128,15 @@ class OnnxRuntimeBackend(Backend):
         kind, index = match.group(1), int(match.group(2) or 0)
         if kind == "cpu":
             return ["CPUExecutionProvider"]
+        if kind == "auto" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            return ["CPUExecutionProvider"]  # the CPU build: nothing to probe (nor to import: gpu probes NVIDIA's stack)
+        from cellsdk.platform import gpu
+
         if kind == "auto":
-            usable = ("CUDAExecutionProvider" in ort.get_available_providers()
-                      and onnxruntime_cuda_problem(ort) is None)
+            usable = gpu.onnxruntime_cuda_problem(ort) is None
             return [("CUDAExecutionProvider", {"device_id": 0, "use_tf32": int(tf32)}), "CPUExecutionProvider"] if usable \
                 else ["CPUExecutionProvider"]
-        problem = onnxruntime_cuda_problem(ort, tensorrt=kind == "tensorrt", index=index)
+        problem = gpu.onnxruntime_cuda_problem(ort, tensorrt=kind == "tensorrt", index=index)
         if problem:
             raise DeviceUnavailableError(f"device {device!r}: {problem}")
         cuda = ("CUDAExecutionProvider", {"device_id": index, "use_tf32": int(tf32)})

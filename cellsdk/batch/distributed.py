@@ -34,8 +34,8 @@ from cellsdk._capture import capture_tool_output
 from cellsdk._io import artefact_files
 from cellsdk._validate import require_int
 from cellsdk.batch.jobs import JobSummary, iter_inputs, path_key
-from cellsdk.datasets import IMAGE_EXTENSIONS
 from cellsdk.errors import BackendNotInstalledError, ConfigError
+from cellsdk.preprocessing import IMAGE_EXTENSIONS
 
 __all__ = ["RAY_INSTALL", "parquet_name_problem", "predict_files", "ray_unavailable_reason", "run_ray_job"]
 

@@ -38,8 +38,8 @@ from cellsdk.batch.results import (
     result_columns,
     result_format,
 )
-from cellsdk.datasets import IMAGE_EXTENSIONS
 from cellsdk.errors import ConfigError, MetadataError
+from cellsdk.preprocessing import IMAGE_EXTENSIONS
 
 __all__ = ["JobSummary", "Tally", "count_inputs", "iter_inputs", "job_file", "path_key", "run_job"]
 

@@ -15,15 +15,12 @@ Examples:
 
 from __future__ import annotations
 
-from cellsdk.cli.adapt import adapt_command
-from cellsdk.cli.bench import bench_command
-from cellsdk.cli.convert import convert_command, verify_command
-from cellsdk.cli.evaluate import eval_command
-from cellsdk.cli.info import devices_command, info_command
+import importlib
+from typing import Any
+
+import click
+
 from cellsdk.cli.options import group
-from cellsdk.cli.predict import predict_command
-from cellsdk.cli.serve import serve_command
-from cellsdk.cli.train import calibrate_command, train_command
 
 __all__ = [
     "adapt_command",
@@ -40,8 +37,51 @@ __all__ = [
     "verify_command",
 ]
 
+#: command name -> (module, attribute): a command's module is imported only when that command runs (or for the
+#: group's --help), so ``cellsdk predict`` does not pay for training, conversion or serving imports
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("cellsdk.cli.train", "train_command"),
+    "adapt": ("cellsdk.cli.adapt", "adapt_command"),
+    "eval": ("cellsdk.cli.evaluate", "eval_command"),
+    "calibrate": ("cellsdk.cli.train", "calibrate_command"),
+    "predict": ("cellsdk.cli.predict", "predict_command"),
+    "info": ("cellsdk.cli.info", "info_command"),
+    "convert": ("cellsdk.cli.convert", "convert_command"),
+    "verify": ("cellsdk.cli.convert", "verify_command"),
+    "bench": ("cellsdk.cli.bench", "bench_command"),
+    "serve": ("cellsdk.cli.serve", "serve_command"),
+    "devices": ("cellsdk.cli.info", "devices_command"),
+}
+_ATTRIBUTES = {attribute: module for module, attribute in COMMANDS.values()}
 
-@group()
+
+def __getattr__(name: str) -> Any:
+    """``cellsdk.cli.predict_command`` and the other commands (the console scripts' entry points), imported on
+    first use."""
+    if name in _ATTRIBUTES:
+        return getattr(importlib.import_module(_ATTRIBUTES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class LazyGroup(click.Group):
+    """A group that imports a sub-command's module when the sub-command is asked for.
+
+    Examples:
+        >>> sorted(cli.list_commands(None))[:3]
+        ['adapt', 'bench', 'calibrate']
+    """
+
+    def list_commands(self, ctx: click.Context | None) -> list[str]:
+        return sorted({*self.commands, *COMMANDS})
+
+    def get_command(self, ctx: click.Context | None, name: str) -> click.Command | None:
+        if name not in self.commands and name in COMMANDS:
+            module, attribute = COMMANDS[name]
+            self.add_command(getattr(importlib.import_module(module), attribute), name)
+        return self.commands.get(name)
+
+
+@group(cls=LazyGroup)
 def cli() -> None:
     """cellsdk: train, convert, verify, run and benchmark microscopy cell classifiers.
 
@@ -52,10 +92,6 @@ def cli() -> None:
         True
     """
 
-
-for _command in (train_command, adapt_command, eval_command, calibrate_command, predict_command, info_command, convert_command,
-                 verify_command, bench_command, serve_command, devices_command):
-    cli.add_command(_command)
 
 #: the commands' docstring examples, for doctest (click turns the functions into Command objects)
 __test__ = {"cli": cli.callback.__doc__}

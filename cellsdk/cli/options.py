@@ -74,7 +74,7 @@ def command(name: str) -> Callable[[F], click.Command]:
     return make
 
 
-def group() -> Callable[[F], click.Group]:
+def group(cls: type[click.Group] = click.Group) -> Callable[[F], click.Group]:
     """The ``cellsdk`` group: as :func:`command`, for a command with sub-commands.
 
     Examples:
@@ -87,7 +87,7 @@ def group() -> Callable[[F], click.Group]:
     """
 
     def make(function: F) -> click.Group:
-        return click.group(context_settings=CONTEXT, help=help_text(function))(
+        return click.group(cls=cls, context_settings=CONTEXT, help=help_text(function))(
             click.version_option(__version__, prog_name="cellsdk")(function))
 
     return make

@@ -99,7 +99,6 @@ def measure(image: np.ndarray, *, every_pixel: bool = False) -> dict[str, float]
     stained = (luminance < 0.72 * background_level) & (b > g + 8)
     background = luminance >= p75
     brightest, darkest = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
-    height, width = stained.shape
     count = int(np.count_nonzero(stained))
     area = count / stained.size
     bg_r, bg_g, bg_b = r[background], g[background], b[background]

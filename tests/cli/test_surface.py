@@ -22,8 +22,9 @@ def _normalised(data):
 
 
 def test_every_command_keeps_its_options_types_and_defaults():
-    assert sorted(cli.commands) == sorted(SURFACE["commands"])
-    for name, command in cli.commands.items():
+    assert sorted(cli.list_commands(None)) == sorted(SURFACE["commands"])
+    for name in cli.list_commands(None):
+        command = cli.get_command(None, name)
         assert _normalised(_surface(command)) == SURFACE["commands"][name], name
     assert _normalised(_surface(cli)) == SURFACE["group"]
 
