@@ -65,6 +65,8 @@ class ThroughputConfig:
     Attributes:
         folder: the images (walked as ``cellsdk predict`` walks a folder).
         model: an ONNX model (default: the shipped one); the reference pipeline needs ONNX Runtime.
+        others: other artefacts of the same model (e.g. its OpenVINO int8 IR): each gets rows of the local engine
+            at its default split, guard on and off, so the engines compare on the same images.
         splits: (decoding threads, runtime threads) pairs for the reference and the local engine.
         batch_size: images per runtime call, everywhere.
         ray_actors: actor counts for the Ray engine (empty: no Ray rows).
@@ -75,6 +77,7 @@ class ThroughputConfig:
 
     folder: str
     model: str | None = None
+    others: tuple[str, ...] = ()
     splits: tuple[tuple[int, int], ...] = field(default_factory=default_splits)
     batch_size: int = 32
     ray_actors: tuple[int, ...] = (1, 2)
@@ -189,6 +192,7 @@ def run_throughput(config: ThroughputConfig, *, progress: Callable[[str], None] 
     Examples:
         >>> report = run_throughput(ThroughputConfig(folder="samples/pbc_raw", ray_actors=()))  # doctest: +SKIP
     """
+    from cellsdk.backends import backend_for_path
     from cellsdk.batch.distributed import ray_unavailable_reason
     from cellsdk.batch.engine import default_split
     from cellsdk.batch.jobs import iter_inputs
@@ -201,6 +205,10 @@ def run_throughput(config: ThroughputConfig, *, progress: Callable[[str], None] 
                           "give an .onnx model (or a conversion folder whose chosen artefact is one)")
     labels = list(classifier.labels)
     model = str(classifier.path)
+    for other in config.others:
+        if not Path(other).exists():
+            raise ConfigError(f"{other}: no such model file or folder (the other artefacts come after the ONNX model)")
+        backend_for_path(other)  # a file no runtime reads is refused now, not after the reference has run
     paths = [str(Path(p).resolve()) for p in iter_inputs([config.folder])] * config.repeat
     say = progress or (lambda message: None)
     reason = ray_unavailable_reason()
@@ -232,6 +240,16 @@ def run_throughput(config: ThroughputConfig, *, progress: Callable[[str], None] 
         runs.append(_Run("local", f"default, --ood off ({decode} / {runtime})",
                          [*cellsdk, "--out", str(out), "--overwrite", "--quiet", "--ood", "off"], out,
                          {"decode_threads": decode, "runtime_threads": runtime, "guard": False}))
+        for number, other in enumerate(config.others):
+            name = f"{Path(other).name} ({backend_for_path(other).name})"
+            for guard in (True, False):
+                out = work / f"local-other{number}-{'guard' if guard else 'noguard'}.csv"
+                runs.append(_Run("local", f"default, {name}{'' if guard else ', --ood off'}",
+                                 [*_cellsdk_command(), "predict", "--from-list", str(listed), "--model", other,
+                                  "--batch-size", str(config.batch_size), "--out", str(out), "--overwrite", "--quiet",
+                                  *([] if guard else ["--ood", "off"])], out,
+                                 {"decode_threads": decode, "runtime_threads": runtime, "model": other,
+                                  **({} if guard else {"guard": False, "other_model": True})}))
         for actors in () if reason else config.ray_actors:
             out = work / f"ray-{actors}.parquet"
             runs.append(_Run("ray", f"{actors} actor{'s' if actors > 1 else ''} (1 thread each)",
@@ -277,7 +295,8 @@ def _ratios(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
 
     reference = best("reference")
     default = next((r["images_per_s"] for r in rows if r["engine"] == "local" and r.get("default")), None)
-    no_guard = next((r["images_per_s"] for r in rows if r["engine"] == "local" and r.get("guard") is False), None)
+    no_guard = next((r["images_per_s"] for r in rows if r["engine"] == "local" and r.get("guard") is False
+                     and not r.get("other_model")), None)
     ratios: dict[str, float | None] = {}
     local_best = max((r["images_per_s"] for r in rows if r["engine"] == "local" and r.get("guard") is not False),
                      default=None)

@@ -130,7 +130,7 @@ def artefact_path(folder: str | os.PathLike, file: Any) -> Path:
 
 
 def choose_artefact(folder: str | os.PathLike, cpu_class: str | None = None,
-                    device: str = "auto") -> tuple[Path, str, dict[str, Any]]:
+                    device: str = "auto", *, measure: bool = False) -> tuple[Path, str, dict[str, Any]]:
     """The artefact to run from a conversion folder, a sentence saying why, and its verified runtime options.
 
     For a GPU ``device`` (``cuda``, ``cuda:N``, ``tensorrt``) only artefacts whose runtime runs there are
@@ -145,7 +145,9 @@ def choose_artefact(folder: str | os.PathLike, cpu_class: str | None = None,
     a passed record for the class in their ``cpu_verification``, and an int8
     artefact that failed on the class is never chosen. Then the lowest
     ``latency_ms`` wins; without latencies, int8 before fp16 before fp32, then
-    onnxruntime, openvino, torchscript, coreml.
+    onnxruntime, openvino, torchscript, coreml. With ``measure`` (what ``Classifier.load`` does), the verified
+    ONNX Runtime and OpenVINO candidates are timed on this machine instead (:mod:`cellsdk.artefacts.speed`,
+    once per machine, cached) and the fastest here wins: the converting machine's ranking need not hold here.
 
     Raises:
         UnsupportedFormatError: nothing in the folder passed and runs here (the reasons are listed).
@@ -198,13 +200,16 @@ def choose_artefact(folder: str | os.PathLike, cpu_class: str | None = None,
         latency = entry.get("latency_ms")
         latency = float(latency) if isinstance(latency, (int, float)) and not gpu else math.inf
         precision_rank = (_GPU_PRECISION_RANK if gpu else _PRECISION_RANK).get(str(entry.get("precision")), 3)
-        rank = (class_status != "verified", latency, precision_rank, order.index(backend.name))
+        rank = (class_status != "verified", False, latency, precision_rank, order.index(backend.name))
         options = entry.get("runtime_options") if isinstance(entry.get("runtime_options"), dict) else {}
         candidates.append((rank, file, backend.name, entry.get("precision", "?"), options))
     if not candidates:
         details = "; ".join(skipped) or "no artefacts"
         raise UnsupportedFormatError(f"{folder}: no verified artefact runs on this platform ({details})")
-    (unverified_here, latency, _, _), file, backend_name, precision, options = min(candidates, key=lambda c: c[0])
+    measured: dict[str, dict[str, float]] = {}
+    if measure and not gpu:
+        candidates, measured = _measured(folder, manifest, candidates)
+    (unverified_here, _, latency, _, _), file, backend_name, precision, options = min(candidates, key=lambda c: c[0])
     if gpu:
         if unverified_here:
             why = (f"runs on {device}, preferred by precision (fp16, fp32, int8) and backend; cellsdk verified it on "
@@ -213,11 +218,41 @@ def choose_artefact(folder: str | os.PathLike, cpu_class: str | None = None,
             why = (f"verified on this GPU ({gpu_name}, {gpu}), preferred among those by precision (fp16, fp32, int8) "
                    "and backend")
         return artefact_path(folder, file), f"{file} ({backend_name}, {precision}): {why}", dict(options)
-    why = (f"fastest verified artefact that runs here ({latency:.2f} ms at conversion)" if math.isfinite(latency)
-           else "verified, runs here, preferred by precision and backend (no latency recorded)")
+    if file in measured:
+        others = ", ".join(f"{other} {record['per_image_ms']:.2f}" for other, record in sorted(
+            measured.items(), key=lambda item: item[1]["per_image_ms"]) if other != file)
+        why = (f"fastest verified artefact measured on this machine ({measured[file]['per_image_ms']:.2f} ms per image"
+               f"{'; ' + others if others else ''})")
+    elif math.isfinite(latency):
+        why = f"fastest verified artefact that runs here ({latency:.2f} ms at conversion)"
+    else:
+        why = "verified, runs here, preferred by precision and backend (no latency recorded)"
     if unverified_here:
         why += f"; not verified on this CPU class {cpu_class}"
     return artefact_path(folder, file), f"{file} ({backend_name}, {precision}): {why}", dict(options)
+
+
+def _measured(folder: Path, manifest: dict[str, Any], candidates: list[Any]) -> tuple[list[Any], dict[str, Any]]:
+    """The candidates re-ranked by their speed measured here (:mod:`cellsdk.artefacts.speed`): among those verified
+    for this CPU class, the ONNX Runtime and OpenVINO ones are timed; the others rank after them."""
+    from cellsdk.artefacts.speed import MEASURED_BACKENDS, MEASURED_MOST, measure_speeds
+
+    verified = [c for c in candidates if not c[0][0]]
+    # the three fastest as recorded (fp16 on a CPU, say, is not worth a second of every first load)
+    timed = sorted((c for c in verified if c[2] in MEASURED_BACKENDS), key=lambda c: c[0])[:MEASURED_MOST]
+    if len(timed) < 2:  # nothing to choose between
+        return candidates, {}
+    size = int(((manifest.get("metadata") or {}).get("preprocessing") or {}).get("input_size") or 0)
+    if size <= 0:
+        return candidates, {}
+    speeds = measure_speeds(folder, [(c[1], c[2], c[4]) for c in timed], size)
+    if not speeds:
+        return candidates, {}
+    ranked = []
+    for rank, file, backend_name, precision, options in candidates:
+        latency = speeds[file]["per_image_ms"] if file in speeds else rank[2]  # unmeasured: after, as recorded
+        ranked.append(((rank[0], file not in speeds, latency, *rank[3:]), file, backend_name, precision, options))
+    return ranked, speeds
 
 
 def _gpu_status(entry: dict[str, Any], target: str, gpu_name: str | None) -> str:

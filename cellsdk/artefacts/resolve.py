@@ -150,9 +150,11 @@ def open_artefact(path: str | os.PathLike | None = None, *, backend: str | None 
     verified_options: dict[str, Any] = {}
     if path.is_dir() and path.suffix.lower() != ".mlpackage":
         from cellsdk.artefacts.manifest import choose_artefact
+        from cellsdk.artefacts.speed import engine_choice
         from cellsdk.platform.cpu import host_cpu
 
-        path, chosen, verified_options = choose_artefact(path, host_cpu().cpu_class, device)
+        path, chosen, verified_options = choose_artefact(path, host_cpu().cpu_class, device,
+                                                         measure=engine_choice() == "measured")
         log.info("cellsdk: running %s", chosen)
     backend_cls = get_backend(backend) if backend else backend_for_path(path)
     backend_cls.check_options(verified_options)  # a bad manifest is refused even where the caller overrides it

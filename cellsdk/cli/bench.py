@@ -45,8 +45,8 @@ __all__ = ["bench_command"]
               help="Folder for results.json / .md / .csv and latency.png (throughput.json / .md with --throughput).")
 @click.option("--throughput", "throughput_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Instead: images/s, CPU use and peak memory over this folder for the local engine, the Ray "
-                   "engine and a hand-written reference pipeline (MODELS: at most one ONNX model [default: the "
-                   "shipped one]).")
+                   "engine and a hand-written reference pipeline (MODELS: an ONNX model [default: the shipped one], "
+                   "then any other artefacts of it, e.g. its OpenVINO int8 IR, each run by the local engine).")
 @click.option("--splits", default=None, help="With --throughput: decode x runtime thread splits, e.g. 1x1,1x2 "
               "[default: every useful split of this machine's cores].")
 @click.option("--ray-actors", default="1,2", show_default=True, help="With --throughput: Ray actor counts, or none.")
@@ -96,8 +96,9 @@ def bench_command(models: tuple[Path, ...], devices: str, batches: str, out_dir:
     if throughput_dir is not None:
         from cellsdk.benchmarks.throughput import ThroughputConfig, format_throughput, run_throughput, write_throughput
 
-        throughput = ThroughputConfig.from_text(str(throughput_dir), _one_model(models, "--throughput"),
-                                                splits=splits, ray_actors=ray_actors, repeat=repeat, rounds=rounds)
+        throughput = ThroughputConfig.from_text(str(throughput_dir), str(models[0]) if models else None,
+                                                others=tuple(str(m) for m in models[1:]), splits=splits,
+                                                ray_actors=ray_actors, repeat=repeat, rounds=rounds)
         report = run_throughput(throughput, progress=progress)
         _report(format_throughput(report), write_throughput(report, out_dir) if out_dir is not None else [])
         return

@@ -28,10 +28,15 @@ def test_the_reference_pipeline_imports_no_cellsdk():
 
 
 def test_throughput_report_rows_ratios_and_label_agreement(tmp_path):
+    from cellsdk.artefacts.resolve import default_model_path
+
+    other = default_model_path()  # another artefact of the model: here the same file, run as a second engine
     report = run_throughput(ThroughputConfig(folder=str(RAW_SAMPLES), splits=((1, 1),), ray_actors=(), rounds=1,
-                                             repeat=2))
+                                             repeat=2, others=(str(other),)))
     engines = [(row["engine"], row["split"]) for row in report["rows"]]
     assert engines[0] == ("reference", "1 decode / 1 runtime") and ("local", "1 decode / 1 runtime") in engines
+    assert ("local", f"default, {other.name} (onnxruntime)") in engines
+    assert ("local", f"default, {other.name} (onnxruntime), --ood off") in engines
     assert any(row.get("default") for row in report["rows"])
     for row in report["rows"]:
         assert row["images"] == 32 and row["images_per_s"] > 0 and row["seconds"] > 0
@@ -48,7 +53,7 @@ def test_cli_throughput_writes_json_and_refuses_bad_options(tmp_path):
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "throughput.json").read_text())["rows"]
     for args, message in ((["--splits", "1x2x3"], "DECODExRUNTIME"), (["--splits", "ax1"], "use e.g."),
-                          (["--ray-actors", "two"], "use e.g."), (["a.onnx", "b.onnx"], "at most one")):
+                          (["--ray-actors", "two"], "use e.g."), (["a.onnx", "b.onnx"], "no such model")):
         bad = CliRunner().invoke(bench_command, ["--throughput", str(RAW_SAMPLES), *args])
         assert bad.exit_code != 0 and message in bad.output and "Traceback" not in bad.output
     assert "give MODELS" in CliRunner().invoke(bench_command, []).output

@@ -91,12 +91,35 @@ def test_manifest_records_everything(converted):
     assert not list(converted.out_dir.parent.glob(".out.staging-*"))
 
 
-def test_runtime_picks_a_verified_artefact_from_the_folder(converted):
+def test_runtime_picks_a_verified_artefact_from_the_folder(converted, monkeypatch):
+    monkeypatch.setenv("CELLSDK_ENGINE_CHOICE", "recorded")  # the converting machine's latencies decide
     classifier = Classifier.load(converted.out_dir)
     chosen = next(a for a in converted.manifest["artefacts"] if a["file"] == classifier.path.name)
     assert chosen["status"] == "passed" and "ms at conversion" in classifier.chosen
     passed = [a["latency_ms"] for a in converted.manifest["artefacts"] if a["status"] == "passed"]
     assert chosen["latency_ms"] == min(passed)
+
+
+def test_the_fastest_engine_is_measured_on_this_machine_once_and_cached(converted, monkeypatch, tmp_path):
+    """Classifier.load(folder) times the verified ONNX Runtime and OpenVINO artefacts here and takes the fastest;
+    the figures are cached per machine, so the next load does not measure again."""
+    from cellsdk.artefacts import speed
+
+    monkeypatch.setenv("CELLSDK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("CELLSDK_ENGINE_CHOICE", raising=False)
+    timed: list[int] = []
+    real = speed._time
+    monkeypatch.setattr(speed, "_time", lambda backend, batch, rounds: timed.append(len(batch)) or real(backend, batch, 2))
+    classifier = Classifier.load(converted.out_dir)
+    assert "measured on this machine" in classifier.chosen, classifier.chosen
+    cache = json.loads(next((tmp_path / "cache" / "speed").glob("*.json")).read_text())
+    speeds = cache["speeds"]
+    assert classifier.path.name in speeds and len(speeds) >= 2 and set(timed) == {1, 32}
+    assert {a["backend"] for a in converted.manifest["artefacts"] if a["file"] in speeds} <= {"onnxruntime", "openvino"}
+    fastest = min(speeds, key=lambda file: speeds[file]["per_image_ms"])
+    assert classifier.path.name == fastest and cache["machine"]["cpu_class"]
+    count = len(timed)
+    assert Classifier.load(converted.out_dir).path.name == fastest and len(timed) == count  # from the cache
 
 
 def test_broken_quantization_is_caught_by_the_gate(tiny_run, tmp_path):
