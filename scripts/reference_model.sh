@@ -28,9 +28,12 @@ else
 fi
 # portable int8 (the default recipe), verified natively and under emulated Haswell / Nehalem (the default
 # --verify-cpus; needs qemu-user), on the validation split
+# the OOD threshold also keeps 95 % of the lab's full-resolution originals of the validation split (the path the
+# microscope's images take: cellsdk's own 200 px crop and resize), not only of the BloodMNIST-128 crops
+python scripts/pbc_split_folder.py "$PBC" "$RUN/pbc_originals/val" --split val
 if [ ! -f "$RUN/converted/manifest.json" ]; then
   cellsdk-convert "$RUN/$NAME.safetensors" --out "$RUN/converted" --formats all --quantize fp16,int8 \
-    --calib "$DATA" --data-cropped --quiet
+    --calib "$DATA" --data-cropped --guard-originals "$RUN/pbc_originals" --quiet
 fi
 
 # the test split, once: the fp32 checkpoint in PyTorch and every artefact as deployed (default runtime options)
