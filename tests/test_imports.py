@@ -32,3 +32,25 @@ def test_the_service_is_torch_free_and_import_cellsdk_does_not_load_it():
                  "    import cellsdk.serve.app, cellsdk.serve.server\n"
                  "print(sorted(m for m in ('torch', 'timm', 'matplotlib', 'onnx') if m in sys.modules))")
     assert out.split() == ["False", "[]"]
+
+
+def test_predicting_on_a_cpu_imports_only_what_it_runs():
+    """Cold start: `cellsdk predict IMG` on a CPU loads neither the other commands' modules (training, conversion,
+    serving, datasets) nor the NVIDIA probe (when ONNX Runtime has no CUDA provider)."""
+    out = _fresh(
+        "import sys, io, contextlib\n"
+        "import onnxruntime\n"
+        "from cellsdk.cli import cli\n"
+        "sys.argv = ['cellsdk', 'predict', 'samples/pbc_raw/ig/MMY_163947.jpg']\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n"
+        "        cli()\n"
+        "    except SystemExit as exit:\n"
+        "        assert not exit.code, exit.code\n"
+        "cuda = 'CUDAExecutionProvider' in onnxruntime.get_available_providers()\n"
+        "unwanted = ['cellsdk.cli.train', 'cellsdk.cli.adapt', 'cellsdk.cli.convert', 'cellsdk.cli.serve',\n"
+        "            'cellsdk.cli.bench', 'cellsdk.datasets', 'cellsdk.training', 'cellsdk.converters',\n"
+        "            *([] if cuda else ['cellsdk.platform.gpu'])]\n"
+        "print(sorted(m for m in unwanted if m in sys.modules))"
+    )
+    assert out.strip().splitlines()[-1] == "[]"
