@@ -71,19 +71,21 @@ def measure_paths(paths: list[Path], model: str | None = None) -> dict[str, Any]
         reference = int(np.argmax(classifier.run_outputs(array[None])["logits"][0]))
         box = crop_box(rgb.size, spec)
 
-        def resize_box(p: Path = path) -> Image.Image:
-            return load_image(decode(p)).resize((size, size), resample, box=box)
+        def scaled(box: tuple[int, int, int, int], factor: float) -> tuple[float, float, float, float]:
+            return box[0] * factor, box[1] * factor, box[2] * factor, box[3] * factor
 
-        def draft_half(p: Path = path) -> Image.Image:
-            image = Image.open(p)
-            image.draft("RGB", (image.width // 2, image.height // 2))
-            image = load_image(image)
-            scale = image.width / rgb.width
-            return image.resize((size, size), resample, box=tuple(v * scale for v in box))
+        def resize_box(p: Path = path, box: tuple[int, int, int, int] = box) -> Image.Image:
+            return load_image(decode(p)).resize((size, size), resample, box=scaled(box, 1.0))
 
-        def reduce_2(p: Path = path) -> Image.Image:
+        def draft_half(p: Path = path, box: tuple[int, int, int, int] = box, width: int = rgb.width) -> Image.Image:
+            opened = Image.open(p)
+            opened.draft("RGB", (opened.width // 2, opened.height // 2))
+            image = load_image(opened)
+            return image.resize((size, size), resample, box=scaled(box, image.width / width))
+
+        def reduce_2(p: Path = path, box: tuple[int, int, int, int] = box) -> Image.Image:
             image = load_image(decode(p)).reduce(2)
-            return image.resize((size, size), resample, box=tuple(v / 2 for v in box))
+            return image.resize((size, size), resample, box=scaled(box, 0.5))
 
         for name, function in (("resize_box", resize_box), ("draft_half", draft_half), ("reduce_2", reduce_2)):
             other, ms = _timed(function)

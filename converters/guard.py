@@ -40,8 +40,8 @@ from cellsdk.metadata import ModelMetadata
 from cellsdk.metrics import auroc, softmax
 from cellsdk.preprocessing import prepare_image, to_input_array
 
-__all__ = ["GuardConfig", "GuardProbe", "auroc_standard_error", "check_guard", "deployed_threshold", "fit_guard",
-           "retention_quantile"]
+__all__ = ["GuardConfig", "GuardProbe", "auroc_standard_error", "check_guard", "check_originals",
+           "deployed_threshold", "fit_guard", "retention_quantile"]
 
 log = logging.getLogger("cellsdk")
 
@@ -368,6 +368,35 @@ def retention_quantile(retention: float, images: int) -> float:
     return min(1.0, retention + _CONFIDENCE_Z * float(np.sqrt(retention * (1 - retention) / max(images, 1))))
 
 
+#: the fewest originals a threshold is set on (150 set it within about 2 points)
+MIN_ORIGINALS = 20
+
+
+def check_originals(data: str, labels: str | None = None) -> int:
+    """How many images the ``val`` split of ``data`` holds; a folder that cannot set a threshold is refused.
+
+    Raises:
+        DatasetError: ``data`` is not a dataset, has no ``val`` split, or fewer than :data:`MIN_ORIGINALS` in it.
+
+    Examples:
+        >>> check_originals("samples/bloodmnist_128")  # its val/ split
+        32
+        >>> check_originals("samples/bloodmnist_128/train")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        cellsdk.errors.DatasetError: --guard-originals samples/bloodmnist_128/train: 16 images in its val split; ...
+    """
+    try:
+        split = load_dataset(data, labels=labels).split("val")
+    except DatasetError as err:
+        raise DatasetError(f"--guard-originals {data}: {err}; give a folder with a val/ split of the lab's "
+                           "full-resolution originals (class folders inside)") from None
+    if len(split) < MIN_ORIGINALS:
+        raise DatasetError(f"--guard-originals {data}: {len(split)} images in its val split; the threshold needs at "
+                           f"least {MIN_ORIGINALS} (more is better: 150 set it within about 2 points)")
+    return len(split)
+
+
 def deployed_threshold(classifier: Any, data: str, retention: float, *, base: float | None = None,
                        labels: str | None = None) -> dict[str, Any]:
     """The OOD threshold that also keeps ``retention`` of the training lab's images as its microscope delivers
@@ -392,13 +421,14 @@ def deployed_threshold(classifier: Any, data: str, retention: float, *, base: fl
     """
     guard = classifier.guard
     base = float(guard.threshold if base is None else base)
+    check_originals(data, labels)
     split = load_dataset(data, labels=labels).split("val")
     sources = split.paths if split.paths is not None else (split.load(i) for i in range(len(split)))
     scores = [item.value.ood_score for item in classifier.predict_iter(sources, batch_size=32, errors="skip")
               if item.ok]
-    if len(scores) < 20:
+    if len(scores) < MIN_ORIGINALS:
         raise DatasetError(f"{data}: {len(scores)} usable images in its val split; the originals' threshold "
-                           "needs at least 20 (more is better: 150 set it within about 2 points)")
+                           f"needs at least {MIN_ORIGINALS} (more is better: 150 set it within about 2 points)")
     values = np.asarray(scores, dtype=np.float64)
     quantile = retention_quantile(retention, len(values))
     threshold = max(base, float(np.quantile(values, quantile)))

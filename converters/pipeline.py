@@ -245,6 +245,10 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
                           "validation split is then used)")
     if wants_int8 and config.calib is None:
         raise ConfigError("int8 needs calibration images: pass --calib DATA (its train split is sampled)")
+    if config.guard.enabled and config.guard.originals:  # refused now, not after the export
+        from cellsdk.converters.guard import check_originals
+
+        check_originals(config.guard.originals, config.labels)
     model, metadata = load_checkpoint(checkpoint)
     checkpoint_sha = sha256_file(checkpoint)
     preprocessing = metadata.preprocessing

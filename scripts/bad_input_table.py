@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.bad_inputs import CASES, console_command, make_fixtures
+from tests.cli.bad_inputs import CASES, console_command, make_fixtures
 
 
 def main() -> int:

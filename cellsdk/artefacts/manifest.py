@@ -242,8 +242,8 @@ def _measured(folder: Path, manifest: dict[str, Any], candidates: list[Any]) -> 
     timed = sorted((c for c in verified if c[2] in MEASURED_BACKENDS), key=lambda c: c[0])[:MEASURED_MOST]
     if len(timed) < 2:  # nothing to choose between
         return candidates, {}
-    size = int(((manifest.get("metadata") or {}).get("preprocessing") or {}).get("input_size") or 0)
-    if size <= 0:
+    size = ((manifest.get("metadata") or {}).get("preprocessing") or {}).get("input_size")
+    if not isinstance(size, int) or not 0 < size <= 4096:  # a manifest without it keeps the recorded ranking
         return candidates, {}
     speeds = measure_speeds(folder, [(c[1], c[2], c[4]) for c in timed], size)
     if not speeds:
