@@ -9,7 +9,7 @@ folder for intermediates (the fp32 ONNX export is made once and reused).
 Examples:
     >>> from cellsdk.converters import converter_names
     >>> converter_names()
-    ('onnx', 'torchscript', 'openvino', 'coreml')
+    ('onnx', 'torchscript', 'openvino', 'coreml', 'litert')
 """
 
 from __future__ import annotations
@@ -235,7 +235,7 @@ def converter_names() -> tuple[str, ...]:
 
     Examples:
         >>> converter_names()
-        ('onnx', 'torchscript', 'openvino', 'coreml')
+        ('onnx', 'torchscript', 'openvino', 'coreml', 'litert')
     """
     return tuple(_CONVERTERS)
 

@@ -12,6 +12,13 @@ fi
 stamp=".venv/.cellsdk-installed-$(cat constraints.txt setup.cfg | sha256sum | cut -c1-16)-${extras//,/_}"
 if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[${extras}]"
+  # LiteRT conversion: litert-torch pins litert-converter, which pins xdsl, which pins typing-extensions < 4.13
+  # (torch, pydantic and the rest need newer); these three go in without their pins, the packages they import
+  # come from the litert_convert extra (converters/litert.py)
+  if [[ ",$extras," == *",all,"* || ",$extras," == *",litert_convert,"* ]]; then
+    .venv/bin/python -m pip install --quiet --no-deps -c constraints.txt litert-torch litert-converter \
+      ai-edge-quantizer
+  fi
   touch "$stamp"
 fi
 # atheris (coverage-guided fuzzing in the test suite) ships wheels for common platforms only; without it the

@@ -10,7 +10,7 @@ Examples:
     >>> backend_for_path("model.onnx").name
     'onnxruntime'
     >>> backend_names()
-    ('onnxruntime', 'openvino', 'torchscript', 'coreml')
+    ('onnxruntime', 'openvino', 'torchscript', 'coreml', 'litert')
 """
 
 from __future__ import annotations
@@ -262,7 +262,7 @@ def backend_names() -> tuple[str, ...]:
 
     Examples:
         >>> backend_names()
-        ('onnxruntime', 'openvino', 'torchscript', 'coreml')
+        ('onnxruntime', 'openvino', 'torchscript', 'coreml', 'litert')
     """
     return tuple(_BACKENDS)
 
@@ -321,3 +321,4 @@ from cellsdk.backends import onnxruntime  # noqa: E402,F401,I001
 from cellsdk.backends import openvino  # noqa: E402,F401
 from cellsdk.backends import torchscript  # noqa: E402,F401
 from cellsdk.backends import coreml  # noqa: E402,F401
+from cellsdk.backends import litert  # noqa: E402,F401

@@ -1,0 +1,139 @@
+"""LiteRT backend (formerly TensorFlow Lite): ``.tflite`` models on the CPU through ``ai-edge-litert``, torch-free.
+
+LiteRT is what Android phones and tablets and many ARM boards run. The interpreter comes from the
+``ai-edge-litert`` wheel (numpy and flatbuffers; no TensorFlow, no torch): ``pip install 'cellsdk[litert]'``.
+The cellsdk metadata travels inside the file, in the flatbuffer's ``metadata`` table under the name ``cellsdk``
+(:func:`read_tflite_metadata`; cellsdk-convert writes it with :func:`cellsdk.converters.litert.write_tflite_metadata`).
+The models cellsdk converts take a batch of one: a batch runs image by image. One interpreter is not safe to
+call from two threads at once, so each calling thread gets its own (they share the mapped file).
+
+Examples:
+    >>> from cellsdk import Classifier
+    >>> clf = Classifier.load("model.fp32.tflite", threads=2)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellsdk.backends import Backend, register_backend
+from cellsdk.errors import MetadataError, UnsupportedFormatError
+from cellsdk.metadata import METADATA_KEY
+
+__all__ = ["LiteRtBackend", "read_tflite_metadata"]
+
+_FILE_IDENTIFIER = b"TFL3"
+
+
+def read_tflite_metadata(path: str | Path, name: str = METADATA_KEY) -> str | None:
+    """The text stored under ``name`` in a ``.tflite`` file's metadata table, or None when it has none.
+
+    Reads the flatbuffer directly (``ai_edge_litert``'s generated schema), without building an interpreter.
+
+    Raises:
+        UnsupportedFormatError: the file is not a LiteRT flatbuffer.
+
+    Examples:
+        >>> read_tflite_metadata("model.fp32.tflite")[:9]  # doctest: +SKIP
+        '{"arch": '
+    """
+    from ai_edge_litert import schema_py_generated as schema
+
+    data = Path(path).read_bytes()
+    if len(data) < 8 or data[4:8] != _FILE_IDENTIFIER:
+        raise UnsupportedFormatError(f"{path}: not a LiteRT (.tflite) flatbuffer")
+    try:
+        model = schema.Model.GetRootAsModel(data, 0)
+        for i in range(model.MetadataLength()):
+            entry = model.Metadata(i)
+            if entry.Name() is None or entry.Name().decode("utf-8", "replace") != name:
+                continue
+            buffer = model.Buffers(entry.Buffer())
+            offset, size = int(buffer.Offset()), int(buffer.Size())
+            raw = data[offset:offset + size] if offset > 1 else buffer.DataAsNumpy().tobytes()
+            return raw.decode("utf-8")
+    except (IndexError, AttributeError, UnicodeDecodeError, ValueError) as err:
+        raise MetadataError(f"{path}: its {name!r} metadata cannot be read ({err}); re-convert it") from None
+    return None
+
+
+@register_backend("litert", ".tflite", package="ai_edge_litert", install="pip install 'cellsdk[litert]'")
+class LiteRtBackend(Backend):
+    """A ``.tflite`` model in the LiteRT interpreter (XNNPACK on the CPU).
+
+    Options:
+        threads: the interpreter's threads (default: LiteRT's choice).
+    """
+
+    devices = ("cpu",)
+
+    def __init__(self, path: Path, *, device: str = "auto", threads: int | None = None) -> None:
+        if str(device).strip().lower() not in ("auto", "cpu"):
+            raise UnsupportedFormatError(f"device {device!r}: the litert backend runs on the CPU (use auto or cpu)")
+        self.require()
+        from ai_edge_litert.interpreter import Interpreter
+
+        self._key: str | None = None
+        self._input, self._outputs = "", []
+
+        self._path, self._threads = str(path), threads
+        self.metadata_json = read_tflite_metadata(path)
+        self._local = threading.local()
+        try:
+            interpreter = Interpreter(model_path=self._path, num_threads=threads)
+            interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as err:
+            raise UnsupportedFormatError(f"{path}: not a loadable LiteRT model ({str(err).splitlines()[0]})") from None
+        self._local.interpreter = interpreter
+        inputs = interpreter.get_input_details()
+        if len(inputs) != 1:
+            raise UnsupportedFormatError(f"{path}: expected one image input, the model has {len(inputs)}")
+        self.input_shape = tuple(int(d) for d in inputs[0]["shape"])
+        signatures = interpreter.get_signature_list()
+        self._key = ("serving_default" if "serving_default" in signatures else next(iter(signatures))) \
+            if signatures else None
+        if self._key is not None:  # litert-torch names the outputs output_0, output_1 ... in the module's order
+            self._input = next(iter(signatures[self._key]["inputs"]))
+            names = list(signatures[self._key]["outputs"])
+            self._outputs = sorted(names, key=lambda n: int(n.rsplit("_", 1)[-1]) if n.rsplit("_", 1)[-1].isdigit()
+                                   else len(names))
+        details = interpreter.get_output_details()
+        self.output_count = len(self._outputs) if self._key is not None else len(details)
+        first = interpreter.get_signature_runner(self._key).get_output_details()[self._outputs[0]]["shape"] \
+            if self._key is not None else details[0]["shape"]
+        self.num_outputs = int(first[-1]) if len(first) == 2 else None
+        self.device = "CPU (XNNPACK)"
+
+    def _interpreter(self) -> Any:
+        """This thread's interpreter (created on first use: one is not safe to call from two threads at once)."""
+        interpreter = getattr(self._local, "interpreter", None)
+        if interpreter is None:
+            from ai_edge_litert.interpreter import Interpreter
+
+            interpreter = Interpreter(model_path=self._path, num_threads=self._threads)
+            interpreter.allocate_tensors()
+            self._local.interpreter = interpreter
+        return interpreter
+
+    def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        interpreter = self._interpreter()
+        rows: list[list[np.ndarray]] = []
+        step = self.input_shape[0] or 1
+        for start in range(0, len(batch), step):
+            part = np.ascontiguousarray(batch[start:start + step], dtype=np.float32)
+            if self._key is not None:
+                result = interpreter.get_signature_runner(self._key)(**{self._input: part})
+                rows.append([np.array(result[name]) for name in self._outputs])
+            else:
+                interpreter.set_tensor(interpreter.get_input_details()[0]["index"], part)
+                interpreter.invoke()
+                rows.append([interpreter.get_tensor(d["index"]).copy() for d in interpreter.get_output_details()])
+        return [np.concatenate([row[i] for row in rows]) for i in range(len(rows[0]))] if rows else []
+
+    @classmethod
+    def read_metadata_json(cls, path: Path) -> str | None:
+        return read_tflite_metadata(path)

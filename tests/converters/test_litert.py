@@ -1,0 +1,109 @@
+"""LiteRT (.tflite): converted through the same gate as every format, run torch-free, metadata inside the file."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cellsdk import Classifier
+from cellsdk.errors import BackendNotInstalledError, MetadataError, UnsupportedFormatError
+from tests.conftest import RAW_SAMPLES, REPO, SAMPLES, TINY_GATE
+
+needs_runtime = pytest.mark.skipif(importlib.util.find_spec("ai_edge_litert") is None,
+                                   reason="ai-edge-litert is not installed: pip install 'cellsdk[litert]'")
+needs_converter = pytest.mark.skipif(importlib.util.find_spec("litert_torch") is None,
+                                     reason="litert-torch is not installed: scripts/setup.sh installs it")
+
+
+@pytest.fixture(scope="module")
+def litert_conversion(tiny_checkpoint, tmp_path_factory):
+    """The tiny checkpoint converted to ONNX and LiteRT fp32 through the gate."""
+    if importlib.util.find_spec("litert_torch") is None:
+        pytest.skip("litert-torch is not installed: scripts/setup.sh installs it")
+    from cellsdk.converters import ConvertConfig, convert
+    from cellsdk.converters.targets import CpuTargets
+
+    out = tmp_path_factory.mktemp("litert") / "out"
+    config = ConvertConfig(formats=("onnx", "litert"), calib=str(SAMPLES), data_cropped=True, calib_samples=64,
+                           verify=TINY_GATE, cpu_targets=CpuTargets.parse("native"))
+    return convert(tiny_checkpoint, out, config, progress=False)
+
+
+@pytest.mark.slow  # a conversion (~30 s)
+@needs_converter
+def test_a_litert_artefact_passes_the_gate_and_answers_like_onnx(litert_conversion):
+    entry = next(a for a in litert_conversion.manifest["artefacts"] if a["file"] == "model.fp32.tflite")
+    assert entry["status"] == "passed", entry["reasons"]
+    assert entry["backend"] == "litert" and entry["self_check"]["status"] == "passed"
+    tflite = Classifier.load(litert_conversion.out_dir / "model.fp32.tflite")
+    onnx = Classifier.load(litert_conversion.out_dir / "model.fp32.onnx")
+    assert tflite.backend_name == "litert" and tflite.metadata == onnx.metadata.replace(
+        test_vectors=tflite.metadata.test_vectors, cpu_verification=tflite.metadata.cpu_verification)
+    images = sorted(RAW_SAMPLES.rglob("*.jpg"))
+    a, b = tflite.predict_proba(images), onnx.predict_proba(images)
+    assert np.abs(a - b).max() < 1e-4
+    assert tflite.guard is not None and tflite.explain(images[0]).cam.shape == onnx.explain(images[0]).cam.shape
+    assert tflite.backend.max_batch == 1 and tflite.predict_proba(images[:5]).shape == (5, len(tflite.labels))
+
+
+@pytest.mark.slow
+@needs_converter
+def test_litert_runs_with_torch_blocked(litert_conversion):
+    path = litert_conversion.out_dir / "model.fp32.tflite"
+    code = ("import sys\n"
+            "for name in ('torch', 'timm', 'torchvision', 'litert_torch', 'jax'):\n"
+            "    sys.modules[name] = None  # any import of them now raises ImportError\n"
+            "import cellsdk\n"
+            f"clf = cellsdk.Classifier.load({str(path)!r})\n"
+            f"print(clf.predict({str(sorted(RAW_SAMPLES.rglob('*.jpg'))[0])!r}).label, clf.backend_name)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == "litert"
+
+
+@pytest.mark.slow
+@needs_converter
+def test_the_metadata_is_replaced_in_place_and_a_file_without_it_asks_for_labels(litert_conversion, tmp_path):
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    from cellsdk.backends.litert import read_tflite_metadata
+    from cellsdk.converters import get_converter
+
+    source = litert_conversion.out_dir / "model.fp32.tflite"
+    copy = tmp_path / "copy.tflite"
+    copy.write_bytes(source.read_bytes())
+    metadata = Classifier.load(copy).metadata
+    get_converter("litert").write_metadata(copy, metadata.replace(arch="renamed"))
+    assert Classifier.load(copy).metadata.arch == "renamed"
+    model = flatbuffer_utils.read_model(str(copy))
+    assert sum(1 for m in model.metadata if m.name in (b"cellsdk", "cellsdk")) == 1  # replaced, not appended
+    model.metadata = [m for m in model.metadata if m.name not in (b"cellsdk", "cellsdk")]
+    bare = tmp_path / "bare.tflite"
+    flatbuffer_utils.write_model(model, str(bare))
+    assert read_tflite_metadata(bare) is None
+    with pytest.raises(MetadataError, match="no cellsdk metadata"):
+        Classifier.load(bare)
+
+
+@needs_runtime
+def test_a_file_that_is_not_a_litert_model_is_refused_in_one_line(tmp_path):
+    junk = tmp_path / "junk.tflite"
+    junk.write_bytes(b"not a flatbuffer at all")
+    with pytest.raises(UnsupportedFormatError, match="not a LiteRT"):
+        Classifier.load(junk)
+
+
+def test_without_the_runtime_the_error_names_the_extra(tmp_path, monkeypatch):
+    from cellsdk.backends import litert
+
+    model = tmp_path / "model.tflite"
+    model.write_bytes(b"\x00" * 16)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ai_edge_litert" else real(name, *a))
+    with pytest.raises(BackendNotInstalledError, match=r"cellsdk\[litert\]"):
+        litert.LiteRtBackend(Path(model))
