@@ -24,6 +24,7 @@ from cellsdk.converters import torchscript  # noqa: F401
 from cellsdk.converters import openvino  # noqa: F401
 from cellsdk.converters import coreml  # noqa: F401
 from cellsdk.converters import litert  # noqa: F401
+from cellsdk.converters import executorch  # noqa: F401
 # isort: on
 from cellsdk.converters.calibration import ImageSet, calibration_set, evaluation_set
 from cellsdk.converters.gate import VerifyConfig, verify_artefact

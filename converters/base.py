@@ -9,7 +9,7 @@ folder for intermediates (the fp32 ONNX export is made once and reused).
 Examples:
     >>> from cellsdk.converters import converter_names
     >>> converter_names()
-    ('onnx', 'torchscript', 'openvino', 'coreml', 'litert')
+    ('onnx', 'torchscript', 'openvino', 'coreml', 'litert', 'executorch')
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from typing import Any, ClassVar
 from cellsdk.errors import BackendNotInstalledError, ConfigError
 from cellsdk.metadata import ModelMetadata
 
-__all__ = ["Converter", "ExportJob", "Refused", "converter_names", "first_line", "get_converter", "register_converter"]
+__all__ = ["Converter", "ExportJob", "Refused", "converter_names", "first_line", "get_converter", "plain_tensor_copy",
+           "register_converter"]
 
 _CONVERTERS: dict[str, type[Converter]] = {}
 
@@ -235,7 +236,7 @@ def converter_names() -> tuple[str, ...]:
 
     Examples:
         >>> converter_names()
-        ('onnx', 'torchscript', 'openvino', 'coreml', 'litert')
+        ('onnx', 'torchscript', 'openvino', 'coreml', 'litert', 'executorch')
     """
     return tuple(_CONVERTERS)
 
@@ -264,3 +265,22 @@ def first_line(err: BaseException) -> str:
     """
     text = f"{type(err).__name__}: {err}".strip().splitlines()[0]
     return text if len(text) <= 160 else text[:157] + "..."
+
+
+def plain_tensor_copy(module: Any) -> Any:
+    """A copy of ``module`` whose parameters and buffers are ordinary tensors: a checkpoint loaded under
+    ``torch.inference_mode`` holds inference tensors, on which torch.export (inside litert-torch) cannot set
+    ``requires_grad`` (litert-torch and ExecuTorch export through it).
+
+    Examples:
+        >>> plain_tensor_copy(job.exported)  # doctest: +SKIP
+    """
+    import copy
+
+    import torch
+
+    copied = copy.deepcopy(module).eval()
+    with torch.no_grad():
+        for tensor in [*copied.parameters(), *copied.buffers()]:
+            tensor.data = tensor.data.clone()
+    return copied

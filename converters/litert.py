@@ -26,7 +26,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from cellsdk.converters.base import Converter, ExportJob, Refused, first_line, register_converter
+from cellsdk.converters.base import Converter, ExportJob, Refused, first_line, plain_tensor_copy, register_converter
 from cellsdk.metadata import METADATA_KEY, ModelMetadata
 
 __all__ = ["LiteRtConverter", "write_tflite_metadata"]
@@ -57,21 +57,6 @@ def write_tflite_metadata(source: Path, target: Path, text: str, name: str = MET
     flatbuffer_utils.write_model(model, str(target))
 
 
-def _plain_tensors(module: Any) -> Any:
-    """A copy of ``module`` whose parameters and buffers are ordinary tensors: a checkpoint loaded under
-    ``torch.inference_mode`` holds inference tensors, on which torch.export (inside litert-torch) cannot set
-    ``requires_grad``."""
-    import copy
-
-    import torch
-
-    copied = copy.deepcopy(module).eval()
-    with torch.no_grad():
-        for tensor in [*copied.parameters(), *copied.buffers()]:
-            tensor.data = tensor.data.clone()
-    return copied
-
-
 @register_converter("litert", suffix=".tflite", precisions=("fp32",), packages=("litert_torch", "ai_edge_litert", "torch"),
                     install="scripts/setup.sh installs it (pip install 'cellsdk[litert]' for the runtime alone)")
 class LiteRtConverter(Converter):
@@ -80,7 +65,7 @@ class LiteRtConverter(Converter):
     def convert(self, job: ExportJob, precision: str, out: Path) -> dict[str, Any]:
         import litert_torch
 
-        model = job.cached("litert-module", lambda: _plain_tensors(job.exported))
+        model = job.cached("plain-tensor-module", lambda: plain_tensor_copy(job.exported))
         staged = out.with_name(f".{out.name}.raw")
         # litert-torch prints a line per conversion stage and JAX / absl warn on import: cellsdk shows one bar
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):

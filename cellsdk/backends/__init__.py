@@ -10,7 +10,7 @@ Examples:
     >>> backend_for_path("model.onnx").name
     'onnxruntime'
     >>> backend_names()
-    ('onnxruntime', 'openvino', 'torchscript', 'coreml', 'litert')
+    ('onnxruntime', 'openvino', 'torchscript', 'coreml', 'litert', 'executorch')
 """
 
 from __future__ import annotations
@@ -262,7 +262,7 @@ def backend_names() -> tuple[str, ...]:
 
     Examples:
         >>> backend_names()
-        ('onnxruntime', 'openvino', 'torchscript', 'coreml', 'litert')
+        ('onnxruntime', 'openvino', 'torchscript', 'coreml', 'litert', 'executorch')
     """
     return tuple(_BACKENDS)
 
@@ -322,3 +322,4 @@ from cellsdk.backends import openvino  # noqa: E402,F401
 from cellsdk.backends import torchscript  # noqa: E402,F401
 from cellsdk.backends import coreml  # noqa: E402,F401
 from cellsdk.backends import litert  # noqa: E402,F401
+from cellsdk.backends import executorch  # noqa: E402,F401
