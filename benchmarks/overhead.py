@@ -95,6 +95,30 @@ def hand_written_parts(path: str | os.PathLike, spec: Preprocessing, backend: st
             return (output[0] if isinstance(output, (tuple, list)) else output).numpy()  # logits first
 
         return prepare, infer
+    if backend == "litert":
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(model_path=str(path))
+        interpreter.allocate_tensors()
+        key = next(iter(interpreter.get_signature_list()))
+        runner = interpreter.get_signature_runner(key)
+        argument = next(iter(interpreter.get_signature_list()[key]["inputs"]))
+
+        def infer_litert(batch: np.ndarray) -> np.ndarray:  # a batch of one per call, as the program was exported
+            return np.concatenate([runner(**{argument: batch[i:i + 1]})["output_0"] for i in range(len(batch))])
+
+        return prepare, infer_litert
+    if backend == "executorch":
+        import torch
+        from executorch.runtime import Runtime
+
+        method = Runtime.get().load_program(str(path)).load_method("forward")
+
+        def infer_executorch(batch: np.ndarray) -> np.ndarray:
+            return np.concatenate([method.execute([torch.from_numpy(batch[i:i + 1])])[0].numpy()
+                                   for i in range(len(batch))])
+
+        return prepare, infer_executorch
     raise ValueError(f"no hand-written call for backend {backend!r}")
 
 

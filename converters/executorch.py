@@ -4,7 +4,8 @@
 with ``to_edge_transform_and_lower`` and the XNNPACK partitioner. A ``.pte`` has no metadata slot, so the
 program gets one of cellsdk's (:mod:`cellsdk.backends.executorch`): a constant method ``cellsdk_metadata``
 returning the JSON in a zero-padded byte tensor, whose bytes lie contiguously in the file and are rewritten in
-place (:func:`write_pte_metadata`; capacity twice the first document, a larger one asks for a re-conversion).
+place (:func:`write_pte_metadata`; room for 1 MiB more than the first document, or twice it; a larger one asks
+for a re-conversion).
 Quantized programs (int8 through ``XNNPACKQuantizer``) are not offered yet.
 
 Examples:
@@ -31,17 +32,21 @@ __all__ = ["ExecuTorchConverter", "metadata_slot", "write_pte_metadata"]
 
 #: the constant method that holds the metadata slot
 METHOD = "cellsdk_metadata"
+#: room the slot keeps beyond the first document: what verification adds later (the test vectors, up to 400 KB,
+#: their guard scores, the CPU records; the guard's statistics are there from the start)
+SLOT_HEADROOM = 1 << 20
 
 
 def metadata_slot(text: str, capacity: int | None = None) -> bytes:
-    """The slot's bytes: magic, capacity and length, the JSON, zero padding (default capacity: twice the JSON).
+    """The slot's bytes: magic, capacity and length, the JSON, zero padding (default capacity: the JSON plus
+    :data:`SLOT_HEADROOM`, or twice it).
 
     Examples:
-        >>> len(metadata_slot("{}", 8))
-        40
+        >>> len(metadata_slot("{}", 8)), len(metadata_slot("{}")) - 32
+        (40, 1048578)
     """
     payload = text.encode("utf-8")
-    capacity = max(2 * len(payload), 1024) if capacity is None else capacity
+    capacity = max(2 * len(payload), len(payload) + SLOT_HEADROOM) if capacity is None else capacity
     if len(payload) > capacity:
         raise MetadataError(f"the metadata ({len(payload):,} bytes) no longer fits the program's slot "
                             f"({capacity:,} bytes): re-convert the checkpoint")

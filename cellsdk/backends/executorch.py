@@ -6,7 +6,7 @@ tensors, so this backend needs torch today (the C++ runtime on a phone does not)
 inside the program (:func:`read_pte_metadata`): a constant method ``cellsdk_metadata`` returning a byte tensor
 that starts with :data:`PTE_MAGIC`, then its capacity and the JSON's length (8 bytes each, little-endian), then
 the JSON, zero-padded to the capacity. The bytes lie contiguously in the file, so they are read without loading
-the program and rewritten in place (the capacity is twice the first document's size). The programs cellsdk
+the program and rewritten in place (the capacity leaves 1 MiB, or the first document's size, of room). The programs cellsdk
 converts take a batch of one: a batch runs image by image. ``threads`` sets ExecuTorch's thread pool, which is
 process-wide.
 
