@@ -68,6 +68,41 @@ def export_coreml(model: torch.nn.Module, metadata: ModelMetadata, path: Path) -
     return path
 
 
+def export_litert(model: torch.nn.Module, metadata: ModelMetadata, path: Path) -> Path:
+    import contextlib
+    import io
+
+    import litert_torch
+
+    from cellsdk.converters.base import plain_tensor_copy
+    from cellsdk.converters.litert import write_tflite_metadata
+
+    raw = path.with_name(f"{path.name}.raw")
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        litert_torch.convert(plain_tensor_copy(model), (_example(metadata, batch=1),)).export(str(raw))
+    write_tflite_metadata(raw, path, metadata.to_json())
+    raw.unlink()
+    return path
+
+
+def export_executorch(model: torch.nn.Module, metadata: ModelMetadata, path: Path) -> Path:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    from cellsdk.converters.base import plain_tensor_copy
+    from cellsdk.converters.executorch import METHOD, metadata_slot
+
+    slot = torch.tensor(list(metadata_slot(metadata.to_json())), dtype=torch.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exported = torch.export.export(plain_tensor_copy(model), (_example(metadata, batch=1),))
+        program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()],
+                                              constant_methods={METHOD: slot}).to_executorch()
+    path.write_bytes(program.buffer)
+    return path
+
+
 def export_all(model: torch.nn.Module, metadata: ModelMetadata, folder: Path) -> dict[str, Path]:
     """Every format whose exporter is installed, by backend name."""
     model = model.eval()
@@ -77,6 +112,10 @@ def export_all(model: torch.nn.Module, metadata: ModelMetadata, folder: Path) ->
         out["openvino"] = export_openvino(out["onnxruntime"], metadata, folder / "model.xml")
     if importlib.util.find_spec("coremltools"):
         out["coreml"] = export_coreml(model, metadata, folder / "model.mlpackage")
+    if importlib.util.find_spec("litert_torch") and importlib.util.find_spec("ai_edge_litert"):
+        out["litert"] = export_litert(model, metadata, folder / "model.tflite")
+    if importlib.util.find_spec("executorch"):
+        out["executorch"] = export_executorch(model, metadata, folder / "model.pte")
     manifest = {"cellsdk_manifest": 1, "artefacts": [
         {"file": p.name, "backend": name, "precision": "fp32", "status": "passed"} for name, p in out.items()]}
     (folder / "manifest.json").write_text(json.dumps(manifest))
