@@ -23,8 +23,6 @@ Examples:
 
 from __future__ import annotations
 
-import statistics
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ import numpy as np
 
 from cellsdk.artefacts.manifest import STATUS_FAILED, STATUS_NOT_VERIFIED, STATUS_PASSED
 from cellsdk.artefacts.selfcheck import runtime_version
+from cellsdk.artefacts.speed import median_ms
 from cellsdk.classifier import Classifier
 from cellsdk.converters.calibration import ImageSet
 from cellsdk.errors import (
@@ -285,11 +284,4 @@ def _metadata_mismatches(found: ModelMetadata, expected: ModelMetadata) -> list[
 
 def _latency(classifier: Classifier, one: np.ndarray, runs: int) -> float:
     """Median model-only latency at batch 1, in ms, after two warm-up calls."""
-    for _ in range(2):
-        classifier.raw_outputs(one)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        classifier.raw_outputs(one)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    return median_ms(lambda: classifier.raw_outputs(one), runs)

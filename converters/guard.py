@@ -41,7 +41,7 @@ from cellsdk.metrics import auroc, softmax
 from cellsdk.preprocessing import prepare_image, to_input_array
 
 __all__ = ["GuardConfig", "GuardProbe", "auroc_standard_error", "check_guard", "check_originals",
-           "deployed_threshold", "fit_guard", "retention_quantile"]
+           "deployed_threshold", "fit_guard", "originals_note", "retention_quantile"]
 
 log = logging.getLogger("cellsdk")
 
@@ -435,3 +435,14 @@ def deployed_threshold(classifier: Any, data: str, retention: float, *, base: fl
     return {"data": str(data), "split": "val", "images": len(values), "retention": retention,
             "quantile": quantile, "threshold": threshold, "base_threshold": base,
             "kept_before": float((values <= base).mean()), "kept_after": float((values <= threshold).mean())}
+
+
+def originals_note(record: dict[str, Any]) -> str:
+    """The threshold note of a raise by :func:`deployed_threshold` (what ``cellsdk info`` and the metadata say).
+
+    Examples:
+        >>> originals_note({"retention": 0.95, "images": 161, "kept_before": 0.907})
+        'raised to keep 95 % of 161 full-resolution originals (kept 90.7 % before)'
+    """
+    return (f"raised to keep {record['retention'] * 100:.0f} % of {record['images']} full-resolution originals "
+            f"(kept {record['kept_before'] * 100:.1f} % before)")

@@ -45,7 +45,7 @@ from cellsdk.converters.base import Refused, converter_names, get_converter
 from cellsdk.converters.calibration import ImageSet, calibration_set, evaluation_set
 from cellsdk.converters.emulation import qemu_binary
 from cellsdk.converters.gate import VerifyConfig, reference_logits, sample_warnings, verify_artefact
-from cellsdk.converters.guard import GuardConfig, GuardProbe, fit_guard
+from cellsdk.converters.guard import GuardConfig, GuardProbe, fit_guard, originals_note
 from cellsdk.converters.int8 import check_recipe
 from cellsdk.converters.labs import LabSource, check_labs
 from cellsdk.converters.targets import CpuTargets, verify_on_targets
@@ -66,7 +66,8 @@ log = logging.getLogger("cellsdk.converters")
 #: the file in a conversion folder that keeps what third-party tools printed during the conversion
 TOOL_LOG = "conversion.log"
 
-BACKEND_OF = {"onnx": "onnxruntime", "torchscript": "torchscript", "openvino": "openvino", "coreml": "coreml"}
+BACKEND_OF = {"onnx": "onnxruntime", "torchscript": "torchscript", "openvino": "openvino", "coreml": "coreml",
+              "litert": "litert", "executorch": "executorch"}
 _TOOLS = ("torch", "timm", "onnx", "onnxruntime", "onnxscript", "openvino", "nncf", "coremltools", "numpy", "pillow")
 
 
@@ -480,9 +481,7 @@ def _artefact_metadata(job: Any, entry: dict[str, Any]) -> Any:
         note = checked.get("threshold_note", "")
         originals = checked.get("originals")
         if originals and originals["threshold"] > originals["base_threshold"]:
-            note = (f"{note}; " if note else "") + (
-                f"raised to keep {originals['retention'] * 100:.0f} % of {originals['images']} full-resolution "
-                f"originals (kept {originals['kept_before'] * 100:.1f} % before)")
+            note = (f"{note}; " if note else "") + originals_note(originals)
         metadata = metadata.replace(guard={**metadata.guard, "threshold": entry["guard_threshold"],
                                            "fp32_threshold": metadata.guard["threshold"], "threshold_note": note,
                                            **({"originals": originals} if originals else {})})

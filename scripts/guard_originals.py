@@ -24,7 +24,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 def main(argv: list[str] | None = None) -> int:
     from cellsdk import Classifier
     from cellsdk.converters.base import get_converter
-    from cellsdk.converters.guard import deployed_threshold
+    from cellsdk.converters.guard import deployed_threshold, originals_note
+    from cellsdk.converters.pipeline import BACKEND_OF
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
@@ -66,13 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(figures, indent=1) + "\n")
     if args.write:
         metadata = classifier.metadata
-        note = (f"raised to keep {guard.retention * 100:.0f} % of {record['images']} full-resolution originals "
-                f"(kept {record['kept_before'] * 100:.1f} % before)")
+        note = originals_note(record)
         if guard.record.get("threshold_note") and "originals" not in guard.record:
             note = f"{guard.record['threshold_note']}; {note}"
         elif "originals" in guard.record:
             note = guard.record.get("threshold_note", note)
-        fmt = {".onnx": "onnx", ".xml": "openvino", ".torchscript": "torchscript"}.get(args.model.suffix, "")
+        fmt = {backend: name for name, backend in BACKEND_OF.items()}[classifier.backend_name]
         get_converter(fmt).write_metadata(args.model, metadata.replace(guard={
             **metadata.guard, "threshold": record["threshold"], "threshold_note": note, "originals": record}))
         print(f"wrote the new threshold into {args.model}")

@@ -20,7 +20,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import numpy as np
 
 from cellsdk._io import parse_json, user_cache_dir, write_json
 
-__all__ = ["MEASURED_BACKENDS", "MEASURED_MOST", "engine_choice", "measure_speeds", "per_image_ms"]
+__all__ = ["MEASURED_BACKENDS", "MEASURED_MOST", "engine_choice", "measure_speeds", "median_ms", "per_image_ms"]
 
 #: runtimes measured when choosing (torch-free and fast on a CPU; TorchScript and CoreML keep their recorded figures)
 MEASURED_BACKENDS = ("onnxruntime", "openvino")
@@ -70,15 +70,26 @@ def _machine(backends: Sequence[str]) -> dict[str, Any]:
             "runtimes": package_versions(tuple(sorted(set(backends))))}
 
 
-def _time(backend: Any, batch: np.ndarray, rounds: int) -> float:
-    backend.run_all(batch)  # warm-up: first-call allocations and kernel selection
-    backend.run_all(batch)
+def median_ms(call: Callable[[], Any], rounds: int, warmup: int = 2) -> float:
+    """The median wall time of ``call()`` over ``rounds`` calls, in ms, after ``warmup`` calls (first-call
+    allocations and kernel selection).
+
+    Examples:
+        >>> median_ms(lambda: None, 3) < 1.0
+        True
+    """
+    for _ in range(warmup):
+        call()
     times = []
     for _ in range(rounds):
         start = time.perf_counter()
-        backend.run_all(batch)
+        call()
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1e3
+
+
+def _time(backend: Any, batch: np.ndarray, rounds: int) -> float:
+    return median_ms(lambda: backend.run_all(batch), rounds)
 
 
 def measure_speeds(folder: Path, candidates: Sequence[tuple[str, str, dict[str, Any]]],

@@ -79,7 +79,6 @@ class LiteRtBackend(Backend):
 
         self._key: str | None = None
         self._input, self._outputs = "", []
-
         self._path, self._threads = str(path), threads
         self.metadata_json = read_tflite_metadata(path)
         self._local = threading.local()
@@ -119,6 +118,13 @@ class LiteRtBackend(Backend):
             self._local.interpreter = interpreter
         return interpreter
 
+    def _runner(self, interpreter: Any) -> Any:
+        """This thread's signature runner (made once, not per image)."""
+        runner = getattr(self._local, "runner", None)
+        if runner is None:
+            runner = self._local.runner = interpreter.get_signature_runner(self._key)
+        return runner
+
     def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
         interpreter = self._interpreter()
         rows: list[list[np.ndarray]] = []
@@ -126,7 +132,7 @@ class LiteRtBackend(Backend):
         for start in range(0, len(batch), step):
             part = np.ascontiguousarray(batch[start:start + step], dtype=np.float32)
             if self._key is not None:
-                result = interpreter.get_signature_runner(self._key)(**{self._input: part})
+                result = self._runner(interpreter)(**{self._input: part})
                 rows.append([np.array(result[name]) for name in self._outputs])
             else:
                 interpreter.set_tensor(interpreter.get_input_details()[0]["index"], part)

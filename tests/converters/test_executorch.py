@@ -11,7 +11,8 @@ import pytest
 from cellsdk import Classifier
 from cellsdk.backends.executorch import PTE_MAGIC, find_pte_metadata, read_pte_metadata
 from cellsdk.errors import BackendNotInstalledError, MetadataError, UnsupportedFormatError
-from tests.conftest import RAW_SAMPLES, SAMPLES, TINY_GATE
+from tests.conftest import RAW_SAMPLES
+from tests.export_helpers import convert_tiny
 
 needs_executorch = pytest.mark.skipif(importlib.util.find_spec("executorch") is None,
                                       reason="executorch is not installed: pip install 'cellsdk[executorch]'")
@@ -22,13 +23,7 @@ def pte_conversion(tiny_checkpoint, tmp_path_factory):
     """The tiny checkpoint converted to ONNX and ExecuTorch fp32 through the gate."""
     if importlib.util.find_spec("executorch") is None:
         pytest.skip("executorch is not installed: pip install 'cellsdk[executorch]'")
-    from cellsdk.converters import ConvertConfig, convert
-    from cellsdk.converters.targets import CpuTargets
-
-    out = tmp_path_factory.mktemp("executorch") / "out"
-    config = ConvertConfig(formats=("onnx", "executorch"), calib=str(SAMPLES), data_cropped=True, calib_samples=64,
-                           verify=TINY_GATE, cpu_targets=CpuTargets.parse("native"))
-    return convert(tiny_checkpoint, out, config, progress=False)
+    return convert_tiny(tiny_checkpoint, tmp_path_factory.mktemp("executorch") / "out", ("onnx", "executorch"))
 
 
 @pytest.mark.slow  # a conversion (~30 s)

@@ -12,7 +12,8 @@ import pytest
 
 from cellsdk import Classifier
 from cellsdk.errors import BackendNotInstalledError, MetadataError, UnsupportedFormatError
-from tests.conftest import RAW_SAMPLES, REPO, SAMPLES, TINY_GATE
+from tests.conftest import RAW_SAMPLES, REPO
+from tests.export_helpers import convert_tiny
 
 needs_runtime = pytest.mark.skipif(importlib.util.find_spec("ai_edge_litert") is None,
                                    reason="ai-edge-litert is not installed: pip install 'cellsdk[litert]'")
@@ -25,13 +26,7 @@ def litert_conversion(tiny_checkpoint, tmp_path_factory):
     """The tiny checkpoint converted to ONNX and LiteRT fp32 through the gate."""
     if importlib.util.find_spec("litert_torch") is None:
         pytest.skip("litert-torch is not installed: scripts/setup.sh installs it")
-    from cellsdk.converters import ConvertConfig, convert
-    from cellsdk.converters.targets import CpuTargets
-
-    out = tmp_path_factory.mktemp("litert") / "out"
-    config = ConvertConfig(formats=("onnx", "litert"), calib=str(SAMPLES), data_cropped=True, calib_samples=64,
-                           verify=TINY_GATE, cpu_targets=CpuTargets.parse("native"))
-    return convert(tiny_checkpoint, out, config, progress=False)
+    return convert_tiny(tiny_checkpoint, tmp_path_factory.mktemp("litert") / "out", ("onnx", "litert"))
 
 
 @pytest.mark.slow  # a conversion (~30 s)
