@@ -1,6 +1,8 @@
 """Which timm architectures go end to end: train a little, convert to every format and precision, verify.
 
 ``python -m cellsdk.benchmarks.arch_matrix --data DATA [--archs a,b,...] [--input-size 64] [--out DIR]``
+(``--formats litert,executorch --merge RESULTS.json``: only those formats, their cells added to an earlier report's
+rows; each architecture is trained again for them, four steps as before)
 
 Each architecture runs as a new user would run it, in its own processes (a crash stays in its row):
 ``cellsdk-train DATA --arch A --pretrained none --epochs 1 --max-steps 4 --input-size N --data-cropped``, then
@@ -39,7 +41,8 @@ ARCHITECTURES = (
 
 ARTEFACTS = ("model.fp32.onnx", "model.fp16.onnx", "model.int8.onnx", "model.fp32.torchscript",
              "model.int8.torchscript", "model.fp32.xml", "model.fp16.xml", "model.int8.xml", "model.fp16.mlpackage",
-             "model.int8.mlpackage")
+             "model.int8.mlpackage", "model.fp32.tflite", "model.fp16.tflite", "model.int8.tflite", "model.fp32.pte",
+             "model.int8.pte")
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class MatrixConfig:
     timeout: float = 1800.0
     max_steps: int = 4
     eval_limit: int | None = None
+    formats: str = "all"
 
 
 def _bin(name: str) -> str:
@@ -83,7 +87,7 @@ def _one(arch: str, config: MatrixConfig, work: Path) -> dict[str, Any]:
     row["train"] = "ok" + (f" ({notes[0].strip()})" if notes else "")
     started = time.perf_counter()
     convert = subprocess.run([_bin("cellsdk-convert"), str(run / "best.safetensors"), "--out", str(out),
-                              "--formats", "all", "--quantize", "fp16,int8", "--calib", config.data, "--data-cropped",
+                              "--formats", config.formats, "--quantize", "fp16,int8", "--calib", config.data, "--data-cropped",
                               "--calib-samples", "64", "--verify-cpus", "native", "--no-guard",
                               "--max-accuracy-drop", "100", "--max-recall-drop", "100", "--allow-regression", "--quiet",
                               *(["--eval-limit", str(config.eval_limit)] if config.eval_limit else [])],
@@ -123,9 +127,33 @@ def run_matrix(config: MatrixConfig, progress: Any = None) -> dict[str, Any]:
         if progress:
             progress(f"{arch}: train {row.get('train', '?')[:60]}, convert {row.get('convert', '-')[:60]}")
     cpu = host_cpu()
-    return {"machine": {"model": cpu.model, "cpu_class": cpu.cpu_class}, "data": config.data,
+    return {"machine": {"model": cpu.model, "cpu_class": cpu.cpu_class}, "data": config.data, "formats": config.formats,
             "input_size": config.input_size, "max_steps": config.max_steps, "eval_limit": config.eval_limit,
             "rows": rows}
+
+
+def merge_reports(earlier: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
+    """``earlier`` with ``later``'s artefact cells added to its rows (by architecture), later's conversion time
+    and any failure of the later run recorded beside the row's own.
+
+    Examples:
+        >>> a = {"rows": [{"arch": "x", "artefacts": {"model.fp32.onnx": {"status": "passed"}}}]}
+        >>> b = {"rows": [{"arch": "x", "convert": "ok", "convert_seconds": 9.0,
+        ...                "artefacts": {"model.fp32.pte": {"status": "passed"}}}], "formats": "executorch"}
+        >>> sorted(merge_reports(a, b)["rows"][0]["artefacts"])
+        ['model.fp32.onnx', 'model.fp32.pte']
+    """
+    merged = json.loads(json.dumps(earlier))
+    rows = {row["arch"]: row for row in merged["rows"]}
+    for row in later["rows"]:
+        target = rows.get(row["arch"])
+        if target is None:
+            merged["rows"].append(row)
+            continue
+        target["artefacts"].update(row.get("artefacts", {}))
+        target.setdefault("later_runs", []).append({key: row.get(key) for key in (
+            "train", "train_seconds", "convert", "convert_seconds") if key in row} | {"formats": later.get("formats")})
+    return merged
 
 
 _SHORT = {"passed": "pass", "failed": "FAIL", "skipped": "skip", "not verified on this platform": "n/v"}
@@ -138,14 +166,16 @@ def format_matrix(report: dict[str, Any]) -> str:
         >>> print(format_matrix(report).splitlines()[0])  # doctest: +SKIP
     """
     header = "| architecture | train | s (train + convert) | " + " | ".join(
-        a.replace("model.", "").replace(".mlpackage", ".mlp").replace(".torchscript", ".ts") for a in ARTEFACTS) + " |"
+        a.replace("model.", "").replace(".mlpackage", ".mlp").replace(".torchscript", ".ts").replace(".tflite", ".tfl")
+        for a in ARTEFACTS) + " |"
     lines = [f"{report['machine']['model']}, class {report['machine']['cpu_class']}; {report['input_size']} px; "
              f"{report['data']}; {report.get('max_steps', 4)} training steps of 16 images"
              + (f"; verified on {report['eval_limit']} images" if report.get("eval_limit") else ""),
              "", header, "|" + "---|" * (3 + len(ARTEFACTS))]
     reasons: dict[str, list[str]] = {}
     for row in report["rows"]:
-        seconds = f"{row.get('train_seconds', 0)} + {row.get('convert_seconds', '-')}"
+        seconds = f"{row.get('train_seconds', 0)} + {row.get('convert_seconds', '-')}" + "".join(
+            f" (+ {later.get('convert_seconds', '-')})" for later in row.get("later_runs", []))
         train = row.get("train", "?")
         train_cell = "ok" if train.startswith("ok") else train.split(":")[0]
         cells = []
@@ -161,6 +191,10 @@ def format_matrix(report: dict[str, Any]) -> str:
             reasons.setdefault(row["arch"], []).insert(0, f"training: {train}")
         if row.get("convert", "ok") != "ok":
             reasons.setdefault(row["arch"], []).append(f"conversion: {row['convert']}")
+        for later in row.get("later_runs", []):
+            if later.get("convert", "ok") != "ok" or not str(later.get("train", "ok")).startswith("ok"):
+                reasons.setdefault(row["arch"], []).append(
+                    f"{later.get('formats')} run: training {later.get('train')}, conversion {later.get('convert', '-')}")
         lines.append(f"| {row['arch']} | {train_cell} | {seconds} | " + " | ".join(cells) + " |")
     if reasons:
         lines += ["", "Reasons:"]
@@ -181,11 +215,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=4)
     parser.add_argument("--eval-limit", type=int)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--formats", default="all")
+    parser.add_argument("--merge", type=Path, help="an earlier arch_matrix.json whose rows gain these cells")
     args = parser.parse_args(argv)
     archs = tuple(a.strip() for a in args.archs.split(",") if a.strip())
     report = run_matrix(MatrixConfig(data=args.data, archs=archs, input_size=args.input_size, work=args.work,
-                                     max_steps=args.max_steps, eval_limit=args.eval_limit),
+                                     max_steps=args.max_steps, eval_limit=args.eval_limit, formats=args.formats),
                         progress=lambda line: print(line, file=sys.stderr, flush=True))
+    if args.merge:
+        report = merge_reports(json.loads(args.merge.read_text()), report)
     print(format_matrix(report))
     if args.out:
         write_json(args.out / "arch_matrix.json", report)

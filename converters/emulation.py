@@ -31,6 +31,7 @@ from cellsdk.artefacts.manifest import STATUS_FAILED, STATUS_NOT_VERIFIED
 from cellsdk.errors import ConfigError
 
 __all__ = ["ARM64_ENV_HINT", "ARM64_TARGETS", "EMULATED", "QEMU_INSTALL", "arm64_environment", "cannot_emulate",
+           "cannot_run_there",
            "emulator_name", "qemu_binary", "run_emulated", "self_check_emulated"]
 
 #: Emulated CPU classes by the name --verify-cpus takes: the QEMU model, the class it stands for, what it is.
@@ -125,6 +126,34 @@ def cannot_emulate(target: str) -> str | None:
     return None
 
 
+def cannot_run_there(target: str, model: Path) -> str | None:
+    """Why ``model`` cannot run under the emulated ``target`` here: :func:`cannot_emulate`, or (ARM64) the aarch64
+    environment lacks its runtime (None when it can).
+
+    PyPI has ONNX Runtime and LiteRT (``ai-edge-litert`` 1.4, the newest with Linux aarch64 wheels) for aarch64
+    Linux; ExecuTorch's Python runtime needs torch, which the environment does not carry.
+
+    Examples:
+        >>> problem = cannot_run_there("cortex-a72", Path("model.int8.pte"))
+        >>> problem is not None and ("executorch" in problem or "aarch64" in problem or "ARM64" in problem)
+        True
+    """
+    problem = cannot_emulate(target)
+    if problem or target not in ARM64_TARGETS:
+        return problem
+    from cellsdk.backends import backend_for_path
+
+    try:
+        package = backend_for_path(model).package
+    except Exception:  # noqa: BLE001 - an unknown suffix fails later, in the worker, with its own message
+        return None
+    environment = arm64_environment()
+    if environment is not None and not (environment[1] / package).is_dir():
+        return (f"the aarch64 environment has no {package} (the {backend_for_path(model).name} runtime): "
+                "verify this artefact on an ARM64 machine natively")
+    return None
+
+
 def run_emulated(model: Path, options: dict[str, Any], target: str, arrays: Path, out: Path,
                  timeout: float = 3600.0) -> str | None:
     """Run ``model`` on the preprocessed ``arrays`` (``.npy``) under the emulated CPU ``target``.
@@ -152,7 +181,7 @@ def self_check_emulated(model: Path, target: str, options: dict[str, Any] | None
         'passed'
     """
     base = {"target": target, "method": f"{emulator_name(target)} -cpu {EMULATED[target][0]}"}
-    problem = cannot_emulate(target)
+    problem = cannot_run_there(target, model)
     if problem:
         return {**base, "status": STATUS_NOT_VERIFIED, "reasons": [problem]}
     with tempfile.TemporaryDirectory(prefix="cellsdk-selfcheck-") as tmp:
@@ -166,7 +195,7 @@ def self_check_emulated(model: Path, target: str, options: dict[str, Any] | None
 
 def _run_worker(target: str, arguments: list[str], out: Path, timeout: float) -> str | None:
     """Run ``python -m cellsdk.batch.worker ARGUMENTS`` under the emulated ``target``; None when ``out`` was written."""
-    problem = cannot_emulate(target)
+    problem = cannot_emulate(target) or cannot_run_there(target, Path(arguments[1 if arguments[0] == "--self-check" else 0]))
     if problem:
         return problem
     worker = ["-m", "cellsdk.batch.worker", *arguments]

@@ -1,4 +1,4 @@
-"""ExecuTorch ``.pte`` programs (XNNPACK delegate): fp32, for phones and boards that run PyTorch's on-device runtime.
+"""ExecuTorch ``.pte`` programs (XNNPACK delegate): fp32 and int8, for phones and boards that run PyTorch's on-device runtime.
 
 ``torch.export`` of the same module every format exports (logits, ``features``, ``cams``; batch of one), lowered
 with ``to_edge_transform_and_lower`` and the XNNPACK partitioner. A ``.pte`` has no metadata slot, so the
@@ -6,7 +6,7 @@ program gets one of cellsdk's (:mod:`cellsdk.backends.executorch`): a constant m
 returning the JSON in a zero-padded byte tensor, whose bytes lie contiguously in the file and are rewritten in
 place (:func:`write_pte_metadata`; room for 1 MiB more than the first document, or twice it; a larger one asks
 for a re-conversion).
-Quantized programs (int8 through ``XNNPACKQuantizer``) are not offered yet.
+int8 through ``XNNPACKQuantizer`` (see :class:`ExecuTorchConverter`).
 
 Examples:
     >>> from cellsdk.converters import get_converter
@@ -25,7 +25,8 @@ from typing import Any
 
 from cellsdk.backends.executorch import PTE_HEADER, PTE_MAGIC, find_pte_metadata
 from cellsdk.converters.base import Converter, ExportJob, Refused, first_line, plain_tensor_copy, register_converter
-from cellsdk.errors import MetadataError
+from cellsdk.converters.int8 import xnnpack_record
+from cellsdk.errors import ConfigError, MetadataError
 from cellsdk.metadata import ModelMetadata
 
 __all__ = ["ExecuTorchConverter", "metadata_slot", "write_pte_metadata"]
@@ -75,17 +76,22 @@ def write_pte_metadata(path: Path, text: str) -> None:
     os.replace(staged, path)
 
 
-@register_converter("executorch", suffix=".pte", precisions=("fp32",), packages=("executorch", "torch"),
+@register_converter("executorch", suffix=".pte", precisions=("fp32", "int8"), packages=("executorch", "torch"),
                     install="pip install 'cellsdk[executorch]'")
 class ExecuTorchConverter(Converter):
-    """ExecuTorch for phones and boards (XNNPACK on the CPU)."""
+    """ExecuTorch for phones and boards (XNNPACK on the CPU).
+
+    int8 is PyTorch 2 export quantization with ExecuTorch's ``XNNPACKQuantizer`` (per-channel symmetric int8
+    weights, int8 activations, calibrated on the ``--calib`` images through ``prepare_pt2e`` / ``convert_pt2e``),
+    then the XNNPACK partitioner: the program takes and returns float32 (its quantize / dequantize steps are
+    inside it).
+    """
 
     def convert(self, job: ExportJob, precision: str, out: Path) -> dict[str, Any]:
         import torch
 
         model = job.cached("plain-tensor-module", lambda: plain_tensor_copy(job.exported))
-        text = job.metadata_for(precision).to_json()
-        slot = torch.tensor(list(metadata_slot(text)), dtype=torch.uint8)
+        recipe: dict[str, Any] = {}
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             try:
@@ -93,16 +99,43 @@ class ExecuTorchConverter(Converter):
                 from executorch.exir import to_edge_transform_and_lower
 
                 exported = torch.export.export(model, (job.example(1),))
+                if precision == "int8":
+                    calibration = job.require_calibration("executorch")
+                    exported = torch.export.export(_quantized(exported, calibration), (job.example(1),))
+                    recipe = {"method": "PT2E static quantization, XNNPACKQuantizer", "weights": "int8 per-channel, "
+                              "symmetric", "activations": "int8 per-tensor", "io": "float32 (quantized inside)",
+                              "calibration_images": len(calibration), **xnnpack_record(job.int8_recipe)}
+                text = job.metadata_for(precision, recipe or None).to_json()
+                slot = torch.tensor(list(metadata_slot(text)), dtype=torch.uint8)
                 program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()],
                                                       constant_methods={METHOD: slot}).to_executorch()
             except Exception as err:  # the exporter and the lowering raise many types for what they cannot take
-                raise Refused(f"ExecuTorch cannot convert {job.metadata.arch} ({first_line(err)}); use its ONNX "
-                              "or OpenVINO artefacts") from err
+                if isinstance(err, ConfigError):
+                    raise
+                raise Refused(f"ExecuTorch cannot convert {job.metadata.arch} to {precision} ({first_line(err)}); "
+                              "use its ONNX or OpenVINO artefacts") from err
         out.write_bytes(program.buffer)
         if find_pte_metadata(out.read_bytes(), out) is None:  # the slot must lie in the file as written
             raise Refused("ExecuTorch stored the metadata slot in a form cellsdk cannot read back; use its ONNX "
                           "or OpenVINO artefacts")
-        return {}
+        return recipe
 
     def write_metadata(self, path: Path, metadata: ModelMetadata) -> None:
         write_pte_metadata(path, metadata.to_json())
+
+
+def _quantized(exported: Any, calibration: Any) -> Any:
+    """The exported program's module with XNNPACK's int8 quantize / dequantize pairs, calibrated image by image."""
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(exported.module(), quantizer)
+    with torch.no_grad():
+        for image in calibration.arrays:
+            prepared(torch.from_numpy(image[None]))
+    return convert_pt2e(prepared)

@@ -35,7 +35,7 @@ from typing import Any
 from cellsdk.errors import ConfigError
 from cellsdk.platform.cpu import CPU_CLASSES
 
-__all__ = ["INT8_RECIPES", "capture_root_logging", "check_recipe", "recipe_record"]
+__all__ = ["INT8_RECIPES", "capture_root_logging", "check_recipe", "recipe_record", "xnnpack_record"]
 
 INT8_RECIPES = ("portable", "vnni")
 
@@ -70,6 +70,23 @@ def recipe_record(name: str) -> dict[str, Any]:
     check_recipe(name)
     unsafe = sorted(c.name for c in CPU_CLASSES.values() if c.int8_saturates) if name == "vnni" else []
     return {"recipe": name, "saturation_safe": not unsafe, "unsafe_cpu_classes": unsafe, "portability": _NOTES[name]}
+
+
+def xnnpack_record(name: str) -> dict[str, Any]:
+    """What the metadata records about an int8 artefact that XNNPACK runs (LiteRT, ExecuTorch): both recipes give
+    the same file, since XNNPACK's int8 kernels never multiply ``uint8 x int8`` into a saturating ``int16`` pair
+    sum (on AVX2 they widen both operands to ``int16`` first; with VNNI they shift activations to unsigned and
+    subtract the weights' sums, exactly; on ARM they use the signed dot products).
+
+    Examples:
+        >>> xnnpack_record("vnni")["saturation_safe"], xnnpack_record("vnni")["recipe"]
+        (True, 'vnni')
+    """
+    check_recipe(name)
+    return {"recipe": name, "saturation_safe": True, "unsafe_cpu_classes": [],
+            "portability": "XNNPACK int8 kernels: no int16 pair sum saturates on any CPU class (AVX2 widens to "
+                           "int16 before multiplying, VNNI shifts activations and compensates exactly, ARM uses "
+                           "signed dot products); full 8-bit weights under either recipe"}
 
 
 @contextlib.contextmanager

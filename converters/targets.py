@@ -59,7 +59,7 @@ from cellsdk.converters.emulation import (
     EMULATED,
     QEMU_INSTALL,
     arm64_environment,
-    cannot_emulate,
+    cannot_run_there,
     emulator_name,
     qemu_binary,
     run_emulated,
@@ -215,11 +215,11 @@ def verify_on_targets(jobs: list[tuple[dict[str, Any], Path, Any]], images: Any,
                 if targets.float_artefacts or entry["precision"] in CLASS_SENSITIVE_PRECISIONS]
     if not emulated:
         return records
-    problems = {name: cannot_emulate(name) for name in targets.emulated}
+    problems = {(job.file, job.target): cannot_run_there(job.target, job.path) for job in emulated}
     for job in emulated:
-        if problems[job.target]:
-            records[job.file].append(_not_verified(job.target, problems[job.target] or ""))
-    emulated = [job for job in emulated if not problems[job.target]]
+        if problems[job.file, job.target]:
+            records[job.file].append(_not_verified(job.target, problems[job.file, job.target] or ""))
+    emulated = [job for job in emulated if not problems[job.file, job.target]]
     if not emulated:
         return records
     sample = balanced_sample(images.targets, targets.images_per_class, seed)

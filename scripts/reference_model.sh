@@ -43,7 +43,8 @@ cellsdk-eval "$RUN/$NAME.safetensors" --data "$DATA" --split test --data-cropped
 if [ -f "$RUN/best.safetensors" ]; then
   cellsdk-eval "$RUN/best.safetensors" --data "$DATA" --split test --data-cropped --out "$RUN/test/uncalibrated.fp32" --quiet
 fi
-for model in "$RUN"/converted/model.*.onnx "$RUN"/converted/model.*.xml "$RUN"/converted/model.*.torchscript; do
+for model in "$RUN"/converted/model.*.onnx "$RUN"/converted/model.*.xml "$RUN"/converted/model.*.torchscript \
+    "$RUN"/converted/model.*.tflite "$RUN"/converted/model.*.pte; do
   cellsdk-eval "$model" --data "$DATA" --split test --data-cropped --out "$RUN/test/$(basename "$model")" --quiet
 done
 # raw full-resolution microscope originals of the test split, end to end (200 px centre crop in the model's metadata)
@@ -68,6 +69,10 @@ python scripts/cpu_class_eval.py "$RUN"/converted/model.int8.onnx "$RUN"/convert
   "$RUN"/converted/model.int8.torchscript --checkpoint "$RUN/$NAME.safetensors" --data "$DATA" --split test \
   --data-cropped --cpus native,haswell,nehalem --emulated-images 600 --out "$RUN/test/cpu_classes.json" \
   > "$RUN/cpu_classes.md"
+# the phone formats (LiteRT, ExecuTorch) beside the int8 ONNX file: natively and under emulated Haswell
+python scripts/cpu_class_eval.py "$RUN"/converted/model.int8.onnx "$RUN"/converted/model.*.tflite \
+  "$RUN"/converted/model.*.pte --checkpoint "$RUN/$NAME.safetensors" --data "$DATA" --split test --data-cropped \
+  --cpus native,haswell --emulated-images 600 --out "$RUN/test/phone_formats.json" > "$RUN/phone_formats.md"
 
 if [ "${SHIP:-0}" = 1 ]; then
   cp "$RUN/$NAME.safetensors" "models/$NAME.safetensors"

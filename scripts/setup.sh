@@ -47,7 +47,9 @@ fi
 # sysroot, and PyPI's aarch64 wheels of cellsdk's runtime dependencies. Best effort (root with apt-get only):
 # without it those classes are "not verified on this platform".
 arm_env=".venv/opt/arm64"
-arm_pins=$(grep -E '^(numpy|pillow|onnxruntime|click)==' constraints.txt | sort | tr '\n' ' ')
+# LiteRT: ai-edge-litert 1.4.0 is the newest with Linux aarch64 wheels (2.x has none), plus its pure-Python needs
+arm_pins="$(grep -E '^(numpy|pillow|onnxruntime|click|tqdm|backports.strenum)==' constraints.txt | sort | tr '\n' ' ')"
+arm_pins="$arm_pins ai-edge-litert==1.4.0 flatbuffers==25.12.19 typing-extensions==4.16.0"
 arm_stamp="$arm_env/.ready-$(echo "$arm_pins" | sha256sum | cut -c1-16)"
 if [[ ",$extras," == *",test,"* ]] && [ "$(uname -m)" = x86_64 ] && [ "$(uname -s)" = Linux ] \
     && [ ! -f "$arm_stamp" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -123,13 +123,14 @@ def export_all(model: torch.nn.Module, metadata: ModelMetadata, folder: Path) ->
     return out
 
 
-def convert_tiny(checkpoint: Path, out: Path, formats: tuple[str, ...]) -> Any:
-    """The committed tiny checkpoint through cellsdk-convert at fp32 in ``formats`` (gate: the tiny one, this
-    machine's CPU class only), as the per-format test modules use it."""
+def convert_tiny(checkpoint: Path, out: Path, formats: tuple[str, ...], precisions: tuple[str, ...] = ()) -> Any:
+    """The committed tiny checkpoint through cellsdk-convert at fp32 (and ``precisions``) in ``formats`` (gate: the
+    tiny one, this machine's CPU class only), as the per-format test modules use it."""
     from cellsdk.converters import ConvertConfig, convert
     from cellsdk.converters.targets import CpuTargets
     from tests.conftest import SAMPLES, TINY_GATE
 
-    config = ConvertConfig(formats=formats, calib=str(SAMPLES), data_cropped=True, calib_samples=64, verify=TINY_GATE,
+    config = ConvertConfig(formats=formats, precisions=precisions, calib=str(SAMPLES), data_cropped=True,
+                           calib_samples=64, verify=TINY_GATE,
                            cpu_targets=CpuTargets.parse("native"))
     return convert(checkpoint, out, config, progress=False)

@@ -54,3 +54,19 @@ def test_predicting_on_a_cpu_imports_only_what_it_runs():
         "print(sorted(m for m in unwanted if m in sys.modules))"
     )
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_the_litert_runtime_does_not_pull_torch_in():
+    """``pip install 'cellsdk[litert]'`` is torch-free: ai-edge-litert declares nothing that needs torch (the
+    backend running with torch blocked is tests/converters/test_litert.py::test_litert_runs_with_torch_blocked)."""
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec("ai_edge_litert") is None:
+        pytest.skip("ai-edge-litert is not installed: pip install 'cellsdk[litert]'")
+    from cellsdk.benchmarks.install_size import closure
+
+    pulled = closure("ai-edge-litert")
+    assert "ai-edge-litert" in pulled and not {"torch", "jax", "jaxlib", "tensorflow"} & set(pulled)
+    assert "torch" in closure("torch") and "torch" not in closure("onnxruntime")

@@ -4,7 +4,9 @@ LiteRT is what Android phones and tablets and many ARM boards run. The interpret
 ``ai-edge-litert`` wheel (numpy and flatbuffers; no TensorFlow, no torch): ``pip install 'cellsdk[litert]'``.
 The cellsdk metadata travels inside the file, in the flatbuffer's ``metadata`` table under the name ``cellsdk``
 (:func:`read_tflite_metadata`; cellsdk-convert writes it with :func:`cellsdk.converters.litert.write_tflite_metadata`).
-The models cellsdk converts take a batch of one: a batch runs image by image. One interpreter is not safe to
+The models cellsdk converts take a batch of one: a batch runs image by image. A full-integer (int8) model's input
+and outputs are int8 with their scale and zero point in the file: the backend quantizes the image and
+dequantizes the outputs with them, so callers always see float32. One interpreter is not safe to
 call from two threads at once, so each calling thread gets its own (they share the mapped file).
 
 Examples:
@@ -101,6 +103,14 @@ class LiteRtBackend(Backend):
             self._outputs = sorted(names, key=lambda n: int(n.rsplit("_", 1)[-1]) if n.rsplit("_", 1)[-1].isdigit()
                                    else len(names))
         details = interpreter.get_output_details()
+        if self._key is not None:
+            runner = interpreter.get_signature_runner(self._key)
+            self._in_q = _scale(runner.get_input_details()[self._input])
+            out_details = runner.get_output_details()
+            self._out_q = [_scale(out_details[name]) for name in self._outputs]
+        else:
+            self._in_q = _scale(inputs[0])
+            self._out_q = [_scale(d) for d in details]
         self.output_count = len(self._outputs) if self._key is not None else len(details)
         first = interpreter.get_signature_runner(self._key).get_output_details()[self._outputs[0]]["shape"] \
             if self._key is not None else details[0]["shape"]
@@ -130,16 +140,63 @@ class LiteRtBackend(Backend):
         rows: list[list[np.ndarray]] = []
         step = self.input_shape[0] or 1
         for start in range(0, len(batch), step):
-            part = np.ascontiguousarray(batch[start:start + step], dtype=np.float32)
+            part = _quantize(np.ascontiguousarray(batch[start:start + step], dtype=np.float32), self._in_q)
             if self._key is not None:
                 result = self._runner(interpreter)(**{self._input: part})
-                rows.append([np.array(result[name]) for name in self._outputs])
+                raw = [result[name] for name in self._outputs]
             else:
                 interpreter.set_tensor(interpreter.get_input_details()[0]["index"], part)
                 interpreter.invoke()
-                rows.append([interpreter.get_tensor(d["index"]).copy() for d in interpreter.get_output_details()])
+                raw = [interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()]
+            rows.append([_dequantize(value, q) for value, q in zip(raw, self._out_q, strict=True)])
         return [np.concatenate([row[i] for row in rows]) for i in range(len(rows[0]))] if rows else []
 
     @classmethod
     def read_metadata_json(cls, path: Path) -> str | None:
         return read_tflite_metadata(path)
+
+
+def _scale(detail: dict[str, Any]) -> tuple[Any, float, int] | None:
+    """``(dtype, scale, zero point)`` of an integer tensor, or None for a float one.
+
+    Examples:
+        >>> _scale({"dtype": np.int8, "quantization": (0.5, -3)})
+        (<class 'numpy.int8'>, 0.5, -3)
+        >>> _scale({"dtype": np.float32, "quantization": (0.0, 0)}) is None
+        True
+    """
+    dtype = detail["dtype"]
+    if np.issubdtype(dtype, np.floating):
+        return None
+    scale, zero = detail["quantization"]
+    if not scale:
+        raise UnsupportedFormatError(f"the model's {np.dtype(dtype).name} tensor {detail.get('name', '')!r} has no "
+                                     "quantization scale; re-convert it")
+    return dtype, float(scale), int(zero)
+
+
+def _quantize(values: np.ndarray, q: tuple[Any, float, int] | None) -> np.ndarray:
+    """float32 values as the integer tensor ``q`` describes (rounded, clipped to its type), or as they are.
+
+    Examples:
+        >>> _quantize(np.array([0.0, 1.0, 100.0], np.float32), (np.int8, 0.5, -3)).tolist()
+        [-3, -1, 127]
+    """
+    if q is None:
+        return values
+    dtype, scale, zero = q
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(values / scale) + zero, info.min, info.max).astype(dtype)
+
+
+def _dequantize(values: np.ndarray, q: tuple[Any, float, int] | None) -> np.ndarray:
+    """An output as float32 (a copy: the interpreter reuses its buffers).
+
+    Examples:
+        >>> _dequantize(np.array([-3, -1], np.int8), (np.int8, 0.5, -3)).tolist()
+        [0.0, 1.0]
+    """
+    if q is None:
+        return np.array(values, dtype=np.float32)
+    _, scale, zero = q
+    return ((values.astype(np.float32) - zero) * scale).astype(np.float32)

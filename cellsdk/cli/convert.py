@@ -28,7 +28,7 @@ __all__ = ["convert_command", "verify_command"]
 @command("convert")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder (replaced).")
-@click.option("--formats", default="all", show_default=True, help="onnx,torchscript,openvino,coreml or all.")
+@click.option("--formats", default="all", show_default=True, help="onnx,torchscript,openvino,coreml,litert,executorch or all.")
 @click.option("--quantize", multiple=True,
               help="fp16, int8, bf16 (OpenVINO, computed in bf16 where the CPU has it; CoreML also int6, int4); "
                    "repeat or comma-separate.")
@@ -81,7 +81,7 @@ __all__ = ["convert_command", "verify_command"]
 @quiet_option()
 @friendly_errors
 def convert_command(checkpoint: Path, out_dir: Path, formats: str, quantize: tuple[str, ...], **options: Any) -> None:
-    """Convert CHECKPOINT to verified ONNX, TorchScript, OpenVINO and CoreML models with a manifest.
+    """Convert CHECKPOINT to verified ONNX, TorchScript, OpenVINO, CoreML, LiteRT and ExecuTorch models with a manifest.
 
     \f
     Examples:
@@ -168,9 +168,15 @@ def verify_command(model: Path, reference: Path | None, data: Path | None, quiet
 
         rows = self_check_everywhere(model, split_list(options["verify_cpus"]), device=options["device"])
         click.echo(format_self_checks(model, rows))
-        bad = [row["target"] for row in rows if row["status"] != "passed"]
+        from cellsdk.artefacts.manifest import STATUS_NOT_VERIFIED
+
+        bad = [row["target"] for row in rows if row["status"] not in ("passed", STATUS_NOT_VERIFIED)]
         if bad:
             raise click.ClickException(f"{model} did not pass its self-check on {', '.join(bad)} (see the table above)")
+        unchecked = [row["target"] for row in rows if row["status"] == STATUS_NOT_VERIFIED]
+        if unchecked:
+            raise click.ClickException(f"{model} could not be checked on {', '.join(unchecked)} (the reason is in the "
+                                       "table above)")
         return
     if reference is None or data is None:
         raise click.UsageError("--reference and --data are needed (or --self, to run the model's own test vectors)")

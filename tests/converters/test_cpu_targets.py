@@ -241,3 +241,26 @@ def test_arm64_targets_without_their_environment_are_not_verified(monkeypatch, t
     assert problem and ("aarch64" in problem or "qemu-aarch64" in problem or "Linux" in problem)
     verdict = emulation.self_check_emulated(tmp_path / "model.int8.onnx", "neoverse-n1")
     assert verdict["status"] == STATUS_NOT_VERIFIED and verdict["reasons"] == [problem]
+
+
+def test_an_arm64_environment_without_the_artefacts_runtime_leaves_it_not_verified(monkeypatch, tmp_path):
+    """The aarch64 environment carries ONNX Runtime and LiteRT; an ExecuTorch program (its runtime needs torch)
+    is reported not verified there, with the reason, never failed."""
+    from pathlib import Path
+
+    from cellsdk.converters import emulation
+
+    root = tmp_path / "arm64"
+    (root / "sysroot" / "usr" / "bin").mkdir(parents=True)
+    (root / "sysroot" / "usr" / "bin" / "python3.11").write_text("")
+    (root / "site" / "onnxruntime").mkdir(parents=True)
+    monkeypatch.setenv("CELLSDK_ARM64_ENV", str(root))
+    monkeypatch.setattr(emulation, "cannot_emulate", lambda target: None)
+    assert emulation.cannot_run_there("cortex-a72", Path("model.int8.onnx")) is None
+    assert "no executorch" in (emulation.cannot_run_there("cortex-a72", Path("model.int8.pte")) or "")
+    assert "no ai_edge_litert" in (emulation.cannot_run_there("neoverse-n1", Path("model.int8.tflite")) or "")
+    (root / "site" / "ai_edge_litert").mkdir()
+    assert emulation.cannot_run_there("neoverse-n1", Path("model.int8.tflite")) is None
+    assert emulation.cannot_run_there("haswell", Path("model.int8.pte")) is None  # x86 classes run this venv
+    verdict = emulation.self_check_emulated(tmp_path / "model.int8.pte", "cortex-a72")
+    assert verdict["status"] == STATUS_NOT_VERIFIED and "executorch" in verdict["reasons"][0]

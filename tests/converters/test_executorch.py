@@ -11,6 +11,7 @@ import pytest
 from cellsdk import Classifier
 from cellsdk.backends.executorch import PTE_MAGIC, find_pte_metadata, read_pte_metadata
 from cellsdk.errors import BackendNotInstalledError, MetadataError, UnsupportedFormatError
+from cellsdk.preprocessing import preprocess_batch
 from tests.conftest import RAW_SAMPLES
 from tests.export_helpers import convert_tiny
 
@@ -38,6 +39,25 @@ def test_an_executorch_program_passes_the_gate_and_answers_like_onnx(pte_convers
     images = sorted(RAW_SAMPLES.rglob("*.jpg"))
     assert np.abs(pte.predict_proba(images) - onnx.predict_proba(images)).max() < 1e-4
     assert pte.guard is not None and pte.backend.max_batch == 1 and pte.metadata.labels == onnx.metadata.labels
+
+
+@pytest.mark.slow  # an export, a calibration and a lowering (~60 s)
+@needs_executorch
+def test_an_int8_program_passes_the_gate_and_keeps_float_inputs_and_outputs(tiny_checkpoint, tmp_path):
+    result = convert_tiny(tiny_checkpoint, tmp_path / "out", ("executorch",), ("int8",))
+    entries = {a["file"]: a for a in result.manifest["artefacts"]}
+    assert entries["model.int8.pte"]["status"] == "passed", entries["model.int8.pte"]["reasons"]
+    int8 = Classifier.load(result.out_dir / "model.int8.pte")
+    fp32 = Classifier.load(result.out_dir / "model.fp32.pte")
+    quantization = int8.metadata.quantization
+    assert "XNNPACKQuantizer" in quantization["method"] and quantization["calibration_images"] > 0
+    assert quantization["saturation_safe"] is True and int8.metadata.precision == "int8"
+    images = sorted(RAW_SAMPLES.rglob("*.jpg"))
+    batch = preprocess_batch(images, fp32.metadata.preprocessing)
+    logits, reference = int8.raw_outputs(batch), fp32.raw_outputs(batch)
+    assert logits.dtype == np.float32
+    cosine = (logits * reference).sum(1) / np.linalg.norm(logits, axis=1) / np.linalg.norm(reference, axis=1)
+    assert cosine.min() > 0.9
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import pytest
 
 from cellsdk import Classifier
 from cellsdk.errors import BackendNotInstalledError, MetadataError, UnsupportedFormatError
+from cellsdk.preprocessing import preprocess_batch
 from tests.conftest import RAW_SAMPLES, REPO
 from tests.export_helpers import convert_tiny
 
@@ -29,6 +30,14 @@ def litert_conversion(tiny_checkpoint, tmp_path_factory):
     return convert_tiny(tiny_checkpoint, tmp_path_factory.mktemp("litert") / "out", ("onnx", "litert"))
 
 
+@pytest.fixture(scope="module")
+def quantized_litert(tiny_checkpoint, tmp_path_factory):
+    """The tiny checkpoint converted to LiteRT fp32, fp16 and int8 (calibrated on the samples) through the gate."""
+    if importlib.util.find_spec("litert_torch") is None or importlib.util.find_spec("ai_edge_quantizer") is None:
+        pytest.skip("litert-torch / ai-edge-quantizer are not installed: scripts/setup.sh installs them")
+    return convert_tiny(tiny_checkpoint, tmp_path_factory.mktemp("litert-q") / "out", ("litert",), ("fp16", "int8"))
+
+
 @pytest.mark.slow  # a conversion (~30 s)
 @needs_converter
 def test_a_litert_artefact_passes_the_gate_and_answers_like_onnx(litert_conversion):
@@ -44,6 +53,48 @@ def test_a_litert_artefact_passes_the_gate_and_answers_like_onnx(litert_conversi
     assert np.abs(a - b).max() < 1e-4
     assert tflite.guard is not None and tflite.explain(images[0]).cam.shape == onnx.explain(images[0]).cam.shape
     assert tflite.backend.max_batch == 1 and tflite.predict_proba(images[:5]).shape == (5, len(tflite.labels))
+
+
+@pytest.mark.slow  # three conversions and a calibration (~40 s)
+@needs_converter
+def test_litert_fp16_and_full_integer_int8_pass_the_gate_and_answer_in_float(quantized_litert):
+    from ai_edge_litert.interpreter import Interpreter
+
+    entries = {a["file"]: a for a in quantized_litert.manifest["artefacts"]}
+    for name in ("model.fp32.tflite", "model.fp16.tflite", "model.int8.tflite"):
+        assert entries[name]["status"] == "passed", (name, entries[name]["reasons"])
+    int8_path = quantized_litert.out_dir / "model.int8.tflite"
+    interpreter = Interpreter(model_path=str(int8_path))
+    assert interpreter.get_input_details()[0]["dtype"] == np.int8  # full integer: the image goes in as int8
+    assert {d["dtype"] for d in interpreter.get_output_details()} == {np.int8}
+    fp32, int8 = (Classifier.load(quantized_litert.out_dir / n) for n in ("model.fp32.tflite", "model.int8.tflite"))
+    quantization = int8.metadata.quantization
+    assert quantization["calibration_images"] > 0 and quantization["saturation_safe"] is True
+    assert "static_wi8_ai8" in quantization["method"]
+    images = sorted(RAW_SAMPLES.rglob("*.jpg"))
+    batch = preprocess_batch(images, fp32.metadata.preprocessing)
+    logits, reference = int8.raw_outputs(batch), fp32.raw_outputs(batch)
+    assert logits.dtype == np.float32 and logits.shape == reference.shape
+    cosine = (logits * reference).sum(1) / np.linalg.norm(logits, axis=1) / np.linalg.norm(reference, axis=1)
+    assert cosine.min() > 0.9  # dequantized logits, not raw int8 codes
+    assert int8.guard is not None and int8.explain(images[0]).cam.shape == fp32.explain(images[0]).cam.shape
+
+
+@pytest.mark.slow  # two emulated self-checks (~30 s)
+@needs_converter
+@pytest.mark.parametrize("target", ["haswell", "neoverse-n1"])
+def test_the_int8_file_passes_its_self_check_on_emulated_cpu_classes(quantized_litert, target):
+    """XNNPACK's int8 kernels do not saturate: the same file passes on AVX2 and on ARM64 (the aarch64 environment
+    runs ai-edge-litert 1.4, PyPI's newest aarch64 wheel)."""
+    from cellsdk.converters.emulation import EMULATED, cannot_run_there, self_check_emulated
+
+    path = quantized_litert.out_dir / "model.int8.tflite"
+    problem = cannot_run_there(target, path)
+    if problem:
+        pytest.skip(problem)
+    verdict = self_check_emulated(path, target)
+    assert verdict["status"] == "passed", verdict
+    assert verdict["machine"]["cpu_class"] == EMULATED[target][1]
 
 
 @pytest.mark.slow

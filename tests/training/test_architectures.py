@@ -99,10 +99,13 @@ CI_ARCHITECTURES = ("test_vit", "test_convnext", "test_coatnet")
 def test_the_architecture_matrix_every_artefact_passes_or_says_why(arch, tmp_path) -> None:
     from cellsdk.benchmarks.arch_matrix import ARTEFACTS, MatrixConfig, format_matrix, run_matrix
 
-    report = run_matrix(MatrixConfig(data=str(SAMPLES), archs=(arch,), input_size=32, work=str(tmp_path)))
+    # the desktop formats here; the phone formats (LiteRT, ExecuTorch) have their own test modules and columns
+    report = run_matrix(MatrixConfig(data=str(SAMPLES), archs=(arch,), input_size=32, work=str(tmp_path),
+                                     formats="onnx,torchscript,openvino,coreml"))
+    expected = {a for a in ARTEFACTS if not a.endswith((".tflite", ".pte"))}
     for row in report["rows"]:
         assert row["train"].startswith("ok") and row["convert"] == "ok", row
-        assert set(ARTEFACTS) <= set(row["artefacts"]), row["arch"]  # (plus the skipped fp16 TorchScript)
+        assert expected <= set(row["artefacts"]), row["arch"]  # (plus the skipped fp16 TorchScript)
         for name, entry in row["artefacts"].items():
             assert entry["status"] in ("passed", "failed", "skipped", "not verified on this platform"), (name, entry)
             if entry["status"] != "passed":
