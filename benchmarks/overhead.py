@@ -98,14 +98,27 @@ def hand_written_parts(path: str | os.PathLike, spec: Preprocessing, backend: st
     if backend == "litert":
         from ai_edge_litert.interpreter import Interpreter
 
-        interpreter = Interpreter(model_path=str(path))
+        interpreter = Interpreter(model_path=str(path), num_threads=options.get("threads") or os.cpu_count())
         interpreter.allocate_tensors()
         key = next(iter(interpreter.get_signature_list()))
         runner = interpreter.get_signature_runner(key)
         argument = next(iter(interpreter.get_signature_list()[key]["inputs"]))
+        # a full-integer (int8) file takes and returns int8: its scales are in the tensors' details
+        source = runner.get_input_details()[argument]
+        target = runner.get_output_details()["output_0"]
+
+        def one(image: np.ndarray) -> np.ndarray:
+            if source["dtype"] != np.float32:
+                scale, zero = source["quantization"]
+                image = np.clip(np.rint(image / scale) + zero, -128, 127).astype(source["dtype"])
+            out = runner(**{argument: image})["output_0"]
+            if target["dtype"] != np.float32:
+                scale, zero = target["quantization"]
+                out = (out.astype(np.float32) - zero) * scale
+            return out
 
         def infer_litert(batch: np.ndarray) -> np.ndarray:  # a batch of one per call, as the program was exported
-            return np.concatenate([runner(**{argument: batch[i:i + 1]})["output_0"] for i in range(len(batch))])
+            return np.concatenate([one(batch[i:i + 1]) for i in range(len(batch))])
 
         return prepare, infer_litert
     if backend == "executorch":
