@@ -6,7 +6,7 @@ against litert-torch's own PT2E quantizer (per-channel symmetric), on the same c
 Both start from the module every format exports (logits, features, class activation maps) at batch 1. Each file
 runs on the whole ``--split`` (default test) in the LiteRT interpreter; reported: accuracy, the worst class's
 recall, top-1 agreement with and logit cosine to the fp32 ``.tflite`` file, its size, and the median batch-1
-latency (model only, quantizing the input and dequantizing the logits included).
+latency (model only, every usable core, quantizing the input and dequantizing the logits included).
 
 Examples:
     >>> main(["models/bloodmnist_effnet_lite0_128.safetensors", "--data", "data/bloodmnist_128"])  # doctest: +SKIP
@@ -32,9 +32,9 @@ def _run(path: Path, arrays: np.ndarray) -> tuple[np.ndarray, float]:
     """The logits of every image (batch 1, through the cellsdk backend's quantize / dequantize) and the median ms."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from cellsdk.backends.litert import _dequantize, _quantize, _scale
+    from cellsdk.backends.litert import _dequantize, _quantize, _scale, usable_cores
 
-    interpreter = Interpreter(model_path=str(path), num_threads=None)
+    interpreter = Interpreter(model_path=str(path), num_threads=usable_cores())
     signatures = interpreter.get_signature_list()
     key = next(iter(signatures))
     runner = interpreter.get_signature_runner(key)
