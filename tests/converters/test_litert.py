@@ -153,3 +153,27 @@ def test_without_the_runtime_the_error_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ai_edge_litert" else real(name, *a))
     with pytest.raises(BackendNotInstalledError, match=r"cellsdk\[litert\]"):
         litert.LiteRtBackend(Path(model))
+
+
+@pytest.mark.slow
+@needs_converter
+def test_cellsdk_serve_answers_with_the_int8_litert_file(quantized_litert):
+    """The service over a real loopback port, batching requests for a batch-of-one full-integer model."""
+    pytest.importorskip("fastapi", reason="the service needs cellsdk[serve]")
+    httpx = pytest.importorskip("httpx", reason="the HTTP tests need httpx (cellsdk[test])")
+    from cellsdk.serve.process import start_service
+
+    path = quantized_litert.out_dir / "model.int8.tflite"
+    images = sorted(RAW_SAMPLES.rglob("*.jpg"))[:4]
+    expected = [p.label for p in Classifier.load(path).predict_batch(images)]
+    service = start_service(("--model", str(path), "--max-wait-ms", "20"), cwd=REPO)
+    try:
+        response = httpx.post(service.url + "v1/predict", timeout=60,
+                              files=[("files", (p.name, p.read_bytes(), "image/jpeg")) for p in images])
+        response.raise_for_status()
+        body = response.json()
+        assert body["model"]["name"] == "model.int8.tflite"
+        assert [p["label"] for p in body["predictions"]] == expected
+        assert all(p["ood_score"] is not None for p in body["predictions"])
+    finally:
+        assert service.stop() == 0, "\n".join(service.lines)
