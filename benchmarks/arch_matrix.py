@@ -98,13 +98,44 @@ def _one(arch: str, config: MatrixConfig, work: Path) -> dict[str, Any]:
         row["convert"] = f"error: {_last_line(convert.stderr) or _last_line(convert.stdout)}"
         return row
     row["convert"] = "ok"
+    row["artefacts"] = _cells(manifest)
+    return row
+
+
+def _cells(manifest: Path) -> dict[str, Any]:
+    """One matrix cell per artefact of a cellsdk-convert manifest."""
+    cells = {}
     for entry in json.loads(manifest.read_text())["artefacts"]:
         verification = entry.get("verification") or {}
-        row["artefacts"][entry["file"]] = {
+        cells[entry["file"]] = {
             "status": entry["status"], "reasons": entry.get("reasons") or [],
             "agreement": verification.get("top1_agreement"), "logit_cosine": verification.get("logit_cosine"),
             "max_logit_diff": verification.get("max_logit_diff")}
-    return row
+    return cells
+
+
+def collect(work: Path, config: MatrixConfig) -> dict[str, Any]:
+    """The report of an interrupted run from its work folder: a row for every architecture whose conversion
+    finished (its manifest written), with the conversion's own duration; the others are left out.
+
+    Examples:
+        >>> collect(Path("/nonexistent"), MatrixConfig(data="d", archs=("x",)))["rows"]
+        []
+    """
+    from cellsdk.platform.cpu import host_cpu
+
+    rows = []
+    for arch in config.archs:
+        manifest = work / arch / "converted" / "manifest.json"
+        if not manifest.is_file():
+            continue
+        seconds = json.loads(manifest.read_text()).get("seconds")
+        rows.append({"arch": arch, "train": "ok", "convert": "ok", "artefacts": _cells(manifest),
+                     "convert_seconds": round(seconds, 1) if seconds else None})
+    cpu = host_cpu()
+    return {"machine": {"model": cpu.model, "cpu_class": cpu.cpu_class}, "data": config.data, "formats": config.formats,
+            "input_size": config.input_size, "max_steps": config.max_steps, "eval_limit": config.eval_limit,
+            "rows": rows}
 
 
 def run_matrix(config: MatrixConfig, progress: Any = None) -> dict[str, Any]:
@@ -217,11 +248,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--formats", default="all")
     parser.add_argument("--merge", type=Path, help="an earlier arch_matrix.json whose rows gain these cells")
+    parser.add_argument("--collect", action="store_true",
+                        help="report an interrupted run from --work instead of running (the finished architectures)")
     args = parser.parse_args(argv)
     archs = tuple(a.strip() for a in args.archs.split(",") if a.strip())
-    report = run_matrix(MatrixConfig(data=args.data, archs=archs, input_size=args.input_size, work=args.work,
-                                     max_steps=args.max_steps, eval_limit=args.eval_limit, formats=args.formats),
-                        progress=lambda line: print(line, file=sys.stderr, flush=True))
+    config = MatrixConfig(data=args.data, archs=archs, input_size=args.input_size, work=args.work,
+                          max_steps=args.max_steps, eval_limit=args.eval_limit, formats=args.formats)
+    if args.collect and not args.work:
+        parser.error("--collect needs --work")
+    report = collect(Path(args.work), config) if args.collect else run_matrix(
+        config, progress=lambda line: print(line, file=sys.stderr, flush=True))
     if args.merge:
         report = merge_reports(json.loads(args.merge.read_text()), report)
     print(format_matrix(report))
