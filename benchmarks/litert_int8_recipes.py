@@ -32,18 +32,19 @@ def _run(path: Path, arrays: np.ndarray) -> tuple[np.ndarray, float]:
     """The logits of every image (batch 1, through the cellsdk backend's quantize / dequantize) and the median ms."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from cellsdk.backends.litert import _dequantize, _quantize, _scale, usable_cores
+    from cellsdk.backends.litert import dequantize, quantize, tensor_quantization, usable_cores
 
     interpreter = Interpreter(model_path=str(path), num_threads=usable_cores())
     signatures = interpreter.get_signature_list()
     key = next(iter(signatures))
     runner = interpreter.get_signature_runner(key)
     name = next(iter(signatures[key]["inputs"]))
-    in_q, out_q = _scale(runner.get_input_details()[name]), _scale(runner.get_output_details()["output_0"])
+    in_q = tensor_quantization(runner.get_input_details()[name])
+    out_q = tensor_quantization(runner.get_output_details()["output_0"])
     logits, times = [], []
     for image in arrays:
         started = time.perf_counter()
-        out = _dequantize(runner(**{name: _quantize(image[None], in_q)})["output_0"], out_q)
+        out = dequantize(runner(**{name: quantize(image[None], in_q)})["output_0"], out_q)
         times.append(time.perf_counter() - started)
         logits.append(out[0])
     return np.stack(logits), float(np.median(times) * 1000)
@@ -75,7 +76,13 @@ def _pt2e(job: Any, calibration: Any, out: Path) -> Path:
 
 def compare(checkpoint: str, data: str, *, split: str = "test", data_cropped: bool = False, samples: int = 256,
             seed: int = 0) -> dict[str, Any]:
-    """Both recipes on ``data``'s ``split``, against the fp32 file."""
+    """Both recipes on ``data``'s ``split``, against the fp32 file.
+
+    Examples:
+        >>> report = compare("models/bloodmnist_effnet_lite0_128.safetensors", "data/bloodmnist_128")  # doctest: +SKIP
+        >>> [row["recipe"] for row in report["rows"]]  # doctest: +SKIP
+        ['fp32 (reference)', 'ai-edge-quantizer static_wi8_ai8', 'litert-torch pt2e (per-channel)']
+    """
     from cellsdk.converters.base import ExportJob
     from cellsdk.converters.calibration import calibration_set, evaluation_set
     from cellsdk.converters.litert import LiteRtConverter
@@ -93,10 +100,10 @@ def compare(checkpoint: str, data: str, *, split: str = "test", data_cropped: bo
         warnings.simplefilter("ignore")
         job = ExportJob(model=model, metadata=metadata, workdir=Path(tmp), calibration=calibration)
         started = time.perf_counter()
-        fp32 = converter._fp32(job)
+        fp32 = converter.fp32_file(job)
         files = {"fp32 (reference)": (fp32, time.perf_counter() - started)}
         started = time.perf_counter()
-        files["ai-edge-quantizer static_wi8_ai8"] = (converter._quantized(job, fp32, "int8", calibration),
+        files["ai-edge-quantizer static_wi8_ai8"] = (converter.quantized_file(job, fp32, "int8", calibration),
                                                      time.perf_counter() - started)
         started = time.perf_counter()
         files["litert-torch pt2e (per-channel)"] = (_pt2e(job, calibration, Path(tmp) / "pt2e.tflite"),
@@ -138,7 +145,11 @@ def format_recipes(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Compare the recipes; print the table (and write it with ``--out``)."""
+    """Compare the recipes; print the table (and write it with ``--out``).
+
+    Examples:
+        >>> main(["models/bloodmnist_effnet_lite0_128.safetensors", "--data", "data/bloodmnist_128"])  # doctest: +SKIP
+    """
     from cellsdk._io import write_json, write_text
 
     parser = argparse.ArgumentParser(prog="python -m cellsdk.benchmarks.litert_int8_recipes",

@@ -74,29 +74,33 @@ class LiteRtConverter(Converter):
     """
 
     def convert(self, job: ExportJob, precision: str, out: Path) -> dict[str, Any]:
-        raw = job.cached("litert-fp32", lambda: self._fp32(job))
+        raw = job.cached("litert-fp32", lambda: self.fp32_file(job))
         if precision == "fp32":
             write_tflite_metadata(raw, out, job.metadata_for(precision).to_json())
             return {}
-        if precision == "fp16":
-            recipe = {"method": "ai-edge-quantizer float casting", "weights": "float16 (weight-only)",
-                      "activations": "float32 (float16 where the CPU computes in it)", "weights_only": True}
-            staged = self._quantized(job, raw, precision, None)
+        recipe: dict[str, Any] = {}
+        if precision == "fp16":  # a precision like ONNX's and OpenVINO's fp16, not a quantization: nothing recorded
+            staged = self.quantized_file(job, raw, precision, None)
         else:
             calibration = job.require_calibration("litert")
-            staged = self._quantized(job, raw, precision, calibration)
+            staged = self.quantized_file(job, raw, precision, calibration)
             recipe = {"method": "ai-edge-quantizer static_wi8_ai8 (full integer)", "weights": "int8 per-channel, "
                       "symmetric", "activations": "int8 per-tensor", "io": "int8 input and outputs (scales in the file)",
                       "calibration_images": len(calibration), **xnnpack_record(job.int8_recipe)}
         try:
-            write_tflite_metadata(staged, out, job.metadata_for(precision, recipe).to_json())
+            write_tflite_metadata(staged, out, job.metadata_for(precision, recipe or None).to_json())
         finally:
             with contextlib.suppress(OSError):
                 staged.unlink()
         return recipe
 
-    def _fp32(self, job: ExportJob) -> Path:
-        """The fp32 ``.tflite`` without metadata, once per job (fp16 and int8 start from it)."""
+    def fp32_file(self, job: ExportJob) -> Path:
+        """The fp32 ``.tflite`` without metadata in the job's scratch folder (fp16 and int8 start from it).
+
+        Examples:
+            >>> LiteRtConverter().fp32_file(job).name  # doctest: +SKIP
+            'litert.fp32.tflite'
+        """
         import litert_torch
 
         model = job.cached("plain-tensor-module", lambda: plain_tensor_copy(job.exported))
@@ -114,8 +118,14 @@ class LiteRtConverter(Converter):
                               "or OpenVINO artefacts") from err
         return staged
 
-    def _quantized(self, job: ExportJob, raw: Path, precision: str, calibration: Any) -> Path:
-        """fp16 or int8 from the fp32 file, through ai-edge-quantizer, into the job's scratch folder."""
+    def quantized_file(self, job: ExportJob, raw: Path, precision: str, calibration: Any) -> Path:
+        """fp16 or int8 from the fp32 file, through ai-edge-quantizer, into the job's scratch folder.
+
+        Examples:
+            >>> converter = LiteRtConverter()
+            >>> converter.quantized_file(job, converter.fp32_file(job), "int8", calibration).name  # doctest: +SKIP
+            'litert.int8.tflite'
+        """
         from ai_edge_quantizer import quantizer, recipe
         from ai_edge_quantizer.algorithm_manager import AlgorithmName
         from ai_edge_quantizer.qtyping import TFLOperationName

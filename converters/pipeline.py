@@ -391,8 +391,16 @@ def _one(job: Any, fmt: str, precision: str, skipped: str, staging: Path, images
     if options:
         entry["runtime_options"] = options
     start = time.perf_counter()
-    record = verify_artefact(target, precision, job.metadata_for(precision, recipe or None), images, reference,
-                             config.verify, options, outputs, guard_probe=probe, guard_config=config.guard)
+    try:
+        record = verify_artefact(target, precision, job.metadata_for(precision, recipe or None), images, reference,
+                                 config.verify, options, outputs, guard_probe=probe, guard_config=config.guard)
+    except CellSDKError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the runtime refusing the converted file fails that artefact, not the run
+        _remove(target)
+        detail = traceback.format_exception_only(type(err), err)[-1].strip()
+        return {**entry, "status": STATUS_FAILED, "reasons": [f"the converted file does not run: {detail[:300]}"],
+                "verify_seconds": time.perf_counter() - start}
     entry["verify_seconds"] = time.perf_counter() - start
     entry["status"], entry["reasons"] = record.pop("status"), record.pop("reasons")
     if "latency_ms" in record:

@@ -27,7 +27,7 @@ from cellsdk.backends import Backend, register_backend
 from cellsdk.errors import MetadataError, UnsupportedFormatError
 from cellsdk.metadata import METADATA_KEY
 
-__all__ = ["LiteRtBackend", "read_tflite_metadata", "usable_cores"]
+__all__ = ["LiteRtBackend", "dequantize", "quantize", "read_tflite_metadata", "tensor_quantization", "usable_cores"]
 
 _FILE_IDENTIFIER = b"TFL3"
 
@@ -118,12 +118,12 @@ class LiteRtBackend(Backend):
         details = interpreter.get_output_details()
         if self._key is not None:
             runner = interpreter.get_signature_runner(self._key)
-            self._in_q = _scale(runner.get_input_details()[self._input])
+            self._in_q = tensor_quantization(runner.get_input_details()[self._input])
             out_details = runner.get_output_details()
-            self._out_q = [_scale(out_details[name]) for name in self._outputs]
+            self._out_q = [tensor_quantization(out_details[name]) for name in self._outputs]
         else:
-            self._in_q = _scale(inputs[0])
-            self._out_q = [_scale(d) for d in details]
+            self._in_q = tensor_quantization(inputs[0])
+            self._out_q = [tensor_quantization(d) for d in details]
         self.output_count = len(self._outputs) if self._key is not None else len(details)
         first = interpreter.get_signature_runner(self._key).get_output_details()[self._outputs[0]]["shape"] \
             if self._key is not None else details[0]["shape"]
@@ -153,7 +153,7 @@ class LiteRtBackend(Backend):
         rows: list[list[np.ndarray]] = []
         step = self.input_shape[0] or 1
         for start in range(0, len(batch), step):
-            part = _quantize(np.ascontiguousarray(batch[start:start + step], dtype=np.float32), self._in_q)
+            part = quantize(np.ascontiguousarray(batch[start:start + step], dtype=np.float32), self._in_q)
             if self._key is not None:
                 result = self._runner(interpreter)(**{self._input: part})
                 raw = [result[name] for name in self._outputs]
@@ -161,7 +161,7 @@ class LiteRtBackend(Backend):
                 interpreter.set_tensor(interpreter.get_input_details()[0]["index"], part)
                 interpreter.invoke()
                 raw = [interpreter.get_tensor(d["index"]) for d in interpreter.get_output_details()]
-            rows.append([_dequantize(value, q) for value, q in zip(raw, self._out_q, strict=True)])
+            rows.append([dequantize(value, q) for value, q in zip(raw, self._out_q, strict=True)])
         return [np.concatenate([row[i] for row in rows]) for i in range(len(rows[0]))] if rows else []
 
     @classmethod
@@ -169,13 +169,13 @@ class LiteRtBackend(Backend):
         return read_tflite_metadata(path)
 
 
-def _scale(detail: dict[str, Any]) -> tuple[Any, float, int] | None:
+def tensor_quantization(detail: dict[str, Any]) -> tuple[Any, float, int] | None:
     """``(dtype, scale, zero point)`` of an integer tensor, or None for a float one.
 
     Examples:
-        >>> _scale({"dtype": np.int8, "quantization": (0.5, -3)})
+        >>> tensor_quantization({"dtype": np.int8, "quantization": (0.5, -3)})
         (<class 'numpy.int8'>, 0.5, -3)
-        >>> _scale({"dtype": np.float32, "quantization": (0.0, 0)}) is None
+        >>> tensor_quantization({"dtype": np.float32, "quantization": (0.0, 0)}) is None
         True
     """
     dtype = detail["dtype"]
@@ -188,11 +188,11 @@ def _scale(detail: dict[str, Any]) -> tuple[Any, float, int] | None:
     return dtype, float(scale), int(zero)
 
 
-def _quantize(values: np.ndarray, q: tuple[Any, float, int] | None) -> np.ndarray:
+def quantize(values: np.ndarray, q: tuple[Any, float, int] | None) -> np.ndarray:
     """float32 values as the integer tensor ``q`` describes (rounded, clipped to its type), or as they are.
 
     Examples:
-        >>> _quantize(np.array([0.0, 1.0, 100.0], np.float32), (np.int8, 0.5, -3)).tolist()
+        >>> quantize(np.array([0.0, 1.0, 100.0], np.float32), (np.int8, 0.5, -3)).tolist()
         [-3, -1, 127]
     """
     if q is None:
@@ -202,11 +202,11 @@ def _quantize(values: np.ndarray, q: tuple[Any, float, int] | None) -> np.ndarra
     return np.clip(np.rint(values / scale) + zero, info.min, info.max).astype(dtype)
 
 
-def _dequantize(values: np.ndarray, q: tuple[Any, float, int] | None) -> np.ndarray:
+def dequantize(values: np.ndarray, q: tuple[Any, float, int] | None) -> np.ndarray:
     """An output as float32 (a copy: the interpreter reuses its buffers).
 
     Examples:
-        >>> _dequantize(np.array([-3, -1], np.int8), (np.int8, 0.5, -3)).tolist()
+        >>> dequantize(np.array([-3, -1], np.int8), (np.int8, 0.5, -3)).tolist()
         [0.0, 1.0]
     """
     if q is None:

@@ -314,3 +314,27 @@ def test_a_drop_exactly_at_the_limit_passes():
     assert judge(flipped, "int8", meta, targets, reference, gate)["reasons"] == []
     flipped[1] = [0.0, 5.0]  # two of 50: 4 points
     assert any("recall of a fell 4.00" in r for r in judge(flipped, "int8", meta, targets, reference, gate)["reasons"])
+
+
+@pytest.mark.slow  # one small conversion (~15 s)
+def test_a_file_its_runtime_refuses_to_run_fails_that_artefact_not_the_conversion(tiny_checkpoint, tmp_path,
+                                                                                 monkeypatch):
+    """LiteRT's int8 Div kernel refused a barely trained EfficientViT-B0 at run time (``div.cc: data[i] !=
+    zero``): the runtime's error fails that artefact, with the reason, and the others are still converted."""
+    from cellsdk.converters import pipeline
+    from tests.export_helpers import convert_tiny
+
+    real = pipeline.verify_artefact
+
+    def refusing(path, precision, *args, **kwargs):
+        if precision == "fp16":
+            raise RuntimeError("tflite/kernels/div.cc:262 data[i] != zero (0 != 0)")
+        return real(path, precision, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "verify_artefact", refusing)
+    result = convert_tiny(tiny_checkpoint, tmp_path / "out", ("onnx",), ("fp16",))
+    entries = {a["file"]: a for a in result.manifest["artefacts"]}
+    assert entries["model.fp32.onnx"]["status"] == "passed"
+    fp16 = entries["model.fp16.onnx"]
+    assert fp16["status"] == "failed" and fp16["reasons"][0].startswith("the converted file does not run: RuntimeError")
+    assert not (result.out_dir / "model.fp16.onnx").exists()
