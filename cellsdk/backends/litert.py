@@ -101,7 +101,9 @@ class LiteRtBackend(Backend):
             interpreter = Interpreter(model_path=self._path, num_threads=self._threads)
             interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as err:
-            raise UnsupportedFormatError(f"{path}: not a loadable LiteRT model ({str(err).splitlines()[0]})") from None
+            # LiteRT repeats one complaint per tensor on a single line: the first one says what is wrong
+            first = (str(err).splitlines() or [""])[0].split(".Tensor ")[0][:300]
+            raise UnsupportedFormatError(f"{path}: not a loadable LiteRT model ({first})") from None
         self._local.interpreter = interpreter
         inputs = interpreter.get_input_details()
         if len(inputs) != 1:
