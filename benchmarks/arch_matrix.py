@@ -203,6 +203,10 @@ def format_matrix(report: dict[str, Any]) -> str:
              f"{report['data']}; {report.get('max_steps', 4)} training steps of 16 images"
              + (f"; verified on {report['eval_limit']} images" if report.get("eval_limit") else ""),
              "", header, "|" + "---|" * (3 + len(ARTEFACTS))]
+    later = sorted({str(run.get("formats")) for row in report["rows"] for run in row.get("later_runs", [])})
+    if later:  # cells merged from later runs (--merge): their own four-step training, their own conversion
+        lines[0] += (f"; the {', '.join(later)} cells come from a later run (each architecture trained again the "
+                     "same way; its conversion seconds in parentheses)")
     reasons: dict[str, list[str]] = {}
     for row in report["rows"]:
         seconds = f"{row.get('train_seconds', 0)} + {row.get('convert_seconds', '-')}" + "".join(
