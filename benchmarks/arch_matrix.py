@@ -122,8 +122,6 @@ def collect(work: Path, config: MatrixConfig) -> dict[str, Any]:
         >>> collect(Path("/nonexistent"), MatrixConfig(data="d", archs=("x",)))["rows"]
         []
     """
-    from cellsdk.platform.cpu import host_cpu
-
     rows = []
     for arch in config.archs:
         manifest = work / arch / "converted" / "manifest.json"
@@ -132,10 +130,7 @@ def collect(work: Path, config: MatrixConfig) -> dict[str, Any]:
         seconds = json.loads(manifest.read_text()).get("seconds")
         rows.append({"arch": arch, "train": "ok", "convert": "ok", "artefacts": _cells(manifest),
                      "convert_seconds": round(seconds, 1) if seconds else None})
-    cpu = host_cpu()
-    return {"machine": {"model": cpu.model, "cpu_class": cpu.cpu_class}, "data": config.data, "formats": config.formats,
-            "input_size": config.input_size, "max_steps": config.max_steps, "eval_limit": config.eval_limit,
-            "rows": rows}
+    return _report(config, rows)
 
 
 def run_matrix(config: MatrixConfig, progress: Any = None) -> dict[str, Any]:
@@ -144,8 +139,6 @@ def run_matrix(config: MatrixConfig, progress: Any = None) -> dict[str, Any]:
     Examples:
         >>> report = run_matrix(MatrixConfig(data="samples/bloodmnist_128", archs=("test_efficientnet",)))  # doctest: +SKIP
     """
-    from cellsdk.platform.cpu import host_cpu
-
     work = Path(config.work) if config.work else Path(tempfile.mkdtemp(prefix="cellsdk-matrix-"))
     rows = []
     for arch in config.archs:
@@ -157,6 +150,13 @@ def run_matrix(config: MatrixConfig, progress: Any = None) -> dict[str, Any]:
         rows.append(row)
         if progress:
             progress(f"{arch}: train {row.get('train', '?')[:60]}, convert {row.get('convert', '-')[:60]}")
+    return _report(config, rows)
+
+
+def _report(config: MatrixConfig, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report around ``rows``: this machine, the data and the run's settings."""
+    from cellsdk.platform.cpu import host_cpu
+
     cpu = host_cpu()
     return {"machine": {"model": cpu.model, "cpu_class": cpu.cpu_class}, "data": config.data, "formats": config.formats,
             "input_size": config.input_size, "max_steps": config.max_steps, "eval_limit": config.eval_limit,

@@ -56,19 +56,16 @@ def _pt2e(job: Any, calibration: Any, out: Path) -> Path:
     import torch
     from litert_torch.quantize import pt2e_quantizer
     from litert_torch.quantize.quant_config import QuantConfig
-    from torchao.quantization.pt2e import quantize_pt2e
 
     from cellsdk.converters.base import plain_tensor_copy
+    from cellsdk.converters.int8 import pt2e_calibrated
 
     module = plain_tensor_copy(job.exported).eval()
     example = (job.example(1),)
     quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
         pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True))
-    prepared = quantize_pt2e.prepare_pt2e(torch.export.export(module, example).module(), quantizer)
-    with torch.no_grad():
-        for image in calibration.arrays:
-            prepared(torch.from_numpy(image[None]))
-    converted = quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+    converted = pt2e_calibrated(torch.export.export(module, example).module(), quantizer, calibration,
+                                fold_quantize=False)
     with contextlib.redirect_stdout(io.StringIO()):
         litert_torch.convert(converted, example, quant_config=QuantConfig(pt2e_quantizer=quantizer)).export(str(out))
     return out

@@ -144,12 +144,12 @@ def cannot_run_there(target: str, model: Path) -> str | None:
     from cellsdk.backends import backend_for_path
 
     try:
-        package = backend_for_path(model).package
+        backend = backend_for_path(model)
     except Exception:  # noqa: BLE001 - an unknown suffix fails later, in the worker, with its own message
         return None
     environment = arm64_environment()
-    if environment is not None and not (environment[1] / package).is_dir():
-        return (f"the aarch64 environment has no {package} (the {backend_for_path(model).name} runtime): "
+    if environment is not None and not (environment[1] / backend.package).is_dir():
+        return (f"the aarch64 environment has no {backend.package} (the {backend.name} runtime): "
                 "verify this artefact on an ARM64 machine natively")
     return None
 
@@ -164,7 +164,8 @@ def run_emulated(model: Path, options: dict[str, Any], target: str, arrays: Path
     Examples:
         >>> run_emulated(Path("model.int8.onnx"), {}, "haswell", Path("images.npy"), Path("out.npz"))  # doctest: +SKIP
     """
-    return _run_worker(target, [str(model), str(arrays), str(out), "--options", json.dumps(options)], out, timeout)
+    return cannot_run_there(target, model) or _run_worker(
+        target, [str(model), str(arrays), str(out), "--options", json.dumps(options)], out, timeout)
 
 
 def self_check_emulated(model: Path, target: str, options: dict[str, Any] | None = None,
@@ -195,7 +196,7 @@ def self_check_emulated(model: Path, target: str, options: dict[str, Any] | None
 
 def _run_worker(target: str, arguments: list[str], out: Path, timeout: float) -> str | None:
     """Run ``python -m cellsdk.batch.worker ARGUMENTS`` under the emulated ``target``; None when ``out`` was written."""
-    problem = cannot_emulate(target) or cannot_run_there(target, Path(arguments[1 if arguments[0] == "--self-check" else 0]))
+    problem = cannot_emulate(target)
     if problem:
         return problem
     worker = ["-m", "cellsdk.batch.worker", *arguments]

@@ -25,7 +25,7 @@ from typing import Any
 
 from cellsdk.backends.executorch import PTE_HEADER, PTE_MAGIC, find_pte_metadata
 from cellsdk.converters.base import Converter, ExportJob, Refused, first_line, plain_tensor_copy, register_converter
-from cellsdk.converters.int8 import xnnpack_record
+from cellsdk.converters.int8 import pt2e_calibrated, xnnpack_record
 from cellsdk.errors import ConfigError, MetadataError
 from cellsdk.metadata import ModelMetadata
 
@@ -126,16 +126,10 @@ class ExecuTorchConverter(Converter):
 
 def _quantized(exported: Any, calibration: Any) -> Any:
     """The exported program's module with XNNPACK's int8 quantize / dequantize pairs, calibrated image by image."""
-    import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    prepared = prepare_pt2e(exported.module(), quantizer)
-    with torch.no_grad():
-        for image in calibration.arrays:
-            prepared(torch.from_numpy(image[None]))
-    return convert_pt2e(prepared)
+    return pt2e_calibrated(exported.module(), quantizer, calibration)

@@ -35,7 +35,7 @@ from typing import Any
 from cellsdk.errors import ConfigError
 from cellsdk.platform.cpu import CPU_CLASSES
 
-__all__ = ["INT8_RECIPES", "capture_root_logging", "check_recipe", "recipe_record", "xnnpack_record"]
+__all__ = ["INT8_RECIPES", "capture_root_logging", "check_recipe", "pt2e_calibrated", "recipe_record", "xnnpack_record"]
 
 INT8_RECIPES = ("portable", "vnni")
 
@@ -87,6 +87,24 @@ def xnnpack_record(name: str) -> dict[str, Any]:
             "portability": "XNNPACK int8 kernels: no int16 pair sum saturates on any CPU class (AVX2 widens to "
                            "int16 before multiplying, VNNI shifts activations and compensates exactly, ARM uses "
                            "signed dot products); full 8-bit weights under either recipe"}
+
+
+def pt2e_calibrated(module: Any, quantizer: Any, calibration: Any, *, fold_quantize: bool = True) -> Any:
+    """PyTorch 2 export quantization of an exported ``module`` (``torch.export.export(...).module()``) with
+    ``quantizer``'s observers, calibrated on every image of ``calibration`` one at a time (the programs take a
+    batch of one), then converted.
+
+    Examples:
+        >>> quantized = pt2e_calibrated(exported.module(), XNNPACKQuantizer(), calibration)  # doctest: +SKIP
+    """
+    import torch
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    prepared = prepare_pt2e(module, quantizer)
+    with torch.no_grad():
+        for image in calibration.arrays:
+            prepared(torch.from_numpy(image[None]))
+    return convert_pt2e(prepared, fold_quantize=fold_quantize)
 
 
 @contextlib.contextmanager

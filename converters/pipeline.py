@@ -380,10 +380,7 @@ def _one(job: Any, fmt: str, precision: str, skipped: str, staging: Path, images
         _remove(target)
         return {**entry, "status": "skipped", "reasons": [str(err)], "convert_seconds": time.perf_counter() - start}
     except Exception as err:  # noqa: BLE001 - a converter's own failure fails its artefact, not the run
-        _remove(target)
-        detail = traceback.format_exception_only(type(err), err)[-1].strip()
-        return {**entry, "status": STATUS_FAILED, "reasons": [f"conversion failed: {detail[:300]}"],
-                "convert_seconds": time.perf_counter() - start}
+        return _failed(entry, target, "conversion failed", err, convert_seconds=time.perf_counter() - start)
     entry["convert_seconds"] = time.perf_counter() - start
     entry["quantization"] = recipe or None
     entry["size_bytes"], entry["sha256"], entry["files"] = describe_files(target)
@@ -397,10 +394,7 @@ def _one(job: Any, fmt: str, precision: str, skipped: str, staging: Path, images
     except CellSDKError:
         raise
     except Exception as err:  # noqa: BLE001 - the runtime refusing the converted file fails that artefact, not the run
-        _remove(target)
-        detail = traceback.format_exception_only(type(err), err)[-1].strip()
-        return {**entry, "status": STATUS_FAILED, "reasons": [f"the converted file does not run: {detail[:300]}"],
-                "verify_seconds": time.perf_counter() - start}
+        return _failed(entry, target, "the converted file does not run", err, verify_seconds=time.perf_counter() - start)
     entry["verify_seconds"] = time.perf_counter() - start
     entry["status"], entry["reasons"] = record.pop("status"), record.pop("reasons")
     if "latency_ms" in record:
@@ -520,6 +514,13 @@ def _verify_cpu_classes(job: Any, artefacts: list[dict[str, Any]], staging: Path
                                     f"({record['method']}): {'; '.join(record['reasons'][:2])}"]
         get_converter(entry["format"]).write_metadata(path, expected.replace(cpu_verification=tuple(found)))
         entry["size_bytes"], entry["sha256"], entry["files"] = describe_files(path)
+
+
+def _failed(entry: dict[str, Any], target: Path, what: str, err: BaseException, **seconds: float) -> dict[str, Any]:
+    """The manifest entry of an artefact that failed with ``err`` (its file removed): ``what: Type: message``."""
+    _remove(target)
+    detail = traceback.format_exception_only(type(err), err)[-1].strip()
+    return {**entry, "status": STATUS_FAILED, "reasons": [f"{what}: {detail[:300]}"], **seconds}
 
 
 def _remove(path: Path) -> None:

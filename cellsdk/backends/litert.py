@@ -120,15 +120,14 @@ class LiteRtBackend(Backend):
         details = interpreter.get_output_details()
         if self._key is not None:
             runner = interpreter.get_signature_runner(self._key)
-            self._in_q = tensor_quantization(runner.get_input_details()[self._input])
-            out_details = runner.get_output_details()
-            self._out_q = [tensor_quantization(out_details[name]) for name in self._outputs]
+            in_detail, details = runner.get_input_details()[self._input], [
+                runner.get_output_details()[name] for name in self._outputs]
         else:
-            self._in_q = tensor_quantization(inputs[0])
-            self._out_q = [tensor_quantization(d) for d in details]
-        self.output_count = len(self._outputs) if self._key is not None else len(details)
-        first = interpreter.get_signature_runner(self._key).get_output_details()[self._outputs[0]]["shape"] \
-            if self._key is not None else details[0]["shape"]
+            in_detail = inputs[0]
+        self._in_q = tensor_quantization(in_detail)
+        self._out_q = [tensor_quantization(d) for d in details]
+        self.output_count = len(details)
+        first = details[0]["shape"]
         self.num_outputs = int(first[-1]) if len(first) == 2 else None
         self.device = "CPU (XNNPACK)"
 
