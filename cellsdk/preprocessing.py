@@ -25,6 +25,7 @@ Examples:
 
 from __future__ import annotations
 
+import errno
 import functools
 import io
 import os
@@ -133,7 +134,7 @@ def load_image(source: ImageSource, *, name: str | None = None) -> Image.Image:
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.exists():
-            raise InvalidImageError(f"{label}: no such file")
+            raise InvalidImageError(_missing(path, label))
         if path.is_dir():
             raise InvalidImageError(f"{label}: is a directory, not an image file")
         if path.stat().st_size == 0:
@@ -146,6 +147,18 @@ def load_image(source: ImageSource, *, name: str | None = None) -> Image.Image:
     raise InvalidImageError(
         f"{label}: unsupported input type; pass a path, bytes, a PIL image or a numpy array"
     )
+
+
+def _missing(path: Path, label: str) -> str:
+    """Why a path names no file: missing, a symlink to nothing, or a symlink loop."""
+    if not path.is_symlink():
+        return f"{label}: no such file"
+    try:
+        path.stat()
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return f"{label}: a loop of symbolic links (it leads back to itself); remove or fix the link"
+    return f"{label}: a symbolic link to {os.readlink(path)!r}, which does not exist; fix or remove the link"
 
 
 def _decode(stream: IO[bytes], label: str) -> Image.Image:

@@ -7,6 +7,11 @@ output and it continues where it stopped: images already in the file are not cla
 dropped, and a file written by another model is refused. Memory stays flat whatever the number of images: the
 inputs are walked lazily and only the engine's window of images is in flight.
 
+A job writes **one row per distinct path**: a path listed (or reached) twice is classified once, in a first run
+as in a resumed one, and the summary counts it once (``duplicates`` says how many repeats were skipped). While a
+job runs it holds a lock on its output (``.results.csv.lock`` beside it, released when the process ends, even
+killed): a second job on the same ``--out`` is refused with the first one's PID.
+
 ``cellsdk predict DIR --out results.csv`` and ``--from-list paths.txt`` are this module.
 
 Examples:
@@ -18,6 +23,7 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -37,18 +43,21 @@ from cellsdk.batch.results import (
     read_rows,
     result_columns,
     result_format,
+    stored_text,
 )
 from cellsdk.errors import ConfigError, MetadataError
 from cellsdk.preprocessing import IMAGE_EXTENSIONS
 
-__all__ = ["JobSummary", "Tally", "count_inputs", "iter_inputs", "job_file", "path_key", "run_job"]
+__all__ = ["JobSummary", "Tally", "count_inputs", "iter_inputs", "job_file", "lock_file", "output_lock", "path_key",
+           "run_job"]
 
 JOB_VERSION = 1
 
 
 def _walk(folder: Path) -> Iterator[Path]:
     """The image files under ``folder``, depth first, each level sorted by name; hidden entries and symlinked
-    folders are skipped. Lazy: one folder listing in memory at a time."""
+    folders are skipped, and a symlink with an image's name that leads nowhere (dangling, or a loop) is yielded so
+    that it gets its error row. Lazy: one folder listing in memory at a time."""
     try:
         entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
     except OSError as err:
@@ -58,8 +67,17 @@ def _walk(folder: Path) -> Iterator[Path]:
             continue
         if entry.is_dir(follow_symlinks=False):
             yield from _walk(Path(entry.path))
-        elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and entry.is_file():
+        elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS and _file_or_broken_link(entry):
             yield Path(entry.path)
+
+
+def _file_or_broken_link(entry: os.DirEntry[str]) -> bool:
+    try:
+        if entry.is_file():
+            return True
+    except OSError:  # a symlink loop: ELOOP
+        return True
+    return entry.is_symlink() and not os.path.exists(entry.path)
 
 
 def _list_lines(path: str | os.PathLike) -> Iterator[str]:
@@ -136,6 +154,86 @@ def job_file(out: str | os.PathLike) -> Path:
     return out.with_name(f"{out.name}.job.json")
 
 
+def lock_file(out: str | os.PathLike) -> Path:
+    """The lock a running job holds on its output: ``results.csv`` → ``.results.csv.lock``.
+
+    Examples:
+        >>> lock_file("runs/results.csv").name
+        '.results.csv.lock'
+    """
+    out = Path(out)
+    return out.with_name(f".{out.name}.lock")
+
+
+def _try_lock(handle: IO[bytes]) -> bool:
+    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+        import msvcrt
+
+        try:
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def output_lock(out: str | os.PathLike) -> Iterator[Path]:
+    """Hold the lock on a job's output while the job runs; the operating system releases it when the process
+    ends, however it ends, so a killed job never leaves a stale lock.
+
+    Raises:
+        ConfigError: another job (its PID named) holds it, or the lock cannot be created.
+
+    Examples:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()) / "results.csv"
+        >>> with output_lock(out):
+        ...     with output_lock(out):  # doctest: +ELLIPSIS
+        ...         pass
+        Traceback (most recent call last):
+        ...
+        cellsdk.errors.ConfigError: .../results.csv is being written by another cellsdk job (PID ...): ...
+    """
+    path = lock_file(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            handle = open(path, "a+b")  # noqa: SIM115 - closed below, or kept open while the job runs
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot create the job's lock ({err.strerror or err}); check that the "
+                              "folder is writable") from None
+        if not _try_lock(handle):
+            handle.seek(0)
+            pid = handle.read(32).decode("ascii", "replace").strip() or "unknown"
+            handle.close()
+            raise ConfigError(f"{out} is being written by another cellsdk job (PID {pid}): wait for it to "
+                              "finish, stop it, or give this job another --out")
+        try:  # the file may have been removed by the job that held it just before we locked: lock the new one
+            same = os.path.samestat(os.fstat(handle.fileno()), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        handle.close()
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()).encode("ascii"))
+        handle.flush()
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        handle.close()
+
+
 def path_key(path: str | os.PathLike) -> str:
     """How a result row names an image: a URI as it is, a local path made absolute (symlinks kept).
 
@@ -160,6 +258,7 @@ class JobSummary:
         errors: images that could not be classified.
         seconds: this run's wall time.
         complete: False when the run was interrupted (run it again to continue).
+        duplicates: inputs this run skipped because their path already has a row (one row per distinct path).
     """
 
     out: Path
@@ -170,6 +269,7 @@ class JobSummary:
     errors: int = 0
     seconds: float = 0.0
     complete: bool = True
+    duplicates: int = 0
 
     @property
     def new(self) -> int:
@@ -185,7 +285,7 @@ class JobSummary:
         """
         return {"out": str(self.out), "rows": self.rows, "resumed": self.resumed, "new": self.new,
                 "per_class": self.per_class, "flagged": self.flagged, "errors": self.errors,
-                "seconds": round(self.seconds, 3), "complete": self.complete}
+                "seconds": round(self.seconds, 3), "complete": self.complete, "duplicates": self.duplicates}
 
     def table(self) -> str:
         """The per-class summary as a small text table.
@@ -221,6 +321,8 @@ class JobSummary:
             wrote r.csv (summary in r.csv.job.json): 3 rows, 2 new, 1 from an earlier run; 2.0 s, 1 images/s
         """
         resumed = f", {self.resumed} from an earlier run" if self.resumed else ""
+        if self.duplicates:
+            resumed += f", {self.duplicates} repeated path{'s' if self.duplicates != 1 else ''} skipped"
         rate = self.new / self.seconds if self.seconds > 0 else 0.0
         where = (f"{self.out}/ (a Parquet folder)" if self.out.is_dir() else
                  f"{self.out} (summary in {job_file(self.out).name})")
@@ -306,6 +408,14 @@ def run_job(classifier: Any, inputs: Iterable[str | os.PathLike], out: str | os.
     """
     out = Path(out)
     result_format(out)
+    with output_lock(out):
+        return _run_locked(classifier, inputs, out, batch_size=batch_size, workers=workers, overwrite=overwrite,
+                           progress=progress, total=total, on_error=on_error)
+
+
+def _run_locked(classifier: Any, inputs: Iterable[str | os.PathLike], out: Path, *, batch_size: int,
+                workers: int | None, overwrite: bool, progress: bool, total: int | None,
+                on_error: Callable[[str, str], None] | None) -> JobSummary:
     identity = _identity(classifier)
     labels = list(classifier.labels)
     columns = result_columns(labels)
@@ -323,12 +433,26 @@ def run_job(classifier: Any, inputs: Iterable[str | os.PathLike], out: str | os.
     bar = progress_bar(total if total is not None else 0, f"classifying into {out.name}", enabled=progress)
     if resumed:
         bar.update(min(resumed, total) if total is not None else resumed)
-    # the engine gets the rows' own names, so an error names the image as its row does (and as Ray's rows do)
-    pending = (key for key in map(path_key, inputs) if key not in done)
+    duplicates = 0
+
+    def pending() -> Iterator[str]:
+        """The inputs without a row yet, each distinct path once (as a resumed run sees them)."""
+        nonlocal duplicates
+        seen: set[str] = set()
+        for key in map(path_key, inputs):
+            stored = stored_text(key)
+            if stored in seen:
+                duplicates += 1
+                continue
+            seen.add(stored)
+            if stored not in done:
+                yield key
+
     complete = False
     rows: list[dict[str, Any]] = []
     try:
-        for item in classifier.predict_iter(pending, batch_size=batch_size, workers=workers, errors="skip"):
+        # the engine gets the rows' own names, so an error names the image as its row does (and as Ray's rows do)
+        for item in classifier.predict_iter(pending(), batch_size=batch_size, workers=workers, errors="skip"):
             key = item.source
             if item.value is not None:
                 row = prediction_row(key, item.value, labels)
@@ -344,7 +468,7 @@ def run_job(classifier: Any, inputs: Iterable[str | os.PathLike], out: str | os.
                 bar.update(len(rows))
                 rows = []
         writer.write(rows)
-        bar.update(len(rows))
+        bar.update(len(rows) + duplicates)  # repeats were counted in the total
         rows = []
         complete = True
     finally:
@@ -358,7 +482,7 @@ def run_job(classifier: Any, inputs: Iterable[str | os.PathLike], out: str | os.
                 writer.abandon()
         summary = JobSummary(out=out, rows=tally.rows, resumed=resumed, per_class=dict(tally.per_class),
                              flagged=tally.flagged, errors=tally.errors, seconds=time.perf_counter() - started,
-                             complete=complete)
+                             complete=complete, duplicates=duplicates)
         write_json(job_file(out), {"cellsdk_job": JOB_VERSION, "job": identity, "complete": complete,
                                    "summary": summary.to_dict()})
     return summary

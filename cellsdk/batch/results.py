@@ -2,13 +2,17 @@
 
 Every engine (the local one in :mod:`cellsdk.batch.jobs`, Ray in :mod:`cellsdk.batch.distributed`) writes the same columns:
 
-- ``path``: the image, as an absolute local path or a ``scheme://`` URI;
+- ``path``: the image, as an absolute local path or a ``scheme://`` URI. A name that is not valid UTF-8 (a file
+  named with the bytes ``caf\\xe9.jpg``) is stored with each undecodable byte as the text ``\\udcXX`` (Python's
+  surrogate escape, written out: ``caf\\udce9.jpg``), so every format stays valid UTF-8 and no byte is lost;
+  :func:`original_path` turns it back into a path ``open()`` accepts;
 - ``label``, ``confidence``, ``status``, ``ood_score``, ``reasons`` (``; ``-joined): the :class:`Prediction`;
 - ``error``: why the image could not be classified (empty otherwise; the prediction columns are then empty);
 - ``p_<label>``: every class's probability, in the model's label order.
 
 A writer appends complete rows and flushes them batch by batch, so a run that is killed leaves a file whose
-complete rows are all valid; :func:`read_rows` drops a torn last line. Parquet, which cannot be appended to, is
+complete rows are all valid; :func:`read_rows` drops a torn last row (in a CSV file, the last line break outside
+a quoted field ends the last complete row: a file name may hold line breaks and quotes). Parquet, which cannot be appended to, is
 written as numbered part files in a staging folder beside the target and joined into one file at the end.
 
 Examples:
@@ -23,6 +27,7 @@ import abc
 import csv
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -33,8 +38,8 @@ from cellsdk.errors import BackendNotInstalledError, ConfigError, MetadataError
 from cellsdk.prediction import Prediction
 
 __all__ = [
-    "BASE_COLUMNS", "RESULT_FORMATS", "TEXT_COLUMNS", "ResultWriter", "error_row", "open_writer", "prediction_row", "read_rows",
-    "result_columns", "result_format",
+    "BASE_COLUMNS", "RESULT_FORMATS", "TEXT_COLUMNS", "ResultWriter", "error_row", "open_writer", "original_path",
+    "prediction_row", "read_rows", "result_columns", "result_format", "stored_text",
 ]
 
 #: the columns before the per-class probabilities
@@ -44,6 +49,35 @@ TEXT_COLUMNS = frozenset({"path", "label", "status", "reasons", "error"})
 #: file suffix to format
 RESULT_FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 _PARQUET_INSTALL = "pip install 'cellsdk[parquet]' (pyarrow)"
+_ESCAPED_BYTE = re.compile(r"\\udc([89a-f][0-9a-f])")
+
+
+def stored_text(text: str) -> str:
+    """``text`` as a result file stores it: unchanged, unless it holds undecodable bytes of a file name (Python's
+    surrogate escapes, as ``os.listdir`` returns them), which are written out as ``\\udcXX``.
+
+    Examples:
+        >>> stored_text("cell.jpg"), stored_text(os.fsdecode(b"caf\\xe9.jpg"))
+        ('cell.jpg', 'caf\\\\udce9.jpg')
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def original_path(stored: str) -> str:
+    """The path a result row's ``path`` names, as ``open()`` and ``os.fsencode`` take it (the reverse of
+    :func:`stored_text` for a file name that was not valid UTF-8).
+
+    Examples:
+        >>> os.fsencode(original_path("caf\\\\udce9.jpg"))
+        b'caf\\xe9.jpg'
+        >>> original_path("cell.jpg")
+        'cell.jpg'
+    """
+    return _ESCAPED_BYTE.sub(lambda match: chr(0xDC00 + int(match[1], 16)), stored)
 
 
 def result_columns(labels: Sequence[str]) -> tuple[str, ...]:
@@ -153,7 +187,11 @@ def _text(value: Any) -> str:
         return ""
     if isinstance(value, float):
         return repr(value)  # round-trips exactly
-    return str(value)
+    return stored_text(str(value))
+
+
+def _stored(row: dict[str, Any], columns: Sequence[str]) -> dict[str, Any]:
+    return {c: stored_text(v) if isinstance(v, str) else v for c, v in ((c, row.get(c)) for c in columns)}
 
 
 class _CsvWriter(ResultWriter):
@@ -180,7 +218,7 @@ class _JsonlWriter(ResultWriter):
         self._file = path.open("a", encoding="utf-8")
 
     def write(self, rows: Sequence[dict[str, Any]]) -> None:
-        self._file.write("".join(json.dumps({c: row.get(c) for c in self.columns}) + "\n" for row in rows))
+        self._file.write("".join(json.dumps(_stored(row, self.columns)) + "\n" for row in rows))
         self._file.flush()
 
     def close(self) -> None:
@@ -227,7 +265,7 @@ class _ParquetWriter(ResultWriter):
         self._next = 1 + max((int(p.stem.split("-")[1]) for p in self._parts.glob("part-*.parquet")), default=-1)
 
     def write(self, rows: Sequence[dict[str, Any]]) -> None:
-        self._pending.extend(rows)
+        self._pending.extend(_stored(row, self.columns) for row in rows)
         if len(self._pending) >= self._rows_per_part:
             self._flush()
 
@@ -278,27 +316,47 @@ def open_writer(path: str | os.PathLike, columns: Sequence[str]) -> ResultWriter
     return _ParquetWriter(path, columns)
 
 
-def _drop_torn_line(path: Path) -> None:
-    """Cut a text file back to its last complete line (a run killed mid-write leaves half a row)."""
+def _last_row_end(path: Path, *, quoted: bool) -> int:
+    """The size of ``path`` up to the end of its last complete row: just after its last line break (``quoted``:
+    the last one outside a quoted CSV field, where a quote opens or closes a field an even number of quotes in).
+    Reads the file once, a block at a time."""
+    end = parity = 0
+    position = 0
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            if not quoted:
+                cut = block.rfind(b"\n")
+            else:
+                cut = -1
+                pieces = block.split(b'"')
+                offset = 0
+                for index, piece in enumerate(pieces):
+                    if (parity + index) % 2 == 0:  # outside quotes
+                        found = piece.rfind(b"\n")
+                        if found >= 0:
+                            cut = offset + found
+                    offset += len(piece) + 1
+                parity = (parity + len(pieces) - 1) % 2
+            if cut >= 0:
+                end = position + cut + 1
+            position += len(block)
+    return end
+
+
+def _drop_torn_row(path: Path, *, quoted: bool) -> None:
+    """Cut a text result file back to its last complete row (a run killed mid-write leaves half a row)."""
     size = path.stat().st_size
     if size == 0:
         return
-    with path.open("rb+") as handle:
-        handle.seek(-1, os.SEEK_END)
-        if handle.read(1) == b"\n":
-            return
-        position = size
-        chunk = 65536
-        while position > 0:
-            start = max(0, position - chunk)
-            handle.seek(start)
-            data = handle.read(position - start)
-            cut = data.rfind(b"\n")
-            if cut >= 0:
-                handle.truncate(start + cut + 1)
+    if not quoted:
+        with path.open("rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            if handle.read(1) == b"\n":
                 return
-            position = start
-        handle.truncate(0)
+    end = _last_row_end(path, quoted=quoted)
+    if end != size:
+        with path.open("rb+") as handle:
+            handle.truncate(end)
 
 
 def _number(value: str) -> float | None:
@@ -328,7 +386,7 @@ def read_rows(path: str | os.PathLike, columns: Sequence[str], *, repair: bool =
     if not path.exists():
         return
     if repair:
-        _drop_torn_line(path)
+        _drop_torn_row(path, quoted=kind == "csv")
     with path.open(newline="", encoding="utf-8", errors="replace") as handle:
         if kind == "csv":
             reader = csv.reader(handle)
