@@ -70,7 +70,8 @@ class ThroughputConfig:
         splits: (decoding threads, runtime threads) pairs for the reference and the local engine.
         batch_size: images per runtime call, everywhere.
         ray_actors: actor counts for the Ray engine (empty: no Ray rows).
-        repeat: run over the list repeated this many times (e.g. to show memory staying flat).
+        repeat: run over the list repeated this many times, as distinct paths (symlinks: a job writes one row per
+            distinct path), e.g. to show memory staying flat.
         rounds: how many times every configuration runs, interleaved (the report gives medians).
         timeout: seconds any one run may take.
     """
@@ -209,12 +210,21 @@ def run_throughput(config: ThroughputConfig, *, progress: Callable[[str], None] 
         if not Path(other).exists():
             raise ConfigError(f"{other}: no such model file or folder (the other artefacts come after the ONNX model)")
         backend_for_path(other)  # a file no runtime reads is refused now, not after the reference has run
-    paths = [str(Path(p).resolve()) for p in iter_inputs([config.folder])] * config.repeat
+    images = [Path(p).resolve() for p in iter_inputs([config.folder])]
     say = progress or (lambda message: None)
     reason = ray_unavailable_reason()
     skipped = [f"ray ({n} actors): {reason}" for n in config.ray_actors] if reason else []
     with tempfile.TemporaryDirectory(prefix="cellsdk-throughput-") as scratch:
         work = Path(scratch)
+        # each repeat gets its own paths (symlinks to the images): a job writes one row per distinct path
+        paths = [str(p) for p in images]
+        for round_ in range(1, config.repeat):
+            copies = work / f"repeat-{round_}"
+            copies.mkdir()
+            for index, image in enumerate(images):
+                link = copies / f"{index:06d}{image.suffix}"
+                link.symlink_to(image)
+                paths.append(str(link))
         listed = work / "paths.txt"
         listed.write_text("".join(f"{p}\n" for p in paths), encoding="utf-8")
         cellsdk = [*_cellsdk_command(), "predict", "--from-list", str(listed), "--model", model, "--batch-size",

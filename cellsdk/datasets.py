@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from cellsdk._table import text_table
 from cellsdk.errors import DatasetError
 from cellsdk.labelmaps import KNOWN_LABEL_MAPS, resolve_label_map
 from cellsdk.preprocessing import IMAGE_EXTENSIONS, load_image
@@ -187,12 +188,10 @@ class ImageDataset:
             >>> print(load_dataset("samples/bloodmnist_128").summary().splitlines()[0])  # doctest: +NORMALIZE_WHITESPACE
             class train val test
         """
-        rows = [f"{'class':<16}" + "".join(f"{s:>8}" for s in self.split_names)]
         counts = {s: self.splits[s].class_counts(self.num_classes) for s in self.split_names}
-        for index, label in enumerate(self.labels):
-            rows.append(f"{label:<16}" + "".join(f"{counts[s][index]:>8}" for s in self.split_names))
-        rows.append(f"{'total':<16}" + "".join(f"{len(self.splits[s]):>8}" for s in self.split_names))
-        return "\n".join(rows)
+        rows = [[label, *(counts[s][index] for s in self.split_names)] for index, label in enumerate(self.labels)]
+        rows.append(["total", *(len(self.splits[s]) for s in self.split_names)])
+        return text_table(["class", *self.split_names], rows, align="l" + "r" * len(self.split_names))
 
 
 def load_dataset(

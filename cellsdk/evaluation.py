@@ -28,6 +28,7 @@ import numpy as np
 
 from cellsdk._io import artefact_files, atomic_path, sha256_file, write_json, write_text
 from cellsdk._progress import progress_bar
+from cellsdk._table import text_table
 from cellsdk._validate import require_int
 from cellsdk.datasets import load_dataset, validation_carve
 from cellsdk.errors import ConfigError, DatasetError, InvalidImageError
@@ -314,11 +315,11 @@ def format_report(report: dict[str, Any]) -> str:
         f"{report['split']} split, {report['n']} images: accuracy {report['accuracy'] * 100:.2f} %, "
         f"macro-F1 {report['macro_f1'] * 100:.2f} %, min recall {report['min_recall'] * 100:.2f} %, "
         f"ECE {report['ece'] * 100:.2f} %",
-        f"{'class':<16}{'precision':>10}{'recall':>8}{'F1':>8}{'support':>9}",
     ]
-    for label, row in report["per_class"].items():
-        lines.append(f"{label:<16}{row['precision'] * 100:>9.2f}%{row['recall'] * 100:>7.2f}%"
-                     f"{row['f1'] * 100:>7.2f}%{row['support']:>9}")
+    lines += text_table(["class", "precision", "recall", "F1", "support"],
+                        [[label, f"{row['precision'] * 100:.2f}%", f"{row['recall'] * 100:.2f}%",
+                          f"{row['f1'] * 100:.2f}%", row["support"]] for label, row in report["per_class"].items()],
+                        align="lrrrr").splitlines()
     curve = report.get("risk_coverage") or {}
     if curve.get("points"):
         lines.append("risk-coverage (accuracy of the most confident answers): " + ", ".join(
@@ -333,11 +334,11 @@ def format_report(report: dict[str, Any]) -> str:
     elif "guard" in report:
         lines.append("guard: none in this model (every answer has status ok)")
     if report.get("ood"):
-        lines.append(f"{'OOD folder':<40}{'images':>7}{'AUROC':>8}{'FPR@95':>8}{'flagged':>9}")
-        for folder, row in report["ood"].items():
-            auc = f"{row['auroc']:.3f}" if "auroc" in row else "-"
-            fpr = f"{row['fpr_at_95_tpr']:.2f}" if "fpr_at_95_tpr" in row else "-"
-            lines.append(f"{folder[-39:]:<40}{row['images']:>7}{auc:>8}{fpr:>8}{row['flagged'] * 100:>8.1f}%")
+        lines += text_table(["OOD folder", "images", "AUROC", "FPR@95", "flagged"],
+                            [[folder, row["images"], f"{row['auroc']:.3f}" if "auroc" in row else "-",
+                              f"{row['fpr_at_95_tpr']:.2f}" if "fpr_at_95_tpr" in row else "-",
+                              f"{row['flagged'] * 100:.1f}%"] for folder, row in report["ood"].items()],
+                            align="lrrrr").splitlines()
     return "\n".join(lines)
 
 
@@ -349,16 +350,16 @@ def format_sources(reports: Mapping[str, Mapping[str, Any]]) -> str:
         >>> row = {"n": 4, "accuracy": 0.75, "per_class": {"a": {"recall": 1.0, "support": 2},
         ...                                                 "b": {"recall": 0.5, "support": 2}}}
         >>> print(format_sources({"labB": row}))
-        source                                images  accuracy  balanced  weakest class        kept
-        labB                                       4    75.0 %    75.0 %  b 50.0 %              n/a
+        source  images  accuracy  balanced  weakest class  kept
+        labB         4    75.0 %    75.0 %  b 50.0 %        n/a
     """
-    lines = [f"{'source':<36}{'images':>8}{'accuracy':>10}{'balanced':>10}  {'weakest class':<18} {'kept':>6}"]
+    rows = []
     for name, report in reports.items():
         present = {k: v for k, v in report["per_class"].items() if v.get("support", 0) > 0}
         balanced = sum(v["recall"] for v in present.values()) / max(1, len(present))
         weakest = min(present.items(), key=lambda item: item[1]["recall"]) if present else ("-", {"recall": 0.0})
         guard = report.get("guard")
         kept = f"{guard['kept'] * 100:.1f} %" if guard else "n/a"
-        lines.append(f"{name[-36:]:<36}{report['n']:>8}{report['accuracy'] * 100:>8.1f} %{balanced * 100:>8.1f} %  "
-                     f"{(weakest[0] + ' ' + format(weakest[1]['recall'] * 100, '.1f') + ' %'):<18} {kept:>6}")
-    return "\n".join(lines)
+        rows.append([name, report["n"], f"{report['accuracy'] * 100:.1f} %", f"{balanced * 100:.1f} %",
+                     f"{weakest[0]} {weakest[1]['recall'] * 100:.1f} %", kept])
+    return text_table(["source", "images", "accuracy", "balanced", "weakest class", "kept"], rows, align="lrrrlr")

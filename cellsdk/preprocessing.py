@@ -227,21 +227,30 @@ def _convert_mode(image: Image.Image, mode: str, label: str) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if mode in _WIDE_MODES:
-        return _array_to_rgb(np.asarray(image), label, wide_integers=True)
+        return _array_to_rgb(np.asarray(image), label, wide_integers=True, file_mode=mode)
     try:
         return image.convert("RGB")
     except (ValueError, OSError) as err:
         raise InvalidImageError(f"{label}: unsupported image mode {mode!r} ({err})") from None
 
 
-def _array_to_rgb(array: np.ndarray, label: str, *, wide_integers: bool = False) -> Image.Image:
+def _array_to_rgb(array: np.ndarray, label: str, *, wide_integers: bool = False, file_mode: str | None = None
+                  ) -> Image.Image:
     """Convert a numpy image to RGB under the array contract (see :func:`load_image`).
 
     ``wide_integers``: the array comes from a PIL 16/32-bit integer mode, so integers are 16-bit data.
+    ``file_mode``: the array is an image file's pixels in this PIL mode (advice then names the file, not code).
     """
     if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
         raise InvalidImageError(f"{label}: unsupported array dtype {getattr(array, 'dtype', type(array).__name__)}; "
                                 "pass uint8 (0-255), uint16 (0-65535), bool or float (0-1) pixels")
+    if array.ndim == 3 and array.shape[-1] in (1, 3, 4) and array.shape[0] in (1, 3, 4):
+        raise InvalidImageError(
+            f"{label}: array of shape {tuple(array.shape)} is ambiguous: its channels could come first "
+            f"({array.shape[0]} x H x W) or last (H x W x {array.shape[-1]}); pass np.moveaxis(array, 0, -1) if "
+            "they come first, or PIL.Image.fromarray(array) if it really is an image "
+            f"{array.shape[0]} pixel{'s' if array.shape[0] != 1 else ''} tall"
+        )
     if array.ndim == 3 and array.shape[-1] not in (1, 3, 4) and array.shape[0] in (1, 3, 4):
         raise InvalidImageError(
             f"{label}: array of shape {tuple(array.shape)} looks channel-first; cellsdk takes H x W x C "
@@ -257,7 +266,7 @@ def _array_to_rgb(array: np.ndarray, label: str, *, wide_integers: bool = False)
     if array.size == 0:
         raise InvalidImageError(f"{label}: image has no pixels (shape {tuple(array.shape)})")
     _check_size((array.shape[1], array.shape[0]), label)
-    array = _to_uint8(array, label, wide_integers=wide_integers)
+    array = _to_uint8(array, label, wide_integers=wide_integers, file_mode=file_mode)
     if array.ndim == 2:
         return Image.fromarray(array, mode="L").convert("RGB")
     if array.shape[-1] == 4:
@@ -265,7 +274,8 @@ def _array_to_rgb(array: np.ndarray, label: str, *, wide_integers: bool = False)
     return Image.fromarray(np.ascontiguousarray(array), mode="RGB")
 
 
-def _to_uint8(array: np.ndarray, label: str, *, wide_integers: bool = False) -> np.ndarray:
+def _to_uint8(array: np.ndarray, label: str, *, wide_integers: bool = False, file_mode: str | None = None
+              ) -> np.ndarray:
     """8-bit pixels under the array contract; anything ambiguous is refused, never guessed.
 
     uint8 as is; bool as 0 / 255; uint16 (and PIL's 16/32-bit integer modes) by the full 16-bit range; other
@@ -280,6 +290,12 @@ def _to_uint8(array: np.ndarray, label: str, *, wide_integers: bool = False) -> 
             raise InvalidImageError(f"{label}: image contains NaN or infinite values")
         low, high = float(array.min()), float(array.max())
         if low < 0.0 or high > 1.0:
+            if file_mode is not None:
+                scale = "0-255" if high <= 255.0 and low >= 0.0 else f"{low:.4g} to {high:.4g}"
+                raise InvalidImageError(
+                    f"{label}: a 32-bit floating-point image file with values {scale}, not the 0-1 that float "
+                    "pixels mean; save it as an 8-bit or 16-bit image (e.g. ImageJ / Fiji: Image > Type > 8-bit, "
+                    "then File > Save As > Tiff), or with values 0-1")
             hint = ("it looks normalised already (negative values); pass the image before normalising"
                     if low < 0.0 else "for 0-255 values pass array.astype(np.uint8), or divide by 255")
             raise InvalidImageError(f"{label}: float pixels must lie in 0-1, found {low:.4g} to {high:.4g}; {hint}")

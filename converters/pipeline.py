@@ -38,6 +38,7 @@ from cellsdk._io import (
     write_text,
 )
 from cellsdk._progress import progress_bar
+from cellsdk._table import text_table
 from cellsdk._validate import require_int
 from cellsdk.arrays import without_arrays
 from cellsdk.artefacts.manifest import MANIFEST_NAME, STATUS_FAILED, STATUS_PASSED
@@ -551,11 +552,10 @@ def format_manifest_table(manifest: dict[str, Any]) -> str:
         fp32 PyTorch reference
     """
     reference = manifest.get("reference", {})
-    lines = [f"fp32 PyTorch reference: accuracy {reference.get('accuracy', 0) * 100:.2f} %, "
-             f"macro-F1 {reference.get('macro_f1', 0) * 100:.2f} % on {manifest.get('evaluation', {}).get('images', '?')} "
-             f"held-out images",
-             f"{'artefact':<26}{'size MB':>8}{'top-1 agr':>10}{'acc':>8}{'Δacc':>7}{'worst class Δrecall':>26}"
-             f"{'ms':>7}  {'CPU classes':<34} status"]
+    title = (f"fp32 PyTorch reference: accuracy {reference.get('accuracy', 0) * 100:.2f} %, "
+             f"macro-F1 {reference.get('macro_f1', 0) * 100:.2f} % on "
+             f"{manifest.get('evaluation', {}).get('images', '?')} held-out images")
+    rows = []
     for a in manifest["artefacts"]:
         v = a.get("verification") or {}
         measured = "top1_agreement" in v  # absent when the artefact could not be run
@@ -569,9 +569,11 @@ def format_manifest_table(manifest: dict[str, Any]) -> str:
         if reasons and a["status"] != STATUS_FAILED and len(reasons) > 60:  # failures show every regressed class
             reasons = reasons[:57] + "..."
         status = a["status"] + (f" ({reasons})" if reasons else "")
-        cpus = _cpu_summary(a.get("cpu_verification") or [])
-        lines.append(f"{a['file']:<26}{size:>8}{agree:>10}{acc:>8}{delta:>7}{worst:>26}{latency:>7}  {cpus:<34} {status}")
-    return "\n".join(lines)
+        rows.append([a["file"], size, agree, acc, delta, worst, latency, _cpu_summary(a.get("cpu_verification") or []),
+                     status])
+    table = text_table(["artefact", "size MB", "top-1 agr", "acc", "Δacc", "worst class Δrecall", "ms", "CPU classes",
+                        "status"], rows, align="lrrrrrrll")
+    return f"{title}\n{table}"
 
 
 def _cpu_summary(records: list[dict[str, Any]]) -> str:

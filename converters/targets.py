@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from cellsdk._progress import progress_bar
+from cellsdk._table import text_table
 from cellsdk.artefacts.cpu_records import CLASS_SENSITIVE_PRECISIONS
 from cellsdk.artefacts.manifest import STATUS_FAILED, STATUS_NOT_VERIFIED, STATUS_PASSED
 from cellsdk.converters.emulation import (
@@ -356,18 +357,19 @@ def format_self_checks(model: str | os.PathLike, rows: Sequence[dict[str, Any]])
     lines = [f"{model}: self-check, {first.get('precision', '?')}, {first.get('vectors', 0)} test vectors "
              "(guard Δ: the OOD score's largest difference from fp32's, drift: from this artefact's own where its gate "
              "passed; both as a share of "
-             "the spread of fp32's scores on the vectors)",
-             f"  {'target':<13}{'CPU class':<21}{'runtime (device)':<44}{'agree %':>8}{'logit cos':>10}"
-             f"{'max Δp':>8}{'guard Δ':>8}{'drift':>7}{'ms':>7}  status"]
+             "the spread of fp32's scores on the vectors)"]
+    cells = []
     for row in rows:
         f, m = row.get("figures") or {}, row.get("machine") or {}
         where = m.get("cpu_class") or m.get("gpu") or "-"
         runtime = f"{m.get('backend', '-')} {m.get('runtime_version', '')} ({m.get('device', '-')})"
         guard = f"{f['guard_score_error'] * 100:.1f}%" if "guard_score_error" in f else "-"
         drift = f"{f['guard_drift'] * 100:.1f}%" if "guard_drift" in f else "-"
-        numbers = (f"{f['top1_agreement'] * 100:>8.1f}{f['logit_cosine']:>10.5f}{f['max_probability_error']:>8.4f}"
-                   if f else f"{'-':>8}{'-':>10}{'-':>8}")
+        numbers = ([f"{f['top1_agreement'] * 100:.1f}", f"{f['logit_cosine']:.5f}", f"{f['max_probability_error']:.4f}"]
+                   if f else ["-", "-", "-"])
         reasons = "; ".join(row.get("reasons") or [])
-        lines.append(f"  {row['target']:<13}{where:<21}{runtime[:43]:<44}{numbers}{guard:>8}{drift:>7}"
-                     f"{row.get('seconds', 0) * 1e3:>7.0f}  {row['status']}" + (f" ({reasons})" if reasons else ""))
+        cells.append([row["target"], where, runtime, *numbers, guard, drift, f"{row.get('seconds', 0) * 1e3:.0f}",
+                     row["status"] + (f" ({reasons})" if reasons else "")])
+    lines += text_table(["target", "CPU class", "runtime (device)", "agree %", "logit cos", "max Δp", "guard Δ",
+                         "drift", "ms", "status"], cells, align="lllrrrrrrl", indent="  ").splitlines()
     return "\n".join(lines)

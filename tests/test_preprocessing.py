@@ -114,11 +114,25 @@ def test_array_contract_accepts(array, expected):
     (np.zeros((6, 7, 5), np.uint8), "unsupported array shape"),
     (np.zeros((2, 6, 7, 3), np.uint8), "unsupported array shape"),
     (np.zeros((0, 7, 3), np.uint8), "no pixels"),
+    (np.zeros((3, 64, 3), np.uint8), r"shape \(3, 64, 3\) is ambiguous: .*np.moveaxis.*Image.fromarray"),
+    (np.zeros((4, 9, 1), np.uint8), "is ambiguous"),
 ], ids=["float-0-255", "float-normalised", "CHW", "1HW", "int-12bit", "negative", "nan", "complex", "5-channels",
-        "4-D", "empty"])
+        "4-D", "empty", "3H3", "4H1"])
 def test_array_contract_refuses_what_is_ambiguous(array, message):
     with pytest.raises(InvalidImageError, match=message):
         load_image(array)
+
+
+def test_a_float_image_file_with_0_255_values_is_refused_with_advice_for_the_file(tmp_path):
+    path = tmp_path / "stain.tif"
+    Image.fromarray(_PIXEL[..., 0].astype(np.float32), mode="F").save(path)
+    with pytest.raises(InvalidImageError) as caught:
+        load_image(path)
+    message = str(caught.value)
+    assert "32-bit floating-point image file with values 0-255" in message and "8-bit" in message
+    assert "astype" not in message and "array" not in message  # nothing a user holding only the file cannot do
+    Image.fromarray(_PIXEL[..., 0].astype(np.float32) / 255, mode="F").save(path)  # 0-1 floats are read
+    assert load_image(path).getpixel((3, 2)) == (200, 200, 200)
 
 
 def test_normalisation_and_channel_order():

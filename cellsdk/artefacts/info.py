@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from cellsdk._table import text_table
 from cellsdk.artefacts.checkpoints import CHECKPOINT_SUFFIX, read_checkpoint_metadata
 from cellsdk.artefacts.cpu_records import check_artefact
 from cellsdk.errors import MetadataError, ModelNotFoundError
@@ -79,17 +80,16 @@ def format_cpu_records(records: Any) -> list[str]:
     records = list(records or [])
     if not records:
         return []
-    lines = [f"  {'target':<15}{'CPU class':<21}{'method':<27}{'images':>7}  {'status':<8}{'acc %':>7}{'Δacc':>7}"
-             f"  worst class Δrecall"]
+    rows = []
     for r in records:
         acc = f"{r['accuracy'] * 100:.2f}" if isinstance(r.get("accuracy"), (int, float)) else "-"
         delta = f"{r['accuracy_change'] * 100:+.2f}" if isinstance(r.get("accuracy_change"), (int, float)) else "-"
         worst = (f"{r['worst_class']} {r['worst_recall_change'] * 100:+.2f}" if "worst_class" in r else
                  "; ".join(r.get("reasons") or [])[:60])
-        lines.append(f"  {r.get('target', '?')!s:<15}{r.get('cpu_class', '?')!s:<21}"
-                     f"{r.get('method', '?')!s:<27}{r.get('images') or 0:>7}  {r.get('status')!s:<8}"
-                     f"{acc:>7}{delta:>7}  {worst}")
-    return lines
+        rows.append([r.get("target", "?"), r.get("cpu_class", "?"), r.get("method", "?"), r.get("images") or 0,
+                     r.get("status"), acc, delta, worst])
+    return text_table(["target", "CPU class", "method", "images", "status", "acc %", "Δacc", "worst class Δrecall"],
+                      rows, align="lllrlrrl", indent="  ").splitlines()
 
 
 def format_gpu_records(records: Any) -> list[str]:
@@ -102,23 +102,24 @@ def format_gpu_records(records: Any) -> list[str]:
     records = list(records or [])
     if not records:
         return []
-    lines = [f"  {'target':<10}{'GPU':<30}{'driver':<14}{'images':>7}  {'status':<8}{'agree %':>8}{'acc %':>7}"
-             f"{'Δacc':>7}{'ms b1':>7}  worst class Δrecall"]
+
     def pct(r: dict[str, Any], name: str, signed: bool = False) -> str:
         value = r.get(name)
         if not isinstance(value, (int, float)):
             return "-"
         return f"{value * 100:+.2f}" if signed else f"{value * 100:.2f}"
 
+    rows = []
     for r in records:
         latency = f"{r['latency_ms']:.2f}" if isinstance(r.get("latency_ms"), (int, float)) else "-"
         worst = (f"{r['worst_class']} {r['worst_recall_change'] * 100:+.2f}" if "worst_class" in r else "")
         if r.get("reasons"):
             worst = (worst + "; " if worst else "") + "; ".join(r["reasons"])[:80]
-        lines.append(f"  {r.get('target', '?')!s:<10}{str(r.get('gpu', '?'))[:29]:<30}{r.get('driver') or '?'!s:<14}"
-                     f"{r.get('images') or 0:>7}  {r.get('status')!s:<8}{pct(r, 'top1_agreement'):>8}{pct(r, 'accuracy'):>7}"
-                     f"{pct(r, 'accuracy_change', True):>7}{latency:>7}  {worst}")
-    return lines
+        rows.append([r.get("target", "?"), r.get("gpu", "?"), r.get("driver") or "?", r.get("images") or 0,
+                     r.get("status"), pct(r, "top1_agreement"), pct(r, "accuracy"), pct(r, "accuracy_change", True),
+                     latency, worst])
+    return text_table(["target", "GPU", "driver", "images", "status", "agree %", "acc %", "Δacc", "ms b1",
+                       "worst class Δrecall"], rows, align="lllrlrrrrl", indent="  ").splitlines()
 
 
 def describe(path: str | os.PathLike) -> str:
@@ -202,14 +203,15 @@ def _describe_folder(folder: Path) -> str:
     host = host_cpu()
     lines = [f"{folder}: conversion folder, {len(manifest['artefacts'])} artefacts "
              f"(source sha256 {manifest.get('source_checkpoint', {}).get('sha256', '?')})"]
+    rows = []
     for entry in manifest["artefacts"]:
         classes = ", ".join(f"{r.get('target', '?')} ({str(r.get('cpu_class', '?')).replace('x86-64-', '')}) "
                             f"{r.get('status')}"
                             for r in entry.get("cpu_verification") or []) or "no CPU-class record"
         classes += "".join(f", {r.get('target', '?')} ({r.get('gpu', '?')}) {r.get('status')}"
                            for r in entry.get("gpu_verification") or [])
-        lines.append(f"  {entry['file']:<26}{entry.get('precision', '?')!s:<6}{entry.get('status')!s:<10} "
-                     f"{classes}")
+        rows.append([entry["file"], entry.get("precision", "?"), entry.get("status"), classes])
+    lines += text_table(["artefact", "precision", "status", "verified on"], rows, indent="  ").splitlines()
     try:
         _, why, _ = choose_artefact(folder, host.cpu_class)
         lines.append(f"this machine ({host.describe()}) runs {why}")

@@ -35,6 +35,7 @@ from typing import IO, Any
 
 from cellsdk._io import parse_json, sha256_file, write_json
 from cellsdk._progress import progress_bar
+from cellsdk._table import text_table
 from cellsdk.batch.results import (
     error_row,
     open_writer,
@@ -292,21 +293,18 @@ class JobSummary:
 
         Examples:
             >>> print(JobSummary(Path("r.csv"), rows=3, resumed=0, per_class={"a": 2, "b": 1}).table())
-            class     images  share
-            a              2   66.7%
-            b              1   33.3%
-            total          3
+            class  images  share
+            a           2  66.7%
+            b           1  33.3%
+            total       3
         """
         classified = sum(self.per_class.values())
-        width = max([len("class"), len("(errors)"), *(len(label) for label in self.per_class)])
-        lines = [f"{'class':<{width}}  {'images':>6}  share"]
-        for label, count in sorted(self.per_class.items(), key=lambda kv: (-kv[1], kv[0])):
-            lines.append(f"{label:<{width}}  {count:>6}  {count / max(classified, 1) * 100:5.1f}%")
+        rows: list[list[Any]] = [[label, count, f"{count / max(classified, 1) * 100:.1f}%"]
+                                 for label, count in sorted(self.per_class.items(), key=lambda kv: (-kv[1], kv[0]))]
         if self.errors:
-            lines.append(f"{'(errors)':<{width}}  {self.errors:>6}")
-        lines.append(f"{'total':<{width}}  {self.rows:>6}" + (f"  ({self.flagged} flagged by the OOD guard)"
-                                                                if self.flagged else ""))
-        return "\n".join(lines)
+            rows.append(["(errors)", self.errors, ""])
+        rows.append(["total", self.rows, f"({self.flagged} flagged by the OOD guard)" if self.flagged else ""])
+        return text_table(["class", "images", "share"], rows, align="lrr" if not self.flagged else "lrl")
 
     def report(self) -> str:
         """:meth:`table` and one line saying what was written, how much was new and how fast (what ``cellsdk
@@ -315,9 +313,9 @@ class JobSummary:
         Examples:
             >>> print(JobSummary(Path("r.csv"), rows=3, resumed=1, per_class={"a": 3}, seconds=2.0).report())
             ... # doctest: +NORMALIZE_WHITESPACE
-            class     images  share
-            a              3  100.0%
-            total          3
+            class  images   share
+            a           3  100.0%
+            total       3
             wrote r.csv (summary in r.csv.job.json): 3 rows, 2 new, 1 from an earlier run; 2.0 s, 1 images/s
         """
         resumed = f", {self.resumed} from an earlier run" if self.resumed else ""

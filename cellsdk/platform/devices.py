@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from cellsdk._table import text_table
 from cellsdk.errors import ConfigError, DeviceUnavailableError
 from cellsdk.platform.cpu import host_cpu
 
@@ -170,8 +171,5 @@ def format_device_report(rows: Sequence[DeviceStatus]) -> str:
         >>> format_device_report(device_report(torch=False)).split()[:3]
         ['device', 'runtime', 'ready']
     """
-    width = max(len(row.device) for row in rows) + 2
-    lines = [f"{'device':<{width}}{'runtime':<13}{'ready':<7}detail"]
-    lines += [f"{row.device:<{width}}{row.runtime:<13}{'yes' if row.available else 'no':<7}{row.detail}"
-              for row in rows]
-    return "\n".join(lines)
+    return text_table(["device", "runtime", "ready", "detail"],
+                      [[row.device, row.runtime, "yes" if row.available else "no", row.detail] for row in rows])
