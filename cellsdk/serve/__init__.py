@@ -29,18 +29,20 @@ SERVE_INSTALL = "pip install 'cellsdk[serve]'"
 
 
 def require_serve_packages() -> None:
-    """Raise one clear line when FastAPI, uvicorn or python-multipart is missing.
+    """Raise one clear line when FastAPI, uvicorn, httptools or python-multipart is missing (httptools: the
+    connection layer's limits are built on its parser, :mod:`cellsdk.serve.protocol`).
 
     Raises:
         BackendNotInstalledError: naming the missing package and the install command.
 
     Examples:
-        >>> require_serve_packages() is None  # FastAPI, uvicorn and python-multipart are installed here
+        >>> require_serve_packages() is None  # FastAPI, uvicorn, httptools and python-multipart are installed here
         True
     """
     import importlib.util
 
-    for module, package in (("fastapi", "FastAPI"), ("uvicorn", "uvicorn"), ("multipart", "python-multipart")):
+    for module, package in (("fastapi", "FastAPI"), ("uvicorn", "uvicorn"), ("httptools", "httptools"),
+                            ("multipart", "python-multipart")):
         if importlib.util.find_spec(module) is None:
             raise BackendNotInstalledError(f"the service needs {package}, which is not installed: {SERVE_INSTALL}")
 

@@ -31,12 +31,14 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from cellsdk._io import sha256_file
 from cellsdk._version import __version__
@@ -47,7 +49,8 @@ from cellsdk.platform.cpu import host_cpu
 from cellsdk.preprocessing import crop_box
 from cellsdk.serve.batching import BusyError, MicroBatcher, ShuttingDownError
 from cellsdk.serve.config import ServeConfig
-from cellsdk.serve.problems import KINDS, PROBLEM_MEDIA_TYPE, ApiError
+from cellsdk.serve.openapi import api_description, correct_document
+from cellsdk.serve.problems import API_POLICY, KINDS, PROBLEM_MEDIA_TYPE, SECURITY_HEADERS, ApiError
 from cellsdk.serve.prometheus import Metrics
 from cellsdk.serve.uploads import ACCEPTED_FORMATS, check_and_decode, display_name
 from cellsdk.tta import tta_views
@@ -64,20 +67,13 @@ ROUTES = ("/", "/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics", "/
 #: The web page may load only what the app serves itself (no CDN), and nothing may frame it.
 PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
                "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
-SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
-                    (b"x-frame-options", b"DENY")]
+#: the API documentation page (Swagger UI from the package): the same (Swagger UI's icons are data: URLs)
+DOCS_POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+               "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
 # module level: FastAPI resolves the dependencies' (string) annotations in this module's namespace
 _KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="the service's API key")
 _BEARER = HTTPBearer(auto_error=False, description="the service's API key as a bearer token")
 _STATUS_KINDS = {404: "not-found", 405: "method-not-allowed", 413: "too-large", 415: "unsupported-media-type"}
-_REQUEST_EXAMPLE = {
-    "multipart/form-data": {"schema": {"type": "object", "properties": {
-        "files": {"type": "array", "items": {"type": "string", "format": "binary"},
-                  "description": "one or several images (JPEG, PNG, TIFF, BMP, GIF, WebP)"}}}},
-    "image/*": {"schema": {"type": "string", "format": "binary"}, "description": "one image as the raw body"},
-}
-
-
 @dataclasses.dataclass
 class ServiceState:
     """What the app shares between requests: the model, the batcher, the decoding threads, the metrics."""
@@ -218,19 +214,24 @@ def create_app(classifier: Classifier, config: ServeConfig | None = None) -> Fas
             await asyncio.get_running_loop().run_in_executor(None, state.batcher.close, config.drain_seconds)
             state.pool.shutdown(wait=True, cancel_futures=True)
 
-    app = FastAPI(title="cellsdk", version=__version__, lifespan=lifespan,
-                  description=f"Cell classification with {classifier.path.name} "
-                              f"({len(classifier.labels)} classes: {', '.join(classifier.labels)}).")
+    # /docs is Swagger UI served from the package (works offline, under a CSP); ReDoc would render the same
+    # document from another megabyte of JavaScript, so it is not served (see /redoc)
+    app = FastAPI(title="cellsdk", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description=api_description(classifier, config))
     app.state.cellsdk = state
     _add_error_handlers(app, metrics)
-    protected = [Depends(_authoriser(config))]
+    # no key, nothing to check: the OpenAPI document then declares no security either (it says what is asked)
+    protected = [Depends(_authoriser(config))] if config.api_key else []
 
-    @app.post("/v1/predict", tags=["predict"], summary="Classify one or several images", dependencies=protected,
-              openapi_extra={"requestBody": {"required": True, "content": _REQUEST_EXAMPLE}},
-              responses={code: {"description": title, "content": {PROBLEM_MEDIA_TYPE: {}}}
-                         for code, title in {400: "Unusable image or request", 401: "API key missing or wrong",
-                                             413: "Too large", 415: "Not an image", 503: "Busy or shutting down"
-                                             }.items()})
+    def document() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = correct_document(get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes), config)
+        return app.openapi_schema
+
+    app.openapi = document  # type: ignore[method-assign]
+
+    @app.post("/v1/predict", tags=["predict"], summary="Classify one or several images", dependencies=protected)
     async def predict(request: Request,
                       top_k: Annotated[int | None, Query(ge=1, le=1000, description="classes per image")] = None,
                       explain: Annotated[bool, Query(description="add each image's heat map for its predicted "
@@ -295,6 +296,16 @@ def create_app(classifier: Classifier, config: ServeConfig | None = None) -> Fas
     async def page() -> Response:
         return FileResponse(static / "index.html", headers={"Content-Security-Policy": PAGE_POLICY,
                                                             "Cache-Control": "no-cache"})
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return FileResponse(static / "docs.html", headers={"Content-Security-Policy": DOCS_POLICY,
+                                                           "Cache-Control": "no-cache"})
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> Response:
+        raise ApiError("not-found", "ReDoc is not served: the API documentation is Swagger UI at /docs (served from "
+                                    "the package, so it works offline), and the document itself is /openapi.json")
 
     if config.collect_dir is not None:
         from cellsdk.serve.collect import Collection, add_review_routes
@@ -402,6 +413,15 @@ def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
             error.status = err.status_code
         return answer(request, error)
 
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, err: ClientDisconnect) -> Response:
+        # nobody is left to read an answer: count the outcome and say it in one line, no traceback
+        metrics.observe_error("client-disconnected")
+        client = request.client
+        log.warning("cellsdk serve: %s hung up during %s %s before its request was read; nothing was classified",
+                    f"{client.host}:{client.port}" if client else "a client", request.method, request.url.path)
+        return Response(status_code=KINDS["client-disconnected"][0])
+
     @app.exception_handler(Exception)
     async def internal(request: Request, err: Exception) -> JSONResponse:
         log.error("cellsdk serve: %s %s failed: %s: %s", request.method, request.url.path, type(err).__name__, err,
@@ -410,6 +430,7 @@ def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
                                                     "server log has the details"))
 
 
+_API_POLICY = API_POLICY.encode()
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
@@ -481,7 +502,10 @@ class _Observe:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = list(message.get("headers") or ()) + SECURITY_HEADERS
+                headers = list(message.get("headers") or ()) + SECURITY_HEADERS
+                if not any(name.lower() == b"content-security-policy" for name, _ in headers):
+                    headers.append((b"content-security-policy", _API_POLICY))
+                message["headers"] = headers
             await send(message)
 
         try:

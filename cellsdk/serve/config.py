@@ -65,7 +65,15 @@ class ServeConfig:
         cors_origins: origins allowed to call the API from a browser (empty: CORS off).
         decode_workers: threads decoding and preprocessing uploads (overlapped with inference).
         drain_seconds: on SIGTERM, how long in-flight requests may take to finish.
-        max_connections: open connections at once (beyond it the server answers 503).
+        max_connections: open connections at once. A new connection beyond it evicts the one idle the longest
+            (waiting for a request head: silent, slow, or kept alive between requests), so idle sockets never
+            lock out a real request; only when all are busy with requests does the newcomer get 503.
+        max_header_bytes: the request line and headers together (431 above it; uvicorn alone has no limit).
+        header_timeout: seconds for a request line and headers to arrive, from the connection's start or the
+            first byte after a keep-alive pause (408 when part arrived, else the connection just closes): a
+            slowloris client or a silent socket holds a connection at most this long.
+        body_timeout: the longest pause, in seconds, while a request body arrives (408).
+        keep_alive_timeout: seconds an idle connection stays open between two requests.
         collect_dir: with it, the review page (``/review``) saves each confirmed or corrected image to
             ``collect_dir/<label>/`` (see :mod:`cellsdk.serve.collect`); needs ``api_key``.
     """
@@ -84,6 +92,10 @@ class ServeConfig:
     decode_workers: int = 1
     drain_seconds: float = 30.0
     max_connections: int = 512
+    max_header_bytes: int = 32 * 1024
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keep_alive_timeout: float = 5.0
     collect_dir: str | None = None
 
     @classmethod
@@ -130,6 +142,10 @@ class ServeConfig:
         require_int("decode_workers", self.decode_workers, minimum=1, maximum=256)
         require_float("drain_seconds", self.drain_seconds, minimum=0)
         require_int("max_connections", self.max_connections, minimum=1)
+        require_int("max_header_bytes", self.max_header_bytes, minimum=1024, maximum=1024 * 1024)
+        require_float("header_timeout", self.header_timeout, minimum=0.1, maximum=3600)
+        require_float("body_timeout", self.body_timeout, minimum=0.1, maximum=3600)
+        require_float("keep_alive_timeout", self.keep_alive_timeout, minimum=0.1, maximum=3600)
         if self.api_key is not None and (len(self.api_key) < MIN_API_KEY_LENGTH or not self.api_key.isprintable()
                                          or self.api_key != self.api_key.strip()):
             raise ConfigError(f"the API key must be at least {MIN_API_KEY_LENGTH} printable characters without "

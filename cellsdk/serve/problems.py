@@ -10,9 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["KINDS", "PROBLEM_MEDIA_TYPE", "ApiError"]
+__all__ = ["API_POLICY", "KINDS", "PROBLEM_MEDIA_TYPE", "SECURITY_HEADERS", "ApiError"]
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+#: on every answer, whoever writes it (the app, or the connection layer's own 400 / 408 / 431 / 503)
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+                    (b"x-frame-options", b"DENY")]
+#: the Content-Security-Policy of every answer that is not one of the service's own pages: nothing may load
+API_POLICY = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 
 #: kind -> (HTTP status, title). The table of error answers in docs/guide/serve.md lists the same.
 KINDS: dict[str, tuple[int, str]] = {
@@ -22,11 +27,15 @@ KINDS: dict[str, tuple[int, str]] = {
     "unauthorized": (401, "API key missing or wrong"),
     "not-found": (404, "Not found"),
     "method-not-allowed": (405, "Method not allowed"),
+    "request-timeout": (408, "Request too slow"),
     "too-large": (413, "Request too large"),
     "too-many-images": (413, "Too many images in one request"),
     "image-too-large": (413, "Image has too many pixels"),
     "not-an-image": (415, "Not an image"),
     "unsupported-media-type": (415, "Unsupported request body"),
+    "header-too-large": (431, "Request headers too large"),
+    # never sent (nobody is left to read it): the outcome of a request whose client hung up, for /metrics
+    "client-disconnected": (499, "Client closed the request"),
     "internal": (500, "Internal error"),
     "busy": (503, "Service busy"),
     "shutting-down": (503, "Service shutting down"),

@@ -71,6 +71,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._requests: dict[tuple[str, int], int] = defaultdict(int)
         self._errors: dict[str, int] = defaultdict(int)
+        self._closed: dict[str, int] = defaultdict(int)
         self._latency: dict[str, _Histogram] = {}
         self._batches = _Histogram(BATCH_BUCKETS)
         self._batch_seconds = 0.0
@@ -105,6 +106,18 @@ class Metrics:
         with self._lock:
             self._errors[kind] += 1
 
+    def observe_closed(self, reason: str) -> None:
+        """Count one connection the server closed on its own (``header-timeout``, ``evicted`` …).
+
+        Examples:
+            >>> metrics = Metrics()
+            >>> metrics.observe_closed("evicted")
+            >>> 'cellsdk_connections_closed_total{reason="evicted"} 1' in metrics.render()
+            True
+        """
+        with self._lock:
+            self._closed[reason] += 1
+
     def observe_batch(self, size: int, seconds: float) -> None:
         """Count one runtime call of ``size`` images that took ``seconds``.
 
@@ -136,6 +149,10 @@ class Metrics:
             lines += ["# HELP cellsdk_errors_total Error answers, by problem kind.",
                       "# TYPE cellsdk_errors_total counter"]
             lines += [f'cellsdk_errors_total{{kind="{_escape(k)}"}} {n}' for k, n in sorted(self._errors.items())]
+            lines += ["# HELP cellsdk_connections_closed_total Connections the server closed on its own (timeouts, "
+                      "limits), by reason.", "# TYPE cellsdk_connections_closed_total counter"]
+            lines += [f'cellsdk_connections_closed_total{{reason="{_escape(k)}"}} {n}'
+                      for k, n in sorted(self._closed.items())]
             lines += ["# HELP cellsdk_request_duration_seconds Time from request to response, by route.",
                       "# TYPE cellsdk_request_duration_seconds histogram"]
             for route, histogram in sorted(self._latency.items()):

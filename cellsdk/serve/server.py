@@ -93,6 +93,7 @@ def serve(classifier: Classifier, config: ServeConfig | None = None, *, log_leve
     import uvicorn
 
     from cellsdk.serve.app import create_app
+    from cellsdk.serve.protocol import guarded_protocol
 
     settings = (config or ServeConfig()).check()
     app = create_app(classifier, settings)
@@ -113,9 +114,11 @@ def serve(classifier: Classifier, config: ServeConfig | None = None, *, log_leve
                          f"{len(classifier.labels)} classes, micro-batches of up to {settings.max_batch} within "
                          f"{settings.max_wait_ms:g} ms); Ctrl-C to stop")
 
-    server = Server(uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="on", server_header=False,
-                                   proxy_headers=False, timeout_graceful_shutdown=math.ceil(settings.drain_seconds),
-                                   limit_concurrency=settings.max_connections, timeout_keep_alive=5))
+    protocol = guarded_protocol(settings, on_close=state.metrics.observe_closed, on_error=state.metrics.observe_error)
+    server = Server(uvicorn.Config(app, http=protocol, log_level=log_level, access_log=False, lifespan="on",
+                                   server_header=False, proxy_headers=False,
+                                   timeout_graceful_shutdown=math.ceil(settings.drain_seconds),
+                                   timeout_keep_alive=math.ceil(settings.keep_alive_timeout)))
     try:
         with _signals_end_the_service():
             server.run(sockets=[sock])
