@@ -208,7 +208,7 @@ def measure(silent: int = 600, header_mb: int = 64, slow_limit_s: float = 40.0, 
 
 
 def _markdown(report: dict[str, Any], label: str) -> str:
-    s, l, b, h = (report[k] for k in ("silent", "slowloris", "big_header", "hang_ups"))
+    s, slow, b, h = (report[k] for k in ("silent", "slowloris", "big_header", "hang_ups"))
     rc = s["real_client"]
     return "\n".join([
         f"### {label}", "",
@@ -218,9 +218,10 @@ def _markdown(report: dict[str, Any], label: str) -> str:
         f"| … real client /v1/predict | {rc['predict_status']}, median {rc['predict_ms_median']} ms |",
         f"| … silent sockets closed by the server within {s['watched_s']:.0f} s | {s['closed_by_server']} (first "
         f"{s['first_closed_s']} s, last {s['last_closed_s']} s) |",
-        f"| slowloris (1 byte/s head) held | {l['held_s']} s ({'closed by the server' if l['closed_by_server'] else 'still open at the limit'}, status {l['status']}) |",
-        f"| {b['header_mb']} MB header | status {b['status']} in {b['answered_s']} s, server RSS +{b['server_rss_growth_mb']} MB, "
-        f"other client's slowest /healthz {b['other_client_max_ms']} ms |",
+        f"| slowloris (1 byte/s head) held | {slow['held_s']} s ("
+        f"{'closed by the server' if slow['closed_by_server'] else 'still open at the limit'}, status {slow['status']}) |",
+        f"| {b['header_mb']} MB header | status {b['status']} in {b['answered_s']} s, server RSS "
+        f"+{b['server_rss_growth_mb']} MB, other client's slowest /healthz {b['other_client_max_ms']} ms |",
         f"| {h['clients']} clients hanging up mid-body | errors {h['errors_by_kind']}, {h['server_lines']} server lines, "
         f"{h['tracebacks']} tracebacks |", ""])
 

@@ -20,6 +20,7 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -33,7 +34,7 @@ from typing import Any
 from cellsdk._capture import capture_tool_output
 from cellsdk._io import artefact_files
 from cellsdk._validate import require_int
-from cellsdk.batch.jobs import JobSummary, iter_inputs, path_key
+from cellsdk.batch.jobs import JobSummary, iter_inputs, output_lock, path_key
 from cellsdk.errors import BackendNotInstalledError, ConfigError
 from cellsdk.preprocessing import IMAGE_EXTENSIONS
 
@@ -195,7 +196,9 @@ def predict_files(paths: Sequence[str | os.PathLike], out: str | os.PathLike, mo
     rows_per_call = max(batch_size, ROWS_PER_CALL)
     started = time.perf_counter()
     log_path = Path(tempfile.gettempdir() if remote else Path(target).parent) / f"{Path(target).name}.ray.log"
-    with capture_tool_output(log_path) as captured:  # Ray's console output goes to the log, not the terminal
+    # a local output is locked like the local engine's: a second job on it is refused with this one's PID
+    with (contextlib.nullcontext() if remote else output_lock(target)), \
+            capture_tool_output(log_path) as captured:  # Ray's console output goes to the log, not the terminal
         owns = not ray.is_initialized()
         if owns:
             try:

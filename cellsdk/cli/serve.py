@@ -48,6 +48,13 @@ __all__ = ["serve_command"]
               help="Decoding threads [default: the cores --threads leaves, at least 1].")
 @click.option("--drain-seconds", type=NON_NEGATIVE_FLOAT, default=30.0, show_default=True,
               help="On SIGTERM, how long requests in flight may take to finish.")
+@click.option("--max-connections", type=POSITIVE, default=512, show_default=True,
+              help="Open connections; a new one beyond it closes the one idle the longest (503 only when all "
+                   "are busy with requests).")
+@click.option("--header-timeout", type=click.FloatRange(0.1, 3600), default=10.0, show_default=True,
+              help="Seconds for a request line and headers to arrive (slow or silent clients are closed).")
+@click.option("--body-timeout", type=click.FloatRange(0.1, 3600), default=30.0, show_default=True,
+              help="Longest pause, in seconds, while a request body arrives.")
 @strict_option()
 @click.option("--ood", "ood_mode", type=click.Choice(["flag", "reject", "off"]), default="flag", show_default=True,
               help="The model's out-of-distribution guard (see cellsdk predict --help).")
@@ -60,8 +67,8 @@ __all__ = ["serve_command"]
 def serve_command(model_path: Path | None, backend: str | None, device: str, host: str, port: int, max_batch: int,
                   max_wait_ms: float, max_queue: int, max_images: int, max_upload_mb: float, max_pixels: int | None,
                   top_k: int, api_key: str | None, cors_origins: tuple[str, ...], threads: int | None,
-                  workers: int | None, drain_seconds: float, strict: bool, ood_mode: str, log_level: str,
-                  collect_dir: Path | None) -> None:
+                  workers: int | None, drain_seconds: float, max_connections: int, header_timeout: float,
+                  body_timeout: float, strict: bool, ood_mode: str, log_level: str, collect_dir: Path | None) -> None:
     """Serve a model over HTTP: POST /v1/predict, GET /v1/model, /healthz, /readyz, /metrics, the web page at /
     and the API docs at /docs; with --collect, the review page at /review. Needs cellsdk[serve].
 
@@ -80,6 +87,7 @@ def serve_command(model_path: Path | None, backend: str | None, device: str, hos
                          max_images=max_images, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
                          top_k=top_k, api_key=api_key or None, cors_origins=cors_origins,
                          decode_workers=workers or decoders, drain_seconds=drain_seconds,
+                         max_connections=max_connections, header_timeout=header_timeout, body_timeout=body_timeout,
                          collect_dir=str(collect_dir) if collect_dir is not None else None,
                          **({"max_pixels": max_pixels} if max_pixels else {})).check()
     classifier = load_classifier(model_path, backend=backend, device=device, threads=threads, top_k=top_k,

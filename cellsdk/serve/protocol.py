@@ -92,7 +92,7 @@ def guarded_protocol(config: ServeConfig, *, on_close: Callable[[str], None],
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.limit_concurrency = None  # this class limits connections itself (eviction, then 503)
-            self.timeout_keep_alive = config.keep_alive_timeout
+            self.timeout_keep_alive = config.keep_alive_timeout  # type: ignore[assignment]  # call_later takes floats
             self._reading_head = True
             self._head_bytes = 0
             self._waiting_since = time.monotonic()
@@ -167,7 +167,7 @@ def guarded_protocol(config: ServeConfig, *, on_close: Callable[[str], None],
                 min(idle, key=lambda c: c._waiting_since)._close("evicted")
 
         # -- uvicorn's protocol interface
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             self._waiting_since = time.monotonic()
             self._arm(head_timeout, self._head_timed_out)
@@ -217,10 +217,10 @@ def guarded_protocol(config: ServeConfig, *, on_close: Callable[[str], None],
                 on_close("keep-alive-timeout")
             super().timeout_keep_alive_handler()
 
-        def eof_received(self) -> bool | None:
+        def eof_received(self) -> None:
             if self._lingering:
                 self.transport.close()
-            return super().eof_received()
+            super().eof_received()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()

@@ -271,3 +271,24 @@ def test_the_bad_request_table_script_gets_every_expected_answer() -> None:
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "UNEXPECTED" not in done.stdout and "| queue full" in done.stdout and "exit status 0" in done.stdout
+
+
+def test_the_api_documentation_works_offline_under_its_csp(service: ServiceProcess, browser) -> None:
+    """/docs is Swagger UI from the package: every file from the service itself, nothing refused by the CSP."""
+    page = browser.new_page()
+    problems: list[str] = []
+    requested: list[str] = []
+    page.on("console", lambda message: problems.append(message.text) if message.type in ("error", "warning")
+            else None)
+    page.on("pageerror", lambda err: problems.append(str(err)))
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(service.url + "docs")
+    page.wait_for_selector(".opblock-summary-path", timeout=30_000)
+    paths = page.eval_on_selector_all(".opblock-summary-path", "nodes => nodes.map(n => n.textContent)")
+    assert paths == ["/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics"]
+    page.locator(".opblock-summary").first.click()
+    page.wait_for_selector(".opblock-section-request-body", timeout=10_000)
+    assert requested and all(url.startswith(service.url) or url.startswith("data:") for url in requested), requested
+    assert problems == []
+    assert httpx.get(service.url + "redoc").json()["detail"].startswith("ReDoc is not served")
+    page.close()
