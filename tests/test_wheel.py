@@ -30,7 +30,7 @@ def _layout() -> dict[str, str]:
 LAYOUT = _layout()
 #: the package data setup.cfg declares, as (repository folder, pattern)
 DATA = (("cellsdk/data", "*.onnx"), ("cellsdk/data", "README.md"), ("cellsdk/serve/static", "*"),
-        ("benchmarks", "*.toml"))
+        ("cellsdk/serve/static/swagger-ui", "*"), ("benchmarks", "*.toml"))
 
 
 def _expected() -> set[str]:
@@ -42,7 +42,8 @@ def _expected() -> set[str]:
     for folder, pattern in DATA:
         source = next(s for s in sorted(LAYOUT, key=len, reverse=True) if folder == s or folder.startswith(s + "/"))
         for path in (REPO / folder).glob(pattern):
-            names.add(f"{LAYOUT[source]}/{path.relative_to(REPO / source).as_posix()}")
+            if path.is_file():
+                names.add(f"{LAYOUT[source]}/{path.relative_to(REPO / source).as_posix()}")
     return names
 
 
