@@ -10,8 +10,10 @@ Exit status 1 if any answer is not the expected status or not a problem document
 from __future__ import annotations
 
 import io
+import socket
 import struct
 import sys
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,9 +42,23 @@ def truncated() -> bytes:
     return buffer.getvalue()[:300]
 
 
+def raw(port: int, data: bytes, *, then_wait: float = 0.0) -> httpx.Response:
+    """Send bytes that no HTTP client library would (garbage, a head that never ends) and read the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(data)
+        time.sleep(then_wait)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = [tuple(part.strip() for part in line.split(":", 1)) for line in lines[1:]]
+    return httpx.Response(int(lines[0].split()[1]), headers=headers, content=body)
+
+
 def main() -> int:
-    service = start_service(["--max-upload-mb", "2", "--max-images", "4", "--max-queue", "4"],
-                            env={"CELLSDK_API_KEY": KEY})
+    service = start_service(["--max-upload-mb", "2", "--max-images", "4", "--max-queue", "4",
+                             "--header-timeout", "1"], env={"CELLSDK_API_KEY": KEY})
     url = service.url
     auth = {"X-API-Key": KEY}
     image = SAMPLE.read_bytes()
@@ -72,6 +88,15 @@ def main() -> int:
             bad += not rows[-1][0]
         for name, expected, path in (("unknown path", 404, "/v2/predict"),):
             response = client.get(path)
+            rows.append(describe(name, expected, response))
+            bad += not rows[-1][0]
+        for name, expected, response in (
+                ("request head over 32 KiB (a 64 KiB header)", 431,
+                 client.get("/healthz", headers={"X-Big": "a" * 65536})),
+                ("a head that never ends (--header-timeout 1)", 408,
+                 raw(service.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: aaa", then_wait=1.5)),
+                ("not HTTP (a TLS hello sent to the plain-HTTP port)", 400,
+                 raw(service.port, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"))):
             rows.append(describe(name, expected, response))
             bad += not rows[-1][0]
 

@@ -426,8 +426,12 @@ def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     async def internal(request: Request, err: Exception) -> JSONResponse:
         log.error("cellsdk serve: %s %s failed: %s: %s", request.method, request.url.path, type(err).__name__, err,
                   exc_info=log.isEnabledFor(logging.DEBUG))
-        return answer(request, ApiError("internal", f"the service failed to answer ({type(err).__name__}); the "
-                                                    "server log has the details"))
+        response = answer(request, ApiError("internal", f"the service failed to answer ({type(err).__name__}); "
+                                                        "the server log has the details"))
+        # this answer comes from the outermost middleware, outside _Observe: it adds the headers itself
+        for name, value in [*SECURITY_HEADERS, (b"content-security-policy", _API_POLICY)]:
+            response.headers[name.decode()] = value.decode()
+        return response
 
 
 _API_POLICY = API_POLICY.encode()
@@ -502,9 +506,11 @@ class _Observe:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = list(message.get("headers") or ()) + SECURITY_HEADERS
-                if not any(name.lower() == b"content-security-policy" for name, _ in headers):
-                    headers.append((b"content-security-policy", _API_POLICY))
+                headers = list(message.get("headers") or ())
+                present = {name.lower() for name, _ in headers}
+                headers += [(name, value) for name, value in [*SECURITY_HEADERS,
+                                                              (b"content-security-policy", _API_POLICY)]
+                            if name not in present]
                 message["headers"] = headers
             await send(message)
 

@@ -48,6 +48,10 @@ LINGER_SECONDS = 2.0
 CLOSE_REASONS = ("header-timeout", "body-timeout", "keep-alive-timeout", "header-too-large", "evicted", "bad-request")
 
 
+class _HeadTooLarge(Exception):
+    """Raised in a parser callback to stop parsing a request whose head is over the limit."""
+
+
 def problem_bytes(err: ApiError, path: str = "") -> bytes:
     """A whole HTTP/1.1 answer carrying ``err`` as a problem document, security headers included, closing.
 
@@ -98,6 +102,8 @@ def guarded_protocol(config: ServeConfig, *, on_close: Callable[[str], None],
             self._waiting_since = time.monotonic()
             self._deadline: asyncio.TimerHandle | None = None
             self._lingering = False
+            self._refused = False
+            self._head_size = 0
 
         # -- timers
         def _arm(self, seconds: float, handler: Callable[[], None]) -> None:
@@ -184,14 +190,32 @@ def guarded_protocol(config: ServeConfig, *, on_close: Callable[[str], None],
                 self._arm(body_timeout, self._body_timed_out)
             super().data_received(data)
             if self._reading_head and self._head_bytes > max_head and not self.transport.is_closing():
-                on_error("header-too-large")
-                self._close("header-too-large", problem_bytes(ApiError(
-                    "header-too-large", f"the request line and headers exceed {max_head:,} bytes; send a "
-                                        "shorter request")))
+                self._head_too_large()  # still incomplete: never buffer more than one read past the limit
+
+        def _head_too_large(self) -> None:
+            on_error("header-too-large")
+            self._close("header-too-large", problem_bytes(ApiError(
+                "header-too-large", f"the request line and headers exceed {max_head:,} bytes; send a shorter "
+                                    "request")))
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._head_size = 0
+
+        def on_url(self, url: bytes) -> None:
+            super().on_url(url)
+            self._head_size += len(url) + 16  # the method, the version and the line break around it
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            super().on_header(name, value)
+            self._head_size += len(name) + len(value) + 4
 
         def on_headers_complete(self) -> None:
             self._reading_head = False
             self._disarm()
+            if self._head_size > max_head:  # a whole head in one read: refused before any app sees it
+                self._refused = True
+                raise _HeadTooLarge  # httptools stops parsing; uvicorn calls send_400_response, which answers 431
             super().on_headers_complete()
             if self.cycle is not None and self.cycle.more_body:
                 self._arm(body_timeout, self._body_timed_out)
@@ -227,6 +251,9 @@ def guarded_protocol(config: ServeConfig, *, on_close: Callable[[str], None],
             super().connection_lost(exc)
 
         def send_400_response(self, msg: str) -> None:
+            if self._refused:
+                self._head_too_large()
+                return
             on_error("bad-request")
             self._close("bad-request", problem_bytes(ApiError(
                 "bad-request", "not a valid HTTP/1.1 request; check the client (a proxy speaking another "

@@ -46,6 +46,9 @@ def assert_problem(response, status: int, kind: str) -> dict:
     doc = response.json()
     assert doc["type"] == f"urn:cellsdk:problem:{kind}" and doc["status"] == status and doc["title"]
     assert doc["detail"] and "\n" not in doc["detail"] and "Traceback" not in response.text
+    assert response.headers["x-content-type-options"] == "nosniff"  # every answer, errors of every origin included
+    assert response.headers["content-security-policy"].startswith("default-src 'none'")
+    assert response.headers.get_list("x-frame-options") == ["DENY"]  # once, however many layers add it
     return doc
 
 
