@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RECORD_FIELDS", "Prediction", "format_prediction", "prediction_record"]
+__all__ = ["RECORD_FIELDS", "Prediction", "format_prediction", "one_line", "prediction_record"]
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,23 @@ def format_prediction(source: Any, prediction: Prediction) -> str:
         'cell.png\\tb 75.0%, a 25.0%'
     """
     ranked = ", ".join(f"{label} {p * 100:.1f}%" for label, p in prediction.top_k) or "(no answer)"
+    shown = one_line(str(source))
     if prediction.ok:
-        return f"{source}\t{ranked}"
+        return f"{shown}\t{ranked}"
     more = f" (+{len(prediction.reasons) - 1} more)" if len(prediction.reasons) > 1 else ""
-    return f"{source}\t{ranked}\t{prediction.status.upper()}: {prediction.reasons[0]}{more}"
+    return f"{shown}\t{ranked}\t{prediction.status.upper()}: {prediction.reasons[0]}{more}"
+
+
+def one_line(text: str) -> str:
+    """``text`` with what would break a line-per-image output escaped as Python writes it: line breaks, tabs and
+    other control characters, and the undecodable bytes of a file name (``\\udcXX``).
+
+    Examples:
+        >>> print(one_line("slide 3/new\\nline\\tcell.jpg"))
+        slide 3/new\\nline\\tcell.jpg
+        >>> one_line("cell.jpg")
+        'cell.jpg'
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)

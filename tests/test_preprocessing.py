@@ -131,6 +131,12 @@ def test_a_float_image_file_with_0_255_values_is_refused_with_advice_for_the_fil
     message = str(caught.value)
     assert "32-bit floating-point image file with values 0-255" in message and "8-bit" in message
     assert "astype" not in message and "array" not in message  # nothing a user holding only the file cannot do
+    from click.testing import CliRunner
+
+    from cellsdk.cli import predict_command
+
+    result = CliRunner().invoke(predict_command, [str(path), "--quiet"])
+    assert result.exit_code == 1 and f"error: {message}" in result.output and "Traceback" not in result.output
     Image.fromarray(_PIXEL[..., 0].astype(np.float32) / 255, mode="F").save(path)  # 0-1 floats are read
     assert load_image(path).getpixel((3, 2)) == (200, 200, 200)
 

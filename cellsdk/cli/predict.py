@@ -64,6 +64,7 @@ def predict_command(images: tuple[Path, ...], from_list: Path | None, model_path
     """
     from cellsdk.batch.engine import default_split
     from cellsdk.batch.jobs import count_inputs, iter_inputs, run_job
+    from cellsdk.prediction import one_line
 
     if not images and from_list is None:
         raise click.UsageError("give IMAGES (files or folders) or --from-list FILE")
@@ -99,7 +100,7 @@ def predict_command(images: tuple[Path, ...], from_list: Path | None, model_path
     if out_path is not None:
         summary = run_job(classifier, inputs, out_path, batch_size=batch_size, workers=workers, overwrite=overwrite,
                           progress=not quiet, total=None if quiet else count_inputs(images, from_list),
-                          on_error=lambda path, reason: click.echo(f"error: {reason}", err=True))
+                          on_error=lambda path, reason: click.echo(f"error: {one_line(reason)}", err=True))
         _finish(summary.report(), failed=summary.errors)
         return
     if explain_dir is not None:
@@ -135,12 +136,12 @@ def _echo(source: object, prediction: object, error: object, as_json: bool, extr
     """Print one image's line (or its error); 1 for an error, else 0."""
     import json
 
-    from cellsdk.prediction import format_prediction, prediction_record
+    from cellsdk.prediction import format_prediction, one_line, prediction_record
 
     if error is not None or prediction is None:
         if as_json:
             click.echo(json.dumps({"path": str(source), "error": str(error)}))
-        click.echo(f"error: {error}", err=True)
+        click.echo(f"error: {one_line(str(error))}", err=True)
         return 1
     if as_json:
         click.echo(json.dumps({**prediction_record(source, prediction), **(extra or {})}))  # type: ignore[arg-type]

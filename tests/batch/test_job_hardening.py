@@ -144,3 +144,13 @@ def test_a_repeated_path_gets_one_row_in_a_first_run_as_in_a_resumed_one(tmp_pat
     again = _predict("--from-list", listed, "--out", out)
     assert "5 rows, 0 new, 5 from an earlier run, 995 repeated paths skipped" in again.stdout
     assert json.loads(job_file(out).read_text())["summary"]["per_class"] == summary["per_class"]
+
+
+def test_printed_lines_stay_one_per_image_whatever_the_name(odd_folder):
+    result = _predict(odd_folder)
+    assert result.returncode == 1  # the loop and the dangling link
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3 and all(line.count("\t") == 1 for line in lines), lines
+    assert any("caf\\udce9.jpg\t" in line for line in lines) and any("new\\nline" in line for line in lines)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 3 and all("symbolic link" in line for line in errors)
