@@ -23,7 +23,8 @@ from cellsdk.errors import BackendNotInstalledError
 __all__ = ["format_table", "latency_scale", "outside_share", "write_reports"]
 
 _COLUMNS = ("model", "prec", "px", "backend", "device", "batch", "verified", "cold s", "e2e p50", "e2e p95",
-            "model p50", "outside %", "img/s", "peak MB", "GPU MB", "size MB", "acc %", "x eager", "/ bare",
+            "model p50", "outside %", "img/s", "CPU ms/img", "J/img", "peak MB", "GPU MB", "size MB", "acc %",
+            "x eager", "/ bare",
             "conditions", "target", "result")
 _SHORT_VERIFIED = {"passed": "passed", "failed": "FAILED", "not verified on this platform": "n/v", "unknown": "none",
                    "reference": "ref"}
@@ -44,7 +45,11 @@ def _cells(row: dict[str, Any]) -> list[str]:
         row["model"], row["precision"], str(row.get("input_size", "-")), row["backend"], row["device"],
         str(row["batch"]), verified, num(row.get("cold_start_s"), ".2f"), num(row["e2e"]["p50_ms"], ".2f"),
         num(row["e2e"]["p95_ms"], ".2f"), num(model_p50, ".2f"), num(outside_share(row), ".0f"),
-        num(row["e2e"]["throughput_ips"], ".0f"), num(row.get("peak_memory_mb"), ".0f"),
+        num(row["e2e"]["throughput_ips"], ".0f"),
+        num(row["cpu_seconds_per_image"] * 1e3 if isinstance(row.get("cpu_seconds_per_image"), (int, float))
+            else None, ".2f"),
+        num(row.get("joules_per_image"), ".3f") if row.get("joules_per_image") is not None else "n/a",
+        num(row.get("peak_memory_mb"), ".0f"),
         num(row.get("gpu_memory_mb"), ".0f"), num(row.get("size_mb"), ".2f"),
         num(row["accuracy"] * 100 if "accuracy" in row else None, ".2f"),
         num(row.get("speedup_vs_eager"), ".2f"), num(row.get("vs_bare"), ".3f"), conditions,
@@ -120,7 +125,11 @@ def _markdown(report: dict[str, Any]) -> str:
              "x eager = PyTorch eager fp32 e2e p50 / this row's (higher is faster); / bare = this row's e2e p50 / "
              "the bare runtime call's (cellsdk's overhead); model p50 = time inside the runtime call during those "
              "same calls (never above e2e; on a GPU it includes the copies to and from the GPU); outside % = the share "
-             "of e2e p50 outside the runtime call (read, decode, preprocess, results); GPU MB = GPU memory the row "
+             "of e2e p50 outside the runtime call (read, decode, preprocess, results); CPU ms/img = CPU time of the "
+             "whole benchmark process, every thread, per image over the timed end-to-end calls (the seeds' energy "
+             "question, measured: on a busy-waiting runtime it can exceed wall time x 1); J/img = CPU package "
+             "energy per image from RAPL / powercap where the machine exposes it (n/a: not available, e.g. in a VM); "
+             "GPU MB = GPU memory the row "
              "held; verified = the artefact's verification status (a FAILED artefact's "
              "row is FAIL whatever its speed); conditions = busy when other processes used more than "
              f"{BUSY_CORES} cores while the row was timed, noisy when e2e p95 > {NOISY_SPREAD} x p50.", "",

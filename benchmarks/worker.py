@@ -27,7 +27,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["cpu_busy_seconds", "run_spec", "vm_hwm_mb"]
+__all__ = ["ENERGY_UNAVAILABLE", "cpu_busy_seconds", "energy_joules", "run_spec", "vm_hwm_mb"]
+
+#: what the report says where the machine exposes no energy counter
+ENERGY_UNAVAILABLE = "not available (no RAPL / powercap counter readable in /sys/class/powercap)"
+_POWERCAP = "/sys/class/powercap"
 
 
 class _Stopwatch:
@@ -103,6 +107,63 @@ class _LoadMeter:
         busy = cpu_busy_seconds()
         self.other_cores = None if busy is None or self.busy is None or wall <= 0 else max(
             0.0, ((busy - self.busy) - (_own_cpu_seconds() - self.own)) / wall)
+
+
+def _package_domains() -> list[str]:
+    """The top-level RAPL domains (one per CPU package; their sub-domains are parts of them, not added)."""
+    try:
+        names = sorted(os.listdir(_POWERCAP))
+    except OSError:
+        return []
+    return [os.path.join(_POWERCAP, n) for n in names if n.count(":") == 1 and n.split(":")[0].endswith("rapl")]
+
+
+def energy_joules() -> dict[str, tuple[float, float]] | None:
+    """Each CPU package's energy counter (joules since some start, and the value where it wraps), from RAPL /
+    powercap; None where none is readable (most VMs, containers without the files, non-Linux).
+
+    Examples:
+        >>> counters = energy_joules()
+        >>> counters is None or all(joules >= 0 for joules, _ in counters.values())
+        True
+    """
+    counters = {}
+    for domain in _package_domains():
+        try:
+            with open(os.path.join(domain, "energy_uj")) as energy:
+                joules = int(energy.read()) / 1e6
+            try:
+                with open(os.path.join(domain, "max_energy_range_uj")) as limit:
+                    wrap = int(limit.read()) / 1e6
+            except (OSError, ValueError):
+                wrap = 0.0
+        except (OSError, ValueError):  # present but unreadable (root only since 2020's PLATYPUS fix)
+            continue
+        counters[domain] = (joules, wrap)
+    return counters or None
+
+
+def _joules_between(before: dict[str, tuple[float, float]] | None,
+                    after: dict[str, tuple[float, float]] | None) -> float | None:
+    if not before or not after or set(before) != set(after):
+        return None
+    total = 0.0
+    for domain, (start, wrap) in before.items():
+        end = after[domain][0]
+        total += end - start if end >= start else end + wrap - start  # the counter wrapped once
+    return total
+
+
+class _CostMeter:
+    """CPU-seconds of this whole process (every thread) and package energy over the timed calls."""
+
+    def __enter__(self) -> _CostMeter:  # process_time: every thread of the process, at a nanosecond clock
+        self.cpu, self.energy = time.process_time(), energy_joules()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.cpu_seconds = time.process_time() - self.cpu
+        self.joules = _joules_between(self.energy, energy_joules())
 
 
 def _own_cpu_seconds() -> float:
@@ -255,8 +316,13 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
             _gpu_memory(out, gpu, baseline)
         return out
     out["input_size"] = prep.input_size
-    with _LoadMeter() as load:
+    with _LoadMeter() as load, _CostMeter() as cost:
         e2e_times, model_times = _timed(e2e, *timing, inner=stopwatch)
+    images = len(e2e_times) * batch
+    out["cpu_seconds_per_image"] = cost.cpu_seconds / images  # whole process, every thread, end to end
+    out["joules_per_image"] = cost.joules / images if cost.joules is not None else None
+    out["energy"] = "RAPL package counters (the whole CPU package, other processes included)" \
+        if cost.joules is not None else ENERGY_UNAVAILABLE
     out["e2e"] = latency_summary(e2e_times, batch=batch)
     out["model_only"] = latency_summary(model_times, batch=batch)  # the runtime's share of the same calls
     out["other_load_cores"] = load.other_cores

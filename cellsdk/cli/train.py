@@ -21,7 +21,7 @@ from cellsdk.cli.options import (
 )
 from cellsdk.cli.process import friendly_errors, setup_logging
 
-__all__ = ["calibrate_command", "train_command"]
+__all__ = ["calibrate_command", "prune_command", "train_command"]
 
 
 @command("train")
@@ -71,6 +71,17 @@ __all__ = ["calibrate_command", "train_command"]
               help="With several DATA: this one already has the crop (repeat per source; --data-cropped: all).")
 @click.option("--source-labels", multiple=True, metavar="DATA=NAMES",
               help="With several DATA: class names of one source (a known map or comma-separated), repeatable.")
+@click.option("--teacher", "teachers", multiple=True, type=click.Path(path_type=Path),
+              help="Distil from this cellsdk checkpoint (repeat for an ensemble: their soft targets are averaged; "
+                   "each runs its own input size and preprocessing).")
+@click.option("--distill-weight", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="The teachers' share of the loss (the hard labels keep the rest).")
+@click.option("--distill-temperature", type=click.FloatRange(0, 100, min_open=True), default=2.0, show_default=True,
+              help="Softmax temperature of the teachers' soft targets.")
+@click.option("--prune", "prune_target", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="After training, prune the best checkpoint to this share of its multiply-accumulates and "
+                   "fine-tune it (OUT/pruned; needs cellsdk[prune]).")
+@click.option("--prune-epochs", type=POSITIVE, default=3, show_default=True, help="Fine-tuning epochs after --prune.")
 @click.option("--resume", is_flag=True,
               help="Continue the run in --out from its last checkpoint, with its stored recipe.")
 @quiet_option("No progress bars or per-epoch log.")
@@ -90,6 +101,15 @@ def train_command(data: tuple[Path, ...], out_dir: Path, **options: Any) -> None
 
     quiet = options.pop("quiet")
     setup_logging(quiet)
+    prune_target, prune_epochs = options.pop("prune_target"), options.pop("prune_epochs")
+    if options["teachers"] and (len(data) > 1 or options["resume"]):
+        raise click.UsageError("--teacher goes with a single-source run that starts afresh")
+    for teacher in options["teachers"]:
+        if not teacher.is_file():
+            raise click.BadParameter(f"{teacher}: no such checkpoint", param_hint="--teacher")
+    if prune_target is not None and (len(data) > 1 or options["resume"]):
+        raise click.UsageError("--prune goes with a single-source run that starts afresh; prune a finished run with "
+                               "cellsdk prune CHECKPOINT --target-macs X")
     crop_mode, crop_value = parse_crop(options.pop("crop"))
     cropped_sources, source_labels = options.pop("cropped_sources"), options.pop("source_labels")
     if len(data) > 1:
@@ -118,8 +138,23 @@ def train_command(data: tuple[Path, ...], out_dir: Path, **options: Any) -> None
         augment=AugmentConfig.preset(options["augment"]), patience=options["patience"], seed=options["seed"],
         device=options["device"], workers=options["workers"], max_steps_per_epoch=options["max_steps"],
         val_fraction=options["val_fraction"], check_duplicates=options["check_duplicates"],
+        teachers=tuple(str(t) for t in options["teachers"]), distill_weight=options["distill_weight"],
+        distill_temperature=options["distill_temperature"],
     )
-    click.echo(format_train_result(train(single, out_dir, config, progress=not quiet)))
+    if prune_target is not None:
+        from cellsdk.training.pruning import require_pruner
+
+        require_pruner()  # before the dense stage, not after it
+    result = train(single, out_dir, config, progress=not quiet)
+    click.echo(format_train_result(result))
+    if prune_target is not None:  # the seeds' two-stage plan: dense first, then pruned and fine-tuned
+        from cellsdk.training.pruning import format_pruning, prune_and_finetune
+
+        pruned, record = prune_and_finetune(result.best_checkpoint, single, out_dir / "pruned", prune_target,
+                                            epochs=prune_epochs, lr=config.lr * 0.3,
+                                            max_steps_per_epoch=config.max_steps_per_epoch, progress=not quiet)
+        click.echo(format_pruning(record))
+        click.echo(format_train_result(pruned))
 
 
 def _train_combined(data: tuple[Path, ...], out_dir: Path, crop_mode: str, crop_value: float,
@@ -193,3 +228,36 @@ def calibrate_command(checkpoint: Path, data: Path, split: str, out_path: Path |
 
 #: the commands' docstring examples, for doctest (click turns the functions into Command objects)
 __test__ = {"train_command": train_command.callback.__doc__, "calibrate_command": calibrate_command.callback.__doc__}
+
+
+@command("prune")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--target-macs", type=click.FloatRange(0, 1, min_open=True, max_open=True), required=True,
+              help="Share of CHECKPOINT's multiply-accumulates to keep, e.g. 0.5 (whole channels are removed).")
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="The training data to fine-tune on (the dataset CHECKPOINT was trained on).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Run folder to write.")
+@click.option("--epochs", type=POSITIVE, default=3, show_default=True, help="Fine-tuning epochs after pruning.")
+@click.option("--lr", type=POSITIVE_FLOAT, default=3e-4, show_default=True, help="Fine-tuning peak learning rate.")
+@click.option("--max-steps", type=POSITIVE, default=None, help="Cap optimiser steps per epoch (quick runs).")
+@quiet_option("No progress bars or per-epoch log.")
+@friendly_errors
+def prune_command(checkpoint: Path, target_macs: float, data: Path, out_dir: Path, epochs: int, lr: float,
+                  max_steps: int | None, quiet: bool) -> None:
+    """Prune CHECKPOINT to --target-macs of its multiply-accumulates (structured: whole channels, so the int8 model
+    runs faster) and fine-tune it on --data with its own recipe; needs cellsdk[prune].
+
+    \f
+    Examples:
+        >>> from click.testing import CliRunner
+        >>> CliRunner().invoke(prune_command, ["--help"]).output.splitlines()[0]
+        'Usage: prune [OPTIONS] CHECKPOINT'
+    """
+    from cellsdk.training.pruning import format_pruning, prune_and_finetune
+    from cellsdk.training.reports import format_train_result
+
+    setup_logging(quiet)
+    result, record = prune_and_finetune(checkpoint, data, out_dir, target_macs, epochs=epochs, lr=lr,
+                                        max_steps_per_epoch=max_steps, progress=not quiet)
+    click.echo(format_pruning(record))
+    click.echo(format_train_result(result))

@@ -211,6 +211,9 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     val_fraction: float | None = None
     check_duplicates: bool = True
+    teachers: tuple[str, ...] = ()
+    distill_weight: float = 0.5
+    distill_temperature: float = 2.0
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, Mapping):

@@ -259,7 +259,8 @@ def create_model(arch: str, num_classes: int, pretrained: str = "auto", input_si
         arch: a timm model name, e.g. ``efficientnet_lite0``.
         num_classes: outputs of the new classifier head.
         pretrained: ``auto`` (hub, then a known local source), ``hub``,
-            ``none``, or a weights file path.
+            ``none``, a weights file path, or a cellsdk checkpoint (``.safetensors`` with cellsdk metadata):
+            then the whole model is taken from it, head and pruned channels included (fine-tuning).
         input_size: build fixed-input-size models (ViT, DeiT, LeViT ...) for this many pixels.
 
     Returns:
@@ -275,6 +276,8 @@ def create_model(arch: str, num_classes: int, pretrained: str = "auto", input_si
         (3, 'none')
     """
     timm = _timm()
+    if pretrained.endswith(".safetensors") and _is_cellsdk_checkpoint(pretrained):
+        return _create_from_checkpoint(pretrained, num_classes)
     arch = resolve_arch(arch)
     if pretrained == "none":
         model = _build(timm, arch, input_size, num_classes=num_classes)
@@ -300,6 +303,30 @@ def _create_pretrained(timm: Any, arch: str, num_classes: int, pretrained: str, 
     elif pretrained == "hub":
         raise ConfigError("the model hub cannot be reached: use --pretrained auto, a weights file, or none")
     return _create_from_local(timm, arch, num_classes)
+
+
+def _is_cellsdk_checkpoint(path: str) -> bool:
+    from cellsdk.artefacts.checkpoints import read_checkpoint_metadata
+    from cellsdk.errors import CellSDKError
+
+    try:
+        read_checkpoint_metadata(path)
+    except (CellSDKError, OSError, ValueError):
+        return False
+    return True
+
+
+def _create_from_checkpoint(path: str, num_classes: int) -> tuple[Any, PretrainedSource]:
+    """The whole model of a cellsdk checkpoint (a pruned one keeps its channels), head included: fine-tuning."""
+    from cellsdk.training.checkpoint import load_checkpoint
+
+    model, metadata = load_checkpoint(path)
+    if metadata.num_classes != num_classes:
+        raise ConfigError(f"{path} has {metadata.num_classes} classes, the data {num_classes}: fine-tune from a "
+                          "checkpoint of the same classes (cellsdk adapt --add-labels grows a head)")
+    spec = metadata.preprocessing
+    return model.train(), PretrainedSource("checkpoint", str(path), metadata.arch, tuple(spec.mean), tuple(spec.std),
+                                           len(model.state_dict()))
 
 
 def _init_new_head(model: Any) -> None:

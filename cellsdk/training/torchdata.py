@@ -22,7 +22,7 @@ from cellsdk.preprocessing import prepare_image, to_input_array
 from cellsdk.training.augment import augment_image
 from cellsdk.training.config import AugmentConfig
 
-__all__ = ["SplitDataset", "autocast", "make_loader", "pick_amp", "pick_device", "predict_split"]
+__all__ = ["IndexedDataset", "SplitDataset", "autocast", "make_loader", "pick_amp", "pick_device", "predict_split"]
 
 
 class SplitDataset(Dataset):
@@ -50,7 +50,29 @@ class SplitDataset(Dataset):
         return torch.from_numpy(to_input_array(image, self.spec)), int(self.split.targets[index])
 
 
-def make_loader(dataset: SplitDataset, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
+class IndexedDataset(Dataset):
+    """A :class:`SplitDataset` whose items also carry their index (to look up per-image soft targets)."""
+
+    def __init__(self, dataset: SplitDataset) -> None:
+        self.dataset = dataset
+
+    @property
+    def epoch(self) -> int:
+        return self.dataset.epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self.dataset.epoch = value
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        image, target = self.dataset[index]
+        return image, target, index
+
+
+def make_loader(dataset: SplitDataset | IndexedDataset, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
                 workers: int = 0, pin_memory: bool = False) -> DataLoader:
     """A DataLoader whose shuffling order depends only on ``(seed, epoch)``.
 

@@ -34,8 +34,17 @@ from cellsdk.metadata import ModelMetadata, Preprocessing
 from cellsdk.metrics import classification_report
 from cellsdk.training.checkpoint import load_checkpoint, read_checkpoint_metadata, save_checkpoint
 from cellsdk.training.config import TrainConfig
+from cellsdk.training.distill import distillation_loss
 from cellsdk.training.models import PretrainedSource, create_model, preflight, training_layout
-from cellsdk.training.torchdata import SplitDataset, autocast, make_loader, pick_amp, pick_device, predict_split
+from cellsdk.training.torchdata import (
+    IndexedDataset,
+    SplitDataset,
+    autocast,
+    make_loader,
+    pick_amp,
+    pick_device,
+    predict_split,
+)
 
 __all__ = ["TrainResult", "resume_training", "train"]
 
@@ -234,8 +243,17 @@ def _train(data: str | os.PathLike, run_dir: Path, config: TrainConfig | None, *
         model = model.to(memory_format=torch.channels_last)
     duplicates = _check_duplicates(dataset, run_dir) if config.check_duplicates else None
 
-    train_data = SplitDataset(train_split, train_spec, config.augment, config.seed)
+    augmented = SplitDataset(train_split, train_spec, config.augment, config.seed)
+    train_data: SplitDataset | IndexedDataset = augmented
     val_data = SplitDataset(val_split, train_spec)
+    distill: tuple[torch.Tensor, list[dict[str, Any]]] | None = None
+    if config.teachers:  # every teacher runs once over the training images, with its own preprocessing
+        from cellsdk.training.distill import teacher_targets
+
+        distill = teacher_targets(config.teachers, train_split, dataset.labels, data_cropped=config.data_cropped,
+                                  temperature=config.distill_temperature, batch_size=config.batch_size * 2,
+                                  device=device, progress=progress)
+        train_data = IndexedDataset(augmented)
     batches_per_epoch = len(make_loader(train_data, config.batch_size, shuffle=True))
     steps_per_epoch = math.ceil(batches_per_epoch / config.accumulate)
     if config.max_steps_per_epoch:
@@ -271,7 +289,11 @@ def _train(data: str | os.PathLike, run_dir: Path, config: TrainConfig | None, *
             reference_metrics={"val_accuracy": metrics["val_accuracy"], "val_macro_f1": metrics["val_macro_f1"]},
             dataset=f"{dataset.source} ({dataset.layout}; train {len(train_split)}, val {len(val_split)})",
             training={"config": config.to_dict(), "pretrained": source.to_dict(), "epoch": epoch,
-                      "data_cropped": config.data_cropped,
+                      "data_cropped": config.data_cropped, **_inherited(source, epoch),
+                      **({"distillation": {"teachers": distill[1], "weight": config.distill_weight,
+                                           "temperature": config.distill_temperature,
+                                           "targets": "offline: each teacher's probabilities on the un-augmented "
+                                                      "training images, averaged"}} if distill else {}),
                       **({"duplicates_across_splits": duplicates} if duplicates is not None else {})},
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
@@ -288,7 +310,8 @@ def _train(data: str | os.PathLike, run_dir: Path, config: TrainConfig | None, *
                              workers=config.workers, pin_memory=device.type == "cuda")
         torch.manual_seed(config.seed * 1_000_003 + epoch)  # dropout / drop-path draws depend on the epoch only
         train_loss = _train_one_epoch(model, loader, optimizer, scheduler, scaler, criterion, device, amp, config,
-                                      steps_per_epoch, epoch, progress, frozen)
+                                      steps_per_epoch, epoch, progress, frozen,
+                                      soft=distill[0].to(device) if distill else None)
         bar = progress_bar(len(val_data), f"epoch {epoch}/{config.epochs} val", progress)
         probabilities, targets, val_loss = predict_split(
             model, make_loader(val_data, config.batch_size * 2, shuffle=False, workers=config.workers,
@@ -334,6 +357,20 @@ def _train(data: str | os.PathLike, run_dir: Path, config: TrainConfig | None, *
     return TrainResult(run_dir, run_dir / BEST, run_dir / LAST, history, best_epoch,
                        {k: best[k] for k in ("val_accuracy", "val_macro_f1", "val_min_recall", "val_ece")},
                        time.perf_counter() - started, stopped_early)
+
+
+def _inherited(source: Any, epoch: int) -> dict[str, Any]:
+    """What a model fine-tuned from a cellsdk checkpoint keeps of its record: the pruning (its shape) and the
+    distillation that made it."""
+    if source.kind != "checkpoint":
+        return {}
+    from cellsdk.artefacts.checkpoints import read_checkpoint_metadata
+
+    before = read_checkpoint_metadata(source.detail).training
+    kept: dict[str, Any] = {}
+    if before.get("pruning"):
+        kept["pruning"] = {**before["pruning"], "fine_tuned_epochs": epoch}
+    return kept
 
 
 def resume_training(run_dir: str | os.PathLike, data: str | os.PathLike, *, epochs: int | None = None,
@@ -403,19 +440,24 @@ def _load_resume(run_dir: Path, epochs: int | None) -> tuple[TrainConfig, dict[s
 
 def _train_one_epoch(model: Any, loader: Any, optimizer: Any, scheduler: Any, scaler: Any, criterion: Any,
                      device: torch.device, amp: torch.dtype | None, config: TrainConfig, steps: int, epoch: int,
-                     progress: bool, frozen: bool) -> float:
+                     progress: bool, frozen: bool, soft: torch.Tensor | None = None) -> float:
     bar = progress_bar(min(len(loader.dataset), steps * config.accumulate * config.batch_size),
                     f"epoch {epoch}/{config.epochs}{' (head only)' if frozen else ''}", progress)
     loss_sum, seen, step, micro = 0.0, 0, 0, 0
     optimizer.zero_grad(set_to_none=True)
     trainable = [p for p in model.parameters() if p.requires_grad]
     try:
-        for inputs, targets in loader:
+        for inputs, targets, *index in loader:  # an IndexedDataset adds each image's index (distillation)
             inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             if config.channels_last:
                 inputs = inputs.contiguous(memory_format=torch.channels_last)
             with autocast(device, amp):
-                loss = criterion(model(inputs).float(), targets)
+                logits = model(inputs).float()
+                if soft is not None:
+                    loss = distillation_loss(logits, targets, soft[index[0].to(soft.device)], criterion,
+                                             weight=config.distill_weight, temperature=config.distill_temperature)
+                else:
+                    loss = criterion(logits, targets)
             if not torch.isfinite(loss.detach()):
                 raise TrainingError(
                     f"loss became {loss.item()} at epoch {epoch}, step {step}: lower --lr, or use --amp off "

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from cellsdk.benchmarks import BenchConfig, discover, format_table, judge, latency_summary, load_targets, run_benchmark
 from cellsdk.benchmarks.reports import write_reports
 from cellsdk.benchmarks.stats import Target
+from cellsdk.benchmarks.worker import ENERGY_UNAVAILABLE
 from cellsdk.cli import bench_command
 from cellsdk.errors import ConfigError, ModelNotFoundError
 from tests.conftest import SAMPLES
@@ -87,6 +88,8 @@ def test_rows_cover_every_artefact_batch_and_the_eager_reference(report):
         assert row["verified"] in ("passed", "reference", "unknown")
         assert row["other_load_cores"] is None or row["other_load_cores"] >= 0
         assert row["cold_start_s"] > 0 and row["peak_memory_mb"] > 0
+        assert 0 < row["cpu_seconds_per_image"] < 60  # whole process, every thread, per image
+        assert (row["joules_per_image"] is None) == (row["energy"] == ENERGY_UNAVAILABLE)  # measured, or said so
         assert row["status"] in ("PASS", "FAIL", "-") and (row["batch"] == 1) == (row["status"] != "-")
         assert row["speedup_vs_eager"] > 0
         if row["backend"] != "pytorch-eager":
@@ -159,6 +162,23 @@ def test_eager_reference_runs_at_each_conversion_folders_input_size(tiny_run):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss surviving exec is a Linux trait")
+def test_energy_comes_from_the_package_counters_and_survives_a_wrap(tmp_path, monkeypatch):
+    from cellsdk.benchmarks import worker
+
+    for domain, energy in (("intel-rapl:0", 5_000_000), ("intel-rapl:0:0", 1), ("intel-rapl:1", 7_000_000)):
+        (tmp_path / domain).mkdir()
+        (tmp_path / domain / "energy_uj").write_text(str(energy))
+        (tmp_path / domain / "max_energy_range_uj").write_text("10000000")
+    monkeypatch.setattr(worker, "_POWERCAP", str(tmp_path))
+    before = worker.energy_joules()
+    assert set(before) == {str(tmp_path / "intel-rapl:0"), str(tmp_path / "intel-rapl:1")}  # packages only
+    (tmp_path / "intel-rapl:0" / "energy_uj").write_text("6500000")   # +1.5 J
+    (tmp_path / "intel-rapl:1" / "energy_uj").write_text("500000")    # wrapped: +3.5 J
+    assert worker._joules_between(before, worker.energy_joules()) == pytest.approx(5.0)
+    monkeypatch.setattr(worker, "_POWERCAP", str(tmp_path / "absent"))
+    assert worker.energy_joules() is None
+
+
 def test_worker_peak_memory_is_its_own_not_its_parents():
     import subprocess
 
