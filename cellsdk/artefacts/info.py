@@ -122,6 +122,23 @@ def format_gpu_records(records: Any) -> list[str]:
                        "worst class Δrecall"], rows, align="lllrlrrrrl", indent="  ").splitlines()
 
 
+def _lighter_lines(training: dict[str, Any]) -> list[str]:
+    """How the model was made lighter or better: its pruning and distillation records, one line each."""
+    lines = []
+    pruning = training.get("pruning")
+    if isinstance(pruning, dict) and pruning.get("macs_before"):
+        lines.append(f"pruned: {pruning['macs_before'] / 1e9:.3f} -> {pruning['macs_after'] / 1e9:.3f} GMAC "
+                     f"({pruning['macs_after'] / pruning['macs_before'] * 100:.0f} %), "
+                     f"{pruning['params_before'] / 1e6:.2f} -> {pruning['params_after'] / 1e6:.2f} M parameters, "
+                     f"fine-tuned {pruning.get('fine_tuned_epochs', 0)} epochs ({pruning.get('method', '?')})")
+    distillation = training.get("distillation")
+    if isinstance(distillation, dict) and distillation.get("teachers"):
+        teachers = ", ".join(f"{t.get('arch', '?')} at {t.get('input_size', '?')} px" for t in distillation["teachers"])
+        lines.append(f"distilled from {len(distillation['teachers'])} teacher(s): {teachers} (weight "
+                     f"{distillation.get('weight')}, temperature {distillation.get('temperature')})")
+    return lines
+
+
 def describe(path: str | os.PathLike) -> str:
     """A human summary of a checkpoint, an artefact or a conversion folder, with its CPU-class record.
 
@@ -150,6 +167,7 @@ def describe(path: str | os.PathLike) -> str:
     if meta.reference_metrics:
         ref = meta.reference_metrics
         lines.append("fp32 reference: " + ", ".join(f"{k} {v * 100:.2f} %" for k, v in ref.items()))
+    lines += _lighter_lines(meta.training or {})
     if path.suffix.lower() == CHECKPOINT_SUFFIX:
         return "\n".join(lines)
     from cellsdk.guard import guard_summary

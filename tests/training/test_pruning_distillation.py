@@ -76,6 +76,9 @@ def test_cellsdk_prune_fine_tunes_and_the_converter_takes_the_result(tmp_path):
     model, meta = load_checkpoint(best)
     assert meta.training["pruning"]["fine_tuned_epochs"] == 1 and meta.arch == "efficientnet_lite0"
     assert count_macs(model, 32)[0] == meta.training["pruning"]["macs_after"]
+    from cellsdk.artefacts.info import describe
+
+    assert "pruned: " in describe(best) and "fine-tuned 1 epochs" in describe(best)
     converted = convert(best, tmp_path / "converted", ConvertConfig(
         formats=("onnx",), precisions=("int8",), calib=str(SAMPLES), data_cropped=True, calib_samples=32,
         verify=TINY_GATE, cpu_targets=CpuTargets.parse("native")), progress=False)
@@ -95,6 +98,9 @@ def test_distillation_uses_each_teachers_own_input_size_and_is_recorded(tmp_path
     record = meta.training["distillation"]
     assert [t["input_size"] for t in record["teachers"]] == [48, 48] and record["weight"] == 0.7
     assert meta.preprocessing.input_size == 32
+    from cellsdk.artefacts.info import describe
+
+    assert "distilled from 2 teacher(s): test_efficientnet at 48 px" in describe(student.best_checkpoint)
 
 
 def test_a_teacher_with_other_classes_is_refused_in_one_line(tmp_path):
