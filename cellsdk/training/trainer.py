@@ -360,8 +360,8 @@ def _train(data: str | os.PathLike, run_dir: Path, config: TrainConfig | None, *
 
 
 def _inherited(source: Any, epoch: int) -> dict[str, Any]:
-    """What a model fine-tuned from a cellsdk checkpoint keeps of its record: the pruning (its shape) and the
-    distillation that made it."""
+    """What a model fine-tuned from a cellsdk checkpoint keeps of that checkpoint's record: its pruning (the shape
+    it loads with), with the epochs fine-tuned since."""
     if source.kind != "checkpoint":
         return {}
     from cellsdk.artefacts.checkpoints import read_checkpoint_metadata
