@@ -240,10 +240,13 @@ __test__ = {"train_command": train_command.callback.__doc__, "calibrate_command"
 @click.option("--epochs", type=POSITIVE, default=3, show_default=True, help="Fine-tuning epochs after pruning.")
 @click.option("--lr", type=POSITIVE_FLOAT, default=3e-4, show_default=True, help="Fine-tuning peak learning rate.")
 @click.option("--max-steps", type=POSITIVE, default=None, help="Cap optimiser steps per epoch (quick runs).")
+@click.option("--teacher", "teachers", multiple=True, type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Distil from this checkpoint while the pruned model recovers (e.g. CHECKPOINT itself; repeat for "
+                   "several).")
 @quiet_option("No progress bars or per-epoch log.")
 @friendly_errors
 def prune_command(checkpoint: Path, target_macs: float, data: Path, out_dir: Path, epochs: int, lr: float,
-                  max_steps: int | None, quiet: bool) -> None:
+                  max_steps: int | None, teachers: tuple[Path, ...], quiet: bool) -> None:
     """Prune CHECKPOINT to --target-macs of its multiply-accumulates (structured: whole channels, so the int8 model
     runs faster) and fine-tune it on --data with its own recipe; needs cellsdk[prune].
 
@@ -258,6 +261,7 @@ def prune_command(checkpoint: Path, target_macs: float, data: Path, out_dir: Pat
 
     setup_logging(quiet)
     result, record = prune_and_finetune(checkpoint, data, out_dir, target_macs, epochs=epochs, lr=lr,
-                                        max_steps_per_epoch=max_steps, progress=not quiet)
+                                        max_steps_per_epoch=max_steps,
+                                        teachers=tuple(str(t) for t in teachers) or None, progress=not quiet)
     click.echo(format_pruning(record))
     click.echo(format_train_result(result))

@@ -220,10 +220,12 @@ def prune_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, targ
 
 def prune_and_finetune(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir: str | os.PathLike,
                        target: float, *, epochs: int = 3, lr: float = 3e-4, max_steps_per_epoch: int | None = None,
-                       progress: bool = True) -> tuple[Any, dict[str, Any]]:
+                       teachers: tuple[str, ...] | None = None, progress: bool = True) -> tuple[Any, dict[str, Any]]:
     """The seeds' two-stage plan, second stage: prune a dense checkpoint to ``target`` of its MACs, then fine-tune
     it on ``data`` with its own recipe (same input size, crop, labels, augmentation) for ``epochs`` at a lower
     ``lr``. Writes ``out_dir/pruned_start.safetensors`` (pruned, not fine-tuned) and a normal run folder.
+    ``teachers`` (e.g. the dense checkpoint itself) distil into the pruned model while it recovers; None keeps
+    the recipe's own (if it was distilled).
 
     Returns:
         (the :class:`~cellsdk.training.trainer.TrainResult`, the pruning record).
@@ -249,5 +251,6 @@ def prune_and_finetune(checkpoint: str | os.PathLike, data: str | os.PathLike, o
         input_size=metadata.preprocessing.input_size)
     config = dataclasses.replace(base, arch=metadata.arch, pretrained=str(start), epochs=epochs, lr=lr,
                                  warmup_epochs=min(base.warmup_epochs, 0.25), freeze_epochs=0,
-                                 max_steps_per_epoch=max_steps_per_epoch, check_duplicates=False)
+                                 max_steps_per_epoch=max_steps_per_epoch, check_duplicates=False,
+                                 teachers=base.teachers if teachers is None else tuple(str(t) for t in teachers))
     return train(data, out, config, progress=progress), record

@@ -69,12 +69,14 @@ def test_cellsdk_prune_fine_tunes_and_the_converter_takes_the_result(tmp_path):
         crop_mode="pixels", crop_value=200, data_cropped=True, check_duplicates=False), progress=False)
     result = CliRunner().invoke(prune_command, [str(dense.best_checkpoint), "--target-macs", "0.5", "--data",
                                                 str(SAMPLES), "--out", str(tmp_path / "p50"), "--epochs", "1",
-                                                "--max-steps", "2", "--quiet"])
+                                                "--max-steps", "2", "--teacher", str(dense.best_checkpoint),
+                                                "--quiet"])
     assert result.exit_code == 0, result.output
     assert "pruned: " in result.output and "GMAC" in result.output
     best = tmp_path / "p50" / "best.safetensors"
     model, meta = load_checkpoint(best)
     assert meta.training["pruning"]["fine_tuned_epochs"] == 1 and meta.arch == "efficientnet_lite0"
+    assert meta.training["distillation"]["teachers"][0]["path"] == str(dense.best_checkpoint)  # recovered from it
     assert count_macs(model, 32)[0] == meta.training["pruning"]["macs_after"]
     from cellsdk.artefacts.info import describe
 
