@@ -283,13 +283,16 @@ def _train(data: str | os.PathLike, run_dir: Path, config: TrainConfig | None, *
             )
     write_json(run_dir / CONFIG, config.to_dict())
 
+    pruning = _inherited_pruning(source)  # read once: every epoch's checkpoint carries it forward
+
     def metadata_for(epoch: int, metrics: dict[str, float]) -> ModelMetadata:
         return ModelMetadata(
             labels=dataset.labels, arch=source.arch, preprocessing=preprocessing,
             reference_metrics={"val_accuracy": metrics["val_accuracy"], "val_macro_f1": metrics["val_macro_f1"]},
             dataset=f"{dataset.source} ({dataset.layout}; train {len(train_split)}, val {len(val_split)})",
             training={"config": config.to_dict(), "pretrained": source.to_dict(), "epoch": epoch,
-                      "data_cropped": config.data_cropped, **_inherited(source, epoch),
+                      "data_cropped": config.data_cropped,
+                      **({"pruning": {**pruning, "fine_tuned_epochs": epoch}} if pruning else {}),
                       **({"distillation": {"teachers": distill[1], "weight": config.distill_weight,
                                            "temperature": config.distill_temperature,
                                            "targets": "offline: each teacher's probabilities on the un-augmented "
@@ -359,18 +362,13 @@ def _train(data: str | os.PathLike, run_dir: Path, config: TrainConfig | None, *
                        time.perf_counter() - started, stopped_early)
 
 
-def _inherited(source: Any, epoch: int) -> dict[str, Any]:
-    """What a model fine-tuned from a cellsdk checkpoint keeps of that checkpoint's record: its pruning (the shape
-    it loads with), with the epochs fine-tuned since."""
+def _inherited_pruning(source: Any) -> dict[str, Any] | None:
+    """The pruning record of the cellsdk checkpoint a run fine-tunes (the shape its checkpoints load with)."""
     if source.kind != "checkpoint":
-        return {}
+        return None
     from cellsdk.artefacts.checkpoints import read_checkpoint_metadata
 
-    before = read_checkpoint_metadata(source.detail).training
-    kept: dict[str, Any] = {}
-    if before.get("pruning"):
-        kept["pruning"] = {**before["pruning"], "fine_tuned_epochs": epoch}
-    return kept
+    return read_checkpoint_metadata(source.detail).training.get("pruning") or None
 
 
 def resume_training(run_dir: str | os.PathLike, data: str | os.PathLike, *, epochs: int | None = None,

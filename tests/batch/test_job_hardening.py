@@ -82,11 +82,17 @@ def test_a_torn_row_inside_a_quoted_line_break_is_cut_before_that_row(odd_folder
     assert len(paths) == len(set(paths)) == 6
 
 
-def test_a_second_job_on_the_same_output_is_refused_with_the_first_ones_pid(tmp_path):
+def _slides(tmp_path: Path, count: int) -> Path:
+    """A folder of ``count`` distinct paths (symlinks to one sample): a job long enough to interrupt."""
     links = tmp_path / "slides"
     links.mkdir()
-    for i in range(3000):
+    for i in range(count):
         (links / f"cell{i:05d}.jpg").symlink_to(SAMPLE)
+    return links
+
+
+def test_a_second_job_on_the_same_output_is_refused_with_the_first_ones_pid(tmp_path):
+    links = _slides(tmp_path, 3000)
     out = tmp_path / "shared.csv"
     first = subprocess.Popen([CELLSDK, "predict", str(links), "--out", str(out), "--batch-size", "4", "--quiet"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -112,10 +118,7 @@ def test_a_second_job_on_the_same_output_is_refused_with_the_first_ones_pid(tmp_
 
 
 def test_a_killed_job_leaves_no_lock_behind(tmp_path):
-    links = tmp_path / "slides"
-    links.mkdir()
-    for i in range(2000):
-        (links / f"cell{i:05d}.jpg").symlink_to(SAMPLE)
+    links = _slides(tmp_path, 2000)
     out = tmp_path / "killed.jsonl"
     job = subprocess.Popen([CELLSDK, "predict", str(links), "--out", str(out), "--quiet"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
