@@ -115,3 +115,30 @@ def test_a_teacher_with_other_classes_is_refused_in_one_line(tmp_path):
         train(SAMPLES, tmp_path / "student", TrainConfig.quick(
             arch="test_efficientnet", pretrained="none", input_size=32, epochs=1, max_steps_per_epoch=1,
             check_duplicates=False, teachers=(str(path),)), progress=False)
+
+
+def test_a_teachers_soft_targets_are_cached_for_the_next_student_and_recomputed_when_anything_changes(
+        tmp_path, monkeypatch):
+    import cellsdk.training.torchdata as torchdata
+    from cellsdk.datasets import load_dataset
+    from cellsdk.training.distill import teacher_targets
+
+    monkeypatch.setenv("CELLSDK_CACHE", str(tmp_path / "cache"))
+    dataset = load_dataset(SAMPLES)
+    split, labels = dataset.split("train"), dataset.labels
+    first, record = teacher_targets([TINY_CHECKPOINT], split, labels, data_cropped=True, temperature=2.0)
+    assert first.shape == (len(split), len(labels)) and len(list((tmp_path / "cache" / "soft_targets").iterdir())) == 1
+
+    def no_teacher_run(*args, **kwargs):
+        raise AssertionError("the teacher ran again although its soft targets are cached")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(torchdata, "SplitDataset", no_teacher_run)
+        again, again_record = teacher_targets([TINY_CHECKPOINT], split, labels, data_cropped=True, temperature=2.0)
+    assert torch.equal(first, again) and again_record == record
+    hotter, _ = teacher_targets([TINY_CHECKPOINT], split, labels, data_cropped=True, temperature=4.0)  # a new key
+    assert not torch.allclose(hotter, first) and len(list((tmp_path / "cache" / "soft_targets").iterdir())) == 2
+    for entry in (tmp_path / "cache" / "soft_targets").iterdir():
+        entry.write_bytes(b"damaged")  # a damaged entry is recomputed, never trusted
+    recomputed, _ = teacher_targets([TINY_CHECKPOINT], split, labels, data_cropped=True, temperature=2.0)
+    assert torch.allclose(recomputed, first)
