@@ -119,7 +119,10 @@ def _convert(entry: Entry, work: Path, data: str, cropped: bool, sha: str) -> di
     if not manifest.exists():
         raise ConfigError(f"cellsdk-convert wrote no manifest for {entry.checkpoint} (log: {work / 'convert.log'})")
     found = json.loads(manifest.read_text())
-    int8 = next(a for a in found["artefacts"] if a["file"] == "model.int8.onnx")
+    int8 = next((a for a in found["artefacts"] if a["file"] == "model.int8.onnx"), None)
+    if int8 is None or not (folder / "model.int8.onnx").is_file():
+        raise ConfigError(f"cellsdk-convert made no model.int8.onnx for {entry.checkpoint} (see {manifest} and "
+                          f"{work / 'convert.log'})")
     verification = int8.get("verification") or {}
     return {"int8_status": int8["status"], "int8_reasons": int8.get("reasons", []),
             "int8_mb": int8["size_bytes"] / 1e6, "int8_val_accuracy_change": verification.get("accuracy_change"),
@@ -157,13 +160,14 @@ def measure(entries: list[Entry], data: str, *, cropped: bool, out: Path, iterat
     """
     from cellsdk.platform.cpu import host_cpu
 
+    missing = [str(e.checkpoint) for e in entries if not e.checkpoint.is_file()]
+    if missing:  # before anything is written
+        raise ConfigError(f"{', '.join(missing)}: no such checkpoint; train or prune it first")
     rows = []
     bench_dir = out / "int8_files"
     shutil.rmtree(bench_dir, ignore_errors=True)
     bench_dir.mkdir(parents=True)
     for entry in entries:
-        if not entry.checkpoint.is_file():
-            raise ConfigError(f"{entry.checkpoint}: no such checkpoint; train or prune it first")
         work = out / entry.slug
         work.mkdir(parents=True, exist_ok=True)
         sha = _sha256(entry.checkpoint)
