@@ -114,13 +114,14 @@ def teacher_targets(teachers: Sequence[str | os.PathLike], split: Any, labels: S
     """
     from cellsdk._io import sha256_file
     from cellsdk._progress import progress_bar
+    from cellsdk.artefacts.checkpoints import read_checkpoint_metadata
     from cellsdk.training.checkpoint import load_checkpoint
     from cellsdk.training.torchdata import SplitDataset, make_loader
 
     total: torch.Tensor | None = None
     records = []
     for path in teachers:
-        model, metadata = load_checkpoint(path, device=str(device))
+        metadata = read_checkpoint_metadata(path)  # the header: the weights load only if the cache has no targets
         if tuple(metadata.labels) != tuple(labels):
             raise ConfigError(f"teacher {path} has classes {list(metadata.labels)}, the student "
                               f"{list(labels)}: a teacher must be trained on the same classes in the same order")
@@ -129,6 +130,7 @@ def teacher_targets(teachers: Sequence[str | os.PathLike], split: Any, labels: S
         key = soft_target_key(sha, split, spec, temperature)
         soft = _cached(key, len(split), len(labels))
         if soft is None:
+            model, _ = load_checkpoint(path, device=str(device))
             loader = make_loader(SplitDataset(split, spec), batch_size, shuffle=False)
             bar = progress_bar(len(split), f"teacher {os.path.basename(str(path))} ({metadata.arch}, "
                                            f"{spec.input_size} px)", progress)
