@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from cellsdk.errors import CellSDKError, describe_os_error
 
-__all__ = ["run_script"]
+__all__ = ["run_script", "tool"]
 
 
 def run_script(main: Callable[[], Any], *, prog: str) -> None:
@@ -32,3 +33,14 @@ def run_script(main: Callable[[], Any], *, prog: str) -> None:
     except KeyboardInterrupt:
         sys.exit(f"{prog}: interrupted")
     sys.exit(result if isinstance(result, int) else 0)
+
+
+def tool(name: str) -> str:
+    """The path of one of cellsdk's command-line tools in this interpreter's environment (its ``bin`` folder), so
+    that a benchmark runs the tools of the cellsdk it imports, whatever ``PATH`` says.
+
+    Examples:
+        >>> Path(tool("cellsdk-convert")).name
+        'cellsdk-convert'
+    """
+    return str(Path(sys.executable).parent / name)

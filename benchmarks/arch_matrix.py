@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cellsdk.benchmarks._script import tool
+
 __all__ = ["ARCHITECTURES", "MatrixConfig", "format_matrix", "run_matrix"]
 
 #: twenty architectures people put on edge devices: convolutional, mobile, hybrid and transformer families
@@ -59,9 +61,6 @@ class MatrixConfig:
     formats: str = "all"
 
 
-def _bin(name: str) -> str:
-    return str(Path(sys.executable).parent / name)
-
 
 def _last_line(text: str) -> str:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -72,7 +71,7 @@ def _one(arch: str, config: MatrixConfig, work: Path) -> dict[str, Any]:
     run, out = work / arch / "run", work / arch / "converted"
     row: dict[str, Any] = {"arch": arch, "artefacts": {}}
     started = time.perf_counter()
-    train = subprocess.run([_bin("cellsdk-train"), config.data, "--out", str(run), "--arch", arch, "--pretrained",
+    train = subprocess.run([tool("cellsdk-train"), config.data, "--out", str(run), "--arch", arch, "--pretrained",
                             "none", "--epochs", "1", "--max-steps", str(config.max_steps), "--batch-size", "16", "--input-size",
                             str(config.input_size), "--data-cropped", "--quiet"],
                            capture_output=True, text=True, timeout=config.timeout)
@@ -86,7 +85,7 @@ def _one(arch: str, config: MatrixConfig, work: Path) -> dict[str, Any]:
     notes = [line for line in train.stderr.splitlines() if "not channels-last" in line or "img_size" in line]
     row["train"] = "ok" + (f" ({notes[0].strip()})" if notes else "")
     started = time.perf_counter()
-    convert = subprocess.run([_bin("cellsdk-convert"), str(run / "best.safetensors"), "--out", str(out),
+    convert = subprocess.run([tool("cellsdk-convert"), str(run / "best.safetensors"), "--out", str(out),
                               "--formats", config.formats, "--quantize", "fp16,int8", "--calib", config.data, "--data-cropped",
                               "--calib-samples", "64", "--verify-cpus", "native", "--no-guard",
                               "--max-accuracy-drop", "100", "--max-recall-drop", "100", "--allow-regression", "--quiet",

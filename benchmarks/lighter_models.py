@@ -34,11 +34,12 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cellsdk._io import sha256_file
+from cellsdk.benchmarks._script import tool
 from cellsdk.errors import ConfigError
 
 __all__ = ["Entry", "format_report", "measure", "parse_models"]
@@ -78,9 +79,6 @@ def parse_models(specs: list[str]) -> list[Entry]:
     return entries
 
 
-def _bin(name: str) -> str:
-    return str(Path(sys.executable).parent / name)
-
 
 def _run(command: list[str], log: Path, ok: tuple[int, ...] = (0,)) -> int:
     with open(log, "w") as handle:
@@ -91,17 +89,11 @@ def _run(command: list[str], log: Path, ok: tuple[int, ...] = (0,)) -> int:
     return code
 
 
-def _sha256(path: Path) -> str:
-    from cellsdk._io import sha256_file
-
-    return sha256_file(path)
-
-
 def _evaluate(entry: Entry, work: Path, data: str, cropped: bool, sha: str) -> dict[str, Any]:
     report = work / "eval" / "report.json"
     if not (report.exists() and json.loads(report.read_text()).get("checkpoint_sha256") == sha):
         shutil.rmtree(work / "eval", ignore_errors=True)
-        _run([_bin("cellsdk-eval"), str(entry.checkpoint), "--data", data, "--split", "test", "--out",
+        _run([tool("cellsdk-eval"), str(entry.checkpoint), "--data", data, "--split", "test", "--out",
               str(work / "eval")] + (["--data-cropped"] if cropped else []), work / "eval.log")
     found = json.loads(report.read_text())
     worst = min(found["per_class"].items(), key=lambda item: item[1]["recall"])
@@ -113,7 +105,7 @@ def _convert(entry: Entry, work: Path, data: str, cropped: bool, sha: str) -> di
     folder = work / "converted"
     manifest = folder / "manifest.json"
     if not (manifest.exists() and json.loads(manifest.read_text())["source_checkpoint"]["sha256"] == sha):
-        _run([_bin("cellsdk-convert"), str(entry.checkpoint), "--out", str(folder), "--formats", "onnx", "--quantize",
+        _run([tool("cellsdk-convert"), str(entry.checkpoint), "--out", str(folder), "--formats", "onnx", "--quantize",
               "int8", "--calib", data, "--verify-cpus", "native"] + (["--data-cropped"] if cropped else []),
              work / "convert.log", ok=(0, 1))
     if not manifest.exists():
@@ -170,7 +162,7 @@ def measure(entries: list[Entry], data: str, *, cropped: bool, out: Path, iterat
     for entry in entries:
         work = out / entry.slug
         work.mkdir(parents=True, exist_ok=True)
-        sha = _sha256(entry.checkpoint)
+        sha = sha256_file(entry.checkpoint)
         row: dict[str, Any] = {"model": entry.name, "key": entry.slug, "checkpoint": str(entry.checkpoint),
                                "sha256": sha}
         row.update(_training(entry))
@@ -181,7 +173,7 @@ def measure(entries: list[Entry], data: str, *, cropped: bool, out: Path, iterat
         if progress:
             progress(f"{entry.name}: test {row['accuracy']:.2%}, int8 {row['int8_status']}")
     bench_out = out / "bench"
-    _run([_bin("cellsdk-bench"), *[str(bench_dir / f"{e.slug}.int8.onnx") for e in entries], "--device", "cpu",
+    _run([tool("cellsdk-bench"), *[str(bench_dir / f"{e.slug}.int8.onnx") for e in entries], "--device", "cpu",
           "--batch", "1", "--iterations", str(iterations), "--no-eager", "--quiet", "--out", str(bench_out)],
          out / "bench.log", ok=(0, 1))
     timed = {Path(r["path"]).name.removesuffix(".int8.onnx"): r
