@@ -19,6 +19,11 @@ if [ ! -f "$stamp" ]; then
     .venv/bin/python -m pip install --quiet --no-deps -c constraints.txt litert-torch litert-converter \
       ai-edge-quantizer
   fi
+  # bioimage.io: bioimageio.core 0.11.0 pins bioimageio.spec 0.5.12.0, whose serializers fail under pydantic 2.14
+  # (the description cannot be written or validated); 0.5.14.3 works with both, so it goes in without that pin
+  if [[ ",$extras," == *",all,"* || ",$extras," == *",bioimageio,"* ]]; then
+    .venv/bin/python -m pip install --quiet --no-deps "bioimageio.spec==0.5.14.3"
+  fi
   touch "$stamp"
 fi
 # atheris (coverage-guided fuzzing in the test suite) ships wheels for common platforms only; without it the
@@ -70,11 +75,17 @@ missing_qemu=0
 if ! command -v qemu-x86_64 >/dev/null 2>&1 && [ "$(uname -m)" = x86_64 ]; then wanted+=(qemu-user); missing_qemu=1; fi
 if [[ ",$extras," == *",test,"* ]] && ! command -v chromium >/dev/null 2>&1 \
     && ! command -v chromium-browser >/dev/null 2>&1; then wanted+=(chromium); fi
+# - Xvfb and the X / GL libraries Qt needs let the napari plugin's tests run headless (xvfb-run); without them they skip
+if [[ ",$extras," == *",test,"* ]] && ! command -v xvfb-run >/dev/null 2>&1; then
+  wanted+=(xvfb xauth libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0
+           libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 libxcb-cursor0 libdbus-1-3
+           libfontconfig1 libegl1 libgl1-mesa-dri)
+fi
 if [ ${#wanted[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${wanted[@]}"; } >/dev/null 2>&1 \
       || echo "setup: could not install ${wanted[*]} (apt-get); without qemu-user other CPU classes are not" \
-              "verified, without chromium the browser test skips" >&2
+              "verified, without chromium the browser test skips, without xvfb the napari tests skip" >&2
   else
     if [ $missing_qemu = 1 ]; then
       echo "setup: qemu-x86_64 not found (apt-get install qemu-user): other CPU classes will not be verified" >&2

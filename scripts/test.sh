@@ -15,4 +15,9 @@ workers=()
 if [ "${CELLSDK_TEST_WORKERS:-auto}" != 1 ] && .venv/bin/python -c "import xdist" 2>/dev/null; then
   workers=(-n "${CELLSDK_TEST_WORKERS:-auto}" --dist loadfile)
 fi
-exec .venv/bin/python -m pytest "${lane[@]}" "${workers[@]}" "$@"
+# a virtual X display for the napari plugin's viewer tests (they skip without a display)
+display=()
+if [ -z "${DISPLAY:-}" ] && command -v xvfb-run >/dev/null 2>&1; then
+  display=(xvfb-run -a -s "-screen 0 1600x1000x24")
+fi
+exec "${display[@]}" .venv/bin/python -m pytest "${lane[@]}" "${workers[@]}" "$@"

@@ -27,8 +27,10 @@ log = logging.getLogger("cellsdk")
 
 
 def resolve_metadata(path: Path, backend: Backend, labels: Sequence[str] | None,
-                      preprocessing: Preprocessing | Mapping[str, Any] | None) -> ModelMetadata:
-    """The artefact's own metadata, with the caller's labels / preprocessing laid over it.
+                      preprocessing: Preprocessing | Mapping[str, Any] | None, *,
+                      fallback: ModelMetadata | None = None) -> ModelMetadata:
+    """The artefact's own metadata (else ``fallback``, e.g. what a bioimage.io description says), with the caller's
+    labels / preprocessing laid over it.
 
     Examples:
         >>> opened = open_artefact()
@@ -37,11 +39,13 @@ def resolve_metadata(path: Path, backend: Backend, labels: Sequence[str] | None,
     """
     if isinstance(preprocessing, Mapping):
         preprocessing = Preprocessing.from_dict(preprocessing)
+    metadata = fallback
     if backend.metadata_json:
         try:
             metadata = ModelMetadata.from_json(backend.metadata_json)
         except MetadataError as err:
             raise MetadataError(f"{path}: {err}") from None
+    if metadata is not None:
         changes: dict[str, Any] = {}
         if labels is not None:
             changes["labels"] = tuple(labels)
@@ -131,7 +135,8 @@ def open_artefact(path: str | os.PathLike | None = None, *, backend: str | None 
                   labels: Sequence[str] | None = None,
                   preprocessing: Preprocessing | Mapping[str, Any] | None = None,
                   options: Mapping[str, Any] | None = None) -> OpenedArtefact:
-    """Find the artefact (the shipped model, a file, or the best verified one of a conversion folder), load it in
+    """Find the artefact (the shipped model, a file, the best verified one of a conversion folder, or the weights of a
+    bioimage.io package: :mod:`cellsdk.artefacts.bioimageio`), load it in
     its runtime with the options it was verified with (``options`` win), and reconcile its metadata.
 
     Raises:
@@ -148,7 +153,16 @@ def open_artefact(path: str | os.PathLike | None = None, *, backend: str | None 
         raise ModelNotFoundError(f"{path}: no such model file or folder")
     chosen = None
     verified_options: dict[str, Any] = {}
-    if path.is_dir() and path.suffix.lower() != ".mlpackage":
+    package = None
+    from cellsdk.artefacts.bioimageio import is_package
+
+    if is_package(path):
+        from cellsdk.artefacts.bioimageio import open_package
+
+        package, source = open_package(path), path
+        path = package.weights
+        log.info("cellsdk: running %s from the bioimage.io package %s", path.name, source.name)
+    elif path.is_dir() and path.suffix.lower() != ".mlpackage":
         from cellsdk.artefacts.manifest import choose_artefact
         from cellsdk.artefacts.speed import engine_choice
         from cellsdk.platform.cpu import host_cpu
@@ -160,8 +174,15 @@ def open_artefact(path: str | os.PathLike | None = None, *, backend: str | None 
     backend_cls.check_options(verified_options)  # a bad manifest is refused even where the caller overrides it
     merged = {**verified_options, **(options or {})}  # run it as it was verified, unless told otherwise
     instance = backend_cls(path, device=device, **backend_cls.check_options(merged))
-    metadata = resolve_metadata(path, instance, labels, preprocessing)
+    fallback = None
+    if package is not None and not instance.metadata_json and (labels is None or preprocessing is None):
+        fallback = package.derived_metadata(source)
+    metadata = resolve_metadata(path, instance, labels, preprocessing, fallback=fallback)
     check_shapes(path, instance, metadata)
+    if package is not None:
+        from cellsdk.artefacts.bioimageio import check_test_tensors
+
+        check_test_tensors(package, instance.run, metadata)
     return OpenedArtefact(path, instance, metadata, chosen)
 
 
