@@ -8,6 +8,8 @@ import pytest
 collect_ignore_glob = []
 if importlib.util.find_spec("fastapi") is None or importlib.util.find_spec("uvicorn") is None:
     collect_ignore_glob += ["cellsdk/serve/app.py", "cellsdk/serve/server.py"]
+if importlib.util.find_spec("napari") is None or importlib.util.find_spec("qtpy") is None:
+    collect_ignore_glob += ["cellsdk/napari/widget.py"]
 
 
 @pytest.fixture(scope="session", autouse=True)

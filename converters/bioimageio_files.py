@@ -104,8 +104,8 @@ def not_expressed(metadata: ModelMetadata) -> list[str]:
 
     Examples:
         >>> from cellsdk.metadata import Preprocessing
-        >>> meta = ModelMetadata(labels=("a",), arch="x", preprocessing=Preprocessing(input_size=64, crop_mode="pixels",
-        ...                                                                          crop_value=200))
+        >>> spec = Preprocessing(input_size=64, crop_mode="pixels", crop_value=200)
+        >>> meta = ModelMetadata(labels=("a", "b"), arch="x", preprocessing=spec)
         >>> not_expressed(meta)[0][:40]
         'centre crop: a 200 px square at the cent'
     """

@@ -41,8 +41,8 @@ from cellsdk._io import user_cache_dir
 from cellsdk.errors import BackendNotInstalledError, MetadataError, SelfCheckError, UnsupportedFormatError
 from cellsdk.metadata import ModelMetadata, Preprocessing
 
-__all__ = ["DESCRIPTION_NAMES", "Package", "affine_to_preprocessing", "is_package", "open_package",
-           "preprocessing_to_affine"]
+__all__ = ["DESCRIPTION_NAMES", "Package", "affine_to_preprocessing", "check_test_tensors", "is_package",
+           "open_package", "preprocessing_to_affine"]
 
 #: the names a bioimage.io description file has inside a package (the newer name first)
 DESCRIPTION_NAMES = ("bioimageio.yaml", "rdf.yaml")
@@ -83,6 +83,10 @@ class Package:
 
         Raises:
             UnsupportedFormatError: what cellsdk cannot map (see the module's list).
+
+        Examples:
+            >>> open_package("colours.zip").derived_metadata(Path("colours.zip")).labels  # doctest: +SKIP
+            ('red', 'green', 'blue')
         """
         inputs, outputs = self.description["inputs"], self.description["outputs"]
         return _derive_metadata(source, self.description, inputs[0], outputs[0], self.test_input, self.test_output)
@@ -178,6 +182,11 @@ def check_test_tensors(package: Package, run: Any, metadata: ModelMetadata) -> f
 
     Raises:
         SelfCheckError: the model does not reproduce its own test output here.
+
+    Examples:
+        >>> opened = open_artefact("colours.zip")  # doctest: +SKIP
+        >>> check_test_tensors(open_package("colours.zip"), opened.backend.run, opened.metadata)  # doctest: +SKIP
+        1.2e-07
     """
     if package.test_input is None or package.test_output is None:
         return None

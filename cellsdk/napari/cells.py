@@ -55,7 +55,15 @@ class CellResult:
     seconds: float
 
     def row(self) -> dict[str, Any]:
-        """The cell's row of the results table (:data:`CSV_FIELDS`)."""
+        """The cell's row of the results table (:data:`CSV_FIELDS`).
+
+        Examples:
+            >>> from cellsdk.prediction import Prediction
+            >>> p = Prediction("b", 1, 0.75, {"a": 0.25, "b": 0.75}, (("b", 0.75), ("a", 0.25)))
+            >>> row = CellResult(1, (0, 0, 10, 20), p, None, 0.004).row()
+            >>> row["label"], row["x"], row["y"], row["second"], row["milliseconds"]
+            ('b', 5.0, 10.0, 'a', 4.0)
+        """
         left, top, right, bottom = self.box
         prediction = self.prediction
         second = prediction.top_k[1] if len(prediction.top_k) > 1 else (None, None)

@@ -151,7 +151,12 @@ class CellClassifierWidget(QWidget):
     # --- the work ---------------------------------------------------------------------------------------------
 
     def classify(self) -> list[CellResult]:
-        """Classify the chosen layer's cells; errors go to the status line (never a traceback in the viewer)."""
+        """Classify the chosen layer's cells; errors go to the status line (never a traceback in the viewer).
+
+        Examples:
+            >>> [r.prediction.label for r in CellClassifierWidget(viewer).classify()]  # doctest: +SKIP
+            ['neutrophil', 'lymphocyte']
+        """
         try:
             return self._classify()
         except CellSDKError as err:
@@ -247,7 +252,12 @@ class CellClassifierWidget(QWidget):
             self.counts.setItem(len(labels), column, QTableWidgetItem(value))
 
     def save_csv(self, path: str | Path) -> Path:
-        """Write the results table and the differential count to ``path`` (CSV)."""
+        """Write the results table and the differential count to ``path`` (CSV).
+
+        Examples:
+            >>> widget.save_csv("cells.csv").name  # doctest: +SKIP
+            'cells.csv'
+        """
         if self.classifier is None:
             raise CellSDKError("nothing to save: classify first")
         written = write_csv(path, self.results, self.classifier.labels)
