@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ log = logging.getLogger("cellsdk.converters")
 
 _INSTALL = "pip install 'cellsdk[bioimageio]'"
 _ARCH_FILE, _ENV_FILE = "cellsdk_architecture.py", "environment.yaml"
+#: the characters and length bioimage.io allows in a model's name
+_NAME = re.compile(r"[A-Za-z0-9_+\- ()]{5,128}")
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,8 @@ class BioimageioConfig:
             raise ConfigError(f"test_images {self.test_images}: use 1..64")
         if not self.authors or not all(a.strip() for a in self.authors):
             raise ConfigError("authors: name at least one author")
+        if self.name is not None and not _NAME.fullmatch(self.name):
+            raise ConfigError(f"name {self.name!r}: bioimage.io takes 5 to 128 letters, digits, spaces and _+-() only")
 
 
 @dataclass(frozen=True)
@@ -361,8 +366,8 @@ def _validated(spec: Any, rdf: Path) -> Any:
         first = next((d for d in errors if d.status == "failed"), None)
         detail = "; ".join(f"{e.loc}: {e.msg}" for e in (first.errors if first else [])[:3])
         log.debug("bioimage.io validation: %s", [(e.loc, e.msg) for d in errors for e in d.errors])
-        raise MetadataError(f"bioimage.io rejected the description cellsdk wrote ({detail or 'see bioimageio'}); "
-                            "please report it")
+        raise MetadataError(f"bioimage.io rejected the package's description ({detail or 'no detail given'}); fix "
+                            "the option it names (--license takes an SPDX identifier), or report it if it is cellsdk's")
     return descr
 
 

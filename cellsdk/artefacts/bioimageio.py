@@ -171,8 +171,8 @@ def open_package(path: str | os.PathLike) -> Package:
     if len(inputs) != 1 or not outputs:
         raise UnsupportedFormatError(f"{path}: {len(inputs)} inputs and {len(outputs)} outputs; cellsdk runs models "
                                      "with one image input and a class output")
-    test_input = _tensor(path, folder, inputs[0])
-    test_output = _tensor(path, folder, outputs[0])
+    test_input = _tensor(path, folder, inputs[0], description.get("test_inputs"))
+    test_output = _tensor(path, folder, outputs[0], description.get("test_outputs"))
     return Package(weights, weights_format, description, test_input, test_output, folder)
 
 
@@ -207,7 +207,10 @@ def check_test_tensors(package: Package, run: Any, metadata: ModelMetadata) -> f
                              f"{values.shape}; the package is inconsistent")
     difference = float(np.max(np.abs(values - expected)))
     tolerance = 1e-3 + 1e-2 * float(np.max(np.abs(expected)))
-    if difference > tolerance or not np.array_equal(values.argmax(axis=1), expected.argmax(axis=1)):
+    ranked = np.sort(expected, axis=1)
+    clear = ranked[:, -1] - ranked[:, -2] > 2 * tolerance if expected.shape[1] > 1 else np.ones(len(expected), bool)
+    swapped = (values.argmax(axis=1) != expected.argmax(axis=1)) & clear  # a near tie may go either way
+    if difference > tolerance or swapped.any():
         raise SelfCheckError(f"{package.name}: its test input gives outputs up to {difference:.3g} away from its test "
                              f"output here (tolerance {tolerance:.3g}); it does not run correctly on this machine")
     return difference
@@ -288,8 +291,9 @@ def _weights(path: Path, description: Mapping[str, Any], folder: Path) -> tuple[
                                  "TorchScript weights (convert the model to ONNX and add it to the package)")
 
 
-def _tensor(path: Path, folder: Path, descr: Mapping[str, Any]) -> np.ndarray | None:
-    name = _source(descr.get("test_tensor")) or (descr.get("test_inputs") or [None])[0]
+def _tensor(path: Path, folder: Path, descr: Mapping[str, Any], listed: Any) -> np.ndarray | None:
+    """The tensor's test file (spec 0.5: ``test_tensor``; 0.4: the description's ``test_inputs`` / ``test_outputs``)."""
+    name = _source(descr.get("test_tensor")) or (listed[0] if isinstance(listed, list) and listed else None)
     if not isinstance(name, str) or not name.endswith(".npy"):
         return None
     try:

@@ -159,7 +159,7 @@ class CellClassifierWidget(QWidget):
         """
         try:
             return self._classify()
-        except CellSDKError as err:
+        except (CellSDKError, OSError) as err:
             self.status.setText(f"error: {err}")
             log.warning("cellsdk: %s", err)
             return []

@@ -123,6 +123,8 @@ def test_export_refuses_what_it_cannot_package_in_one_line(tmp_path):
     assert result.exit_code == 1 and "no verified fp32 ONNX" in result.output
     result = runner.invoke(export_command, [str(folder), "--bioimageio", str(tmp_path / "x.zip"), "--weights", "tflite"])
     assert result.exit_code == 1 and "weights" in result.output and "Traceback" not in result.output
+    result = runner.invoke(export_command, [str(folder), "--bioimageio", str(tmp_path / "x.zip"), "--name", "a, b"])
+    assert result.exit_code == 1 and "bioimage.io takes 5 to 128 letters" in result.output
     assert not (tmp_path / "x.zip").exists()
 
 
