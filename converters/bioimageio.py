@@ -54,6 +54,8 @@ class BioimageioConfig:
         name: the package's name (default: from the model).
         description: one paragraph (default: from the model).
         authors: the authors' names.
+        maintainers: GitHub user names of the people who answer for the package on bioimage.io (the zoo asks
+            for at least one before an upload).
         license: an SPDX licence identifier for the weights.
         tags: search tags.
         test_images: how many held-out images the test tensors hold (one per class first).
@@ -66,6 +68,7 @@ class BioimageioConfig:
     name: str | None = None
     description: str | None = None
     authors: tuple[str, ...] = ("cellsdk contributors",)
+    maintainers: tuple[str, ...] = ()
     license: str = "CC-BY-4.0"
     tags: tuple[str, ...] = ("classification", "cells", "microscopy", "hematology", "2d", "onnx", "cellsdk")
     test_images: int = 8
@@ -198,17 +201,31 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+def _samples(staging: Path, raw: np.ndarray, values: dict[str, np.ndarray]) -> None:
+    """Test tensors (every image, .npy) and sample tensors (the first image: a PNG in, TIFFs out)."""
+    import tifffile
+    from PIL import Image
+
+    Image.fromarray(raw[0].transpose(1, 2, 0)).save(staging / "sample_input.png")
+    for name in ("probabilities", "features", "cams"):
+        if name in values:
+            np.save(staging / f"test_output_{name}.npy", values[name].astype(np.float32))
+            tifffile.imwrite(staging / f"sample_output_{name}.tif", values[name][0].astype(np.float32))
+
+
 def _outputs(metadata: ModelMetadata, values: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     labels = list(metadata.labels)
     outputs = [{"id": "probabilities", "description": "class probabilities (softmax of the logits)",
                 "axes": [{"type": "batch"}, {"type": "channel", "channel_names": labels}],
                 "test_tensor": {"source": "test_output_probabilities.npy"},
+                "sample_tensor": {"source": "sample_output_probabilities.tif"},
                 "data": {"type": "float32", "range": [0.0, 1.0]},
                 "postprocessing": [{"id": "softmax", "kwargs": {"axis": "channel"}}]}]
     if "features" in values:
         outputs.append({"id": "features", "description": "pooled features (the OOD guard's input)",
                         "axes": [{"type": "batch"}, {"type": "index", "size": int(values["features"].shape[1])}],
-                        "test_tensor": {"source": "test_output_features.npy"}})
+                        "test_tensor": {"source": "test_output_features.npy"},
+                        "sample_tensor": {"source": "sample_output_features.tif"}})
     if "cams" in values:
         grid = values["cams"].shape[2:]
         scale = metadata.preprocessing.input_size / grid[0]
@@ -216,7 +233,8 @@ def _outputs(metadata: ModelMetadata, values: dict[str, np.ndarray]) -> list[dic
                         "axes": [{"type": "batch"}, {"type": "channel", "channel_names": labels},
                                  {"type": "space", "id": "y", "size": int(grid[0]), "scale": scale},
                                  {"type": "space", "id": "x", "size": int(grid[1]), "scale": scale}],
-                        "test_tensor": {"source": "test_output_cams.npy"}})
+                        "test_tensor": {"source": "test_output_cams.npy"},
+                        "sample_tensor": {"source": "sample_output_cams.tif"}})
     return outputs
 
 
@@ -305,10 +323,8 @@ def export_bioimageio(source: str | os.PathLike, out: str | os.PathLike, config:
                  + np.asarray(offset, np.float32)[None, :, None, None]).astype(np.float32)
         values = dict(zip(metadata.outputs, classifier.backend.run_all(batch), strict=False))
         np.save(staging / "test_input.npy", raw)
-        np.save(staging / "test_output_probabilities.npy", _softmax(values["logits"]))
-        for name in ("features", "cams"):
-            if name in values:
-                np.save(staging / f"test_output_{name}.npy", values[name].astype(np.float32))
+        values["probabilities"] = _softmax(values["logits"])
+        _samples(staging, raw, values)
         cover = cover_image(classifier, vectors, chosen)
         cover.save(staging / "cover.png", optimize=True)
         missing = not_expressed(metadata)
@@ -333,6 +349,7 @@ def export_bioimageio(source: str | os.PathLike, out: str | os.PathLike, config:
                                  {"type": "space", "id": "y", "size": size},
                                  {"type": "space", "id": "x", "size": size}],
                         "test_tensor": {"source": "test_input.npy"},
+                        "sample_tensor": {"source": "sample_input.png"},
                         "data": {"type": "uint8", "range": [0, 255]},
                         "preprocessing": [{"id": "ensure_dtype", "kwargs": {"dtype": "float32"}},
                                           {"id": "scale_linear", "kwargs": {"axis": "channel", "gain": gain,
@@ -348,18 +365,25 @@ def export_bioimageio(source: str | os.PathLike, out: str | os.PathLike, config:
                                    "test_images": test_ids,
                                    "source_checkpoint_sha256": metadata.source_checkpoint_sha256}},
         }
-        (staging / "rdf.yaml").write_text(yaml.safe_dump(description, sort_keys=False, allow_unicode=True))
-        descr = _validated(spec, staging / "rdf.yaml")
+        rdf = staging / "rdf.yaml"
+        rdf.write_text(yaml.safe_dump(description, sort_keys=False, allow_unicode=True))
+        descr = _validated(spec, rdf, io_checks=True)  # files, hashes, tensors: everything but the GitHub names
+        if config.maintainers:  # bioimageio.spec checks GitHub user names online: they go in after the full check
+            description["maintainers"] = [{"github_user": user} for user in config.maintainers]
+            rdf.write_text(yaml.safe_dump(description, sort_keys=False, allow_unicode=True))
+            descr = _validated(spec, rdf, io_checks=False)
         out.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out) as target:
+        from bioimageio.spec import ValidationContext
+
+        with atomic_path(out) as target, ValidationContext(root=staging, perform_io_checks=not config.maintainers):
             spec.save_bioimageio_package(descr, output_path=target)
     return BioimageioExport(out, out.stat().st_size, tuple(weights), tuple(notes), tuple(missing), description)
 
 
-def _validated(spec: Any, rdf: Path) -> Any:
+def _validated(spec: Any, rdf: Path, *, io_checks: bool) -> Any:
     from bioimageio.spec import InvalidDescr, ValidationContext
 
-    with ValidationContext(root=rdf.parent, perform_io_checks=True):
+    with ValidationContext(root=rdf.parent, perform_io_checks=io_checks):
         descr = spec.load_description(rdf)
     if isinstance(descr, InvalidDescr):
         errors = descr.validation_summary.details

@@ -27,6 +27,8 @@ __all__ = ["export_command"]
               help="Weights formats to include (onnx is always included).")
 @click.option("--name", default=None, help="The package's name [default: from the model].")
 @click.option("--author", "authors", multiple=True, help="An author's name; repeat for several.")
+@click.option("--maintainer", "maintainers", multiple=True,
+              help="A maintainer's GitHub user name (bioimage.io asks for one before an upload); repeat for several.")
 @click.option("--license", "license_", default="CC-BY-4.0", show_default=True,
               help="SPDX licence identifier of the weights.")
 @click.option("--model-card", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
@@ -38,7 +40,7 @@ __all__ = ["export_command"]
 @quiet_option()
 @friendly_errors
 def export_command(model: Path, out: Path, checkpoint: Path | None, data: Path | None, weights: str, name: str | None,
-                   authors: tuple[str, ...], license_: str, model_card: Path | None, test_images: int,
+                   authors: tuple[str, ...], maintainers: tuple[str, ...], license_: str, model_card: Path | None, test_images: int,
                    run_test: bool, quiet: bool, **options: Any) -> None:
     """Export MODEL (a conversion folder, or a checkpoint with --data) as a bioimage.io model package.
 
@@ -53,7 +55,7 @@ def export_command(model: Path, out: Path, checkpoint: Path | None, data: Path |
     setup_logging(quiet)
     wanted = split_list(weights)
     config = BioimageioConfig(
-        name=name, authors=authors or BioimageioConfig.authors, license=license_, test_images=test_images,
+        name=name, authors=authors or BioimageioConfig.authors, maintainers=maintainers, license=license_, test_images=test_images,
         weights=tuple(dict.fromkeys(("onnx", *wanted))), data=str(data) if data else None,
         data_cropped=options["data_cropped"], model_card=model_card.read_text(encoding="utf-8") if model_card else None)
     result = export_bioimageio(model, out, config, checkpoint=checkpoint)
