@@ -40,8 +40,8 @@ __all__ = ["export_command"]
 @quiet_option()
 @friendly_errors
 def export_command(model: Path, out: Path, checkpoint: Path | None, data: Path | None, weights: str, name: str | None,
-                   authors: tuple[str, ...], maintainers: tuple[str, ...], license_: str, model_card: Path | None, test_images: int,
-                   run_test: bool, quiet: bool, **options: Any) -> None:
+                   authors: tuple[str, ...], maintainers: tuple[str, ...], license_: str, model_card: Path | None,
+                   test_images: int, run_test: bool, quiet: bool, **options: Any) -> None:
     """Export MODEL (a conversion folder, or a checkpoint with --data) as a bioimage.io model package.
 
     \f
@@ -55,8 +55,8 @@ def export_command(model: Path, out: Path, checkpoint: Path | None, data: Path |
     setup_logging(quiet)
     wanted = split_list(weights)
     config = BioimageioConfig(
-        name=name, authors=authors or BioimageioConfig.authors, maintainers=maintainers, license=license_, test_images=test_images,
-        weights=tuple(dict.fromkeys(("onnx", *wanted))), data=str(data) if data else None,
+        name=name, authors=authors or BioimageioConfig.authors, maintainers=maintainers, license=license_,
+        test_images=test_images, weights=tuple(dict.fromkeys(("onnx", *wanted))), data=str(data) if data else None,
         data_cropped=options["data_cropped"], model_card=model_card.read_text(encoding="utf-8") if model_card else None)
     result = export_bioimageio(model, out, config, checkpoint=checkpoint)
     click.echo(f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB): weights {', '.join(result.weights)}")
