@@ -208,7 +208,7 @@ def check_test_tensors(package: Package, run: Any, metadata: ModelMetadata) -> f
     difference = float(np.max(np.abs(values - expected)))
     tolerance = 1e-3 + 1e-2 * float(np.max(np.abs(expected)))
     ranked = np.sort(expected, axis=1)
-    clear = ranked[:, -1] - ranked[:, -2] > 2 * tolerance if expected.shape[1] > 1 else np.ones(len(expected), bool)
+    clear = ranked[:, -1] - ranked[:, -2] > 2 * tolerance if ranked.shape[-1] > 1 else np.ones(len(expected), bool)
     swapped = (values.argmax(axis=1) != expected.argmax(axis=1)) & clear  # a near tie may go either way
     if difference > tolerance or swapped.any():
         raise SelfCheckError(f"{package.name}: its test input gives outputs up to {difference:.3g} away from its test "
