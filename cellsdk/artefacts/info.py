@@ -44,6 +44,13 @@ def read_metadata(path: str | os.PathLike) -> ModelMetadata:
         raise ModelNotFoundError(f"{path}: no such model file or folder")
     if path.suffix.lower() == CHECKPOINT_SUFFIX:
         return read_checkpoint_metadata(path)
+    from cellsdk.artefacts.bioimageio import is_package, open_package
+
+    if is_package(path):  # the weights' own metadata, else what the package's description says
+        package = open_package(path)
+        if not backend_for_path(package.weights).read_metadata_json(package.weights):
+            return package.derived_metadata(path)
+        path = package.weights
     document = backend_for_path(path).read_metadata_json(path)
     if not document:
         raise MetadataError(f"{path}: carries no cellsdk metadata (a model not written by cellsdk-convert)")
@@ -148,6 +155,10 @@ def describe(path: str | os.PathLike) -> str:
         labels: basophil, eosinophil, erythroblast, ig, lymphocyte, monocyte, neutrophil, platelet
     """
     path = Path(path)
+    from cellsdk.artefacts.bioimageio import is_package
+
+    if is_package(path):
+        return _describe_package(path)
     if path.is_dir() and path.suffix.lower() != ".mlpackage":
         return _describe_folder(path)
     meta = read_metadata(path)
@@ -183,6 +194,24 @@ def describe(path: str | os.PathLike) -> str:
     lines.append(_this_machine(meta, path.name))
     lines.extend(_self_check_lines(meta, path))
     return "\n".join(lines)
+
+
+def _describe_package(path: Path) -> str:
+    """A bioimage.io package: what it is, then the weights cellsdk runs (or what its description says)."""
+    from cellsdk.artefacts.bioimageio import open_package
+    from cellsdk.backends import backend_for_path
+
+    package = open_package(path)
+    description = package.description
+    header = (f"{path.name}: bioimage.io package {package.name!r} (format {description.get('format_version', '?')}; "
+              f"weights {', '.join(description.get('weights') or {})}); cellsdk runs {package.weights.name}")
+    if backend_for_path(package.weights).read_metadata_json(package.weights):
+        return header + "\n" + describe(package.weights)
+    meta = package.derived_metadata(path)
+    return "\n".join([header, f"labels: {', '.join(meta.labels)}",
+                      f"preprocessing (from the description): {meta.preprocessing.describe()}",
+                      f"output: {meta.output}; no cellsdk metadata (no OOD guard, no verification records); its own "
+                      "test tensors are checked on every load"])
 
 
 def _self_check_lines(meta: ModelMetadata, path: Path) -> list[str]:

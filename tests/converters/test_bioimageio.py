@@ -103,6 +103,11 @@ def test_classifier_load_runs_our_package_like_the_onnx_inside_with_guard_and_ex
     assert classifier.predict(image).probabilities == pytest.approx(inside.predict(image).probabilities, abs=1e-6)
     assert classifier.explain(image).heatmap.shape == (363, 360)
     assert Classifier.load(package).path == classifier.path  # extracted once, by content
+    from cellsdk.cli.info import info_command
+
+    shown = CliRunner().invoke(info_command, [str(package)]).output.splitlines()
+    assert "bioimage.io package" in shown[0] and "cellsdk runs model.onnx" in shown[0]
+    assert any(line.startswith("OOD guard:") for line in shown)
 
 
 @needs_spec
@@ -206,6 +211,10 @@ def test_a_package_made_elsewhere_loads_with_its_labels_normalisation_and_its_ow
     blue[..., :2] = 100
     assert classifier.predict(blue).label == "blue"
     assert classifier.guard is None  # no cellsdk guard in a package made elsewhere; predictions say ok
+    from cellsdk.artefacts.info import describe
+
+    summary = describe(path).splitlines()
+    assert "bioimage.io package 'colour classifier'" in summary[0] and summary[1] == "labels: red, green, blue"
 
 
 def test_a_package_cellsdk_cannot_run_is_refused_with_the_reason(tmp_path):
