@@ -74,8 +74,9 @@ class Classifier:
 
         Args:
             path: None for the blood-cell classifier shipped with cellsdk (INT8 ONNX, 8 classes; MODEL_CARD.md),
-                or ``.onnx``, ``.torchscript`` / ``.pt``, ``.xml`` (+ ``.bin``), ``.mlpackage`` / ``.mlmodel``, or a
-                folder with ``manifest.json`` (the fastest verified artefact that runs here).
+                or ``.onnx``, ``.torchscript`` / ``.pt``, ``.xml`` (+ ``.bin``), ``.mlpackage`` / ``.mlmodel``, a
+                folder with ``manifest.json`` (the fastest verified artefact that runs here), or a bioimage.io model
+                package (``.zip``; :mod:`cellsdk.artefacts.bioimageio`).
             backend: force a backend by name (``onnxruntime``, ``openvino``, ``torchscript``, ``coreml``).
             device: ``auto``, ``cpu``, ``cuda`` / ``cuda:N``, ``tensorrt`` (onnxruntime), ``mps`` (torchscript),
                 ``gpu`` / ``npu`` (openvino); ``cellsdk devices`` shows what works here.
