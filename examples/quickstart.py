@@ -15,6 +15,8 @@
    MODEL_CARD.md has the verification on the full 1,712-image validation split.
 4. ``cellsdk-bench`` times every artefact end to end (read, decode, preprocess, infer) at batch 1
    against the 50 ms p95 target.
+5. ``cellsdk export --bioimageio`` packs the verified fp32 weights as a bioimage.io model package, which
+   bioimage.io's own test (``bioimageio test``) must pass and ``Classifier.load`` must run like the shipped model.
 
 Usage: python examples/quickstart.py [--out runs/quickstart] [--formats all] [--iterations 30]
 """
@@ -79,7 +81,31 @@ def main(argv: list[str] | None = None) -> dict:
     report["conversion"] = convert_and_verify(args.out / "converted", args.formats, args.quiet)
     report["benchmark"] = benchmark([args.out / "converted", clf.path], args.out / "bench", args.iterations,
                                     args.quiet)
+    report["bioimageio"] = share_on_bioimageio(args.out / "converted", args.out / "cells.bioimageio.zip", raw.paths)
     return report
+
+
+def share_on_bioimageio(converted: Path, out: Path, images: list[Path]) -> dict:
+    """The verified fp32 weights as a bioimage.io package, tested by bioimage.io and run back by cellsdk."""
+    import importlib.util
+
+    if importlib.util.find_spec("bioimageio") is None or importlib.util.find_spec("bioimageio.core") is None:
+        print("\nbioimage.io: bioimageio.core is not installed (pip install 'cellsdk[bioimageio]'); package skipped")
+        return {"checked": False}
+    from cellsdk.converters.bioimageio import export_bioimageio, test_package
+
+    print("\nbioimage.io: packing the verified fp32 weights as a model package and running bioimageio test ...")
+    result = export_bioimageio(converted, out)
+    passed, summary = test_package(result.path)
+    print(summary)
+    package = Classifier.load(result.path)
+    reference = Classifier.load(converted / "model.fp32.onnx")
+    same = [package.predict(p).label == reference.predict(p).label for p in images]
+    print(f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB, weights {', '.join(result.weights)}); "
+          f"bioimageio test {'passed' if passed else 'FAILED'}; Classifier.load(package) gives the fp32 ONNX's label "
+          f"on {sum(same)}/{len(same)} sample originals")
+    return {"checked": True, "path": str(result.path), "weights": list(result.weights), "passed": passed,
+            "same_labels": all(same), "notes": list(result.notes)}
 
 
 def batch_job(clf: Classifier, expected: dict[str, str | None], out: Path) -> dict:
@@ -234,6 +260,10 @@ def failures(report: dict) -> list[str]:
     if guard.get("present") and (guard["samples_kept"] < 0.75 or guard["altered_flagged"] < 0.8):
         out.append(f"the OOD guard kept {guard['samples_kept'] * 100:.0f} % of the sample originals (expected >= 75 %) "
                    f"and flagged {guard['altered_flagged'] * 100:.0f} % of the altered copies (expected >= 80 %)")
+    shared = report.get("bioimageio") or {}
+    if shared.get("checked") and not (shared["passed"] and shared["same_labels"]):
+        out.append("the bioimage.io package failed bioimageio test or Classifier.load(package) disagreed with the fp32 "
+                   "ONNX it holds")
     if report["benchmark"]["failed"]:
         out.append(f"{report['benchmark']['failed']} benchmark row(s) failed: latency target missed, artefact failed "
                    "verification, or an error (the benchmark table's result column and notes say which)")
