@@ -196,48 +196,6 @@ def _state_dict(checkpoint: Path, metadata: ModelMetadata, staging: Path) -> tup
             "dependencies": {"source": _ENV_FILE}, "parent": None}, ""
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-def _samples(staging: Path, raw: np.ndarray, values: dict[str, np.ndarray]) -> None:
-    """Test tensors (every image, .npy) and sample tensors (the first image: a PNG in, TIFFs out)."""
-    import tifffile
-    from PIL import Image
-
-    Image.fromarray(raw[0].transpose(1, 2, 0)).save(staging / "sample_input.png")
-    for name in ("probabilities", "features", "cams"):
-        if name in values:
-            np.save(staging / f"test_output_{name}.npy", values[name].astype(np.float32))
-            tifffile.imwrite(staging / f"sample_output_{name}.tif", values[name][0].astype(np.float32))
-
-
-def _outputs(metadata: ModelMetadata, values: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-    labels = list(metadata.labels)
-    outputs = [{"id": "probabilities", "description": "class probabilities (softmax of the logits)",
-                "axes": [{"type": "batch"}, {"type": "channel", "channel_names": labels}],
-                "test_tensor": {"source": "test_output_probabilities.npy"},
-                "sample_tensor": {"source": "sample_output_probabilities.tif"},
-                "data": {"type": "float32", "range": [0.0, 1.0]},
-                "postprocessing": [{"id": "softmax", "kwargs": {"axis": "channel"}}]}]
-    if "features" in values:
-        outputs.append({"id": "features", "description": "pooled features (the OOD guard's input)",
-                        "axes": [{"type": "batch"}, {"type": "index", "size": int(values["features"].shape[1])}],
-                        "test_tensor": {"source": "test_output_features.npy"},
-                        "sample_tensor": {"source": "sample_output_features.tif"}})
-    if "cams" in values:
-        grid = values["cams"].shape[2:]
-        scale = metadata.preprocessing.input_size / grid[0]
-        outputs.append({"id": "cams", "description": "class activation maps, logit units",
-                        "axes": [{"type": "batch"}, {"type": "channel", "channel_names": labels},
-                                 {"type": "space", "id": "y", "size": int(grid[0]), "scale": scale},
-                                 {"type": "space", "id": "x", "size": int(grid[1]), "scale": scale}],
-                        "test_tensor": {"source": "test_output_cams.npy"},
-                        "sample_tensor": {"source": "sample_output_cams.tif"}})
-    return outputs
-
-
 def export_bioimageio(source: str | os.PathLike, out: str | os.PathLike, config: BioimageioConfig | None = None, *,
                       checkpoint: str | os.PathLike | None = None) -> BioimageioExport:
     """Write a bioimage.io model package (a zip) of a conversion folder, or of a checkpoint converted first.
@@ -263,7 +221,10 @@ def export_bioimageio(source: str | os.PathLike, out: str | os.PathLike, config:
         cover_image,
         documentation,
         not_expressed,
+        output_descriptions,
+        softmax,
         test_tensors,
+        write_tensors,
     )
 
     config = config or BioimageioConfig()
@@ -276,7 +237,10 @@ def export_bioimageio(source: str | os.PathLike, out: str | os.PathLike, config:
     with tempfile.TemporaryDirectory(prefix="cellsdk-bioimageio-") as tmp:
         work = Path(tmp)
         folder, converted_from = _conversion_folder(Path(source), config, work)
-        manifest = json.loads((folder / "manifest.json").read_text())
+        try:
+            manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as err:
+            raise MetadataError(f"{folder / 'manifest.json'}: unreadable ({err}); re-run cellsdk-convert") from None
         onnx = _fp32(folder, manifest, "onnx")
         if onnx is None:
             raise ConfigError(f"{folder}: no verified fp32 ONNX in it; convert with cellsdk-convert --formats onnx")
@@ -323,8 +287,8 @@ def export_bioimageio(source: str | os.PathLike, out: str | os.PathLike, config:
                  + np.asarray(offset, np.float32)[None, :, None, None]).astype(np.float32)
         values = dict(zip(metadata.outputs, classifier.backend.run_all(batch), strict=False))
         np.save(staging / "test_input.npy", raw)
-        values["probabilities"] = _softmax(values["logits"])
-        _samples(staging, raw, values)
+        values["probabilities"] = softmax(values["logits"])
+        write_tensors(staging, raw, values)
         cover = cover_image(classifier, vectors, chosen)
         cover.save(staging / "cover.png", optimize=True)
         missing = not_expressed(metadata)
@@ -356,7 +320,7 @@ def export_bioimageio(source: str | os.PathLike, out: str | os.PathLike, config:
                                                                             "offset": offset}},
                                           # the spec would otherwise cast back to the input's uint8
                                           {"id": "ensure_dtype", "kwargs": {"dtype": "float32"}}]}],
-            "outputs": _outputs(metadata, values), "weights": weights,
+            "outputs": output_descriptions(metadata, values), "weights": weights,
             "config": {"cellsdk": {"metadata_in": "weights.onnx (metadata_props key 'cellsdk')",
                                    "schema_version": metadata.schema_version, "labels": list(metadata.labels),
                                    "preprocessing": metadata.preprocessing.to_dict(),

@@ -9,6 +9,7 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from cellsdk.preprocessing import load_image, prepare_image
 from cellsdk.testvectors import TestVectors
 
 __all__ = ["ARCHITECTURE_CALLABLE", "ARCHITECTURE_SOURCE", "CITATIONS", "cover_image", "documentation",
-           "not_expressed", "test_tensors"]
+           "not_expressed", "output_descriptions", "softmax", "test_tensors", "write_tensors"]
 
 #: the callable in :data:`ARCHITECTURE_SOURCE` that builds the network for ``pytorch_state_dict`` weights
 ARCHITECTURE_CALLABLE = "CellClassifier"
@@ -207,3 +208,64 @@ def cover_image(classifier: Any, vectors: TestVectors, chosen: Sequence[int]) ->
     columns = max(1, (len(items) + 1) // 2) if len(items) > 2 else len(items)
     return montage([(f"{classifier.metadata.arch}: where it looked (class activation maps)", items)], tile=160,
                    columns=columns)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, float32.
+
+    Examples:
+        >>> softmax(np.zeros((1, 4))).tolist()
+        [[0.25, 0.25, 0.25, 0.25]]
+    """
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def write_tensors(staging: Path, raw: np.ndarray, values: dict[str, np.ndarray]) -> None:
+    """The outputs' test tensors (every image, .npy) and the sample tensors (the first image: a PNG in, TIFFs out).
+
+    Examples:
+        >>> write_tensors(Path("package"), raw, {"probabilities": probabilities})  # doctest: +SKIP
+    """
+    import tifffile
+    from PIL import Image
+
+    Image.fromarray(raw[0].transpose(1, 2, 0)).save(staging / "sample_input.png")
+    for name in ("probabilities", "features", "cams"):
+        if name in values:
+            np.save(staging / f"test_output_{name}.npy", values[name].astype(np.float32))
+            tifffile.imwrite(staging / f"sample_output_{name}.tif", values[name][0].astype(np.float32))
+
+
+def output_descriptions(metadata: ModelMetadata, values: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """The package's outputs: ``probabilities`` (labels as channel names, softmax of the logits), and ``features``
+    and ``cams`` where the model has them, sized from ``values`` (the outputs on the test images).
+
+    Examples:
+        >>> from cellsdk.metadata import Preprocessing
+        >>> meta = ModelMetadata(labels=("a", "b"), arch="x", preprocessing=Preprocessing(input_size=64))
+        >>> [o["id"] for o in output_descriptions(meta, {"probabilities": np.zeros((1, 2))})]
+        ['probabilities']
+    """
+    labels = list(metadata.labels)
+    outputs = [{"id": "probabilities", "description": "class probabilities (softmax of the logits)",
+                "axes": [{"type": "batch"}, {"type": "channel", "channel_names": labels}],
+                "test_tensor": {"source": "test_output_probabilities.npy"},
+                "sample_tensor": {"source": "sample_output_probabilities.tif"},
+                "data": {"type": "float32", "range": [0.0, 1.0]},
+                "postprocessing": [{"id": "softmax", "kwargs": {"axis": "channel"}}]}]
+    if "features" in values:
+        outputs.append({"id": "features", "description": "pooled features (the OOD guard's input)",
+                        "axes": [{"type": "batch"}, {"type": "index", "size": int(values["features"].shape[1])}],
+                        "test_tensor": {"source": "test_output_features.npy"},
+                        "sample_tensor": {"source": "sample_output_features.tif"}})
+    if "cams" in values:
+        grid = values["cams"].shape[2:]
+        scale = metadata.preprocessing.input_size / grid[0]
+        outputs.append({"id": "cams", "description": "class activation maps, logit units",
+                        "axes": [{"type": "batch"}, {"type": "channel", "channel_names": labels},
+                                 {"type": "space", "id": "y", "size": int(grid[0]), "scale": scale},
+                                 {"type": "space", "id": "x", "size": int(grid[1]), "scale": scale}],
+                        "test_tensor": {"source": "test_output_cams.npy"},
+                        "sample_tensor": {"source": "sample_output_cams.tif"}})
+    return outputs
