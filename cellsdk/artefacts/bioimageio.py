@@ -7,7 +7,8 @@ like the ONNX file itself: guard, explanations and self-check included. A packag
 description says what cellsdk needs, and is refused with the reason where it does not:
 
 - weights: ONNX (torch-free) or TorchScript;
-- one input, axes batch, channel (1 or 3... cellsdk takes 3), y, x, square, of a fixed or parameterised size;
+- one input, axes batch, channel (3), y, x, square, of a fixed size (or its test tensor's, where the size is
+  parameterised);
 - preprocessing that is a fixed per-channel affine map of the raw pixel values (``ensure_dtype``,
   ``scale_linear``, ``fixed_zero_mean_unit_variance``); per-image statistics (``zero_mean_unit_variance``,
   ``scale_range``) are refused, since cellsdk's preprocessing is fixed;

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cellsdk.artefacts.bioimageio import check_test_tensors, is_package, open_package
 from cellsdk.backends import Backend, backend_for_path, get_backend
 from cellsdk.errors import MetadataError, ModelNotFoundError, UnsupportedFormatError
 from cellsdk.metadata import ModelMetadata, Preprocessing
@@ -154,11 +155,7 @@ def open_artefact(path: str | os.PathLike | None = None, *, backend: str | None 
     chosen = None
     verified_options: dict[str, Any] = {}
     package = None
-    from cellsdk.artefacts.bioimageio import is_package
-
     if is_package(path):
-        from cellsdk.artefacts.bioimageio import open_package
-
         package, source = open_package(path), path
         path = package.weights
         log.info("cellsdk: running %s from the bioimage.io package %s", path.name, source.name)
@@ -180,8 +177,6 @@ def open_artefact(path: str | os.PathLike | None = None, *, backend: str | None 
     metadata = resolve_metadata(path, instance, labels, preprocessing, fallback=fallback)
     check_shapes(path, instance, metadata)
     if package is not None:
-        from cellsdk.artefacts.bioimageio import check_test_tensors
-
         check_test_tensors(package, instance.run, metadata)
     return OpenedArtefact(path, instance, metadata, chosen)
 
