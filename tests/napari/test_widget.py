@@ -121,6 +121,10 @@ def test_the_dock_widget_classifies_marked_cells_in_a_viewer_and_saves_the_table
     viewer.add_shapes([np.array([[0, 0], [363, 360]])], shape_type="rectangle", name="outlined")
     widget.marker_layer.setCurrentText("outlined")
     assert [r.prediction.label for r in widget.classify()] == truths[:1]
+    cells = viewer.layers["cellsdk cells"]  # the result layers are updated in place, not stacked
+    assert list(cells.features["label"]) == truths[:1] and len(cells.data) == 1
+    assert len(viewer.layers["cellsdk boxes"].data) == 1
+    assert [layer.name for layer in viewer.layers].count("cellsdk cells") == 1
     viewer.add_points(np.array([[5000.0, 5000.0]]), name="stray")
     widget.marker_layer.setCurrentText("stray")
     assert widget.classify() == [] and "marks no cell" in widget.status.text()
