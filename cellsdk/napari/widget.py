@@ -245,16 +245,16 @@ class CellClassifierWidget(QWidget):
         boxes.data = []
         boxes.scale, boxes.translate = transform["scale"], transform["translate"]
         boxes.add_rectangles(rectangles, edge_width=3, edge_color=colours, face_color="transparent")
-        text = {"string": "{text}", "color": "black", "size": 11, "anchor": "upper_left", "translation": [-16, -8]}
+        style = {"string": "{text}", "color": "black", "size": 11, "anchor": "upper_left", "translation": [-16, -8]}
         cells = self._ours("cellsdk cells", Points)
         if cells is None:
             self.viewer.add_points(centres, name="cellsdk cells", features=features, face_color=colours,
-                                   symbol=symbols, size=18, border_color="white", text=text, **transform)
+                                   symbol=symbols, size=18, border_color="white", text=style, **transform)
         else:
             cells.data = centres
             cells.scale, cells.translate = transform["scale"], transform["translate"]
             cells.features = features
-            cells.face_color, cells.symbol, cells.text = colours, symbols, text
+            cells.face_color, cells.symbol, cells.text = colours, symbols, style
             cells.refresh()
         self._fill_tables(labels)
         spent = sum(r.seconds for r in results)
