@@ -169,15 +169,16 @@ class CellClassifierWidget(QWidget):
 
         if not self.image_layer.currentText():
             raise CellSDKError("no image layer: open an image first")
-        layer = self.viewer.layers[self.image_layer.currentText()]
+        layer = self._layer(self.image_layer.currentText())
         classifier = self._load()
-        leading = tuple(self.viewer.dims.current_step[:max(0, layer.ndim - 2)])
+        steps = tuple(self.viewer.dims.current_step)  # the viewer's dims end with the layer's
+        leading = steps[max(0, len(steps) - layer.ndim):max(0, len(steps) - 2)]
         picture = field_rgb(layer.data, rgb=bool(layer.rgb), leading=leading)
         shape = picture.shape[:2]
         marker_name = self.marker_layer.currentText()
         size = self.cell_size.value() or default_cell_size(classifier.metadata.preprocessing)
         if marker_name and marker_name != _WHOLE_IMAGE:
-            markers = self.viewer.layers[marker_name]
+            markers = self._layer(marker_name)
             if isinstance(markers, Points):
                 boxes = boxes_from_points(self._to_image(markers, layer, markers.data), shape, size)
             elif isinstance(markers, Shapes):
@@ -191,6 +192,12 @@ class CellClassifierWidget(QWidget):
         self.results = classify_cells(classifier, picture, boxes, explain=self.explain.isChecked())
         self._show(layer, picture)
         return self.results
+
+    def _layer(self, name: str) -> Any:
+        if name not in self.viewer.layers:  # renamed or removed since the lists were filled
+            self._refresh_layers()
+            raise CellSDKError(f"there is no layer {name!r} any more: choose one from the lists again")
+        return self.viewer.layers[name]
 
     def _ours(self, name: str, kind: type) -> Any:
         """The result layer ``name`` if it exists and is of ``kind``; one of that name that is not is removed."""
