@@ -213,6 +213,8 @@ class CellClassifierWidget(QWidget):
     def _to_image(markers: Any, image: Any, coordinates: np.ndarray) -> np.ndarray:
         """Marker coordinates (their layer's data space) in the image layer's pixel (row, column) space."""
         coordinates = np.atleast_2d(np.asarray(coordinates, np.float64))
+        if coordinates.size == 0:  # an empty points layer
+            return np.zeros((0, 2))
         world = np.array([markers.data_to_world(point) for point in coordinates])
         pixels = np.array([image.world_to_data(point) for point in world])
         return pixels[:, -2:]

@@ -128,6 +128,10 @@ def test_the_dock_widget_classifies_marked_cells_in_a_viewer_and_saves_the_table
     viewer.add_points(np.array([[5000.0, 5000.0]]), name="stray")
     widget.marker_layer.setCurrentText("stray")
     assert widget.classify() == [] and "marks no cell" in widget.status.text()
+    viewer.add_points(name="empty")
+    widget.marker_layer.setCurrentText("empty")
+    assert widget.classify() == [] and "empty marks no cell" in widget.status.text()
+    widget.marker_layer.setCurrentText("stray")
     viewer.layers["stray"].name = "renamed"  # the lists are stale until refreshed: a status line, then refreshed
     assert widget.classify() == [] and "no layer 'stray' any more" in widget.status.text()
     assert widget.marker_layer.findText("renamed") >= 0
