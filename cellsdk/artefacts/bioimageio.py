@@ -326,8 +326,10 @@ def _derive_metadata(path: Path, description: Mapping[str, Any], inp: Mapping[st
         raise UnsupportedFormatError(f"{path}: input axes {kinds}; cellsdk runs batch, channel, y, x image inputs")
     channels = axes[1].get("channel_names")
     shape = test_input.shape if test_input is not None and test_input.ndim == 4 else (None,) * 4
-    if (len(channels) if isinstance(channels, list) else shape[1]) != 3:
-        raise UnsupportedFormatError(f"{path}: the input has {len(channels or [])} channels; cellsdk runs RGB models")
+    count = len(channels) if isinstance(channels, list) else shape[1]
+    if count != 3:
+        raise UnsupportedFormatError(f"{path}: the input has {count if count is not None else 'an unknown number of'} "
+                                     "channels; cellsdk runs RGB (3-channel) models")
     height, width = _size(axes[2], shape[2]), _size(axes[3], shape[3])
     if height is None or height != width:
         raise UnsupportedFormatError(f"{path}: input size {height} x {width}; cellsdk runs square inputs of a fixed "
