@@ -232,3 +232,42 @@ def test_a_package_cellsdk_cannot_run_is_refused_with_the_reason(tmp_path):
     broken.write_bytes(b"PK\x03\x04 not really")
     with pytest.raises(UnsupportedFormatError, match=r"broken\.zip"):
         Classifier.load(broken)
+
+
+def test_a_spec_0_4_package_loads_with_its_fixed_normalisation_and_labels_given_by_the_caller(tmp_path):
+    """Spec 0.4: axes as letters, test tensors listed at the top, fixed zero_mean_unit_variance, no channel names."""
+    zipped = _foreign_package(tmp_path / "v05")  # the same graph and tensors, re-described in spec 0.4
+    folder = tmp_path / "v04"
+    with zipfile.ZipFile(zipped) as archive:
+        archive.extractall(folder)
+    (folder / "rdf.yaml").unlink()
+    test_input = np.load(folder / "input.npy")  # 0.4 has no softmax: its test output is the graph's logits
+    normalised = (test_input - np.array([100.0, 110.0, 120.0])[None, :, None, None]) / np.array(
+        [50.0, 55.0, 60.0])[None, :, None, None]
+    weight = np.array([[4.0, -2.0, -2.0], [-2.0, 4.0, -2.0], [-2.0, -2.0, 4.0]])
+    np.save(folder / "output.npy", (normalised.mean(axis=(2, 3)) @ weight.T).astype(np.float32))
+    description = {
+        "format_version": "0.4.10", "type": "model", "name": "colour classifier 04", "description": "red, green or blue",
+        "authors": [{"name": "Someone Else"}], "cite": [{"text": "none", "url": "https://example.org"}],
+        "license": "MIT", "documentation": "README.md", "timestamp": "2024-01-01T00:00:00",
+        "test_inputs": ["input.npy"], "test_outputs": ["output.npy"],
+        "inputs": [{"name": "image", "axes": "bcyx", "data_type": "float32", "data_range": [0.0, 255.0],
+                    "shape": [1, 3, 16, 16],
+                    "preprocessing": [{"name": "zero_mean_unit_variance",
+                                       "kwargs": {"mode": "fixed", "axes": "xy", "mean": [100.0, 110.0, 120.0],
+                                                  "std": [50.0, 55.0, 60.0]}}]}],
+        "outputs": [{"name": "logits", "axes": "bc", "data_type": "float32", "shape": [1, 3]}],
+        "weights": {"onnx": {"source": "colours.onnx", "opset_version": 17}},
+    }
+    (folder / "rdf.yaml").write_text(yaml.safe_dump(description, sort_keys=False))
+    if not NO_SPEC:
+        from bioimageio.spec import InvalidDescr, load_description
+
+        assert not isinstance(load_description(folder / "rdf.yaml"), InvalidDescr)
+    unnamed = Classifier.load(folder / "rdf.yaml")  # a folder's description file loads too
+    assert unnamed.labels == ("class_0", "class_1", "class_2") and unnamed.metadata.output == "logits"
+    named = Classifier.load(folder / "rdf.yaml", labels=["red", "green", "blue"])
+    assert named.metadata.preprocessing.std == pytest.approx((50 / 255, 55 / 255, 60 / 255))
+    green = np.full((16, 16, 3), 100, np.uint8)
+    green[..., 1] = 250
+    assert named.predict(green).label == "green"
