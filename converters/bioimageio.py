@@ -30,10 +30,11 @@ from typing import Any
 import numpy as np
 
 from cellsdk._io import atomic_path, sha256_file
-from cellsdk.artefacts.bioimageio import preprocessing_to_affine
+from cellsdk.artefacts.bioimageio import normalise_raw, preprocessing_to_affine
 from cellsdk.artefacts.checkpoints import is_checkpoint
 from cellsdk.errors import BackendNotInstalledError, CellSDKError, ConfigError, MetadataError, ModelNotFoundError
 from cellsdk.metadata import ModelMetadata
+from cellsdk.metrics import softmax
 from cellsdk.testvectors import TestVectors
 
 __all__ = ["BioimageioConfig", "BioimageioExport", "export_bioimageio", "test_package"]
@@ -193,7 +194,7 @@ def _state_dict(checkpoint: Path, metadata: ModelMetadata, staging: Path) -> tup
               "timm_kwargs": size_kwargs(metadata.arch, metadata.preprocessing.input_size)}
     return {"source": "weights.pt", "pytorch_version": torch.__version__.split("+")[0],
             "architecture": {"source": _ARCH_FILE, "callable": ARCHITECTURE_CALLABLE, "kwargs": kwargs},
-            "dependencies": {"source": _ENV_FILE}, "parent": None}, ""
+            "dependencies": {"source": _ENV_FILE}}, ""
 
 
 def export_bioimageio(source: str | os.PathLike, out: str | os.PathLike, config: BioimageioConfig | None = None, *,
@@ -222,7 +223,6 @@ def export_bioimageio(source: str | os.PathLike, out: str | os.PathLike, config:
         documentation,
         not_expressed,
         output_descriptions,
-        softmax,
         test_tensors,
         write_tensors,
     )
@@ -266,7 +266,7 @@ def export_bioimageio(source: str | os.PathLike, out: str | os.PathLike, config:
 
         opset = max((o.version for o in onnx_lib.load(str(onnx), load_external_data=False).opset_import
                      if o.domain in ("", "ai.onnx")), default=17)
-        weights["onnx"] = {"source": "model.onnx", "opset_version": int(opset), "parent": parent}
+        weights["onnx"] = {"source": "model.onnx", "opset_version": int(opset), **({"parent": parent} if parent else {})}
         if "torchscript" in config.weights:
             torchscript = _fp32(folder, manifest, "torchscript")
             if torchscript is not None:
@@ -278,14 +278,10 @@ def export_bioimageio(source: str | os.PathLike, out: str | os.PathLike, config:
             else:
                 notes.append("no torchscript: the conversion folder has no verified fp32 TorchScript "
                              "(cellsdk-convert --formats onnx,torchscript)")
-        for entry in weights.values():
-            if entry.get("parent") is None:
-                entry.pop("parent", None)
         raw, chosen = test_tensors(vectors, metadata, config.test_images)
         gain, offset = preprocessing_to_affine(metadata.preprocessing)
-        batch = (raw.astype(np.float32) * np.asarray(gain, np.float32)[None, :, None, None]
-                 + np.asarray(offset, np.float32)[None, :, None, None]).astype(np.float32)
-        values = dict(zip(metadata.outputs, classifier.backend.run_all(batch), strict=False))
+        values = dict(zip(metadata.outputs, classifier.backend.run_all(normalise_raw(raw, metadata.preprocessing)),
+                          strict=False))
         np.save(staging / "test_input.npy", raw)
         values["probabilities"] = softmax(values["logits"])
         write_tensors(staging, raw, values)

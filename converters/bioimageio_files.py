@@ -20,7 +20,7 @@ from cellsdk.preprocessing import load_image, prepare_image
 from cellsdk.testvectors import TestVectors
 
 __all__ = ["ARCHITECTURE_CALLABLE", "ARCHITECTURE_SOURCE", "CITATIONS", "cover_image", "documentation",
-           "not_expressed", "output_descriptions", "softmax", "test_tensors", "write_tensors"]
+           "not_expressed", "output_descriptions", "test_tensors", "write_tensors"]
 
 #: the callable in :data:`ARCHITECTURE_SOURCE` that builds the network for ``pytorch_state_dict`` weights
 ARCHITECTURE_CALLABLE = "CellClassifier"
@@ -208,17 +208,6 @@ def cover_image(classifier: Any, vectors: TestVectors, chosen: Sequence[int]) ->
     columns = max(1, (len(items) + 1) // 2) if len(items) > 2 else len(items)
     return montage([(f"{classifier.metadata.arch}: where it looked (class activation maps)", items)], tile=160,
                    columns=columns)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax, float32.
-
-    Examples:
-        >>> softmax(np.zeros((1, 4))).tolist()
-        [[0.25, 0.25, 0.25, 0.25]]
-    """
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return (shifted / shifted.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def write_tensors(staging: Path, raw: np.ndarray, values: dict[str, np.ndarray]) -> None:

@@ -25,7 +25,6 @@ Examples:
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import shutil
@@ -38,12 +37,13 @@ from typing import Any
 
 import numpy as np
 
-from cellsdk._io import user_cache_dir
+from cellsdk._io import sha256_file, user_cache_dir
 from cellsdk.errors import BackendNotInstalledError, MetadataError, SelfCheckError, UnsupportedFormatError
 from cellsdk.metadata import ModelMetadata, Preprocessing
+from cellsdk.metrics import softmax
 
 __all__ = ["DESCRIPTION_NAMES", "Package", "affine_to_preprocessing", "check_test_tensors", "is_package",
-           "open_package", "preprocessing_to_affine"]
+           "normalise_raw", "open_package", "preprocessing_to_affine"]
 
 #: the names a bioimage.io description file has inside a package (the newer name first)
 DESCRIPTION_NAMES = ("bioimageio.yaml", "rdf.yaml")
@@ -128,6 +128,19 @@ def preprocessing_to_affine(preprocessing: Preprocessing) -> tuple[list[float], 
     return gain, offset
 
 
+def normalise_raw(raw: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
+    """A package's raw ``N x 3 x H x W`` input (0..255, model channel order) normalised as the model expects: the
+    spec's ``scale_linear`` with :func:`preprocessing_to_affine`'s gain and offset, in float32.
+
+    Examples:
+        >>> normalise_raw(np.full((1, 3, 2, 2), 255, np.uint8), Preprocessing(input_size=2)).max()
+        np.float32(1.0)
+    """
+    gain, offset = preprocessing_to_affine(preprocessing)
+    return (raw.astype(np.float32) * np.asarray(gain, np.float32)[None, :, None, None]
+            + np.asarray(offset, np.float32)[None, :, None, None]).astype(np.float32)
+
+
 def affine_to_preprocessing(gain: Sequence[float], offset: Sequence[float], input_size: int) -> Preprocessing:
     """The :class:`Preprocessing` (no crop, RGB) whose normalisation is ``x * gain + offset`` on raw 0..255 pixels.
 
@@ -194,13 +207,10 @@ def check_test_tensors(package: Package, run: Any, metadata: ModelMetadata) -> f
     raw = package.test_input.astype(np.float32)
     if raw.ndim != 4 or raw.shape[1] != 3:
         return None
-    gain, offset = preprocessing_to_affine(metadata.preprocessing)
-    batch = (raw * np.asarray(gain, np.float32)[None, :, None, None]
-             + np.asarray(offset, np.float32)[None, :, None, None]).astype(np.float32)
+    batch = normalise_raw(raw, metadata.preprocessing)
     values = np.concatenate([np.asarray(run(batch[i:i + 1]), np.float64) for i in range(len(batch))])  # any batch
     if metadata.output == "logits" and _declares_softmax(package.description):
-        shifted = np.exp(values - values.max(axis=1, keepdims=True))
-        values = shifted / shifted.sum(axis=1, keepdims=True)
+        values = softmax(values)
     expected = np.asarray(package.test_output, np.float64).reshape(values.shape) if package.test_output.size == \
         values.size else None
     if expected is None:
@@ -221,11 +231,7 @@ def check_test_tensors(package: Package, run: Any, metadata: ModelMetadata) -> f
 
 
 def _extract(path: Path) -> Path:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    target = user_cache_dir() / "bioimageio" / digest.hexdigest()[:24]
+    target = user_cache_dir() / "bioimageio" / sha256_file(path)[:24]
     if (target / ".complete").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
