@@ -45,6 +45,7 @@ from cellsdk.preprocessing import IMAGE_EXTENSIONS, load_image
 __all__ = [
     "IMAGE_EXTENSIONS",
     "SPLITS",
+    "UNLABELLED",
     "ImageDataset",
     "Split",
     "carve_validation",
@@ -54,6 +55,8 @@ __all__ = [
 ]
 
 SPLITS = ("train", "val", "test")
+#: a collect folder's unlabelled pool (:mod:`cellsdk.pool`): never a class or a split of a dataset folder
+UNLABELLED = "unlabelled"
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                   "validation": "val", "test": "test", "testing": "test"}
 
@@ -386,7 +389,7 @@ def is_image(path: Path) -> bool:
 
 
 def _subdirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != UNLABELLED)
 
 
 def _load_folder(

@@ -45,13 +45,16 @@ __all__ = ["predict_command"]
 @click.option("--pixel-size", type=click.FloatRange(0, min_open=True), default=None,
               help="Micrometres per pixel of IMAGES: rescale them to the training images' pixel size (models that "
                    "record it; see cellsdk info).")
+@click.option("--collect", "collect_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Also keep every image classified in DIR/unlabelled/ (once each, bytes unchanged): the lab's "
+                   "unlabelled pool for cellsdk adapt --unlabelled DIR and cellsdk adapt --suggest.")
 @quiet_option("No progress bar.")
 @friendly_errors
 def predict_command(images: tuple[Path, ...], from_list: Path | None, model_path: Path | None, backend: str | None,
                     device: str, threads: int | None, top_k: int, batch_size: int, workers: int | None,
                     out_path: Path | None, overwrite: bool, engine: str, address: str | None, actors: int | None,
                     as_json: bool, strict: bool, ood_mode: str, explain_dir: Path | None, pixel_size: float | None,
-                    quiet: bool) -> None:
+                    collect_dir: Path | None, quiet: bool) -> None:
     """Classify IMAGES (files or folders) and/or the paths in --from-list: one line per image, or a result file
     (--out). Exit status 1 if any image failed.
 
@@ -74,6 +77,8 @@ def predict_command(images: tuple[Path, ...], from_list: Path | None, model_path
     if pixel_size is not None and (out_path is not None or engine == "ray" or explain_dir is not None):
         raise click.UsageError("--pixel-size applies to the printed predictions: leave out --out, --engine ray "
                                "and --explain")
+    if engine == "ray" and collect_dir is not None:
+        raise click.UsageError("--collect keeps images on this machine: leave out --engine ray")
     if engine == "ray":
         from cellsdk.batch.distributed import parquet_name_problem, run_ray_job
 
@@ -96,6 +101,10 @@ def predict_command(images: tuple[Path, ...], from_list: Path | None, model_path
     classifier = load_classifier(model_path, backend=backend, device=device, threads=threads, top_k=top_k,
                                  strict=strict, ood=ood_mode)
     inputs = iter_inputs(images, from_list)
+    if collect_dir is not None:
+        from cellsdk.pool import CellPool
+
+        inputs = CellPool(collect_dir).keeping(inputs)
     workers = decoders if workers is None else workers
     if out_path is not None:
         summary = run_job(classifier, inputs, out_path, batch_size=batch_size, workers=workers, overwrite=overwrite,

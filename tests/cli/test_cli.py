@@ -77,3 +77,25 @@ def test_predict_text_json_and_failures(artefacts, tmp_path):
     assert folder.exit_code == 0 and len(folder.stdout.strip().splitlines()) == 4
     missing = runner.invoke(cli, ["predict", str(images[0]), "--model", str(tmp_path / "none.onnx")])
     assert missing.exit_code == 1 and "no such model" in missing.output and "Traceback" not in missing.output
+
+
+def test_predict_collect_keeps_each_classified_cell_once_for_adapt(tmp_path):
+    from tests.conftest import RAW_SAMPLES
+
+    folder = RAW_SAMPLES / "lymphocyte"
+    cells = sorted(folder.iterdir())
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    runner = CliRunner()
+    for _ in range(2):  # the same cells asked about again are kept once
+        result = runner.invoke(cli, ["predict", str(folder), str(tmp_path / "broken.png"), "--collect",
+                                     str(tmp_path / "lab"), "--quiet"])
+        assert result.exit_code == 1 and "broken.png" in result.output  # the bad file is reported, not kept
+    kept = sorted(p.read_bytes() for p in (tmp_path / "lab" / "unlabelled").iterdir())
+    assert kept == sorted(p.read_bytes() for p in cells)
+    job = runner.invoke(cli, ["predict", str(RAW_SAMPLES / "ig"), "--out", str(tmp_path / "rows.csv"), "--collect",
+                              str(tmp_path / "lab"), "--quiet"])
+    assert job.exit_code == 0, job.output
+    assert len(list((tmp_path / "lab" / "unlabelled").iterdir())) == len(cells) + len(list((RAW_SAMPLES / "ig").iterdir()))
+    ray = runner.invoke(cli, ["predict", str(folder), "--engine", "ray", "--out", str(tmp_path / "x.parquet"),
+                              "--collect", str(tmp_path / "lab")])
+    assert ray.exit_code == 2 and "leave out --engine ray" in ray.output
