@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,21 @@ def format_lab_checks(manifest: dict[str, Any], artefact: str = "model.int8.onnx
 
 @command("adapt")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.argument("data", type=click.Path(path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path), required=False)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
-              help="Folder for best.safetensors, adapt.json and converted/.")
+              help="Folder for best.safetensors, adapt.json and converted/ (with --suggest: to_label/ and "
+                   "suggested.csv).")
+@click.option("--unlabelled", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="The lab's unlabelled cells (a folder, or a --collect folder): BatchNorm statistics re-estimated on "
+                   "them, then self-training on the model's confident answers. DATA may then be left out.")
+@click.option("--unlabelled-steps", type=click.Choice(["recalibrate", "guard", "self_train"]), default="self_train",
+              show_default=True, help="How far to go with --unlabelled: recalibrate BatchNorm only, + keep atypical "
+                                      "cells out, + self-training.")
+@click.option("--pseudo-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Confidence a pseudo-label needs [default: 0.9].")
+@click.option("--suggest", type=POSITIVE, default=None, metavar="N",
+              help="Do not adapt: pick the N cells of DATA (unlabelled) whose labels would help most, copy them to "
+                   "OUT/to_label/ and list them in OUT/suggested.csv.")
 @click.option("--data-cropped", is_flag=True, help="DATA holds single-cell crops already cut by the model's crop.")
 @click.option("--replay", type=click.Path(path_type=Path), default=None,
               help="The original training data, mixed in so the original lab keeps its accuracy (needed to convert).")
@@ -53,7 +66,12 @@ def format_lab_checks(manifest: dict[str, Any], artefact: str = "model.int8.onnx
 @click.option("--add-labels", is_flag=True, help="Grow the model's head for DATA classes it does not know.")
 @click.option("--convert/--no-convert", default=True, show_default=True,
               help="Convert as cellsdk-convert --quantize int8 does, each artefact checked on each lab.")
-@click.option("--formats", default="all", show_default=True, help="Formats to convert to (comma-separated, or all).")
+@click.option("--formats", default="onnx", show_default=True,
+              help="Formats to convert to (comma-separated, or all): what a lab runs first; convert the rest later "
+                   "with cellsdk-convert.")
+@click.option("--verify-cpus", default=None, metavar="CLASSES",
+              help="CPU classes to verify every int8 artefact on [default: this machine and the emulated ones "
+                   "cellsdk-convert uses, on a class-balanced sample].")
 @click.option("--epochs", type=POSITIVE, default=None, help="Override the preset's epochs.")
 @click.option("--steps", type=POSITIVE, default=None, help="Override the preset's optimiser steps per epoch.")
 @click.option("--lr", type=POSITIVE_FLOAT, default=None, help="Override the preset's peak learning rate.")
@@ -76,8 +94,9 @@ def format_lab_checks(manifest: dict[str, Any], artefact: str = "model.int8.onnx
 @click.option("--device", default="auto", show_default=True, help=TORCH_DEVICES)
 @quiet_option("No progress bars.")
 @friendly_errors
-def adapt_command(checkpoint: Path, data: Path, out_dir: Path, **options: Any) -> None:
-    """Fine-tune CHECKPOINT on DATA, a few labelled cells from another lab (one subfolder per class).
+def adapt_command(checkpoint: Path, data: Path | None, out_dir: Path, **options: Any) -> None:
+    """Fine-tune CHECKPOINT on DATA, a few labelled cells from another lab (one subfolder per class), and / or on the
+    lab's unlabelled cells (--unlabelled DIR); or, with --suggest N, pick the cells of DATA to label first.
 
     \f
     Examples:
@@ -92,6 +111,9 @@ def adapt_command(checkpoint: Path, data: Path, out_dir: Path, **options: Any) -
 
     quiet = options.pop("quiet")
     setup_logging(quiet)
+    if options["suggest"] is not None:
+        _suggest(checkpoint, data, out_dir, options)
+        return
     overrides: dict[str, Any] = {"seed": options["seed"], "device": options["device"]}
     for option, field in (("epochs", "epochs"), ("steps", "steps_per_epoch"), ("lr", "lr"), ("layers", "layers"),
                           ("batchnorm", "batchnorm"), ("stain_normalise", "stain_normalise"), ("scale", "scale"),
@@ -101,12 +123,24 @@ def adapt_command(checkpoint: Path, data: Path, out_dir: Path, **options: Any) -
     if options["augment"] is not None:
         overrides["augment"] = AugmentConfig.preset(options["augment"])
     formats = options["formats"].strip()
-    result = adapt(checkpoint, data, out_dir, replay=options["replay"], data_cropped=options["data_cropped"],
+    convert_options: dict[str, Any] = {"formats": () if formats == "all" else tuple(split_list(formats))}
+    if options["verify_cpus"] is not None:
+        from cellsdk.converters.labs import adapt_cpu_targets
+
+        convert_options["cpu_targets"] = adapt_cpu_targets(options["verify_cpus"])
+    unlabelled_config = None
+    if options["unlabelled"] is not None:
+        from cellsdk.training.unlabelled import UnlabelledConfig
+
+        unlabelled_config = UnlabelledConfig.ablation(options["unlabelled_steps"])
+        if options["pseudo_threshold"] is not None:
+            unlabelled_config = dataclasses.replace(unlabelled_config, threshold=options["pseudo_threshold"])
+    result = adapt(checkpoint, data, out_dir, unlabelled=options["unlabelled"], unlabelled_config=unlabelled_config,
+                   replay=options["replay"], data_cropped=options["data_cropped"],
                    replay_cropped=options["replay_cropped"], labels=options["labels"],
                    add_labels=options["add_labels"], overrides=overrides,
                    training_pixel_size=options["training_pixel_size"], convert=options["convert"],
-                   convert_options={} if formats == "all" else {"formats": tuple(split_list(formats))},
-                   progress=not quiet)
+                   convert_options=convert_options, progress=not quiet)
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     click.echo("on each source's held-out cells (before: the original model; accuracy of the fp32 checkpoints; "
@@ -124,6 +158,24 @@ def adapt_command(checkpoint: Path, data: Path, out_dir: Path, **options: Any) -
     if failed:
         raise click.ClickException(f"{len(failed)} artefact(s) failed verification: {', '.join(failed)} (see the "
                                    "reasons above); the checkpoint is kept")
+
+
+def _suggest(checkpoint: Path, data: Path | None, out_dir: Path, options: dict[str, Any]) -> None:
+    """``--suggest N``: rank DATA's unlabelled cells and write the N to label first."""
+    from cellsdk.training.suggestion import suggest_for_checkpoint, write_suggestion
+
+    if data is None:
+        raise click.UsageError("--suggest N needs the folder of unlabelled cells to pick from: "
+                               "cellsdk adapt CHECKPOINT --suggest N UNLABELLED --out DIR")
+    picked = suggest_for_checkpoint(checkpoint, data, options["suggest"], replay=options["replay"],
+                                    replay_cropped=options["replay_cropped"], cropped=options["data_cropped"],
+                                    seed=options["seed"], device=options["device"])
+    folder = write_suggestion(picked, out_dir)
+    for row in picked.rows():
+        click.echo(f"{row['rank']:>4}  {row['predicted']:<14} uncertainty {row['uncertainty']:.2f}  {row['path']}")
+    click.echo(f"picked {len(picked.paths)} of {picked.pool} cells (every predicted class, uncertain and diverse "
+               f"first); copies in {folder}, list in {out_dir / 'suggested.csv'}. Label them (one folder per "
+               f"class), then: cellsdk adapt {checkpoint} LABELLED --unlabelled {data} --replay DATA --out RUN")
 
 
 #: the commands' docstring examples, for doctest (click turns the functions into Command objects)

@@ -54,6 +54,7 @@ from cellsdk.training.mixing import (
 )
 from cellsdk.training.sources import Source, SourceSet
 from cellsdk.training.torchdata import pick_device
+from cellsdk.training.unlabelled import PoolRun, UnlabelledConfig
 
 __all__ = ["AdaptConfig", "AdaptResult", "adapt"]
 
@@ -182,6 +183,7 @@ class AdaptResult:
         seconds: wall time of the fine-tuning (conversion excluded).
         notes: what adapt decided on the user's behalf (carved validation, tiny classes, grown labels).
         conversion: the conversion folder's manifest, when converted.
+        unlabelled: with an unlabelled pool, what was done with it (recalibration, guard, pseudo-labels per epoch).
         deployed_before: when the checkpoint is the one the shipped model was converted from, that deployed model
             (with its guard) on each source's held-out cells: accuracy and share flagged before adapting.
     """
@@ -195,6 +197,7 @@ class AdaptResult:
     notes: list[str]
     conversion: dict[str, Any] | None = None
     deployed_before: dict[str, dict[str, Any]] | None = None
+    unlabelled: dict[str, Any] | None = None
 
 
 def _calibrate(model: Any, sources: SourceSet, specs: list[Preprocessing], device: torch.device,
@@ -211,7 +214,8 @@ def _calibrate(model: Any, sources: SourceSet, specs: list[Preprocessing], devic
     return temperature
 
 
-def adapt(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir: str | os.PathLike, *,
+def adapt(checkpoint: str | os.PathLike, data: str | os.PathLike | None, out_dir: str | os.PathLike, *,
+          unlabelled: str | os.PathLike | None = None, unlabelled_config: UnlabelledConfig | None = None,
           replay: str | os.PathLike | None = None, data_cropped: bool = False, replay_cropped: bool = False,
           labels: str | None = None, add_labels: bool = False, config: AdaptConfig | None = None,
           overrides: dict[str, Any] | None = None, training_pixel_size: float | None = None, convert: bool = True,
@@ -220,7 +224,12 @@ def adapt(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir: str |
 
     Args:
         checkpoint: a cellsdk ``.safetensors`` checkpoint.
-        data: the new lab's cells: class subfolders (or train/val split folders) named after the model's labels.
+        data: the new lab's labelled cells: class subfolders (or train/val split folders) named after the model's
+            labels; None to adapt from ``unlabelled`` cells alone.
+        unlabelled: a folder of the lab's unlabelled cells (or a ``--collect`` folder): BatchNorm statistics are
+            re-estimated on them and the model self-trains on its confident answers
+            (:mod:`cellsdk.training.unlabelled`); they are cropped like ``data`` (``data_cropped``).
+        unlabelled_config: how the unlabelled cells are used (default :class:`UnlabelledConfig`).
         out_dir: where ``best.safetensors``, ``adapt.json`` and (with ``convert``) ``converted/`` go.
         replay: the original training data, mixed in so the original lab keeps its accuracy.
         data_cropped: ``data``'s images already have the model's crop.
@@ -246,15 +255,24 @@ def adapt(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir: str |
     if convert and replay is None:
         raise ConfigError("converting an adapted model needs the original training data for int8 calibration and "
                           "the guard: pass --replay DATA (recommended anyway), or --no-convert")
+    if data is None and unlabelled is None:
+        raise ConfigError("nothing to adapt on: give the lab's labelled cells (DATA), its unlabelled cells "
+                          "(--unlabelled DIR), or both")
+    if data is None and replay is None:
+        raise ConfigError("adapting from unlabelled cells alone needs the original training data: pass --replay DATA")
     model, metadata = load_checkpoint(checkpoint)
-    source_list = [Source.parse(data, cropped=data_cropped, labels=labels)]
+    source_list = [Source.parse(data, cropped=data_cropped, labels=labels)] if data is not None else []
     if replay is not None:
         source_list.append(Source.parse(replay, cropped=replay_cropped))
     carve = config or AdaptConfig(**{k: v for k, v in (overrides or {}).items() if k in ("val_fraction", "seed")})
     sources = SourceSet(source_list, metadata.labels, grow=add_labels, val_fraction=carve.val_fraction,
                         seed=carve.seed)
-    counts = np.bincount(sources.loaded[0].train_targets, minlength=len(sources.labels))
-    per_class = int(np.median(counts[sources.classes_of(0)]))
+    lab = 0 if data is not None else None
+    replay_index = len(sources.loaded) - 1 if replay is not None else None
+    per_class = 0
+    if lab is not None:
+        counts = np.bincount(sources.loaded[lab].train_targets, minlength=len(sources.labels))
+        per_class = int(np.median(counts[sources.classes_of(lab)]))
     config = config or AdaptConfig.for_cells(per_class, **(overrides or {}))
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -270,11 +288,12 @@ def adapt(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir: str |
 
     original = metadata.preprocessing
     preprocessing = original
-    if config.scale and replay is not None and original.scale_range is None:
+    if config.scale and replay_index is not None and original.scale_range is None:
         preprocessing = dataclasses.replace(preprocessing, scale_range=fit_scale_range(
-            sources, 1, original, 400, config.seed))
-    if config.stain_normalise and replay is not None and original.stain is None:
-        preprocessing = dataclasses.replace(preprocessing, stain=fit_stain(sources, 1, original, 200, config.seed))
+            sources, replay_index, original, 400, config.seed))
+    if config.stain_normalise and replay_index is not None and original.stain is None:
+        preprocessing = dataclasses.replace(preprocessing, stain=fit_stain(sources, replay_index, original, 200,
+                                                                           config.seed))
     if training_pixel_size is not None:
         if not training_pixel_size > 0:
             raise ConfigError(f"training pixel size {training_pixel_size} must be a positive number of µm")
@@ -292,6 +311,9 @@ def adapt(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir: str |
         teacher = copy.deepcopy(model).eval()
         for param in teacher.parameters():
             param.requires_grad_(False)
+    pool_run = PoolRun.start(unlabelled, unlabelled_config or UnlabelledConfig(), model, sources, specs, lab,
+                              replay_index, data_cropped, preprocessing, device, config.seed) \
+        if unlabelled is not None else None
     body, head = trainable(model, config.layers)
     optimizer = torch.optim.AdamW([{"params": body, "lr": config.lr},
                                    {"params": head, "lr": config.lr * config.head_lr_scale}],
@@ -311,7 +333,13 @@ def adapt(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir: str |
     rng = np.random.default_rng(config.seed)
     history: list[dict[str, Any]] = []
     best_score, best_state, best_epoch = -1.0, None, 0
-    for epoch in range(1, config.epochs + 1):
+    self_training = pool_run if pool_run is not None and pool_run.config.self_train else None
+    epochs = config.epochs if lab is not None or self_training is not None else 0
+    if not epochs:  # unlabelled cells without self-training: the recalibrated model as it is
+        best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        notes.append("no labelled cells and no self-training: the model's weights are unchanged (BatchNorm "
+                     "statistics re-estimated only)")
+    for epoch in range(1, epochs + 1):
         epoch_start = time.perf_counter()
         replays = len(sources.loaded) - 1
         shares = [1.0] if not replays else [1 - config.replay_share] + [config.replay_share / replays] * replays
@@ -322,11 +350,20 @@ def adapt(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir: str |
         set_batchnorm(model, config.batchnorm)
         bar = progress_bar(len(draws), f"adapt epoch {epoch}/{config.epochs}", progress)
         loss_sum = 0.0
+        views = self_training.epoch(config.steps_per_epoch, epoch) if self_training is not None else iter(())
         try:
             for inputs, targets, source in loader:
                 inputs, targets = inputs.to(device), targets.to(device)
-                logits = model(inputs).float()
+                if self_training is not None:
+                    weak, strong, rows = next(views)
+                    weak_logits = self_training.weak_logits(model, weak.to(device), config.batchnorm)
+                    both = model(torch.cat([inputs, strong.to(device)])).float()
+                    logits = both[:len(inputs)]
+                else:
+                    logits = model(inputs).float()
                 loss = partial_label_loss(logits, targets, allowed[source.to(device)], config.label_smoothing)
+                if self_training is not None:
+                    loss = loss + self_training.loss(weak_logits, both[len(inputs):], rows)
                 replayed = source.to(device) > 0
                 if teacher is not None and bool(replayed.any()):
                     with torch.no_grad():
@@ -347,6 +384,8 @@ def adapt(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir: str |
         score = selection_score(scores, float(epoch))
         record = {"epoch": epoch, "train_loss": loss_sum / len(draws), "val": scores, "score": score,
                   "seconds": time.perf_counter() - epoch_start}
+        if self_training is not None:
+            record["unlabelled"] = self_training.epoch_record()
         history.append(record)
         log.info("epoch %d: loss %.4f, %s (%.0f s)", epoch, record["train_loss"],
                  ", ".join(f"{k} {v.get('balanced_accuracy', float('nan')):.3f}" for k, v in scores.items()),
@@ -361,13 +400,15 @@ def adapt(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir: str |
         notes.append(f"temperature {temperature:.3f} fitted on the sources' held-out cells and folded into the "
                      "last layer (label smoothing makes fine-tuned answers under-confident)")
     after = evaluate_sources(model, sources, specs, device, seed=config.seed)
+    pseudo_folder = pool_run.finish(model, out / "unlabelled_pseudo_labelled") if pool_run else None
     records = [sources.record(i, preprocessing) for i in range(len(sources.loaded))]
     for record in records:
         name = str(record["name"])
         record["before"], record["after"] = before.get(name), after.get(name)
     training = {**metadata.training, "adaptation": {
         "from_checkpoint": str(checkpoint), "from_labels": list(metadata.labels), "config": config.to_dict(),
-        "epoch": best_epoch, "sources": records, "notes": notes, "temperature": temperature}}
+        "epoch": best_epoch, "sources": records, "notes": notes, "temperature": temperature,
+        **({"unlabelled": pool_run.record} if pool_run else {})}}
     adapted = metadata.replace(
         labels=tuple(sources.labels), preprocessing=preprocessing, training=training,
         dataset=" + ".join(f"{r['name']} ({r['images']['train']} train, {r['images']['val']} val)" for r in records),
@@ -379,14 +420,19 @@ def adapt(checkpoint: str | os.PathLike, data: str | os.PathLike, out_dir: str |
     deployed_before = _deployed_before(checkpoint, sources)
     write_json(out / "adapt.json", {"checkpoint": str(best), "before": before, "after": after, "history": history,
                                     "notes": notes, "seconds": seconds, "sources": records,
-                                    "deployed_before": deployed_before})
-    result = AdaptResult(out, best, before, after, history, seconds, notes, deployed_before=deployed_before)
+                                    "deployed_before": deployed_before,
+                                    "unlabelled": pool_run.record if pool_run else None})
+    result = AdaptResult(out, best, before, after, history, seconds, notes, deployed_before=deployed_before,
+                         unlabelled=pool_run.record if pool_run else None)
     if convert:
         # the last step is the toolchain's (an explicit exception to the layers: pyproject.toml)
         from cellsdk.converters.labs import LabSource, convert_adapted
 
         labs = [LabSource(item.source.path, item.source.cropped, item.source.labels, config.val_fraction,
                           config.seed, item.source.name) for item in sources.loaded]
+        if pseudo_folder is not None:  # the guard learns the lab's cells from its pseudo-labelled pool too
+            labs.insert(len(labs) - 1, LabSource(str(pseudo_folder), data_cropped, None, config.val_fraction,
+                                                 config.seed, f"{Path(str(unlabelled)).name} (pseudo-labelled)"))
         result.conversion = convert_adapted(best, out / "converted", replay=labs[-1], labs=labs[:-1],
                                             options=convert_options, progress=progress)
     from cellsdk._io import write_text
