@@ -60,6 +60,9 @@ __all__ = ["serve_command"]
               help="The model's out-of-distribution guard (see cellsdk predict --help).")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="warning",
               show_default=True, help="Server log level (info: every start and stop).")
+@click.option("--keep-asked", is_flag=True,
+              help="With --collect: also keep every cell /v1/predict is asked about in DIR/unlabelled/, the pool "
+                   "cellsdk adapt --unlabelled learns from and the review page offers, most useful labels first.")
 @click.option("--collect", "collect_dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Review and collect: the page at /review saves each confirmed or corrected cell to "
                    "DIR/<label>/, a folder cellsdk adapt takes (needs --api-key).")
@@ -68,7 +71,8 @@ def serve_command(model_path: Path | None, backend: str | None, device: str, hos
                   max_wait_ms: float, max_queue: int, max_images: int, max_upload_mb: float, max_pixels: int | None,
                   top_k: int, api_key: str | None, cors_origins: tuple[str, ...], threads: int | None,
                   workers: int | None, drain_seconds: float, max_connections: int, header_timeout: float,
-                  body_timeout: float, strict: bool, ood_mode: str, log_level: str, collect_dir: Path | None) -> None:
+                  body_timeout: float, strict: bool, ood_mode: str, log_level: str, collect_dir: Path | None,
+                  keep_asked: bool) -> None:
     """Serve a model over HTTP: POST /v1/predict, GET /v1/model, /healthz, /readyz, /metrics, the web page at /
     and the API docs at /docs; with --collect, the review page at /review. Needs cellsdk[serve].
 
@@ -88,7 +92,7 @@ def serve_command(model_path: Path | None, backend: str | None, device: str, hos
                          top_k=top_k, api_key=api_key or None, cors_origins=cors_origins,
                          decode_workers=workers or decoders, drain_seconds=drain_seconds,
                          max_connections=max_connections, header_timeout=header_timeout, body_timeout=body_timeout,
-                         collect_dir=str(collect_dir) if collect_dir is not None else None,
+                         collect_dir=str(collect_dir) if collect_dir is not None else None, keep_asked=keep_asked,
                          **({"max_pixels": max_pixels} if max_pixels else {})).check()
     classifier = load_classifier(model_path, backend=backend, device=device, threads=threads, top_k=top_k,
                                  strict=strict, ood=ood_mode)

@@ -231,6 +231,12 @@ def create_app(classifier: Classifier, config: ServeConfig | None = None) -> Fas
 
     app.openapi = document  # type: ignore[method-assign]
 
+    keeper = None
+    if config.collect_dir is not None and config.keep_asked:
+        from cellsdk.pool import CellPool
+
+        keeper = CellPool(config.collect_dir)
+
     @app.post("/v1/predict", tags=["predict"], summary="Classify one or several images", dependencies=protected)
     async def predict(request: Request,
                       top_k: Annotated[int | None, Query(ge=1, le=1000, description="classes per image")] = None,
@@ -264,6 +270,8 @@ def create_app(classifier: Classifier, config: ServeConfig | None = None) -> Fas
         if explain:
             extras = list(await asyncio.gather(*(loop.run_in_executor(pool, state.heatmap, p, grid, size)
                                                  for (p, grid), (_, size) in zip(results, decoded, strict=True))))
+        if keeper is not None:  # --keep-asked: the lab's unlabelled pool (every upload decoded, so each is an image)
+            await asyncio.gather(*(loop.run_in_executor(pool, keeper.keep, data) for _, data in uploads))
         body = {"model": {"name": state.model_info["name"], "sha256": state.model_info["sha256"]},
                 "predictions": [{"name": name, **dataclasses.replace(p, top_k=p.top_k[:k]).to_dict(), **extra}
                                 for (name, _), (p, _), extra in zip(uploads, results, extras, strict=True)]}
@@ -312,7 +320,7 @@ def create_app(classifier: Classifier, config: ServeConfig | None = None) -> Fas
 
         add_review_routes(app, Collection(config.collect_dir, classifier.labels), protected,
                           {"Content-Security-Policy": PAGE_POLICY, "Cache-Control": "no-cache"}, static,
-                          config.max_upload_bytes)
+                          config.max_upload_bytes, classifier)
     app.mount("/static", StaticFiles(directory=static), name="static")
     app.add_middleware(_BodyLimit, max_bytes=config.max_upload_bytes, metrics=metrics)
     if config.cors_origins:

@@ -24,10 +24,12 @@ Examples:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import io
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -39,13 +41,13 @@ from fastapi.responses import FileResponse, JSONResponse
 from PIL import Image
 
 from cellsdk.errors import ConfigError, InvalidImageError
+from cellsdk.pool import SUFFIX_BY_FORMAT
 from cellsdk.preprocessing import load_image
 from cellsdk.serve.problems import ApiError
 
-__all__ = ["REVIEW_LOG", "Collection", "add_review_routes"]
+__all__ = ["REVIEW_LOG", "Collection", "ReviewQueue", "add_review_routes"]
 
 REVIEW_LOG = "review.jsonl"
-_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "TIFF": ".tif", "BMP": ".bmp", "GIF": ".gif", "WEBP": ".webp"}
 
 
 class Collection:
@@ -88,7 +90,7 @@ class Collection:
         load_image(data, name=name or "the reviewed image")  # refuse what the model could not read
         kind = Image.open(io.BytesIO(data)).format or "PNG"
         digest = hashlib.sha256(data).hexdigest()[:16]
-        file_name = digest + _EXTENSIONS.get(kind, ".png")
+        file_name = digest + SUFFIX_BY_FORMAT.get(kind, ".png")
         target = self.root / label / file_name
         with self._lock:
             moved_from = None
@@ -126,9 +128,60 @@ class Collection:
 
 
 
+class ReviewQueue:
+    """The unlabelled pool (``DIR/unlabelled/``, :mod:`cellsdk.pool`) less the cells already reviewed, ranked by
+    :func:`cellsdk.suggest.rank_for_labelling` with the served model (recomputed when the pool or the reviews
+    change).
+
+    Examples:
+        >>> import tempfile
+        >>> from cellsdk import Classifier
+        >>> clf = Classifier.load(self_check=False)
+        >>> queue = ReviewQueue(Collection(tempfile.mkdtemp(), clf.labels), clf)
+        >>> queue.pool.keep(open("samples/pbc_raw/ig/MMY_163947.jpg", "rb").read()).parent.name
+        'unlabelled'
+        >>> [cell["predicted"] for cell in queue.cells(5)["cells"]]
+        ['ig']
+    """
+
+    def __init__(self, collection: Collection, classifier: Any):
+        from cellsdk.pool import CellPool
+
+        self.collection, self.classifier = collection, classifier
+        self.pool = CellPool(collection.root)
+        self._lock = threading.Lock()
+        self._cache: tuple[tuple[str, ...], list[dict[str, Any]]] | None = None
+
+    def waiting(self) -> list[Path]:
+        """The pool's cells no label folder holds yet."""
+        reviewed = {p.name for label in self.collection.labels if (self.collection.root / label).is_dir()
+                    for p in (self.collection.root / label).iterdir()}
+        return [p for p in self.pool.cells() if p.name not in reviewed]
+
+    def cells(self, n: int) -> dict[str, Any]:
+        """The first ``n`` waiting cells in the order to label them (uncertain and diverse first, every predicted
+        class represented), with the model's label and uncertainty."""
+        from cellsdk.suggest import suggest_cells
+
+        waiting = self.waiting()
+        key = tuple(p.name for p in waiting)
+        with self._lock:
+            if self._cache is None or self._cache[0] != key:
+                ranked: list[dict[str, Any]] = []
+                if waiting:
+                    picked = suggest_cells(self.classifier, waiting, len(waiting))
+                    ranked = [{"file": Path(row["path"]).name, "predicted": row["predicted"],
+                               "uncertainty": row["uncertainty"]} for row in picked.rows()]
+                self._cache = (key, ranked)
+            ranked = self._cache[1]
+        return {"pool": len(self.pool), "waiting": len(waiting), "cells": ranked[:n]}
+
+
 def add_review_routes(app: Any, collection: Collection, protected: list[Any], page_headers: dict[str, str],
-                      static: Path, max_bytes: int) -> None:
-    """``GET /review`` (the page), ``POST /v1/review`` (save a decision) and ``GET /v1/review`` (the counts).
+                      static: Path, max_bytes: int, classifier: Any = None) -> None:
+    """``GET /review`` (the page), ``POST /v1/review`` (save a decision) and ``GET /v1/review`` (the counts); with
+    the served ``classifier``, ``GET /v1/review/queue`` (the unlabelled pool, most useful labels first) and
+    ``GET /v1/review/pool/{file}`` (one pool cell's image).
 
     Examples:
         >>> add_review_routes(app, Collection("collected", labels), protected, {}, static, 32 << 20)  # doctest: +SKIP
@@ -137,10 +190,28 @@ def add_review_routes(app: Any, collection: Collection, protected: list[Any], pa
     async def review_page() -> Any:
         return FileResponse(static / "review.html", headers=page_headers)
 
+    queue = ReviewQueue(collection, classifier) if classifier is not None else None
+    pool_name = re.compile(r"^[0-9a-f]{16}\.[a-z]{3,4}$")
+
+    @app.get("/v1/review/queue", tags=["review"], summary="The unlabelled pool's cells, most useful labels first",
+             dependencies=protected)
+    async def review_queue(n: int = Query(50, ge=1, le=1000, description="cells to list")) -> dict[str, Any]:
+        if queue is None:
+            raise ApiError("not-found", "no review queue: the service was started without a model to rank with")
+        return await asyncio.to_thread(queue.cells, n)
+
+    @app.get("/v1/review/pool/{file}", tags=["review"], summary="One unlabelled pool cell's image",
+             dependencies=protected)
+    async def review_pool_cell(file: str) -> Any:
+        if queue is None or not pool_name.match(file) or not (queue.pool.folder / file).is_file():
+            raise ApiError("not-found", f"{file!r} is not a cell of the unlabelled pool (see GET /v1/review/queue)")
+        return FileResponse(queue.pool.folder / file)
+
     @app.get("/v1/review", tags=["review"], summary="The collect folder: labels and cells per label",
              dependencies=protected)
     async def review_counts() -> dict[str, Any]:
-        return {"folder": collection.root.name, "labels": list(collection.labels), "counts": collection.counts()}
+        return {"folder": collection.root.name, "labels": list(collection.labels), "counts": collection.counts(),
+                "pool": len(queue.pool) if queue is not None else 0}
 
     @app.post("/v1/review", tags=["review"], summary="Save a reviewed image under its confirmed or corrected label",
               dependencies=protected)

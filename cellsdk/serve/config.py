@@ -76,6 +76,9 @@ class ServeConfig:
         keep_alive_timeout: seconds an idle connection stays open between two requests.
         collect_dir: with it, the review page (``/review``) saves each confirmed or corrected image to
             ``collect_dir/<label>/`` (see :mod:`cellsdk.serve.collect`); needs ``api_key``.
+        keep_asked: with ``collect_dir``, also keep every image ``/v1/predict`` was asked about in
+            ``collect_dir/unlabelled/`` (:mod:`cellsdk.pool`): the lab's unlabelled pool for ``cellsdk adapt
+            --unlabelled``, and the review page's queue (cells whose labels would help most first). Opt-in.
     """
 
     host: str = "127.0.0.1"
@@ -97,6 +100,7 @@ class ServeConfig:
     body_timeout: float = 30.0
     keep_alive_timeout: float = 5.0
     collect_dir: str | None = None
+    keep_asked: bool = False
 
     @classmethod
     def unbatched(cls, **changes: Any) -> ServeConfig:
@@ -153,6 +157,8 @@ class ServeConfig:
         if self.collect_dir is not None and not self.api_key:
             raise ConfigError("--collect saves images as training data: set an API key too (--api-key or "
                               "CELLSDK_API_KEY), so only the lab's own staff can add to it")
+        if self.keep_asked and self.collect_dir is None:
+            raise ConfigError("--keep-asked keeps the cells in the --collect folder: add --collect DIR")
         if not is_loopback(self.host) and not self.api_key:
             raise ConfigError(f"binding {self.host} opens the service to the network: set an API key (--api-key or "
                               f"the {API_KEY_ENV} environment variable), or bind 127.0.0.1")

@@ -26,12 +26,14 @@ KEY = "review-key-0123456789abcdef"
 def test_collect_needs_an_api_key(tmp_path):
     with pytest.raises(ConfigError, match="set an API key"):
         ServeConfig(collect_dir=str(tmp_path)).check()
+    with pytest.raises(ConfigError, match="add --collect DIR"):
+        ServeConfig(keep_asked=True, api_key=KEY).check()
 
 
 @pytest.fixture(scope="module")
 def collecting(tmp_path_factory) -> Iterator[tuple[ServiceProcess, Path]]:
     folder = tmp_path_factory.mktemp("review") / "collected"
-    running = start("--collect", str(folder), "--api-key", KEY)
+    running = start("--collect", str(folder), "--keep-asked", "--api-key", KEY)
     yield running, folder
     assert running.stop() == 0, "\n".join(running.lines)
 
@@ -101,7 +103,7 @@ def test_a_technician_reviews_by_keyboard_and_click_and_the_folder_adapts(collec
     page.close()
     if os.environ.get("CELLSDK_SCREENSHOT_DIR"):  # how docs/review_page.png is refreshed
         shutil.copy(tmp_path / "review_page.png", Path(os.environ["CELLSDK_SCREENSHOT_DIR"]) / "review_page.png")
-    saved = sorted(p.parent.name for p in folder.glob("*/*") if p.suffix != ".jsonl")
+    saved = sorted(p.parent.name for p in folder.glob("*/*") if p.suffix != ".jsonl" and p.parent.name != "unlabelled")
     assert saved == sorted([predicted[0], corrected, clicked])
 
     from click.testing import CliRunner
@@ -114,3 +116,45 @@ def test_a_technician_reviews_by_keyboard_and_click_and_the_folder_adapts(collec
                                       "--steps", "1", "--quiet"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "best.safetensors").is_file()
+
+
+def test_cells_asked_about_wait_in_the_pool_and_the_page_offers_them_most_useful_first(collecting, browser):  # noqa: F811
+    from playwright.sync_api import expect
+
+    service, folder = collecting
+    for path in folder.iterdir():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    auth = {"X-API-Key": KEY}
+    cells = IMAGES[:3]
+    with httpx.Client(base_url=service.url, timeout=60) as client:
+        for path in [*cells, cells[0]]:  # asked twice: kept once
+            assert client.post("/v1/predict", content=path.read_bytes(), headers=auth).status_code == 200
+        kept = sorted((folder / "unlabelled").iterdir())
+        assert len(kept) == 3 and {p.read_bytes() for p in kept} == {p.read_bytes() for p in cells}
+        assert client.get("/v1/review/queue").status_code == 401
+        queue = client.get("/v1/review/queue?n=10", headers=auth).json()
+        assert queue["pool"] == 3 and queue["waiting"] == 3
+        assert sorted(c["file"] for c in queue["cells"]) == [p.name for p in kept]
+        first = queue["cells"][0]
+        image = client.get(f"/v1/review/pool/{first['file']}", headers=auth)
+        assert image.status_code == 200 and image.content == (folder / "unlabelled" / first["file"]).read_bytes()
+        for bad in ("../review.jsonl", "0123456789abcdef.png", "..%2Freview.jsonl"):
+            assert client.get(f"/v1/review/pool/{bad}", headers=auth).status_code == 404
+        assert client.get("/v1/review", headers=auth).json()["pool"] == 3
+    page = browser.new_page(viewport={"width": 1100, "height": 760})
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.add_init_script(f"sessionStorage.setItem('cellsdk-api-key', '{KEY}')")
+    page.goto(service.url + "review")
+    expect(page.locator("#pool-line")).to_be_visible()
+    expect(page.locator("#file-name")).to_have_text(first["file"])  # the pool, in the suggested order
+    expect(page.locator("#current")).to_have_attribute("data-state", "ready", timeout=30_000)
+    expect(page.locator("#predicted")).to_have_text(first["predicted"])
+    page.keyboard.press("Enter")
+    expect(page.locator("#summary")).to_contain_text("1 reviewed: 1 confirmed")
+    assert errors == []
+    page.close()
+    assert (folder / first["predicted"] / first["file"]).is_file()
+    with httpx.Client(base_url=service.url, timeout=60) as client:
+        left = client.get("/v1/review/queue", headers=auth).json()
+    assert left["waiting"] == 2 and first["file"] not in [c["file"] for c in left["cells"]]

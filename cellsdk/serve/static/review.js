@@ -1,6 +1,8 @@
 // cellsdk review page: classify each chosen cell with /v1/predict, then the technician confirms (Enter), picks
 // another label (1-9 or a click) or skips (S); confirmed and corrected cells are posted to /v1/review, which saves
 // them by label. One cell at a time, keyboard first. No dependencies.
+// With `cellsdk serve --collect DIR --keep-asked`, the cells the service was asked about wait in DIR/unlabelled/:
+// the page offers them first, in the order whose labels help adaptation most (GET /v1/review/queue).
 "use strict";
 
 const $ = (selector) => document.querySelector(selector);
@@ -41,6 +43,7 @@ async function start() {
   $("#key-section").hidden = true;
   $("#model").textContent = labels.length + " labels · saving to " + info.folder + "/<label>/";
   showCounts(info.counts);
+  showPool(info.pool || 0);
   const group = $("#labels");
   group.replaceChildren();
   labels.forEach((label, i) => {
@@ -53,6 +56,35 @@ async function start() {
     button.addEventListener("click", () => decide(label));
     group.append(button);
   });
+}
+
+function showPool(size) {
+  $("#pool-line").hidden = !size;
+  $("#pool-text").textContent = size + " unlabelled cell" + (size === 1 ? "" : "s") +
+    " kept by the service; the most useful to label come first.";
+  if (size && !current && !queue.length) loadPool();
+}
+
+async function loadPool() {
+  const response = await fetch("/v1/review/queue?n=200", { headers: headers() });
+  if (!response.ok) {
+    $("#pool-text").textContent = await problemText(response);
+    return;
+  }
+  const listed = await response.json();
+  const known = new Set(queue.filter((item) => item.pool).map((item) => item.pool));
+  listed.cells.forEach((cell) => { if (!known.has(cell.file)) queue.push({ pool: cell.file }); });
+  $("#pool-text").textContent = listed.waiting + " of " + listed.pool + " pool cells wait for a label.";
+  if (!current) next();
+  else showSummary();
+}
+
+async function resolve(item) {
+  if (!item || !item.pool) return item;
+  const response = await fetch("/v1/review/pool/" + encodeURIComponent(item.pool), { headers: headers() });
+  if (!response.ok) return null;
+  const blob = await response.blob();
+  return new File([blob], item.pool, { type: blob.type });
 }
 
 function showCounts(counts) {
@@ -69,7 +101,8 @@ function showSummary() {
 async function next() {
   if (current) URL.revokeObjectURL(current.url);
   current = null;
-  const file = queue.shift();
+  let file = null;
+  while (queue.length && !file) file = await resolve(queue.shift());
   if (!file) {
     $("#current").hidden = true;
     showSummary();
@@ -162,6 +195,7 @@ document.addEventListener("keydown", (event) => {
 
 $("#confirm").addEventListener("click", () => current && current.prediction && decide(current.prediction.label));
 $("#skip").addEventListener("click", skip);
+$("#pool-load").addEventListener("click", loadPool);
 $("#files").addEventListener("change", (event) => {
   const wasIdle = !current;
   queue.push(...Array.from(event.target.files));
