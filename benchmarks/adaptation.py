@@ -2,6 +2,7 @@
 
     python -m cellsdk.benchmarks.adaptation CHECKPOINT --lab NAME=ADAPT_DIR:TEST_DIR [--lab ...]
         --replay DATA [--replay-cropped] [--pbc-test LABELS_CSV] [--k 5,10,20] [--set key=value ...]
+        [--modes labelled,unlabelled,suggested] [--ablation] [--seeds 0]
         [--convert [--formats onnx] [--verify-cpus native]] [--out DIR]
 
 For each lab and each k, the first k cells of each class of ``ADAPT_DIR`` (seeded shuffle) are linked into a
@@ -12,6 +13,12 @@ Without ``--convert`` the fp32 checkpoint is scored (PyTorch); with it, the INT8
 ``Classifier.load`` (accuracy, balanced accuracy and share flagged by the guard, also on every other lab's test
 cells: an unrelated lab should stay flagged). Wall times are reported with the CPU class. Results go to
 ``OUT/adaptation.json`` and a Markdown table.
+
+``--modes``: ``labelled`` (the k cells only), ``unlabelled`` (plus the rest of ``ADAPT_DIR`` as unlabelled cells,
+their labels hidden: ``adapt --unlabelled``), ``suggested`` (the k x classes cells picked by ``adapt --suggest``
+from the whole of ``ADAPT_DIR`` instead of at random, labelled with their true labels, plus the rest unlabelled).
+k = 0 runs the unlabelled cells alone. ``--ablation`` adds the unlabelled steps one by one (recalibrate, + guard,
++ self-training) for the ``unlabelled`` mode.
 """
 
 from __future__ import annotations
@@ -65,9 +72,12 @@ def _pbc_items(labels_csv: Path | None) -> list[tuple[Path, str]]:
 def _summary(predicted: list[str], truth: list[str], flagged: list[bool] | None = None) -> dict[str, Any]:
     right = np.array([p == t for p, t in zip(predicted, truth, strict=True)])
     classes = sorted(set(truth))
+    from cellsdk.metrics import wilson_interval
+
+    recall = {c: float(right[[t == c for t in truth]].mean()) for c in classes}
     out: dict[str, Any] = {"images": len(truth), "accuracy": float(right.mean()),
-                           "balanced_accuracy": float(np.mean([right[[t == c for t in truth]].mean()
-                                                               for c in classes]))}
+                           "accuracy_95ci": [round(v, 4) for v in wilson_interval(int(right.sum()), len(truth))],
+                           "balanced_accuracy": float(np.mean(list(recall.values()))), "recall": recall}
     if flagged is not None:
         kept = ~np.asarray(flagged)
         out["flagged"] = float(np.mean(flagged))
@@ -108,6 +118,38 @@ def score_artefact(model: Path, items: list[tuple[Path, str]]) -> dict[str, Any]
     return _summary([p.label for p in predictions], [label for _, label in items], [not p.ok for p in predictions])
 
 
+def link_pool(adapt_dir: Path, labelled: Path | None, into: Path) -> Path:
+    """``into/``: flat symlinks to every image of ``adapt_dir`` not linked in ``labelled`` (labels hidden).
+
+    Examples:
+        >>> link_pool(Path("labB/adapt"), Path("/tmp/labB_k10"), Path("/tmp/labB_pool"))  # doctest: +SKIP
+        PosixPath('/tmp/labB_pool')
+    """
+    taken = {p.resolve() for p in labelled.glob("*/*")} if labelled is not None else set()
+    into.mkdir(parents=True, exist_ok=True)
+    for path in sorted(adapt_dir.glob("*/*")):
+        if is_image(path) and path.resolve() not in taken:
+            (into / f"{path.parent.name[:2]}_{path.name}").symlink_to(path.resolve())
+    return into
+
+
+def link_suggested(checkpoint: Path, adapt_dir: Path, n: int, into: Path, replay: Path, replay_cropped: bool,
+                   seed: int) -> Path:
+    """``into/<class>/``: the ``n`` cells ``adapt --suggest`` picks from the whole of ``adapt_dir``, each under its
+    true label (the technician's answer).
+    """
+    from cellsdk.training.suggestion import suggest_for_checkpoint
+
+    everything = link_pool(adapt_dir, None, into.with_name(into.name + "_all"))
+    picked = suggest_for_checkpoint(checkpoint, everything, n, replay=replay, replay_cropped=replay_cropped,
+                                    seed=seed)
+    for path in picked.paths:
+        real = path.resolve()
+        (into / real.parent.name).mkdir(parents=True, exist_ok=True)
+        (into / real.parent.name / real.name).symlink_to(real)
+    return into
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
@@ -116,6 +158,9 @@ def main() -> int:
     parser.add_argument("--replay-cropped", action="store_true")
     parser.add_argument("--pbc-test", type=Path, default=None, help="pbc_subset's labels.csv")
     parser.add_argument("--k", default="5,10,20")
+    parser.add_argument("--modes", default="labelled", help="labelled, unlabelled, suggested (comma-separated)")
+    parser.add_argument("--ablation", action="store_true", help="unlabelled mode: each step added one by one")
+    parser.add_argument("--seeds", default="0", help="seeds (comma-separated): the subset drawn and the recipe's")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=JSON")
     parser.add_argument("--convert", action="store_true")
     parser.add_argument("--formats", default="all", help="with --convert: formats to write (default every one)")
@@ -124,6 +169,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/adaptation"))
     args = parser.parse_args()
     from cellsdk.training.adaptation import adapt
+    from cellsdk.training.unlabelled import UnlabelledConfig
 
     labs = {}
     for text in args.lab:
@@ -141,30 +187,52 @@ def main() -> int:
         convert_options["cpu_targets"] = CpuTargets.parse(args.verify_cpus)
     cpu = host_cpu()
     rows: list[dict[str, Any]] = []
+    steps = ["none", "recalibrate", "guard", "self_train"] if args.ablation else ["self_train"]
     with tempfile.TemporaryDirectory() as scratch:
         for name, (adapt_dir, test_dir) in labs.items():
-            for k in (int(v) for v in args.k.split(",")):
-                data = link_subset(adapt_dir, k, Path(scratch) / f"{name}_k{k}")
-                out = args.out / f"{name}_k{k}"
-                started = time.perf_counter()
-                result = adapt(args.checkpoint, data, out, replay=args.replay, replay_cropped=args.replay_cropped,
-                               overrides=overrides, convert=args.convert, convert_options=convert_options,
-                               progress=False)
-                seconds = time.perf_counter() - started
-                row: dict[str, Any] = {"lab": name, "k": k, "overrides": overrides, "seconds": round(seconds, 1),
-                                       "fine_tune_seconds": round(result.seconds, 1), "epoch": max(
-                                           result.history, key=lambda h: h["score"])["epoch"]}
-                if args.convert:
-                    model = out / "converted" / "model.int8.onnx"
-                    row["lab_test"] = score_artefact(model, _test_items(test_dir))
-                    row["pbc_test"] = score_artefact(model, pbc) if pbc else None
-                    row["other_labs"] = {other: score_artefact(model, _test_items(dirs[1]))
-                                         for other, dirs in labs.items() if other != name}
-                else:
-                    row["lab_test"] = score_checkpoint(result.checkpoint, _test_items(test_dir))
-                    row["pbc_test"] = score_checkpoint(result.checkpoint, pbc) if pbc else None
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+            classes = sum(1 for p in adapt_dir.iterdir() if p.is_dir())
+            for seed in (int(v) for v in args.seeds.split(",")):
+                for k in (int(v) for v in args.k.split(",")):
+                    for mode in args.modes.split(","):
+                        if (k == 0 and mode != "unlabelled") or (mode == "labelled" and k == 0):
+                            continue
+                        tag = f"{name}_k{k}_{mode}_s{seed}"
+                        data = None
+                        if k and mode == "suggested":
+                            data = link_suggested(args.checkpoint, adapt_dir, k * classes, Path(scratch) / tag,
+                                                  args.replay, args.replay_cropped, seed)
+                        elif k:
+                            data = link_subset(adapt_dir, k, Path(scratch) / tag, seed=seed)
+                        pool = link_pool(adapt_dir, data, Path(scratch) / f"{tag}_pool") if mode != "labelled" \
+                            else None
+                        for step in (steps if pool is not None else ["-"]):
+                            if pool is not None and step == "none" and not k:
+                                continue
+                            config = UnlabelledConfig.ablation(step) if pool is not None else None
+                            out = args.out / (tag + (f"_{step}" if pool is not None and args.ablation else ""))
+                            started = time.perf_counter()
+                            result = adapt(args.checkpoint, data, out, replay=args.replay,
+                                           replay_cropped=args.replay_cropped,
+                                           unlabelled=pool if step != "none" else None, unlabelled_config=config,
+                                           overrides={**overrides, "seed": seed}, convert=args.convert,
+                                           convert_options=convert_options, progress=False)
+                            seconds = time.perf_counter() - started
+                            row: dict[str, Any] = {
+                                "lab": name, "k": k, "mode": mode, "unlabelled_steps": step, "seed": seed,
+                                "overrides": overrides, "seconds": round(seconds, 1),
+                                "fine_tune_seconds": round(result.seconds, 1),
+                                "labelled_per_class": {p.name: len(list(p.iterdir()))
+                                                       for p in sorted(data.iterdir())} if data else {},
+                                "unlabelled": len(list(pool.iterdir())) if pool is not None else 0}
+                            if args.convert:
+                                model = out / "converted" / "model.int8.onnx"
+                                row["lab_test"] = score_artefact(model, _test_items(test_dir))
+                                row["pbc_test"] = score_artefact(model, pbc) if pbc else None
+                            else:
+                                row["lab_test"] = score_checkpoint(result.checkpoint, _test_items(test_dir))
+                                row["pbc_test"] = score_checkpoint(result.checkpoint, pbc) if pbc else None
+                            rows.append(row)
+                            print(json.dumps(row), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"cpu": cpu.to_dict(), "checkpoint": str(args.checkpoint), "rows": rows}
     (args.out / "adaptation.json").write_text(json.dumps(report, indent=1))
