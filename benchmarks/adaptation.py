@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import random
 import tempfile
@@ -69,7 +70,11 @@ def _pbc_items(labels_csv: Path | None) -> list[tuple[Path, str]]:
     return [(labels_csv.parent / r["path"], r["class"]) for r in rows if r["bloodmnist_split"] == "test"]
 
 
-def _summary(predicted: list[str], truth: list[str], flagged: list[bool] | None = None) -> dict[str, Any]:
+def _summary(predicted: list[str], truth: list[str], flagged: list[bool] | None = None,
+             known: set[str] | None = None) -> dict[str, Any]:
+    """Accuracy with its 95 % interval, balanced accuracy and per-class recall; with ``known`` (the classes the lab's
+    adapt set holds), the balanced accuracy counts those only and the others are reported apart (a model cannot
+    learn a class it was never shown)."""
     right = np.array([p == t for p, t in zip(predicted, truth, strict=True)])
     classes = sorted(set(truth))
     from cellsdk.metrics import wilson_interval
@@ -77,7 +82,12 @@ def _summary(predicted: list[str], truth: list[str], flagged: list[bool] | None 
     recall = {c: float(right[[t == c for t in truth]].mean()) for c in classes}
     out: dict[str, Any] = {"images": len(truth), "accuracy": float(right.mean()),
                            "accuracy_95ci": [round(v, 4) for v in wilson_interval(int(right.sum()), len(truth))],
-                           "balanced_accuracy": float(np.mean(list(recall.values()))), "recall": recall}
+                           "balanced_accuracy": float(np.mean([r for c, r in recall.items()
+                                                               if known is None or c in known])),
+                           "recall": recall}
+    if known is not None:
+        out["classes_never_shown"] = {c: {"recall": r, "cells": int(sum(t == c for t in truth))}
+                                      for c, r in recall.items() if c not in known}
     if flagged is not None:
         kept = ~np.asarray(flagged)
         out["flagged"] = float(np.mean(flagged))
@@ -85,7 +95,7 @@ def _summary(predicted: list[str], truth: list[str], flagged: list[bool] | None 
     return out
 
 
-def score_checkpoint(checkpoint: Path, items: list[tuple[Path, str]]) -> dict[str, Any]:
+def score_checkpoint(checkpoint: Path, items: list[tuple[Path, str]], known: set[str] | None = None) -> dict[str, Any]:
     """The fp32 checkpoint (PyTorch) on ``items``, with its own preprocessing.
 
     Examples:
@@ -101,10 +111,10 @@ def score_checkpoint(checkpoint: Path, items: list[tuple[Path, str]]) -> dict[st
     arrays = np.stack([preprocess(p, meta.preprocessing) for p, _ in items])
     with torch.inference_mode():
         indices = torch.cat([model(torch.from_numpy(arrays[i:i + 64])) for i in range(0, len(arrays), 64)]).argmax(1)
-    return _summary([meta.labels[i] for i in indices.tolist()], [label for _, label in items])
+    return _summary([meta.labels[i] for i in indices.tolist()], [label for _, label in items], known=known)
 
 
-def score_artefact(model: Path, items: list[tuple[Path, str]]) -> dict[str, Any]:
+def score_artefact(model: Path, items: list[tuple[Path, str]], known: set[str] | None = None) -> dict[str, Any]:
     """A deployed model (``Classifier.load``, guard on) on ``items``: accuracy, balanced accuracy, share flagged.
 
     Examples:
@@ -115,7 +125,8 @@ def score_artefact(model: Path, items: list[tuple[Path, str]]) -> dict[str, Any]
 
     classifier = Classifier.load(model)
     predictions = classifier.predict_batch([p for p, _ in items])
-    return _summary([p.label for p in predictions], [label for _, label in items], [not p.ok for p in predictions])
+    return _summary([p.label for p in predictions], [label for _, label in items], [not p.ok for p in predictions],
+                    known=known)
 
 
 def link_pool(adapt_dir: Path, labelled: Path | None, into: Path) -> Path:
@@ -162,6 +173,8 @@ def main() -> int:
     parser.add_argument("--ablation", action="store_true", help="unlabelled mode: each step added one by one")
     parser.add_argument("--seeds", default="0", help="seeds (comma-separated): the subset drawn and the recipe's")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=JSON")
+    parser.add_argument("--unlabelled-set", dest="unlabelled_overrides", action="append", default=[],
+                        metavar="KEY=JSON", help="UnlabelledConfig fields for the unlabelled and suggested modes")
     parser.add_argument("--convert", action="store_true")
     parser.add_argument("--formats", default="all", help="with --convert: formats to write (default every one)")
     parser.add_argument("--verify-cpus", default=None, help="with --convert: CPU classes to verify on (default: "
@@ -177,6 +190,8 @@ def main() -> int:
         adapt_dir, _, test_dir = dirs.partition(":")
         labs[name] = (Path(adapt_dir), Path(test_dir))
     overrides = {key: json.loads(value) for key, _, value in (o.partition("=") for o in args.overrides)}
+    unlabelled_overrides = {key: json.loads(value)
+                            for key, _, value in (o.partition("=") for o in args.unlabelled_overrides)}
     pbc = _pbc_items(args.pbc_test)
     convert_options: dict[str, Any] = {}
     if args.formats != "all":
@@ -190,7 +205,8 @@ def main() -> int:
     steps = ["none", "recalibrate", "guard", "self_train"] if args.ablation else ["self_train"]
     with tempfile.TemporaryDirectory() as scratch:
         for name, (adapt_dir, test_dir) in labs.items():
-            classes = sum(1 for p in adapt_dir.iterdir() if p.is_dir())
+            known = {p.name for p in adapt_dir.iterdir() if p.is_dir()}
+            classes = len(known)
             for seed in (int(v) for v in args.seeds.split(",")):
                 for k in (int(v) for v in args.k.split(",")):
                     for mode in args.modes.split(","):
@@ -208,7 +224,8 @@ def main() -> int:
                         for step in (steps if pool is not None else ["-"]):
                             if pool is not None and step == "none" and not k:
                                 continue
-                            config = UnlabelledConfig.ablation(step) if pool is not None else None
+                            config = dataclasses.replace(UnlabelledConfig.ablation(step), **unlabelled_overrides) \
+                                if pool is not None else None
                             out = args.out / (tag + (f"_{step}" if pool is not None and args.ablation else ""))
                             started = time.perf_counter()
                             result = adapt(args.checkpoint, data, out, replay=args.replay,
@@ -219,17 +236,18 @@ def main() -> int:
                             seconds = time.perf_counter() - started
                             row: dict[str, Any] = {
                                 "lab": name, "k": k, "mode": mode, "unlabelled_steps": step, "seed": seed,
-                                "overrides": overrides, "seconds": round(seconds, 1),
+                                "overrides": overrides, "unlabelled_overrides": unlabelled_overrides,
+                                "seconds": round(seconds, 1),
                                 "fine_tune_seconds": round(result.seconds, 1),
                                 "labelled_per_class": {p.name: len(list(p.iterdir()))
                                                        for p in sorted(data.iterdir())} if data else {},
                                 "unlabelled": len(list(pool.iterdir())) if pool is not None else 0}
                             if args.convert:
                                 model = out / "converted" / "model.int8.onnx"
-                                row["lab_test"] = score_artefact(model, _test_items(test_dir))
+                                row["lab_test"] = score_artefact(model, _test_items(test_dir), known)
                                 row["pbc_test"] = score_artefact(model, pbc) if pbc else None
                             else:
-                                row["lab_test"] = score_checkpoint(result.checkpoint, _test_items(test_dir))
+                                row["lab_test"] = score_checkpoint(result.checkpoint, _test_items(test_dir), known)
                                 row["pbc_test"] = score_checkpoint(result.checkpoint, pbc) if pbc else None
                             rows.append(row)
                             print(json.dumps(row), flush=True)

@@ -11,7 +11,7 @@ import click
 from cellsdk.cli.options import POSITIVE, POSITIVE_FLOAT, SEED, TORCH_DEVICES, command, labels_option, quiet_option
 from cellsdk.cli.process import friendly_errors, setup_logging
 
-__all__ = ["adapt_command", "format_lab_checks"]
+__all__ = ["adapt_command", "format_lab_checks", "format_unlabelled"]
 
 
 def format_lab_checks(manifest: dict[str, Any], artefact: str = "model.int8.onnx") -> str:
@@ -39,6 +39,29 @@ def format_lab_checks(manifest: dict[str, Any], artefact: str = "model.int8.onnx
                      f"flagged {100 * measured['flagged']:.1f} %, agreement with fp32 "
                      f"{100 * measured['top1_agreement']:.1f} %")
     return "\n".join(lines)
+
+
+def format_unlabelled(record: dict[str, Any]) -> str:
+    """One line on what the unlabelled pool did (``AdaptResult.unlabelled``).
+
+    Examples:
+        >>> print(format_unlabelled({"pool": {"cells": 300}, "guard": {"trusted": 290, "left_out": 10},
+        ...                          "epochs": [{"taught": 0.8}]}))
+        unlabelled: 300 cells; 10 kept out as atypical; self-training: 80 % of the last epoch's draws taught
+    """
+    parts = [f"unlabelled: {record['pool']['cells']} cells"]
+    if record["pool"].get("left_out_as_labelled"):
+        parts[0] += f" ({record['pool']['left_out_as_labelled']} also labelled, left out)"
+    if "recalibration" in record:
+        parts.append(f"BatchNorm re-estimated on {record['recalibration']['cells']} (lab + replay)")
+    if "guard" in record:
+        parts.append(f"{record['guard']['left_out']} kept out as atypical")
+    if record.get("epochs"):
+        parts.append(f"self-training: {100 * record['epochs'][-1]['taught']:.0f} % of the last epoch's draws taught")
+    cells = (record.get("pseudo_labelled") or {}).get("cells")
+    if cells:
+        parts.append("pseudo-labelled for the guard: " + ", ".join(f"{k} {v}" for k, v in sorted(cells.items())))
+    return "; ".join(parts)
 
 
 @command("adapt")
@@ -102,7 +125,7 @@ def adapt_command(checkpoint: Path, data: Path | None, out_dir: Path, **options:
     Examples:
         >>> from click.testing import CliRunner
         >>> CliRunner().invoke(adapt_command, ["--help"]).output.splitlines()[0]
-        'Usage: adapt [OPTIONS] CHECKPOINT DATA'
+        'Usage: adapt [OPTIONS] CHECKPOINT [DATA]'
     """
     from cellsdk.cli.options import split_list
     from cellsdk.training.adaptation import adapt
@@ -146,6 +169,8 @@ def adapt_command(checkpoint: Path, data: Path | None, out_dir: Path, **options:
     click.echo("on each source's held-out cells (before: the original model; accuracy of the fp32 checkpoints; "
                "flagged: the shipped model, then the adapted INT8 ONNX model):")
     click.echo(format_before_after(result.before, result.after, flagged_shares(result)))
+    if result.unlabelled is not None:
+        click.echo(format_unlabelled(result.unlabelled))
     click.echo(f"wrote {result.checkpoint} and {out_dir / 'before_after.txt'} ({result.seconds:.0f} s fine-tuning)")
     if result.conversion is None:
         return

@@ -346,11 +346,11 @@ def adapt(checkpoint: str | os.PathLike, data: str | os.PathLike | None, out_dir
         draws = draw_epoch(sources, config.steps_per_epoch * config.batch_size, shares, rng)
         loader = torch.utils.data.DataLoader(MixedDraws(sources, specs, draws, config.augment, config.seed, epoch),
                                              batch_size=config.batch_size, shuffle=False)
+        views = self_training.epoch(model, config.steps_per_epoch, epoch) if self_training is not None else iter(())
         model.train()
         set_batchnorm(model, config.batchnorm)
         bar = progress_bar(len(draws), f"adapt epoch {epoch}/{config.epochs}", progress)
         loss_sum = 0.0
-        views = self_training.epoch(config.steps_per_epoch, epoch) if self_training is not None else iter(())
         try:
             for inputs, targets, source in loader:
                 inputs, targets = inputs.to(device), targets.to(device)

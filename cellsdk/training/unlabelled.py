@@ -456,10 +456,17 @@ class PoolRun:
         logging.getLogger("cellsdk.training").info("unlabelled pool: %d cells, %d trusted", len(pool), int(state.trusted.sum()))
         return cls(pool, spec, config, state, allowed, list(sources.labels), seed, device)
 
-    def epoch(self, steps: int, epoch: int) -> Any:
-        """This epoch's ``(weak, strong, rows)`` batches, one per optimiser step."""
+    def epoch(self, model: Any, steps: int, epoch: int) -> Any:
+        """This epoch's ``(weak, strong, rows)`` batches, one per optimiser step: trusted cells drawn class-balanced
+        by the model's current answers (a lab's many neutrophils would otherwise teach little else)."""
         rng = np.random.default_rng([self.seed, epoch, 5])
-        rows = rng.choice(len(self.pool), steps * self.config.per_step)
+        candidates = np.flatnonzero(self.state.trusted)
+        if len(candidates) > self.config.recalibration_cells:
+            candidates = np.sort(rng.choice(candidates, self.config.recalibration_cells, replace=False))
+        allowed = [int(i) for i in torch.nonzero(self.allowed).flatten().tolist()]
+        _, probabilities = outputs(model, self.pool.arrays(candidates, self.spec), self.device)
+        answers = np.asarray(allowed)[probabilities[:, allowed].argmax(axis=1)]
+        rows = candidates[_balanced_rows(answers, steps * self.config.per_step, rng)]
         self._taught = self._seen = 0
         self._classes[:] = 0
         return iter(torch.utils.data.DataLoader(PoolViews(self.pool, self.spec, rows, self.seed, epoch),
