@@ -95,7 +95,7 @@ class UnlabelledConfig:
     self_train: bool = True
     threshold: float = 0.9
     weight: float = 1.0
-    per_step: int = 32
+    per_step: int = 16
     atypical: float = 0.1
     recalibration_cells: int = 512
     limit: int = 4000
