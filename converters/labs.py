@@ -273,7 +273,8 @@ def convert_adapted(checkpoint: str | Path, out_dir: str | Path, *, replay: Any,
     held-out cells: an adapted model answers both), and every artefact is checked on each lab's held-out cells.
     The guard's ``uncertain`` status is off (``target_accuracy=0``): its confidence threshold would be set on a
     new lab's dozen held-out cells, and flagged most of the lab's correct answers when measured; the
-    out-of-distribution score and the input checks still speak.
+    out-of-distribution score and the input checks still speak. Its statistics come from 2,000 training images
+    (250 per class; ``cellsdk-convert`` takes 4,000): the first minute a lab waits for was that forward pass.
 
     Returns:
         The conversion manifest.
@@ -288,6 +289,6 @@ def convert_adapted(checkpoint: str | Path, out_dir: str | Path, *, replay: Any,
     settings: dict[str, Any] = {"formats": ADAPT_FORMATS, "cpu_targets": adapt_cpu_targets(),
                                 "precisions": ("int8",), "calib": replay.path, "data_cropped": replay.cropped,
                                 "labels": replay.labels, "labs": tuple(labs),
-                                "guard": GuardConfig(retention=0.99, target_accuracy=0.0)}
+                                "guard": GuardConfig(retention=0.99, target_accuracy=0.0, train_images=2000)}
     settings.update(options or {})
     return convert(checkpoint, out_dir, ConvertConfig(**settings), progress=progress).manifest

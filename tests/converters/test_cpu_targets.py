@@ -264,3 +264,36 @@ def test_an_arm64_environment_without_the_artefacts_runtime_leaves_it_not_verifi
     assert emulation.cannot_run_there("haswell", Path("model.int8.pte")) is None  # x86 classes run this venv
     verdict = emulation.self_check_emulated(tmp_path / "model.int8.pte", "cortex-a72")
     assert verdict["status"] == STATUS_NOT_VERIFIED and "executorch" in verdict["reasons"][0]
+
+
+def test_an_emulated_sample_fails_only_what_the_cpu_class_adds_to_this_machines_answers(monkeypatch, artefacts):
+    """One flipped cell of 2 in a class is a 50-point recall drop on the sample: the native gate judged it on the
+    whole split, so the emulated check records it and passes while the emulated answers equal this machine's, and
+    fails once the emulated class flips another cell."""
+    import cellsdk.converters.targets as targets_module
+
+    labels = ("a", "b")
+    expected = type("Expected", (), {"labels": labels, "output": "logits"})()
+    targets = np.array([0, 0, 1, 1])
+    reference = np.array([[5.0, 0.0], [5.0, 0.0], [0.0, 5.0], [0.0, 5.0]])
+    host = np.array([[5.0, 0.0], [0.0, 5.0], [0.0, 5.0], [0.0, 5.0]])  # the int8 artefact flips one "a" here too
+    emulated = {"same": host, "worse": np.array([[5.0, 0.0], [0.0, 5.0], [5.0, 0.0], [0.0, 5.0]])}
+    images = type("Images", (), {"targets": targets, "arrays": np.zeros((4, 3, 8, 8), np.float32)})
+    entry = {"file": "model.int8.onnx", "precision": "int8", "status": "passed", "reasons": []}
+    monkeypatch.setattr(targets_module, "cannot_run_there", lambda target, path: None)
+    for case, logits in emulated.items():
+        def fake_run(model, options, target, arrays, out, timeout, logits=logits):
+            np.savez(out, logits=logits, info=json.dumps({"cpu_class": "x86-64-avx2", "features": [],
+                                                          "runtime": "onnxruntime"}))
+
+        monkeypatch.setattr(targets_module, "run_emulated", fake_run)
+        records = verify_on_targets([(entry, artefacts["onnxruntime"], expected)], images, reference,
+                                    VerifyConfig(min_quantized_agreement=0.0, min_logit_cosine=0.0),
+                                    CpuTargets.parse("haswell"), progress=False,
+                                    native_outputs={"model.int8.onnx": host})
+        record = records["model.int8.onnx"][0]
+        if case == "same":
+            assert record["status"] == "passed" and record["native_agreement"] == 1.0
+            assert any("recall of a fell 50.00 points" in r for r in record["same_on_this_machine"])
+        else:
+            assert record["status"] == "failed" and any("recall of b fell" in r for r in record["reasons"])
