@@ -17,8 +17,8 @@ cells: an unrelated lab should stay flagged). Wall times are reported with the C
 ``--modes``: ``labelled`` (the k cells only), ``unlabelled`` (plus the rest of ``ADAPT_DIR`` as unlabelled cells,
 their labels hidden: ``adapt --unlabelled``), ``suggested`` (the k x classes cells picked by ``adapt --suggest``
 from the whole of ``ADAPT_DIR`` instead of at random, labelled with their true labels, plus the rest unlabelled).
-k = 0 runs the unlabelled cells alone. ``--ablation`` adds the unlabelled steps one by one (recalibrate, + guard,
-+ self-training) for the ``unlabelled`` mode.
+k = 0 runs the unlabelled cells alone. ``--ablation`` adds the unlabelled steps one by one (recalibrate, +
+self-training, + the guard on pseudo-labels: everything) for the ``unlabelled`` mode.
 """
 
 from __future__ import annotations
@@ -202,7 +202,7 @@ def main() -> int:
         convert_options["cpu_targets"] = CpuTargets.parse(args.verify_cpus)
     cpu = host_cpu()
     rows: list[dict[str, Any]] = []
-    steps = ["none", "recalibrate", "guard", "self_train"] if args.ablation else ["self_train"]
+    steps = ["none", "recalibrate", "self_train", "guard"] if args.ablation else ["guard"]
     with tempfile.TemporaryDirectory() as scratch:
         for name, (adapt_dir, test_dir) in labs.items():
             known = {p.name for p in adapt_dir.iterdir() if p.is_dir()}

@@ -59,6 +59,11 @@ class CellPool:
 
         Raises:
             ConfigError: the folder stopped being writable.
+
+        Examples:
+            >>> import tempfile
+            >>> CellPool(tempfile.mkdtemp()).keep("samples/pbc_raw/ig/MMY_163947.jpg").name
+            '0e873916c2dfba57.jpg'
         """
         from PIL import Image, UnidentifiedImageError
 

@@ -19,11 +19,12 @@ class:
   same
   ``cellsdk.Classifier`` under emulation on a class-balanced sample of the
   evaluation images (up to ``images_per_class`` each, so per-class recall is
-  still gated), the parent judges its outputs with the same gate. A reason this
-  machine's run of the same artefact shows on the same sample too is the
-  precision's doing, already judged by the native gate on the whole split (on a
-  sample of 16 per class one flipped cell is 6 points): it is recorded as
-  ``same_on_this_machine``, and only what the emulated class adds fails it. The worker
+  still gated), the parent judges its outputs with the same gate. Where the
+  native gate passed the artefact on the whole split, a reason this machine's run
+  of the same artefact shows on the same sample too is the precision's doing,
+  already judged there (on a sample of 16 per class one flipped cell is 6
+  points): it is recorded as ``same_on_this_machine``, and only what the emulated
+  class adds fails it. The worker
   reads the emulated CPU's features with CPUID, so the record says which class
   was really checked. Jobs run in parallel processes, with a progress bar.
 
@@ -227,6 +228,7 @@ def verify_on_targets(jobs: list[tuple[dict[str, Any], Path, Any]], images: Any,
     emulated = [job for job in emulated if not problems[job.file, job.target]]
     if not emulated:
         return records
+    passed_here = {entry["file"]: entry.get("status") == STATUS_PASSED for entry, _, _ in jobs}
     sample = balanced_sample(images.targets, targets.images_per_class, seed)
     sample_note = f"class-balanced, up to {targets.images_per_class} per class, seed {seed}"
     with tempfile.TemporaryDirectory(prefix="cellsdk-cpus-") as tmp:
@@ -253,9 +255,9 @@ def verify_on_targets(jobs: list[tuple[dict[str, Any], Path, Any]], images: Any,
                 verdict = judge(logits, job.precision, job.expected, images.targets[sample], reference[sample], config)
                 reasons = verdict.pop("reasons")
                 shared: list[str] = []
-                if job.file in native and reasons:
+                if job.file in native and reasons and passed_here[job.file]:
                     # what this machine's run of the same artefact shows on the same sample is the precision's doing,
-                    # judged by the native gate on the whole split; only what this CPU class adds fails it here
+                    # which the native gate passed on the whole split; only what this CPU class adds fails it here
                     host = judge(native[job.file], job.precision, job.expected, images.targets[sample],
                                  reference[sample], config)["reasons"]
                     shared = [r for r in reasons if r in host]

@@ -73,9 +73,9 @@ def format_unlabelled(record: dict[str, Any]) -> str:
 @click.option("--unlabelled", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="The lab's unlabelled cells (a folder, or a --collect folder): BatchNorm statistics re-estimated on "
                    "them, then self-training on the model's confident answers. DATA may then be left out.")
-@click.option("--unlabelled-steps", type=click.Choice(["recalibrate", "guard", "self_train"]), default="self_train",
-              show_default=True, help="How far to go with --unlabelled: recalibrate BatchNorm only, + keep atypical "
-                                      "cells out, + self-training.")
+@click.option("--unlabelled-steps", type=click.Choice(["recalibrate", "self_train", "guard"]), default="guard",
+              show_default=True, help="How far to go with --unlabelled: recalibrate BatchNorm only; + self-training; "
+                                      "+ the guard keeping atypical cells from teaching (everything).")
 @click.option("--pseudo-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
               help="Confidence a pseudo-label needs [default: 0.9].")
 @click.option("--suggest", type=POSITIVE, default=None, metavar="N",

@@ -153,14 +153,24 @@ class ReviewQueue:
         self._cache: tuple[tuple[str, ...], list[dict[str, Any]]] | None = None
 
     def waiting(self) -> list[Path]:
-        """The pool's cells no label folder holds yet."""
+        """The pool's cells no label folder holds yet.
+
+        Examples:
+            >>> queue.waiting()  # doctest: +SKIP
+            [PosixPath('collected/unlabelled/0e873916c2dfba57.jpg')]
+        """
         reviewed = {p.name for label in self.collection.labels if (self.collection.root / label).is_dir()
                     for p in (self.collection.root / label).iterdir()}
         return [p for p in self.pool.cells() if p.name not in reviewed]
 
     def cells(self, n: int) -> dict[str, Any]:
         """The first ``n`` waiting cells in the order to label them (uncertain and diverse first, every predicted
-        class represented), with the model's label and uncertainty."""
+        class represented), with the model's label and uncertainty.
+
+        Examples:
+            >>> queue.cells(2)  # doctest: +SKIP
+            {'pool': 3, 'waiting': 3, 'cells': [{'file': '0e873916c2dfba57.jpg', 'predicted': 'ig', ...}, ...]}
+        """
         from cellsdk.suggest import suggest_cells
 
         waiting = self.waiting()

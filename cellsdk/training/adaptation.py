@@ -52,9 +52,10 @@ from cellsdk.training.mixing import (
     selection_score,
     source_logits,
 )
+from cellsdk.training.selftraining import PoolRun
 from cellsdk.training.sources import Source, SourceSet
 from cellsdk.training.torchdata import pick_device
-from cellsdk.training.unlabelled import PoolRun, UnlabelledConfig
+from cellsdk.training.unlabelled import UnlabelledConfig
 
 __all__ = ["AdaptConfig", "AdaptResult", "adapt"]
 

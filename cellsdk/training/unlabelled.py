@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import logging
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -43,14 +42,15 @@ from cellsdk.preprocessing import load_image, prepare_image, to_input_array
 from cellsdk.suggest import image_files
 from cellsdk.training.augment import augment_image
 from cellsdk.training.config import AugmentConfig
-from cellsdk.training.finetune import set_batchnorm
+from cellsdk.training.sources import balanced_draw
 
-__all__ = ["STEPS", "PoolRun", "PoolState", "UnlabelledConfig", "UnlabelledPool", "consistency_loss", "features_and_logits",
-           "prepare_pool", "pseudo_labels", "recalibrate_batchnorm", "strong_augment", "weak_augment",
-           "write_pseudo_labelled"]
+__all__ = ["STEPS", "PoolState", "PoolViews", "UnlabelledConfig", "UnlabelledPool", "consistency_loss",
+           "features_and_logits", "outputs", "prepare_pool", "pseudo_labels", "recalibrate_batchnorm", "strong_augment",
+           "weak_augment", "write_pseudo_labelled"]
 
-#: the parts of unlabelled adaptation, in the order they run (the ablation turns them on one by one)
-STEPS = ("recalibrate", "guard", "self_train")
+#: the parts of unlabelled adaptation, in the order the ablation turns them on (the guard acts only through
+#: self-training: it decides which pool cells may teach)
+STEPS = ("recalibrate", "self_train", "guard")
 
 
 def weak_augment() -> AugmentConfig:
@@ -117,8 +117,8 @@ class UnlabelledConfig:
         """The steps of :data:`STEPS` up to and including ``upto`` (``none``: the pool is not used).
 
         Examples:
-            >>> UnlabelledConfig.ablation("guard").self_train, UnlabelledConfig.ablation("guard").guard
-            (False, True)
+            >>> UnlabelledConfig.ablation("self_train").self_train, UnlabelledConfig.ablation("self_train").guard
+            (True, False)
         """
         if upto != "none" and upto not in STEPS:
             raise ConfigError(f"unknown unlabelled step {upto!r}: use none or one of {', '.join(STEPS)}")
@@ -180,7 +180,13 @@ class UnlabelledPool:
         return len(self.paths)
 
     def arrays(self, rows: Sequence[int] | np.ndarray, spec: Preprocessing) -> np.ndarray:
-        """The model inputs of ``rows``, without augmentation."""
+        """The model inputs of ``rows``, without augmentation.
+
+        Examples:
+            >>> from cellsdk.metadata import Preprocessing
+            >>> UnlabelledPool("samples/pbc_raw").arrays([0, 1], Preprocessing(64, "pixels", 200)).shape
+            (2, 3, 64, 64)
+        """
         return np.stack([to_input_array(prepare_image(load_image(self.paths[int(r)]), spec), spec) for r in rows])
 
     def record(self) -> dict[str, Any]:
@@ -228,7 +234,14 @@ def features_and_logits(model: Any, inputs: torch.Tensor) -> tuple[torch.Tensor,
 
 @torch.no_grad()
 def outputs(model: Any, arrays: np.ndarray, device: torch.device, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """(features, probabilities) of ``arrays`` in eval mode."""
+    """(features, probabilities) of ``arrays`` in eval mode.
+
+    Examples:
+        >>> from cellsdk.training.models import create_model
+        >>> model = create_model("test_efficientnet", 3, "none")[0]
+        >>> [a.shape for a in outputs(model, np.zeros((2, 3, 32, 32), np.float32), torch.device("cpu"))][1]
+        (2, 3)
+    """
     model.eval()
     feats, probs = [], []
     for start in range(0, len(arrays), batch):
@@ -303,13 +316,6 @@ class PoolState:
     record: dict[str, Any]
 
 
-def _balanced_rows(classes: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
-    """``count`` rows drawn class-balanced (with replacement only where a class has too few)."""
-    from cellsdk.training.sources import balanced_draw
-
-    return balanced_draw(classes, count, rng)
-
-
 def prepare_pool(model: Any, pool: UnlabelledPool, pool_spec: Preprocessing, sources: Any, specs: list[Preprocessing],
                  lab: int | None, replay: int, device: torch.device, config: UnlabelledConfig,
                  seed: int) -> PoolState:
@@ -318,6 +324,12 @@ def prepare_pool(model: Any, pool: UnlabelledPool, pool_spec: Preprocessing, sou
     ``lab``: the index of the lab's labelled source in ``sources`` (None without labelled cells); ``replay``: the
     replay source's. Returns every pool cell's trust (all True without ``config.guard``) and a record for
     ``adapt.json``.
+
+    Examples:
+        >>> state = prepare_pool(model, pool, spec, sources, specs, 0, 1, torch.device("cpu"),
+        ...                      UnlabelledConfig(), 0)  # doctest: +SKIP
+        >>> state.record["guard"]["left_out"]  # doctest: +SKIP
+        11
     """
     from cellsdk.guard.scores import fit_score
 
@@ -339,7 +351,7 @@ def prepare_pool(model: Any, pool: UnlabelledPool, pool_spec: Preprocessing, sou
         lab_arrays = np.stack([to_input_array(prepare_image(lab_item.train.load(i), specs[lab]), specs[lab])
                                for i in range(len(lab_item.train))])
         lab_targets = lab_item.train_targets
-    replay_rows = _balanced_rows(replay_item.train_targets, count, rng)
+    replay_rows = balanced_draw(replay_item.train_targets, count, rng)
     replay_cells = replay_arrays(np.unique(replay_rows))
 
     def recalibrate(lab_side: np.ndarray) -> int:
@@ -354,7 +366,7 @@ def prepare_pool(model: Any, pool: UnlabelledPool, pool_spec: Preprocessing, sou
         predicted = probabilities.argmax(axis=1)
         classes = np.concatenate([predicted, lab_targets])
         candidates = np.concatenate([pool_arrays, lab_arrays])
-        picks = _balanced_rows(classes, len(candidates), rng)
+        picks = balanced_draw(classes, len(candidates), rng)
         seen = recalibrate(candidates[picks])
         record["recalibration"] = {"cells": int(seen), "lab_classes_drawn": {
             int(c): int(n) for c, n in zip(*np.unique(classes[picks], return_counts=True), strict=True)}}
@@ -368,7 +380,7 @@ def prepare_pool(model: Any, pool: UnlabelledPool, pool_spec: Preprocessing, sou
             lab_feats, _ = outputs(model, lab_arrays, device)
             feats, targets = np.concatenate([feats, lab_feats]), np.concatenate([targets, lab_targets])
         score = fit_score("mahalanobis", feats, targets, dims=min(64, len(feats) // 4))
-        held = replay_arrays(_balanced_rows(replay_item.val_targets, 256, rng)) if len(replay_item.val) else \
+        held = replay_arrays(balanced_draw(replay_item.val_targets, 256, rng)) if len(replay_item.val) else \
             replay_cells[:256]
         held_feats, _ = outputs(model, held, device)
         limit = float(np.quantile(score.score(np.zeros((len(held_feats), 1)), held_feats), 0.99))
@@ -407,6 +419,13 @@ def write_pseudo_labelled(pool: UnlabelledPool, labels: np.ndarray, names: Seque
     """``folder/<label>/``: links to (or copies of) the pool cells with a pseudo-label, for the guard's statistics.
 
     Returns the cells per label.
+
+    Examples:
+        >>> import tempfile
+        >>> pool = UnlabelledPool("samples/pbc_raw")
+        >>> labels = np.full(len(pool), -1); labels[:2] = [0, 1]
+        >>> write_pseudo_labelled(pool, labels, ["basophil", "ig"], Path(tempfile.mkdtemp()) / "pseudo")
+        {'basophil': 1, 'ig': 1}
     """
     import shutil
 
@@ -423,85 +442,3 @@ def write_pseudo_labelled(pool: UnlabelledPool, labels: np.ndarray, names: Seque
             shutil.copyfile(source, target)
         counts[names[int(labels[row])]] = counts.get(names[int(labels[row])], 0) + 1
     return counts
-
-
-class PoolRun:
-    """The unlabelled pool during one :func:`adapt`: recalibrated and guarded at the start, drawn every step."""
-
-    def __init__(self, pool: UnlabelledPool, spec: Preprocessing, config: UnlabelledConfig, state: PoolState,
-                 allowed: torch.Tensor, labels: list[str], seed: int, device: torch.device):
-        self.pool, self.spec, self.config, self.state = pool, spec, config, state
-        self.allowed, self.labels, self.seed, self.device = allowed, labels, seed, device
-        self.trusted = torch.from_numpy(state.trusted)
-        self.record: dict[str, Any] = {**state.record, "epochs": []}
-        self._taught = self._seen = 0
-        self._classes = np.zeros(len(labels), np.int64)
-
-    @classmethod
-    def start(cls, folder: str | os.PathLike, config: UnlabelledConfig, model: Any, sources: Any,
-              specs: list[Preprocessing], lab: int | None, replay: int | None, cropped: bool,
-              preprocessing: Preprocessing, device: torch.device, seed: int) -> PoolRun:
-        """Load the pool, recalibrate, guard (see :func:`prepare_pool`)."""
-        from cellsdk.training.sources import Source
-
-        if replay is None:
-            raise ConfigError("adapting with unlabelled cells needs the original training data: pass --replay DATA")
-        exclude = [] if lab is None else [p for split in (sources.loaded[lab].train, sources.loaded[lab].val)
-                                          for p in (split.paths or [])]
-        pool = UnlabelledPool(folder, exclude=exclude, limit=config.limit, seed=seed)
-        spec = Source(str(folder), cropped=cropped).spec(preprocessing)
-        state = prepare_pool(model, pool, spec, sources, specs, lab, replay, device, config, seed)
-        allowed = torch.zeros(len(sources.labels), device=device)
-        allowed[sources.classes_of(lab) if lab is not None else list(range(len(sources.labels)))] = 1.0
-        logging.getLogger("cellsdk.training").info("unlabelled pool: %d cells, %d trusted", len(pool), int(state.trusted.sum()))
-        return cls(pool, spec, config, state, allowed, list(sources.labels), seed, device)
-
-    def epoch(self, model: Any, steps: int, epoch: int) -> Any:
-        """This epoch's ``(weak, strong, rows)`` batches, one per optimiser step: trusted cells drawn class-balanced
-        by the model's current answers (a lab's many neutrophils would otherwise teach little else)."""
-        rng = np.random.default_rng([self.seed, epoch, 5])
-        candidates = np.flatnonzero(self.state.trusted)
-        if len(candidates) > self.config.recalibration_cells:
-            candidates = np.sort(rng.choice(candidates, self.config.recalibration_cells, replace=False))
-        allowed = [int(i) for i in torch.nonzero(self.allowed).flatten().tolist()]
-        _, probabilities = outputs(model, self.pool.arrays(candidates, self.spec), self.device)
-        answers = np.asarray(allowed)[probabilities[:, allowed].argmax(axis=1)]
-        rows = candidates[_balanced_rows(answers, steps * self.config.per_step, rng)]
-        self._taught = self._seen = 0
-        self._classes[:] = 0
-        return iter(torch.utils.data.DataLoader(PoolViews(self.pool, self.spec, rows, self.seed, epoch),
-                                                batch_size=self.config.per_step, shuffle=False))
-
-    def weak_logits(self, model: Any, weak: torch.Tensor, batchnorm: str) -> torch.Tensor:
-        """The weak view's logits in eval mode (no dropout), then the model back in training mode."""
-        model.eval()
-        with torch.no_grad():
-            logits = model(weak).float()
-        model.train()
-        set_batchnorm(model, batchnorm)
-        return logits
-
-    def loss(self, weak_logits: torch.Tensor, strong_logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-        """The weighted consistency term; counts what taught."""
-        loss, mask, labels = consistency_loss(weak_logits, strong_logits, self.trusted[rows].to(self.device),
-                                              self.allowed, self.config.threshold)
-        self._taught += int(mask.sum())
-        self._seen += len(mask)
-        self._classes += np.bincount(labels[mask].cpu().numpy(), minlength=len(self.labels))
-        return self.config.weight * loss
-
-    def epoch_record(self) -> dict[str, Any]:
-        """What taught this epoch: the share of drawn cells with a pseudo-label, and their classes."""
-        entry = {"taught": self._taught / max(1, self._seen),
-                 "pseudo_labels": {self.labels[i]: int(n) for i, n in enumerate(self._classes) if n}}
-        self.record["epochs"].append(entry)
-        return entry
-
-    def finish(self, model: Any, folder: Path) -> Path | None:
-        """The adapted model's confident labels on the trusted pool, written as a class folder for the guard."""
-        allowed = [int(i) for i in torch.nonzero(self.allowed).flatten().tolist()]
-        labels = pseudo_labels(model.to(self.device), self.pool, self.spec, self.state.trusted, allowed,
-                               self.config.threshold, self.device)
-        counts = write_pseudo_labelled(self.pool, labels, self.labels, folder)
-        self.record["pseudo_labelled"] = {"folder": str(folder), "cells": counts}
-        return folder if sum(counts.values()) >= 2 else None
