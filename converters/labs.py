@@ -32,7 +32,7 @@ from cellsdk.metrics import softmax, wilson_interval
 from cellsdk.preprocessing import prepare_image, to_input_array
 
 __all__ = ["ADAPT_EMULATED_PER_CLASS", "ADAPT_FORMATS", "MIN_LAB_CELLS", "LabImages", "LabSource", "adapt_cpu_targets",
-           "check_labs", "convert_adapted", "lab_images"]
+           "check_labs", "convert_adapted", "lab_images", "with_lab_cells"]
 
 _STATUS_PASSED, _STATUS_FAILED = "passed", "failed"
 #: a lab's held-out cells fail an artefact only from this many on: below it the agreement's 95 % interval is too
@@ -157,6 +157,33 @@ def _lab_metrics(probabilities: np.ndarray, targets: np.ndarray, flagged: np.nda
             "balanced_accuracy": float(np.mean(list(recall.values()))), "recall": recall,
             "flagged": float(flagged.mean()),
             "accuracy_kept": float(right[kept].mean()) if kept.any() else None}
+
+
+def with_lab_cells(calibration: Any, labs: Sequence[LabSource], metadata: ModelMetadata, *,
+                   per_lab: int = 64) -> Any:
+    """The int8 calibration set plus up to ``per_lab`` training cells of each lab (seeded), so the quantization
+    ranges cover the activations the new lab's stain and camera produce, not only the training lab's.
+
+    Examples:
+        >>> calibration = with_lab_cells(calibration, [LabSource("labB/adapt")], metadata)  # doctest: +SKIP
+        >>> calibration.source  # doctest: +SKIP
+        'bloodmnist_128 + labB/adapt'
+    """
+    from cellsdk.converters.calibration import ImageSet
+
+    arrays, targets, ids, names = [calibration.arrays], [calibration.targets], list(calibration.ids), []
+    for lab in labs:
+        images = lab_images(lab, metadata, train_limit=per_lab)
+        if not len(images.train_targets):
+            continue
+        arrays.append(images.train_arrays)
+        targets.append(images.train_targets)
+        ids.extend(f"{lab.name or lab.path}[train][{i}]" for i in range(len(images.train_targets)))
+        names.append(lab.name or lab.path)
+    if not names:
+        return calibration
+    return ImageSet(np.concatenate(arrays), np.concatenate(targets), tuple(ids),
+                    " + ".join([calibration.source, *names]), calibration.split, calibration.seed)
 
 
 def check_labs(model: Any, metadata: ModelMetadata, artefacts: list[dict[str, Any]], folder: Path,

@@ -48,7 +48,7 @@ from cellsdk.converters.emulation import qemu_binary
 from cellsdk.converters.gate import VerifyConfig, reference_logits, sample_warnings, verify_artefact
 from cellsdk.converters.guard import GuardConfig, GuardProbe, fit_guard, originals_note
 from cellsdk.converters.int8 import check_recipe
-from cellsdk.converters.labs import LabSource, check_labs
+from cellsdk.converters.labs import LabSource, check_labs, with_lab_cells
 from cellsdk.converters.targets import CpuTargets, verify_on_targets
 from cellsdk.converters.testvectors import build as build_test_vectors
 from cellsdk.converters.testvectors import fit as fit_test_vectors
@@ -265,6 +265,8 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
         calibration = calibration_set(config.calib, metadata, samples=config.calib_samples, seed=config.seed,
                                       data_cropped=config.data_cropped, labels=config.labels,
                                       exclude=images.ids, force=config.force_calib)
+        if config.labs:  # an adapted model: the new labs' activations belong in the int8 ranges too
+            calibration = with_lab_cells(calibration, config.labs, metadata)
     reference = reference_logits(model, images)
     reference_report = classification_report(images.targets, softmax(reference), metadata.labels)
     metadata = metadata.replace(reference_metrics={k: reference_report[k] for k in ("accuracy", "macro_f1",

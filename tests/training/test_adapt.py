@@ -114,6 +114,8 @@ def test_adapt_converts_with_the_guard_fitted_over_both_labs_and_each_artefact_c
     manifest = adapted.conversion
     assert manifest is not None
     assert [lab["name"] for lab in manifest["labs"]] == ["bloodmnist_128", "labB"]
+    assert manifest["calibration"]["source"].endswith(" + labB")  # the new lab's cells set the int8 ranges too
+    assert manifest["calibration"]["images"] == 64 + 16  # the replay's sample and labB's 16 training cells
     assert manifest["labs"][1]["images"] == 8 and "fp32" in manifest["labs"][1]
     guard = manifest["metadata"]["guard"]["fitted_on"]
     assert [lab["name"] for lab in guard["labs"]] == ["labB"] and set(guard["threshold_per_lab"]) >= {"labB"}
