@@ -28,10 +28,41 @@ from typing import Any
 from cellsdk.datasets import UNLABELLED
 from cellsdk.errors import ConfigError
 
-__all__ = ["SUFFIX_BY_FORMAT", "UNLABELLED", "CellPool"]
+__all__ = ["SUFFIX_BY_FORMAT", "UNLABELLED", "CellPool", "cell_file_name", "require_writable"]
 
 #: the file suffix an image is saved under, by the format Pillow reads in it
 SUFFIX_BY_FORMAT = {"JPEG": ".jpg", "PNG": ".png", "TIFF": ".tif", "BMP": ".bmp", "GIF": ".gif", "WEBP": ".webp"}
+
+
+def require_writable(folder: Path, root: Path) -> None:
+    """Create ``folder`` (inside the collect folder ``root``) and check a file can be written there.
+
+    Raises:
+        ConfigError: it cannot, in one line naming the fix.
+
+    Examples:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> require_writable(root / "unlabelled", root)
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"{root}: the collect folder is not writable ({err.strerror or err}); choose "
+                          "another --collect") from None
+
+
+def cell_file_name(data: bytes, kind: str) -> str:
+    """The name a collected image is saved under: the first 16 hex digits of its sha256, and its format's suffix.
+
+    Examples:
+        >>> cell_file_name(b"abc", "JPEG")
+        'ba7816bf8f01cfea.jpg'
+    """
+    return hashlib.sha256(data).hexdigest()[:16] + SUFFIX_BY_FORMAT.get(kind, ".png")
 
 
 class CellPool:
@@ -45,14 +76,7 @@ class CellPool:
         self.root = Path(root)
         self.folder = self.root / UNLABELLED
         self._lock = threading.Lock()
-        try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            probe = self.folder / ".write-test"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as err:
-            raise ConfigError(f"{self.root}: the collect folder is not writable ({err.strerror or err}); choose "
-                              "another --collect") from None
+        require_writable(self.folder, self.root)
 
     def keep(self, image: bytes | str | os.PathLike) -> Path | None:
         """Keep one image (its bytes, or a file); None when it is not an image Pillow can open (nothing written).
@@ -73,7 +97,7 @@ class CellPool:
                 kind = opened.format or "PNG"
         except (OSError, UnidentifiedImageError, ValueError):
             return None
-        target = self.folder / (hashlib.sha256(data).hexdigest()[:16] + SUFFIX_BY_FORMAT.get(kind, ".png"))
+        target = self.folder / cell_file_name(data, kind)
         with self._lock:
             if target.exists():
                 return target

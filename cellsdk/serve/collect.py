@@ -25,7 +25,6 @@ Examples:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import io
 import json
 import os
@@ -41,7 +40,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from PIL import Image
 
 from cellsdk.errors import ConfigError, InvalidImageError
-from cellsdk.pool import SUFFIX_BY_FORMAT
+from cellsdk.pool import cell_file_name, require_writable
 from cellsdk.preprocessing import load_image
 from cellsdk.serve.problems import ApiError
 
@@ -61,14 +60,7 @@ class Collection:
         self.root = Path(root)
         self.labels = tuple(labels)
         self._lock = threading.Lock()
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / ".write-test"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as err:
-            raise ConfigError(f"{self.root}: the collect folder is not writable ({err.strerror or err}); choose "
-                              "another --collect") from None
+        require_writable(self.root, self.root)
 
     def save(self, data: bytes, label: str, *, predicted: str | None = None, name: str | None = None,
              confidence: float | None = None) -> dict[str, Any]:
@@ -89,8 +81,7 @@ class Collection:
             raise ConfigError(f"label {label!r} is not one of the model's labels ({', '.join(self.labels)})")
         load_image(data, name=name or "the reviewed image")  # refuse what the model could not read
         kind = Image.open(io.BytesIO(data)).format or "PNG"
-        digest = hashlib.sha256(data).hexdigest()[:16]
-        file_name = digest + SUFFIX_BY_FORMAT.get(kind, ".png")
+        file_name = cell_file_name(data, kind)
         target = self.root / label / file_name
         with self._lock:
             moved_from = None
