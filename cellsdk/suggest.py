@@ -160,6 +160,21 @@ class Suggestion:
     pool: int
     skipped: list[tuple[Path, str]] = field(default_factory=list)
 
+    @classmethod
+    def ranked(cls, paths: Sequence[Path], features: np.ndarray, probabilities: np.ndarray, labels: Sequence[str],
+               n: int, skipped: Sequence[tuple[Path, str]] = ()) -> Suggestion:
+        """The ``n`` of ``paths`` to label first (:func:`rank_for_labelling`), with the model's label and uncertainty.
+
+        Examples:
+            >>> Suggestion.ranked([Path("a.png"), Path("b.png")], np.eye(2), np.array([[0.9, 0.1], [0.4, 0.6]]),
+            ...                   ["x", "y"], 1).predicted
+            ['x']
+        """
+        order = rank_for_labelling(features, probabilities, n)
+        hesitation = uncertainty(probabilities)
+        return cls([paths[i] for i in order], [labels[int(probabilities[i].argmax())] for i in order],
+                   [float(hesitation[i]) for i in order], len(paths), list(skipped))
+
     def rows(self) -> list[dict[str, Any]]:
         """One record per picked cell (rank, path, predicted, uncertainty), for CSV or JSON.
 
@@ -238,8 +253,4 @@ def suggest_cells(classifier: Any, cells: str | os.PathLike | Sequence[str | os.
         raise ConfigError(f"{cells}: no readable cell image to suggest from"
                           + (f" ({skipped[0][1]})" if skipped else ""))
     feats, probs = np.concatenate(features), np.concatenate(probabilities)
-    order = rank_for_labelling(feats, probs, n)
-    labels = classifier.metadata.labels
-    hesitation = uncertainty(probs)
-    return Suggestion([kept[i] for i in order], [labels[int(probs[i].argmax())] for i in order],
-                      [float(hesitation[i]) for i in order], len(kept), skipped)
+    return Suggestion.ranked(kept, feats, probs, classifier.metadata.labels, n, skipped)

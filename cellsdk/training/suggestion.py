@@ -24,7 +24,7 @@ import numpy as np
 
 from cellsdk._io import write_json, write_text
 from cellsdk.errors import ConfigError
-from cellsdk.suggest import Suggestion, rank_for_labelling, uncertainty
+from cellsdk.suggest import Suggestion
 
 __all__ = ["suggest_for_checkpoint", "write_suggestion"]
 
@@ -71,10 +71,7 @@ def suggest_for_checkpoint(checkpoint: str | os.PathLike, unlabelled: str | os.P
         feats.append(f)
         probs.append(p)
     features, probabilities = np.concatenate(feats), np.concatenate(probs)
-    order = rank_for_labelling(features, probabilities, n)
-    hesitation = uncertainty(probabilities)
-    return Suggestion([pool.paths[i] for i in order], [metadata.labels[int(probabilities[i].argmax())] for i in order],
-                      [float(hesitation[i]) for i in order], len(pool))
+    return Suggestion.ranked(pool.paths, features, probabilities, metadata.labels, n)
 
 
 def write_suggestion(suggestion: Suggestion, out_dir: str | os.PathLike) -> Path:
