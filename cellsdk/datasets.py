@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from cellsdk._table import text_table
 from cellsdk.errors import DatasetError
+from cellsdk.image_folders import UNLABELLED, check_header, class_folders, class_index, flatten, is_image, scan_classes
 from cellsdk.labelmaps import KNOWN_LABEL_MAPS, resolve_label_map
 from cellsdk.preprocessing import IMAGE_EXTENSIONS, load_image
 
@@ -55,8 +55,6 @@ __all__ = [
 ]
 
 SPLITS = ("train", "val", "test")
-#: a collect folder's unlabelled pool (:mod:`cellsdk.pool`): never a class or a split of a dataset folder
-UNLABELLED = "unlabelled"
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                   "validation": "val", "test": "test", "testing": "test"}
 
@@ -378,20 +376,6 @@ def _check_targets(source: str, names: tuple[str, ...], splits: Mapping[str, Spl
 # ------------------------------------------------------------------------ folders
 
 
-def is_image(path: Path) -> bool:
-    """Whether ``path`` is an image file cellsdk reads: an existing, visible file with an image suffix (any case).
-
-    Examples:
-        >>> is_image(Path("samples/pbc_raw/ig/MMY_163947.jpg")), is_image(Path("samples/SOURCE.md"))
-        (True, False)
-    """
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_EXTENSIONS
-
-
-def _subdirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != UNLABELLED)
-
-
 def _load_folder(
     root: Path,
     names: tuple[str, ...] | None,
@@ -400,98 +384,35 @@ def _load_folder(
     test_fraction: float,
     check_files: bool,
 ) -> ImageDataset:
-    split_dirs = {_SPLIT_ALIASES[p.name.lower()]: p for p in _subdirs(root) if p.name.lower() in _SPLIT_ALIASES}
+    split_dirs = {_SPLIT_ALIASES[p.name.lower()]: p for p in class_folders(root) if p.name.lower() in _SPLIT_ALIASES}
     if split_dirs:  # a folder with only val/ or test/ is fine for evaluation; training asks for train
-        by_split = {split: _scan_classes(folder) for split, folder in split_dirs.items()}
+        by_split = {split: scan_classes(folder) for split, folder in split_dirs.items()}
         layout = "split-folders"
     else:
-        by_split = {"all": _scan_classes(root)}
+        by_split = {"all": scan_classes(root)}
         layout = "class-folders"
     folder_classes = sorted({c for classes in by_split.values() for c in classes})
     if not folder_classes:
         raise DatasetError(
             f"{root}: no class folders with images found; expected split/class/*.jpg or class/*.jpg"
         )
-    names, folder_to_index = _class_index(root, folder_classes, names)
+    names, folder_to_index = class_index(root, folder_classes, names)
     if check_files:
         for files in (f for classes in by_split.values() for f in classes.values()):
             for file in files:
-                _check_header(file)
+                check_header(file)
     splits: dict[str, Split] = {}
     if layout == "split-folders":
         for split, classes in by_split.items():
-            paths, targets = _flatten(classes, folder_to_index)
+            paths, targets = flatten(classes, folder_to_index)
             if not paths:
                 raise DatasetError(f"{split_dirs[split]}: split folder holds no images")
             splits[split] = Split(split, targets, paths=tuple(paths), origin=str(root))
     else:
-        paths, targets = _flatten(by_split["all"], folder_to_index)
+        paths, targets = flatten(by_split["all"], folder_to_index)
         splits = _stratified_split(paths, targets, seed, val_fraction, test_fraction, str(root))
     _check_targets(str(root), names, splits)
     return ImageDataset(str(root), names, {s: splits[s] for s in SPLITS if s in splits}, layout=layout)
-
-
-def _scan_classes(folder: Path) -> dict[str, list[Path]]:
-    classes: dict[str, list[Path]] = {}
-    for class_dir in _subdirs(folder):
-        files = sorted(p for p in class_dir.iterdir() if is_image(p))
-        if not files:
-            raise DatasetError(
-                f"{class_dir}: class folder has no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
-                "add images or remove the folder"
-            )
-        classes[class_dir.name] = files
-    return classes
-
-
-def _class_index(
-    root: Path, folder_classes: list[str], names: tuple[str, ...] | None
-) -> tuple[tuple[str, ...], dict[str, int]]:
-    """Map folder names to label indices, using a label map where one fits."""
-    numeric = all(name.isdigit() for name in folder_classes)
-    if names is None:
-        if numeric:
-            raise DatasetError(
-                f"{root}: class folders are numbers ({', '.join(folder_classes[:4])} ...); "
-                "name the classes with --labels (e.g. bloodmnist or a,b,c)"
-            )
-        for known in KNOWN_LABEL_MAPS.values():
-            if set(folder_classes) == set(known):
-                names = known
-                break
-        else:
-            names = tuple(folder_classes)
-        if len(names) < 2:
-            raise DatasetError(f"{root}: only one class folder ({folder_classes[0]}); a classifier needs two or more")
-    if numeric:
-        mapping = {name: int(name) for name in folder_classes}
-    else:
-        unknown = [name for name in folder_classes if name not in names]
-        if unknown:
-            raise DatasetError(
-                f"{root}: class folders {', '.join(unknown)} are not in the label map ({', '.join(names)})"
-            )
-        mapping = {name: names.index(name) for name in folder_classes}
-    return names, mapping
-
-
-def _check_header(path: Path) -> None:
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except Exception as err:  # noqa: BLE001 - any failure means the file is unusable
-        raise DatasetError(f"{path}: unreadable image file ({type(err).__name__}: {err}); fix or remove it") from None
-    if width <= 0 or height <= 0:
-        raise DatasetError(f"{path}: image has no pixels; fix or remove it")
-
-
-def _flatten(classes: Mapping[str, list[Path]], mapping: Mapping[str, int]) -> tuple[list[Path], np.ndarray]:
-    paths: list[Path] = []
-    targets: list[int] = []
-    for name in sorted(classes, key=lambda n: mapping[n]):
-        paths.extend(classes[name])
-        targets.extend([mapping[name]] * len(classes[name]))
-    return paths, np.asarray(targets, dtype=np.int64)
 
 
 def _stratified_split(

@@ -31,31 +31,12 @@ from cellsdk.metadata import ModelMetadata
 from cellsdk.metrics import softmax, wilson_interval
 from cellsdk.preprocessing import prepare_image, to_input_array
 
-__all__ = ["ADAPT_EMULATED_PER_CLASS", "ADAPT_FORMATS", "MIN_LAB_CELLS", "LabImages", "LabSource", "adapt_cpu_targets",
-           "check_labs", "convert_adapted", "lab_images", "with_lab_cells"]
+__all__ = ["MIN_LAB_CELLS", "LabImages", "LabSource", "check_labs", "lab_images", "with_lab_cells"]
 
 _STATUS_PASSED, _STATUS_FAILED = "passed", "failed"
 #: a lab's held-out cells fail an artefact only from this many on: below it the agreement's 95 % interval is too
 #: wide to tell a 98 % artefact from a broken one (the gate on the replay data's validation split still applies)
 MIN_LAB_CELLS = 50
-#: what an adapted model is converted to unless asked otherwise: what a lab runs first (the rest: cellsdk-convert)
-ADAPT_FORMATS = ("onnx",)
-#: images per class an adapted int8 artefact is checked on under each emulated CPU class (QEMU runs ~40x slower
-#: than the host: 16 per class keeps per-class recall gated at a few minutes a class instead of twenty)
-ADAPT_EMULATED_PER_CLASS = 16
-
-
-def adapt_cpu_targets(names: str | None = None) -> Any:
-    """The CPU classes an adapted model is verified on (default: cellsdk-convert's), emulated ones on a
-    class-balanced sample of :data:`ADAPT_EMULATED_PER_CLASS` images per class.
-
-    Examples:
-        >>> adapt_cpu_targets("native,haswell").images_per_class
-        16
-    """
-    from cellsdk.converters.targets import DEFAULT_TARGETS, CpuTargets
-
-    return CpuTargets.parse(names if names is not None else DEFAULT_TARGETS, images_per_class=ADAPT_EMULATED_PER_CLASS)
 
 
 @dataclass(frozen=True)
@@ -260,7 +241,7 @@ def _record_in_artefacts(artefacts: list[dict[str, Any]], folder: Path, per_arte
     """Write each artefact's per-lab figures into its own metadata (``training.labs_checked``), so the record
     travels with the file; the manifest entry's size and hashes follow."""
     from cellsdk.converters.base import get_converter
-    from cellsdk.converters.pipeline import describe_files
+    from cellsdk.converters.files import describe_files
 
     if metadata_for is None:
         return
@@ -287,35 +268,3 @@ def _run(classifier: Classifier, images: LabImages) -> tuple[np.ndarray, np.ndar
                                          for p in result.predictions]))
         flagged.append(np.asarray([not p.ok for p in result.predictions]))
     return np.concatenate(probabilities), np.concatenate(flagged)
-
-
-def convert_adapted(checkpoint: str | Path, out_dir: str | Path, *, replay: Any, labs: Sequence[LabSource],
-                    options: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
-    """Convert an adapted checkpoint as ``cellsdk-convert --quantize int8`` would, over every lab: to
-    :data:`ADAPT_FORMATS` (``options={"formats": ()}``: every format), verified on the default CPU classes with the
-    emulated ones on a class-balanced sample (:func:`adapt_cpu_targets`).
-
-    ``replay`` (a :class:`LabSource`: the original training data) is the calibration and verification data, as
-    for ``cellsdk-convert --calib``; the guard is fitted over it and ``labs`` (keeping 99 % of each lab's
-    held-out cells: an adapted model answers both), and every artefact is checked on each lab's held-out cells.
-    The guard's ``uncertain`` status is off (``target_accuracy=0``): its confidence threshold would be set on a
-    new lab's dozen held-out cells, and flagged most of the lab's correct answers when measured; the
-    out-of-distribution score and the input checks still speak. Its statistics come from 2,000 training images
-    (250 per class; ``cellsdk-convert`` takes 4,000): the first minute a lab waits for was that forward pass.
-
-    Returns:
-        The conversion manifest.
-
-    Examples:
-        >>> convert_adapted("runs/labB/best.safetensors", "runs/labB/converted",
-        ...                 replay=LabSource("bloodmnist_128", cropped=True), labs=[LabSource("labB")])  # doctest: +SKIP
-    """
-    from cellsdk.converters.guard import GuardConfig
-    from cellsdk.converters.pipeline import ConvertConfig, convert
-
-    settings: dict[str, Any] = {"formats": ADAPT_FORMATS, "cpu_targets": adapt_cpu_targets(),
-                                "precisions": ("int8",), "calib": replay.path, "data_cropped": replay.cropped,
-                                "labels": replay.labels, "labs": tuple(labs),
-                                "guard": GuardConfig(retention=0.99, target_accuracy=0.0, train_images=2000)}
-    settings.update(options or {})
-    return convert(checkpoint, out_dir, ConvertConfig(**settings), progress=progress).manifest

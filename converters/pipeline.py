@@ -15,13 +15,10 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
-import glob
 import logging
 import os
 import shutil
-import tempfile
 import time
-import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,26 +26,30 @@ from typing import Any
 
 from cellsdk._capture import capture_tool_output
 from cellsdk._io import (
-    artefact_files,
-    combined_sha256,
-    current_umask,
     remove_on_terminate,
     sha256_file,
     write_json,
     write_text,
 )
 from cellsdk._progress import progress_bar
-from cellsdk._table import text_table
 from cellsdk._validate import require_int
 from cellsdk.arrays import without_arrays
 from cellsdk.artefacts.manifest import MANIFEST_NAME, STATUS_FAILED, STATUS_PASSED
 from cellsdk.converters.base import Refused, converter_names, get_converter
 from cellsdk.converters.calibration import ImageSet, calibration_set, evaluation_set
 from cellsdk.converters.emulation import qemu_binary
+from cellsdk.converters.files import (
+    describe_files,
+    failed_entry,
+    remove_artefact,
+    staging_dir,
+    swap_into_place,
+)
 from cellsdk.converters.gate import VerifyConfig, reference_logits, sample_warnings, verify_artefact
 from cellsdk.converters.guard import GuardConfig, GuardProbe, fit_guard, originals_note
 from cellsdk.converters.int8 import check_recipe
 from cellsdk.converters.labs import LabSource, check_labs, with_lab_cells
+from cellsdk.converters.report import format_manifest_table
 from cellsdk.converters.targets import CpuTargets, verify_on_targets
 from cellsdk.converters.testvectors import build as build_test_vectors
 from cellsdk.converters.testvectors import fit as fit_test_vectors
@@ -175,54 +176,6 @@ def _plan(config: ConvertConfig) -> list[tuple[str, str, str]]:
     return plan
 
 
-def _staging_dir(out_dir: Path) -> Path:
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_staging(out_dir)
-        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-{os.getpid()}-", dir=out_dir.parent))
-    except OSError as err:
-        raise ConfigError(f"{out_dir}: output folder is not writable ({err.strerror or err}); choose another --out") from None
-
-
-def _remove_stale_staging(out_dir: Path) -> None:
-    """Remove staging / old folders beside ``out_dir`` left by a conversion that was killed (its process is gone)."""
-    for leftover in out_dir.parent.glob(f".{glob.escape(out_dir.name)}.*-*"):
-        kind, _, rest = leftover.name[len(out_dir.name) + 2:].partition("-")
-        pid = rest.split("-", 1)[0]
-        if kind not in ("staging", "old") or not pid.isdigit() or not leftover.is_dir() or _process_alive(int(pid)):
-            continue
-        log.info("removing %s, left by an interrupted conversion", leftover)
-        shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # an earlier, failed run of this same process
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
-
-
-def describe_files(path: Path) -> tuple[int, str, list[dict[str, Any]]]:
-    """Total size, one sha256 for the artefact, and every file in it (an IR has .xml + .bin, a package a tree).
-
-    Examples:
-        >>> from cellsdk.artefacts.resolve import default_model_path
-        >>> size, digest, files = describe_files(default_model_path())
-        >>> len(digest), [f["name"] for f in files]
-        (64, ['bloodmnist_effnet_lite0_128.int8.onnx'])
-    """
-    files = artefact_files(path)
-    entries: list[dict[str, Any]] = [
-        {"name": str(f.relative_to(path.parent)), "bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in files]
-    digest = combined_sha256([(e["name"], e["sha256"]) for e in entries])
-    return sum(e["bytes"] for e in entries), digest, entries
-
-
 def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: ConvertConfig | None = None, *,
             progress: bool = True) -> ConversionResult:
     """Convert a checkpoint to every requested format and precision, verify each, write the manifest.
@@ -294,7 +247,7 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
         else:
             log.info("cellsdk: no class activation maps in the artefacts (%s); Grad-CAM from the checkpoint "
                      "works in PyTorch: cellsdk.training.gradcam.grad_cam", explain_note)
-    staging = _staging_dir(out_dir)
+    staging = staging_dir(out_dir)
     with remove_on_terminate(staging):  # SIGTERM in the CLI: removed, then exit (no unwinding through exporters)
         try:
             workdir = staging / ".work"
@@ -359,7 +312,7 @@ def convert(checkpoint: str | os.PathLike, out_dir: str | os.PathLike, config: C
                 write_text(staging / "calibration_images.txt", "\n".join(calibration.ids) + "\n")
             manifest["seconds"] = time.perf_counter() - started
             write_json(staging / MANIFEST_NAME, manifest)
-            _swap_into_place(staging, out_dir)
+            swap_into_place(staging, out_dir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -380,10 +333,10 @@ def _one(job: Any, fmt: str, precision: str, skipped: str, staging: Path, images
     except CellSDKError:
         raise
     except Refused as err:  # a known limit of the format's toolchain for this architecture: skipped, with why
-        _remove(target)
+        remove_artefact(target)
         return {**entry, "status": "skipped", "reasons": [str(err)], "convert_seconds": time.perf_counter() - start}
     except Exception as err:  # noqa: BLE001 - a converter's own failure fails its artefact, not the run
-        return _failed(entry, target, "conversion failed", err, convert_seconds=time.perf_counter() - start)
+        return failed_entry(entry, target, "conversion failed", err, convert_seconds=time.perf_counter() - start)
     entry["convert_seconds"] = time.perf_counter() - start
     entry["quantization"] = recipe or None
     entry["size_bytes"], entry["sha256"], entry["files"] = describe_files(target)
@@ -397,7 +350,7 @@ def _one(job: Any, fmt: str, precision: str, skipped: str, staging: Path, images
     except CellSDKError:
         raise
     except Exception as err:  # noqa: BLE001 - the runtime refusing the converted file fails that artefact, not the run
-        return _failed(entry, target, "the converted file does not run", err, verify_seconds=time.perf_counter() - start)
+        return failed_entry(entry, target, "the converted file does not run", err, verify_seconds=time.perf_counter() - start)
     entry["verify_seconds"] = time.perf_counter() - start
     entry["status"], entry["reasons"] = record.pop("status"), record.pop("reasons")
     if "latency_ms" in record:
@@ -517,70 +470,3 @@ def _verify_cpu_classes(job: Any, artefacts: list[dict[str, Any]], staging: Path
                                     f"({record['method']}): {'; '.join(record['reasons'][:2])}"]
         get_converter(entry["format"]).write_metadata(path, expected.replace(cpu_verification=tuple(found)))
         entry["size_bytes"], entry["sha256"], entry["files"] = describe_files(path)
-
-
-def _failed(entry: dict[str, Any], target: Path, what: str, err: BaseException, **seconds: float) -> dict[str, Any]:
-    """The manifest entry of an artefact that failed with ``err`` (its file removed): ``what: Type: message``."""
-    _remove(target)
-    detail = traceback.format_exception_only(type(err), err)[-1].strip()
-    return {**entry, "status": STATUS_FAILED, "reasons": [f"{what}: {detail[:300]}"], **seconds}
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        for leftover in artefact_files(path):
-            leftover.unlink(missing_ok=True)
-
-
-def _swap_into_place(staging: Path, out_dir: Path) -> None:
-    """Replace ``out_dir`` by ``staging`` (old contents removed only once the new folder is in place)."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-    os.replace(staging, out_dir)
-    os.chmod(out_dir, 0o777 & ~current_umask())  # mkdtemp made it 0700; give it a plain mkdir's mode
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def format_manifest_table(manifest: dict[str, Any]) -> str:
-    """The manifest as a terminal table: size, agreement, accuracy change, worst class, status.
-
-    Examples:
-        >>> print(format_manifest_table({"artefacts": [], "reference": {"accuracy": 0.9}}).splitlines()[0][:22])
-        fp32 PyTorch reference
-    """
-    reference = manifest.get("reference", {})
-    title = (f"fp32 PyTorch reference: accuracy {reference.get('accuracy', 0) * 100:.2f} %, "
-             f"macro-F1 {reference.get('macro_f1', 0) * 100:.2f} % on "
-             f"{manifest.get('evaluation', {}).get('images', '?')} held-out images")
-    rows = []
-    for a in manifest["artefacts"]:
-        v = a.get("verification") or {}
-        measured = "top1_agreement" in v  # absent when the artefact could not be run
-        size = f"{a['size_bytes'] / 1e6:.2f}" if "size_bytes" in a else "-"
-        agree = f"{v['top1_agreement'] * 100:.2f}%" if measured else "-"
-        acc = f"{v['accuracy'] * 100:.2f}" if measured else "-"
-        delta = f"{v['accuracy_change'] * 100:+.2f}" if measured else "-"
-        worst = f"{v['worst_class']} {v['worst_recall_change'] * 100:+.2f}" if measured else "-"
-        latency = f"{a['latency_ms']:.2f}" if "latency_ms" in a else "-"
-        reasons = "; ".join(a.get("reasons") or [])
-        if reasons and a["status"] != STATUS_FAILED and len(reasons) > 60:  # failures show every regressed class
-            reasons = reasons[:57] + "..."
-        status = a["status"] + (f" ({reasons})" if reasons else "")
-        rows.append([a["file"], size, agree, acc, delta, worst, latency, _cpu_summary(a.get("cpu_verification") or []),
-                     status])
-    table = text_table(["artefact", "size MB", "top-1 agr", "acc", "Δacc", "worst class Δrecall", "ms", "CPU classes",
-                        "status"], rows, align="lrrrrrrll")
-    return f"{title}\n{table}"
-
-
-def _cpu_summary(records: list[dict[str, Any]]) -> str:
-    """``avx2 ok, sse4 FAIL, avx2 n/v`` for the CPU records of one artefact (native first)."""
-    marks = {STATUS_PASSED: "ok", STATUS_FAILED: "FAIL"}
-    parts = [f"{str(r.get('cpu_class', '?')).replace('x86-64-', '')} {marks.get(str(r.get('status')), 'n/v')}"
-             for r in records]
-    return ", ".join(dict.fromkeys(parts)) or "-"

@@ -76,3 +76,48 @@ def test_no_module_uses_another_modules_private_names():
 def test_classifier_is_a_thin_facade():
     lines = (REPO / "cellsdk" / "classifier.py").read_text(encoding="utf-8").count("\n")
     assert lines <= 250, f"cellsdk/classifier.py has {lines} lines: move the new piece into its own module"
+
+
+def _imports(name: str, tree: ast.Module, known: set[str]) -> set[str]:
+    """The cellsdk modules ``name`` imports, at its top or inside a function (``TYPE_CHECKING`` blocks aside)."""
+    typing_only = {id(sub) for node in ast.walk(tree)
+                   if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test) for sub in ast.walk(node)}
+
+    def module_of(dotted: str) -> str | None:
+        while dotted and dotted not in known:
+            dotted = dotted.rpartition(".")[0]
+        return dotted or None
+
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {module_of(alias.name) for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            found |= {module_of(f"{node.module}.{alias.name}") for alias in node.names}
+    return {m for m in found if m and m != name}
+
+
+def test_no_import_circles():
+    modules = _modules()
+    graph = {name: _imports(name, tree, set(modules)) for name, tree in modules.items()}
+    circles = []
+    for start in graph:  # a path from a module's import back to itself, found by depth-first search
+        stack, seen = [(start, (start,))], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start and len(path) > 1 and not start.startswith(nxt + "."):
+                    circles.append(" -> ".join((*path, start)))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, (*path, nxt)))
+    assert circles == [], "import circles (move the shared piece into a module both can import):\n" + "\n".join(
+        sorted(circles, key=len)[:10])
+
+
+def test_no_module_over_500_lines():
+    over = {str(path.relative_to(REPO)): count for root in PACKAGES.values() for path in root.rglob("*.py")
+            if (count := path.read_text(encoding="utf-8").count("\n")) > 500}
+    assert over == {}, f"split these where a reader would draw the line: {over}"

@@ -245,7 +245,8 @@ def _measured(folder: Path, manifest: dict[str, Any], candidates: list[Any]) -> 
     size = ((manifest.get("metadata") or {}).get("preprocessing") or {}).get("input_size")
     if not isinstance(size, int) or not 0 < size <= 4096:  # a manifest without it keeps the recorded ranking
         return candidates, {}
-    speeds = measure_speeds(folder, [(c[1], c[2], c[4]) for c in timed], size)
+    speeds = measure_speeds(folder / MANIFEST_NAME, [(c[1], c[2], c[4]) for c in timed], size,
+                            lambda file: artefact_path(folder, file))
     if not speeds:
         return candidates, {}
     ranked = []

@@ -92,22 +92,27 @@ def _time(backend: Any, batch: np.ndarray, rounds: int) -> float:
     return median_ms(lambda: backend.run_all(batch), rounds)
 
 
-def measure_speeds(folder: Path, candidates: Sequence[tuple[str, str, dict[str, Any]]],
-                   input_size: int) -> dict[str, dict[str, float]]:
-    """Batch-1 and batch-32 latency (ms, medians) of each ``(file, backend, options)`` candidate here; cached.
+def measure_speeds(manifest_path: Path, candidates: Sequence[tuple[str, str, dict[str, Any]]], input_size: int,
+                   resolve: Callable[[str], Path] | None = None) -> dict[str, dict[str, float]]:
+    """Batch-1 and batch-32 latency (ms, medians) of each ``(file, backend, options)`` candidate of the conversion
+    folder whose manifest is ``manifest_path``; cached per manifest and machine.
 
-    A candidate that does not load or run here is left out (it is then not chosen over one that does).
+    ``resolve`` turns a manifest's file name into its path (default: beside the manifest;
+    :func:`cellsdk.artefacts.manifest.artefact_path` refuses one that leads outside the folder). A candidate that
+    does not resolve, load or run here is left out (it is then not chosen over one that does).
 
     Examples:
-        >>> speeds = measure_speeds(Path("runs/converted"), [("model.int8.onnx", "onnxruntime", {})], 128)  # doctest: +SKIP
+        >>> speeds = measure_speeds(Path("runs/converted/manifest.json"),
+        ...                         [("model.int8.onnx", "onnxruntime", {})], 128)  # doctest: +SKIP
         >>> sorted(speeds["model.int8.onnx"])  # doctest: +SKIP
         ['batch1_ms', 'batch32_ms', 'per_image_ms']
     """
-    from cellsdk.artefacts.manifest import MANIFEST_NAME, artefact_path
     from cellsdk.backends import get_backend
 
+    folder = manifest_path.parent
+    where = resolve or (lambda file: folder / file)
     machine = _machine([backend for _, backend, _ in candidates])
-    manifest = hashlib.sha256((folder / MANIFEST_NAME).read_bytes()).hexdigest()
+    manifest = hashlib.sha256(manifest_path.read_bytes()).hexdigest()
     key = hashlib.sha256(json.dumps([manifest, machine], sort_keys=True).encode()).hexdigest()[:32]
     cache = user_cache_dir() / "speed" / f"{key}.json"
     try:
@@ -123,7 +128,7 @@ def measure_speeds(folder: Path, candidates: Sequence[tuple[str, str, dict[str, 
     for file, backend_name, options in missing:
         try:
             backend_cls = get_backend(backend_name)
-            backend = backend_cls(artefact_path(folder, file), device="cpu", **backend_cls.check_options(dict(options)))
+            backend = backend_cls(where(file), device="cpu", **backend_cls.check_options(dict(options)))
             record = {"batch1_ms": _time(backend, batch[:1], _ROUNDS_1), "batch32_ms": _time(backend, batch, _ROUNDS_32)}
         except Exception:  # noqa: BLE001 - a candidate that cannot run here is simply not measured
             continue

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from cellsdk.backends import Backend, register_backend
+from cellsdk.backends.base import Backend, register_backend
 from cellsdk.errors import ConfigError, PlatformNotSupportedError, UnsupportedFormatError
 from cellsdk.metadata import METADATA_KEY
 

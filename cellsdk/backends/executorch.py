@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from cellsdk.backends import Backend, register_backend
+from cellsdk.backends.base import Backend, register_backend
 from cellsdk.errors import MetadataError, UnsupportedFormatError
 
 __all__ = ["PTE_HEADER", "PTE_MAGIC", "ExecuTorchBackend", "find_pte_metadata", "read_pte_metadata"]

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from cellsdk._io import user_cache_dir
-from cellsdk.backends import Backend, register_backend
+from cellsdk.backends.base import Backend, register_backend
 from cellsdk.errors import ConfigError, DeviceUnavailableError, UnsupportedFormatError, describe_os_error
 from cellsdk.metadata import METADATA_KEY
 

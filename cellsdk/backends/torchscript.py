@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cellsdk.backends import Backend, register_backend
+from cellsdk.backends.base import Backend, register_backend
 from cellsdk.errors import ConfigError, DeviceUnavailableError, UnsupportedFormatError
 from cellsdk.metadata import METADATA_KEY
 

@@ -102,7 +102,7 @@ def format_unlabelled(record: dict[str, Any]) -> str:
               help="Which layers train [preset: all].")
 @click.option("--batchnorm", type=click.Choice(["frozen", "train"]), default=None,
               help="Keep the original BatchNorm statistics or update them [preset: frozen].")
-@click.option("--augment", type=click.Choice(["none", "light", "microscopy", "stain"]), default=None,
+@click.option("--augment", type=click.Choice(["none", "light", "microscopy", "stain", "cross-lab"]), default=None,
               help="Augmentation preset [preset: stain].")
 @click.option("--stain-normalise/--no-stain-normalise", default=None,
               help="Reinhard stain normalisation to the replay data's colours, in every runtime [preset: off].")
@@ -148,7 +148,7 @@ def adapt_command(checkpoint: Path, data: Path | None, out_dir: Path, **options:
     formats = options["formats"].strip()
     convert_options: dict[str, Any] = {"formats": () if formats == "all" else tuple(split_list(formats))}
     if options["verify_cpus"] is not None:
-        from cellsdk.converters.labs import adapt_cpu_targets
+        from cellsdk.converters.adapted import adapt_cpu_targets
 
         convert_options["cpu_targets"] = adapt_cpu_targets(options["verify_cpus"])
     unlabelled_config = None

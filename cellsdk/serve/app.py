@@ -21,8 +21,7 @@ import hmac
 import io
 import json
 import logging
-import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -30,15 +29,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import FileResponse, PlainTextResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import ClientDisconnect
 
 from cellsdk._io import sha256_file
 from cellsdk._version import __version__
@@ -47,10 +43,11 @@ from cellsdk.classifier import Classifier
 from cellsdk.explain import CAMS_OUTPUT, align_map, cam_grids, heat_layer
 from cellsdk.platform.cpu import host_cpu
 from cellsdk.preprocessing import crop_box
-from cellsdk.serve.batching import BusyError, MicroBatcher, ShuttingDownError
+from cellsdk.serve.batching import MicroBatcher
 from cellsdk.serve.config import ServeConfig
+from cellsdk.serve.middleware import BodyLimit, Observe, add_error_handlers
 from cellsdk.serve.openapi import api_description, correct_document
-from cellsdk.serve.problems import API_POLICY, KINDS, PROBLEM_MEDIA_TYPE, SECURITY_HEADERS, ApiError
+from cellsdk.serve.problems import ApiError
 from cellsdk.serve.prometheus import Metrics
 from cellsdk.serve.uploads import ACCEPTED_FORMATS, check_and_decode, display_name
 from cellsdk.tta import tta_views
@@ -73,7 +70,6 @@ DOCS_POLICY = ("default-src 'self'; img-src 'self' data:; style-src 'self'; scri
 # module level: FastAPI resolves the dependencies' (string) annotations in this module's namespace
 _KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="the service's API key")
 _BEARER = HTTPBearer(auto_error=False, description="the service's API key as a bearer token")
-_STATUS_KINDS = {404: "not-found", 405: "method-not-allowed", 413: "too-large", 415: "unsupported-media-type"}
 @dataclasses.dataclass
 class ServiceState:
     """What the app shares between requests: the model, the batcher, the decoding threads, the metrics."""
@@ -172,11 +168,6 @@ def _model_info(classifier: Classifier, config: ServeConfig) -> dict[str, Any]:
     }
 
 
-def _problem(err: ApiError, path: str) -> JSONResponse:
-    return JSONResponse(err.document(path), status_code=err.status, headers=err.headers,
-                        media_type=PROBLEM_MEDIA_TYPE)
-
-
 def create_app(classifier: Classifier, config: ServeConfig | None = None) -> FastAPI:
     """The service over a loaded classifier; run it with :func:`cellsdk.serve.serve` or any ASGI server.
 
@@ -219,7 +210,7 @@ def create_app(classifier: Classifier, config: ServeConfig | None = None) -> Fas
     app = FastAPI(title="cellsdk", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description=api_description(classifier, config))
     app.state.cellsdk = state
-    _add_error_handlers(app, metrics)
+    add_error_handlers(app, metrics)
     # no key, nothing to check: the OpenAPI document then declares no security either (it says what is asked)
     protected = [Depends(_authoriser(config))] if config.api_key else []
 
@@ -322,13 +313,13 @@ def create_app(classifier: Classifier, config: ServeConfig | None = None) -> Fas
                           {"Content-Security-Policy": PAGE_POLICY, "Cache-Control": "no-cache"}, static,
                           config.max_upload_bytes, classifier)
     app.mount("/static", StaticFiles(directory=static), name="static")
-    app.add_middleware(_BodyLimit, max_bytes=config.max_upload_bytes, metrics=metrics)
+    app.add_middleware(BodyLimit, max_bytes=config.max_upload_bytes, metrics=metrics)
     if config.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type"])
-    app.add_middleware(_Observe, metrics=metrics)
+    app.add_middleware(Observe, metrics=metrics, routes=ROUTES)
     return app
 
 
@@ -387,142 +378,3 @@ async def _read_uploads(request: Request, config: ServeConfig) -> list[tuple[str
         raise ApiError("too-many-images", f"{len(uploads)} images in one request, the limit is {config.max_images}; "
                                           "send them in several requests")
     return uploads
-
-
-def _add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
-    def answer(request: Request, err: ApiError) -> JSONResponse:
-        metrics.observe_error(err.kind)
-        return _problem(err, request.url.path)
-
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, err: ApiError) -> JSONResponse:
-        return answer(request, err)
-
-    @app.exception_handler(BusyError)
-    async def busy(request: Request, err: BusyError) -> JSONResponse:
-        return answer(request, ApiError("busy", str(err), headers={"Retry-After": str(err.retry_after)}))
-
-    @app.exception_handler(ShuttingDownError)
-    async def shutting_down(request: Request, err: ShuttingDownError) -> JSONResponse:
-        return answer(request, ApiError("shutting-down", str(err), headers={"Retry-After": "1"}))
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
-        parts = [f"{'.'.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg', 'invalid')}"
-                 for e in err.errors()]
-        return answer(request, ApiError("bad-request", "; ".join(parts) or "invalid request"))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
-        kind = _STATUS_KINDS.get(err.status_code, "bad-request")
-        detail = str(err.detail) if err.status_code != 404 else f"no such path {request.url.path!r}; see /docs"
-        error = ApiError(kind, detail, headers=dict(err.headers or {}))
-        if err.status_code not in (status for status, _ in KINDS.values()):
-            error.status = err.status_code
-        return answer(request, error)
-
-    @app.exception_handler(ClientDisconnect)
-    async def client_gone(request: Request, err: ClientDisconnect) -> Response:
-        # nobody is left to read an answer: count the outcome and say it in one line, no traceback
-        metrics.observe_error("client-disconnected")
-        client = request.client
-        log.warning("cellsdk serve: %s hung up during %s %s before its request was read; nothing was classified",
-                    f"{client.host}:{client.port}" if client else "a client", request.method, request.url.path)
-        return Response(status_code=KINDS["client-disconnected"][0])
-
-    @app.exception_handler(Exception)
-    async def internal(request: Request, err: Exception) -> JSONResponse:
-        log.error("cellsdk serve: %s %s failed: %s: %s", request.method, request.url.path, type(err).__name__, err,
-                  exc_info=log.isEnabledFor(logging.DEBUG))
-        response = answer(request, ApiError("internal", f"the service failed to answer ({type(err).__name__}); "
-                                                        "the server log has the details"))
-        # this answer comes from the outermost middleware, outside _Observe: it adds the headers itself
-        for name, value in [*SECURITY_HEADERS, (b"content-security-policy", _API_POLICY)]:
-            response.headers[name.decode()] = value.decode()
-        return response
-
-
-_API_POLICY = API_POLICY.encode()
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-
-
-class _BodyLimit:
-    """Refuse a request body over ``max_bytes``: at once when ``Content-Length`` says so, else while reading it."""
-
-    def __init__(self, app: Any, max_bytes: int, metrics: Metrics) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-        self.metrics = metrics
-
-    def _error(self, size: str) -> ApiError:
-        return ApiError("too-large", f"the request body is {size}, more than this service's limit of "
-                                     f"{self.max_bytes:,} bytes; send fewer or smaller images")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or ()).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            self.metrics.observe_error("too-large")
-            await _send_problem(send, self._error(f"{int(declared):,} bytes"), scope.get("path", ""),
-                                close=True)
-            return
-        received = 0
-
-        async def limited() -> MutableMapping[str, Any]:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise self._error(f"over {self.max_bytes:,} bytes")
-            return message
-
-        await self.app(scope, limited, send)
-
-
-async def _send_problem(send: Send, err: ApiError, path: str, *, close: bool = False) -> None:
-    body = json.dumps(err.document(path)).encode()
-    headers = [(b"content-type", PROBLEM_MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode())]
-    headers += [(k.lower().encode(), v.encode()) for k, v in err.headers.items()]
-    if close:
-        headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": err.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-class _Observe:
-    """Time every request into the metrics and add the security headers to every answer."""
-
-    def __init__(self, app: Any, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        path = scope.get("path", "")
-        route = path if path in ROUTES else ("/static" if path.startswith("/static/") else "other")
-        status = 500
-
-        async def observed(message: MutableMapping[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                headers = list(message.get("headers") or ())
-                present = {name.lower() for name, _ in headers}
-                headers += [(name, value) for name, value in [*SECURITY_HEADERS,
-                                                              (b"content-security-policy", _API_POLICY)]
-                            if name not in present]
-                message["headers"] = headers
-            await send(message)
-
-        try:
-            await self.app(scope, receive, observed)
-        finally:
-            self.metrics.observe_request(route, status, time.perf_counter() - started)

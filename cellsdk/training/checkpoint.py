@@ -62,13 +62,11 @@ def load_checkpoint(path: str | os.PathLike, *, device: str = "cpu") -> tuple[An
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: corrupt checkpoint ({err})") from None
-    from cellsdk.training.models import size_kwargs
+    from cellsdk.training.shapes import shape_like, size_kwargs
 
     model = timm.create_model(metadata.arch, num_classes=metadata.num_classes,
                               **size_kwargs(metadata.arch, metadata.preprocessing.input_size))
     if metadata.training.get("pruning"):  # whole channels were removed: shape the layers to the weights first
-        from cellsdk.training.pruning import shape_like
-
         shape_like(model, state)
     try:
         model.load_state_dict(state, strict=True)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cellsdk.errors import BackendNotInstalledError, CheckpointError, ConfigError
+from cellsdk.training.shapes import size_kwargs
 
 __all__ = ["PretrainedSource", "create_model", "load_weights_file", "model_input_size", "preflight", "resolve_arch",
            "size_kwargs", "training_layout"]
@@ -154,27 +155,6 @@ def training_layout(arch: str, channels_last: bool) -> tuple[bool, str | None]:
         if channels_last and arch.startswith(prefix):
             return False, f"{arch}: training in the contiguous layout, not channels-last: {fault}"
     return channels_last, None
-
-
-def size_kwargs(arch: str, input_size: int | None) -> dict[str, Any]:
-    """``timm.create_model`` arguments that build ``arch`` for ``input_size`` px inputs: ``img_size`` for models
-    whose input size is fixed at construction (ViT, DeiT, LeViT, ...), nothing for the others.
-
-    Examples:
-        >>> size_kwargs("vit_tiny_patch16_224", 64), size_kwargs("resnet18", 64)  # doctest: +SKIP
-        ({'img_size': 64}, {})
-    """
-    if input_size is None:
-        return {}
-    try:
-        from timm.models import get_pretrained_cfg
-    except ImportError:  # pragma: no cover - timm without the registry helper
-        return {}
-    cfg = get_pretrained_cfg(arch)
-    default = tuple(getattr(cfg, "input_size", ()) or ())
-    if cfg is not None and getattr(cfg, "fixed_input_size", False) and default and default[-1] != input_size:
-        return {"img_size": input_size}
-    return {}
 
 
 def _build(timm: Any, arch: str, input_size: int | None, **kwargs: Any) -> Any:

@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 
-from cellsdk.errors import BackendNotInstalledError, CheckpointError, ConfigError
+from cellsdk.errors import BackendNotInstalledError, ConfigError
+from cellsdk.training.shapes import shape_like
 
 __all__ = ["PRUNE_INSTALL", "count_macs", "format_pruning", "prune_and_finetune", "prune_checkpoint", "prune_to_macs",
            "require_pruner", "shape_like"]
@@ -151,48 +152,6 @@ def prune_to_macs(model: Any, input_size: int, target: float, *, round_to: int =
               "macs_before": macs_before, "macs_after": macs_after,
               "params_before": params_before, "params_after": params_after}
     return pruned, record
-
-
-def shape_like(model: Any, state: dict[str, torch.Tensor]) -> Any:
-    """Shape each convolution, batch norm and linear layer of a freshly built ``model`` to the pruned weights in
-    ``state`` (channel counts only: the architecture is the same), so ``load_state_dict`` fits.
-
-    Raises:
-        CheckpointError: a layer of another kind whose shape differs (not a pruned model of this architecture).
-
-    Examples:
-        >>> from cellsdk.training.models import create_model
-        >>> model, _ = create_model("test_efficientnet", 3, "none")
-        >>> shape_like(model, model.state_dict()) is model
-        True
-    """
-    for name, module in model.named_modules():
-        weight = state.get(f"{name}.weight" if name else "weight")
-        if weight is None or not hasattr(module, "weight") or module.weight is None:
-            continue
-        if tuple(module.weight.shape) == tuple(weight.shape):
-            continue
-        if isinstance(module, torch.nn.Conv2d):
-            depthwise = module.groups > 1 and module.groups == module.in_channels
-            module.out_channels = weight.shape[0]
-            module.groups = weight.shape[0] if depthwise else module.groups
-            module.in_channels = weight.shape[1] * module.groups
-        elif isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.num_features = weight.shape[0]
-            for buffer in ("running_mean", "running_var"):
-                if getattr(module, buffer, None) is not None:
-                    setattr(module, buffer, torch.zeros(weight.shape[0]))
-        elif isinstance(module, torch.nn.Linear):
-            module.out_features, module.in_features = weight.shape
-        else:
-            raise CheckpointError(f"layer {name} ({type(module).__name__}) has weights of shape "
-                                  f"{tuple(weight.shape)}, not {tuple(module.weight.shape)}: not a pruned model "
-                                  "of this architecture")
-        module.weight = torch.nn.Parameter(torch.empty_like(weight))
-        bias = state.get(f"{name}.bias")
-        if bias is not None and getattr(module, "bias", None) is not None:
-            module.bias = torch.nn.Parameter(torch.empty_like(bias))
-    return model
 
 
 def prune_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike, target: float) -> tuple[Path,
