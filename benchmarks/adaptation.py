@@ -38,7 +38,7 @@ import numpy as np
 from cellsdk.datasets import is_image
 from cellsdk.platform.cpu import host_cpu
 
-__all__ = ["link_subset", "score_artefact", "score_checkpoint"]
+__all__ = ["folder_items", "link_subset", "pbc_test_items", "score_artefact", "score_checkpoint"]
 
 
 def link_subset(adapt_dir: Path, k: int, into: Path, seed: int = 0) -> Path:
@@ -58,11 +58,23 @@ def link_subset(adapt_dir: Path, k: int, into: Path, seed: int = 0) -> Path:
     return into
 
 
-def _test_items(test_dir: Path) -> list[tuple[Path, str]]:
+def folder_items(test_dir: Path) -> list[tuple[Path, str]]:
+    """``(image, label)`` for every image of a class-folder tree.
+
+    Examples:
+        >>> folder_items(Path("samples/pbc_raw"))[0][1]
+        'basophil'
+    """
     return [(p, p.parent.name) for p in sorted(test_dir.glob("*/*")) if is_image(p)]
 
 
-def _pbc_items(labels_csv: Path | None) -> list[tuple[Path, str]]:
+def pbc_test_items(labels_csv: Path | None) -> list[tuple[Path, str]]:
+    """``(image, label)`` for the PBC originals of the test split (``pbc_subset/labels.csv``); none without it.
+
+    Examples:
+        >>> pbc_test_items(None)
+        []
+    """
     if labels_csv is None:
         return []
     with open(labels_csv, newline="") as handle:
@@ -192,7 +204,7 @@ def main() -> int:
     overrides = {key: json.loads(value) for key, _, value in (o.partition("=") for o in args.overrides)}
     unlabelled_overrides = {key: json.loads(value)
                             for key, _, value in (o.partition("=") for o in args.unlabelled_overrides)}
-    pbc = _pbc_items(args.pbc_test)
+    pbc = pbc_test_items(args.pbc_test)
     convert_options: dict[str, Any] = {}
     if args.formats != "all":
         convert_options["formats"] = tuple(args.formats.split(","))
@@ -244,10 +256,10 @@ def main() -> int:
                                 "unlabelled": len(list(pool.iterdir())) if pool is not None else 0}
                             if args.convert:
                                 model = out / "converted" / "model.int8.onnx"
-                                row["lab_test"] = score_artefact(model, _test_items(test_dir), known)
+                                row["lab_test"] = score_artefact(model, folder_items(test_dir), known)
                                 row["pbc_test"] = score_artefact(model, pbc) if pbc else None
                             else:
-                                row["lab_test"] = score_checkpoint(result.checkpoint, _test_items(test_dir), known)
+                                row["lab_test"] = score_checkpoint(result.checkpoint, folder_items(test_dir), known)
                                 row["pbc_test"] = score_checkpoint(result.checkpoint, pbc) if pbc else None
                             rows.append(row)
                             print(json.dumps(row), flush=True)

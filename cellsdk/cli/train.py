@@ -53,7 +53,7 @@ __all__ = ["calibrate_command", "prune_command", "train_command"]
 @click.option("--freeze-epochs", type=NON_NEGATIVE, default=0, show_default=True,
               help="Epochs training the head alone.")
 @click.option("--class-weights", type=click.Choice(["none", "balanced"]), default="none", show_default=True)
-@click.option("--augment", type=click.Choice(["none", "light", "microscopy", "stain"]), default="microscopy",
+@click.option("--augment", type=click.Choice(["none", "light", "microscopy", "stain", "cross-lab"]), default="microscopy",
               show_default=True)
 @click.option("--patience", type=NON_NEGATIVE, default=0, show_default=True,
               help="Early stopping: epochs without a better validation macro-F1 (0: off).")

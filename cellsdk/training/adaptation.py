@@ -157,6 +157,22 @@ class AdaptConfig:
             base["lr"] = 3e-4
         return cls(**{**base, **overrides})
 
+    @classmethod
+    def generalist(cls, **overrides: Any) -> AdaptConfig:
+        """The cross-lab recipe that makes a base model's successor from several labs' labelled cells and the
+        training lab's data (the leave-one-lab-out study): the cross-lab augmentation, BatchNorm statistics learned
+        on the mixed batches (every lab, not the training lab's alone), the training lab's answers kept by
+        distillation on its replay images, and the scale step.
+
+        Examples:
+            >>> AdaptConfig.generalist().batchnorm, AdaptConfig.generalist().augment.jpeg > 0
+            ('train', True)
+        """
+        base: dict[str, Any] = {"epochs": 6, "steps_per_epoch": 30, "batch_size": 32, "replay_share": 0.5,
+                                "lr": 3e-4, "batchnorm": "train", "distill": 0.5,
+                                "augment": AugmentConfig.cross_lab(), "val_fraction": 0.2}
+        return cls(**{**base, **overrides})
+
     def replace(self, **changes: Any) -> AdaptConfig:
         """A validated copy with some fields changed.
 
@@ -434,7 +450,8 @@ def adapt(checkpoint: str | os.PathLike, data: str | os.PathLike | None, out_dir
                          unlabelled=pool_run.record if pool_run else None)
     if convert:
         # the last step is the toolchain's (an explicit exception to the layers: pyproject.toml)
-        from cellsdk.converters.labs import LabSource, convert_adapted
+        from cellsdk.converters.adapted import convert_adapted
+        from cellsdk.converters.labs import LabSource
 
         labs = [LabSource(item.source.path, item.source.cropped, item.source.labels, config.val_fraction,
                           config.seed, item.source.name) for item in sources.loaded]

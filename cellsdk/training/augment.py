@@ -15,15 +15,16 @@ Examples:
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance, ImageFilter
 
 from cellsdk.normalise import border_colour
 from cellsdk.training.config import AugmentConfig
 
-__all__ = ["augment_image", "hed_jitter"]
+__all__ = ["augment_image", "camera_defects", "hed_jitter"]
 
 
 def augment_image(image: Image.Image, config: AugmentConfig, rng: np.random.Generator) -> Image.Image:
@@ -49,6 +50,32 @@ def augment_image(image: Image.Image, config: AugmentConfig, rng: np.random.Gene
     image = _color_jitter(image, config, rng)
     if config.stain > 0:
         image = Image.fromarray(hed_jitter(np.asarray(image), config.stain, rng))
+    return camera_defects(image, config, rng)
+
+
+def camera_defects(image: Image.Image, config: AugmentConfig, rng: np.random.Generator) -> Image.Image:
+    """Another camera's defects, each with its probability in ``config``: defocus blur (Gaussian, radius 0.3–1.5
+    px), sensor noise (Gaussian, sigma 2–10 grey levels) and JPEG re-compression (quality 30–90).
+
+    Examples:
+        >>> from cellsdk.training.config import AugmentConfig
+        >>> image = Image.new("RGB", (16, 16), (200, 100, 50))
+        >>> camera_defects(image, AugmentConfig(), np.random.default_rng(0)) is image
+        True
+        >>> camera_defects(image, AugmentConfig(blur=1, noise=1, jpeg=1), np.random.default_rng(0)).size
+        (16, 16)
+    """
+    if config.blur and rng.random() < config.blur:
+        image = image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.5))))
+    if config.noise and rng.random() < config.noise:
+        pixels = np.asarray(image, dtype=np.float32)
+        pixels = pixels + rng.normal(0.0, float(rng.uniform(2.0, 10.0)), pixels.shape).astype(np.float32)
+        image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+    if config.jpeg and rng.random() < config.jpeg:
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=int(rng.integers(30, 91)))
+        buffer.seek(0)
+        image = Image.open(buffer).convert("RGB")
     return image
 
 

@@ -185,6 +185,33 @@ def test_augmentation_is_deterministic_and_keeps_size():
     assert augment_image(image, AugmentConfig.none(), np.random.default_rng(0)) is image
 
 
+def test_camera_defects_blur_add_noise_and_recompress_each_on_its_share_of_images():
+    from PIL import Image
+
+    from cellsdk.training.augment import camera_defects
+
+    image = Image.open(sorted((SAMPLES / "train" / "monocyte").glob("*.jpg"))[0]).convert("RGB")
+    pixels = np.asarray(image, dtype=np.float64)
+
+    def sharpness(picture):  # mean absolute difference between neighbouring pixels
+        return float(np.abs(np.diff(np.asarray(picture, dtype=np.float64), axis=1)).mean())
+
+    blurred = camera_defects(image, AugmentConfig(blur=1.0), np.random.default_rng(0))
+    assert blurred.size == image.size and sharpness(blurred) < sharpness(image)
+    noisy = np.asarray(camera_defects(image, AugmentConfig(noise=1.0), np.random.default_rng(0)), dtype=np.float64)
+    assert 1.0 < float(np.std(noisy - pixels)) < 12.0
+    recompressed = camera_defects(image, AugmentConfig(jpeg=1.0), np.random.default_rng(0))
+    assert not np.array_equal(np.asarray(recompressed), np.asarray(image))
+    assert camera_defects(image, AugmentConfig(blur=0.0, noise=0.0, jpeg=0.0), np.random.default_rng(0)) is image
+    shares = [camera_defects(image, AugmentConfig(jpeg=0.3), np.random.default_rng(seed)) is not image
+              for seed in range(200)]
+    assert 0.2 < np.mean(shares) < 0.4
+    with pytest.raises(ConfigError, match=r"augment.blur is a probability"):
+        AugmentConfig(blur=1.5)
+    cross_lab = AugmentConfig.preset("cross-lab")
+    assert cross_lab.stain > AugmentConfig.stain_robust().stain and min(cross_lab.blur, cross_lab.noise) > 0
+
+
 def test_local_weights_load_by_name_and_in_order(tmp_path):
     from safetensors.torch import save_file
 
