@@ -25,7 +25,6 @@ from cellsdk.artefacts.resolve import DEFAULT_MODEL, default_model_path, open_ar
 from cellsdk.artefacts.selfcheck import OFF, SelfCheck
 from cellsdk.artefacts.trust import establish_trust, gate_verification
 from cellsdk.backends import Backend
-from cellsdk.batch.engine import Item, describe_source, run_pipeline
 from cellsdk.errors import ConfigError, MetadataError
 from cellsdk.guard import GUARD_MODES, Guard
 from cellsdk.inference import Inference
@@ -35,6 +34,7 @@ from cellsdk.preprocessing import ImageSource
 from cellsdk.tta import check_mode, tta_views
 
 if TYPE_CHECKING:
+    from cellsdk.batch.engine import Item
     from cellsdk.explain import Explanation
 
 __all__ = ["DEFAULT_MODEL", "Classifier", "Prediction", "default_model_path"]
@@ -173,6 +173,8 @@ class Classifier:
             >>> [item.ok for item in Classifier.load().predict_iter([b"not an image"], errors="skip")]
             [False]
         """
+        from cellsdk.batch.engine import describe_source, run_pipeline
+
         require_int("top_k", top_k, minimum=1, optional=True)
         views = tta_views(self.tta if tta is None else tta)
         inference = self.inference
@@ -203,6 +205,8 @@ class Classifier:
         views = tta_views(self.tta if tta is None else tta)
         inference = self.inference
         if isinstance(images, (list, tuple)) or (isinstance(images, np.ndarray) and images.ndim == 4):
+            from cellsdk.batch.engine import describe_source, run_pipeline
+
             rows: list[np.ndarray] = [item.value for item in run_pipeline(  # type: ignore[misc]
                 list(images), prepare=lambda image: inference.prepare(image).array,
                 infer=lambda batch: list(inference.probabilities(np.stack(batch), views)),

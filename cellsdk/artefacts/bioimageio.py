@@ -29,7 +29,6 @@ import io
 import os
 import shutil
 import tempfile
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +99,8 @@ def is_package(path: str | os.PathLike) -> bool:
         >>> is_package("model.onnx"), is_package("rdf.yaml")
         (False, True)
     """
+    import zipfile
+
     path = Path(path)
     if path.name in DESCRIPTION_NAMES:
         return True
@@ -231,6 +232,8 @@ def check_test_tensors(package: Package, run: Any, metadata: ModelMetadata) -> f
 
 
 def _extract(path: Path) -> Path:
+    import zipfile
+
     target = user_cache_dir() / "bioimageio" / sha256_file(path)[:24]
     if (target / ".complete").is_file():
         return target

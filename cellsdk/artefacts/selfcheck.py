@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,7 +38,9 @@ from cellsdk.artefacts.verdicts import (
     runtime_version,
     write_cache,
 )
-from cellsdk.testvectors import TestVectors
+
+if TYPE_CHECKING:
+    from cellsdk.testvectors import TestVectors
 
 __all__ = ["FAILED", "FLOAT_LIMITS", "OFF", "PASSED", "UNAVAILABLE", "FloatLimits", "SelfCheck", "SelfCheckConfig",
            "artefact_digest", "cache_dir", "cached_verdicts", "enforce_self_check", "guard_scores", "judge",
@@ -268,6 +270,8 @@ def run_self_check(classifier: Any, vectors: TestVectors | None = None) -> SelfC
     record = classifier.metadata.test_vectors
     if vectors is None and record is None:
         return SelfCheck(UNAVAILABLE, machine_key(classifier))
+    from cellsdk.testvectors import TestVectors
+
     vectors = vectors or TestVectors.from_dict(record)
     started = time.perf_counter()
     return verdict_for(classifier, vectors, run_vectors(classifier, vectors), started)

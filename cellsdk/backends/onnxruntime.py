@@ -18,6 +18,7 @@ import numpy as np
 
 from cellsdk._io import user_cache_dir
 from cellsdk.backends.base import Backend, register_backend
+from cellsdk.backends.ort_cache import cached_session
 from cellsdk.errors import ConfigError, DeviceUnavailableError, UnsupportedFormatError, describe_os_error
 from cellsdk.metadata import METADATA_KEY
 
@@ -92,7 +93,7 @@ class OnnxRuntimeBackend(Backend):
         chosen: list[Any] = list(providers) if providers else self._providers(
             ort, device, path, tensorrt_fp16=tensorrt_fp16, tensorrt_cache=tensorrt_cache, tf32=tf32)
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
+            self.session = cached_session(ort, path, options, chosen)
         except Exception as err:  # noqa: BLE001 - ORT raises several unrelated types for bad files
             raise UnsupportedFormatError(f"{path}: not a loadable ONNX model ({str(err).splitlines()[0]})") from None
         wanted = chosen[0] if isinstance(chosen[0], str) else chosen[0][0]

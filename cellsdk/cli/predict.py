@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -65,10 +66,6 @@ def predict_command(images: tuple[Path, ...], from_list: Path | None, model_path
         >>> result.exit_code, result.stdout.split("\\t")[1][:3]
         (0, 'ig ')
     """
-    from cellsdk.batch.engine import default_split
-    from cellsdk.batch.jobs import count_inputs, iter_inputs, run_job
-    from cellsdk.prediction import one_line
-
     if not images and from_list is None:
         raise click.UsageError("give IMAGES (files or folders) or --from-list FILE")
     if explain_dir is not None and (out_path is not None or engine == "ray"):
@@ -97,6 +94,15 @@ def predict_command(images: tuple[Path, ...], from_list: Path | None, model_path
             raise click.UsageError(f"{name} is a Ray option: add --engine ray")
     if overwrite and out_path is None:
         raise click.UsageError("--overwrite goes with --out FILE")
+    if len(images) == 1 and from_list is None and out_path is None and explain_dir is None and collect_dir is None \
+            and Path(images[0]).is_file():
+        _predict_one(Path(images[0]), model_path, as_json=as_json, pixel_size=pixel_size, backend=backend,
+                     device=device, threads=threads, top_k=top_k, strict=strict, ood=ood_mode)
+        return
+    from cellsdk.batch.engine import default_split
+    from cellsdk.batch.jobs import count_inputs, iter_inputs, run_job
+    from cellsdk.prediction import one_line
+
     decoders, threads = default_split(runtime=threads)
     classifier = load_classifier(model_path, backend=backend, device=device, threads=threads, top_k=top_k,
                                  strict=strict, ood=ood_mode)
@@ -115,15 +121,33 @@ def predict_command(images: tuple[Path, ...], from_list: Path | None, model_path
     if explain_dir is not None:
         _print_explanations(classifier, inputs, explain_dir, as_json=as_json)
         return
-    if pixel_size is not None and classifier.metadata.preprocessing.pixel_size_um is None:
-        raise ConfigError(f"{classifier.path.name} does not record its training images' pixel size, so "
-                          "--pixel-size cannot rescale: leave it out (a model adapted with cellsdk adapt estimates "
-                          "the scale from the cells)")
+    _check_pixel_size(classifier, pixel_size)
     failed = 0
     for item in classifier.predict_iter(inputs, batch_size=batch_size, workers=workers, errors="skip",
                                         pixel_size=pixel_size):
         failed += _echo(item.source, item.value, item.error, as_json)
     _finish(None, failed=failed)
+
+
+def _check_pixel_size(classifier: Any, pixel_size: float | None) -> None:
+    if pixel_size is not None and classifier.metadata.preprocessing.pixel_size_um is None:
+        raise ConfigError(f"{classifier.path.name} does not record its training images' pixel size, so "
+                          "--pixel-size cannot rescale: leave it out (a model adapted with cellsdk adapt estimates "
+                          "the scale from the cells)")
+
+
+def _predict_one(path: Path, model_path: Any, *, as_json: bool, pixel_size: float | None, **load: Any) -> None:
+    """One image file, the cold-start path: no decode threads to start and no job machinery to import (what
+    ``predict_iter`` would print for it, the same line or the same error)."""
+    from cellsdk.errors import InvalidImageError
+
+    classifier = load_classifier(model_path, **load)
+    _check_pixel_size(classifier, pixel_size)
+    try:
+        prediction, error = classifier.predict(path, pixel_size=pixel_size), None
+    except InvalidImageError as err:
+        prediction, error = None, err
+    _finish(None, failed=_echo(str(path), prediction, error, as_json))
 
 
 def _print_explanations(classifier: object, inputs: object, out_dir: Path, *, as_json: bool) -> None:

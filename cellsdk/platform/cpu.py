@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import mmap
 import platform
 import subprocess
 import sys
@@ -204,6 +203,8 @@ _XGETBV_CODE = bytes.fromhex("31c9" "0f01d0" "48c1e220" "4809d0" "c3")
 
 
 def _cpuid_features() -> set[str]:
+    import mmap
+
     if sys.platform == "win32":  # another calling convention; the fallbacks cover Windows poorly, say "other"
         raise OSError("cpuid via ctypes is only wired for the System V ABI")
     code = _CPUID_CODE + _XGETBV_CODE
