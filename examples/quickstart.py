@@ -8,17 +8,21 @@
    stain, blur, over-exposure, a photograph that is not a cell). The same images then go through
    a large-job run (``cellsdk predict DIR --out results.csv``: the pipelined engine, one row per
    image, a per-class summary), which must give the same labels.
-3. ``cellsdk-convert`` turns the shipped fp32 checkpoint (models/) into ONNX, OpenVINO,
-   TorchScript and CoreML models, fp16 and int8, calibrated on the sample train images and
-   verified class by class on the 32 sample validation images. With 4 images per class one
-   flipped image moves a class's recall by 25 points: the verdicts here demonstrate the gate;
-   MODEL_CARD.md has the verification on the full 1,712-image validation split.
-4. ``cellsdk-bench`` times every artefact end to end (read, decode, preprocess, infer) at batch 1
+3. ``cellsdk-convert`` turns the shipped fp32 checkpoint (models/) into ONNX and OpenVINO models, fp32
+   and int8, calibrated on the sample train images and verified class by class on the 32 sample
+   validation images, natively and under one emulated CPU class (Haswell: AVX2 without VNNI). With 4
+   images per class one flipped image moves a class's recall by 25 points: the verdicts here
+   demonstrate the gate; MODEL_CARD.md has the verification on the full 1,712-image validation split.
+4. ``cellsdk-bench`` times those artefacts end to end (read, decode, preprocess, infer) at batch 1
    against the 50 ms p95 target.
-5. ``cellsdk export --bioimageio`` packs the verified fp32 weights as a bioimage.io model package, which
-   bioimage.io's own test (``bioimageio test``) must pass and ``Classifier.load`` must run like the shipped model.
 
-Usage: python examples/quickstart.py [--out runs/quickstart] [--formats all] [--iterations 30]
+``--all`` runs the whole matrix instead: every format (ONNX, OpenVINO, TorchScript, CoreML, LiteRT,
+ExecuTorch) at fp32, fp16 and int8, every default CPU class (Haswell and Nehalem emulated), every artefact
+benchmarked, and ``cellsdk export --bioimageio`` packing the verified fp32 weights as a bioimage.io model
+package, which bioimage.io's own test (``bioimageio test``) must pass and ``Classifier.load`` must run like the
+shipped model.
+
+Usage: python examples/quickstart.py [--all] [--out runs/quickstart] [--formats onnx,openvino] [--iterations 30]
 """
 
 from __future__ import annotations
@@ -35,12 +39,19 @@ from cellsdk.datasets import load_dataset
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "samples"
 CHECKPOINT = REPO / "models" / DEFAULT_MODEL.replace(".int8.onnx", ".safetensors")
+#: what the main job converts by default: int8 ONNX and one more format (the full matrix: --all)
+QUICK_FORMATS = "onnx,openvino"
+#: the CPU classes the default run verifies on: this machine and one emulated class (--all: every default one)
+QUICK_CPUS = "native,haswell"
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/quickstart"))
-    parser.add_argument("--formats", default="all", help="formats to convert to (onnx,openvino,torchscript,coreml)")
+    parser.add_argument("--all", action="store_true", help="the whole matrix: every format and precision, every "
+                        "default CPU class, the bioimage.io package")
+    parser.add_argument("--formats", default=None, help="formats to convert to (default onnx,openvino; with --all "
+                        "every one)")
     parser.add_argument("--iterations", type=int, default=30, help="timed runs per benchmark row")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -78,10 +89,16 @@ def main(argv: list[str] | None = None) -> dict:
     report["crops_accuracy"] = hits / len(crops)
     print(f"BloodMNIST-128 sample test crops: {hits}/{len(crops)} correct ({report['crops_accuracy'] * 100:.1f} %)")
 
-    report["conversion"] = convert_and_verify(args.out / "converted", args.formats, args.quiet)
+    formats = args.formats or ("all" if args.all else QUICK_FORMATS)
+    report["conversion"] = convert_and_verify(args.out / "converted", formats, args.quiet, whole=args.all)
     report["benchmark"] = benchmark([args.out / "converted", clf.path], args.out / "bench", args.iterations,
                                     args.quiet)
-    report["bioimageio"] = share_on_bioimageio(args.out / "converted", args.out / "cells.bioimageio.zip", raw.paths)
+    if args.all:
+        report["bioimageio"] = share_on_bioimageio(args.out / "converted", args.out / "cells.bioimageio.zip",
+                                                   raw.paths)
+    else:
+        print("\nbioimage.io package: python examples/quickstart.py --all packs and tests one (cellsdk export "
+              "--bioimageio)")
     return report
 
 
@@ -207,16 +224,21 @@ def show_guard(clf: Classifier, paths: list[Path]) -> dict:
     return {"present": True, "samples_kept": kept / len(paths), "altered_flagged": flagged / len(altered)}
 
 
-def convert_and_verify(out: Path, formats: str, quiet: bool) -> dict:
-    """The shipped fp32 checkpoint to every format, fp16 and int8, through the verification gate."""
+def convert_and_verify(out: Path, formats: str, quiet: bool, *, whole: bool = False) -> dict:
+    """The shipped fp32 checkpoint to ``formats`` at fp32 and int8 (``whole``: fp16 too, every default CPU class),
+    through the verification gate."""
     from cellsdk.converters import ConvertConfig, convert, format_manifest_table
+    from cellsdk.converters.targets import CpuTargets
 
     chosen = () if formats == "all" else tuple(f.strip() for f in formats.split(",") if f.strip())
-    config = ConvertConfig(formats=chosen, precisions=("fp16", "int8"), calib=str(SAMPLES / "bloodmnist_128"),
-                           calib_samples=128, data_cropped=True)
-    print(f"\nconverting {CHECKPOINT.relative_to(REPO)}: every format x fp32 / fp16 / int8, each artefact compared class "
-          "by class with the fp32 checkpoint on the 32 sample validation images (the table: size, top-1 agreement, "
-          "accuracy and its change, the class that lost most recall, latency, CPU classes checked, verdict) ...")
+    precisions = ("fp16", "int8") if whole else ("int8",)
+    extra = {} if whole else {"cpu_targets": CpuTargets.parse(QUICK_CPUS)}
+    config = ConvertConfig(formats=chosen, precisions=precisions, calib=str(SAMPLES / "bloodmnist_128"),
+                           calib_samples=128, data_cropped=True, **extra)
+    print(f"\nconverting {CHECKPOINT.relative_to(REPO)}: {'every format' if not chosen else ', '.join(chosen)} x "
+          f"fp32 / {' / '.join(precisions)}, each artefact compared class by class with the fp32 checkpoint on the 32 "
+          "sample validation images (the table: size, top-1 agreement, accuracy and its change, the class that lost "
+          "most recall, latency, CPU classes checked, verdict) ...")
     result = convert(CHECKPOINT, out, config, progress=not quiet)
     print(format_manifest_table(result.manifest))
     cpus = result.manifest["cpu_targets"]

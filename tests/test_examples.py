@@ -27,9 +27,7 @@ def test_quickstart_runs_the_shipped_model(tmp_path, capsys):
     assert statuses.get("model.int8.onnx") == "passed", statuses
     assert "pytorch-eager" in out and (tmp_path / "run" / "bench" / "results.json").is_file()
     assert all(r.get("ok") for r in report["benchmark"]["rows"])
-    shared = report["bioimageio"]
-    if shared["checked"]:  # bioimageio.core installed (scripts/setup.sh installs it)
-        assert shared["passed"] and shared["same_labels"] and "onnx" in shared["weights"], shared
+    assert "bioimageio" not in report and "--all packs and tests one" in out  # the package: --all only
 
 
 def test_train_on_samples_runs(tmp_path, capsys):
