@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Lint and type-check: ruff on everything, mypy and import-linter on the public packages (cellsdk, cellsdk.converters,
-# cellsdk.benchmarks) as they are installed. Run by the test suite (tests/test_lint.py); also on its own.
+# cellsdk.benchmarks) as they are installed. Its own step of .ci/run, after the tests; also on its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 given=${PYTHON:-.venv/bin/python}
