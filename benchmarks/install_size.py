@@ -18,6 +18,7 @@ import argparse
 import importlib.metadata as md
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,11 +84,11 @@ def closure(name: str, seen: set[str] | None = None) -> list[str]:
     return sorted(seen)
 
 
-def measure() -> dict[str, Any]:
-    """The installed size of every runtime of :data:`RUNTIMES` on this machine.
+def measure(only: Sequence[str] | None = None) -> dict[str, Any]:
+    """The installed size of every runtime of :data:`RUNTIMES` (or those named in ``only``) on this machine.
 
     Examples:
-        >>> rows = {row["runtime"]: row for row in measure()["rows"]}
+        >>> rows = {row["runtime"]: row for row in measure(["onnxruntime (run .onnx)"])["rows"]}
         >>> rows["onnxruntime (run .onnx)"]["total_mb"] > rows["onnxruntime (run .onnx)"]["own_mb"]
         True
     """
@@ -95,6 +96,8 @@ def measure() -> dict[str, Any]:
 
     rows = []
     for label, (roots, note) in RUNTIMES.items():
+        if only is not None and label not in only:
+            continue
         if not all(distribution_bytes(root) for root in roots):
             rows.append({"runtime": label, "installed": False, "note": note})
             continue

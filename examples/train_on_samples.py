@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-convert", action="store_true", help="stop after evaluation")
     parser.add_argument("--verify-cpus", default="native,haswell,nehalem",
                         help="CPU classes to verify the artefacts on (emulated ones need qemu-x86_64)")
+    parser.add_argument("--formats", default="all", help="formats to convert to (default every one: onnx,openvino,...)")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")  # third-party INFO chatter stays off
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"report, confusion matrix and reliability diagram in {args.out / 'eval'}")
     if not args.no_convert:
         report["conversion"] = convert_and_verify(result.best_checkpoint, data, args.out / "converted", args.quiet,
-                                                  args.verify_cpus)
+                                                  args.verify_cpus, args.formats)
         report["benchmark"] = benchmark(args.out / "converted", args.out / "bench", 5 if args.tiny else 30, args.quiet)
     return report
 
@@ -77,13 +78,15 @@ def benchmark(converted: Path, out: Path, iterations: int, quiet: bool) -> dict:
 
 
 def convert_and_verify(checkpoint: Path, data: Path, out: Path, quiet: bool,
-                       verify_cpus: str = "native,haswell,nehalem") -> dict:
-    """All four formats with fp16 and int8, calibrated on the train split, verified on the validation split."""
+                       verify_cpus: str = "native,haswell,nehalem", formats: str = "all") -> dict:
+    """Every format (or ``formats``) with fp16 and int8, calibrated on the train split, verified on the validation
+    split."""
     from cellsdk.converters import ConvertConfig, convert, format_manifest_table
     from cellsdk.converters.targets import CpuTargets
 
-    config = ConvertConfig(precisions=("fp16", "int8"), calib=str(data), calib_samples=128, data_cropped=True,
-                           cpu_targets=CpuTargets.parse(verify_cpus))
+    chosen = () if formats == "all" else tuple(f.strip() for f in formats.split(",") if f.strip())
+    config = ConvertConfig(formats=chosen, precisions=("fp16", "int8"), calib=str(data), calib_samples=128,
+                           data_cropped=True, cpu_targets=CpuTargets.parse(verify_cpus))
     result = convert(checkpoint, out, config, progress=not quiet)
     print(format_manifest_table(result.manifest))
     print(f"converted and verified in {result.manifest['seconds']:.1f} s; manifest in {out / 'manifest.json'}")

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import pickle
+import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,6 +24,25 @@ TINY_ARCH = "test_efficientnet"
 #: 2 of 5 failed it by 0.064-0.079 against limits of 0.057-0.067). With one model, the conversion tests depend
 #: only on the host's inference arithmetic, which is what they are about.
 TINY_CHECKPOINT = REPO / "tests" / "data" / "tiny_test_efficientnet.safetensors"
+
+
+def build_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Any]) -> Any:
+    """``build(folder)`` once per test run, its result shared by every xdist worker: the first worker to ask builds
+    it under a file lock in the run's common temporary folder, the others wait and read the pickled result (paths
+    into that folder). A failed build leaves nothing behind: the next worker to ask tries again and fails alike."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder, result_file = root / f"shared-{name}", root / f"shared-{name}.pickle"
+    with FileLock(str(root / f"shared-{name}.lock")):
+        if result_file.is_file():
+            return pickle.loads(result_file.read_bytes())
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        result = build(folder)
+        result_file.write_bytes(pickle.dumps(result))
+        return result
 
 
 @pytest.fixture(scope="session")
@@ -65,10 +89,9 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory):
     """
     from cellsdk.training import TrainConfig, train
 
-    out = tmp_path_factory.mktemp("tiny_run")
     config = TrainConfig.quick(arch=TINY_ARCH, pretrained="none", input_size=32, epochs=8, batch_size=16, lr=3e-3,
                                crop_mode="pixels", crop_value=200, data_cropped=True)
-    return train(SAMPLES, out, config, progress=False)
+    return build_once(tmp_path_factory, "tiny_run", lambda out: train(SAMPLES, out, config, progress=False))
 
 
 @pytest.fixture(scope="session")
@@ -77,8 +100,11 @@ def artefacts(tiny_run, tmp_path_factory: pytest.TempPathFactory) -> dict[str, P
     from cellsdk.training import load_checkpoint
     from tests.export_helpers import export_all
 
-    model, metadata = load_checkpoint(tiny_run.best_checkpoint)
-    return export_all(model, metadata, tmp_path_factory.mktemp("artefacts"))
+    def build(folder: Path) -> dict[str, Path]:
+        model, metadata = load_checkpoint(tiny_run.best_checkpoint)
+        return export_all(model, metadata, folder)
+
+    return build_once(tmp_path_factory, "artefacts", build)
 
 
 #: 32 evaluation images: one flipped image moves a class's recall by 25 points, so the
@@ -106,10 +132,10 @@ def converted(tiny_checkpoint, tmp_path_factory):
     from cellsdk.converters import ConvertConfig, convert
     from cellsdk.converters.targets import CpuTargets
 
-    out = tmp_path_factory.mktemp("converted") / "out"
     config = ConvertConfig(precisions=("fp16", "bf16", "int8", "int6", "int4"), calib=str(SAMPLES), data_cropped=True,
                            calib_samples=64, verify=TINY_GATE, cpu_targets=CpuTargets.parse("native"))
-    return convert(tiny_checkpoint, out, config, progress=False)
+    return build_once(tmp_path_factory, "converted",
+                      lambda folder: convert(tiny_checkpoint, folder / "out", config, progress=False))
 
 
 #: fixtures that train, convert or start something heavy: every test that uses one (directly or through another
@@ -123,6 +149,7 @@ SLOW_FIXTURES = frozenset({
     "cluster",      # a local Ray cluster
     "browser",      # a headless Chromium
     "adapted",      # cellsdk adapt on the tiny model, converted
+    "package",      # a bioimage.io package of the tiny model, every weights format
 })
 
 

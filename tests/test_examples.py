@@ -31,9 +31,10 @@ def test_quickstart_runs_the_shipped_model(tmp_path, capsys):
 
 
 def test_train_on_samples_runs(tmp_path, capsys):
-    # CPU classes under emulation are tested in test_cpu_targets.py; here this machine's class only
+    # CPU classes under emulation are tested in test_cpu_targets.py, every format in tests/converters; here the
+    # plumbing: this machine's class, ONNX
     report = _load("train_on_samples").main(["--tiny", "--epochs", "1", "--quiet", "--verify-cpus", "native",
-                                             "--out", str(tmp_path / "run")])
+                                             "--formats", "onnx", "--out", str(tmp_path / "run")])
     out = capsys.readouterr().out
     assert report["n"] == 32 and "test split, 32 images" in out and "raw 360x363" in out
     assert (tmp_path / "run" / "eval" / "confusion_matrix.png").is_file()

@@ -46,7 +46,8 @@ def cache_key(ort: Any, path: Path) -> str | None:
     except OSError:
         return None
     cpu = host_cpu()
-    identity = [str(path.resolve()), stat.st_size, stat.st_mtime_ns, ort.__version__, cpu.cpu_class, cpu.model]
+    identity = [str(path.resolve()), stat.st_size, stat.st_mtime_ns, getattr(ort, "__version__", None), cpu.cpu_class,
+                cpu.model]
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:32]
 
 
@@ -63,9 +64,12 @@ def cached_session(ort: Any, path: Path, options: Any, providers: list[Any]) -> 
         >>> cached_session(ort, default_model_path(), ort.SessionOptions(), ["CPUExecutionProvider"]).get_providers()
         ['CPUExecutionProvider']
     """
-    eligible = (providers == ["CPUExecutionProvider"] and os.environ.get("CELLSDK_ORT_CACHE", "1") != "0"
-                and options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-    key = cache_key(ort, path) if eligible else None
+    try:
+        eligible = (providers == ["CPUExecutionProvider"] and os.environ.get("CELLSDK_ORT_CACHE", "1") != "0"
+                    and options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+        key = cache_key(ort, path) if eligible else None
+    except Exception:  # noqa: BLE001 - an onnxruntime without what the key needs: no cache
+        key = None
     if key is None:
         return ort.InferenceSession(str(path), sess_options=options, providers=providers)
     cached = user_cache_dir() / "ort-optimised" / f"{key}.onnx"

@@ -91,6 +91,7 @@ def _slides(tmp_path: Path, count: int) -> Path:
     return links
 
 
+@pytest.mark.slow  # a job of thousands of images, interrupted and finished
 def test_a_second_job_on_the_same_output_is_refused_with_the_first_ones_pid(tmp_path):
     links = _slides(tmp_path, 3000)
     out = tmp_path / "shared.csv"
@@ -117,6 +118,7 @@ def test_a_second_job_on_the_same_output_is_refused_with_the_first_ones_pid(tmp_
     assert len(paths) == len(set(paths)) == 3000  # every image once
 
 
+@pytest.mark.slow  # a job of thousands of images, interrupted and finished
 def test_a_killed_job_leaves_no_lock_behind(tmp_path):
     links = _slides(tmp_path, 2000)
     out = tmp_path / "killed.jsonl"
