@@ -37,7 +37,7 @@ from cellsdk.metadata import ModelMetadata
 from cellsdk.metrics import softmax
 from cellsdk.testvectors import TestVectors
 
-__all__ = ["BioimageioConfig", "BioimageioExport", "export_bioimageio", "test_package"]
+__all__ = ["SPEC_FIX", "BioimageioConfig", "BioimageioExport", "export_bioimageio", "test_package", "version_problem"]
 
 log = logging.getLogger("cellsdk.converters")
 
@@ -111,11 +111,58 @@ class BioimageioExport:
     description: dict[str, Any] = field(repr=False)
 
 
+#: bioimageio.core 0.11 pins bioimageio.spec 0.5.12.0, whose serializers raise a TypeError under pydantic 2.14;
+#: 0.5.14.3 works with both (what scripts/setup.sh installs over it)
+SPEC_FIX = "pip install --no-deps 'bioimageio.spec==0.5.14.3'"
+
+
+def _release(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split("."):
+        digits = "".join(c for c in piece if c.isdigit()) if piece else ""
+        if not digits or not piece[0].isdigit():
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def version_problem(versions: dict[str, str] | None = None) -> str | None:
+    """The known-broken bioimageio.spec / pydantic pair, as one line with its fix; None when the pair works (or
+    either is not installed).
+
+    ``pip install 'cellsdk[bioimageio]'`` resolves bioimageio.core 0.11's exact pin, bioimageio.spec 0.5.12.0,
+    whose serializers fail under pydantic 2.14 deep inside ``bioimageio test``: cellsdk says so before it starts.
+
+    Examples:
+        >>> version_problem({"bioimageio.spec": "0.5.12.0", "pydantic": "2.14.3"})[:40]
+        'bioimageio.spec 0.5.12.0 fails under pyd'
+        >>> version_problem({"bioimageio.spec": "0.5.14.3", "pydantic": "2.14.3"}) is None
+        True
+    """
+    if versions is None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        versions = {}
+        for name in ("bioimageio.spec", "pydantic"):
+            try:
+                versions[name] = version(name)
+            except PackageNotFoundError:
+                return None
+    spec, pydantic = versions.get("bioimageio.spec"), versions.get("pydantic")
+    if spec is None or pydantic is None or not (_release(spec) < (0, 5, 14) and _release(pydantic) >= (2, 14)):
+        return None
+    return (f"bioimageio.spec {spec} fails under pydantic {pydantic} (its serializers raise a TypeError inside "
+            f"bioimageio test; bioimageio.core 0.11 pins it): {SPEC_FIX}")
+
+
 def _spec() -> Any:
     try:
         import bioimageio.spec as spec
     except ImportError:
         raise BackendNotInstalledError(f"exporting a bioimage.io package needs bioimageio.spec: {_INSTALL}") from None
+    problem = version_problem()
+    if problem:
+        raise BackendNotInstalledError(problem)
     return spec
 
 
@@ -362,7 +409,8 @@ def test_package(path: str | os.PathLike, weight_format: str | None = None) -> t
         Whether it passed, and the summary as text.
 
     Raises:
-        BackendNotInstalledError: bioimageio.core is not installed.
+        BackendNotInstalledError: bioimageio.core is not installed, or bioimageio.spec is the version that fails
+            under this pydantic (:func:`version_problem`).
 
     Examples:
         >>> test_package("cells.zip")[0]  # doctest: +SKIP
@@ -372,6 +420,9 @@ def test_package(path: str | os.PathLike, weight_format: str | None = None) -> t
         from bioimageio.core import test_model
     except ImportError:
         raise BackendNotInstalledError(f"testing a bioimage.io package needs bioimageio.core: {_INSTALL}") from None
+    problem = version_problem()
+    if problem:
+        raise BackendNotInstalledError(problem)
     summary = test_model(str(path), weight_format=weight_format)  # type: ignore[arg-type]
     lines = [f"{summary.name}: {summary.status}"]
     for detail in summary.details:

@@ -19,11 +19,6 @@ if [ ! -f "$stamp" ]; then
     .venv/bin/python -m pip install --quiet --no-deps -c constraints.txt litert-torch litert-converter \
       ai-edge-quantizer
   fi
-  # bioimage.io: bioimageio.core 0.11.0 pins bioimageio.spec 0.5.12.0, whose serializers fail under pydantic 2.14
-  # (the description cannot be written or validated); 0.5.14.3 works with both, so it goes in without that pin
-  if [[ ",$extras," == *",all,"* || ",$extras," == *",bioimageio,"* ]]; then
-    .venv/bin/python -m pip install --quiet --no-deps "bioimageio.spec==0.5.14.3"
-  fi
   touch "$stamp"
 fi
 # atheris (coverage-guided fuzzing in the test suite) ships wheels for common platforms only; without it the

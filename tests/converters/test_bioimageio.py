@@ -271,3 +271,18 @@ def test_a_spec_0_4_package_loads_with_its_fixed_normalisation_and_labels_given_
     green = np.full((16, 16, 3), 100, np.uint8)
     green[..., 1] = 250
     assert named.predict(green).label == "green"
+
+
+def test_the_extra_resolves_a_working_spec_and_pydantic_pair_and_a_broken_one_is_named_with_its_fix():
+    import configparser
+
+    from cellsdk.converters.bioimageio import SPEC_FIX, version_problem
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    extra = config["options.extras_require"]["bioimageio"]
+    assert "bioimageio.core>=0.11,<0.12" in extra and "pydantic>=2.7,<2.14" in extra  # 0.11 pins spec 0.5.12.0
+    assert version_problem() is None  # what scripts/setup.sh installed works
+    problem = version_problem({"bioimageio.spec": "0.5.12.0", "pydantic": "2.14.3"})
+    assert problem is not None and problem.endswith(SPEC_FIX) and "\n" not in problem
+    assert version_problem({"bioimageio.spec": "0.5.12.0", "pydantic": "2.13.5"}) is None
