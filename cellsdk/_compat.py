@@ -55,7 +55,16 @@ MOVED: dict[str, tuple[str, ...]] = {
     "cellsdk.training.explain": ("cellsdk.training.gradcam",),
     "cellsdk.converters.verify": ("cellsdk.converters.gate",),
     "cellsdk.converters.reverify": ("cellsdk.converters.verify_deployed",),
-    "cellsdk.benchmarks.explain": ("cellsdk.benchmarks.explanations",),
+    "cellsdk.benchmarks.explain": ("cellsdk.benchmarks.studies.explanations",),
+    # the studies that reproduce a table, apart from the cellsdk-bench harness since 0.10
+    "cellsdk.benchmarks.adaptation": ("cellsdk.benchmarks.studies.adaptation",),
+    "cellsdk.benchmarks.arch_matrix": ("cellsdk.benchmarks.studies.arch_matrix",),
+    "cellsdk.benchmarks.explanations": ("cellsdk.benchmarks.studies.explanations",),
+    "cellsdk.benchmarks.hostile_clients": ("cellsdk.benchmarks.studies.hostile_clients",),
+    "cellsdk.benchmarks.install_size": ("cellsdk.benchmarks.studies.install_size",),
+    "cellsdk.benchmarks.lighter_models": ("cellsdk.benchmarks.studies.lighter_models",),
+    "cellsdk.benchmarks.litert_int8_recipes": ("cellsdk.benchmarks.studies.litert_int8_recipes",),
+    "cellsdk.benchmarks.tta": ("cellsdk.benchmarks.studies.tta",),
 }
 
 

@@ -70,7 +70,7 @@ class LiteRtConverter(Converter):
     images; the model's input and outputs are int8 too, with their scales in the file, which the backend
     applies). Chosen over litert-torch's own pt2e quantizer by measurement on the shipped model (BloodMNIST test
     split, 3,421 images: top-1 agreement with fp32 99.80 against 99.56 %, logit cosine 0.9986 against 0.9975,
-    batch-1 2.8 against 3.1 ms on a 2-core AVX2 CPU; ``python -m cellsdk.benchmarks.litert_int8_recipes``).
+    batch-1 2.8 against 3.1 ms on a 2-core AVX2 CPU; ``python -m cellsdk.benchmarks.studies.litert_int8_recipes``).
     """
 
     def convert(self, job: ExportJob, precision: str, out: Path) -> dict[str, Any]:

@@ -63,7 +63,7 @@ done
 python scripts/guard_tables.py "$RUN"/test/ood.model.int8.onnx/report.json "$RUN"/test/ood.model.fp32.onnx/report.json \
   "$RUN"/test/ood.model.int8.xml/report.json --test "$RUN"/test/model.int8.onnx/report.json \
   --test "$RUN"/test/model.fp32.onnx/report.json > "$RUN/guard_tables.md"
-python -m cellsdk.benchmarks.guard_overhead "$RUN/converted/model.int8.onnx" --rounds 400 >> "$RUN/guard_tables.md"
+python -m cellsdk.benchmarks.studies.guard_overhead "$RUN/converted/model.int8.onnx" --rounds 400 >> "$RUN/guard_tables.md"
 # every int8 artefact per CPU class: natively on the whole test split, emulated on 600 stratified test images
 python scripts/cpu_class_eval.py "$RUN"/converted/model.int8.onnx "$RUN"/converted/model.int8.xml \
   "$RUN"/converted/model.int8.torchscript --checkpoint "$RUN/$NAME.safetensors" --data "$DATA" --split test \

@@ -65,7 +65,7 @@ def test_the_litert_runtime_does_not_pull_torch_in():
 
     if importlib.util.find_spec("ai_edge_litert") is None:
         pytest.skip("ai-edge-litert is not installed: pip install 'cellsdk[litert]'")
-    from cellsdk.benchmarks.install_size import closure
+    from cellsdk.benchmarks.studies.install_size import closure
 
     pulled = closure("ai-edge-litert")
     assert "ai-edge-litert" in pulled and not {"torch", "jax", "jaxlib", "tensorflow"} & set(pulled)

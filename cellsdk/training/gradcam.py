@@ -6,7 +6,7 @@ no gradients. Other heads (a conv head after pooling, a norm after pooling, a tr
 and returns the same :class:`~cellsdk.explain.Explanation`, aligned with the raw image. For pooling -> linear
 heads Grad-CAM and CAM are the same map up to a positive scale (the gradient of a logit with respect to the
 feature maps is the class's weights over the grid size), which is what the sanity benchmark checks
-(``python -m cellsdk.benchmarks.explanations``).
+(``python -m cellsdk.benchmarks.studies.explanations``).
 
 Examples:
     >>> from cellsdk.training.gradcam import grad_cam  # doctest: +SKIP

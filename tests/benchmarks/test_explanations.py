@@ -1,4 +1,4 @@
-"""The explanation sanity measurement (benchmarks/explanations.py) on the shipped samples, and its nucleus mask."""
+"""The explanation sanity measurement (benchmarks/studies/explanations.py) on the shipped samples, and its nucleus mask."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from tests.conftest import REPO, SAMPLES
 pytest.importorskip("pytorch_grad_cam", reason="Grad-CAM needs the grad-cam package (cellsdk[explain])")
 pytest.importorskip("scipy", reason="the nucleus mask needs scipy")
 
-from cellsdk.benchmarks.explanations import ExplainBenchConfig, format_explain, nucleus_mask, run_explain
+from cellsdk.benchmarks.studies.explanations import ExplainBenchConfig, format_explain, nucleus_mask, run_explain
 
 CHECKPOINT = REPO / "models" / "bloodmnist_effnet_lite0_128.safetensors"
 

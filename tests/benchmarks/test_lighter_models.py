@@ -1,4 +1,4 @@
-"""The lighter-models comparison (python -m cellsdk.benchmarks.lighter_models): its command line refuses bad input in
+"""The lighter-models comparison (python -m cellsdk.benchmarks.studies.lighter_models): its command line refuses bad input in
 one line before it writes anything; its table is what MODEL_CARD.md's "Lighter and better models" shows."""
 
 from __future__ import annotations
@@ -6,11 +6,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from cellsdk.benchmarks.lighter_models import format_report
+from cellsdk.benchmarks.studies.lighter_models import format_report
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cellsdk.benchmarks.lighter_models", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "cellsdk.benchmarks.studies.lighter_models", *args], capture_output=True,
                           text=True, check=False)
 
 

@@ -1,4 +1,4 @@
-"""The TTA measurement (benchmarks/tta.py) runs on the shipped samples and reports both modes."""
+"""The TTA measurement (benchmarks/studies/tta.py) runs on the shipped samples and reports both modes."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from cellsdk.benchmarks.tta import TtaConfig, format_tta, run_tta
+from cellsdk.benchmarks.studies.tta import TtaConfig, format_tta, run_tta
 from cellsdk.errors import ConfigError
 from tests.conftest import RAW_SAMPLES, SAMPLES
 

@@ -1,5 +1,5 @@
 """Any timm architecture end to end, or a clear refusal (issue 16): training pre-checks, the toolchains' known
-limits as reasons, and a small architecture matrix through the real CLI (benchmarks/arch_matrix.py runs the
+limits as reasons, and a small architecture matrix through the real CLI (benchmarks/studies/arch_matrix.py runs the
 twenty-architecture version)."""
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ CI_ARCHITECTURES = ("test_vit", "test_convnext", "test_coatnet")
 
 @pytest.mark.parametrize("arch", CI_ARCHITECTURES)
 def test_the_architecture_matrix_every_artefact_passes_or_says_why(arch, tmp_path) -> None:
-    from cellsdk.benchmarks.arch_matrix import ARTEFACTS, MatrixConfig, format_matrix, run_matrix
+    from cellsdk.benchmarks.studies.arch_matrix import ARTEFACTS, MatrixConfig, format_matrix, run_matrix
 
     # the desktop formats here; the phone formats (LiteRT, ExecuTorch) have their own test modules and columns
     report = run_matrix(MatrixConfig(data=str(SAMPLES), archs=(arch,), input_size=32, work=str(tmp_path),

@@ -1,6 +1,6 @@
 """Lighter and better models, measured one way: test accuracy, worst class, ECE, GMACs, int8 speed and CPU time.
 
-    python -m cellsdk.benchmarks.lighter_models --model "today's=models/bloodmnist_effnet_lite0_128.safetensors"
+    python -m cellsdk.benchmarks.studies.lighter_models --model "today's=models/bloodmnist_effnet_lite0_128.safetensors"
         --model "pruned 50 %=runs/p50/calibrated.safetensors" [--model NAME=CHECKPOINT ...]
         --data ../shared/data/bloodmnist_128 --data-cropped [--iterations 300] [--out DIR]
 

@@ -3,7 +3,7 @@
 Alternating the calls makes both models share whatever else the machine is doing, so the ratio holds
 even on a busy shared machine where sequential rows drift:
 
-    python -m cellsdk.benchmarks.recipe_latency A.int8.onnx B.int8.onnx [--rounds 5 --calls 400]
+    python -m cellsdk.benchmarks.studies.recipe_latency A.int8.onnx B.int8.onnx [--rounds 5 --calls 400]
 """
 
 from __future__ import annotations

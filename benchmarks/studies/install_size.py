@@ -1,6 +1,6 @@
 """What each runtime costs to install: the installed size of its Python distribution and everything it pulls in.
 
-``python -m cellsdk.benchmarks.install_size [--out DIR]``
+``python -m cellsdk.benchmarks.studies.install_size [--out DIR]``
 
 Sizes are the files each installed distribution's ``RECORD`` lists, on this machine (its platform's wheels),
 followed through the distributions' declared requirements (extras left out). A runtime whose Python bindings
@@ -137,14 +137,14 @@ def format_sizes(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m cellsdk.benchmarks.install_size``: print the table (and write it with ``--out``).
+    """``python -m cellsdk.benchmarks.studies.install_size``: print the table (and write it with ``--out``).
 
     Examples:
         >>> main([])  # doctest: +SKIP
     """
     from cellsdk._io import write_json, write_text
 
-    parser = argparse.ArgumentParser(prog="python -m cellsdk.benchmarks.install_size",
+    parser = argparse.ArgumentParser(prog="python -m cellsdk.benchmarks.studies.install_size",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)

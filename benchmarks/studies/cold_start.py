@@ -1,6 +1,6 @@
 """Cold start: ``cellsdk predict IMAGE`` against a bare ONNX Runtime script, whole processes, paired.
 
-    python -m cellsdk.benchmarks.cold_start [IMAGE] [--model MODEL] [--runs 7] [--importtime] [--out DIR]
+    python -m cellsdk.benchmarks.studies.cold_start [IMAGE] [--model MODEL] [--runs 7] [--importtime] [--out DIR]
 
 Each round starts both as fresh processes, in alternating order: the bare script (numpy + Pillow + ONNX Runtime:
 decode, centre crop, resize, normalise, one session, one run, softmax; what the model's metadata says, written out

@@ -1,6 +1,6 @@
 """Which timm architectures go end to end: train a little, convert to every format and precision, verify.
 
-``python -m cellsdk.benchmarks.arch_matrix --data DATA [--archs a,b,...] [--input-size 64] [--out DIR]``
+``python -m cellsdk.benchmarks.studies.arch_matrix --data DATA [--archs a,b,...] [--input-size 64] [--out DIR]``
 (``--formats litert,executorch --merge RESULTS.json``: only those formats, their cells added to an earlier report's
 rows; each architecture is trained again for them, four steps as before)
 
@@ -240,7 +240,7 @@ def format_matrix(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     from cellsdk._io import write_json, write_text
 
-    parser = argparse.ArgumentParser(prog="python -m cellsdk.benchmarks.arch_matrix",
+    parser = argparse.ArgumentParser(prog="python -m cellsdk.benchmarks.studies.arch_matrix",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True)
     parser.add_argument("--archs", default=",".join(ARCHITECTURES))

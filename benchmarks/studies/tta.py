@@ -1,6 +1,6 @@
 """What dihedral test-time augmentation buys and costs: accuracy, worst-class recall, ECE and latency, with and without.
 
-``python -m cellsdk.benchmarks.tta --crops DATA --originals PBC [--model MODEL] [--out DIR]``:
+``python -m cellsdk.benchmarks.studies.tta --crops DATA --originals PBC [--model MODEL] [--out DIR]``:
 
 - ``--crops``: an image-folder dataset of the model's crops (e.g. ``bloodmnist_128``): its ``test`` split, read as
   already cropped (``Preprocessing.without_crop()``);
@@ -149,7 +149,7 @@ def format_tta(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     from cellsdk._io import write_json, write_text
 
-    parser = argparse.ArgumentParser(prog="python -m cellsdk.benchmarks.tta", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m cellsdk.benchmarks.studies.tta", description=__doc__.splitlines()[0])
     parser.add_argument("--crops")
     parser.add_argument("--originals")
     parser.add_argument("--model")

@@ -1,6 +1,6 @@
 """What the self-check costs: ``Classifier.load`` without it, on first use (empty cache: the vectors run), and cached.
 
-    python -m cellsdk.benchmarks.selfcheck [MODEL] [--rounds 15] [--json OUT.json]
+    python -m cellsdk.benchmarks.studies.selfcheck [MODEL] [--rounds 15] [--json OUT.json]
 
 MODEL (default: the shipped model) is loaded as if on a new machine: its gate records for this machine are
 hidden, so the self-check really runs. The three kinds of load alternate round by round in one process (each

@@ -1,7 +1,7 @@
 """Which LiteRT int8 recipe cellsdk uses, by measurement: ai-edge-quantizer's full-integer ``static_wi8_ai8``
 against litert-torch's own PT2E quantizer (per-channel symmetric), on the same calibration images.
 
-``python -m cellsdk.benchmarks.litert_int8_recipes CHECKPOINT --data DATA [--data-cropped] [--out DIR]``
+``python -m cellsdk.benchmarks.studies.litert_int8_recipes CHECKPOINT --data DATA [--data-cropped] [--out DIR]``
 
 Both start from the module every format exports (logits, features, class activation maps) at batch 1. Each file
 runs on the whole ``--split`` (default test) in the LiteRT interpreter; reported: accuracy, the worst class's
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     from cellsdk._io import write_json, write_text
 
-    parser = argparse.ArgumentParser(prog="python -m cellsdk.benchmarks.litert_int8_recipes",
+    parser = argparse.ArgumentParser(prog="python -m cellsdk.benchmarks.studies.litert_int8_recipes",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
     parser.add_argument("--data", required=True)

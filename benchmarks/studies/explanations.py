@@ -1,6 +1,6 @@
 """Are the torch-free explanations right? Agreement with Grad-CAM, pointing game, deletion, int8 vs fp32, cost.
 
-``python -m cellsdk.benchmarks.explanations --crops DATA --checkpoint CKPT --fp32 MODEL [--model MODEL] [--out DIR]``
+``python -m cellsdk.benchmarks.studies.explanations --crops DATA --checkpoint CKPT --fp32 MODEL [--model MODEL] [--out DIR]``
 
 On a stratified sample of the ``test`` split of ``--crops`` (the model's crops, e.g. ``bloodmnist_128``; read as
 already cropped), with ``--model`` (default: the shipped INT8 ONNX) explaining its predicted class:
@@ -289,7 +289,8 @@ def format_explain(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     from cellsdk._io import write_json, write_text
 
-    parser = argparse.ArgumentParser(prog="python -m cellsdk.benchmarks.explanations", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m cellsdk.benchmarks.studies.explanations",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("--crops", required=True)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--fp32", required=True)

@@ -1,6 +1,6 @@
 """What the OOD guard costs: batch-1 ``predict`` with the guard (``ood="flag"``) and without (``ood="off"``).
 
-    python -m cellsdk.benchmarks.guard_overhead MODEL [IMAGES...] [--rounds 300]
+    python -m cellsdk.benchmarks.studies.guard_overhead MODEL [IMAGES...] [--rounds 300]
 
 Both classifiers share the process and run interleaved, round by round, on the same images, so a busy
 machine slows both alike; the report is the median of each and their ratio, with the CPU class.

@@ -1,6 +1,6 @@
 """``cellsdk serve`` under hostile clients: silent sockets, slowloris, a huge header, clients that hang up.
 
-    python -m cellsdk.benchmarks.hostile_clients [--silent 600] [--header-mb 64] [--out DIR] [-- SERVE ARGS]
+    python -m cellsdk.benchmarks.studies.hostile_clients [--silent 600] [--header-mb 64] [--out DIR] [-- SERVE ARGS]
 
 Starts a real ``cellsdk serve`` on a loopback port and measures, from outside, what each attack does to it and to
 a well-behaved client sending real requests at the same time:

@@ -1,6 +1,6 @@
 """Where one image's preprocessing time goes, and what the faster ways to get the model's input would change.
 
-    python -m cellsdk.benchmarks.decode_path [FOLDER] [--limit N] [--model MODEL]
+    python -m cellsdk.benchmarks.studies.decode_path [FOLDER] [--limit N] [--model MODEL]
 
 For each image (default: the shipped sample originals) it times, single-threaded, the steps cellsdk runs —
 decode (``Image.open`` + ``load``), RGB / EXIF, the model's crop and resize (``prepare_image``), the float

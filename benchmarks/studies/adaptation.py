@@ -1,6 +1,6 @@
 """What ``cellsdk adapt`` buys a new lab: accuracy before and after, with k labelled cells per class.
 
-    python -m cellsdk.benchmarks.adaptation CHECKPOINT --lab NAME=ADAPT_DIR:TEST_DIR [--lab ...]
+    python -m cellsdk.benchmarks.studies.adaptation CHECKPOINT --lab NAME=ADAPT_DIR:TEST_DIR [--lab ...]
         --replay DATA [--replay-cropped] [--pbc-test LABELS_CSV] [--k 5,10,20] [--set key=value ...]
         [--modes labelled,unlabelled,suggested] [--ablation] [--seeds 0]
         [--convert [--formats onnx] [--verify-cpus native]] [--out DIR]

@@ -1,6 +1,6 @@
 """The leave-one-lab-out table: a base model trained on several labs, evaluated on a lab it never saw.
 
-    python -m cellsdk.benchmarks.leave_one_lab_out CHECKPOINT --lab NAME=ADAPT_DIR:TEST_DIR [--lab ...]
+    python -m cellsdk.benchmarks.studies.leave_one_lab_out CHECKPOINT --lab NAME=ADAPT_DIR:TEST_DIR [--lab ...]
         --replay DATA [--replay-cropped] [--pbc-test LABELS_CSV] [--k 10] [--set key=value ...]
         [--skip-base] [--all] [--out DIR]
 
@@ -93,7 +93,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/leave_one_lab_out"))
     args = parser.parse_args()
-    from cellsdk.benchmarks.adaptation import folder_items, link_subset, pbc_test_items, score_checkpoint
+    from cellsdk.benchmarks.studies.adaptation import folder_items, link_subset, pbc_test_items, score_checkpoint
     from cellsdk.training.adaptation import AdaptConfig, adapt
 
     labs = {}
