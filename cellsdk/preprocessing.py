@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import IO, Any, Union
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 
 from cellsdk.errors import InvalidImageError
 from cellsdk.metadata import Preprocessing
@@ -206,6 +206,8 @@ def _to_rgb(image: Image.Image, label: str) -> Image.Image:
     _check_size(image.size, label)
     try:
         if image.getexif().get(_ORIENTATION, 1) != 1:  # exif_transpose copies even when nothing turns
+            from PIL import ImageOps  # imported for a turned image only: it is 5 ms of every cold start
+
             image = ImageOps.exif_transpose(image)
     except Exception:  # a malformed EXIF block must not lose the image itself  # noqa: BLE001
         pass

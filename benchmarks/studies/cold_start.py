@@ -83,13 +83,13 @@ def main() -> int:
     model = args.model or default_model_path()
     console = Path(sys.executable).with_name("cellsdk")
     cellsdk_command = [str(console), "predict", str(args.image)] + (["--model", str(args.model)] if args.model else [])
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "0"}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}  # .pyc files as a user has them
     with tempfile.TemporaryDirectory() as scratch:
         bare = Path(scratch) / "bare.py"
         bare.write_text(BARE_SCRIPT)
         bare_command = [sys.executable, str(bare), str(model), str(args.image)]
-        for command in (bare_command, cellsdk_command):  # warm the file cache and the .pyc files once
-            timed(command, env)
+        for command in (bare_command, cellsdk_command, bare_command, cellsdk_command):  # the file cache, the .pyc
+            timed(command, env)  # files and cellsdk's caches (self-check verdict, optimised graph) as a user has them
         pairs = []
         for round_ in range(args.runs):
             order = [(bare_command, "bare"), (cellsdk_command, "cellsdk")][:: 1 if round_ % 2 == 0 else -1]

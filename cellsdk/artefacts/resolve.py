@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cellsdk.artefacts.bioimageio import check_test_tensors, is_package, open_package
 from cellsdk.backends import Backend, backend_for_path, get_backend
 from cellsdk.errors import MetadataError, ModelNotFoundError, UnsupportedFormatError
 from cellsdk.metadata import ModelMetadata, Preprocessing
@@ -155,7 +154,9 @@ def open_artefact(path: str | os.PathLike | None = None, *, backend: str | None 
     chosen = None
     verified_options: dict[str, Any] = {}
     package = None
-    if is_package(path):
+    if _is_package(path):
+        from cellsdk.artefacts.bioimageio import open_package
+
         package, source = open_package(path), path
         path = package.weights
         log.info("cellsdk: running %s from the bioimage.io package %s", path.name, source.name)
@@ -177,8 +178,20 @@ def open_artefact(path: str | os.PathLike | None = None, *, backend: str | None 
     metadata = resolve_metadata(path, instance, labels, preprocessing, fallback=fallback)
     check_shapes(path, instance, metadata)
     if package is not None:
+        from cellsdk.artefacts.bioimageio import check_test_tensors
+
         check_test_tensors(package, instance.run, metadata)
     return OpenedArtefact(path, instance, metadata, chosen)
+
+
+def _is_package(path: Path) -> bool:
+    """A bioimage.io package? Only a folder, a zip or a YAML file can be one: a model file is not read for it, and
+    the bioimage.io code (zip and YAML handling) is not imported to find that out."""
+    if not (path.is_dir() or path.suffix.lower() in (".zip", ".yaml", ".yml")):
+        return False
+    from cellsdk.artefacts.bioimageio import is_package
+
+    return is_package(path)
 
 
 def _shipped_path() -> Path:
