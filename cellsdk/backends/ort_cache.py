@@ -56,7 +56,7 @@ def cached_session(ort: Any, path: Path, options: Any, providers: list[Any]) -> 
     that writes it (a CPU session at ``ORT_ENABLE_ALL`` only; any other is made as asked).
 
     Raises:
-        whatever ``ort.InferenceSession`` raises for the model itself.
+        Exception: whatever ``ort.InferenceSession`` raises for the model itself.
 
     Examples:
         >>> import onnxruntime as ort
