@@ -19,8 +19,8 @@ from cellsdk.training.pruning import count_macs, prune_checkpoint, prune_to_macs
 from tests.conftest import SAMPLES, TINY_CHECKPOINT
 
 
-@pytest.mark.parametrize("target", [pytest.param(0.3, marks=pytest.mark.slow), 0.5,
-                                    pytest.param(0.7, marks=pytest.mark.slow)])  # the fast lane: one target
+@pytest.mark.slow  # prunes a model three times (the fast lane loads a pruned checkpoint below)
+@pytest.mark.parametrize("target", [0.3, 0.5, 0.7])
 def test_pruning_reaches_the_mac_target_with_whole_channels_and_leaves_the_model_alone(target):
     model, _ = create_model("efficientnet_lite0", 8, "none", 64)
     before = {k: v.clone() for k, v in model.state_dict().items()}
