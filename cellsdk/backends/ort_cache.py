@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +79,8 @@ def cached_session(ort: Any, path: Path, options: Any, providers: list[Any]) -> 
         except Exception:  # noqa: BLE001 - a damaged cache entry: drop it and load the model itself
             cached.unlink(missing_ok=True)
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    import tempfile  # the first session only (its import, with shutil's, is 10 ms of every cold start)
+
     temporary = None
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
