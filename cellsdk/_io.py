@@ -19,9 +19,11 @@ from typing import Any
 
 __all__ = [
     "MAX_JSON_DEPTH",
+    "WRITE_PROBE",
     "artefact_files",
     "atomic_path",
     "current_umask",
+    "make_writable_folder",
     "on_terminate",
     "parse_json",
     "pending_cleanups",
@@ -32,6 +34,9 @@ __all__ = [
     "write_json",
     "write_text",
 ]
+
+#: the empty file :func:`make_writable_folder` writes and removes to learn that a folder takes files
+WRITE_PROBE = ".write-test"
 
 #: deeper JSON than this is refused (cellsdk writes at most ~6 levels; a hostile file could exhaust the stack)
 MAX_JSON_DEPTH = 64
@@ -70,6 +75,23 @@ def on_terminate(cleanup: Callable[[], object]) -> Iterator[None]:
     """Register ``cleanup`` (e.g. a child process's ``kill``) for :func:`remove_registered` while the block runs."""
     with _registered(cleanup):
         yield
+
+
+def make_writable_folder(folder: Path) -> None:
+    """Make ``folder`` (and its parents) and check that a file can be written in it; the caller turns the OSError
+    into its own one-line message.
+
+    Raises:
+        OSError: the folder cannot be made or written.
+
+    Examples:
+        >>> import tempfile
+        >>> make_writable_folder(Path(tempfile.mkdtemp()) / "a" / "b")
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / WRITE_PROBE
+    probe.write_text("")
+    probe.unlink()
 
 
 def user_cache_dir() -> Path:

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from cellsdk._io import make_writable_folder
 from cellsdk.datasets import UNLABELLED
 from cellsdk.errors import ConfigError
 
@@ -46,10 +47,7 @@ def require_writable(folder: Path, root: Path) -> None:
         >>> require_writable(root / "unlabelled", root)
     """
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        make_writable_folder(folder)
     except OSError as err:
         raise ConfigError(f"{root}: the collect folder is not writable ({err.strerror or err}); choose "
                           "another --collect") from None

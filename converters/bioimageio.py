@@ -116,16 +116,6 @@ class BioimageioExport:
 SPEC_FIX = "pip install --no-deps 'bioimageio.spec==0.5.14.3'"
 
 
-def _release(text: str) -> tuple[int, ...]:
-    parts = []
-    for piece in text.split("."):
-        digits = "".join(c for c in piece if c.isdigit()) if piece else ""
-        if not digits or not piece[0].isdigit():
-            break
-        parts.append(int(digits))
-    return tuple(parts)
-
-
 def version_problem(versions: dict[str, str] | None = None) -> str | None:
     """The known-broken bioimageio.spec / pydantic pair, as one line with its fix; None when the pair works (or
     either is not installed).
@@ -149,7 +139,11 @@ def version_problem(versions: dict[str, str] | None = None) -> str | None:
             except PackageNotFoundError:
                 return None
     spec, pydantic = versions.get("bioimageio.spec"), versions.get("pydantic")
-    if spec is None or pydantic is None or not (_release(spec) < (0, 5, 14) and _release(pydantic) >= (2, 14)):
+    if spec is None or pydantic is None:
+        return None
+    from packaging.version import Version  # a dependency of bioimageio.spec
+
+    if not (Version(spec) < Version("0.5.14") and Version(pydantic) >= Version("2.14")):
         return None
     return (f"bioimageio.spec {spec} fails under pydantic {pydantic} (its serializers raise a TypeError inside "
             f"bioimageio test; bioimageio.core 0.11 pins it): {SPEC_FIX}")

@@ -38,7 +38,8 @@ import numpy as np
 from cellsdk.datasets import is_image
 from cellsdk.platform.cpu import host_cpu
 
-__all__ = ["folder_items", "link_subset", "pbc_test_items", "score_artefact", "score_checkpoint"]
+__all__ = ["folder_items", "link_subset", "parse_labs", "parse_overrides", "pbc_test_items", "score_artefact",
+           "score_checkpoint"]
 
 
 def link_subset(adapt_dir: Path, k: int, into: Path, seed: int = 0) -> Path:
@@ -56,6 +57,31 @@ def link_subset(adapt_dir: Path, k: int, into: Path, seed: int = 0) -> Path:
         for path in files[:k]:
             (target / path.name).symlink_to(path.resolve())
     return into
+
+
+def parse_labs(texts: list[str]) -> dict[str, tuple[Path, Path]]:
+    """``--lab NAME=ADAPT_DIR:TEST_DIR`` options as ``{name: (adapt_dir, test_dir)}``.
+
+    Examples:
+        >>> parse_labs(["labB=labB/adapt:labB/test"])
+        {'labB': (PosixPath('labB/adapt'), PosixPath('labB/test'))}
+    """
+    labs = {}
+    for text in texts:
+        name, _, dirs = text.partition("=")
+        adapt_dir, _, test_dir = dirs.partition(":")
+        labs[name] = (Path(adapt_dir), Path(test_dir))
+    return labs
+
+
+def parse_overrides(texts: list[str]) -> dict[str, Any]:
+    """``--set KEY=JSON`` options as a dictionary of recipe fields.
+
+    Examples:
+        >>> parse_overrides(["lr=0.0003", "stain_normalise=true"])
+        {'lr': 0.0003, 'stain_normalise': True}
+    """
+    return {key: json.loads(value) for key, _, value in (text.partition("=") for text in texts)}
 
 
 def folder_items(test_dir: Path) -> list[tuple[Path, str]]:
@@ -196,14 +222,9 @@ def main() -> int:
     from cellsdk.training.adaptation import adapt
     from cellsdk.training.unlabelled import UnlabelledConfig
 
-    labs = {}
-    for text in args.lab:
-        name, _, dirs = text.partition("=")
-        adapt_dir, _, test_dir = dirs.partition(":")
-        labs[name] = (Path(adapt_dir), Path(test_dir))
-    overrides = {key: json.loads(value) for key, _, value in (o.partition("=") for o in args.overrides)}
-    unlabelled_overrides = {key: json.loads(value)
-                            for key, _, value in (o.partition("=") for o in args.unlabelled_overrides)}
+    labs = parse_labs(args.lab)
+    overrides = parse_overrides(args.overrides)
+    unlabelled_overrides = parse_overrides(args.unlabelled_overrides)
     pbc = pbc_test_items(args.pbc_test)
     convert_options: dict[str, Any] = {}
     if args.formats != "all":

@@ -93,15 +93,18 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/leave_one_lab_out"))
     args = parser.parse_args()
-    from cellsdk.benchmarks.studies.adaptation import folder_items, link_subset, pbc_test_items, score_checkpoint
+    from cellsdk.benchmarks.studies.adaptation import (
+        folder_items,
+        link_subset,
+        parse_labs,
+        parse_overrides,
+        pbc_test_items,
+        score_checkpoint,
+    )
     from cellsdk.training.adaptation import AdaptConfig, adapt
 
-    labs = {}
-    for text in args.lab:
-        name, _, dirs = text.partition("=")
-        adapt_dir, _, test_dir = dirs.partition(":")
-        labs[name] = (Path(adapt_dir), Path(test_dir))
-    overrides = {key: json.loads(value) for key, _, value in (o.partition("=") for o in args.overrides)}
+    labs = parse_labs(args.lab)
+    overrides = parse_overrides(args.overrides)
     recipe = AdaptConfig.generalist(seed=args.seed, **overrides)
     pbc = pbc_test_items(args.pbc_test)
     cpu = host_cpu()
@@ -115,9 +118,8 @@ def main() -> int:
         (args.out / "leave_one_lab_out.json").write_text(json.dumps(report, indent=1))
         (args.out / "leave_one_lab_out.md").write_text(markdown(rows) + "\n")
 
-    def scored(base_name: str, base: Path, held_out: str, scratch: Path) -> dict[str, Any]:
+    def scored(base_name: str, slug: str, base: Path, held_out: str, scratch: Path) -> dict[str, Any]:
         adapt_dir, test_dir = labs[held_out]
-        slug = "old_base" if base_name == "old base" else "generalist"
         known = {p.name for p in adapt_dir.iterdir() if p.is_dir()}
         row: dict[str, Any] = {"base": base_name, "held_out": held_out, "checkpoint": str(base), "k": args.k,
                                "zero_shot": score_checkpoint(base, folder_items(test_dir), known),
@@ -135,7 +137,8 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as temporary:
         scratch = Path(temporary)
-        groups = [(f"without {name}", [other for other in labs if other != name], name) for name in labs]
+        groups: list[tuple[str, list[str], str | None]] = [
+            (f"without {name}", [other for other in labs if other != name], name) for name in labs]
         if args.all:
             groups.append(("all", list(labs), None))
         for tag, train_labs, held_out in groups:
@@ -150,10 +153,10 @@ def main() -> int:
                         "trained_on": train_labs, "train_seconds": seconds, "after": result.after,
                         "pbc_zero_shot": score_checkpoint(result.checkpoint, pbc) if pbc else None})
                 continue
-            row = scored(f"generalist ({tag})", result.checkpoint, held_out, scratch)
+            row = scored(f"generalist ({tag})", "generalist", result.checkpoint, held_out, scratch)
             record({**row, "trained_on": train_labs, "train_seconds": seconds})
             if not args.skip_base:
-                record(scored("old base", args.checkpoint, held_out, scratch))
+                record(scored("old base", "old_base", args.checkpoint, held_out, scratch))
     print(markdown(rows))
     print(f"on {cpu.model} ({cpu.cpu_class}); wrote {args.out / 'leave_one_lab_out.json'}")
     return 0

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cellsdk._io import atomic_path, parse_json, write_json
+from cellsdk._io import WRITE_PROBE, atomic_path, make_writable_folder, parse_json, write_json
 from cellsdk._progress import progress_bar
 from cellsdk.datasets import ImageDataset, carve_validation, load_dataset
 from cellsdk.errors import ConfigError, InvalidImageError, TrainingError
@@ -135,10 +135,7 @@ def _schedule(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable
 
 def _prepare_run_dir(run_dir: Path) -> None:
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        make_writable_folder(run_dir)
     except OSError as err:
         raise ConfigError(f"{run_dir}: output folder is not writable ({err.strerror or err}); choose another --out") from None
 
@@ -185,7 +182,7 @@ def _remove_unfinished(run_dir: Path, existed: bool, before: set[str]) -> None:
     """After a run failed before its first epoch was saved, remove what it wrote (the folder, if it made it)."""
     if not run_dir.is_dir() or (LAST not in before and (run_dir / LAST).exists()):
         return  # at least one epoch was saved: keep it, it can be resumed
-    for name in (CONFIG, DUPLICATES, ".write-test"):
+    for name in (CONFIG, DUPLICATES, WRITE_PROBE):
         if name not in before:
             (run_dir / name).unlink(missing_ok=True)
     if not existed:
