@@ -11,6 +11,8 @@ Examples:
     >>> clf = cellsdk.Classifier.load("model.onnx")  # doctest: +SKIP
     >>> clf.predict("cell.jpg").label  # doctest: +SKIP
     'neutrophil'
+    >>> cellsdk.count(["fields/"], "runs/count").summary["differential"][0]  # doctest: +SKIP
+    {'label': 'basophil', 'cells': 1, 'share': 0.01, 'ci95': [...], 'flagged': 0}
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ __all__ = [
     "UnsupportedFormatError",
     "UnverifiedCpuError",
     "__version__",
+    "count",
     "load_dataset",
     "preprocess",
 ]
@@ -85,4 +88,8 @@ def __getattr__(name: str) -> Any:
         from cellsdk.preprocessing import preprocess
 
         return preprocess
+    if name == "count":
+        from cellsdk.fields.count import count
+
+        return count
     raise AttributeError(f"module 'cellsdk' has no attribute {name!r}")

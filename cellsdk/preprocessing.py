@@ -291,13 +291,17 @@ def _to_uint8(array: np.ndarray, label: str, *, wide_integers: bool = False, fil
         if not np.all(np.isfinite(array)):
             raise InvalidImageError(f"{label}: image contains NaN or infinite values")
         low, high = float(array.min()), float(array.max())
+        if file_mode is not None and low >= 0.0 and high > 1.0:
+            # a 32-bit float file (ImageJ writes 0-255 or 0-65535 floats): read it by its range, as ImageJ does
+            for full in (255.0, 65535.0):
+                if high <= full:
+                    return np.rint(array.astype(np.float64) * (255.0 / full)).astype(np.uint8)
         if low < 0.0 or high > 1.0:
             if file_mode is not None:
-                scale = "0-255" if high <= 255.0 and low >= 0.0 else f"{low:.4g} to {high:.4g}"
                 raise InvalidImageError(
-                    f"{label}: a 32-bit floating-point image file with values {scale}, not the 0-1 that float "
-                    "pixels mean; save it as an 8-bit or 16-bit image (e.g. ImageJ / Fiji: Image > Type > 8-bit, "
-                    "then File > Save As > Tiff), or with values 0-1")
+                    f"{label}: a 32-bit floating-point image file with values {low:.4g} to {high:.4g}, outside "
+                    "the 0-1, 0-255 and 0-65535 ranges cellsdk reads; save it as an 8-bit or 16-bit image (e.g. "
+                    "ImageJ / Fiji: Image > Type > 8-bit, then File > Save As > Tiff)")
             hint = ("it looks normalised already (negative values); pass the image before normalising"
                     if low < 0.0 else "for 0-255 values pass array.astype(np.uint8), or divide by 255")
             raise InvalidImageError(f"{label}: float pixels must lie in 0-1, found {low:.4g} to {high:.4g}; {hint}")

@@ -123,13 +123,21 @@ def test_array_contract_refuses_what_is_ambiguous(array, message):
         load_image(array)
 
 
-def test_a_float_image_file_with_0_255_values_is_refused_with_advice_for_the_file(tmp_path):
+@pytest.mark.parametrize(("scale", "grey"), [(1 / 255, 200), (1.0, 200), (257.0, 200)],
+                         ids=["float-0-1", "float-0-255", "float-0-65535"])
+def test_a_float_image_file_is_read_by_its_range_as_imagej_does(tmp_path, scale, grey):
     path = tmp_path / "stain.tif"
-    Image.fromarray(_PIXEL[..., 0].astype(np.float32), mode="F").save(path)
+    Image.fromarray(_PIXEL[..., 0].astype(np.float32) * np.float32(scale), mode="F").save(path)
+    assert load_image(path).getpixel((3, 2)) == (grey, grey, grey)
+
+
+def test_a_float_image_file_outside_every_range_is_refused_with_advice_for_the_file(tmp_path):
+    path = tmp_path / "stain.tif"
+    Image.fromarray(_PIXEL[..., 0].astype(np.float32) - 300, mode="F").save(path)  # negative: no camera writes it
     with pytest.raises(InvalidImageError) as caught:
         load_image(path)
     message = str(caught.value)
-    assert "32-bit floating-point image file with values 0-255" in message and "8-bit" in message
+    assert "32-bit floating-point image file with values -100 to" in message and "8-bit" in message
     assert "astype" not in message and "array" not in message  # nothing a user holding only the file cannot do
     from click.testing import CliRunner
 
@@ -137,8 +145,6 @@ def test_a_float_image_file_with_0_255_values_is_refused_with_advice_for_the_fil
 
     result = CliRunner().invoke(predict_command, [str(path), "--quiet"])
     assert result.exit_code == 1 and f"error: {message}" in result.output and "Traceback" not in result.output
-    Image.fromarray(_PIXEL[..., 0].astype(np.float32) / 255, mode="F").save(path)  # 0-1 floats are read
-    assert load_image(path).getpixel((3, 2)) == (200, 200, 200)
 
 
 def test_normalisation_and_channel_order():

@@ -13,7 +13,7 @@ from cellsdk.cli.process import show_warnings_in_one_line
 __all__ = ["load_classifier"]
 
 
-def load_classifier(model_path: Path | None, *, backend: str | None, device: str, threads: int, top_k: int,
+def load_classifier(model_path: Path | None, *, backend: str | None, device: str, threads: int | None, top_k: int,
                     strict: bool, ood: str) -> Any:
     """:meth:`cellsdk.Classifier.load`, with one ``using ...`` line on stderr (the artefact and its verification).
 
