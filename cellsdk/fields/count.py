@@ -53,7 +53,7 @@ from cellsdk.fields.locate import CellBox, FieldScale, LocaliserConfig, locate_c
 from cellsdk.fields.read import FieldImage, read_fields
 from cellsdk.fields.report import CELL_COLUMNS, CountResult, differential, write_report
 
-__all__ = ["CELL_COLUMNS", "CountConfig", "CountResult", "count", "count_fields", "differential"]
+__all__ = ["CELL_COLUMNS", "CountConfig", "CountResult", "classify_field", "count", "count_fields", "differential"]
 
 COUNT_VERSION = 1
 
@@ -189,20 +189,37 @@ def _draw(field: FieldImage, boxes: Sequence[CellBox], labels: Sequence[str], pa
     image.save(path, quality=85)
 
 
+def classify_field(classifier: Any, image: Image.Image, ruler: FieldScale, config: CountConfig | None = None
+                   ) -> list[tuple[CellBox, Image.Image, Any]]:
+    """Locate, crop and classify (one runtime call) the white cells of one field: ``(box, crop, prediction)`` each.
+
+    Examples:
+        >>> from cellsdk import Classifier
+        >>> from PIL import Image
+        >>> field = Image.open("samples/pbc_raw/ig/MMY_163947.jpg")
+        >>> [(p.label, box.cut_by_edge) for box, _, p in classify_field(Classifier.load(), field, FieldScale(74, True))]
+        [('ig', False)]
+    """
+    config = config or CountConfig()
+    image = image if image.mode == "RGB" else image.convert("RGB")
+    boxes = locate_cells(image, config.localiser, scale=ruler)
+    if not boxes:
+        return []
+    fill = background_colour(image)
+    crops = [crop_cell(image, box, classifier.metadata.preprocessing, rbc_diameter=ruler.rbc_diameter,
+                       training_rbc=config.training_rbc, fill=fill) for box in boxes]
+    inference = classifier.inference
+    predictions = inference.run([inference.prepare(crop) for crop in crops]).predictions
+    return list(zip(boxes, crops, predictions, strict=True))
+
+
 def _count_one(classifier: Any, field_image: FieldImage, ruler: FieldScale, config: CountConfig, out: Path,
                key: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     started = time.perf_counter()
-    boxes = locate_cells(field_image.image, config.localiser, scale=ruler)
-    fill = background_colour(field_image.image) if boxes else None
-    crops = [crop_cell(field_image.image, box, classifier.metadata.preprocessing, rbc_diameter=ruler.rbc_diameter,
-                       training_rbc=config.training_rbc, fill=fill) for box in boxes]
-    predictions = []
-    if crops:
-        inference = classifier.inference
-        predictions = inference.run([inference.prepare(crop) for crop in crops]).predictions
+    found = classify_field(classifier, field_image.image, ruler, config)
     seconds = time.perf_counter() - started
     rows = []
-    for index, (box, crop, prediction) in enumerate(zip(boxes, crops, predictions, strict=False)):
+    for index, (box, crop, prediction) in enumerate(found):
         crop_name = f"cells/{key}_{index}.jpg"
         crop.resize((96, 96)).save(out / crop_name, quality=85)
         rows.append({"field": field_image.name, "cell": index, "left": box.left, "top": box.top, "right": box.right,
@@ -210,7 +227,7 @@ def _count_one(classifier: Any, field_image: FieldImage, ruler: FieldScale, conf
                      "confidence": round(float(prediction.confidence), 4), "status": prediction.status,
                      "ood_score": None if prediction.ood_score is None else round(float(prediction.ood_score), 4),
                      "crop": crop_name})
-    _draw(field_image, boxes, [str(row["label"]) for row in rows], out / "fields" / f"{key}.jpg")
+    _draw(field_image, [box for box, _, _ in found], [str(row["label"]) for row in rows], out / "fields" / f"{key}.jpg")
     line = {"field": field_image.name, "cells": len(rows), "image": f"fields/{key}.jpg",
             "size": list(field_image.image.size), "seconds": round(seconds, 4)}
     return rows, line

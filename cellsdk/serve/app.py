@@ -60,7 +60,7 @@ log = logging.getLogger("cellsdk.serve")
 IMAGE_FIELDS = ("files", "file")
 #: Routes the metrics name as they are; any other path counts as ``other`` (bounded label values).
 ROUTES = ("/", "/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc",
-          "/review", "/v1/review")
+          "/review", "/v1/review", "/count", "/v1/count")
 #: The web page may load only what the app serves itself (no CDN), and nothing may frame it.
 PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
                "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
@@ -180,7 +180,7 @@ def create_app(classifier: Classifier, config: ServeConfig | None = None) -> Fas
     Examples:
         >>> from cellsdk import Classifier
         >>> sorted(route.path for route in create_app(Classifier.load()).routes if route.path.startswith("/v1"))
-        ['/v1/model', '/v1/predict']
+        ['/v1/count', '/v1/model', '/v1/predict']
     """
     config = (config or ServeConfig()).check()
     metrics = Metrics()
@@ -306,6 +306,10 @@ def create_app(classifier: Classifier, config: ServeConfig | None = None) -> Fas
         raise ApiError("not-found", "ReDoc is not served: the API documentation is Swagger UI at /docs (served from "
                                     "the package, so it works offline), and the document itself is /openapi.json")
 
+    from cellsdk.serve.fields import add_count_routes
+
+    add_count_routes(app, classifier, protected, {"Content-Security-Policy": PAGE_POLICY, "Cache-Control": "no-cache"},
+                     static, config.max_upload_bytes)
     if config.collect_dir is not None:
         from cellsdk.serve.collect import Collection, add_review_routes
 

@@ -285,7 +285,7 @@ def test_the_api_documentation_works_offline_under_its_csp(service: ServiceProce
     page.goto(service.url + "docs")
     page.wait_for_selector(".opblock-summary-path", timeout=30_000)
     paths = page.eval_on_selector_all(".opblock-summary-path", "nodes => nodes.map(n => n.textContent)")
-    assert paths == ["/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics"]
+    assert paths == ["/v1/predict", "/v1/model", "/healthz", "/readyz", "/metrics", "/v1/count"]
     page.locator(".opblock-summary").first.click()
     page.wait_for_selector(".opblock-section-request-body", timeout=10_000)
     assert requested and all(url.startswith(service.url) or url.startswith("data:") for url in requested), requested

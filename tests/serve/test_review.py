@@ -18,7 +18,7 @@ from cellsdk import Classifier  # noqa: E402
 from cellsdk.errors import ConfigError  # noqa: E402
 from cellsdk.serve import ServeConfig  # noqa: E402
 from cellsdk.serve.process import ServiceProcess  # noqa: E402
-from tests.serve.test_process import IMAGES, browser, start  # noqa: E402, F401 - browser: one Chromium per module
+from tests.serve.test_process import IMAGES, RAW_SAMPLES, browser, start  # noqa: E402, F401 - browser: one Chromium per module
 
 KEY = "review-key-0123456789abcdef"
 
@@ -158,3 +158,56 @@ def test_cells_asked_about_wait_in_the_pool_and_the_page_offers_them_most_useful
     with httpx.Client(base_url=service.url, timeout=60) as client:
         left = client.get("/v1/review/queue", headers=auth).json()
     assert left["waiting"] == 2 and first["file"] not in [c["file"] for c in left["cells"]]
+
+
+def test_post_count_answers_a_fields_white_cells_and_refuses_what_is_not_an_image(collecting):
+    service, _ = collecting
+    field = RAW_SAMPLES / "neutrophil" / "BNE_275283.jpg"
+    with httpx.Client(base_url=service.url, timeout=60, headers={"X-API-Key": KEY}) as client:
+        answer = client.post("/v1/count?name=field.jpg", content=field.read_bytes())
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert [cell["label"] for cell in body["cells"]] == ["neutrophil"] and body["counts"]["neutrophil"] == 1
+        assert body["cells"][0]["crop"].startswith("data:image/jpeg;base64,") and body["ruler"]["measured"]
+        empty = client.post("/v1/count", content=(RAW_SAMPLES / "platelet" / "PLATELET_140524.jpg").read_bytes())
+        assert empty.json()["cells"] == [] and empty.json()["flagged"] == 0
+        bad = client.post("/v1/count?name=notes.txt", content=b"not an image")
+        assert bad.status_code == 400 and "notes.txt: not a recognised image file" in bad.json()["detail"]
+
+
+def test_the_count_page_shows_boxes_and_cells_and_a_correction_lands_in_the_collect_folder(collecting, browser,  # noqa: F811
+                                                                                          tmp_path):
+    from playwright.sync_api import expect
+
+    service, folder = collecting
+    for path in folder.iterdir():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    fields = [RAW_SAMPLES / "neutrophil" / "BNE_275283.jpg", RAW_SAMPLES / "lymphocyte" / "LY_118150.jpg",
+              RAW_SAMPLES / "platelet" / "PLATELET_140524.jpg"]
+    labels = list(Classifier.load().labels)
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(service.url + "count")
+    page.fill("#api-key", KEY)
+    page.press("#api-key", "Enter")
+    expect(page.locator("#model")).to_contain_text("8 classes")
+    page.set_input_files("#fields", [str(p) for p in fields])
+    expect(page.locator(".field[data-state=done]")).to_have_count(3, timeout=60_000)
+    expect(page.locator(".cellcard")).to_have_count(2)
+    expect(page.locator(".stage rect")).to_have_count(2)
+    expect(page.locator('#counts tr[data-label="neutrophil"] td').nth(1)).to_have_text("1")
+    expect(page.locator("#review")).to_be_visible()
+    page.keyboard.press("Enter")  # the first cell (the neutrophil): confirmed
+    expect(page.locator("#total")).to_have_text("2 cells · 1 reviewed")
+    page.keyboard.press(str(labels.index("monocyte") + 1))  # the second (the lymphocyte): corrected to monocyte
+    expect(page.locator("#summary")).to_have_text("3 fields: 2 white cells, 0 flagged, 2 reviewed (1 corrected)")
+    expect(page.locator('#counts tr[data-label="monocyte"] td').nth(1)).to_have_text("1")
+    expect(page.locator('#counts tr[data-label="lymphocyte"] td').nth(1)).to_have_text("0")
+    page.screenshot(path=str(tmp_path / "count_page.png"), full_page=True)
+    if os.environ.get("CELLSDK_SCREENSHOT_DIR"):  # how docs/count_page.png is refreshed
+        shutil.copy(tmp_path / "count_page.png", Path(os.environ["CELLSDK_SCREENSHOT_DIR"]) / "count_page.png")
+    assert errors == []
+    page.close()
+    saved = sorted(p.parent.name for p in folder.glob("*/*") if p.suffix != ".jsonl" and p.parent.name != "unlabelled")
+    assert saved == ["monocyte", "neutrophil"]
