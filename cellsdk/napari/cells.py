@@ -26,7 +26,7 @@ from cellsdk.errors import ConfigError, InvalidImageError
 from cellsdk.metadata import Preprocessing
 
 __all__ = ["CSV_FIELDS", "CellResult", "boxes_from_points", "boxes_from_shapes", "classify_cells",
-           "default_cell_size", "differential_count", "explanation_field", "field_rgb", "write_csv"]
+           "default_cell_size", "differential_count", "explanation_field", "field_rgb", "find_cells", "write_csv"]
 
 #: the results table's columns, as the CSV writes them
 CSV_FIELDS = ("cell", "x", "y", "left", "top", "right", "bottom", "label", "confidence", "status", "ood_score",
@@ -154,9 +154,35 @@ def boxes_from_shapes(shapes: Iterable[np.ndarray], shape: tuple[int, int]) -> l
     return boxes
 
 
-def classify_cells(classifier: Any, picture: np.ndarray, boxes: Sequence[Box], *, explain: bool = True
-                   ) -> list[CellResult]:
-    """Classify (and, where the model has class activation maps, explain) each box of an RGB picture.
+def find_cells(classifier: Any, picture: np.ndarray) -> tuple[list[Box], list[np.ndarray]]:
+    """The white cells of a field found by :mod:`cellsdk.fields.locate`: their boxes, and each cell cut as the
+    classifier's training crops were (:func:`cellsdk.fields.crops.crop_cell`), to classify instead of the box.
+
+    Examples:
+        >>> from cellsdk import Classifier
+        >>> picture = np.asarray(__import__("PIL.Image").Image.open("samples/pbc_raw/ig/MMY_163947.jpg"))
+        >>> boxes, crops = find_cells(Classifier.load(), picture)
+        >>> len(boxes), crops[0].shape
+        (1, (200, 200, 3))
+    """
+    from PIL import Image
+
+    from cellsdk.fields.crops import background_colour, crop_cell
+    from cellsdk.fields.locate import locate_cells, measure_scale
+
+    field = Image.fromarray(picture)
+    scale = measure_scale(field)
+    found = locate_cells(field, scale=scale)
+    fill = background_colour(field) if found else None
+    crops = [np.asarray(crop_cell(field, box, classifier.metadata.preprocessing, rbc_diameter=scale.rbc_diameter,
+                                  fill=fill)) for box in found]
+    return [box.as_tuple() for box in found], crops
+
+
+def classify_cells(classifier: Any, picture: np.ndarray, boxes: Sequence[Box], *, explain: bool = True,
+                   crops: Sequence[np.ndarray] | None = None) -> list[CellResult]:
+    """Classify (and, where the model has class activation maps, explain) each box of an RGB picture; with
+    ``crops`` (from :func:`find_cells`) each box's crop is given instead of cut from the picture.
 
     Examples:
         >>> from cellsdk import Classifier
@@ -168,7 +194,7 @@ def classify_cells(classifier: Any, picture: np.ndarray, boxes: Sequence[Box], *
     results = []
     for number, box in enumerate(boxes, start=1):
         left, top, right, bottom = box
-        crop = picture[top:bottom, left:right]
+        crop = picture[top:bottom, left:right] if crops is None else crops[number - 1]
         started = time.perf_counter()
         if explain:
             explanation = classifier.explain(crop)

@@ -44,6 +44,7 @@ from cellsdk.napari.cells import (
     differential_count,
     explanation_field,
     field_rgb,
+    find_cells,
     write_csv,
 )
 
@@ -52,6 +53,7 @@ __all__ = ["CellClassifierWidget"]
 log = logging.getLogger("cellsdk")
 
 _WHOLE_IMAGE = "(whole image: one cell)"
+_FIND_CELLS = "(find the white cells)"
 _TABLE = ("cell", "label", "confidence", "status", "x", "y")
 #: one colour per class (tab10), RGBA
 _PALETTE = np.array([[0.12, 0.47, 0.71, 1], [1.0, 0.5, 0.05, 1], [0.17, 0.63, 0.17, 1], [0.84, 0.15, 0.16, 1],
@@ -122,7 +124,7 @@ class CellClassifierWidget(QWidget):
                   and not layer.name.startswith("cellsdk ")]
         markers = [layer.name for layer in self.viewer.layers if isinstance(layer, (Points, Shapes))
                    and not layer.name.startswith("cellsdk ")]
-        for combo, names in ((self.image_layer, images), (self.marker_layer, [_WHOLE_IMAGE, *markers])):
+        for combo, names in ((self.image_layer, images), (self.marker_layer, [_FIND_CELLS, _WHOLE_IMAGE, *markers])):
             current = combo.currentText()
             combo.blockSignals(True)
             combo.clear()
@@ -177,7 +179,13 @@ class CellClassifierWidget(QWidget):
         shape = picture.shape[:2]
         marker_name = self.marker_layer.currentText()
         size = self.cell_size.value() or default_cell_size(classifier.metadata.preprocessing)
-        if marker_name and marker_name != _WHOLE_IMAGE:
+        crops = None
+        if marker_name in ("", _FIND_CELLS):
+            boxes, crops = find_cells(classifier, picture)
+            if not boxes:
+                raise CellSDKError("no white cell found in this image: mark the cells with a points or shapes layer, "
+                                   "or choose the whole image as one cell")
+        elif marker_name != _WHOLE_IMAGE:
             markers = self._layer(marker_name)
             if isinstance(markers, Points):
                 boxes = boxes_from_points(self._to_image(markers, layer, markers.data), shape, size)
@@ -189,7 +197,7 @@ class CellClassifierWidget(QWidget):
                 raise CellSDKError(f"{marker_name} marks no cell inside the image: add points or shapes on cells")
         else:
             boxes = [(0, 0, shape[1], shape[0])]
-        self.results = classify_cells(classifier, picture, boxes, explain=self.explain.isChecked())
+        self.results = classify_cells(classifier, picture, boxes, explain=self.explain.isChecked(), crops=crops)
         self._show(layer, picture)
         return self.results
 

@@ -144,7 +144,31 @@ def test_a_single_cell_image_is_one_cell_and_a_bad_model_path_is_a_status_line(m
     viewer = make_napari_viewer()
     viewer.add_image(np.asarray(Image.open(sorted((SAMPLES / "ig").glob("*.jpg"))[0])), name="one cell")
     widget = CellClassifierWidget(viewer)
+    assert widget.marker_layer.currentText() == "(find the white cells)"  # no markers: the widget finds the cells
+    widget.marker_layer.setCurrentText("(whole image: one cell)")
     [result] = widget.classify()
     assert result.prediction.label == "ig" and viewer.layers["cellsdk cells"].features["status"][0] == "ok"
     widget.model_path.setText("/no/such/model.onnx")
     assert widget.classify() == [] and widget.status.text().startswith("error: /no/such/model.onnx")
+
+
+@pytest.mark.skipif(_display_reason() is not None, reason=str(_display_reason()))
+def test_without_markers_the_widget_finds_the_white_cells_itself(make_napari_viewer):
+    from cellsdk.napari.widget import CellClassifierWidget
+
+    viewer = make_napari_viewer()
+    field, _, truths = field_of_cells()
+    viewer.add_image(field, name="field", rgb=True)
+    widget = CellClassifierWidget(viewer)
+    assert widget.marker_layer.currentText() == "(find the white cells)"
+    results = widget.classify()
+    found = sorted((r.box[1] // 363, r.box[0] // 360, r.prediction.label) for r in results)
+    expected = sorted((i // 4, i % 4, truth) for i, truth in enumerate(truths) if truth != "platelet")
+    assert found == expected, widget.status.text()  # one cell per tile, each its class; the platelet tile none
+    assert len(viewer.layers["cellsdk boxes"].data) == len(expected)
+    if os.environ.get("CELLSDK_SCREENSHOT_DIR"):  # how docs/guide/napari_find.png is refreshed
+        viewer.window.add_dock_widget(widget, name="cellsdk")
+        viewer.screenshot(str(Path(os.environ["CELLSDK_SCREENSHOT_DIR"]) / "napari_find.png"), canvas_only=False)
+    viewer.add_image(np.full((300, 400, 3), 228, np.uint8), name="blank")
+    widget.image_layer.setCurrentText("blank")
+    assert widget.classify() == [] and "no white cell found" in widget.status.text()
