@@ -129,6 +129,28 @@ def test_a_float_tiff_field_is_read_by_its_range(tmp_path, classifier, full):
     count_fields(classifier, [path], tmp_path / "c")  # grey: read and counted (or found empty), never refused
 
 
+@pytest.mark.parametrize("mode", ["I;16", "RGB16"], ids=["16-bit grey", "16-bit RGB"])
+def test_a_16_bit_field_is_read_by_its_full_range(tmp_path, classifier, mode):
+    rgb = np.asarray(Image.open(WHITE[0]).convert("RGB")).astype(np.uint16) * 257
+    path = tmp_path / "field16.png"
+    if mode == "I;16":
+        Image.fromarray(np.ascontiguousarray(rgb[..., 1])).save(path)  # a uint16 array: mode I;16
+        assert next(read_fields(path)).image.getpixel((5, 5))[0] == rgb[5, 5, 1] // 257
+    else:  # 16-bit RGB, as a camera SDK writes it (Pillow cannot write it: the PNG is assembled by hand)
+        import zlib
+
+        raw = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in rgb)
+        header = (rgb.shape[1]).to_bytes(4, "big") + (rgb.shape[0]).to_bytes(4, "big") + bytes([16, 2, 0, 0, 0])
+
+        def chunk(kind: bytes, data: bytes) -> bytes:
+            return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+                         + chunk(b"IEND", b""))
+        result = count_fields(classifier, [path], tmp_path / "c")
+        assert [row["label"] for row in result.rows] == [WHITE[0].parent.name]
+
+
 def test_a_jpeg_turned_by_its_exif_orientation_is_read_upright(tmp_path):
     image = Image.open(WHITE[0]).convert("RGB")
     exif = Image.Exif()
