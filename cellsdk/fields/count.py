@@ -46,7 +46,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from cellsdk._io import parse_json, write_json
+from cellsdk._io import parse_json, write_json, write_text
 from cellsdk.errors import CellSDKError, ConfigError
 from cellsdk.fields.crops import PBC_RBC_DIAMETER, background_colour, crop_cell
 from cellsdk.fields.locate import CellBox, FieldScale, LocaliserConfig, locate_cells, measure_scale
@@ -149,7 +149,9 @@ def _keep_rows(out: Path, done: set[str]) -> None:
     if cells.exists():
         with open(cells, newline="") as handle:
             rows = [row for row in csv.DictReader(handle) if row.get("field") in done and None not in row]
-        _write_rows(cells, rows, mode="w")
+        staged = cells.with_name(".cells.csv.resume")
+        _write_rows(staged, rows, mode="w")
+        os.replace(staged, cells)  # all the kept rows, or the file as it was
     fields_file = out / "fields.jsonl"
     if fields_file.exists():
         lines = []
@@ -159,7 +161,7 @@ def _keep_rows(out: Path, done: set[str]) -> None:
                     lines.append(line)
             except (ValueError, KeyError, TypeError):
                 break
-        fields_file.write_text("".join(f"{line}\n" for line in lines))
+        write_text(fields_file, "".join(f"{line}\n" for line in lines))
 
 
 def _write_rows(path: Path, rows: Sequence[dict[str, Any]], mode: str = "a") -> None:
