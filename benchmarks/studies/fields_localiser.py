@@ -98,10 +98,11 @@ def match(found: list[Box], truth: list[Box], threshold: float = 0.5) -> int:
     return len(used_f)
 
 
-def compose_field(tiles: list[tuple[Image.Image, Box | None]], size: tuple[int, int], rng: np.random.Generator
-                  ) -> tuple[Image.Image, list[Box]]:
-    """A synthetic field of ``size``: PBC originals side by side at one random scale, stain, focus and JPEG
-    quality; returns the field and its reference white-cell boxes (those at least half inside it).
+def compose_field(tiles: list[tuple[Image.Image, Box | None]], size: tuple[int, int], rng: np.random.Generator,
+                  scale: float | None = None) -> tuple[Image.Image, list[Box]]:
+    """A synthetic field of ``size``: PBC originals side by side at one scale (random in 0.6-1.2 unless given: a
+    lab's camera has one), stain, focus and JPEG quality; returns the field and its reference white-cell boxes
+    (those at least half inside it).
 
     Examples:
         >>> import numpy as np
@@ -110,7 +111,7 @@ def compose_field(tiles: list[tuple[Image.Image, Box | None]], size: tuple[int, 
         >>> field.size, len(boxes) >= 1
         ((640, 480), True)
     """
-    scale = float(rng.uniform(0.6, 1.2))
+    scale = float(rng.uniform(0.6, 1.2)) if scale is None else scale
     width, height = size
     field = Image.new("RGB", size)
     boxes: list[Box] = []
