@@ -1,5 +1,6 @@
 """Repository-level pytest settings for the tests and the doctests: modules whose optional packages are missing are not
-collected for doctests, and self-check verdicts go to a cache of the session's own."""
+collected for doctests, self-check verdicts go to a cache of the session's own, and fp32 ONNX exports to one the run's
+workers share."""
 
 import importlib.util
 import sys
@@ -18,13 +19,18 @@ def _private_selfcheck_cache(tmp_path_factory: pytest.TempPathFactory):
     """The suite's self-check verdicts go to a folder of its own, never the user's ~/.cache/cellsdk."""
     import os
 
-    saved = os.environ.get("CELLSDK_CACHE")
+    saved = {name: os.environ.get(name) for name in ("CELLSDK_CACHE", "CELLSDK_EXPORT_CACHE")}
     os.environ["CELLSDK_CACHE"] = str(tmp_path_factory.mktemp("cellsdk-cache"))
+    # fp32 ONNX exports are shared by every xdist worker of the run (the same checkpoint is converted by many tests)
+    base = tmp_path_factory.getbasetemp()
+    os.environ["CELLSDK_EXPORT_CACHE"] = str((base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base)
+                                             / "onnx-export")
     yield
-    if saved is None:
-        os.environ.pop("CELLSDK_CACHE", None)
-    else:
-        os.environ["CELLSDK_CACHE"] = saved
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 # napari's pytest plugin (loaded wherever napari is installed) brings autouse fixtures for the whole session; two

@@ -38,7 +38,8 @@ log = logging.getLogger("cellsdk")
 
 
 def export_fp32_onnx(job: ExportJob) -> Path:
-    """The fp32 ONNX export of ``job.model`` (made once per job, in its workdir).
+    """The fp32 ONNX export of ``job.model`` (made once per job, in its workdir; reused from
+    :mod:`cellsdk.converters.export_cache` when the same weights were exported before).
 
     Examples:
         >>> export_fp32_onnx(job).name  # doctest: +SKIP
@@ -48,7 +49,13 @@ def export_fp32_onnx(job: ExportJob) -> Path:
     def make() -> Path:
         import torch
 
+        from cellsdk.converters import export_cache
+
         path = job.workdir / "fp32.onnx"
+        key = export_cache.export_key(job.exported, tuple(job.metadata.outputs), dynamic_batch=job.dynamic_batch,
+                                      input_size=job.input_size)
+        if export_cache.fetch(key, path):
+            return path
         dynamic = ({0: torch.export.Dim("batch", min=1, max=1024)},) if job.dynamic_batch else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -58,6 +65,7 @@ def export_fp32_onnx(job: ExportJob) -> Path:
         if program is None:
             raise RuntimeError("torch.onnx.export returned no program")
         program.save(str(path))
+        export_cache.store(key, path)
         return path
 
     return job.cached("onnx-fp32", make)
