@@ -280,6 +280,7 @@ def locate_cells(image: Image.Image, config: LocaliserConfig | None = None, *,
                                          float(violet[top + ys, left + xs].mean() - threshold), len(ys) / rbc_area,
                                          darkness]))
     height, width = image.height, image.width
+    work_height, work_width = violet.shape
     boxes = []
     for top, left, bottom, right, score, area_rel, darkness in objects:
         if area_rel < config.small_area and darkness > config.small_darkness:
@@ -289,7 +290,8 @@ def locate_cells(image: Image.Image, config: LocaliserConfig | None = None, *,
         half_h = max((bottom - top) / 2 + rim, side / 2)
         half_w = max((right - left) / 2 + rim, side / 2)
         raw = [(cx - half_w) / factor, (cy - half_h) / factor, (cx + half_w) / factor, (cy + half_h) / factor]
-        cut = raw[0] < -0.5 or raw[1] < -0.5 or raw[2] > width + 0.5 or raw[3] > height + 0.5
+        cut = (raw[0] < -0.5 or raw[1] < -0.5 or raw[2] > width + 0.5 or raw[3] > height + 0.5
+               or top == 0 or left == 0 or bottom == work_height or right == work_width)  # the nucleus itself is cut
         boxes.append(CellBox(max(0, round(raw[0])), max(0, round(raw[1])), min(width, round(raw[2])),
                              min(height, round(raw[3])), score=round(float(score), 2), cut_by_edge=bool(cut)))
     return sorted(boxes, key=lambda box: (box.top, box.left))
