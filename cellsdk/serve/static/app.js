@@ -2,18 +2,13 @@
 // status badge and (when the service sends one) a heat-map overlay. No dependencies, nothing from a CDN.
 "use strict";
 
-const $ = (selector) => document.querySelector(selector);
 const PARALLEL = 4;          // requests in flight at once from this page
 const MAX_RETRIES = 5;       // on 503 busy, retry after the server's Retry-After
-let apiKey = sessionStorage.getItem("cellsdk-api-key") || "";
 let queue = [];
 let running = 0;
 let counts = { total: 0, done: 0, failed: 0 };
 const objectUrls = [];
 
-function headers() {
-  return apiKey ? { "X-API-Key": apiKey } : {};
-}
 
 function percent(p) {
   return (p * 100).toFixed(1) + "%";
@@ -53,15 +48,6 @@ async function loadModel() {
   $("#model").textContent = parts.join(" · ");
   explains = Boolean(info.capabilities && info.capabilities.explanations);
   $("#heat-toggle-label").hidden = !explains;
-}
-
-async function problemText(response) {
-  try {
-    const problem = await response.json();
-    return problem.detail || problem.title || response.statusText;
-  } catch (err) {
-    return response.status + " " + response.statusText;
-  }
 }
 
 function addFiles(files) {
@@ -231,11 +217,6 @@ document.addEventListener("DOMContentLoaded", () => {
       if (heat.getAttribute("src")) heat.hidden = !event.target.checked;
     }
   });
-  $("#key-section").addEventListener("submit", (event) => {
-    event.preventDefault();  // the key never leaves in a form submission, only in the API requests' header
-    apiKey = $("#api-key").value.trim();
-    sessionStorage.setItem("cellsdk-api-key", apiKey);
-    loadModel();
-  });
+  onKeySubmit(loadModel);
   loadModel();
 });

@@ -3,26 +3,11 @@
 // update as they go. With `cellsdk serve --collect DIR` every decision is also saved by POST /v1/review.
 "use strict";
 
-const $ = (selector) => document.querySelector(selector);
-let apiKey = sessionStorage.getItem("cellsdk-api-key") || "";
 let labels = [];
 let collecting = false;
 const cells = [];        // {id, field, index, label, predicted, status, confidence, crop, reviewed, card, rect}
 let selected = null;
 const tally = { fields: 0, failed: 0, corrected: 0 };
-
-function headers(extra) {
-  return Object.assign(apiKey ? { "X-API-Key": apiKey } : {}, extra || {});
-}
-
-async function problemText(response) {
-  try {
-    const problem = await response.json();
-    return problem.detail || problem.title || response.statusText;
-  } catch (err) {
-    return response.status + " " + response.statusText;
-  }
-}
 
 async function start() {
   const response = await fetch("/v1/model", { headers: headers() });
@@ -243,11 +228,6 @@ $("#fields").addEventListener("change", async (event) => {
   event.target.value = "";
 });
 
-$("#key-section").addEventListener("submit", (event) => {
-  event.preventDefault();
-  apiKey = $("#api-key").value.trim();
-  sessionStorage.setItem("cellsdk-api-key", apiKey);
-  start();
-});
+onKeySubmit(start);
 
 start();

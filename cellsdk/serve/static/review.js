@@ -5,26 +5,11 @@
 // the page offers them first, in the order whose labels help adaptation most (GET /v1/review/queue).
 "use strict";
 
-const $ = (selector) => document.querySelector(selector);
-let apiKey = sessionStorage.getItem("cellsdk-api-key") || "";
 let labels = [];
 let queue = [];
 let current = null;   // {file, url, prediction}
 let busy = false;
 const tally = { reviewed: 0, confirmed: 0, corrected: 0, skipped: 0, failed: 0 };
-
-function headers(extra) {
-  return Object.assign(apiKey ? { "X-API-Key": apiKey } : {}, extra || {});
-}
-
-async function problemText(response) {
-  try {
-    const problem = await response.json();
-    return problem.detail || problem.title || response.statusText;
-  } catch (err) {
-    return response.status + " " + response.statusText;
-  }
-}
 
 async function start() {
   const response = await fetch("/v1/review", { headers: headers() });
@@ -203,10 +188,5 @@ $("#files").addEventListener("change", (event) => {
   if (wasIdle) next();
   else showSummary();
 });
-$("#key-section").addEventListener("submit", (event) => {
-  event.preventDefault();
-  apiKey = $("#api-key").value.trim();
-  sessionStorage.setItem("cellsdk-api-key", apiKey);
-  start();
-});
+onKeySubmit(start);
 start();
